@@ -1,0 +1,354 @@
+/*-------------------------------------------------------------------------
+ *
+ * extension/balance.c
+ *	  Wallets: post a batch of consumption charges to the ledger, move the
+ *	  balances, and run the alarm ladder.
+ *
+ * Invariant: for every account, balance = sum(ledger.amount) and the last
+ * entry's balance_after = balance, at every commit (prepay.check_ledger()).
+ * Every path that moves a wallet inserts the ledger rows and updates the
+ * balance in the same transaction, under the account's row lock.
+ *
+ * Alarm ladder (prepaid accounts only): 0 none, 1 low balance (balance <=
+ * low threshold), 2 pre-trip (<= pre-trip threshold), 3 arrears (<= minus
+ * the credit limit).  balance_alarm_level() is the one implementation;
+ * SQL reaches it as prepay.alarm_level().  A level change is handed to
+ * prepay._alarm_level_changed(), which writes the notification and the
+ * relay commands.
+ *
+ * Locking protocol: the caller (reading.c) already holds the meter locks;
+ * accounts are locked here FOR NO KEY UPDATE in ascending (site_id,
+ * account_id) order.  Meters before accounts, everywhere.
+ *
+ * Copyright (c) 2026, the prepay authors
+ *
+ * IDENTIFICATION
+ *	  extension/balance.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "balance.h"
+
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/array.h"
+#include "utils/lsyscache.h"
+
+typedef struct BalanceAccount
+{
+	int32		site_id;
+	int64		account_id;
+	int64		balance;		/* cents, as locked */
+	int64		delta;			/* cents, sum of this batch's charges */
+	int			level;
+	bool		ladder;			/* prepaid and open: the ladder applies */
+	int64		low_balance_threshold;
+	int64		pretrip_threshold;
+	int64		credit_limit;
+} BalanceAccount;
+
+PG_FUNCTION_INFO_V1(prepay_alarm_level);
+
+static int	compare_charges(const void *a, const void *b);
+static BalanceAccount *lock_accounts(BalanceCharge *charges, int ncharges, int *naccounts);
+static void insert_ledger(BalanceCharge *charges, int ncharges);
+static void update_balances(BalanceAccount *accounts, int naccounts);
+static void apply_levels(BalanceAccount *accounts, int naccounts);
+
+/*
+ * balance_alarm_level
+ *		The alarm ladder, on amounts in cents.
+ */
+int
+balance_alarm_level(int64 balance, int64 low_balance_threshold,
+					int64 pretrip_threshold, int64 credit_limit)
+{
+	if (balance <= -credit_limit)
+		return 3;
+	if (balance <= pretrip_threshold)
+		return 2;
+	if (balance <= low_balance_threshold)
+		return 1;
+	return 0;
+}
+
+/*
+ * prepay_alarm_level
+ *		SQL: prepay.alarm_level(balance, low, pretrip, credit_limit).
+ */
+Datum
+prepay_alarm_level(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT16(balance_alarm_level(fixed_from_numeric(PG_GETARG_DATUM(0), MONEY_SCALE),
+										fixed_from_numeric(PG_GETARG_DATUM(1), MONEY_SCALE),
+										fixed_from_numeric(PG_GETARG_DATUM(2), MONEY_SCALE),
+										fixed_from_numeric(PG_GETARG_DATUM(3), MONEY_SCALE)));
+}
+
+/*
+ * balance_post_charges
+ *		Post the charges: lock their accounts, chain balance_after in
+ *		(account, time) order, insert the ledger rows, move the balances,
+ *		and apply alarm level changes.  Must run inside SPI.
+ */
+void
+balance_post_charges(BalanceCharge *charges, int ncharges)
+{
+	BalanceAccount *accounts;
+	int			naccounts;
+	int			a = 0;
+
+	if (ncharges == 0)
+		return;
+	qsort(charges, ncharges, sizeof(BalanceCharge), compare_charges);
+	accounts = lock_accounts(charges, ncharges, &naccounts);
+
+	for (int i = 0; i < ncharges; i++)
+	{
+		BalanceCharge *c = &charges[i];
+
+		while (accounts[a].site_id != c->site_id || accounts[a].account_id != c->account_id)
+			a++;
+		if (pg_add_s64_overflow(accounts[a].delta, c->amount, &accounts[a].delta))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("balance of account " INT64_FORMAT " is out of range", c->account_id)));
+		c->balance_after = accounts[a].balance + accounts[a].delta;
+	}
+
+	insert_ledger(charges, ncharges);
+	update_balances(accounts, naccounts);
+	apply_levels(accounts, naccounts);
+}
+
+/*
+ * compare_charges
+ *		qsort order of charges: site, account, read_to, meter.
+ */
+static int
+compare_charges(const void *a, const void *b)
+{
+	const BalanceCharge *x = a;
+	const BalanceCharge *y = b;
+
+	if (x->site_id != y->site_id)
+		return x->site_id < y->site_id ? -1 : 1;
+	if (x->account_id != y->account_id)
+		return x->account_id < y->account_id ? -1 : 1;
+	if (x->read_to != y->read_to)
+		return x->read_to < y->read_to ? -1 : 1;
+	if (x->meter_id != y->meter_id)
+		return x->meter_id < y->meter_id ? -1 : 1;
+	return 0;
+}
+
+/*
+ * lock_accounts
+ *		Lock the distinct accounts of the sorted charges in key order and
+ *		read their balances, levels and effective thresholds.
+ */
+static BalanceAccount *
+lock_accounts(BalanceCharge *charges, int ncharges, int *naccounts)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *sites = palloc(sizeof(Datum) * ncharges);
+	Datum	   *ids = palloc(sizeof(Datum) * ncharges);
+	Datum		args[2];
+	BalanceAccount *accounts;
+	int			n = 0;
+
+	for (int i = 0; i < ncharges; i++)
+	{
+		if (n > 0 && DatumGetInt32(sites[n - 1]) == charges[i].site_id &&
+			DatumGetInt64(ids[n - 1]) == charges[i].account_id)
+			continue;
+		sites[n] = Int32GetDatum(charges[i].site_id);
+		ids[n] = Int64GetDatum(charges[i].account_id);
+		n++;
+	}
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT4ARRAYOID, INT8ARRAYOID};
+
+		plan = SPI_prepare(
+			"SELECT a.site_id, a.account_id, (a.balance * 100)::int8, a.alarm_level,"
+			"       a.mode = 'prepaid' AND a.closed_at IS NULL,"
+			"       (coalesce(a.low_balance_threshold, s.low_balance_threshold) * 100)::int8,"
+			"       (coalesce(a.pretrip_threshold, s.pretrip_threshold) * 100)::int8,"
+			"       (a.credit_limit * 100)::int8"
+			"  FROM prepay.account a JOIN prepay.site s ON s.site_id = a.site_id"
+			" WHERE (a.site_id, a.account_id) IN"
+			"       (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[])))"
+			" ORDER BY a.site_id, a.account_id"
+			"   FOR NO KEY UPDATE OF a", 2, types);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "balance: cannot prepare account query: %s",
+				 SPI_result_code_string(SPI_result));
+	}
+	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "balance: account query failed");
+	if ((int) SPI_processed != n)
+		elog(ERROR, "balance: %d of %d accounts found", (int) SPI_processed, n);
+
+	accounts = palloc0(sizeof(BalanceAccount) * n);
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		BalanceAccount *acc = &accounts[i];
+		bool		isnull;
+
+		acc->site_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+		acc->account_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+		acc->balance = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
+		acc->level = DatumGetInt16(SPI_getbinval(tuple, desc, 4, &isnull));
+		acc->ladder = DatumGetBool(SPI_getbinval(tuple, desc, 5, &isnull));
+		acc->low_balance_threshold = DatumGetInt64(SPI_getbinval(tuple, desc, 6, &isnull));
+		acc->pretrip_threshold = DatumGetInt64(SPI_getbinval(tuple, desc, 7, &isnull));
+		acc->credit_limit = DatumGetInt64(SPI_getbinval(tuple, desc, 8, &isnull));
+	}
+	*naccounts = n;
+	return accounts;
+}
+
+/*
+ * insert_ledger
+ *		Insert one consumption entry per charge, in (account, time) order so
+ *		that entry ids follow each account's balance_after chain.
+ */
+static void
+insert_ledger(BalanceCharge *charges, int ncharges)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *cols[9];
+	Datum		args[9];
+
+	for (int c = 0; c < 9; c++)
+		cols[c] = palloc(sizeof(Datum) * ncharges);
+	for (int i = 0; i < ncharges; i++)
+	{
+		BalanceCharge *c = &charges[i];
+
+		cols[0][i] = Int32GetDatum(c->site_id);
+		cols[1][i] = Int64GetDatum(c->account_id);
+		cols[2][i] = fixed_to_numeric(c->amount, MONEY_SCALE);
+		cols[3][i] = fixed_to_numeric(c->balance_after, MONEY_SCALE);
+		cols[4][i] = Int64GetDatum(c->meter_id);
+		cols[5][i] = TimestampTzGetDatum(c->read_from);
+		cols[6][i] = TimestampTzGetDatum(c->read_to);
+		cols[7][i] = fixed_to_numeric(c->energy, ENERGY_SCALE);
+		cols[8][i] = fixed_to_numeric(c->exact, EXACT_SCALE);
+	}
+
+	if (plan == NULL)
+	{
+		Oid			types[9] = {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID,
+			INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID};
+
+		plan = SPI_prepare(
+			"INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,"
+			"                           meter_id, read_from, read_to, energy, exact_charge)"
+			"SELECT u.site_id, u.account_id, 'consumption', u.amount, u.balance_after,"
+			"       u.meter_id, u.read_from, u.read_to, u.energy, u.exact_charge"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))"
+			"       AS u(site_id, account_id, amount, balance_after, meter_id,"
+			"            read_from, read_to, energy, exact_charge)", 9, types);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "balance: cannot prepare ledger insert: %s",
+				 SPI_result_code_string(SPI_result));
+	}
+	args[0] = PointerGetDatum(construct_array(cols[0], ncharges, INT4OID, 4, true, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(cols[1], ncharges, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[2] = PointerGetDatum(construct_array(cols[2], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_array(cols[3], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_array(cols[4], ncharges, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(cols[5], ncharges, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[6] = PointerGetDatum(construct_array(cols[6], ncharges, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[7] = PointerGetDatum(construct_array(cols[7], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
+	args[8] = PointerGetDatum(construct_array(cols[8], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "balance: ledger insert failed");
+}
+
+/*
+ * update_balances
+ *		Move every locked account's balance by its batch total.
+ */
+static void
+update_balances(BalanceAccount *accounts, int naccounts)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *sites = palloc(sizeof(Datum) * naccounts);
+	Datum	   *ids = palloc(sizeof(Datum) * naccounts);
+	Datum	   *deltas = palloc(sizeof(Datum) * naccounts);
+	Datum		args[3];
+
+	for (int i = 0; i < naccounts; i++)
+	{
+		sites[i] = Int32GetDatum(accounts[i].site_id);
+		ids[i] = Int64GetDatum(accounts[i].account_id);
+		deltas[i] = fixed_to_numeric(accounts[i].delta, MONEY_SCALE);
+	}
+	if (plan == NULL)
+	{
+		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID};
+
+		plan = SPI_prepare(
+			"UPDATE prepay.account a SET balance = a.balance + u.delta"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(site_id, account_id, delta)"
+			" WHERE a.site_id = u.site_id AND a.account_id = u.account_id", 3, types);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "balance: cannot prepare balance update: %s",
+				 SPI_result_code_string(SPI_result));
+	}
+	args[0] = PointerGetDatum(construct_array(sites, naccounts, INT4OID, 4, true, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(ids, naccounts, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[2] = PointerGetDatum(construct_array(deltas, naccounts, NUMERICOID, -1, false, TYPALIGN_INT));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "balance: balance update failed");
+}
+
+/*
+ * apply_levels
+ *		Run the alarm ladder on every account whose balance moved and hand
+ *		each level change to prepay._alarm_level_changed().
+ */
+static void
+apply_levels(BalanceAccount *accounts, int naccounts)
+{
+	static SPIPlanPtr plan = NULL;
+
+	for (int i = 0; i < naccounts; i++)
+	{
+		BalanceAccount *acc = &accounts[i];
+		int			level;
+		Datum		args[4];
+
+		if (!acc->ladder)
+			continue;
+		level = balance_alarm_level(acc->balance + acc->delta, acc->low_balance_threshold,
+									acc->pretrip_threshold, acc->credit_limit);
+		if (level == acc->level)
+			continue;
+		if (plan == NULL)
+		{
+			Oid			types[4] = {INT4OID, INT8OID, INT2OID, INT2OID};
+
+			plan = SPI_prepare("SELECT prepay._alarm_level_changed($1, $2, $3, $4)", 4, types);
+			if (plan == NULL || SPI_keepplan(plan) != 0)
+				elog(ERROR, "balance: cannot prepare level change: %s",
+					 SPI_result_code_string(SPI_result));
+		}
+		args[0] = Int32GetDatum(acc->site_id);
+		args[1] = Int64GetDatum(acc->account_id);
+		args[2] = Int16GetDatum(acc->level);
+		args[3] = Int16GetDatum(level);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "balance: level change failed");
+	}
+}

@@ -1,0 +1,34 @@
+/*-------------------------------------------------------------------------
+ *
+ * extension/balance.h
+ *	  Posting consumption charges to wallets (balance.c).
+ *
+ * Copyright (c) 2026, the prepay authors
+ *
+ * IDENTIFICATION
+ *	  extension/balance.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PREPAY_BALANCE_H
+#define PREPAY_BALANCE_H
+
+#include "prepay.h"
+
+/* One consumption charge, as the rating trigger hands it to balance.c. */
+typedef struct BalanceCharge
+{
+	int32		site_id;
+	int64		account_id;
+	int64		meter_id;
+	TimestampTz read_from;
+	TimestampTz read_to;
+	int64		energy;			/* milli-units, after the multiplier */
+	int64		exact;			/* nano-currency */
+	int64		amount;			/* cents, negative: a debit */
+	int64		balance_after;	/* cents, filled in by balance.c */
+} BalanceCharge;
+
+extern void balance_post_charges(BalanceCharge *charges, int ncharges);
+
+#endif							/* PREPAY_BALANCE_H */

@@ -1,0 +1,1216 @@
+/*-------------------------------------------------------------------------
+ * sql/prepay.sql
+ *     The prepay extension, current version: schema, C bindings and the
+ *     public SQL API.  Built into prepay--<version>.sql by the Makefile.
+ *
+ * Vocabulary
+ *     site     a property (plaza, campus, transformer area); every table is
+ *              keyed by site_id first so the schema can be distributed by
+ *              site without redesign.
+ *     meter    an electricity, water or heat meter with a relay or valve.
+ *     account  a tenant's wallet; owns one or more meters.
+ *     reading  a cumulative register value of one meter at one instant.
+ *     ledger   the append-only list of every money movement.  An account's
+ *              balance always equals the sum of its ledger amounts.
+ *     command  a relay order (trip or close) for the agent to carry out.
+ *
+ * Money is numeric(14,2) in the site's currency; energy is numeric(15,3)
+ * in kWh (electricity, heat) or m3 (water); prices are numeric(12,6) per
+ * unit.  See docs/ARCHITECTURE.md for the rounding rule.
+ *-------------------------------------------------------------------------
+ */
+\echo Use "CREATE EXTENSION prepay" to load this file. \quit
+
+-- ---------------------------------------------------------------------
+-- types
+-- ---------------------------------------------------------------------
+
+CREATE TYPE prepay.meter_kind AS ENUM ('electricity', 'water', 'heat');
+COMMENT ON TYPE prepay.meter_kind IS 'What a meter measures: electricity and heat in kWh, water in m3.';
+
+CREATE TYPE prepay.relay_state AS ENUM ('closed', 'tripped');
+COMMENT ON TYPE prepay.relay_state IS 'State of a meter''s relay or valve: closed supplies, tripped cuts supply.';
+
+CREATE TYPE prepay.account_mode AS ENUM ('prepaid', 'postpaid');
+COMMENT ON TYPE prepay.account_mode IS 'prepaid accounts run the alarm ladder and are tripped in arrears; postpaid accounts are billed after use and never tripped.';
+
+CREATE TYPE prepay.ledger_kind AS ENUM ('consumption', 'recharge', 'refund', 'reversal', 'closing_refund');
+COMMENT ON TYPE prepay.ledger_kind IS 'Kind of a ledger entry: a consumption charge, a payment, a refund, the reversal of another entry, or the refund of the remaining balance when an account is closed.';
+
+CREATE TYPE prepay.command_action AS ENUM ('trip', 'close');
+COMMENT ON TYPE prepay.command_action IS 'Relay command: trip cuts supply, close restores it.';
+
+CREATE TYPE prepay.command_state AS ENUM ('queued', 'sent', 'done', 'failed', 'cancelled');
+COMMENT ON TYPE prepay.command_state IS 'Life of a relay command: queued for the agent, sent to the meter, done after the relay state was read back, failed, or cancelled before it was sent.';
+
+CREATE TYPE prepay.quarantine_reason AS ENUM (
+    'unknown_meter', 'meter_removed', 'invalid_value', 'clock_ahead',
+    'out_of_order', 'counter_backwards', 'impossible_jump');
+COMMENT ON TYPE prepay.quarantine_reason IS 'Why a reading was stored but not rated: see docs/ARCHITECTURE.md, "Bad readings".';
+
+-- ---------------------------------------------------------------------
+-- sequences (explicit, so pg_dump keeps their positions)
+-- ---------------------------------------------------------------------
+
+CREATE SEQUENCE prepay.site_id_seq AS integer;
+CREATE SEQUENCE prepay.gateway_id_seq;
+CREATE SEQUENCE prepay.tariff_id_seq;
+CREATE SEQUENCE prepay.account_id_seq;
+CREATE SEQUENCE prepay.meter_id_seq;
+CREATE SEQUENCE prepay.ledger_entry_id_seq;
+CREATE SEQUENCE prepay.command_id_seq;
+CREATE SEQUENCE prepay.alarm_id_seq;
+CREATE SEQUENCE prepay.notification_id_seq;
+CREATE SEQUENCE prepay.no_cut_window_id_seq;
+COMMENT ON SEQUENCE prepay.site_id_seq IS 'Source of site ids.';
+COMMENT ON SEQUENCE prepay.gateway_id_seq IS 'Source of gateway ids.';
+COMMENT ON SEQUENCE prepay.tariff_id_seq IS 'Source of tariff ids.';
+COMMENT ON SEQUENCE prepay.account_id_seq IS 'Source of account ids.';
+COMMENT ON SEQUENCE prepay.meter_id_seq IS 'Source of meter ids.';
+COMMENT ON SEQUENCE prepay.ledger_entry_id_seq IS 'Source of ledger entry ids; increasing ids give the order of entries.';
+COMMENT ON SEQUENCE prepay.command_id_seq IS 'Source of relay command ids.';
+COMMENT ON SEQUENCE prepay.alarm_id_seq IS 'Source of alarm ids.';
+COMMENT ON SEQUENCE prepay.notification_id_seq IS 'Source of notification ids.';
+COMMENT ON SEQUENCE prepay.no_cut_window_id_seq IS 'Source of no-cut window ids.';
+
+-- ---------------------------------------------------------------------
+-- sites
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.site (
+    site_id               integer PRIMARY KEY DEFAULT pg_catalog.nextval('prepay.site_id_seq'),
+    name                  text NOT NULL UNIQUE,
+    time_zone             text NOT NULL DEFAULT 'UTC'
+        CHECK (pg_catalog.timezone(time_zone, timestamptz '2000-01-01 00:00+00') IS NOT NULL),
+    currency              char(3) NOT NULL DEFAULT 'CNY' CHECK (currency ~ '^[A-Z]{3}$'),
+    low_balance_threshold numeric(14,2) NOT NULL DEFAULT 50 CHECK (low_balance_threshold >= 0),
+    pretrip_threshold     numeric(14,2) NOT NULL DEFAULT 10 CHECK (pretrip_threshold >= 0),
+    created_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    CHECK (pretrip_threshold <= low_balance_threshold)
+);
+COMMENT ON TABLE prepay.site IS 'A property run as one unit: its time zone, currency and default alarm thresholds.';
+COMMENT ON COLUMN prepay.site.site_id IS 'Site id; the first key column of every prepay table.';
+COMMENT ON COLUMN prepay.site.name IS 'Unique human name of the site.';
+COMMENT ON COLUMN prepay.site.time_zone IS 'IANA time zone in which the site''s days, months, TOU periods and no-cut windows are evaluated.';
+COMMENT ON COLUMN prepay.site.currency IS 'ISO 4217 currency of every amount at this site.';
+COMMENT ON COLUMN prepay.site.low_balance_threshold IS 'Default alarm level 1 (low balance) threshold: balance at or below it.';
+COMMENT ON COLUMN prepay.site.pretrip_threshold IS 'Default alarm level 2 (pre-trip) threshold: balance at or below it.';
+COMMENT ON COLUMN prepay.site.created_at IS 'When the site was registered.';
+
+CREATE TABLE prepay.no_cut_window (
+    site_id     integer NOT NULL REFERENCES prepay.site,
+    window_id   bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.no_cut_window_id_seq'),
+    daily_from  time,
+    daily_to    time,
+    iso_days    smallint[] CHECK (iso_days <@ '{1,2,3,4,5,6,7}'::smallint[]),
+    during      tstzrange,
+    description text,
+    PRIMARY KEY (site_id, window_id),
+    CHECK ((daily_from IS NOT NULL AND daily_to IS NOT NULL AND daily_from <> daily_to AND during IS NULL)
+        OR (daily_from IS NULL AND daily_to IS NULL AND iso_days IS NULL AND during IS NOT NULL))
+);
+COMMENT ON TABLE prepay.no_cut_window IS 'Times when supply must not be cut ("friendly hours"): either a daily local-time window, optionally on some ISO weekdays, or a one-off range such as a holiday.  A trip that falls in a window is queued for the window''s end.';
+COMMENT ON COLUMN prepay.no_cut_window.site_id IS 'Site the window belongs to.';
+COMMENT ON COLUMN prepay.no_cut_window.window_id IS 'Window id.';
+COMMENT ON COLUMN prepay.no_cut_window.daily_from IS 'Local start time of a daily window; a window may cross midnight (22:00 to 07:00).';
+COMMENT ON COLUMN prepay.no_cut_window.daily_to IS 'Local end time of a daily window (exclusive).';
+COMMENT ON COLUMN prepay.no_cut_window.iso_days IS 'ISO weekdays (1 = Monday) on which a daily window starts; NULL means every day.';
+COMMENT ON COLUMN prepay.no_cut_window.during IS 'A one-off window, for holidays and events.';
+COMMENT ON COLUMN prepay.no_cut_window.description IS 'Why the window exists.';
+
+-- ---------------------------------------------------------------------
+-- gateways, tariffs, accounts, meters
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.gateway (
+    site_id          integer NOT NULL REFERENCES prepay.site,
+    gateway_id       bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.gateway_id_seq'),
+    name             text NOT NULL,
+    transport        text NOT NULL DEFAULT 'tcp' CHECK (transport IN ('tcp', 'rtu', 'rtu_over_tcp')),
+    host             text,
+    port             integer CHECK (port BETWEEN 1 AND 65535),
+    serial_device    text,
+    baud             integer CHECK (baud IN (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)),
+    parity           char(1) CHECK (parity IN ('N', 'E', 'O')),
+    data_bits        smallint CHECK (data_bits IN (7, 8)),
+    stop_bits        smallint CHECK (stop_bits IN (1, 2)),
+    agent_id         text,
+    poll_interval    interval NOT NULL DEFAULT '15 minutes' CHECK (poll_interval >= '1 second'),
+    lost_since       timestamptz,
+    PRIMARY KEY (site_id, gateway_id),
+    UNIQUE (site_id, name),
+    CHECK (transport = 'rtu' AND serial_device IS NOT NULL OR transport <> 'rtu' AND host IS NOT NULL)
+);
+COMMENT ON TABLE prepay.gateway IS 'A communication manager or serial line that the agent polls meters through.';
+COMMENT ON COLUMN prepay.gateway.site_id IS 'Site the gateway belongs to.';
+COMMENT ON COLUMN prepay.gateway.gateway_id IS 'Gateway id.';
+COMMENT ON COLUMN prepay.gateway.name IS 'Unique name within the site.';
+COMMENT ON COLUMN prepay.gateway.transport IS 'tcp (Modbus-TCP), rtu (Modbus-RTU on a local serial line) or rtu_over_tcp.';
+COMMENT ON COLUMN prepay.gateway.host IS 'Address of a TCP gateway.';
+COMMENT ON COLUMN prepay.gateway.port IS 'TCP port of a TCP gateway.';
+COMMENT ON COLUMN prepay.gateway.serial_device IS 'Serial device of an RTU line, e.g. /dev/ttyS1.';
+COMMENT ON COLUMN prepay.gateway.baud IS 'Baud rate of an RTU line.';
+COMMENT ON COLUMN prepay.gateway.parity IS 'Parity of an RTU line: N, E or O.';
+COMMENT ON COLUMN prepay.gateway.data_bits IS 'Data bits of an RTU line.';
+COMMENT ON COLUMN prepay.gateway.stop_bits IS 'Stop bits of an RTU line.';
+COMMENT ON COLUMN prepay.gateway.agent_id IS 'Id of the agent that polls this gateway.';
+COMMENT ON COLUMN prepay.gateway.poll_interval IS 'How often the agent reads every meter on this gateway.';
+COMMENT ON COLUMN prepay.gateway.lost_since IS 'Since when the whole gateway has not answered; NULL when online.';
+
+CREATE TABLE prepay.tariff (
+    site_id    integer NOT NULL REFERENCES prepay.site,
+    tariff_id  bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.tariff_id_seq'),
+    name       text NOT NULL,
+    unit       text NOT NULL DEFAULT 'kWh' CHECK (unit IN ('kWh', 'm3')),
+    PRIMARY KEY (site_id, tariff_id),
+    UNIQUE (site_id, name)
+);
+COMMENT ON TABLE prepay.tariff IS 'A named tariff; its prices live in tariff_version.';
+COMMENT ON COLUMN prepay.tariff.site_id IS 'Site the tariff belongs to.';
+COMMENT ON COLUMN prepay.tariff.tariff_id IS 'Tariff id.';
+COMMENT ON COLUMN prepay.tariff.name IS 'Unique name within the site.';
+COMMENT ON COLUMN prepay.tariff.unit IS 'Unit the price is per: kWh or m3.';
+
+CREATE TABLE prepay.tariff_version (
+    site_id    integer NOT NULL,
+    tariff_id  bigint NOT NULL,
+    valid_from timestamptz NOT NULL,
+    price      numeric(12,6) NOT NULL CHECK (price >= 0),
+    PRIMARY KEY (site_id, tariff_id, valid_from),
+    FOREIGN KEY (site_id, tariff_id) REFERENCES prepay.tariff
+);
+COMMENT ON TABLE prepay.tariff_version IS 'The price of a tariff from a point in time on.  Consumption that straddles a valid_from is split at it; consumption before the first version is priced at the first version.';
+COMMENT ON COLUMN prepay.tariff_version.site_id IS 'Site of the tariff.';
+COMMENT ON COLUMN prepay.tariff_version.tariff_id IS 'Tariff this version belongs to.';
+COMMENT ON COLUMN prepay.tariff_version.valid_from IS 'Instant from which this price applies.';
+COMMENT ON COLUMN prepay.tariff_version.price IS 'Flat price per unit (kWh or m3), six decimals.';
+
+CREATE TABLE prepay.account (
+    site_id               integer NOT NULL REFERENCES prepay.site,
+    account_id            bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.account_id_seq'),
+    code                  text NOT NULL,
+    name                  text NOT NULL,
+    phone                 text,
+    email                 text,
+    floor_area            numeric(10,2) CHECK (floor_area >= 0),
+    mode                  prepay.account_mode NOT NULL DEFAULT 'prepaid',
+    tariff_id             bigint NOT NULL,
+    credit_limit          numeric(14,2) NOT NULL DEFAULT 0 CHECK (credit_limit >= 0),
+    protect               boolean NOT NULL DEFAULT false,
+    low_balance_threshold numeric(14,2) CHECK (low_balance_threshold >= 0),
+    pretrip_threshold     numeric(14,2) CHECK (pretrip_threshold >= 0),
+    balance               numeric(14,2) NOT NULL DEFAULT 0,
+    alarm_level           smallint NOT NULL DEFAULT 0 CHECK (alarm_level BETWEEN 0 AND 3),
+    opened_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    closed_at             timestamptz,
+    PRIMARY KEY (site_id, account_id),
+    UNIQUE (site_id, code),
+    FOREIGN KEY (site_id, tariff_id) REFERENCES prepay.tariff
+) WITH (fillfactor = 80);
+COMMENT ON TABLE prepay.account IS 'A tenant''s wallet and contact details.  balance is maintained only by the ledger functions and the rating trigger; prepay.check_ledger() proves it equals the ledger.';
+COMMENT ON COLUMN prepay.account.site_id IS 'Site of the account.';
+COMMENT ON COLUMN prepay.account.account_id IS 'Account id.';
+COMMENT ON COLUMN prepay.account.code IS 'Unique tenant-facing account number within the site.';
+COMMENT ON COLUMN prepay.account.name IS 'Tenant name.';
+COMMENT ON COLUMN prepay.account.phone IS 'Contact phone for notifications.';
+COMMENT ON COLUMN prepay.account.email IS 'Contact e-mail for notifications.';
+COMMENT ON COLUMN prepay.account.floor_area IS 'Floor area in m2, for fees and apportionment by area.';
+COMMENT ON COLUMN prepay.account.mode IS 'prepaid or postpaid.';
+COMMENT ON COLUMN prepay.account.tariff_id IS 'Tariff of the account''s meters unless a meter has its own.';
+COMMENT ON COLUMN prepay.account.credit_limit IS 'How far below zero the balance may fall before arrears (alarm level 3) and the trip.';
+COMMENT ON COLUMN prepay.account.protect IS 'Keep power: never trip this account''s meters, whatever the balance.';
+COMMENT ON COLUMN prepay.account.low_balance_threshold IS 'Overrides the site''s low-balance threshold when set.';
+COMMENT ON COLUMN prepay.account.pretrip_threshold IS 'Overrides the site''s pre-trip threshold when set.';
+COMMENT ON COLUMN prepay.account.balance IS 'Wallet balance; always the sum of the account''s ledger amounts.';
+COMMENT ON COLUMN prepay.account.alarm_level IS '0 none, 1 low balance, 2 pre-trip, 3 arrears.';
+COMMENT ON COLUMN prepay.account.opened_at IS 'When the account was opened.';
+COMMENT ON COLUMN prepay.account.closed_at IS 'When the account was closed and settled; NULL while open.';
+
+CREATE TABLE prepay.meter (
+    site_id        integer NOT NULL REFERENCES prepay.site,
+    meter_id       bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.meter_id_seq'),
+    code           text NOT NULL,
+    kind           prepay.meter_kind NOT NULL DEFAULT 'electricity',
+    multiplier     integer NOT NULL DEFAULT 1 CHECK (multiplier >= 1),
+    max_per_hour   numeric(12,3) NOT NULL DEFAULT 100 CHECK (max_per_hour > 0),
+    building       text,
+    floor          text,
+    room           text,
+    gateway_id     bigint,
+    unit_id        smallint CHECK (unit_id BETWEEN 1 AND 247),
+    device_profile text,
+    account_id     bigint,
+    tariff_id      bigint,
+    protect        boolean NOT NULL DEFAULT false,
+    active         boolean NOT NULL DEFAULT true,
+    removed_at     timestamptz,
+    replaced_by    bigint,
+    relay_state    prepay.relay_state,
+    relay_state_at timestamptz,
+    lost_since     timestamptz,
+    last_read_at   timestamptz,
+    last_energy    numeric(15,3),
+    charge_carry   numeric(12,9) NOT NULL DEFAULT 0 CHECK (charge_carry >= 0 AND charge_carry < 0.01),
+    PRIMARY KEY (site_id, meter_id),
+    UNIQUE (site_id, code),
+    FOREIGN KEY (site_id, gateway_id) REFERENCES prepay.gateway,
+    FOREIGN KEY (site_id, account_id) REFERENCES prepay.account,
+    FOREIGN KEY (site_id, tariff_id) REFERENCES prepay.tariff,
+    CHECK (active OR removed_at IS NOT NULL)
+) WITH (fillfactor = 70);
+CREATE UNIQUE INDEX meter_bus_address ON prepay.meter (site_id, gateway_id, unit_id) WHERE active;
+CREATE INDEX meter_account ON prepay.meter (site_id, account_id);
+COMMENT ON INDEX prepay.meter_bus_address IS 'Two active meters cannot answer at the same address on one gateway.';
+COMMENT ON INDEX prepay.meter_account IS 'Meters of an account.';
+COMMENT ON TABLE prepay.meter IS 'A physical meter: where it is, how to reach it, whose it is, and the state the rating trigger keeps (last rated reading, sub-cent carry).';
+COMMENT ON COLUMN prepay.meter.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.meter.meter_id IS 'Meter id.';
+COMMENT ON COLUMN prepay.meter.code IS 'Unique meter number within the site (nameplate or asset number).';
+COMMENT ON COLUMN prepay.meter.kind IS 'electricity, water or heat.';
+COMMENT ON COLUMN prepay.meter.multiplier IS 'CT ratio times PT ratio: consumption = register difference times multiplier.';
+COMMENT ON COLUMN prepay.meter.max_per_hour IS 'Largest plausible consumption per hour after the multiplier (kW for electricity, m3/h for water); a larger jump is quarantined as impossible_jump.';
+COMMENT ON COLUMN prepay.meter.building IS 'Building of the metered unit.';
+COMMENT ON COLUMN prepay.meter.floor IS 'Floor of the metered unit.';
+COMMENT ON COLUMN prepay.meter.room IS 'Room or shop number of the metered unit.';
+COMMENT ON COLUMN prepay.meter.gateway_id IS 'Gateway the meter is polled through.';
+COMMENT ON COLUMN prepay.meter.unit_id IS 'Modbus unit (slave) address on the gateway.';
+COMMENT ON COLUMN prepay.meter.device_profile IS 'Name of the register map the agent uses for this meter.';
+COMMENT ON COLUMN prepay.meter.account_id IS 'Account charged for the meter''s consumption; NULL for a vacant unit (readings rated, nothing charged).';
+COMMENT ON COLUMN prepay.meter.tariff_id IS 'Meter''s own tariff ("one meter, one price"); NULL uses the account''s.';
+COMMENT ON COLUMN prepay.meter.protect IS 'Keep power: never trip this meter.';
+COMMENT ON COLUMN prepay.meter.active IS 'false once the meter was replaced or removed; its later readings are quarantined.';
+COMMENT ON COLUMN prepay.meter.removed_at IS 'When the meter was replaced or removed.';
+COMMENT ON COLUMN prepay.meter.replaced_by IS 'Meter that replaced this one.';
+COMMENT ON COLUMN prepay.meter.relay_state IS 'Last relay state known (reported with a reading or read back after a command); NULL if never known.';
+COMMENT ON COLUMN prepay.meter.relay_state_at IS 'When relay_state was last learnt.';
+COMMENT ON COLUMN prepay.meter.lost_since IS 'Since when the meter has not answered; NULL when online.';
+COMMENT ON COLUMN prepay.meter.last_read_at IS 'Time of the last rated reading: the start of the next consumption interval.';
+COMMENT ON COLUMN prepay.meter.last_energy IS 'Register value of the last rated reading.';
+COMMENT ON COLUMN prepay.meter.charge_carry IS 'Sub-cent part of the exact consumption charges not yet posted (0 <= carry < 0.01); see the rounding rule.';
+
+-- ---------------------------------------------------------------------
+-- readings
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.reading (
+    site_id           integer NOT NULL,
+    meter_id          bigint NOT NULL,
+    read_at           timestamptz NOT NULL,
+    energy            numeric(15,3),
+    sharp             numeric(15,3),
+    peak              numeric(15,3),
+    flat              numeric(15,3),
+    valley            numeric(15,3),
+    power             numeric(12,3),
+    relay_state       prepay.relay_state,
+    quarantine_reason prepay.quarantine_reason,
+    quarantine_detail text,
+    received_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (site_id, meter_id, read_at)
+);
+COMMENT ON TABLE prepay.reading IS 'Every reading received, exactly once per (meter, read_at): insert or COPY here and the rating trigger charges the consumption in the same transaction.  A duplicate is silently skipped.  A reading that cannot be rated is kept with a quarantine_reason and an alarm.  No foreign key: a reading of an unknown meter is kept, not refused.';
+COMMENT ON COLUMN prepay.reading.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.reading.meter_id IS 'Meter read.';
+COMMENT ON COLUMN prepay.reading.read_at IS 'When the meter was read.';
+COMMENT ON COLUMN prepay.reading.energy IS 'Cumulative total register (kWh or m3, before the multiplier).';
+COMMENT ON COLUMN prepay.reading.sharp IS 'Cumulative sharp (tip) TOU register, if the meter has one.';
+COMMENT ON COLUMN prepay.reading.peak IS 'Cumulative peak TOU register.';
+COMMENT ON COLUMN prepay.reading.flat IS 'Cumulative flat TOU register.';
+COMMENT ON COLUMN prepay.reading.valley IS 'Cumulative valley TOU register.';
+COMMENT ON COLUMN prepay.reading.power IS 'Active power at read_at, kW (informational).';
+COMMENT ON COLUMN prepay.reading.relay_state IS 'Relay state the meter reported, if read.';
+COMMENT ON COLUMN prepay.reading.quarantine_reason IS 'NULL when rated; otherwise why the reading was not charged.';
+COMMENT ON COLUMN prepay.reading.quarantine_detail IS 'Human explanation of the quarantine, with the values involved.';
+COMMENT ON COLUMN prepay.reading.received_at IS 'When the database received the reading.';
+
+CREATE INDEX reading_quarantined ON prepay.reading (site_id, meter_id, read_at) WHERE quarantine_reason IS NOT NULL;
+COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings that were stored but not rated.';
+
+-- ---------------------------------------------------------------------
+-- the ledger
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.ledger (
+    site_id          integer NOT NULL,
+    entry_id         bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.ledger_entry_id_seq'),
+    account_id       bigint NOT NULL,
+    kind             prepay.ledger_kind NOT NULL,
+    amount           numeric(14,2) NOT NULL,
+    balance_after    numeric(14,2) NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by       text NOT NULL DEFAULT SESSION_USER,
+    channel          text,
+    external_ref     text,
+    reverses_entry   bigint,
+    reason           text,
+    meter_id         bigint,
+    read_from        timestamptz,
+    read_to          timestamptz,
+    energy           numeric(15,3),
+    exact_charge     numeric(18,9),
+    PRIMARY KEY (site_id, entry_id),
+    FOREIGN KEY (site_id, account_id) REFERENCES prepay.account,
+    CHECK (kind <> 'consumption' OR (meter_id IS NOT NULL AND read_from < read_to AND energy >= 0 AND exact_charge >= 0)),
+    CHECK (kind NOT IN ('recharge', 'refund') OR (channel IS NOT NULL AND external_ref IS NOT NULL)),
+    CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL)
+);
+CREATE INDEX ledger_account ON prepay.ledger (site_id, account_id, entry_id);
+CREATE UNIQUE INDEX ledger_payment_ref ON prepay.ledger (site_id, channel, external_ref) WHERE external_ref IS NOT NULL;
+CREATE UNIQUE INDEX ledger_reversal ON prepay.ledger (site_id, reverses_entry) WHERE reverses_entry IS NOT NULL;
+COMMENT ON INDEX prepay.ledger_account IS 'An account''s entries in order: statements and trails.';
+COMMENT ON INDEX prepay.ledger_payment_ref IS 'A payment reference is used once per channel: what makes recharge and refund idempotent.';
+COMMENT ON INDEX prepay.ledger_reversal IS 'An entry is reversed at most once.';
+COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused.';
+COMMENT ON COLUMN prepay.ledger.site_id IS 'Site of the account.';
+COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id; increasing with time.';
+COMMENT ON COLUMN prepay.ledger.account_id IS 'Account whose wallet moved.';
+COMMENT ON COLUMN prepay.ledger.kind IS 'consumption, recharge, refund, reversal or closing_refund.';
+COMMENT ON COLUMN prepay.ledger.amount IS 'Signed amount: positive credits the wallet, negative debits it.';
+COMMENT ON COLUMN prepay.ledger.balance_after IS 'Wallet balance right after this entry.';
+COMMENT ON COLUMN prepay.ledger.created_at IS 'When the entry was posted (transaction time).';
+COMMENT ON COLUMN prepay.ledger.created_by IS 'Database user who posted it (session_user).';
+COMMENT ON COLUMN prepay.ledger.channel IS 'Payment channel of a recharge or refund (cash, card, wechat, ...).';
+COMMENT ON COLUMN prepay.ledger.external_ref IS 'The channel''s reference (receipt or transaction number); unique per channel.';
+COMMENT ON COLUMN prepay.ledger.reverses_entry IS 'For a reversal, the entry it cancels.';
+COMMENT ON COLUMN prepay.ledger.reason IS 'Free text given by the operator (reversal reason, refund reason).';
+COMMENT ON COLUMN prepay.ledger.meter_id IS 'For a consumption charge, the meter.';
+COMMENT ON COLUMN prepay.ledger.read_from IS 'For a consumption charge, the previous rated reading''s time.';
+COMMENT ON COLUMN prepay.ledger.read_to IS 'For a consumption charge, the reading charged.';
+COMMENT ON COLUMN prepay.ledger.energy IS 'For a consumption charge, the energy charged (register difference times multiplier).';
+COMMENT ON COLUMN prepay.ledger.exact_charge IS 'For a consumption charge, the exact price of the energy before rounding to cents.';
+
+-- ---------------------------------------------------------------------
+-- commands, alarms, notifications
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.command (
+    site_id     integer NOT NULL,
+    command_id  bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.command_id_seq'),
+    meter_id    bigint NOT NULL,
+    account_id  bigint,
+    action      prepay.command_action NOT NULL,
+    state       prepay.command_state NOT NULL DEFAULT 'queued',
+    reason      text NOT NULL,
+    not_before  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    created_by  text NOT NULL DEFAULT SESSION_USER,
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    attempts    integer NOT NULL DEFAULT 0,
+    last_error  text,
+    PRIMARY KEY (site_id, command_id),
+    FOREIGN KEY (site_id, meter_id) REFERENCES prepay.meter
+);
+CREATE UNIQUE INDEX command_one_queued ON prepay.command (site_id, meter_id) WHERE state = 'queued';
+CREATE INDEX command_open ON prepay.command (site_id, not_before) WHERE state IN ('queued', 'sent');
+COMMENT ON INDEX prepay.command_one_queued IS 'At most one queued command per meter: no duplicate commands pile up.';
+COMMENT ON INDEX prepay.command_open IS 'Commands the agent still has to carry out.';
+COMMENT ON TABLE prepay.command IS 'Relay command queue: the row is the truth, NOTIFY prepay_command only wakes the agent.';
+COMMENT ON COLUMN prepay.command.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.command.command_id IS 'Command id.';
+COMMENT ON COLUMN prepay.command.meter_id IS 'Meter whose relay is to move.';
+COMMENT ON COLUMN prepay.command.account_id IS 'Account whose balance caused the command, if any.';
+COMMENT ON COLUMN prepay.command.action IS 'trip or close.';
+COMMENT ON COLUMN prepay.command.state IS 'queued, sent, done, failed or cancelled.';
+COMMENT ON COLUMN prepay.command.reason IS 'Why: arrears, restored, manual, ...';
+COMMENT ON COLUMN prepay.command.not_before IS 'Do not execute before this time (the end of a no-cut window).';
+COMMENT ON COLUMN prepay.command.created_at IS 'When the command was queued.';
+COMMENT ON COLUMN prepay.command.created_by IS 'Database user who queued it.';
+COMMENT ON COLUMN prepay.command.updated_at IS 'Last state change.';
+COMMENT ON COLUMN prepay.command.attempts IS 'How many times the agent tried it.';
+COMMENT ON COLUMN prepay.command.last_error IS 'Error of the last failed attempt.';
+
+CREATE TABLE prepay.alarm (
+    site_id     integer NOT NULL,
+    alarm_id    bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.alarm_id_seq'),
+    kind        text NOT NULL,
+    account_id  bigint,
+    meter_id    bigint,
+    raised_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    cleared_at  timestamptz,
+    detail      text,
+    PRIMARY KEY (site_id, alarm_id)
+);
+CREATE UNIQUE INDEX alarm_one_active ON prepay.alarm (site_id, kind, coalesce(account_id, 0), coalesce(meter_id, 0)) WHERE cleared_at IS NULL;
+COMMENT ON INDEX prepay.alarm_one_active IS 'At most one active alarm of a kind per account and meter.';
+COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading.';
+COMMENT ON COLUMN prepay.alarm.site_id IS 'Site the alarm belongs to.';
+COMMENT ON COLUMN prepay.alarm.alarm_id IS 'Alarm id.';
+COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder) or bad_reading.';
+COMMENT ON COLUMN prepay.alarm.account_id IS 'Account concerned, if any.';
+COMMENT ON COLUMN prepay.alarm.meter_id IS 'Meter concerned, if any.';
+COMMENT ON COLUMN prepay.alarm.raised_at IS 'When the alarm was raised.';
+COMMENT ON COLUMN prepay.alarm.cleared_at IS 'When it cleared; NULL while active.';
+COMMENT ON COLUMN prepay.alarm.detail IS 'Human explanation.';
+
+CREATE TABLE prepay.notification (
+    site_id          integer NOT NULL,
+    notification_id  bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.notification_id_seq'),
+    account_id       bigint NOT NULL,
+    kind             text NOT NULL,
+    alarm_level      smallint,
+    balance          numeric(14,2),
+    phone            text,
+    email            text,
+    message          text NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    delivered_at     timestamptz,
+    PRIMARY KEY (site_id, notification_id),
+    FOREIGN KEY (site_id, account_id) REFERENCES prepay.account
+);
+CREATE INDEX notification_undelivered ON prepay.notification (site_id, notification_id) WHERE delivered_at IS NULL;
+COMMENT ON INDEX prepay.notification_undelivered IS 'The outbox: notifications not yet delivered.';
+COMMENT ON TABLE prepay.notification IS 'Outbox of messages to tenants (SMS, e-mail, push): a delivery hook reads undelivered rows after NOTIFY prepay_notification and sets delivered_at.';
+COMMENT ON COLUMN prepay.notification.site_id IS 'Site of the account.';
+COMMENT ON COLUMN prepay.notification.notification_id IS 'Notification id.';
+COMMENT ON COLUMN prepay.notification.account_id IS 'Account notified.';
+COMMENT ON COLUMN prepay.notification.kind IS 'alarm_level for balance ladder changes.';
+COMMENT ON COLUMN prepay.notification.alarm_level IS 'The new alarm level.';
+COMMENT ON COLUMN prepay.notification.balance IS 'Balance when the notification was written.';
+COMMENT ON COLUMN prepay.notification.phone IS 'Phone to send to (copied from the account).';
+COMMENT ON COLUMN prepay.notification.email IS 'E-mail to send to (copied from the account).';
+COMMENT ON COLUMN prepay.notification.message IS 'The text to send.';
+COMMENT ON COLUMN prepay.notification.created_at IS 'When it was written.';
+COMMENT ON COLUMN prepay.notification.delivered_at IS 'When the delivery hook sent it; NULL while pending.';
+
+-- ---------------------------------------------------------------------
+-- C functions and triggers
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.alarm_level(balance numeric, low_balance_threshold numeric,
+                                   pretrip_threshold numeric, credit_limit numeric)
+RETURNS smallint
+AS 'MODULE_PATHNAME', 'prepay_alarm_level'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION prepay.alarm_level(numeric, numeric, numeric, numeric) IS
+'The alarm ladder: 3 (arrears) when balance <= -credit_limit, else 2 (pre-trip) when balance <= pretrip_threshold, else 1 (low balance) when balance <= low_balance_threshold, else 0.  The rating trigger uses the same C code.';
+
+CREATE FUNCTION prepay.reading_skip_duplicate() RETURNS trigger
+AS 'MODULE_PATHNAME', 'prepay_reading_skip_duplicate'
+LANGUAGE C;
+COMMENT ON FUNCTION prepay.reading_skip_duplicate() IS
+'BEFORE INSERT row trigger on prepay.reading: skips a reading whose (site, meter, read_at) is already stored, so INSERT and COPY of duplicates charge nothing and fail nothing.';
+
+CREATE FUNCTION prepay.reading_rate_batch() RETURNS trigger
+AS 'MODULE_PATHNAME', 'prepay_reading_rate_batch'
+LANGUAGE C;
+COMMENT ON FUNCTION prepay.reading_rate_batch() IS
+'AFTER INSERT statement trigger on prepay.reading: rates every new reading of the statement in one pass (consumption, price, ledger entry, wallet, alarm ladder, relay commands) and quarantines the bad ones.';
+
+CREATE TRIGGER reading_skip_duplicate BEFORE INSERT ON prepay.reading
+    FOR EACH ROW EXECUTE FUNCTION prepay.reading_skip_duplicate();
+CREATE TRIGGER reading_rate_batch AFTER INSERT ON prepay.reading
+    REFERENCING NEW TABLE AS new_readings
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_rate_batch();
+
+-- ---------------------------------------------------------------------
+-- append-only ledger
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.ledger_refuse_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the prepay ledger is append-only'
+        USING ERRCODE = 'PY013',
+              DETAIL = pg_catalog.format('%s on prepay.ledger was refused.', TG_OP),
+              HINT = 'Correct an entry with prepay.reverse(site_id, entry_id, reason).';
+END $$;
+COMMENT ON FUNCTION prepay.ledger_refuse_change() IS 'Refuses UPDATE, DELETE and TRUNCATE on the ledger.';
+CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay.ledger_refuse_change();
+
+-- ---------------------------------------------------------------------
+-- internal helpers (not part of the public API)
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._raise(sqlstate text, message text, detail text, hint text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = coalesce(detail, ''), HINT = coalesce(hint, '');
+END $$;
+COMMENT ON FUNCTION prepay._raise(text, text, text, text) IS 'Internal: raise an error with a SQLSTATE, message, detail and hint.';
+
+CREATE FUNCTION prepay._check_amount(p_amount numeric, p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_amount IS NULL OR p_amount <= 0 THEN
+        PERFORM prepay._raise('22023', pg_catalog.format('%s amount must be positive', p_what),
+            pg_catalog.format('The amount given was %s.', coalesce(p_amount::text, 'NULL')),
+            'Pass a positive amount in the site''s currency; use prepay.refund or prepay.reverse to take money back.');
+    END IF;
+    IF p_amount <> pg_catalog.round(p_amount, 2) THEN
+        PERFORM prepay._raise('22023', pg_catalog.format('%s amount has more than two decimal places', p_what),
+            pg_catalog.format('The amount given was %s.', p_amount), 'Amounts are exact to the cent.');
+    END IF;
+    IF p_amount >= 1e12 THEN
+        PERFORM prepay._raise('22003', pg_catalog.format('%s amount is too large', p_what),
+            pg_catalog.format('The amount given was %s.', p_amount), 'Amounts must be below 1,000,000,000,000.');
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._check_amount(numeric, text) IS 'Internal: refuse a money amount that is not positive, has fractions of a cent or is absurdly large (SQLSTATE 22023 or 22003).';
+
+CREATE FUNCTION prepay._check_text(p_value text, p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_value IS NULL OR pg_catalog.btrim(p_value) = '' THEN
+        PERFORM prepay._raise('22023', pg_catalog.format('%s must not be empty', p_what), NULL,
+            pg_catalog.format('Pass a non-empty %s.', p_what));
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._check_text(text, text) IS 'Internal: refuse a NULL or blank required text argument (SQLSTATE 22023).';
+
+CREATE FUNCTION prepay._lock_account(p_site_id integer, p_account_id bigint, p_must_be_open boolean DEFAULT true)
+RETURNS prepay.account LANGUAGE plpgsql AS $$
+DECLARE
+    a prepay.account;
+BEGIN
+    SELECT * INTO a FROM prepay.account
+     WHERE site_id = p_site_id AND account_id = p_account_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY001', 'unknown account',
+            pg_catalog.format('Site %s has no account %s.', p_site_id, p_account_id),
+            'Check the site and account ids; prepay.account lists the accounts.');
+    END IF;
+    IF p_must_be_open AND a.closed_at IS NOT NULL THEN
+        PERFORM prepay._raise('PY002', 'account is closed',
+            pg_catalog.format('Account %s of site %s was closed at %s.', p_account_id, p_site_id, a.closed_at),
+            'Open a new account for the tenant.');
+    END IF;
+    RETURN a;
+END $$;
+COMMENT ON FUNCTION prepay._lock_account(integer, bigint, boolean) IS 'Internal: lock an account row for a wallet movement (the one lock every money path takes), raising PY001 if unknown and PY002 if closed.';
+
+CREATE FUNCTION prepay._lock_meter(p_site_id integer, p_meter_id bigint)
+RETURNS prepay.meter LANGUAGE plpgsql AS $$
+DECLARE
+    m prepay.meter;
+BEGIN
+    SELECT * INTO m FROM prepay.meter
+     WHERE site_id = p_site_id AND meter_id = p_meter_id FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY003', 'unknown meter',
+            pg_catalog.format('Site %s has no meter %s.', p_site_id, p_meter_id),
+            'Check the site and meter ids; prepay.meter lists the meters.');
+    END IF;
+    RETURN m;
+END $$;
+COMMENT ON FUNCTION prepay._lock_meter(integer, bigint) IS 'Internal: lock a meter row, raising PY003 if it does not exist.';
+
+CREATE FUNCTION prepay.cut_allowed_at(p_site_id integer, p_at timestamptz)
+RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    tz text;
+    t timestamptz := p_at;
+    moved boolean := true;
+    w prepay.no_cut_window;
+    local timestamp;
+    day date;
+    window_end timestamptz;
+    rounds integer := 0;
+BEGIN
+    SELECT time_zone INTO tz FROM prepay.site WHERE site_id = p_site_id;
+    WHILE moved AND rounds < 100 LOOP
+        moved := false;
+        rounds := rounds + 1;
+        FOR w IN SELECT * FROM prepay.no_cut_window WHERE site_id = p_site_id LOOP
+            window_end := NULL;
+            IF w.during IS NOT NULL THEN
+                IF w.during @> t THEN
+                    window_end := pg_catalog.upper(w.during);
+                END IF;
+            ELSE
+                local := pg_catalog.timezone(tz, t);
+                day := local::date;
+                IF w.daily_from < w.daily_to THEN
+                    IF local::time >= w.daily_from AND local::time < w.daily_to THEN
+                        window_end := pg_catalog.timezone(tz, day + w.daily_to);
+                    END IF;
+                ELSIF local::time >= w.daily_from THEN
+                    window_end := pg_catalog.timezone(tz, day + 1 + w.daily_to);
+                ELSIF local::time < w.daily_to THEN
+                    day := day - 1;   -- the window started the evening before
+                    window_end := pg_catalog.timezone(tz, day + 1 + w.daily_to);
+                END IF;
+                IF window_end IS NOT NULL AND w.iso_days IS NOT NULL
+                   AND NOT (pg_catalog.date_part('isodow', day)::smallint = ANY (w.iso_days)) THEN
+                    window_end := NULL;
+                END IF;
+            END IF;
+            IF window_end IS NOT NULL AND window_end > t THEN
+                t := window_end;
+                moved := true;
+            END IF;
+        END LOOP;
+    END LOOP;
+    RETURN t;
+END $$;
+COMMENT ON FUNCTION prepay.cut_allowed_at(integer, timestamptz) IS
+'Earliest instant at or after p_at when the site allows cutting supply: p_at itself unless a no-cut window is in force, else the end of the (chained) windows.';
+
+CREATE FUNCTION prepay._queue_command(p_site_id integer, p_meter_id bigint, p_action prepay.command_action,
+                                      p_reason text, p_account_id bigint DEFAULT NULL,
+                                      p_not_before timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    queued prepay.command;
+    new_id bigint;
+BEGIN
+    SELECT * INTO queued FROM prepay.command
+     WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' FOR UPDATE;
+    IF FOUND THEN
+        IF queued.action = p_action THEN
+            RETURN queued.command_id;          -- the same order is already waiting
+        END IF;
+        UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(),
+               last_error = pg_catalog.format('superseded by a %s command', p_action)
+         WHERE site_id = p_site_id AND command_id = queued.command_id;
+    END IF;
+    INSERT INTO prepay.command (site_id, meter_id, account_id, action, reason, not_before)
+    VALUES (p_site_id, p_meter_id, p_account_id, p_action, p_reason, p_not_before)
+    RETURNING command_id INTO new_id;
+    PERFORM pg_catalog.pg_notify('prepay_command', p_site_id || '/' || new_id);
+    RETURN new_id;
+END $$;
+COMMENT ON FUNCTION prepay._queue_command(integer, bigint, prepay.command_action, text, bigint, timestamptz) IS
+'Internal: queue a relay command unless the same one is already queued; an opposite queued command is cancelled.  Sends NOTIFY prepay_command with "site_id/command_id".';
+
+CREATE FUNCTION prepay._cancel_queued(p_site_id integer, p_meter_id bigint, p_action prepay.command_action, p_why text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(), last_error = p_why
+     WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' AND action = p_action;
+    RETURN FOUND;
+END $$;
+COMMENT ON FUNCTION prepay._cancel_queued(integer, bigint, prepay.command_action, text) IS 'Internal: cancel a queued command of the given action for a meter; true if one was cancelled.';
+
+CREATE FUNCTION prepay._trip_account(p_site_id integer, p_account_id bigint, p_reason text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    a prepay.account;
+    m prepay.meter;
+    n integer := 0;
+BEGIN
+    SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
+    IF a.protect OR a.mode <> 'prepaid' THEN
+        RETURN 0;
+    END IF;
+    FOR m IN SELECT * FROM prepay.meter
+              WHERE site_id = p_site_id AND account_id = p_account_id AND active AND NOT protect
+              ORDER BY meter_id LOOP
+        PERFORM prepay._queue_command(p_site_id, m.meter_id, 'trip', p_reason, p_account_id,
+                                      prepay.cut_allowed_at(p_site_id, pg_catalog.now()));
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay._trip_account(integer, bigint, text) IS 'Internal: queue a trip for each unprotected active meter of an unprotected prepaid account, deferred to the end of any no-cut window.  Returns how many.';
+
+CREATE FUNCTION prepay._restore_account(p_site_id integer, p_account_id bigint, p_reason text)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    m prepay.meter;
+    n integer := 0;
+BEGIN
+    FOR m IN SELECT * FROM prepay.meter
+              WHERE site_id = p_site_id AND account_id = p_account_id AND active
+              ORDER BY meter_id LOOP
+        PERFORM prepay._cancel_queued(p_site_id, m.meter_id, 'trip', 'balance restored before the trip was sent');
+        IF m.relay_state IS DISTINCT FROM 'closed'
+           OR EXISTS (SELECT 1 FROM prepay.command c
+                       WHERE c.site_id = p_site_id AND c.meter_id = m.meter_id
+                         AND c.action = 'trip' AND c.state = 'sent') THEN
+            PERFORM prepay._queue_command(p_site_id, m.meter_id, 'close', p_reason, p_account_id);
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay._restore_account(integer, bigint, text) IS 'Internal: automatic restore: cancel queued trips and queue a close for every meter not known to be closed.  Returns how many closes were queued.';
+
+CREATE FUNCTION prepay._alarm_level_changed(p_site_id integer, p_account_id bigint,
+                                            p_old smallint, p_new smallint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    kinds constant text[] := ARRAY['low_balance', 'pretrip', 'arrears'];
+    a prepay.account;
+    s prepay.site;
+    notification_id bigint;
+    msg text;
+BEGIN
+    UPDATE prepay.account SET alarm_level = p_new
+     WHERE site_id = p_site_id AND account_id = p_account_id
+    RETURNING * INTO a;
+    SELECT * INTO s FROM prepay.site WHERE site_id = p_site_id;
+
+    UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+     WHERE site_id = p_site_id AND account_id = p_account_id AND meter_id IS NULL
+       AND cleared_at IS NULL AND kind = ANY (kinds)
+       AND (p_new = 0 OR kind <> kinds[p_new]);
+    IF p_new > 0 THEN
+        INSERT INTO prepay.alarm (site_id, kind, account_id, detail)
+        VALUES (p_site_id, kinds[p_new], p_account_id,
+                pg_catalog.format('balance %s %s', a.balance, s.currency))
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    msg := CASE p_new
+        WHEN 0 THEN pg_catalog.format('Account %s: balance is %s %s, thank you.', a.code, a.balance, s.currency)
+        WHEN 1 THEN pg_catalog.format('Account %s: balance is low (%s %s). Please recharge.', a.code, a.balance, s.currency)
+        WHEN 2 THEN pg_catalog.format('Account %s: balance %s %s; supply will be cut soon. Please recharge now.', a.code, a.balance, s.currency)
+        ELSE CASE WHEN a.protect
+                  THEN pg_catalog.format('Account %s is in arrears (%s %s). Please recharge.', a.code, a.balance, s.currency)
+                  ELSE pg_catalog.format('Account %s is in arrears (%s %s); supply is being cut. It is restored automatically when you recharge.', a.code, a.balance, s.currency)
+             END
+    END;
+    INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email, message)
+    VALUES (p_site_id, p_account_id, 'alarm_level', p_new, a.balance, a.phone, a.email, msg)
+    RETURNING notification.notification_id INTO notification_id;
+    PERFORM pg_catalog.pg_notify('prepay_notification', p_site_id || '/' || notification_id);
+
+    IF p_new = 3 AND p_old < 3 THEN
+        PERFORM prepay._trip_account(p_site_id, p_account_id, 'arrears');
+    ELSIF p_old = 3 AND p_new < 3 THEN
+        PERFORM prepay._restore_account(p_site_id, p_account_id, 'balance restored');
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._alarm_level_changed(integer, bigint, smallint, smallint) IS
+'Internal: the consequences of an alarm level change: store the level, swap the active ladder alarm, write a notification (NOTIFY prepay_notification), trip on entering arrears and restore on leaving them.  Called by the rating trigger and by every wallet movement.';
+
+CREATE FUNCTION prepay._post_entry(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
+                                   p_amount numeric, p_channel text DEFAULT NULL, p_external_ref text DEFAULT NULL,
+                                   p_reason text DEFAULT NULL, p_reverses bigint DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a prepay.account;
+    s prepay.site;
+    entry bigint;
+    new_level smallint;
+BEGIN
+    -- caller holds the account lock (prepay._lock_account)
+    UPDATE prepay.account SET balance = balance + p_amount
+     WHERE site_id = p_site_id AND account_id = p_account_id
+    RETURNING * INTO a;
+    INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,
+                               channel, external_ref, reason, reverses_entry)
+    VALUES (p_site_id, p_account_id, p_kind, p_amount, a.balance,
+            p_channel, p_external_ref, p_reason, p_reverses)
+    RETURNING entry_id INTO entry;
+
+    IF a.mode = 'prepaid' AND a.closed_at IS NULL THEN
+        SELECT * INTO s FROM prepay.site WHERE site_id = p_site_id;
+        new_level := prepay.alarm_level(a.balance,
+                                        coalesce(a.low_balance_threshold, s.low_balance_threshold),
+                                        coalesce(a.pretrip_threshold, s.pretrip_threshold),
+                                        a.credit_limit);
+        IF new_level <> a.alarm_level THEN
+            PERFORM prepay._alarm_level_changed(p_site_id, p_account_id, a.alarm_level, new_level);
+        END IF;
+    END IF;
+    RETURN entry;
+END $$;
+COMMENT ON FUNCTION prepay._post_entry(integer, bigint, prepay.ledger_kind, numeric, text, text, text, bigint) IS
+'Internal: post one ledger entry, move the wallet by the same amount and run the alarm ladder.  The caller must hold the account lock.';
+
+CREATE FUNCTION prepay._payment_replay(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
+                                       p_amount numeric, p_channel text, p_external_ref text)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    e prepay.ledger;
+BEGIN
+    SELECT * INTO e FROM prepay.ledger
+     WHERE site_id = p_site_id AND channel = p_channel AND external_ref = p_external_ref;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF e.account_id <> p_account_id OR e.kind <> p_kind OR e.amount <> p_amount THEN
+        PERFORM prepay._raise('PY004', 'payment reference already used for a different payment',
+            pg_catalog.format('Reference %L on channel %L is ledger entry %s: %s of %s on account %s.',
+                              p_external_ref, p_channel, e.entry_id, e.kind, e.amount, e.account_id),
+            'A reference identifies one payment; use a new reference for a new payment.');
+    END IF;
+    RETURN e.entry_id;
+END $$;
+COMMENT ON FUNCTION prepay._payment_replay(integer, bigint, prepay.ledger_kind, numeric, text, text) IS
+'Internal: the entry already posted for (channel, external_ref), NULL if none; PY004 if that entry is a different payment.';
+
+-- ---------------------------------------------------------------------
+-- public API: accounts and meters
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.open_account(p_site_id integer, p_code text, p_name text, p_tariff_id bigint,
+                                    p_mode prepay.account_mode DEFAULT 'prepaid',
+                                    p_phone text DEFAULT NULL, p_email text DEFAULT NULL,
+                                    p_floor_area numeric DEFAULT NULL, p_credit_limit numeric DEFAULT 0)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    id bigint;
+BEGIN
+    PERFORM prepay._check_text(p_code, 'account code');
+    PERFORM prepay._check_text(p_name, 'account name');
+    IF NOT EXISTS (SELECT 1 FROM prepay.site WHERE site_id = p_site_id) THEN
+        PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id),
+                              'prepay.site lists the sites.');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM prepay.tariff WHERE site_id = p_site_id AND tariff_id = p_tariff_id) THEN
+        PERFORM prepay._raise('PY009', 'unknown tariff',
+            pg_catalog.format('Site %s has no tariff %s.', p_site_id, p_tariff_id), 'prepay.tariff lists the tariffs.');
+    END IF;
+    IF p_credit_limit IS NULL OR p_credit_limit < 0 THEN
+        PERFORM prepay._raise('22023', 'credit limit must not be negative',
+            pg_catalog.format('The credit limit given was %s.', coalesce(p_credit_limit::text, 'NULL')),
+            'A credit limit of 100 lets the balance fall to -100 before the trip.');
+    END IF;
+    INSERT INTO prepay.account (site_id, code, name, tariff_id, mode, phone, email, floor_area, credit_limit)
+    VALUES (p_site_id, p_code, p_name, p_tariff_id, p_mode, p_phone, p_email, p_floor_area, p_credit_limit)
+    RETURNING account_id INTO id;
+    RETURN id;
+EXCEPTION WHEN unique_violation THEN
+    PERFORM prepay._raise('23505', 'account code already exists',
+        pg_catalog.format('Site %s already has an account with code %L.', p_site_id, p_code),
+        'Account codes are unique within a site.');
+END $$;
+COMMENT ON FUNCTION prepay.open_account(integer, text, text, bigint, prepay.account_mode, text, text, numeric, numeric) IS
+'Open an account (wallet) with balance 0 on a tariff; returns its account_id.  Attach meters with prepay.attach_meter and fund it with prepay.recharge.';
+
+CREATE FUNCTION prepay.attach_meter(p_site_id integer, p_account_id bigint, p_meter_id bigint,
+                                    p_initial_energy numeric DEFAULT NULL,
+                                    p_at timestamptz DEFAULT pg_catalog.now())
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    a prepay.account;
+    m prepay.meter;
+BEGIN
+    a := prepay._lock_account(p_site_id, p_account_id);
+    m := prepay._lock_meter(p_site_id, p_meter_id);
+    IF NOT m.active THEN
+        PERFORM prepay._raise('PY010', 'meter was removed',
+            pg_catalog.format('Meter %s was removed at %s.', p_meter_id, m.removed_at),
+            'Attach the meter that replaced it.');
+    END IF;
+    IF m.account_id IS NOT NULL AND m.account_id <> p_account_id THEN
+        PERFORM prepay._raise('PY008', 'meter belongs to another account',
+            pg_catalog.format('Meter %s is attached to account %s.', p_meter_id, m.account_id),
+            'Close that account first, or attach another meter.');
+    END IF;
+    IF p_initial_energy IS NOT NULL THEN
+        -- the handover reading, rated while the meter is still vacant: the
+        -- new tenant pays only for what is used after it
+        INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+        VALUES (p_site_id, p_meter_id, p_at, p_initial_energy);
+        IF EXISTS (SELECT 1 FROM prepay.reading WHERE site_id = p_site_id AND meter_id = p_meter_id
+                      AND read_at = p_at AND quarantine_reason IS NOT NULL) THEN
+            PERFORM prepay._raise('PY011', 'handover reading was not accepted',
+                (SELECT quarantine_detail FROM prepay.reading WHERE site_id = p_site_id
+                    AND meter_id = p_meter_id AND read_at = p_at),
+                'Check the reading and its time against the meter''s last reading.');
+        END IF;
+    END IF;
+    UPDATE prepay.meter SET account_id = p_account_id, charge_carry = 0
+     WHERE site_id = p_site_id AND meter_id = p_meter_id;
+END $$;
+COMMENT ON FUNCTION prepay.attach_meter(integer, bigint, bigint, numeric, timestamptz) IS
+'Attach a meter to an account.  With p_initial_energy, first records the handover reading at p_at so that only later consumption is charged to the account.';
+
+CREATE FUNCTION prepay.replace_meter(p_site_id integer, p_old_meter_id bigint, p_final_energy numeric,
+                                     p_new_code text, p_initial_energy numeric,
+                                     p_at timestamptz DEFAULT pg_catalog.now())
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    m prepay.meter;
+    new_id bigint;
+BEGIN
+    PERFORM prepay._check_text(p_new_code, 'new meter code');
+    IF p_final_energy IS NULL OR p_initial_energy IS NULL OR p_initial_energy < 0 THEN
+        PERFORM prepay._raise('22023', 'final and initial readings are required',
+            pg_catalog.format('final %s, initial %s', p_final_energy, p_initial_energy),
+            'Pass the old meter''s last register value and the new meter''s first one.');
+    END IF;
+    m := prepay._lock_meter(p_site_id, p_old_meter_id);
+    IF NOT m.active THEN
+        PERFORM prepay._raise('PY010', 'meter was removed',
+            pg_catalog.format('Meter %s was removed at %s.', p_old_meter_id, m.removed_at), NULL);
+    END IF;
+
+    -- the old meter's final reading is rated (and charged) like any other
+    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+    VALUES (p_site_id, p_old_meter_id, p_at, p_final_energy);
+    IF EXISTS (SELECT 1 FROM prepay.reading WHERE site_id = p_site_id AND meter_id = p_old_meter_id
+                  AND read_at = p_at AND quarantine_reason IS NOT NULL) THEN
+        PERFORM prepay._raise('PY011', 'final reading was not accepted',
+            (SELECT quarantine_detail FROM prepay.reading WHERE site_id = p_site_id
+                AND meter_id = p_old_meter_id AND read_at = p_at),
+            'Check the final register value and time against the meter''s last reading.');
+    END IF;
+
+    UPDATE prepay.meter SET active = false, removed_at = p_at
+     WHERE site_id = p_site_id AND meter_id = p_old_meter_id;
+    INSERT INTO prepay.meter (site_id, code, kind, multiplier, max_per_hour, building, floor, room,
+                              gateway_id, unit_id, device_profile, account_id, tariff_id, protect)
+    VALUES (p_site_id, p_new_code, m.kind, m.multiplier, m.max_per_hour, m.building, m.floor, m.room,
+            m.gateway_id, m.unit_id, m.device_profile, NULL, m.tariff_id, m.protect)
+    RETURNING meter_id INTO new_id;
+    UPDATE prepay.meter SET replaced_by = new_id WHERE site_id = p_site_id AND meter_id = p_old_meter_id;
+    UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(), last_error = 'meter replaced'
+     WHERE site_id = p_site_id AND meter_id = p_old_meter_id AND state = 'queued';
+
+    -- the new meter's first reading is its baseline; then it takes over the account
+    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+    VALUES (p_site_id, new_id, p_at, p_initial_energy);
+    UPDATE prepay.meter SET account_id = m.account_id WHERE site_id = p_site_id AND meter_id = new_id;
+    RETURN new_id;
+EXCEPTION WHEN unique_violation THEN
+    PERFORM prepay._raise('23505', 'meter code already exists',
+        pg_catalog.format('Site %s already has a meter with code %L.', p_site_id, p_new_code),
+        'Meter codes are unique within a site.');
+END $$;
+COMMENT ON FUNCTION prepay.replace_meter(integer, bigint, numeric, text, numeric, timestamptz) IS
+'Replace a meter: its final reading is rated and charged, it is marked removed, and a new meter with the same place, address, multiplier and account starts from its initial reading.  The balance carries over untouched.  Returns the new meter_id.';
+
+CREATE FUNCTION prepay.close_account(p_site_id integer, p_account_id bigint,
+                                     p_channel text DEFAULT 'closing', p_reason text DEFAULT 'account closed')
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a prepay.account;
+    entry bigint;
+BEGIN
+    a := prepay._lock_account(p_site_id, p_account_id);
+    IF a.balance < 0 THEN
+        PERFORM prepay._raise('PY012', 'account is in arrears',
+            pg_catalog.format('Account %s owes %s.', p_account_id, -a.balance),
+            'Settle the arrears with prepay.recharge before closing the account.');
+    END IF;
+    IF a.balance > 0 THEN
+        entry := prepay._post_entry(p_site_id, p_account_id, 'closing_refund', -a.balance,
+                                    p_channel, 'close:' || p_account_id, p_reason);
+    END IF;
+    UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(), last_error = 'account closed'
+     WHERE site_id = p_site_id AND account_id = p_account_id AND state = 'queued';
+    UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+     WHERE site_id = p_site_id AND account_id = p_account_id AND cleared_at IS NULL;
+    UPDATE prepay.meter SET account_id = NULL, charge_carry = 0
+     WHERE site_id = p_site_id AND account_id = p_account_id;
+    UPDATE prepay.account SET closed_at = pg_catalog.now(), alarm_level = 0
+     WHERE site_id = p_site_id AND account_id = p_account_id;
+    RETURN entry;
+END $$;
+COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text) IS
+'Close an account with final settlement: the remaining balance is refunded by a closing_refund ledger entry (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears.';
+
+-- ---------------------------------------------------------------------
+-- public API: money
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.recharge(p_site_id integer, p_account_id bigint, p_amount numeric,
+                                p_channel text, p_external_ref text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    entry bigint;
+BEGIN
+    PERFORM prepay._check_amount(p_amount, 'recharge');
+    PERFORM prepay._check_text(p_channel, 'channel');
+    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._lock_account(p_site_id, p_account_id);
+    entry := prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_channel, p_external_ref);
+    IF entry IS NOT NULL THEN
+        RETURN entry;
+    END IF;
+    BEGIN
+        RETURN prepay._post_entry(p_site_id, p_account_id, 'recharge', p_amount, p_channel, p_external_ref);
+    EXCEPTION WHEN unique_violation THEN
+        -- the same reference was committed meanwhile for another account
+        RETURN prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_channel, p_external_ref);
+    END;
+END $$;
+COMMENT ON FUNCTION prepay.recharge(integer, bigint, numeric, text, text) IS
+'Credit a payment to an account''s wallet and return its ledger entry.  Idempotent: the same (channel, external_ref) returns the same entry and credits nothing; reusing a reference for a different payment is refused (PY004).  Leaving arrears queues the close (automatic restore).';
+
+CREATE FUNCTION prepay.refund(p_site_id integer, p_account_id bigint, p_amount numeric,
+                              p_channel text, p_external_ref text, p_reason text DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    a prepay.account;
+    entry bigint;
+BEGIN
+    PERFORM prepay._check_amount(p_amount, 'refund');
+    PERFORM prepay._check_text(p_channel, 'channel');
+    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    a := prepay._lock_account(p_site_id, p_account_id);
+    entry := prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_channel, p_external_ref);
+    IF entry IS NOT NULL THEN
+        RETURN entry;
+    END IF;
+    IF p_amount > a.balance THEN
+        PERFORM prepay._raise('PY005', 'refund exceeds the balance',
+            pg_catalog.format('Account %s has %s; %s was asked.', p_account_id, a.balance, p_amount),
+            'Refund at most the current balance.');
+    END IF;
+    BEGIN
+        RETURN prepay._post_entry(p_site_id, p_account_id, 'refund', -p_amount, p_channel, p_external_ref, p_reason);
+    EXCEPTION WHEN unique_violation THEN
+        RETURN prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_channel, p_external_ref);
+    END;
+END $$;
+COMMENT ON FUNCTION prepay.refund(integer, bigint, numeric, text, text, text) IS
+'Pay money back out of a wallet (at most the balance) and return the ledger entry.  Idempotent per (channel, external_ref) like recharge.';
+
+CREATE FUNCTION prepay.reverse(p_site_id integer, p_entry_id bigint, p_reason text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    e prepay.ledger;
+    existing bigint;
+BEGIN
+    PERFORM prepay._check_text(p_reason, 'reason');
+    SELECT * INTO e FROM prepay.ledger WHERE site_id = p_site_id AND entry_id = p_entry_id;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY006', 'unknown ledger entry',
+            pg_catalog.format('Site %s has no ledger entry %s.', p_site_id, p_entry_id),
+            'prepay.ledger lists the entries.');
+    END IF;
+    IF e.kind IN ('reversal', 'closing_refund') THEN
+        PERFORM prepay._raise('PY006', pg_catalog.format('a %s entry cannot be reversed', e.kind),
+            pg_catalog.format('Entry %s is a %s.', p_entry_id, e.kind),
+            'Post a new recharge or refund instead.');
+    END IF;
+    PERFORM prepay._lock_account(p_site_id, e.account_id);
+    SELECT entry_id INTO existing FROM prepay.ledger WHERE site_id = p_site_id AND reverses_entry = p_entry_id;
+    IF FOUND THEN
+        RETURN existing;
+    END IF;
+    RETURN prepay._post_entry(p_site_id, e.account_id, 'reversal', -e.amount, NULL, NULL, p_reason, p_entry_id);
+END $$;
+COMMENT ON FUNCTION prepay.reverse(integer, bigint, text) IS
+'Cancel a wrong entry by posting its exact opposite, once: calling it again returns the same reversal.  Reversals and closing refunds cannot be reversed (PY006).';
+
+CREATE FUNCTION prepay.balance(p_site_id integer, p_account_id bigint)
+RETURNS numeric LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    b numeric;
+BEGIN
+    SELECT balance INTO b FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY001', 'unknown account',
+            pg_catalog.format('Site %s has no account %s.', p_site_id, p_account_id),
+            'Check the site and account ids; prepay.account lists the accounts.');
+    END IF;
+    RETURN b;
+END $$;
+COMMENT ON FUNCTION prepay.balance(integer, bigint) IS 'Current wallet balance of an account (PY001 if unknown).';
+
+-- ---------------------------------------------------------------------
+-- public API: relay
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.trip(p_site_id integer, p_meter_id bigint, p_reason text DEFAULT 'manual')
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    m prepay.meter;
+    a prepay.account;
+BEGIN
+    PERFORM prepay._check_text(p_reason, 'reason');
+    m := prepay._lock_meter(p_site_id, p_meter_id);
+    SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = m.account_id;
+    IF m.protect OR coalesce(a.protect, false) THEN
+        PERFORM prepay._raise('PY014', 'meter is protected',
+            pg_catalog.format('Meter %s is on keep-power (%s).', p_meter_id,
+                              CASE WHEN m.protect THEN 'meter' ELSE 'account' END),
+            'Turn protection off with prepay.protect first.');
+    END IF;
+    IF NOT m.active THEN
+        PERFORM prepay._raise('PY010', 'meter was removed', pg_catalog.format('Meter %s was removed.', p_meter_id), NULL);
+    END IF;
+    RETURN prepay._queue_command(p_site_id, p_meter_id, 'trip', p_reason, m.account_id);
+END $$;
+COMMENT ON FUNCTION prepay.trip(integer, bigint, text) IS 'Queue a manual trip (cut supply) for a meter and return the command id; refused for protected meters (PY014).';
+
+CREATE FUNCTION prepay.close(p_site_id integer, p_meter_id bigint, p_reason text DEFAULT 'manual')
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    m prepay.meter;
+BEGIN
+    PERFORM prepay._check_text(p_reason, 'reason');
+    m := prepay._lock_meter(p_site_id, p_meter_id);
+    IF NOT m.active THEN
+        PERFORM prepay._raise('PY010', 'meter was removed', pg_catalog.format('Meter %s was removed.', p_meter_id), NULL);
+    END IF;
+    RETURN prepay._queue_command(p_site_id, p_meter_id, 'close', p_reason, m.account_id);
+END $$;
+COMMENT ON FUNCTION prepay.close(integer, bigint, text) IS 'Queue a manual close (restore supply) for a meter and return the command id.  An account still in arrears is not tripped again until it re-enters arrears.';
+
+CREATE FUNCTION prepay.protect(p_site_id integer, p_on boolean,
+                               p_meter_id bigint DEFAULT NULL, p_account_id bigint DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    a prepay.account;
+    m prepay.meter;
+BEGIN
+    IF p_on IS NULL OR (p_meter_id IS NULL) = (p_account_id IS NULL) THEN
+        PERFORM prepay._raise('22023', 'protect needs on/off and exactly one of a meter or an account', NULL,
+            'Call prepay.protect(site, true, p_meter_id => 7) or prepay.protect(site, false, p_account_id => 3).');
+    END IF;
+    IF p_account_id IS NOT NULL THEN
+        a := prepay._lock_account(p_site_id, p_account_id);
+        UPDATE prepay.account SET protect = p_on WHERE site_id = p_site_id AND account_id = p_account_id;
+        IF p_on THEN
+            UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(), last_error = 'account protected'
+             WHERE site_id = p_site_id AND account_id = p_account_id AND state = 'queued' AND action = 'trip';
+        ELSIF a.alarm_level = 3 THEN
+            PERFORM prepay._trip_account(p_site_id, p_account_id, 'arrears');
+        END IF;
+    ELSE
+        m := prepay._lock_meter(p_site_id, p_meter_id);
+        UPDATE prepay.meter SET protect = p_on WHERE site_id = p_site_id AND meter_id = p_meter_id;
+        IF p_on THEN
+            PERFORM prepay._cancel_queued(p_site_id, p_meter_id, 'trip', 'meter protected');
+        ELSIF m.account_id IS NOT NULL THEN
+            SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = m.account_id;
+            IF a.alarm_level = 3 AND NOT a.protect AND a.mode = 'prepaid' AND m.active THEN
+                PERFORM prepay._queue_command(p_site_id, p_meter_id, 'trip', 'arrears', a.account_id,
+                                              prepay.cut_allowed_at(p_site_id, pg_catalog.now()));
+            END IF;
+        END IF;
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay.protect(integer, boolean, bigint, bigint) IS
+'Turn keep-power on or off for a meter (p_meter_id) or a whole account (p_account_id).  On cancels queued trips; off trips at once (after any no-cut window) if the account is in arrears.';
+
+-- ---------------------------------------------------------------------
+-- audit
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.check_ledger()
+RETURNS TABLE (site_id integer, account_id bigint, balance numeric, ledger_total numeric,
+               last_balance_after numeric, problem text)
+LANGUAGE sql STABLE AS $$
+    WITH totals AS (
+        SELECT l.site_id, l.account_id, sum(l.amount) AS total,
+               (array_agg(l.balance_after ORDER BY l.entry_id DESC))[1] AS last_after
+          FROM prepay.ledger l
+         GROUP BY l.site_id, l.account_id
+    )
+    SELECT a.site_id, a.account_id, a.balance, coalesce(t.total, 0), t.last_after,
+           CASE WHEN a.balance <> coalesce(t.total, 0) THEN 'balance differs from the sum of the ledger'
+                ELSE 'balance differs from the last entry''s balance_after' END
+      FROM prepay.account a
+      LEFT JOIN totals t ON t.site_id = a.site_id AND t.account_id = a.account_id
+     WHERE a.balance <> coalesce(t.total, 0)
+        OR a.balance IS DISTINCT FROM coalesce(t.last_after, 0)
+     ORDER BY 1, 2;
+$$;
+COMMENT ON FUNCTION prepay.check_ledger() IS
+'The auditor''s check: every account whose balance differs from what its ledger explains (the sum of its amounts, and the balance_after of its last entry).  Empty when all is well.';
+
+-- ---------------------------------------------------------------------
+-- pg_dump: extension tables hold user data
+-- ---------------------------------------------------------------------
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['site', 'no_cut_window', 'gateway', 'tariff', 'tariff_version', 'account',
+                             'meter', 'reading', 'ledger', 'command', 'alarm', 'notification',
+                             'site_id_seq', 'gateway_id_seq', 'tariff_id_seq', 'account_id_seq',
+                             'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',
+                             'notification_id_seq', 'no_cut_window_id_seq'] LOOP
+        PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');
+    END LOOP;
+END $$;

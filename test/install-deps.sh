@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# test/install-deps.sh: install the Debian packages prepay builds and tests
+# with, when they are missing.  Runs apt-get as root directly, or through
+# sudo for an ordinary user.  Does nothing when everything is present.
+set -euo pipefail
+
+packages=(
+	make gcc
+	postgresql-15            # the server the tests run
+	postgresql-server-dev-15 # PGXS, pg_regress, isolation tester, TAP modules
+	postgresql-contrib       # pg_dump/pg_restore live in postgresql-client-15
+	libpq-dev
+	libipc-run-perl          # PostgreSQL::Test::Cluster (TAP tests)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "install-deps: installing ${missing[*]}" >&2
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+"${sudo[@]}" apt-get update -q
+"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
