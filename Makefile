@@ -59,4 +59,4 @@ test: deps
 
 bench: deps
 	$(MAKE) all
-	test/bench/rating.sh
+	test/run.sh test/bench/rating.sh

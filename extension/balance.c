@@ -16,9 +16,10 @@
  * prepay._alarm_level_changed(), which writes the notification and the
  * relay commands.
  *
- * Locking protocol: the caller (reading.c) already holds the meter locks;
- * accounts are locked here FOR NO KEY UPDATE in ascending (site_id,
- * account_id) order.  Meters before accounts, everywhere.
+ * Locking protocol: see reading.c.  The caller holds its sites' rating
+ * locks; the balance UPDATE here takes the account row locks, waiting for
+ * any recharge in flight on the same account and then adding to the
+ * balance that recharge committed.
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -36,26 +37,25 @@
 #include "utils/array.h"
 #include "utils/lsyscache.h"
 
-typedef struct BalanceAccount
+struct BalanceAccount
 {
 	int32		site_id;
 	int64		account_id;
-	int64		balance;		/* cents, as locked */
+	int64		balance;		/* cents, before the batch */
 	int64		delta;			/* cents, sum of this batch's charges */
 	int			level;
 	bool		ladder;			/* prepaid and open: the ladder applies */
 	int64		low_balance_threshold;
 	int64		pretrip_threshold;
 	int64		credit_limit;
-} BalanceAccount;
+};
 
 PG_FUNCTION_INFO_V1(prepay_alarm_level);
 
 static int	compare_charges(const void *a, const void *b);
-static BalanceAccount *lock_accounts(BalanceCharge *charges, int ncharges, int *naccounts);
+static int	compare_accounts(const void *a, const void *b);
+static BalanceAccount *move_balances(BalanceCharge *charges, int ncharges, int *naccounts);
 static void insert_ledger(BalanceCharge *charges, int ncharges);
-static void update_balances(BalanceAccount *accounts, int naccounts);
-static void apply_levels(BalanceAccount *accounts, int naccounts);
 
 /*
  * balance_alarm_level
@@ -93,34 +93,35 @@ prepay_alarm_level(PG_FUNCTION_ARGS)
  *		(account, time) order, insert the ledger rows, move the balances,
  *		and apply alarm level changes.  Must run inside SPI.
  */
-void
+BalancePosting *
 balance_post_charges(BalanceCharge *charges, int ncharges)
 {
+	BalancePosting *posting = palloc0(sizeof(BalancePosting));
 	BalanceAccount *accounts;
 	int			naccounts;
-	int			a = 0;
+	int			a;
 
 	if (ncharges == 0)
-		return;
+		return posting;
 	qsort(charges, ncharges, sizeof(BalanceCharge), compare_charges);
-	accounts = lock_accounts(charges, ncharges, &naccounts);
+	accounts = move_balances(charges, ncharges, &naccounts);
 
-	for (int i = 0; i < ncharges; i++)
+	/* chain balance_after backwards from each account's new balance */
+	a = naccounts - 1;
+	for (int i = ncharges - 1; i >= 0; i--)
 	{
 		BalanceCharge *c = &charges[i];
 
 		while (accounts[a].site_id != c->site_id || accounts[a].account_id != c->account_id)
-			a++;
-		if (pg_add_s64_overflow(accounts[a].delta, c->amount, &accounts[a].delta))
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("balance of account " INT64_FORMAT " is out of range", c->account_id)));
-		c->balance_after = accounts[a].balance + accounts[a].delta;
+			a--;
+		c->balance_after = accounts[a].balance;
+		accounts[a].balance -= c->amount;
 	}
-
+	/* accounts[].balance is now the balance before the batch */
 	insert_ledger(charges, ncharges);
-	update_balances(accounts, naccounts);
-	apply_levels(accounts, naccounts);
+	posting->accounts = accounts;
+	posting->naccounts = naccounts;
+	return posting;
 }
 
 /*
@@ -145,53 +146,80 @@ compare_charges(const void *a, const void *b)
 }
 
 /*
- * lock_accounts
- *		Lock the distinct accounts of the sorted charges in key order and
- *		read their balances, levels and effective thresholds.
+ * compare_accounts
+ *		qsort order of accounts: site, account.
+ */
+static int
+compare_accounts(const void *a, const void *b)
+{
+	const BalanceAccount *x = a;
+	const BalanceAccount *y = b;
+
+	if (x->site_id != y->site_id)
+		return x->site_id < y->site_id ? -1 : 1;
+	if (x->account_id != y->account_id)
+		return x->account_id < y->account_id ? -1 : 1;
+	return 0;
+}
+
+/*
+ * move_balances
+ *		Move every account of the sorted charges by its batch total in one
+ *		UPDATE (which takes the row locks, waiting for any recharge in
+ *		flight) and read back the new balances, levels and thresholds.
  */
 static BalanceAccount *
-lock_accounts(BalanceCharge *charges, int ncharges, int *naccounts)
+move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 {
 	static SPIPlanPtr plan = NULL;
 	Datum	   *sites = palloc(sizeof(Datum) * ncharges);
 	Datum	   *ids = palloc(sizeof(Datum) * ncharges);
-	Datum		args[2];
+	Datum	   *deltas = palloc(sizeof(Datum) * ncharges);
+	int64		delta = 0;
+	Datum		args[3];
 	BalanceAccount *accounts;
 	int			n = 0;
 
 	for (int i = 0; i < ncharges; i++)
 	{
-		if (n > 0 && DatumGetInt32(sites[n - 1]) == charges[i].site_id &&
-			DatumGetInt64(ids[n - 1]) == charges[i].account_id)
+		if (pg_add_s64_overflow(delta, charges[i].amount, &delta))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("balance of account " INT64_FORMAT " is out of range",
+							charges[i].account_id)));
+		if (i + 1 < ncharges && charges[i + 1].site_id == charges[i].site_id &&
+			charges[i + 1].account_id == charges[i].account_id)
 			continue;
 		sites[n] = Int32GetDatum(charges[i].site_id);
 		ids[n] = Int64GetDatum(charges[i].account_id);
+		deltas[n] = fixed_to_numeric(delta, MONEY_SCALE);
 		n++;
+		delta = 0;
 	}
 
 	if (plan == NULL)
 	{
-		Oid			types[2] = {INT4ARRAYOID, INT8ARRAYOID};
+		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID};
 
 		plan = SPI_prepare(
-			"SELECT a.site_id, a.account_id, (a.balance * 100)::int8, a.alarm_level,"
-			"       a.mode = 'prepaid' AND a.closed_at IS NULL,"
+			"UPDATE prepay.account a SET balance = a.balance + u.delta"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
+			"       AS u(site_id, account_id, delta), prepay.site s"
+			" WHERE a.site_id = u.site_id AND a.account_id = u.account_id AND s.site_id = a.site_id"
+			" RETURNING a.site_id, a.account_id, (a.balance * 100)::int8, (u.delta * 100)::int8,"
+			"       a.alarm_level, a.mode = 'prepaid' AND a.closed_at IS NULL,"
 			"       (coalesce(a.low_balance_threshold, s.low_balance_threshold) * 100)::int8,"
 			"       (coalesce(a.pretrip_threshold, s.pretrip_threshold) * 100)::int8,"
-			"       (a.credit_limit * 100)::int8"
-			"  FROM prepay.account a JOIN prepay.site s ON s.site_id = a.site_id"
-			" WHERE (a.site_id, a.account_id) IN"
-			"       (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[])))"
-			" ORDER BY a.site_id, a.account_id"
-			"   FOR NO KEY UPDATE OF a", 2, types);
+			"       (a.credit_limit * 100)::int8", 3, types);
 		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "balance: cannot prepare account query: %s",
+			elog(ERROR, "balance: cannot prepare balance update: %s",
 				 SPI_result_code_string(SPI_result));
 	}
 	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
 	args[1] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "balance: account query failed");
+	args[2] = PointerGetDatum(construct_array(deltas, n, NUMERICOID, -1, false, TYPALIGN_INT));
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "balance: balance update failed");
 	if ((int) SPI_processed != n)
 		elog(ERROR, "balance: %d of %d accounts found", (int) SPI_processed, n);
 
@@ -206,12 +234,14 @@ lock_accounts(BalanceCharge *charges, int ncharges, int *naccounts)
 		acc->site_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
 		acc->account_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
 		acc->balance = DatumGetInt64(SPI_getbinval(tuple, desc, 3, &isnull));
-		acc->level = DatumGetInt16(SPI_getbinval(tuple, desc, 4, &isnull));
-		acc->ladder = DatumGetBool(SPI_getbinval(tuple, desc, 5, &isnull));
-		acc->low_balance_threshold = DatumGetInt64(SPI_getbinval(tuple, desc, 6, &isnull));
-		acc->pretrip_threshold = DatumGetInt64(SPI_getbinval(tuple, desc, 7, &isnull));
-		acc->credit_limit = DatumGetInt64(SPI_getbinval(tuple, desc, 8, &isnull));
+		acc->delta = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
+		acc->level = DatumGetInt16(SPI_getbinval(tuple, desc, 5, &isnull));
+		acc->ladder = DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
+		acc->low_balance_threshold = DatumGetInt64(SPI_getbinval(tuple, desc, 7, &isnull));
+		acc->pretrip_threshold = DatumGetInt64(SPI_getbinval(tuple, desc, 8, &isnull));
+		acc->credit_limit = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
 	}
+	qsort(accounts, n, sizeof(BalanceAccount), compare_accounts);
 	*naccounts = n;
 	return accounts;
 }
@@ -276,56 +306,20 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 }
 
 /*
- * update_balances
- *		Move every locked account's balance by its batch total.
+ * balance_apply_levels
+ *		Second half of posting, run after the meters are written (commands
+ *		are locked after meters): run the alarm ladder on every account the
+ *		posting moved and hand each level change to
+ *		prepay._alarm_level_changed().
  */
-static void
-update_balances(BalanceAccount *accounts, int naccounts)
-{
-	static SPIPlanPtr plan = NULL;
-	Datum	   *sites = palloc(sizeof(Datum) * naccounts);
-	Datum	   *ids = palloc(sizeof(Datum) * naccounts);
-	Datum	   *deltas = palloc(sizeof(Datum) * naccounts);
-	Datum		args[3];
-
-	for (int i = 0; i < naccounts; i++)
-	{
-		sites[i] = Int32GetDatum(accounts[i].site_id);
-		ids[i] = Int64GetDatum(accounts[i].account_id);
-		deltas[i] = fixed_to_numeric(accounts[i].delta, MONEY_SCALE);
-	}
-	if (plan == NULL)
-	{
-		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID};
-
-		plan = SPI_prepare(
-			"UPDATE prepay.account a SET balance = a.balance + u.delta"
-			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(site_id, account_id, delta)"
-			" WHERE a.site_id = u.site_id AND a.account_id = u.account_id", 3, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "balance: cannot prepare balance update: %s",
-				 SPI_result_code_string(SPI_result));
-	}
-	args[0] = PointerGetDatum(construct_array(sites, naccounts, INT4OID, 4, true, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(ids, naccounts, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(deltas, naccounts, NUMERICOID, -1, false, TYPALIGN_INT));
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "balance: balance update failed");
-}
-
-/*
- * apply_levels
- *		Run the alarm ladder on every account whose balance moved and hand
- *		each level change to prepay._alarm_level_changed().
- */
-static void
-apply_levels(BalanceAccount *accounts, int naccounts)
+void
+balance_apply_levels(BalancePosting *posting)
 {
 	static SPIPlanPtr plan = NULL;
 
-	for (int i = 0; i < naccounts; i++)
+	for (int i = 0; i < posting->naccounts; i++)
 	{
-		BalanceAccount *acc = &accounts[i];
+		BalanceAccount *acc = &posting->accounts[i];
 		int			level;
 		Datum		args[4];
 

@@ -29,6 +29,15 @@ typedef struct BalanceCharge
 	int64		balance_after;	/* cents, filled in by balance.c */
 } BalanceCharge;
 
-extern void balance_post_charges(BalanceCharge *charges, int ncharges);
+/* The accounts a posting moved, for the alarm ladder. */
+typedef struct BalanceAccount BalanceAccount;
+typedef struct BalancePosting
+{
+	BalanceAccount *accounts;
+	int			naccounts;
+} BalancePosting;
+
+extern BalancePosting *balance_post_charges(BalanceCharge *charges, int ncharges);
+extern void balance_apply_levels(BalancePosting *posting);
 
 #endif							/* PREPAY_BALANCE_H */

@@ -13,10 +13,18 @@
  * with a quarantine reason and raise an alarm; they never stop the batch.
  *
  * Locking protocol (shared with balance.c and the SQL API):
- *	  meter rows are locked FOR NO KEY UPDATE before account rows, each set
- *	  in ascending key order.  Concurrent batches touching the same meters
- *	  therefore serialise on the meters and never deadlock; a recharge, which
- *	  locks only its account, waits at most for one batch's posting.
+ *	  1. the site's rating lock: a transaction-level advisory lock on
+ *	     (RATING_LOCK_CLASS, site_id), taken in ascending site order, so
+ *	     batches of one site rate one after the other and each reads the
+ *	     meter state the previous one committed (prepay._lock_site_rating
+ *	     takes the same lock for the SQL functions that change meters);
+ *	  2. account rows, by the balance UPDATE (balance.c);
+ *	  3. meter rows, by the state UPDATE;
+ *	  4. command rows, by the alarm ladder's relay commands.
+ *	  Every path takes these in this order, so none deadlock.  A recharge
+ *	  locks only its account (2) and then commands (4).  Under REPEATABLE
+ *	  READ a batch that waited for the site lock meets a serialization
+ *	  failure at its meter UPDATE rather than rating from a stale state.
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -95,8 +103,9 @@ typedef struct BatchMeter
 	TimestampTz last_read_at;
 	int64		last_energy;
 	int64		carry;			/* nano-currency */
-	const char *relay;			/* newest reported relay state, or NULL */
+	const char *relay;			/* relay state known, or NULL */
 	TimestampTz relay_at;
+	bool		relay_changed;	/* a reading reported a new relay state */
 	bool		changed;
 } BatchMeter;
 
@@ -130,6 +139,7 @@ static void check_trigger_protocol(FunctionCallInfo fcinfo, const char *name,
 static bool reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at);
 static void batch_collect(Batch *batch, TriggerData *trigdata);
 static int	compare_readings(const void *a, const void *b);
+static void batch_lock_sites(Batch *batch);
 static void batch_load_meters(Batch *batch);
 static void batch_load_prices(Batch *batch);
 static const PriceList *batch_price_list(Batch *batch, int32 site_id, int64 tariff_id);
@@ -237,6 +247,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 	MemoryContext batch_context;
 	MemoryContext old;
 	Batch		batch = {0};
+	BalancePosting *posting;
 	int			start = 0;
 
 	check_trigger_protocol(fcinfo, "reading_rate_batch", false, false);
@@ -254,6 +265,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 	{
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "reading_rate_batch: SPI_connect failed");
+		batch_lock_sites(&batch);
 		batch_load_meters(&batch);
 		batch_load_prices(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
@@ -270,9 +282,10 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 			start = end;
 		}
 
-		balance_post_charges(batch.charges, batch.ncharges);
+		posting = balance_post_charges(batch.charges, batch.ncharges);
 		batch_save_meters(&batch);
 		batch_save_quarantine(&batch);
+		balance_apply_levels(posting);
 		SPI_finish();
 	}
 
@@ -347,10 +360,40 @@ compare_readings(const void *a, const void *b)
 }
 
 /*
+ * batch_lock_sites
+ *		Take the rating lock of every site in the batch, in ascending order.
+ */
+static void
+batch_lock_sites(Batch *batch)
+{
+	static SPIPlanPtr plan = NULL;
+
+	if (plan == NULL)
+	{
+		Oid			types[1] = {INT4OID};
+
+		plan = SPI_prepare("SELECT prepay._lock_site_rating($1)", 1, types);
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "reading_rate_batch: cannot prepare site lock: %s",
+				 SPI_result_code_string(SPI_result));
+	}
+	for (int i = 0; i < batch->nreadings; i++)
+	{
+		Datum		args[1];
+
+		if (i > 0 && batch->readings[i - 1].site_id == batch->readings[i].site_id)
+			continue;
+		args[0] = Int32GetDatum(batch->readings[i].site_id);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "reading_rate_batch: site lock failed");
+	}
+}
+
+/*
  * batch_load_meters
- *		Look up and lock (FOR NO KEY UPDATE, ascending key order) every meter
- *		the batch names, with its rating state and its account's tariff.
- *		Meters that do not exist are kept with found = false.
+ *		Look up every meter the batch names, with its rating state and its
+ *		account's tariff (the site lock protects the state).  Meters that do
+ *		not exist are kept with found = false.
  */
 static void
 batch_load_meters(Batch *batch)
@@ -360,7 +403,6 @@ batch_load_meters(Batch *batch)
 	Datum	   *meters = palloc(sizeof(Datum) * batch->nreadings);
 	Datum		args[2];
 	int			n = 0;
-	int			row = 0;
 
 	for (int i = 0; i < batch->nreadings; i++)
 	{
@@ -379,58 +421,53 @@ batch_load_meters(Batch *batch)
 		Oid			types[2] = {INT4ARRAYOID, INT8ARRAYOID};
 
 		plan = SPI_prepare(
-			"SELECT m.site_id, m.meter_id, m.active, m.multiplier,"
+			"SELECT u.ord, m.active, m.multiplier,"
 			"       (m.max_per_hour * 1000)::int8,"
 			"       m.account_id, a.closed_at IS NULL AND a.account_id IS NOT NULL,"
 			"       coalesce(m.tariff_id, a.tariff_id),"
 			"       m.last_read_at, (m.last_energy * 1000)::int8,"
-			"       (m.charge_carry * 1000000000)::int8"
-			"  FROM prepay.meter m"
+			"       (m.charge_carry * 1000000000)::int8, m.relay_state::text"
+			"  FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[]))"
+			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
+			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
 			"  LEFT JOIN prepay.account a"
-			"    ON a.site_id = m.site_id AND a.account_id = m.account_id"
-			" WHERE (m.site_id, m.meter_id) IN"
-			"       (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[])))"
-			" ORDER BY m.site_id, m.meter_id"
-			"   FOR NO KEY UPDATE OF m", 2, types);
+			"    ON a.site_id = m.site_id AND a.account_id = m.account_id", 2, types);
 		if (plan == NULL || SPI_keepplan(plan) != 0)
 			elog(ERROR, "reading_rate_batch: cannot prepare meter query: %s",
 				 SPI_result_code_string(SPI_result));
 	}
 	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
 	args[1] = PointerGetDatum(construct_array(meters, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading_rate_batch: meter query failed");
 
 	batch->meters = palloc0(sizeof(BatchMeter) * n);
 	batch->nmeters = n;
 	for (int i = 0; i < n; i++)
 	{
-		BatchMeter *m = &batch->meters[i];
-		HeapTuple	tuple;
+		batch->meters[i].site_id = DatumGetInt32(sites[i]);
+		batch->meters[i].meter_id = DatumGetInt64(meters[i]);
+	}
+	for (uint64 row = 0; row < SPI_processed; row++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[row];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
+		BatchMeter *m = &batch->meters[DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull)) - 1];
 
-		m->site_id = DatumGetInt32(sites[i]);
-		m->meter_id = DatumGetInt64(meters[i]);
-		if (row >= (int) SPI_processed)
-			continue;
-		tuple = SPI_tuptable->vals[row];
-		if (DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull)) != m->site_id ||
-			DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull)) != m->meter_id)
-			continue;			/* no such meter */
-		row++;
 		m->found = true;
-		m->active = DatumGetBool(SPI_getbinval(tuple, desc, 3, &isnull));
-		m->multiplier = DatumGetInt32(SPI_getbinval(tuple, desc, 4, &isnull));
-		m->max_per_hour = DatumGetInt64(SPI_getbinval(tuple, desc, 5, &isnull));
-		m->account_id = DatumGetInt64(SPI_getbinval(tuple, desc, 6, &isnull));
-		m->billable = !isnull && DatumGetBool(SPI_getbinval(tuple, desc, 7, &isnull));
-		m->tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 8, &isnull));
+		m->active = DatumGetBool(SPI_getbinval(tuple, desc, 2, &isnull));
+		m->multiplier = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+		m->max_per_hour = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
+		m->account_id = DatumGetInt64(SPI_getbinval(tuple, desc, 5, &isnull));
+		m->billable = !isnull && DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
+		m->tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 7, &isnull));
 		m->billable = m->billable && !isnull;
-		m->last_read_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 9, &isnull));
+		m->last_read_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 8, &isnull));
 		m->has_state = !isnull;
-		m->last_energy = DatumGetInt64(SPI_getbinval(tuple, desc, 10, &isnull));
-		m->carry = DatumGetInt64(SPI_getbinval(tuple, desc, 11, &isnull));
+		m->last_energy = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
+		m->carry = DatumGetInt64(SPI_getbinval(tuple, desc, 10, &isnull));
+		m->relay = SPI_getvalue(tuple, desc, 11);
 	}
 }
 
@@ -549,10 +586,11 @@ batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 		meter->last_read_at = r->read_at;
 		meter->last_energy = r->energy;
 		meter->changed = true;
-		if (r->relay != NULL)
+		if (r->relay != NULL && (meter->relay == NULL || strcmp(meter->relay, r->relay) != 0))
 		{
 			meter->relay = r->relay;
 			meter->relay_at = r->read_at;
+			meter->relay_changed = true;
 		}
 	}
 }
@@ -691,8 +729,8 @@ batch_save_meters(Batch *batch)
 		cols[2][n] = TimestampTzGetDatum(m->last_read_at);
 		cols[3][n] = fixed_to_numeric(m->last_energy, ENERGY_SCALE);
 		cols[4][n] = fixed_to_numeric(m->carry, EXACT_SCALE);
-		cols[5][n] = m->relay ? CStringGetTextDatum(m->relay) : (Datum) 0;
-		relay_nulls[n] = m->relay == NULL;
+		cols[5][n] = m->relay_changed ? CStringGetTextDatum(m->relay) : (Datum) 0;
+		relay_nulls[n] = !m->relay_changed;
 		cols[6][n] = TimestampTzGetDatum(m->relay_at);
 		n++;
 	}

@@ -206,7 +206,7 @@ CREATE TABLE prepay.account (
     PRIMARY KEY (site_id, account_id),
     UNIQUE (site_id, code),
     FOREIGN KEY (site_id, tariff_id) REFERENCES prepay.tariff
-) WITH (fillfactor = 80);
+) WITH (fillfactor = 40);
 COMMENT ON TABLE prepay.account IS 'A tenant''s wallet and contact details.  balance is maintained only by the ledger functions and the rating trigger; prepay.check_ledger() proves it equals the ledger.';
 COMMENT ON COLUMN prepay.account.site_id IS 'Site of the account.';
 COMMENT ON COLUMN prepay.account.account_id IS 'Account id.';
@@ -257,7 +257,7 @@ CREATE TABLE prepay.meter (
     FOREIGN KEY (site_id, account_id) REFERENCES prepay.account,
     FOREIGN KEY (site_id, tariff_id) REFERENCES prepay.tariff,
     CHECK (active OR removed_at IS NOT NULL)
-) WITH (fillfactor = 70);
+) WITH (fillfactor = 40);
 CREATE UNIQUE INDEX meter_bus_address ON prepay.meter (site_id, gateway_id, unit_id) WHERE active;
 CREATE INDEX meter_account ON prepay.meter (site_id, account_id);
 COMMENT ON INDEX prepay.meter_bus_address IS 'Two active meters cannot answer at the same address on one gateway.';
@@ -349,7 +349,6 @@ CREATE TABLE prepay.ledger (
     energy           numeric(15,3),
     exact_charge     numeric(18,9),
     PRIMARY KEY (site_id, entry_id),
-    FOREIGN KEY (site_id, account_id) REFERENCES prepay.account,
     CHECK (kind <> 'consumption' OR (meter_id IS NOT NULL AND read_from < read_to AND energy >= 0 AND exact_charge >= 0)),
     CHECK (kind NOT IN ('recharge', 'refund') OR (channel IS NOT NULL AND external_ref IS NOT NULL)),
     CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL)
@@ -360,7 +359,7 @@ CREATE UNIQUE INDEX ledger_reversal ON prepay.ledger (site_id, reverses_entry) W
 COMMENT ON INDEX prepay.ledger_account IS 'An account''s entries in order: statements and trails.';
 COMMENT ON INDEX prepay.ledger_payment_ref IS 'A payment reference is used once per channel: what makes recharge and refund idempotent.';
 COMMENT ON INDEX prepay.ledger_reversal IS 'An entry is reversed at most once.';
-COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused.';
+COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.';
 COMMENT ON COLUMN prepay.ledger.site_id IS 'Site of the account.';
 COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id; increasing with time.';
 COMMENT ON COLUMN prepay.ledger.account_id IS 'Account whose wallet moved.';
@@ -557,6 +556,13 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION prepay._check_text(text, text) IS 'Internal: refuse a NULL or blank required text argument (SQLSTATE 22023).';
+
+CREATE FUNCTION prepay._lock_site_rating(p_site_id integer)
+RETURNS void LANGUAGE sql AS $$
+    SELECT pg_catalog.pg_advisory_xact_lock(1886545264, p_site_id);  -- 1886545264 = 'prep'
+$$;
+COMMENT ON FUNCTION prepay._lock_site_rating(integer) IS
+'Internal: the site''s rating lock (a transaction-level advisory lock).  The rating trigger takes it before reading meter state, and so do the functions that change a meter''s account or readings, before any row lock: see the locking protocol in extension/reading.c.';
 
 CREATE FUNCTION prepay._lock_account(p_site_id integer, p_account_id bigint, p_must_be_open boolean DEFAULT true)
 RETURNS prepay.account LANGUAGE plpgsql AS $$
@@ -879,6 +885,7 @@ DECLARE
     a prepay.account;
     m prepay.meter;
 BEGIN
+    PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     m := prepay._lock_meter(p_site_id, p_meter_id);
     IF NOT m.active THEN
@@ -923,6 +930,11 @@ BEGIN
         PERFORM prepay._raise('22023', 'final and initial readings are required',
             pg_catalog.format('final %s, initial %s', p_final_energy, p_initial_energy),
             'Pass the old meter''s last register value and the new meter''s first one.');
+    END IF;
+    PERFORM prepay._lock_site_rating(p_site_id);
+    SELECT account_id INTO m.account_id FROM prepay.meter WHERE site_id = p_site_id AND meter_id = p_old_meter_id;
+    IF m.account_id IS NOT NULL THEN
+        PERFORM prepay._lock_account(p_site_id, m.account_id, false);
     END IF;
     m := prepay._lock_meter(p_site_id, p_old_meter_id);
     IF NOT m.active THEN
@@ -972,6 +984,7 @@ DECLARE
     a prepay.account;
     entry bigint;
 BEGIN
+    PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     IF a.balance < 0 THEN
         PERFORM prepay._raise('PY012', 'account is in arrears',
@@ -1186,17 +1199,20 @@ LANGUAGE sql STABLE AS $$
           FROM prepay.ledger l
          GROUP BY l.site_id, l.account_id
     )
-    SELECT a.site_id, a.account_id, a.balance, coalesce(t.total, 0), t.last_after,
-           CASE WHEN a.balance <> coalesce(t.total, 0) THEN 'balance differs from the sum of the ledger'
+    SELECT coalesce(a.site_id, t.site_id), coalesce(a.account_id, t.account_id), a.balance,
+           coalesce(t.total, 0), t.last_after,
+           CASE WHEN a.account_id IS NULL THEN 'ledger entries of an account that does not exist'
+                WHEN a.balance <> coalesce(t.total, 0) THEN 'balance differs from the sum of the ledger'
                 ELSE 'balance differs from the last entry''s balance_after' END
       FROM prepay.account a
-      LEFT JOIN totals t ON t.site_id = a.site_id AND t.account_id = a.account_id
-     WHERE a.balance <> coalesce(t.total, 0)
+      FULL JOIN totals t ON t.site_id = a.site_id AND t.account_id = a.account_id
+     WHERE a.account_id IS NULL
+        OR a.balance <> coalesce(t.total, 0)
         OR a.balance IS DISTINCT FROM coalesce(t.last_after, 0)
      ORDER BY 1, 2;
 $$;
 COMMENT ON FUNCTION prepay.check_ledger() IS
-'The auditor''s check: every account whose balance differs from what its ledger explains (the sum of its amounts, and the balance_after of its last entry).  Empty when all is well.';
+'The auditor''s check: every account whose balance differs from what its ledger explains (the sum of its amounts, and the balance_after of its last entry), and any ledger entry whose account does not exist.  Empty when all is well.';
 
 -- ---------------------------------------------------------------------
 -- pg_dump: extension tables hold user data

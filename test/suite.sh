@@ -1,35 +1,13 @@
 #!/usr/bin/env bash
-# test/suite.sh WORKDIR: start a private cluster (own socket directory and
-# port, trust auth on the socket only), run pg_regress, the isolation specs
-# and the TAP tests against it, print the diffs of any failure, stop the
-# cluster.  Must run as an unprivileged user; test/run.sh arranges that.
+# test/suite.sh WORKDIR: run pg_regress, the isolation specs and the TAP
+# tests against a throwaway cluster, print the diffs of any failure, stop
+# the cluster.  Runs as an unprivileged user; test/run.sh arranges that.
 set -uo pipefail
 work=$1
 cd "$work"
-bindir=$(pg_config --bindir)
-export PATH="$bindir:$PATH"
-
-data="$work/data"
-sock="$work/sock"
-mkdir -p "$sock"
-port=$((20000 + RANDOM % 20000))
-while "$bindir/pg_isready" -q -h 127.0.0.1 -p "$port" 2>/dev/null; do port=$((port + 1)); done
-
-initdb -D "$data" -A trust -U postgres --no-sync -E UTF8 --locale=C.UTF-8 >"$work/initdb.log" 2>&1 \
-	|| { cat "$work/initdb.log"; exit 1; }
-cat >>"$data/postgresql.conf" <<CONF
-listen_addresses = ''
-port = $port
-unix_socket_directories = '$sock'
-fsync = off
-max_prepared_transactions = 10
-log_min_messages = warning
-CONF
-pg_ctl -D "$data" -l "$work/server.log" -w start >/dev/null || { cat "$work/server.log"; exit 1; }
-stop_cluster() { pg_ctl -D "$data" -m fast -w stop >/dev/null 2>&1 || true; }
-trap stop_cluster EXIT
-
-export PGHOST="$sock" PGPORT="$port" PGUSER=postgres
+. test/lib/cluster.sh
+cluster_start "$work/cluster" "fsync = off" || exit 1
+trap cluster_stop EXIT
 status=0
 
 echo "== pg_regress and isolation specs"
@@ -47,7 +25,7 @@ if ls test/t/*.pl >/dev/null 2>&1; then
 		TESTDIR="$work" prove -v test/t/ >"$work/tap.log" 2>&1; then
 		status=1
 		cat "$work/tap.log"
-		cat "$work"/tmp_check/log/*.log 2>/dev/null | tail -50
+		tail -n 50 "$work"/tmp_check/log/*.log 2>/dev/null
 	else
 		grep -E '^(test/t/|All tests|Result)' "$work/tap.log"
 	fi

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# test/bench/rating.sh WORKDIR: the rating benchmark (a benchmark, not a
+# test: it asserts nothing about time).
+#
+# Loads METERS meters x INTERVALS 15-minute readings by COPY, one COPY per
+# interval, into prepay.reading (rated by the trigger: consumption, flat
+# price, ledger entry, wallet, alarm ladder) and, in the same run and
+# interleaved batch by batch, the same files into an identical table with
+# no triggers.  Prints both rates; the last line is machine-readable:
+#   bench rating: rated_per_s=N copy_per_s=M ratio=R
+# Run with `make bench`; BENCH_METERS and BENCH_INTERVALS override the size.
+set -euo pipefail
+work=$1
+meters=${BENCH_METERS:-100000}
+intervals=${BENCH_INTERVALS:-10}
+cd "$work"
+. test/lib/cluster.sh
+cluster_start "$work/cluster" "shared_buffers = 1GB" "max_wal_size = 8GB" \
+	"checkpoint_timeout = 30min" "synchronous_commit = off" || exit 1
+trap cluster_stop EXIT
+data="$work/bench-data"
+mkdir -p "$data"
+psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
+
+psql -d postgres -c "CREATE DATABASE bench"
+psql -d bench <<SQL
+CREATE EXTENSION prepay;
+INSERT INTO prepay.site (name, time_zone) VALUES ('bench', 'Asia/Shanghai');
+INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
+INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 0.583);
+INSERT INTO prepay.account (site_id, account_id, code, name, tariff_id, balance)
+SELECT 1, i, 'A' || i, 'tenant ' || i, 1, 0 FROM generate_series(1, $meters) i;
+INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, channel, external_ref)
+SELECT 1, i, 'recharge', 100000, 100000, 'bench', 'open-' || i FROM generate_series(1, $meters) i;
+UPDATE prepay.account SET balance = 100000;
+INSERT INTO prepay.meter (site_id, meter_id, code, account_id)
+SELECT 1, i, 'M' || i, i FROM generate_series(1, $meters) i;
+-- baseline readings: the first reading of a meter is not charged
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+SELECT 1, i, '2026-03-01 00:00+08', 1000 FROM generate_series(1, $meters) i;
+CREATE SCHEMA bench;
+CREATE TABLE bench.reading_plain (LIKE prepay.reading INCLUDING ALL);
+SQL
+for k in $(seq 1 "$intervals"); do
+	psql -d bench -c "COPY (SELECT 1, i, timestamptz '2026-03-01 00:00+08' + interval '15 min' * $k,
+	                              1000 + $k * (0.05 + (i % 7) * 0.013)
+	                         FROM generate_series(1, $meters) i)
+	                  TO '$data/$k.csv' (FORMAT csv)"
+done
+psql -d bench -c "VACUUM ANALYZE" -c "CHECKPOINT"
+
+now_ns() { date +%s%N; }
+plain_ns=0
+rated_ns=0
+for k in $(seq 1 "$intervals"); do
+	t0=$(now_ns)
+	psql -d bench -c "COPY bench.reading_plain (site_id, meter_id, read_at, energy) FROM '$data/$k.csv' (FORMAT csv)"
+	t1=$(now_ns)
+	psql -d bench -c "COPY prepay.reading (site_id, meter_id, read_at, energy) FROM '$data/$k.csv' (FORMAT csv)"
+	t2=$(now_ns)
+	plain_ns=$((plain_ns + t1 - t0))
+	rated_ns=$((rated_ns + t2 - t1))
+done
+
+rows=$((meters * intervals))
+psql -d bench -At <<SQL
+SELECT 'ledger entries: ' || count(*) FILTER (WHERE kind = 'consumption') FROM prepay.ledger;
+SELECT 'quarantined readings: ' || count(*) FROM prepay.reading WHERE quarantine_reason IS NOT NULL;
+SELECT 'ledger check problems: ' || count(*) FROM prepay.check_ledger();
+SQL
+awk -v rows="$rows" -v p="$plain_ns" -v r="$rated_ns" -v m="$meters" -v k="$intervals" 'BEGIN {
+	printf "readings: %d meters x %d intervals = %d rows, one COPY per interval\n", m, k, rows
+	printf "plain COPY (no triggers): %.2f s\n", p / 1e9
+	printf "rated COPY (prepay.reading): %.2f s\n", r / 1e9
+	printf "bench rating: rated_per_s=%d copy_per_s=%d ratio=%.3f\n", rows / (r / 1e9), rows / (p / 1e9), p / r
+}'
