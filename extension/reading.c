@@ -67,13 +67,14 @@ typedef enum Quarantine
 	Q_CLOCK_AHEAD,
 	Q_OUT_OF_ORDER,
 	Q_COUNTER_BACKWARDS,
-	Q_IMPOSSIBLE_JUMP
+	Q_IMPOSSIBLE_JUMP,
+	Q_NO_PRICE
 } Quarantine;
 
 /* labels of prepay.quarantine_reason, indexed by Quarantine */
 static const char *const quarantine_label[] = {
 	NULL, "unknown_meter", "meter_removed", "invalid_value", "clock_ahead",
-	"out_of_order", "counter_backwards", "impossible_jump"
+	"out_of_order", "counter_backwards", "impossible_jump", "no_price"
 };
 
 typedef struct BatchReading
@@ -145,7 +146,7 @@ static void batch_load_prices(Batch *batch);
 static const PriceList *batch_price_list(Batch *batch, int32 site_id, int64 tariff_id);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
-static void batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
+static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
 static void batch_save_meters(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, const char *fmt,...) pg_attribute_printf(3, 4);
@@ -579,8 +580,12 @@ batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 		{
 			int64		consumption = (r->energy - meter->last_energy) * meter->multiplier;
 
-			if (meter->billable && consumption > 0)
-				batch_charge(batch, meter, r, consumption);
+			if (meter->billable && consumption > 0 &&
+				!batch_charge(batch, meter, r, consumption))
+			{
+				batch->nquarantined++;
+				continue;
+			}
 		}
 		meter->has_state = true;
 		meter->last_read_at = r->read_at;
@@ -659,23 +664,27 @@ quarantine(BatchReading *r, Quarantine reason, const char *fmt,...)
 /*
  * batch_charge
  *		Price one consumption with the meter's tariff and record the charge
- *		for balance.c to post.
+ *		for balance.c to post.  A tariff without any price quarantines the
+ *		reading instead (false): the meter's state does not move, so the
+ *		first reading rated after a price is added charges the whole
+ *		interval.
  */
-static void
+static bool
 batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption)
 {
 	const PriceList *list = batch_price_list(batch, meter->site_id, meter->tariff_id);
-	BalanceCharge *c = &batch->charges[batch->ncharges++];
+	BalanceCharge *c;
 	RatingPiece *pieces;
 	int			npieces;
 	int64		exact = 0;
 
 	if (list == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tariff " INT64_FORMAT " of site %d has no price", meter->tariff_id, meter->site_id),
-				 errdetail("Meter " INT64_FORMAT " cannot be rated.", meter->meter_id),
-				 errhint("Insert a row into prepay.tariff_version for the tariff.")));
+	{
+		quarantine(r, Q_NO_PRICE, "tariff " INT64_FORMAT " has no price; add a row to prepay.tariff_version",
+				   meter->tariff_id);
+		return false;
+	}
+	c = &batch->charges[batch->ncharges++];
 
 	pieces = palloc(sizeof(RatingPiece) * list->count);
 	npieces = rating_split(&batch->prices[list->first], list->count,
@@ -699,6 +708,7 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 	c->energy = consumption;
 	c->exact = exact;
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
+	return true;
 }
 
 /*

@@ -45,7 +45,7 @@ COMMENT ON TYPE prepay.command_state IS 'Life of a relay command: queued for the
 
 CREATE TYPE prepay.quarantine_reason AS ENUM (
     'unknown_meter', 'meter_removed', 'invalid_value', 'clock_ahead',
-    'out_of_order', 'counter_backwards', 'impossible_jump');
+    'out_of_order', 'counter_backwards', 'impossible_jump', 'no_price');
 COMMENT ON TYPE prepay.quarantine_reason IS 'Why a reading was stored but not rated: see docs/ARCHITECTURE.md, "Bad readings".';
 
 -- ---------------------------------------------------------------------
@@ -524,13 +524,25 @@ CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.
 CREATE FUNCTION prepay._raise(sqlstate text, message text, detail text, hint text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = coalesce(detail, ''), HINT = coalesce(hint, '');
+    IF detail IS NOT NULL AND hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail, HINT = hint;
+    ELSIF detail IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail;
+    ELSIF hint IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = hint;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
+    END IF;
 END $$;
 COMMENT ON FUNCTION prepay._raise(text, text, text, text) IS 'Internal: raise an error with a SQLSTATE, message, detail and hint.';
 
 CREATE FUNCTION prepay._check_amount(p_amount numeric, p_what text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
+    IF p_amount = 'NaN'::numeric THEN
+        PERFORM prepay._raise('22023', pg_catalog.format('%s amount is not a number', p_what), NULL,
+            'Pass a positive amount in the site''s currency.');
+    END IF;
     IF p_amount IS NULL OR p_amount <= 0 THEN
         PERFORM prepay._raise('22023', pg_catalog.format('%s amount must be positive', p_what),
             pg_catalog.format('The amount given was %s.', coalesce(p_amount::text, 'NULL')),
@@ -578,7 +590,7 @@ BEGIN
     END IF;
     IF p_must_be_open AND a.closed_at IS NOT NULL THEN
         PERFORM prepay._raise('PY002', 'account is closed',
-            pg_catalog.format('Account %s of site %s was closed at %s.', p_account_id, p_site_id, a.closed_at),
+            pg_catalog.format('Account %s of site %s is closed.', p_account_id, p_site_id),
             'Open a new account for the tenant.');
     END IF;
     RETURN a;

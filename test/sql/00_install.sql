@@ -1,0 +1,75 @@
+-- The extension installs, its version matches the Makefile, every object
+-- is commented and every table is keyed by site_id first.
+SELECT extname, extversion FROM pg_extension WHERE extname = 'prepay';
+
+-- every table, column, function, type, sequence and index has a COMMENT
+SELECT c.relname AS uncommented_relation
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'prepay' AND c.relkind IN ('r', 'S', 'v', 'i')
+   AND c.relname NOT LIKE '%_pkey' AND c.relname NOT LIKE '%_key'
+   AND obj_description(c.oid, 'pg_class') IS NULL;
+SELECT c.relname, a.attname AS uncommented_column
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'prepay' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+   AND col_description(c.oid, a.attnum) IS NULL;
+SELECT p.proname AS uncommented_function
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'prepay' AND obj_description(p.oid, 'pg_proc') IS NULL;
+SELECT t.typname AS uncommented_type
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+ WHERE n.nspname = 'prepay' AND t.typtype = 'e' AND obj_description(t.oid, 'pg_type') IS NULL;
+
+-- every table carries site_id as the first column of its primary key
+SELECT c.relname AS table_without_site_key
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p'
+ WHERE n.nspname = 'prepay' AND c.relkind = 'r'
+   AND (k.conkey IS NULL OR (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = k.conkey[1]) <> 'site_id');
+-- every foreign key includes site_id
+SELECT conrelid::regclass AS fk_without_site
+  FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+ WHERE n.nspname = 'prepay' AND k.contype = 'f'
+   AND NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = k.conrelid AND attnum = ANY (k.conkey) AND attname = 'site_id');
+
+-- every table holding user data is dumped by pg_dump
+SELECT c.relname AS not_dumped
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'prepay' AND c.relkind IN ('r', 'S')
+   AND c.oid <> ALL ((SELECT extconfig FROM pg_extension WHERE extname = 'prepay')::oid[]);
+
+-- the trigger refuses to be called the wrong way
+CREATE TABLE wrong (site_id int, meter_id bigint, read_at timestamptz);
+CREATE TRIGGER wrong AFTER INSERT ON wrong FOR EACH ROW EXECUTE FUNCTION prepay.reading_skip_duplicate();
+INSERT INTO wrong VALUES (1, 1, now());
+DROP TRIGGER wrong ON wrong;
+CREATE TRIGGER wrong BEFORE INSERT ON wrong FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_rate_batch();
+INSERT INTO wrong VALUES (1, 1, now());
+DROP TRIGGER wrong ON wrong;
+CREATE TRIGGER wrong AFTER INSERT ON wrong FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_rate_batch();
+INSERT INTO wrong VALUES (1, 1, now());
+DROP TABLE wrong;
+SELECT prepay.reading_rate_batch();
+
+-- regress.try(statement): run a statement and show its result, or the
+-- SQLSTATE, message, detail and hint of its error, on one line.  The later
+-- test files use it for every error path.
+CREATE SCHEMA regress;
+CREATE FUNCTION regress.try(statement text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    result text;
+    state text;
+    message text;
+    detail text;
+    hint text;
+BEGIN
+    EXECUTE statement INTO result;
+    RETURN 'ok: ' || coalesce(result, 'NULL');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT,
+                            detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    RETURN state || ': ' || message || coalesce(nullif(' | ' || detail, ' | '), '')
+           || coalesce(nullif(' | ' || hint, ' | '), '');
+END $$;
+SELECT regress.try('SELECT 1/0');
+SELECT regress.try('SELECT 42');

@@ -1,0 +1,71 @@
+-- Money: recharge, refund, reverse, balance; idempotency and every error.
+DROP EXTENSION prepay CASCADE;
+CREATE EXTENSION prepay;
+SET timezone = 'UTC';
+SET datestyle = 'ISO';
+INSERT INTO prepay.site (name) VALUES ('Campus');
+INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'dorm');
+INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 0.55);
+SELECT prepay.open_account(1, 'S1', 'Room 101', 1);
+SELECT prepay.open_account(1, 'S2', 'Room 102', 1);
+
+-- recharge returns the ledger entry; the same reference again is the same entry
+SELECT prepay.recharge(1, 1, 100.00, 'wechat', 'WX-0001');
+SELECT prepay.recharge(1, 1, 100.00, 'wechat', 'WX-0001');
+SELECT prepay.recharge(1, 1, 100, 'wechat', 'WX-0001');      -- 100 = 100.00
+SELECT prepay.recharge(1, 1, 20.50, 'cash', 'WX-0001');      -- another channel, another payment
+SELECT prepay.balance(1, 1);
+-- the same reference for a different payment is refused
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 99.00, 'wechat', 'WX-0001')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 2, 100.00, 'wechat', 'WX-0001')$$);
+-- bad arguments
+SELECT regress.try($$SELECT prepay.recharge(1, 1, -5, 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 0, 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 10.005, 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, NULL, 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 'ten', 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 'NaN', 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 1e15, 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 10, '', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 10, 'cash', NULL)$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 77, 10, 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.recharge(2, 1, 10, 'cash', 'C-1')$$);
+SELECT regress.try($$SELECT prepay.balance(1, 77)$$);
+
+-- refund: at most the balance, idempotent per reference
+SELECT prepay.refund(1, 1, 20.50, 'cash', 'RF-1', 'overpaid');
+SELECT prepay.refund(1, 1, 20.50, 'cash', 'RF-1', 'overpaid');
+SELECT regress.try($$SELECT prepay.refund(1, 1, 100.01, 'cash', 'RF-2')$$);
+SELECT regress.try($$SELECT prepay.refund(1, 1, -1, 'cash', 'RF-3')$$);
+SELECT prepay.balance(1, 1);
+
+-- reverse posts the exact opposite once
+SELECT prepay.reverse(1, 1, 'paid to the wrong room');
+SELECT prepay.reverse(1, 1, 'again');
+SELECT regress.try($$SELECT prepay.reverse(1, 4, 'a reversal of a reversal')$$);
+SELECT regress.try($$SELECT prepay.reverse(1, 999, 'unknown')$$);
+SELECT regress.try($$SELECT prepay.reverse(1, 2, '')$$);
+SELECT prepay.recharge(1, 2, 100.00, 'wechat', 'WX-0002');
+SELECT entry_id, account_id, kind, amount, balance_after, channel, external_ref, reverses_entry, reason, created_by
+  FROM prepay.ledger ORDER BY entry_id;
+SELECT account_id, balance, alarm_level FROM prepay.account ORDER BY 1;
+
+-- the ledger is append-only
+SELECT regress.try($$UPDATE prepay.ledger SET amount = 1000 WHERE entry_id = 1$$);
+SELECT regress.try($$DELETE FROM prepay.ledger WHERE entry_id = 1$$);
+SELECT regress.try($$TRUNCATE prepay.ledger$$);
+
+-- an SQL-looking reference is just text
+SELECT prepay.recharge(1, 1, 1.00, 'cash', $$x'); DROP TABLE prepay.ledger; --$$);
+SELECT external_ref FROM prepay.ledger WHERE channel = 'cash' ORDER BY entry_id DESC LIMIT 1;
+
+-- the auditor's check: empty, and it sees a tampered balance
+SELECT * FROM prepay.check_ledger();
+UPDATE prepay.account SET balance = balance + 0.01 WHERE account_id = 2;
+SELECT * FROM prepay.check_ledger();
+UPDATE prepay.account SET balance = balance - 0.01 WHERE account_id = 2;
+SELECT * FROM prepay.check_ledger();
+
+-- alarm_level is the ladder
+SELECT b, prepay.alarm_level(b, 50, 10, 0) AS no_credit, prepay.alarm_level(b, 50, 10, 100) AS credit_100
+  FROM unnest(ARRAY[100, 50.01, 50, 10.01, 10, 0.01, 0, -99.99, -100, -200]::numeric[]) b;
