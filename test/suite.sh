@@ -22,7 +22,7 @@ if ls test/t/*.pl >/dev/null 2>&1; then
 	echo "== TAP tests"
 	pgxs=$(dirname "$(pg_config --pgxs)")/..
 	if ! PERL5LIB="$pgxs/test/perl" PG_REGRESS="$pgxs/test/regress/pg_regress" \
-		TESTDIR="$work" prove -v test/t/ >"$work/tap.log" 2>&1; then
+		TESTDIR="$work" prove -v test/t/*.pl >"$work/tap.log" 2>&1; then
 		status=1
 		cat "$work/tap.log"
 		tail -n 50 "$work"/tmp_check/log/*.log 2>/dev/null
