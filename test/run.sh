@@ -16,7 +16,7 @@ sudo=()
 "${sudo[@]}" make -C "$top" -s install
 
 work=$(mktemp -d /tmp/prepay-run.XXXXXX)
-cp -a "$top/Makefile" "$top/prepay.control" "$top/sql" "$top/test" "$work/"
+cp -a "$top/Makefile" "$top/prepay.control" "$top/sql" "$top/extension" "$top/test" "$work/"
 if [ "$(id -u)" -eq 0 ]; then
 	chown -R postgres: "$work"
 	runner=(runuser -u postgres --)

@@ -10,6 +10,10 @@ cluster_start "$work/cluster" "fsync = off" || exit 1
 trap cluster_stop EXIT
 status=0
 
+echo "== unit test of the rating core"
+cc -Wall -Wextra -Werror -O1 -Iextension -o "$work/test_rating" test/unit/test_rating.c extension/rating.c \
+	&& "$work/test_rating" || status=1
+
 echo "== pg_regress and isolation specs"
 if ! make -s installcheck; then
 	status=1
