@@ -8,9 +8,8 @@ packages=(
 	make gcc
 	postgresql-15            # the server the tests run
 	postgresql-server-dev-15 # PGXS, pg_regress, isolation tester, TAP modules
-	postgresql-contrib       # pg_dump/pg_restore live in postgresql-client-15
 	libpq-dev
-	libipc-run-perl          # PostgreSQL::Test::Cluster (TAP tests)
+	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 )
 
 missing=()
