@@ -394,7 +394,10 @@ batch_lock_sites(Batch *batch)
  * batch_load_meters
  *		Look up every meter the batch names, with its rating state and its
  *		account's tariff (the site lock protects the state).  Meters that do
- *		not exist are kept with found = false.
+ *		not exist are kept with found = false.  Runs with read_only = false
+ *		so that SPI takes a new snapshot after the site lock was granted: the
+ *		statement's own snapshot predates the wait and would miss the state
+ *		a concurrent batch committed (isolation spec concurrent_batches).
  */
 static void
 batch_load_meters(Batch *batch)
@@ -439,7 +442,7 @@ batch_load_meters(Batch *batch)
 	}
 	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
 	args[1] = PointerGetDatum(construct_array(meters, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading_rate_batch: meter query failed");
 
 	batch->meters = palloc0(sizeof(BatchMeter) * n);
@@ -503,7 +506,7 @@ batch_load_prices(Batch *batch)
 				 SPI_result_code_string(SPI_result));
 	}
 	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
-	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading_rate_batch: price query failed");
 
 	batch->prices = palloc(sizeof(RatingPrice) * (SPI_processed + 1));
