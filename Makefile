@@ -13,6 +13,7 @@ MODULE_big = prepay
 OBJS = \
 	extension/prepay.o \
 	extension/fixed.o \
+	extension/spi_util.o \
 	extension/rating.o \
 	extension/reading.o \
 	extension/balance.o

@@ -34,8 +34,6 @@
 #include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
-#include "utils/array.h"
-#include "utils/lsyscache.h"
 
 struct BalanceAccount
 {
@@ -197,11 +195,7 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 		delta = 0;
 	}
 
-	if (plan == NULL)
-	{
-		Oid			types[3] = {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID};
-
-		plan = SPI_prepare(
+	spi_kept_plan(&plan,
 			"UPDATE prepay.account a SET balance = a.balance + u.delta"
 			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
 			"       AS u(site_id, account_id, delta), prepay.site s"
@@ -210,14 +204,11 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 			"       a.alarm_level, a.mode = 'prepaid' AND a.closed_at IS NULL,"
 			"       (coalesce(a.low_balance_threshold, s.low_balance_threshold) * 100)::int8,"
 			"       (coalesce(a.pretrip_threshold, s.pretrip_threshold) * 100)::int8,"
-			"       (a.credit_limit * 100)::int8", 3, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "balance: cannot prepare balance update: %s",
-				 SPI_result_code_string(SPI_result));
-	}
-	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(deltas, n, NUMERICOID, -1, false, TYPALIGN_INT));
+			"       (a.credit_limit * 100)::int8", 3,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID});
+	args[0] = spi_array(sites, NULL, n, INT4OID);
+	args[1] = spi_array(ids, NULL, n, INT8OID);
+	args[2] = spi_array(deltas, NULL, n, NUMERICOID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "balance: balance update failed");
 	if ((int) SPI_processed != n)
@@ -275,32 +266,24 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 		cols[8][i] = fixed_to_numeric(c->exact, EXACT_SCALE);
 	}
 
-	if (plan == NULL)
-	{
-		Oid			types[9] = {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID,
-			INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID};
-
-		plan = SPI_prepare(
+	spi_kept_plan(&plan,
 			"INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,"
 			"                           meter_id, read_from, read_to, energy, exact_charge)"
 			"SELECT u.site_id, u.account_id, 'consumption', u.amount, u.balance_after,"
 			"       u.meter_id, u.read_from, u.read_to, u.energy, u.exact_charge"
 			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))"
 			"       AS u(site_id, account_id, amount, balance_after, meter_id,"
-			"            read_from, read_to, energy, exact_charge)", 9, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "balance: cannot prepare ledger insert: %s",
-				 SPI_result_code_string(SPI_result));
-	}
-	args[0] = PointerGetDatum(construct_array(cols[0], ncharges, INT4OID, 4, true, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(cols[1], ncharges, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(cols[2], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_array(cols[3], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_array(cols[4], ncharges, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[5] = PointerGetDatum(construct_array(cols[5], ncharges, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[6] = PointerGetDatum(construct_array(cols[6], ncharges, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[7] = PointerGetDatum(construct_array(cols[7], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
-	args[8] = PointerGetDatum(construct_array(cols[8], ncharges, NUMERICOID, -1, false, TYPALIGN_INT));
+			"            read_from, read_to, energy, exact_charge)", 9,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID});
+	args[0] = spi_array(cols[0], NULL, ncharges, INT4OID);
+	args[1] = spi_array(cols[1], NULL, ncharges, INT8OID);
+	args[2] = spi_array(cols[2], NULL, ncharges, NUMERICOID);
+	args[3] = spi_array(cols[3], NULL, ncharges, NUMERICOID);
+	args[4] = spi_array(cols[4], NULL, ncharges, INT8OID);
+	args[5] = spi_array(cols[5], NULL, ncharges, TIMESTAMPTZOID);
+	args[6] = spi_array(cols[6], NULL, ncharges, TIMESTAMPTZOID);
+	args[7] = spi_array(cols[7], NULL, ncharges, NUMERICOID);
+	args[8] = spi_array(cols[8], NULL, ncharges, NUMERICOID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "balance: ledger insert failed");
 }
@@ -329,15 +312,8 @@ balance_apply_levels(BalancePosting *posting)
 									acc->pretrip_threshold, acc->credit_limit);
 		if (level == acc->level)
 			continue;
-		if (plan == NULL)
-		{
-			Oid			types[4] = {INT4OID, INT8OID, INT2OID, INT2OID};
-
-			plan = SPI_prepare("SELECT prepay._alarm_level_changed($1, $2, $3, $4)", 4, types);
-			if (plan == NULL || SPI_keepplan(plan) != 0)
-				elog(ERROR, "balance: cannot prepare level change: %s",
-					 SPI_result_code_string(SPI_result));
-		}
+		spi_kept_plan(&plan, "SELECT prepay._alarm_level_changed($1, $2, $3, $4)", 4,
+						  (Oid[]) {INT4OID, INT8OID, INT2OID, INT2OID});
 		args[0] = Int32GetDatum(acc->site_id);
 		args[1] = Int64GetDatum(acc->account_id);
 		args[2] = Int16GetDatum(acc->level);

@@ -29,22 +29,16 @@
 #define PRICE_SCALE 6
 #define MONEY_SCALE 2
 #define EXACT_SCALE 9
-#define EXACT_PER_CENT INT64CONST(10000000)	/* 10^(EXACT_SCALE - MONEY_SCALE) */
-
-/*
- * prepay's own SQLSTATEs, class PY.  The SQL functions raise the same codes
- * by their text value; docs/API.md lists them.
- */
-#define ERRCODE_PREPAY_UNKNOWN_ACCOUNT		MAKE_SQLSTATE('P','Y','0','0','1')
-#define ERRCODE_PREPAY_ACCOUNT_CLOSED		MAKE_SQLSTATE('P','Y','0','0','2')
-#define ERRCODE_PREPAY_UNKNOWN_METER		MAKE_SQLSTATE('P','Y','0','0','3')
-#define ERRCODE_PREPAY_PAYMENT_CONFLICT		MAKE_SQLSTATE('P','Y','0','0','4')
-#define ERRCODE_PREPAY_LEDGER_APPEND_ONLY	MAKE_SQLSTATE('P','Y','0','1','3')
 
 /* fixed.c */
 extern int64 fixed_from_numeric(Datum numeric, int scale);
 extern Datum fixed_to_numeric(int64 value, int scale);
 extern char *fixed_format(int64 value, int scale);
+
+/* spi_util.c */
+#include "executor/spi.h"
+extern SPIPlanPtr spi_kept_plan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types);
+extern Datum spi_array(Datum *values, bool *nulls, int n, Oid element_type);
 
 /* balance.c */
 extern int	balance_alarm_level(int64 balance, int64 low_balance_threshold,

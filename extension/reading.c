@@ -120,6 +120,7 @@ typedef struct PriceList
 
 typedef struct Batch
 {
+	TimestampTz now;			/* the database clock, read once */
 	BatchReading *readings;
 	int			nreadings;
 	BatchMeter *meters;
@@ -127,6 +128,7 @@ typedef struct Batch
 	RatingPrice *prices;
 	PriceList  *price_lists;
 	int			nprice_lists;
+	RatingPiece *pieces;		/* scratch for rating_split, one per price row */
 	BalanceCharge *charges;
 	int			ncharges;
 	int			nquarantined;
@@ -146,6 +148,7 @@ static void batch_load_prices(Batch *batch);
 static const PriceList *batch_price_list(Batch *batch, int32 site_id, int64 tariff_id);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
+static const char *relay_label(Datum value, Oid *oids, const char **labels);
 static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
 static void batch_save_meters(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
@@ -261,6 +264,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 										  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch_context);
 
+	batch.now = GetCurrentTimestamp();
 	batch_collect(&batch, trigdata);
 	if (batch.nreadings > 0)
 	{
@@ -309,6 +313,8 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 	int			capacity = 1024;
 	int			energy_att = attnameAttNum(trigdata->tg_relation, "energy", false);
 	int			relay_att = attnameAttNum(trigdata->tg_relation, "relay_state", false);
+	Oid			relay_oids[2] = {InvalidOid, InvalidOid};
+	const char *relay_labels[2] = {NULL, NULL};
 
 	batch->readings = palloc(sizeof(BatchReading) * capacity);
 	tuplestore_rescan(store);
@@ -334,11 +340,36 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 			r->energy = fixed_from_numeric(value, ENERGY_SCALE);
 		value = slot_getattr(slot, relay_att, &isnull);
 		if (!isnull)
-			r->relay = DatumGetCString(DirectFunctionCall1(enum_out, value));
+			r->relay = relay_label(value, relay_oids, relay_labels);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	if (batch->nreadings > 1)
 		qsort(batch->readings, batch->nreadings, sizeof(BatchReading), compare_readings);
+}
+
+/*
+ * relay_label
+ *		The label of a prepay.relay_state value.  The type has two labels, so
+ *		the two slots remember both and the catalog is read twice per batch
+ *		at most, not once per reading.
+ */
+static const char *
+relay_label(Datum value, Oid *oids, const char **labels)
+{
+	Oid			oid = DatumGetObjectId(value);
+
+	for (int i = 0; i < 2; i++)
+	{
+		if (oids[i] == oid)
+			return labels[i];
+		if (oids[i] == InvalidOid)
+		{
+			oids[i] = oid;
+			labels[i] = DatumGetCString(DirectFunctionCall1(enum_out, value));
+			return labels[i];
+		}
+	}
+	return DatumGetCString(DirectFunctionCall1(enum_out, value));
 }
 
 /*
@@ -369,15 +400,8 @@ batch_lock_sites(Batch *batch)
 {
 	static SPIPlanPtr plan = NULL;
 
-	if (plan == NULL)
-	{
-		Oid			types[1] = {INT4OID};
-
-		plan = SPI_prepare("SELECT prepay._lock_site_rating($1)", 1, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "reading_rate_batch: cannot prepare site lock: %s",
-				 SPI_result_code_string(SPI_result));
-	}
+	spi_kept_plan(&plan, "SELECT prepay._lock_site_rating($1)", 1,
+					  (Oid[]) {INT4OID});
 	for (int i = 0; i < batch->nreadings; i++)
 	{
 		Datum		args[1];
@@ -420,11 +444,7 @@ batch_load_meters(Batch *batch)
 		n++;
 	}
 
-	if (plan == NULL)
-	{
-		Oid			types[2] = {INT4ARRAYOID, INT8ARRAYOID};
-
-		plan = SPI_prepare(
+	spi_kept_plan(&plan,
 			"SELECT u.ord, m.active, m.multiplier,"
 			"       (m.max_per_hour * 1000)::int8,"
 			"       m.account_id, a.closed_at IS NULL AND a.account_id IS NOT NULL,"
@@ -435,13 +455,10 @@ batch_load_meters(Batch *batch)
 			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
 			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
 			"  LEFT JOIN prepay.account a"
-			"    ON a.site_id = m.site_id AND a.account_id = m.account_id", 2, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "reading_rate_batch: cannot prepare meter query: %s",
-				 SPI_result_code_string(SPI_result));
-	}
-	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(meters, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+			"    ON a.site_id = m.site_id AND a.account_id = m.account_id", 2,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID});
+	args[0] = spi_array(sites, NULL, n, INT4OID);
+	args[1] = spi_array(meters, NULL, n, INT8OID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading_rate_batch: meter query failed");
 
@@ -492,24 +509,18 @@ batch_load_prices(Batch *batch)
 		if (n == 0 || DatumGetInt32(sites[n - 1]) != batch->meters[i].site_id)
 			sites[n++] = Int32GetDatum(batch->meters[i].site_id);
 
-	if (plan == NULL)
-	{
-		Oid			types[1] = {INT4ARRAYOID};
-
-		plan = SPI_prepare(
+	spi_kept_plan(&plan,
 			"SELECT site_id, tariff_id, valid_from, (price * 1000000)::int8"
 			"  FROM prepay.tariff_version"
 			" WHERE site_id = ANY ($1)"
-			" ORDER BY site_id, tariff_id, valid_from", 1, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "reading_rate_batch: cannot prepare price query: %s",
-				 SPI_result_code_string(SPI_result));
-	}
-	args[0] = PointerGetDatum(construct_array(sites, n, INT4OID, 4, true, TYPALIGN_INT));
+			" ORDER BY site_id, tariff_id, valid_from", 1,
+					  (Oid[]) {INT4ARRAYOID});
+	args[0] = spi_array(sites, NULL, n, INT4OID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "reading_rate_batch: price query failed");
 
 	batch->prices = palloc(sizeof(RatingPrice) * (SPI_processed + 1));
+	batch->pieces = palloc(sizeof(RatingPiece) * (SPI_processed + 1));
 	batch->price_lists = palloc(sizeof(PriceList) * (SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -568,13 +579,11 @@ batch_price_list(Batch *batch, int32 site_id, int64 tariff_id)
 static void
 batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 {
-	TimestampTz now = GetCurrentTimestamp();
-
 	for (int i = 0; i < n; i++)
 	{
 		BatchReading *r = &readings[i];
 
-		if (!reading_validate(meter, r, now))
+		if (!reading_validate(meter, r, batch->now))
 		{
 			batch->nquarantined++;
 			continue;
@@ -677,7 +686,6 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 {
 	const PriceList *list = batch_price_list(batch, meter->site_id, meter->tariff_id);
 	BalanceCharge *c;
-	RatingPiece *pieces;
 	int			npieces;
 	int64		exact = 0;
 
@@ -687,22 +695,17 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 				   meter->tariff_id);
 		return false;
 	}
-	c = &batch->charges[batch->ncharges++];
-
-	pieces = palloc(sizeof(RatingPiece) * list->count);
 	npieces = rating_split(&batch->prices[list->first], list->count,
-						   meter->last_read_at, r->read_at, consumption, pieces);
+						   meter->last_read_at, r->read_at, consumption, batch->pieces);
 	for (int i = 0; i < npieces; i++)
-	{
-		if (npieces < 0 || pg_add_s64_overflow(exact, pieces[i].exact, &exact))
+		if (pg_add_s64_overflow(exact, batch->pieces[i].exact, &exact))
 			npieces = -1;
-	}
 	if (npieces < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("charge for meter " INT64_FORMAT " is out of range", meter->meter_id)));
-	pfree(pieces);
 
+	c = &batch->charges[batch->ncharges++];
 	c->site_id = meter->site_id;
 	c->account_id = meter->account_id;
 	c->meter_id = meter->meter_id;
@@ -750,31 +753,22 @@ batch_save_meters(Batch *batch)
 	if (n == 0)
 		return;
 
-	if (plan == NULL)
-	{
-		Oid			types[7] = {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
-		NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
-
-		plan = SPI_prepare(
+	spi_kept_plan(&plan,
 			"UPDATE prepay.meter m"
 			"   SET last_read_at = u.read_at, last_energy = u.energy, charge_carry = u.carry,"
 			"       relay_state = coalesce(u.relay::prepay.relay_state, m.relay_state),"
 			"       relay_state_at = CASE WHEN u.relay IS NULL THEN m.relay_state_at ELSE u.relay_at END"
 			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7))"
 			"       AS u(site_id, meter_id, read_at, energy, carry, relay, relay_at)"
-			" WHERE m.site_id = u.site_id AND m.meter_id = u.meter_id", 7, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "reading_rate_batch: cannot prepare meter update: %s",
-				 SPI_result_code_string(SPI_result));
-	}
-	args[0] = PointerGetDatum(construct_array(cols[0], n, INT4OID, 4, true, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(cols[1], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(cols[2], n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(cols[3], n, NUMERICOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_array(cols[4], n, NUMERICOID, -1, false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_md_array(cols[5], relay_nulls, 1, &n, (int[]) {1},
-												 TEXTOID, -1, false, TYPALIGN_INT));
-	args[6] = PointerGetDatum(construct_array(cols[6], n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+			" WHERE m.site_id = u.site_id AND m.meter_id = u.meter_id", 7,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID});
+	args[0] = spi_array(cols[0], NULL, n, INT4OID);
+	args[1] = spi_array(cols[1], NULL, n, INT8OID);
+	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
+	args[3] = spi_array(cols[3], NULL, n, NUMERICOID);
+	args[4] = spi_array(cols[4], NULL, n, NUMERICOID);
+	args[5] = spi_array(cols[5], relay_nulls, n, TEXTOID);
+	args[6] = spi_array(cols[6], NULL, n, TIMESTAMPTZOID);
 	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "reading_rate_batch: meter update failed");
 }
@@ -810,12 +804,7 @@ batch_save_quarantine(Batch *batch)
 		n++;
 	}
 
-	if (plan == NULL)
-	{
-		Oid			types[5] = {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID};
-
-		plan = SPI_prepare(
+	spi_kept_plan(&plan,
 			"WITH q AS ("
 			"  UPDATE prepay.reading r"
 			"     SET quarantine_reason = u.reason::prepay.quarantine_reason,"
@@ -828,16 +817,13 @@ batch_save_quarantine(Batch *batch)
 			"SELECT DISTINCT ON (site_id, meter_id) site_id, 'bad_reading', meter_id,"
 			"       pg_catalog.format('reading at %s quarantined (%s): %s', read_at, reason, detail)"
 			"  FROM q ORDER BY site_id, meter_id, read_at"
-			"    ON CONFLICT DO NOTHING", 5, types);
-		if (plan == NULL || SPI_keepplan(plan) != 0)
-			elog(ERROR, "reading_rate_batch: cannot prepare quarantine: %s",
-				 SPI_result_code_string(SPI_result));
-	}
-	args[0] = PointerGetDatum(construct_array(cols[0], n, INT4OID, 4, true, TYPALIGN_INT));
-	args[1] = PointerGetDatum(construct_array(cols[1], n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[2] = PointerGetDatum(construct_array(cols[2], n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[3] = PointerGetDatum(construct_array(cols[3], n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_array(cols[4], n, TEXTOID, -1, false, TYPALIGN_INT));
+			"    ON CONFLICT DO NOTHING", 5,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID});
+	args[0] = spi_array(cols[0], NULL, n, INT4OID);
+	args[1] = spi_array(cols[1], NULL, n, INT8OID);
+	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
+	args[3] = spi_array(cols[3], NULL, n, TEXTOID);
+	args[4] = spi_array(cols[4], NULL, n, TEXTOID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) < 0)
 		elog(ERROR, "reading_rate_batch: quarantine failed");
 }
