@@ -854,6 +854,24 @@ COMMENT ON FUNCTION prepay._payment_replay(integer, bigint, prepay.ledger_kind, 
 -- public API: accounts and meters
 -- ---------------------------------------------------------------------
 
+CREATE FUNCTION prepay._record_reading(p_site_id integer, p_meter_id bigint, p_at timestamptz,
+                                       p_energy numeric, p_what text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    why text;
+BEGIN
+    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+    VALUES (p_site_id, p_meter_id, p_at, p_energy);
+    SELECT quarantine_detail INTO why FROM prepay.reading
+     WHERE site_id = p_site_id AND meter_id = p_meter_id AND read_at = p_at AND quarantine_reason IS NOT NULL;
+    IF FOUND THEN
+        PERFORM prepay._raise('PY011', pg_catalog.format('%s reading was not accepted', p_what), why,
+            'Check the register value and its time against the meter''s last reading.');
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._record_reading(integer, bigint, timestamptz, numeric, text) IS
+'Internal: record a reading an operator typed in (handover, final, initial) through the rating trigger, and raise PY011 with the quarantine detail if it was not accepted.';
+
 CREATE FUNCTION prepay.open_account(p_site_id integer, p_code text, p_name text, p_tariff_id bigint,
                                     p_mode prepay.account_mode DEFAULT 'prepaid',
                                     p_phone text DEFAULT NULL, p_email text DEFAULT NULL,
@@ -913,15 +931,7 @@ BEGIN
     IF p_initial_energy IS NOT NULL THEN
         -- the handover reading, rated while the meter is still vacant: the
         -- new tenant pays only for what is used after it
-        INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
-        VALUES (p_site_id, p_meter_id, p_at, p_initial_energy);
-        IF EXISTS (SELECT 1 FROM prepay.reading WHERE site_id = p_site_id AND meter_id = p_meter_id
-                      AND read_at = p_at AND quarantine_reason IS NOT NULL) THEN
-            PERFORM prepay._raise('PY011', 'handover reading was not accepted',
-                (SELECT quarantine_detail FROM prepay.reading WHERE site_id = p_site_id
-                    AND meter_id = p_meter_id AND read_at = p_at),
-                'Check the reading and its time against the meter''s last reading.');
-        END IF;
+        PERFORM prepay._record_reading(p_site_id, p_meter_id, p_at, p_initial_energy, 'handover');
     END IF;
     UPDATE prepay.meter SET account_id = p_account_id, charge_carry = 0
      WHERE site_id = p_site_id AND meter_id = p_meter_id;
@@ -955,15 +965,7 @@ BEGIN
     END IF;
 
     -- the old meter's final reading is rated (and charged) like any other
-    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
-    VALUES (p_site_id, p_old_meter_id, p_at, p_final_energy);
-    IF EXISTS (SELECT 1 FROM prepay.reading WHERE site_id = p_site_id AND meter_id = p_old_meter_id
-                  AND read_at = p_at AND quarantine_reason IS NOT NULL) THEN
-        PERFORM prepay._raise('PY011', 'final reading was not accepted',
-            (SELECT quarantine_detail FROM prepay.reading WHERE site_id = p_site_id
-                AND meter_id = p_old_meter_id AND read_at = p_at),
-            'Check the final register value and time against the meter''s last reading.');
-    END IF;
+    PERFORM prepay._record_reading(p_site_id, p_old_meter_id, p_at, p_final_energy, 'final');
 
     UPDATE prepay.meter SET active = false, removed_at = p_at
      WHERE site_id = p_site_id AND meter_id = p_old_meter_id;
@@ -977,8 +979,7 @@ BEGIN
      WHERE site_id = p_site_id AND meter_id = p_old_meter_id AND state = 'queued';
 
     -- the new meter's first reading is its baseline; then it takes over the account
-    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
-    VALUES (p_site_id, new_id, p_at, p_initial_energy);
+    PERFORM prepay._record_reading(p_site_id, new_id, p_at, p_initial_energy, 'initial');
     UPDATE prepay.meter SET account_id = m.account_id WHERE site_id = p_site_id AND meter_id = new_id;
     RETURN new_id;
 EXCEPTION WHEN unique_violation THEN

@@ -27,6 +27,8 @@ SELECT prepay.attach_meter(1, 2, 2);
 SELECT regress.try($$SELECT prepay.attach_meter(1, 2, 1)$$);           -- M1 belongs to A1
 SELECT regress.try($$SELECT prepay.attach_meter(1, 99, 3)$$);          -- unknown account
 SELECT regress.try($$SELECT prepay.attach_meter(1, 1, 99)$$);          -- unknown meter
+-- a handover reading that is not accepted (dated tomorrow) refuses the attach
+SELECT split_part(regress.try($$SELECT prepay.attach_meter(1, 2, 3, 5, now() + interval '1 day')$$), ' | ', 1);
 SELECT meter_id, code, account_id, last_read_at, last_energy FROM prepay.meter ORDER BY 1;
 
 SELECT prepay.recharge(1, 1, 100.00, 'cash', 'R1');
