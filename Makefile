@@ -49,7 +49,7 @@ endif
 sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql
 	cp $< $@
 
-.PHONY: test bench deps
+.PHONY: test bench deps demo
 
 deps:
 	test/install-deps.sh
@@ -61,3 +61,7 @@ test: deps
 bench: deps
 	$(MAKE) all
 	test/run.sh test/bench/rating.sh
+
+demo:
+	@echo "make demo arrives with prepay-agent and its meter simulator (issue 4); not built yet" >&2
+	@exit 2
