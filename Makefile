@@ -1,8 +1,9 @@
-# Makefile for prepay: the PostgreSQL extension (PGXS) and, later, the agent.
+# Makefile for prepay: the PostgreSQL extension (PGXS), the acquisition
+# agent (agent/prepay-agent) and the meter simulator (test/sim/prepay-sim).
 #
-#   make test      install missing Debian packages, build, install, and run
-#                  every test against a throwaway cluster (the README command)
-#   make bench     the rating benchmark (prints "bench rating: ..." last)
+#   make test      install missing Debian packages, build, and run every
+#                  test against a throwaway cluster (the README command)
+#   make bench     the benchmarks (each prints a "bench ...:" line)
 #   make installcheck  the pg_regress and isolation suites against a server
 #                      you already run (PGHOST/PGPORT)
 
@@ -18,9 +19,24 @@ OBJS = \
 	extension/reading.o \
 	extension/balance.o
 
+# The install script is the concatenation of the domain scripts, in order.
+SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql)
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard sql/$(EXTENSION)--*--*.sql)
-EXTRA_CLEAN = $(DATA_built) results output_iso regression.diffs regression.out
+
+# The agent and the simulator are ordinary programs; the *-asan builds
+# (AddressSanitizer and UBSan) are the ones the end-to-end tests run.
+AGENT = agent/prepay-agent
+SIM = test/sim/prepay-sim
+AGENT_SOURCES = $(wildcard agent/*.c)
+SIM_SOURCES = $(wildcard test/sim/*.c)
+PROGRAMS = $(if $(AGENT_SOURCES),$(AGENT) $(AGENT)-asan) $(if $(SIM_SOURCES),$(SIM) $(SIM)-asan)
+PROGRAM_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+	$(shell pkg-config --cflags libmodbus libevent 2>/dev/null) -I$(shell $(PG_CONFIG) --includedir 2>/dev/null)
+PROGRAM_LIBS = $(shell pkg-config --libs libmodbus libevent_pthreads libevent 2>/dev/null) -lpq -lpthread
+ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+EXTRA_CLEAN = $(DATA_built) $(PROGRAMS) results output_iso regression.diffs regression.out
 
 TESTS = $(wildcard test/sql/*.sql)
 REGRESS = $(sort $(patsubst test/sql/%.sql,%,$(TESTS)))
@@ -46,8 +62,19 @@ all:
 	@exit 1
 endif
 
-sql/$(EXTENSION)--$(EXTVERSION).sql: sql/$(EXTENSION).sql
-	cp $< $@
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
+	cat $^ >$@
+
+all: $(PROGRAMS)
+
+$(AGENT): $(AGENT_SOURCES) $(wildcard agent/*.h)
+	$(CC) $(PROGRAM_CFLAGS) -o $@ $(AGENT_SOURCES) $(PROGRAM_LIBS)
+$(AGENT)-asan: $(AGENT_SOURCES) $(wildcard agent/*.h)
+	$(CC) $(PROGRAM_CFLAGS) $(ASAN_FLAGS) -o $@ $(AGENT_SOURCES) $(PROGRAM_LIBS)
+$(SIM): $(SIM_SOURCES) $(wildcard test/sim/*.h)
+	$(CC) $(PROGRAM_CFLAGS) -o $@ $(SIM_SOURCES) $(PROGRAM_LIBS)
+$(SIM)-asan: $(SIM_SOURCES) $(wildcard test/sim/*.h)
+	$(CC) $(PROGRAM_CFLAGS) $(ASAN_FLAGS) -o $@ $(SIM_SOURCES) $(PROGRAM_LIBS)
 
 .PHONY: test bench deps demo
 
@@ -60,8 +87,8 @@ test: deps
 
 bench: deps
 	$(MAKE) all
-	test/run.sh test/bench/rating.sh
+	for b in $(sort $(wildcard test/bench/*.sh)); do test/run.sh $$b || exit 1; done
 
-demo:
-	@echo "make demo arrives with prepay-agent and its meter simulator (issue 4); not built yet" >&2
-	@exit 2
+demo: deps
+	$(MAKE) all
+	test/run.sh test/demo/demo.sh

@@ -9,6 +9,10 @@ packages=(
 	postgresql-15            # the server the tests run
 	postgresql-server-dev-15 # PGXS, pg_regress, isolation tester, TAP modules
 	libpq-dev
+	pkg-config
+	libmodbus-dev            # the agent's and the simulator's Modbus
+	libevent-dev             # the agent's loop, timers, signals, HTTP
+	socat                    # pseudo-terminal pairs for the RTU tests
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 )
 

@@ -1,21 +1,30 @@
 #!/usr/bin/env bash
-# test/run.sh [SCRIPT [ARGS...]]: install the built extension, then run
-# SCRIPT (default test/suite.sh, every test) from a scratch copy of the
-# tree, as an unprivileged user.  Called by `make test` and `make bench`.
+# test/run.sh [SCRIPT [ARGS...]]: run SCRIPT (default test/suite.sh, every
+# test) from a scratch copy of the built tree, as an unprivileged user,
+# against a private PostgreSQL installation.  Called by `make test`,
+# `make bench` and `make demo`.
+#
+# The private installation is a copy of the system's PostgreSQL 15 with
+# the extension installed into it (make install DESTDIR=...).  PostgreSQL
+# finds its share and lib directories relative to its own binaries, so the
+# copy is self-contained: tests never touch the system installation, need
+# no sudo, and several checkouts can run their tests at the same time.
 #
 # PostgreSQL refuses to run as root, so when invoked as root the script
-# runs as the "postgres" account from a copy it owns; an ordinary user runs
-# it as themselves and installs with sudo.
+# runs as the "postgres" account from a copy it owns.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 script=${1:-test/suite.sh}
 [ $# -gt 0 ] && shift
 
-sudo=()
-[ "$(id -u)" -eq 0 ] || sudo=(sudo)
-"${sudo[@]}" make -C "$top" -s install
-
 work=$(mktemp -d /tmp/prepay-run.XXXXXX)
+pgbin=$(pg_config --bindir)
+pgshare=$(pg_config --sharedir)
+mkdir -p "$work/pg$(dirname "$pgbin")" "$work/pg$(dirname "$pgshare")"
+cp -a "$(dirname "$pgbin")/." "$work/pg$(dirname "$pgbin")/"
+cp -a "$pgshare" "$work/pg$(dirname "$pgshare")/"
+make -C "$top" -s install DESTDIR="$work/pg" >/dev/null
+for d in agent; do [ -d "$top/$d" ] && cp -a "$top/$d" "$work/"; done
 cp -a "$top/Makefile" "$top/prepay.control" "$top/sql" "$top/extension" "$top/test" "$work/"
 if [ "$(id -u)" -eq 0 ]; then
 	chown -R postgres: "$work"
@@ -25,7 +34,7 @@ else
 fi
 
 status=0
-"${runner[@]}" "$work/$script" "$work" "$@" || status=$?
+PATH="$work/pg$pgbin:$PATH" "${runner[@]}" "$work/$script" "$work" "$@" || status=$?
 if [ $status -eq 0 ]; then
 	rm -rf "$work"
 	echo "prepay: $script passed"
