@@ -17,7 +17,11 @@ OBJS = \
 	extension/spi_util.o \
 	extension/rating.o \
 	extension/reading.o \
-	extension/balance.o
+	extension/balance.o \
+	extension/tariff.o \
+	extension/tariff_def.o \
+	extension/tariff_book.o \
+	extension/rate.o
 
 # The install script is the concatenation of the domain scripts, in order.
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql)

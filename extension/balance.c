@@ -34,6 +34,7 @@
 #include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "utils/builtins.h"
 
 struct BalanceAccount
 {
@@ -246,10 +247,10 @@ static void
 insert_ledger(BalanceCharge *charges, int ncharges)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum	   *cols[9];
-	Datum		args[9];
+	Datum	   *cols[10];
+	Datum		args[10];
 
-	for (int c = 0; c < 9; c++)
+	for (int c = 0; c < 10; c++)
 		cols[c] = palloc(sizeof(Datum) * ncharges);
 	for (int i = 0; i < ncharges; i++)
 	{
@@ -264,17 +265,18 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 		cols[6][i] = TimestampTzGetDatum(c->read_to);
 		cols[7][i] = fixed_to_numeric(c->energy, ENERGY_SCALE);
 		cols[8][i] = fixed_to_numeric(c->exact, EXACT_SCALE);
+		cols[9][i] = CStringGetTextDatum(c->pieces);
 	}
 
 	spi_kept_plan(&plan,
 			"INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,"
-			"                           meter_id, read_from, read_to, energy, exact_charge)"
+			"                           meter_id, read_from, read_to, energy, exact_charge, pieces)"
 			"SELECT u.site_id, u.account_id, 'consumption', u.amount, u.balance_after,"
-			"       u.meter_id, u.read_from, u.read_to, u.energy, u.exact_charge"
-			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9))"
+			"       u.meter_id, u.read_from, u.read_to, u.energy, u.exact_charge, u.pieces::pg_catalog.json"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10))"
 			"       AS u(site_id, account_id, amount, balance_after, meter_id,"
-			"            read_from, read_to, energy, exact_charge)", 9,
-					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID});
+			"            read_from, read_to, energy, exact_charge, pieces)", 10,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID});
 	args[0] = spi_array(cols[0], NULL, ncharges, INT4OID);
 	args[1] = spi_array(cols[1], NULL, ncharges, INT8OID);
 	args[2] = spi_array(cols[2], NULL, ncharges, NUMERICOID);
@@ -284,6 +286,7 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 	args[6] = spi_array(cols[6], NULL, ncharges, TIMESTAMPTZOID);
 	args[7] = spi_array(cols[7], NULL, ncharges, NUMERICOID);
 	args[8] = spi_array(cols[8], NULL, ncharges, NUMERICOID);
+	args[9] = spi_array(cols[9], NULL, ncharges, TEXTOID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "balance: ledger insert failed");
 }

@@ -54,6 +54,11 @@
 
 #include "balance.h"
 #include "rating.h"
+#include "tariff_def.h"
+
+/* the meter's TOU registers, in the order of prepay.reading's columns */
+#define NREGISTERS 4
+static const char *const register_name[NREGISTERS] = {"sharp", "peak", "flat", "valley"};
 
 /* a reading more than this far ahead of the database clock is refused */
 #define CLOCK_AHEAD_LIMIT_US (INT64CONST(10) * 60 * 1000000)
@@ -84,6 +89,8 @@ typedef struct BatchReading
 	TimestampTz read_at;
 	bool		has_energy;
 	int64		energy;			/* register, milli-units */
+	bool		has_registers;	/* all four TOU registers reported */
+	int64		registers[NREGISTERS];
 	const char *relay;			/* reported relay state label, or NULL */
 	Quarantine	reason;
 	char	   *detail;
@@ -104,19 +111,14 @@ typedef struct BatchMeter
 	TimestampTz last_read_at;
 	int64		last_energy;
 	int64		carry;			/* nano-currency */
+	TariffCycleState cycle;		/* billing cycle and its consumption so far */
+	bool		has_registers;	/* TOU registers of the last rated reading */
+	int64		registers[NREGISTERS];
 	const char *relay;			/* relay state known, or NULL */
 	TimestampTz relay_at;
 	bool		relay_changed;	/* a reading reported a new relay state */
 	bool		changed;
 } BatchMeter;
-
-typedef struct PriceList
-{
-	int32		site_id;
-	int64		tariff_id;
-	int			first;			/* index into the batch's price array */
-	int			count;
-} PriceList;
 
 typedef struct Batch
 {
@@ -125,10 +127,8 @@ typedef struct Batch
 	int			nreadings;
 	BatchMeter *meters;
 	int			nmeters;
-	RatingPrice *prices;
-	PriceList  *price_lists;
-	int			nprice_lists;
-	RatingPiece *pieces;		/* scratch for rating_split, one per price row */
+	TariffBook *book;			/* the sites' tariffs and calendars */
+	TariffPieces pieces;		/* scratch for tariff_rate */
 	BalanceCharge *charges;
 	int			ncharges;
 	int			nquarantined;
@@ -144,12 +144,13 @@ static void batch_collect(Batch *batch, TriggerData *trigdata);
 static int	compare_readings(const void *a, const void *b);
 static void batch_lock_sites(Batch *batch);
 static void batch_load_meters(Batch *batch);
-static void batch_load_prices(Batch *batch);
-static const PriceList *batch_price_list(Batch *batch, int32 site_id, int64 tariff_id);
+static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
 static const char *relay_label(Datum value, Oid *oids, const char **labels);
 static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
+static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
+									const BatchReading *r, int64 *deltas);
 static void batch_save_meters(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, const char *fmt,...) pg_attribute_printf(3, 4);
@@ -272,7 +273,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 			elog(ERROR, "reading_rate_batch: SPI_connect failed");
 		batch_lock_sites(&batch);
 		batch_load_meters(&batch);
-		batch_load_prices(&batch);
+		batch_load_tariffs(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
 
 		for (int m = 0; m < batch.nmeters; m++)
@@ -313,9 +314,12 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 	int			capacity = 1024;
 	int			energy_att = attnameAttNum(trigdata->tg_relation, "energy", false);
 	int			relay_att = attnameAttNum(trigdata->tg_relation, "relay_state", false);
+	int			register_att[NREGISTERS];
 	Oid			relay_oids[2] = {InvalidOid, InvalidOid};
 	const char *relay_labels[2] = {NULL, NULL};
 
+	for (int k = 0; k < NREGISTERS; k++)
+		register_att[k] = attnameAttNum(trigdata->tg_relation, register_name[k], false);
 	batch->readings = palloc(sizeof(BatchReading) * capacity);
 	tuplestore_rescan(store);
 	while (tuplestore_gettupleslot(store, true, false, slot))
@@ -338,6 +342,14 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 		r->has_energy = !isnull;
 		if (!isnull)
 			r->energy = fixed_from_numeric(value, ENERGY_SCALE);
+		r->has_registers = true;
+		for (int k = 0; k < NREGISTERS; k++)
+		{
+			value = slot_getattr(slot, register_att[k], &isnull);
+			r->has_registers = r->has_registers && !isnull;
+			if (!isnull)
+				r->registers[k] = fixed_from_numeric(value, ENERGY_SCALE);
+		}
 		value = slot_getattr(slot, relay_att, &isnull);
 		if (!isnull)
 			r->relay = relay_label(value, relay_oids, relay_labels);
@@ -450,7 +462,10 @@ batch_load_meters(Batch *batch)
 			"       m.account_id, a.closed_at IS NULL AND a.account_id IS NOT NULL,"
 			"       coalesce(m.tariff_id, a.tariff_id),"
 			"       m.last_read_at, (m.last_energy * 1000)::int8,"
-			"       (m.charge_carry * 1000000000)::int8, m.relay_state::text"
+			"       (m.charge_carry * 1000000000)::int8, m.relay_state::text,"
+			"       m.cycle_start, (m.cycle_used * 1000)::int8,"
+			"       (m.last_sharp * 1000)::int8, (m.last_peak * 1000)::int8,"
+			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8"
 			"  FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[]))"
 			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
 			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
@@ -489,85 +504,34 @@ batch_load_meters(Batch *batch)
 		m->last_energy = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
 		m->carry = DatumGetInt64(SPI_getbinval(tuple, desc, 10, &isnull));
 		m->relay = SPI_getvalue(tuple, desc, 11);
+		m->cycle.start = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 12, &isnull));
+		if (isnull)
+			m->cycle.start = INT64_MIN;
+		m->cycle.used = DatumGetInt64(SPI_getbinval(tuple, desc, 13, &isnull));
+		m->has_registers = true;
+		for (int k = 0; k < NREGISTERS; k++)
+		{
+			m->registers[k] = DatumGetInt64(SPI_getbinval(tuple, desc, 14 + k, &isnull));
+			m->has_registers = m->has_registers && !isnull;
+		}
 	}
 }
 
 /*
- * batch_load_prices
- *		Load every tariff version of the sites in the batch, sorted by
- *		(site, tariff, valid_from), and index them per tariff.
+ * batch_load_tariffs
+ *		Compile the tariffs and calendars of every site in the batch.
  */
 static void
-batch_load_prices(Batch *batch)
+batch_load_tariffs(Batch *batch)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum	   *sites = palloc(sizeof(Datum) * batch->nmeters);
-	Datum		args[1];
+	int32	   *sites = palloc(sizeof(int32) * batch->nreadings);
 	int			n = 0;
 
-	for (int i = 0; i < batch->nmeters; i++)
-		if (n == 0 || DatumGetInt32(sites[n - 1]) != batch->meters[i].site_id)
-			sites[n++] = Int32GetDatum(batch->meters[i].site_id);
-
-	spi_kept_plan(&plan,
-			"SELECT site_id, tariff_id, valid_from, (price * 1000000)::int8"
-			"  FROM prepay.tariff_version"
-			" WHERE site_id = ANY ($1)"
-			" ORDER BY site_id, tariff_id, valid_from", 1,
-					  (Oid[]) {INT4ARRAYOID});
-	args[0] = spi_array(sites, NULL, n, INT4OID);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading_rate_batch: price query failed");
-
-	batch->prices = palloc(sizeof(RatingPrice) * (SPI_processed + 1));
-	batch->pieces = palloc(sizeof(RatingPiece) * (SPI_processed + 1));
-	batch->price_lists = palloc(sizeof(PriceList) * (SPI_processed + 1));
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int32		site_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
-		int64		tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
-		PriceList  *list = batch->nprice_lists > 0 ? &batch->price_lists[batch->nprice_lists - 1] : NULL;
-
-		if (list == NULL || list->site_id != site_id || list->tariff_id != tariff_id)
-		{
-			list = &batch->price_lists[batch->nprice_lists++];
-			list->site_id = site_id;
-			list->tariff_id = tariff_id;
-			list->first = i;
-			list->count = 0;
-		}
-		list->count++;
-		batch->prices[i].valid_from = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 3, &isnull));
-		batch->prices[i].price = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
-	}
-}
-
-/*
- * batch_price_list
- *		The price versions of a tariff, or NULL if it has none.
- */
-static const PriceList *
-batch_price_list(Batch *batch, int32 site_id, int64 tariff_id)
-{
-	int			lo = 0;
-	int			hi = batch->nprice_lists - 1;
-
-	while (lo <= hi)
-	{
-		int			mid = (lo + hi) / 2;
-		PriceList  *p = &batch->price_lists[mid];
-
-		if (p->site_id == site_id && p->tariff_id == tariff_id)
-			return p;
-		if (p->site_id < site_id || (p->site_id == site_id && p->tariff_id < tariff_id))
-			lo = mid + 1;
-		else
-			hi = mid - 1;
-	}
-	return NULL;
+	for (int i = 0; i < batch->nreadings; i++)
+		if (n == 0 || sites[n - 1] != batch->readings[i].site_id)
+			sites[n++] = batch->readings[i].site_id;
+	batch->book = tariff_book_load(sites, n);
+	batch->pieces.grow = tariff_book_grow;
 }
 
 /*
@@ -602,6 +566,8 @@ batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 		meter->has_state = true;
 		meter->last_read_at = r->read_at;
 		meter->last_energy = r->energy;
+		meter->has_registers = r->has_registers;
+		memcpy(meter->registers, r->registers, sizeof(r->registers));
 		meter->changed = true;
 		if (r->relay != NULL && (meter->relay == NULL || strcmp(meter->relay, r->relay) != 0))
 		{
@@ -676,31 +642,39 @@ quarantine(BatchReading *r, Quarantine reason, const char *fmt,...)
 /*
  * batch_charge
  *		Price one consumption with the meter's tariff and record the charge
- *		for balance.c to post.  A tariff without any price quarantines the
+ *		for balance.c to post.  A tariff without any version quarantines the
  *		reading instead (false): the meter's state does not move, so the
- *		first reading rated after a price is added charges the whole
+ *		first reading rated after a version is added charges the whole
  *		interval.
  */
 static bool
 batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption)
 {
-	const PriceList *list = batch_price_list(batch, meter->site_id, meter->tariff_id);
+	int			nversions;
+	const TariffVersion *versions = tariff_book_versions(batch->book, meter->site_id,
+														 meter->tariff_id, &nversions);
+	TariffCycleState before = meter->cycle;
+	int64		deltas[TARIFF_MAX_PERIODS];
+	const int64 *registers;
 	BalanceCharge *c;
-	int			npieces;
 	int64		exact = 0;
+	bool		ok;
 
-	if (list == NULL)
+	if (versions == NULL)
 	{
 		quarantine(r, Q_NO_PRICE, "tariff " INT64_FORMAT " has no price; add a row to prepay.tariff_version",
 				   meter->tariff_id);
 		return false;
 	}
-	npieces = rating_split(&batch->prices[list->first], list->count,
-						   meter->last_read_at, r->read_at, consumption, batch->pieces);
-	for (int i = 0; i < npieces; i++)
-		if (pg_add_s64_overflow(exact, batch->pieces[i].exact, &exact))
-			npieces = -1;
-	if (npieces < 0)
+	registers = register_deltas(&versions[tariff_version_at(versions, nversions, r->read_at)],
+								meter, r, deltas);
+	batch->pieces.n = 0;
+	ok = tariff_rate(versions, nversions, tariff_book_calendar(batch->book, meter->site_id),
+					 meter->last_read_at, r->read_at, consumption, registers,
+					 &meter->cycle, &batch->pieces);
+	for (int i = 0; ok && i < batch->pieces.n; i++)
+		ok = !pg_add_s64_overflow(exact, batch->pieces.items[i].exact, &exact);
+	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("charge for meter " INT64_FORMAT " is out of range", meter->meter_id)));
@@ -713,27 +687,62 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 	c->read_to = r->read_at;
 	c->energy = consumption;
 	c->exact = exact;
+	c->pieces = tariff_pieces_json(meter->tariff_id, versions, &batch->pieces, meter->multiplier,
+								   &before, &meter->cycle);
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
 	return true;
 }
 
 /*
- * batch_save_meters
- *		Write back the rating state (last reading, carry, reported relay
- *		state) of every meter whose state moved.
+ * register_deltas
+ *		For a tariff that splits by the meter's TOU registers: the energy
+ *		each of its periods consumed since the last rated reading, times
+ *		the multiplier, in the version's period order.  NULL when the
+ *		tariff splits uniformly or a register is missing.
  */
+static const int64 *
+register_deltas(const TariffVersion *v, const BatchMeter *meter, const BatchReading *r, int64 *deltas)
+{
+	if (v->split != TARIFF_SPLIT_REGISTERS || !r->has_registers || !meter->has_registers)
+		return NULL;
+	for (int p = 0; p < v->nperiods; p++)
+	{
+		int			k = 0;
+
+		while (k < NREGISTERS && strcmp(register_name[k], v->period_name[p]) != 0)
+			k++;
+		if (k == NREGISTERS)
+			return NULL;
+		deltas[p] = (r->registers[k] - meter->registers[k]) * meter->multiplier;
+	}
+	return deltas;
+}
+
+/*
+ * batch_save_meters
+ *		Write back the rating state (last reading and its TOU registers,
+ *		carry, billing cycle, reported relay state) of every meter whose
+ *		state moved.
+ */
+#define SAVE_COLUMNS 13
 static void
 batch_save_meters(Batch *batch)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum	   *cols[7];
-	bool	   *relay_nulls = palloc(sizeof(bool) * batch->nmeters);
-	Datum		args[7];
-	char		nulls[7] = "       ";
+	static const Oid types[SAVE_COLUMNS] = {
+		INT4OID, INT8OID, TIMESTAMPTZOID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, NUMERICOID, NUMERICOID, NUMERICOID, NUMERICOID, NUMERICOID
+	};
+	Datum	   *cols[SAVE_COLUMNS];
+	bool	   *nulls[SAVE_COLUMNS];
+	Datum		args[SAVE_COLUMNS];
 	int			n = 0;
 
-	for (int c = 0; c < 7; c++)
+	for (int c = 0; c < SAVE_COLUMNS; c++)
+	{
 		cols[c] = palloc(sizeof(Datum) * batch->nmeters);
+		nulls[c] = palloc0(sizeof(bool) * batch->nmeters);
+	}
 	for (int i = 0; i < batch->nmeters; i++)
 	{
 		BatchMeter *m = &batch->meters[i];
@@ -746,30 +755,46 @@ batch_save_meters(Batch *batch)
 		cols[3][n] = fixed_to_numeric(m->last_energy, ENERGY_SCALE);
 		cols[4][n] = fixed_to_numeric(m->carry, EXACT_SCALE);
 		cols[5][n] = m->relay_changed ? CStringGetTextDatum(m->relay) : (Datum) 0;
-		relay_nulls[n] = !m->relay_changed;
+		nulls[5][n] = !m->relay_changed;
 		cols[6][n] = TimestampTzGetDatum(m->relay_at);
+		cols[7][n] = TimestampTzGetDatum(m->cycle.start);
+		nulls[7][n] = m->cycle.start == INT64_MIN;
+		cols[8][n] = fixed_to_numeric(m->cycle.used, ENERGY_SCALE);
+		for (int k = 0; k < NREGISTERS; k++)
+		{
+			cols[9 + k][n] = fixed_to_numeric(m->registers[k], ENERGY_SCALE);
+			nulls[9 + k][n] = !m->has_registers;
+		}
 		n++;
 	}
 	if (n == 0)
 		return;
 
-	spi_kept_plan(&plan,
-			"UPDATE prepay.meter m"
-			"   SET last_read_at = u.read_at, last_energy = u.energy, charge_carry = u.carry,"
-			"       relay_state = coalesce(u.relay::prepay.relay_state, m.relay_state),"
-			"       relay_state_at = CASE WHEN u.relay IS NULL THEN m.relay_state_at ELSE u.relay_at END"
-			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7))"
-			"       AS u(site_id, meter_id, read_at, energy, carry, relay, relay_at)"
-			" WHERE m.site_id = u.site_id AND m.meter_id = u.meter_id", 7,
-					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID});
-	args[0] = spi_array(cols[0], NULL, n, INT4OID);
-	args[1] = spi_array(cols[1], NULL, n, INT8OID);
-	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
-	args[3] = spi_array(cols[3], NULL, n, NUMERICOID);
-	args[4] = spi_array(cols[4], NULL, n, NUMERICOID);
-	args[5] = spi_array(cols[5], relay_nulls, n, TEXTOID);
-	args[6] = spi_array(cols[6], NULL, n, TIMESTAMPTZOID);
-	if (SPI_execute_plan(plan, args, nulls, false, 0) != SPI_OK_UPDATE)
+	if (plan == NULL)
+	{
+		Oid			array_types[SAVE_COLUMNS];
+
+		for (int c = 0; c < SAVE_COLUMNS; c++)
+			array_types[c] = get_array_type(types[c]);
+		spi_kept_plan(&plan,
+				"UPDATE prepay.meter m"
+				"   SET last_read_at = u.read_at, last_energy = u.energy, charge_carry = u.carry,"
+				"       relay_state = coalesce(u.relay::prepay.relay_state, m.relay_state),"
+				"       relay_state_at = CASE WHEN u.relay IS NULL THEN m.relay_state_at ELSE u.relay_at END,"
+				"       cycle_start = u.cycle_start, cycle_used = u.cycle_used,"
+				"       last_sharp = u.sharp, last_peak = u.peak, last_flat = u.flat, last_valley = u.valley"
+				"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+				"                  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+				"                  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
+				"                  pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12),"
+				"                  pg_catalog.unnest($13))"
+				"       AS u(site_id, meter_id, read_at, energy, carry, relay, relay_at,"
+				"            cycle_start, cycle_used, sharp, peak, flat, valley)"
+				" WHERE m.site_id = u.site_id AND m.meter_id = u.meter_id", SAVE_COLUMNS, array_types);
+	}
+	for (int c = 0; c < SAVE_COLUMNS; c++)
+		args[c] = spi_array(cols[c], nulls[c], n, types[c]);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "reading_rate_batch: meter update failed");
 }
 

@@ -34,7 +34,8 @@ COMMENT ON TYPE prepay.relay_state IS 'State of a meter''s relay or valve: close
 CREATE TYPE prepay.account_mode AS ENUM ('prepaid', 'postpaid');
 COMMENT ON TYPE prepay.account_mode IS 'prepaid accounts run the alarm ladder and are tripped in arrears; postpaid accounts are billed after use and never tripped.';
 
-CREATE TYPE prepay.ledger_kind AS ENUM ('consumption', 'recharge', 'refund', 'reversal', 'closing_refund');
+CREATE TYPE prepay.ledger_kind AS ENUM ('consumption', 'recharge', 'refund', 'reversal', 'closing_refund',
+                                        'basic_charge', 'adjustment');
 COMMENT ON TYPE prepay.ledger_kind IS 'Kind of a ledger entry: a consumption charge, a payment, a refund, the reversal of another entry, or the refund of the remaining balance when an account is closed.';
 
 CREATE TYPE prepay.command_action AS ENUM ('trip', 'close');
@@ -175,15 +176,20 @@ CREATE TABLE prepay.tariff_version (
     site_id    integer NOT NULL,
     tariff_id  bigint NOT NULL,
     valid_from timestamptz NOT NULL,
-    price      numeric(12,6) NOT NULL CHECK (price >= 0),
+    price      numeric(12,6) CHECK (price >= 0),
+    definition jsonb,
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (site_id, tariff_id, valid_from),
+    CHECK ((price IS NULL) <> (definition IS NULL)),
     FOREIGN KEY (site_id, tariff_id) REFERENCES prepay.tariff
 );
-COMMENT ON TABLE prepay.tariff_version IS 'The price of a tariff from a point in time on.  Consumption that straddles a valid_from is split at it; consumption before the first version is priced at the first version.';
+COMMENT ON TABLE prepay.tariff_version IS 'A tariff''s prices from a point in time on: a flat price, or a definition (time-of-use, tiers, two-part, register split; see docs/TARIFFS.md).  Consumption that straddles a valid_from is split at it; consumption before the first version is priced at the first version.  A back-dated version changes future rating only; prepay.rerate settles the past.';
 COMMENT ON COLUMN prepay.tariff_version.site_id IS 'Site of the tariff.';
 COMMENT ON COLUMN prepay.tariff_version.tariff_id IS 'Tariff this version belongs to.';
 COMMENT ON COLUMN prepay.tariff_version.valid_from IS 'Instant from which this price applies.';
-COMMENT ON COLUMN prepay.tariff_version.price IS 'Flat price per unit (kWh or m3), six decimals.';
+COMMENT ON COLUMN prepay.tariff_version.price IS 'Flat price per unit (kWh or m3), six decimals; shorthand for the definition {"price": p}.  Exactly one of price and definition is set.';
+COMMENT ON COLUMN prepay.tariff_version.definition IS 'Tariff definition document (docs/TARIFFS.md), validated on write by prepay.tariff_check (SQLSTATE PY015).';
+COMMENT ON COLUMN prepay.tariff_version.created_at IS 'When this version was written (a valid_from before it is back-dated).';
 
 CREATE TABLE prepay.account (
     site_id               integer NOT NULL REFERENCES prepay.site,
@@ -193,6 +199,7 @@ CREATE TABLE prepay.account (
     phone                 text,
     email                 text,
     floor_area            numeric(10,2) CHECK (floor_area >= 0),
+    capacity_kva          numeric(10,3) CHECK (capacity_kva >= 0),
     mode                  prepay.account_mode NOT NULL DEFAULT 'prepaid',
     tariff_id             bigint NOT NULL,
     credit_limit          numeric(14,2) NOT NULL DEFAULT 0 CHECK (credit_limit >= 0),
@@ -215,6 +222,7 @@ COMMENT ON COLUMN prepay.account.name IS 'Tenant name.';
 COMMENT ON COLUMN prepay.account.phone IS 'Contact phone for notifications.';
 COMMENT ON COLUMN prepay.account.email IS 'Contact e-mail for notifications.';
 COMMENT ON COLUMN prepay.account.floor_area IS 'Floor area in m2, for fees and apportionment by area.';
+COMMENT ON COLUMN prepay.account.capacity_kva IS 'Contracted transformer capacity in kVA: the basis of a two-part tariff''s basic charge by capacity.';
 COMMENT ON COLUMN prepay.account.mode IS 'prepaid or postpaid.';
 COMMENT ON COLUMN prepay.account.tariff_id IS 'Tariff of the account''s meters unless a meter has its own.';
 COMMENT ON COLUMN prepay.account.credit_limit IS 'How far below zero the balance may fall before arrears (alarm level 3) and the trip.';
@@ -251,6 +259,12 @@ CREATE TABLE prepay.meter (
     last_read_at   timestamptz,
     last_energy    numeric(15,3),
     charge_carry   numeric(12,9) NOT NULL DEFAULT 0 CHECK (charge_carry >= 0 AND charge_carry < 0.01),
+    cycle_start    timestamptz,
+    cycle_used     numeric(15,3) NOT NULL DEFAULT 0 CHECK (cycle_used >= 0),
+    last_sharp     numeric(15,3),
+    last_peak      numeric(15,3),
+    last_flat      numeric(15,3),
+    last_valley    numeric(15,3),
     PRIMARY KEY (site_id, meter_id),
     UNIQUE (site_id, code),
     FOREIGN KEY (site_id, gateway_id) REFERENCES prepay.gateway,
@@ -286,6 +300,12 @@ COMMENT ON COLUMN prepay.meter.relay_state_at IS 'When relay_state was last lear
 COMMENT ON COLUMN prepay.meter.lost_since IS 'Since when the meter has not answered; NULL when online.';
 COMMENT ON COLUMN prepay.meter.last_read_at IS 'Time of the last rated reading: the start of the next consumption interval.';
 COMMENT ON COLUMN prepay.meter.last_energy IS 'Register value of the last rated reading.';
+COMMENT ON COLUMN prepay.meter.cycle_start IS 'Start of the billing cycle cycle_used counts in (tiered tariffs); NULL before the first tiered charge.';
+COMMENT ON COLUMN prepay.meter.cycle_used IS 'Consumption (after the multiplier) charged in the current billing cycle: what tier the next unit falls in.';
+COMMENT ON COLUMN prepay.meter.last_sharp IS 'Sharp TOU register of the last rated reading (for tariffs that split by registers).';
+COMMENT ON COLUMN prepay.meter.last_peak IS 'Peak TOU register of the last rated reading.';
+COMMENT ON COLUMN prepay.meter.last_flat IS 'Flat TOU register of the last rated reading.';
+COMMENT ON COLUMN prepay.meter.last_valley IS 'Valley TOU register of the last rated reading.';
 COMMENT ON COLUMN prepay.meter.charge_carry IS 'Sub-cent part of the exact consumption charges not yet posted (0 <= carry < 0.01); see the rounding rule.';
 
 -- ---------------------------------------------------------------------
@@ -348,6 +368,7 @@ CREATE TABLE prepay.ledger (
     read_to          timestamptz,
     energy           numeric(15,3),
     exact_charge     numeric(18,9),
+    pieces           json,
     PRIMARY KEY (site_id, entry_id),
     CHECK (kind <> 'consumption' OR (meter_id IS NOT NULL AND read_from < read_to AND energy >= 0 AND exact_charge >= 0)),
     CHECK (kind NOT IN ('recharge', 'refund') OR (channel IS NOT NULL AND external_ref IS NOT NULL)),
@@ -376,7 +397,8 @@ COMMENT ON COLUMN prepay.ledger.meter_id IS 'For a consumption charge, the meter
 COMMENT ON COLUMN prepay.ledger.read_from IS 'For a consumption charge, the previous rated reading''s time.';
 COMMENT ON COLUMN prepay.ledger.read_to IS 'For a consumption charge, the reading charged.';
 COMMENT ON COLUMN prepay.ledger.energy IS 'For a consumption charge, the energy charged (register difference times multiplier).';
-COMMENT ON COLUMN prepay.ledger.exact_charge IS 'For a consumption charge, the exact price of the energy before rounding to cents.';
+COMMENT ON COLUMN prepay.ledger.exact_charge IS 'For a consumption charge, the exact price of the energy before rounding to cents; for basic charges and adjustments, their exact amount.';
+COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount).  Read it with prepay.explain_charge.';
 
 -- ---------------------------------------------------------------------
 -- commands, alarms, notifications
@@ -795,7 +817,8 @@ COMMENT ON FUNCTION prepay._alarm_level_changed(integer, bigint, smallint, small
 
 CREATE FUNCTION prepay._post_entry(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
                                    p_amount numeric, p_channel text DEFAULT NULL, p_external_ref text DEFAULT NULL,
-                                   p_reason text DEFAULT NULL, p_reverses bigint DEFAULT NULL)
+                                   p_reason text DEFAULT NULL, p_reverses bigint DEFAULT NULL,
+                                   p_exact numeric DEFAULT NULL, p_pieces json DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     a prepay.account;
@@ -808,9 +831,9 @@ BEGIN
      WHERE site_id = p_site_id AND account_id = p_account_id
     RETURNING * INTO a;
     INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,
-                               channel, external_ref, reason, reverses_entry)
+                               channel, external_ref, reason, reverses_entry, exact_charge, pieces)
     VALUES (p_site_id, p_account_id, p_kind, p_amount, a.balance,
-            p_channel, p_external_ref, p_reason, p_reverses)
+            p_channel, p_external_ref, p_reason, p_reverses, p_exact, p_pieces)
     RETURNING entry_id INTO entry;
 
     IF a.mode = 'prepaid' AND a.closed_at IS NULL THEN
@@ -825,7 +848,7 @@ BEGIN
     END IF;
     RETURN entry;
 END $$;
-COMMENT ON FUNCTION prepay._post_entry(integer, bigint, prepay.ledger_kind, numeric, text, text, text, bigint) IS
+COMMENT ON FUNCTION prepay._post_entry(integer, bigint, prepay.ledger_kind, numeric, text, text, text, bigint, numeric, json) IS
 'Internal: post one ledger entry, move the wallet by the same amount and run the alarm ladder.  The caller must hold the account lock.';
 
 CREATE FUNCTION prepay._payment_replay(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,

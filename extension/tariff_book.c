@@ -1,0 +1,353 @@
+/*-------------------------------------------------------------------------
+ *
+ * extension/tariff_book.c
+ *	  The tariff book of a rating batch: every version of every tariff of
+ *	  the batch's sites, compiled once, and each site's calendar (its time
+ *	  zone and holidays) for the pure core.  Also writes the record of a
+ *	  charge's pieces that the ledger keeps for prepay.explain_charge.
+ *
+ * Loading runs inside the caller's SPI connection and takes no locks of
+ * its own: the rating trigger holds the site's rating lock, so no batch
+ * of the same site runs at the same time.
+ *
+ * Copyright (c) 2026, the prepay authors
+ *
+ * IDENTIFICATION
+ *	  extension/tariff_book.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "prepay.h"
+#include "tariff_def.h"
+
+#include "catalog/pg_type.h"
+#include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
+#include "pgtime.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "miscadmin.h"
+#include "utils/datetime.h"
+
+#define CLOCK_CACHE_SIZE 64
+
+/* One site's local time: its zone and a small cache of local -> UTC. */
+typedef struct SiteClock
+{
+	pg_tz	   *zone;
+	int64		key[CLOCK_CACHE_SIZE];	/* day * 1440 + minute, or -1 */
+	int64		value[CLOCK_CACHE_SIZE];
+} SiteClock;
+
+typedef struct BookSite
+{
+	int32		site_id;
+	TariffCalendar calendar;
+	SiteClock	clock;
+} BookSite;
+
+typedef struct BookTariff
+{
+	int32		site_id;
+	int64		tariff_id;
+	int			first;			/* index into versions */
+	int			count;
+} BookTariff;
+
+struct TariffBook
+{
+	BookSite   *sites;
+	int			nsites;
+	TariffVersion *versions;
+	BookTariff *tariffs;
+	int			ntariffs;
+};
+
+static void book_load_versions(TariffBook *book, Datum sites);
+static void book_load_sites(TariffBook *book, Datum sites);
+static void book_load_holidays(TariffBook *book, Datum sites);
+static int64 clock_local_to_utc(void *arg, int32_t day, int minute);
+static void clock_utc_to_local(void *arg, int64_t t, int32_t *day, int *minute);
+
+TariffBook *
+tariff_book_load(const int32 *site_ids, int nsites)
+{
+	TariffBook *book = palloc0(sizeof(TariffBook));
+	Datum	   *elems = palloc(sizeof(Datum) * nsites);
+	Datum		sites;
+
+	for (int i = 0; i < nsites; i++)
+		elems[i] = Int32GetDatum(site_ids[i]);
+	sites = spi_array(elems, NULL, nsites, INT4OID);
+	book_load_sites(book, sites);
+	book_load_holidays(book, sites);
+	book_load_versions(book, sites);
+	return book;
+}
+
+void *
+tariff_book_grow(void *old, size_t size)
+{
+	return old == NULL ? palloc(size) : repalloc(old, size);
+}
+
+/*
+ * book_load_versions
+ *		Compile every version of the sites' tariffs, sorted by (site,
+ *		tariff, valid_from), and index them per tariff.  A version written
+ *		with a plain price is the flat definition {"price": p}.
+ */
+static void
+book_load_versions(TariffBook *book, Datum sites)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1] = {sites};
+
+	spi_kept_plan(&plan,
+			"SELECT site_id, tariff_id, valid_from,"
+			"       coalesce(definition, pg_catalog.jsonb_build_object('price', price))"
+			"  FROM prepay.tariff_version"
+			" WHERE site_id = ANY ($1)"
+			" ORDER BY site_id, tariff_id, valid_from", 1, (Oid[]) {INT4ARRAYOID});
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tariff book: version query failed");
+
+	book->versions = palloc(sizeof(TariffVersion) * (SPI_processed + 1));
+	book->tariffs = palloc(sizeof(BookTariff) * (SPI_processed + 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int32		site_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+		int64		tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+		BookTariff *t = book->ntariffs > 0 ? &book->tariffs[book->ntariffs - 1] : NULL;
+
+		if (t == NULL || t->site_id != site_id || t->tariff_id != tariff_id)
+		{
+			t = &book->tariffs[book->ntariffs++];
+			t->site_id = site_id;
+			t->tariff_id = tariff_id;
+			t->first = i;
+			t->count = 0;
+		}
+		tariff_compile(DatumGetJsonbP(SPI_getbinval(tuple, desc, 4, &isnull)), &book->versions[i]);
+		book->versions[i].valid_from = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 3, &isnull));
+		t->count++;
+	}
+}
+
+static void
+book_load_sites(TariffBook *book, Datum sites)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1] = {sites};
+
+	spi_kept_plan(&plan,
+			"SELECT site_id, time_zone FROM prepay.site WHERE site_id = ANY ($1) ORDER BY site_id",
+				  1, (Oid[]) {INT4ARRAYOID});
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tariff book: site query failed");
+
+	book->sites = palloc0(sizeof(BookSite) * (SPI_processed + 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		BookSite   *s = &book->sites[book->nsites++];
+		bool		isnull;
+		char	   *zone = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+
+		s->site_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		s->clock.zone = pg_tzset(zone);
+		if (s->clock.zone == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("site %d has an unknown time zone \"%s\"", s->site_id, zone)));
+		memset(s->clock.key, -1, sizeof(s->clock.key));
+		s->calendar.arg = &s->clock;
+		s->calendar.local_to_utc = clock_local_to_utc;
+		s->calendar.utc_to_local = clock_utc_to_local;
+	}
+}
+
+/*
+ * book_load_holidays
+ *		Each site's holidays and worked weekend days, as sorted day numbers.
+ */
+static void
+book_load_holidays(TariffBook *book, Datum sites)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1] = {sites};
+
+	spi_kept_plan(&plan,
+			"SELECT site_id, (day - date '2000-01-01')::int4, kind = 'holiday'"
+			"  FROM prepay.holiday WHERE site_id = ANY ($1) ORDER BY site_id, day",
+				  1, (Oid[]) {INT4ARRAYOID});
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tariff book: holiday query failed");
+
+	for (int s = 0; s < book->nsites; s++)
+	{
+		book->sites[s].calendar.holidays = palloc(sizeof(int32) * (SPI_processed + 1));
+		book->sites[s].calendar.workdays = palloc(sizeof(int32) * (SPI_processed + 1));
+	}
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int32		site_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+		int32		day = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
+		bool		holiday = DatumGetBool(SPI_getbinval(tuple, desc, 3, &isnull));
+		TariffCalendar *cal = (TariffCalendar *) tariff_book_calendar(book, site_id);
+
+		if (cal == NULL)
+			continue;
+		if (holiday)
+			((int32 *) cal->holidays)[cal->nholidays++] = day;
+		else
+			((int32 *) cal->workdays)[cal->nworkdays++] = day;
+	}
+}
+
+const TariffVersion *
+tariff_book_versions(TariffBook *book, int32 site_id, int64 tariff_id, int *nversions)
+{
+	int			lo = 0;
+	int			hi = book->ntariffs - 1;
+
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+		BookTariff *t = &book->tariffs[mid];
+
+		if (t->site_id == site_id && t->tariff_id == tariff_id)
+		{
+			*nversions = t->count;
+			return &book->versions[t->first];
+		}
+		if (t->site_id < site_id || (t->site_id == site_id && t->tariff_id < tariff_id))
+			lo = mid + 1;
+		else
+			hi = mid - 1;
+	}
+	*nversions = 0;
+	return NULL;
+}
+
+const TariffCalendar *
+tariff_book_calendar(TariffBook *book, int32 site_id)
+{
+	for (int i = 0; i < book->nsites; i++)
+		if (book->sites[i].site_id == site_id)
+			return &book->sites[i].calendar;
+	return NULL;
+}
+
+/*
+ * clock_local_to_utc
+ *		The instant of local `day` 00:00 plus `minute`, resolved in the
+ *		site's zone the way PostgreSQL resolves a timestamp without time
+ *		zone (a time skipped by a DST change counts as the standard time
+ *		before it; a repeated one as its first occurrence).
+ */
+static int64
+clock_local_to_utc(void *arg, int32_t day, int minute)
+{
+	SiteClock  *clock = arg;
+	int64		key;
+	int			slot;
+	struct pg_tm tm = {0};
+	int			tz;
+	TimestampTz result;
+
+	day += minute / 1440;
+	minute %= 1440;
+	key = (int64) day * 1440 + minute;
+	slot = (int) (((uint64) key) % CLOCK_CACHE_SIZE);
+	if (clock->key[slot] == key)
+		return clock->value[slot];
+
+	j2date(day + POSTGRES_EPOCH_JDATE, &tm.tm_year, &tm.tm_mon, &tm.tm_mday);
+	tm.tm_hour = minute / 60;
+	tm.tm_min = minute % 60;
+	tz = DetermineTimeZoneOffset(&tm, clock->zone);
+	if (tm2timestamp(&tm, 0, &tz, &result) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range while rating")));
+	clock->key[slot] = key;
+	clock->value[slot] = result;
+	return result;
+}
+
+static void
+clock_utc_to_local(void *arg, int64_t t, int32_t *day, int *minute)
+{
+	SiteClock  *clock = arg;
+	struct pg_tm tm;
+	fsec_t		fsec;
+	int			tz;
+
+	if (timestamp2tm(t, &tz, &tm, &fsec, NULL, clock->zone) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timestamp out of range while rating")));
+	*day = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) - POSTGRES_EPOCH_JDATE;
+	*minute = tm.tm_hour * 60 + tm.tm_min;
+}
+
+/* An instant as ISO 8601 in UTC: stable whatever the session's settings. */
+char *
+tariff_timestamp_iso(TimestampTz t)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+	char		buf[MAXDATELEN + 1];
+
+	if (timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
+		return pstrdup("null");
+	EncodeDateTime(&tm, fsec, true, 0, NULL, USE_XSD_DATES, buf);
+	return pstrdup(buf);
+}
+
+/*
+ * tariff_pieces_json
+ *		How a charge was priced, as the JSON kept in prepay.ledger.pieces:
+ *		the multiplier, how the interval was split, the billing cycle and
+ *		its consumption before the charge, and one object per piece.
+ */
+char *
+tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffPieces *pieces,
+				   int32 multiplier, const TariffCycleState *before, const TariffCycleState *after)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"tariff_id\": " INT64_FORMAT ", \"multiplier\": %d, \"split\": \"%s\"",
+					 tariff_id, multiplier, pieces->by_register ? "registers" : "uniform");
+	if (before->start != INT64_MIN)
+		appendStringInfo(&buf, ", \"cycle_start\": \"%s\", \"cycle_used_before\": %s",
+						 tariff_timestamp_iso(before->start), fixed_format(before->used, ENERGY_SCALE));
+	if (after->start != INT64_MIN)
+		appendStringInfo(&buf, ", \"cycle_start_after\": \"%s\", \"cycle_used_after\": %s",
+						 tariff_timestamp_iso(after->start), fixed_format(after->used, ENERGY_SCALE));
+	appendStringInfoString(&buf, ", \"pieces\": [");
+	for (int i = 0; i < pieces->n; i++)
+	{
+		const TariffPiece *p = &pieces->items[i];
+		const TariffVersion *v = &versions[p->version];
+
+		appendStringInfo(&buf,
+						 "%s{\"from\": \"%s\", \"to\": \"%s\", \"version\": \"%s\", \"period\": \"%s\","
+						 " \"tier\": %d, \"energy\": %s, \"price\": %s, \"amount\": %s}",
+						 i > 0 ? ", " : "",
+						 tariff_timestamp_iso(p->from), tariff_timestamp_iso(p->to),
+						 tariff_timestamp_iso(v->valid_from), v->period_name[p->period], p->tier + 1,
+						 fixed_format(p->energy, ENERGY_SCALE), fixed_format(p->price, PRICE_SCALE),
+						 fixed_format(p->exact, EXACT_SCALE));
+	}
+	appendStringInfoString(&buf, "]}");
+	return buf.data;
+}

@@ -1,0 +1,39 @@
+/*-------------------------------------------------------------------------
+ *
+ * extension/tariff_def.h
+ *	  Tariff definitions (tariff_def.c) and the per-batch book of compiled
+ *	  tariffs and site calendars (tariff_book.c).
+ *
+ * Copyright (c) 2026, the prepay authors
+ *
+ * IDENTIFICATION
+ *	  extension/tariff_def.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef PREPAY_TARIFF_DEF_H
+#define PREPAY_TARIFF_DEF_H
+
+#include "prepay.h"
+#include "tariff.h"
+#include "utils/jsonb.h"
+
+/* tariff_def.c: validate a definition (PY015) and compile it */
+extern void tariff_compile(Jsonb *definition, TariffVersion *v);
+
+/* tariff_book.c: every version of the tariffs of some sites, compiled */
+typedef struct TariffBook TariffBook;
+
+extern TariffBook *tariff_book_load(const int32 *site_ids, int nsites);
+extern const TariffVersion *tariff_book_versions(TariffBook *book, int32 site_id,
+												 int64 tariff_id, int *nversions);
+extern const TariffCalendar *tariff_book_calendar(TariffBook *book, int32 site_id);
+extern void *tariff_book_grow(void *old, size_t size);
+
+/* tariff_book.c: the ledger's record of how a charge was priced */
+extern char *tariff_pieces_json(int64 tariff_id, const TariffVersion *versions,
+								const TariffPieces *pieces, int32 multiplier,
+								const TariffCycleState *before, const TariffCycleState *after);
+extern char *tariff_timestamp_iso(TimestampTz t);
+
+#endif							/* PREPAY_TARIFF_DEF_H */

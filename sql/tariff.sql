@@ -1,0 +1,328 @@
+
+-- =====================================================================
+-- The tariff engine (sql/tariff.sql): holidays, validated definitions,
+-- the transparency functions (rate, explain_charge, simulate_bill), re-
+-- rating after a back-dated price, and the daily basic charge of two-
+-- part tariffs.  Rating itself happens in C (extension/tariff*.c); every
+-- function here reaches the same C core through prepay._rate().
+-- =====================================================================
+
+CREATE TABLE prepay.holiday (
+    site_id integer NOT NULL REFERENCES prepay.site,
+    day     date NOT NULL,
+    kind    text NOT NULL DEFAULT 'holiday' CHECK (kind IN ('holiday', 'workday')),
+    name    text,
+    PRIMARY KEY (site_id, day)
+);
+COMMENT ON TABLE prepay.holiday IS 'A site''s calendar exceptions for time-of-use schedules: public holidays (priced by the schedule for "holiday", else as a weekend) and worked weekend days (working-day swaps, priced as weekdays).';
+COMMENT ON COLUMN prepay.holiday.site_id IS 'Site whose calendar this is.';
+COMMENT ON COLUMN prepay.holiday.day IS 'Local date in the site''s time zone.';
+COMMENT ON COLUMN prepay.holiday.kind IS 'holiday: priced as a holiday; workday: a weekend day worked, priced as a weekday.';
+COMMENT ON COLUMN prepay.holiday.name IS 'Name of the holiday or swap, for people.';
+SELECT pg_catalog.pg_extension_config_dump('prepay.holiday', '');
+
+-- ---------------------------------------------------------------------
+-- definitions
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.tariff_check(p_definition jsonb) RETURNS void
+LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'prepay_tariff_check';
+COMMENT ON FUNCTION prepay.tariff_check(jsonb) IS
+'Validate a tariff definition (docs/TARIFFS.md): returns nothing if it is valid, else raises PY015 with a message naming what is wrong.';
+
+CREATE FUNCTION prepay._tariff_version_check() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.definition IS NOT NULL THEN
+        PERFORM prepay.tariff_check(NEW.definition);
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION prepay._tariff_version_check() IS 'Internal: trigger that refuses an invalid tariff definition (PY015).';
+
+CREATE TRIGGER tariff_version_check BEFORE INSERT OR UPDATE ON prepay.tariff_version
+    FOR EACH ROW EXECUTE FUNCTION prepay._tariff_version_check();
+COMMENT ON TRIGGER tariff_version_check ON prepay.tariff_version IS 'Validates every definition as it is written.';
+
+-- ---------------------------------------------------------------------
+-- transparency
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._rate(p_site_id integer, p_tariff_id bigint, p_from timestamptz, p_to timestamptz,
+                             p_energy numeric, p_cycle_used numeric, p_cycle_start timestamptz,
+                             p_registers numeric[])
+RETURNS json LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'prepay_rate';
+COMMENT ON FUNCTION prepay._rate(integer, bigint, timestamptz, timestamptz, numeric, numeric, timestamptz, numeric[]) IS
+'Internal: rate energy over (from, to] with a tariff, given the billing cycle''s start (NULL: the cycle containing from) and its consumption so far, and optionally the {sharp, peak, flat, valley} register energies; returns the pieces in the format of prepay.ledger.pieces.  The rating trigger uses the same C core.';
+
+CREATE FUNCTION prepay._pieces(p_pieces json)
+RETURNS TABLE (piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
+               tier integer, energy numeric, unit_price numeric, amount numeric)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (p->>'from')::timestamptz, (p->>'to')::timestamptz, (p->>'version')::timestamptz, p->>'period',
+           (p->>'tier')::integer, (p->>'energy')::numeric(15,3), (p->>'price')::numeric(12,6),
+           (p->>'amount')::numeric(18,9)
+      FROM pg_catalog.json_array_elements(p_pieces->'pieces') AS p
+$$;
+COMMENT ON FUNCTION prepay._pieces(json) IS 'Internal: the pieces of a pricing record (prepay.ledger.pieces) as rows.';
+
+CREATE FUNCTION prepay.rate(p_site_id integer, p_tariff_id bigint, p_from timestamptz, p_to timestamptz,
+                            p_energy numeric, p_cycle_used numeric DEFAULT 0)
+RETURNS TABLE (piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
+               tier integer, energy numeric, unit_price numeric, amount numeric)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_site_id IS NULL OR p_tariff_id IS NULL OR p_from IS NULL OR p_to IS NULL OR p_energy IS NULL THEN
+        PERFORM prepay._raise('22004', 'rate needs a site, a tariff, an interval and an energy', NULL, NULL);
+    END IF;
+    RETURN QUERY
+    SELECT * FROM prepay._pieces(prepay._rate(p_site_id, p_tariff_id, p_from, p_to, p_energy,
+                                              coalesce(p_cycle_used, 0), NULL, NULL));
+END $$;
+COMMENT ON FUNCTION prepay.rate(integer, bigint, timestamptz, timestamptz, numeric, numeric) IS
+'Rate a consumption (after the multiplier) spread uniformly over (from, to] with a tariff, given the consumption already counted in the billing cycle: one row per piece (period, tier, energy, unit price, exact amount).  The rating trigger prices readings with the same C core.';
+
+CREATE FUNCTION prepay.explain_charge(p_site_id integer, p_entry_id bigint)
+RETURNS TABLE (entry_id bigint, meter_id bigint, read_from timestamptz, register_from numeric,
+               read_to timestamptz, register_to numeric, multiplier integer, energy numeric,
+               piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
+               tier integer, piece_energy numeric, unit_price numeric, amount numeric, charged numeric)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    e prepay.ledger;
+BEGIN
+    SELECT * INTO e FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.entry_id = p_entry_id;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY006', 'unknown ledger entry',
+            pg_catalog.format('Site %s has no ledger entry %s.', p_site_id, p_entry_id), NULL);
+    END IF;
+    IF e.kind <> 'consumption' OR e.pieces IS NULL THEN
+        PERFORM prepay._raise('PY016', 'not a consumption charge',
+            pg_catalog.format('Ledger entry %s is a %s entry.', p_entry_id, e.kind),
+            'Only consumption charges are priced from readings.');
+    END IF;
+    RETURN QUERY
+    SELECT e.entry_id, e.meter_id,
+           e.read_from, (SELECT r.energy FROM prepay.reading r
+                          WHERE r.site_id = e.site_id AND r.meter_id = e.meter_id AND r.read_at = e.read_from),
+           e.read_to, (SELECT r.energy FROM prepay.reading r
+                        WHERE r.site_id = e.site_id AND r.meter_id = e.meter_id AND r.read_at = e.read_to),
+           (e.pieces->>'multiplier')::integer, e.energy,
+           p.piece_from, p.piece_to, p.version_from, p.period, p.tier, p.energy, p.unit_price, p.amount,
+           -e.amount
+      FROM prepay._pieces(e.pieces) AS p;
+END $$;
+COMMENT ON FUNCTION prepay.explain_charge(integer, bigint) IS
+'What is behind a consumption charge: the two readings (register values), the multiplier, the energy, and each priced piece (time span, tariff version, period, tier, energy, unit price, exact amount), with the whole cents charged.  PY006 unknown entry; PY016 not a consumption charge.';
+
+CREATE FUNCTION prepay._register_energy(p_pieces json) RETURNS numeric[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_pieces->>'split' = 'registers' THEN
+           ARRAY(SELECT coalesce(sum(p.energy) FILTER (WHERE p.period = r.name), 0)
+                   FROM unnest(ARRAY['sharp', 'peak', 'flat', 'valley']) WITH ORDINALITY AS r(name, ord)
+                   LEFT JOIN prepay._pieces(p_pieces) AS p ON true
+                  GROUP BY r.ord ORDER BY r.ord)
+           END
+$$;
+COMMENT ON FUNCTION prepay._register_energy(json) IS 'Internal: the {sharp, peak, flat, valley} energies of a charge priced by the meter''s registers; NULL for a uniform split.';
+
+CREATE FUNCTION prepay.simulate_bill(p_site_id integer, p_account_id bigint, p_tariff_id bigint,
+                                     p_from timestamptz, p_to timestamptz)
+RETURNS TABLE (period text, tier integer, unit_price numeric, energy numeric, amount numeric)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    e prepay.ledger;
+    priced json;
+    all_pieces json[] := '{}';
+    last_meter bigint;
+    cycle_start timestamptz;
+    cycle_used numeric;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM prepay.account a WHERE a.site_id = p_site_id AND a.account_id = p_account_id) THEN
+        PERFORM prepay._raise('PY001', 'unknown account',
+            pg_catalog.format('Site %s has no account %s.', p_site_id, p_account_id), NULL);
+    END IF;
+    FOR e IN
+        SELECT * FROM prepay.ledger l
+         WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'consumption'
+           AND l.read_from >= p_from AND l.read_to <= p_to
+         ORDER BY l.meter_id, l.read_from
+    LOOP
+        IF last_meter IS DISTINCT FROM e.meter_id THEN
+            last_meter := e.meter_id;
+            cycle_start := NULL;
+            cycle_used := 0;
+        END IF;
+        priced := prepay._rate(p_site_id, p_tariff_id, e.read_from, e.read_to, e.energy,
+                               cycle_used, cycle_start, prepay._register_energy(e.pieces));
+        cycle_start := (priced->>'cycle_start_after')::timestamptz;
+        cycle_used := coalesce((priced->>'cycle_used_after')::numeric, 0);
+        all_pieces := all_pieces || priced;
+    END LOOP;
+    RETURN QUERY
+    SELECT p.period, p.tier, p.unit_price, sum(p.energy), sum(p.amount)
+      FROM unnest(all_pieces) AS j, prepay._pieces(j) AS p
+     GROUP BY p.period, p.tier, p.unit_price
+     ORDER BY p.period, p.tier, p.unit_price;
+END $$;
+COMMENT ON FUNCTION prepay.simulate_bill(integer, bigint, bigint, timestamptz, timestamptz) IS
+'What the account''s real consumption in [from, to] (its consumption charges lying wholly inside) would have cost under another tariff: energy and exact amount per period, tier and unit price.  Tier counting starts at zero at the first charge, so compare over whole billing cycles.';
+
+-- ---------------------------------------------------------------------
+-- re-rating
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._charged_exact(p_site_id integer, p_account_id bigint, p_entry prepay.ledger)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+    SELECT p_entry.exact_charge + coalesce(sum((x->>'exact_delta')::numeric), 0)
+      FROM prepay.ledger a, pg_catalog.json_array_elements(a.pieces->'rerate') AS x
+     WHERE a.site_id = p_site_id AND a.account_id = p_account_id AND a.kind = 'adjustment'
+       AND (x->>'entry_id')::bigint = p_entry.entry_id
+$$;
+COMMENT ON FUNCTION prepay._charged_exact(integer, bigint, prepay.ledger) IS
+'Internal: the exact amount a consumption charge stands at now: its own exact charge plus every re-rating adjustment of it.';
+
+CREATE FUNCTION prepay.rerate(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
+RETURNS TABLE (account_id bigint, charges integer, charged numeric, repriced numeric,
+               adjustment numeric, entry_id bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    acc bigint;
+    e prepay.ledger;
+    was numeric;
+    now_exact numeric;
+    deltas json[];
+    total numeric;
+    n integer;
+    sum_was numeric;
+    sum_now numeric;
+    posted bigint;
+BEGIN
+    PERFORM prepay._lock_site_rating(p_site_id);
+    FOR acc IN
+        SELECT a.account_id FROM prepay.account a
+         WHERE a.site_id = p_site_id AND (p_account_id IS NULL OR a.account_id = p_account_id)
+         ORDER BY a.account_id
+    LOOP
+        PERFORM prepay._lock_account(p_site_id, acc);
+        deltas := '{}';
+        total := 0; n := 0; sum_was := 0; sum_now := 0; posted := NULL;
+        FOR e IN
+            SELECT * FROM prepay.ledger l
+             WHERE l.site_id = p_site_id AND l.account_id = acc AND l.kind = 'consumption'
+               AND l.read_from >= p_from AND l.read_to <= p_to AND l.pieces IS NOT NULL
+             ORDER BY l.entry_id
+        LOOP
+            was := prepay._charged_exact(p_site_id, acc, e);
+            SELECT sum(p.amount) INTO now_exact
+              FROM prepay._pieces(prepay._rate(p_site_id, (e.pieces->>'tariff_id')::bigint, e.read_from, e.read_to,
+                                               e.energy, coalesce((e.pieces->>'cycle_used_before')::numeric, 0),
+                                               (e.pieces->>'cycle_start')::timestamptz,
+                                               prepay._register_energy(e.pieces))) AS p;
+            now_exact := coalesce(now_exact, 0);
+            n := n + 1;
+            sum_was := sum_was + was;
+            sum_now := sum_now + now_exact;
+            IF now_exact <> was THEN
+                deltas := deltas || pg_catalog.json_build_object('entry_id', e.entry_id, 'exact_delta', now_exact - was);
+                total := total + (now_exact - was);
+            END IF;
+        END LOOP;
+        IF round(total, 2) <> 0 THEN
+            posted := prepay._post_entry(p_site_id, acc, 'adjustment', -round(total, 2), NULL, NULL,
+                pg_catalog.format('re-rated consumption from %s to %s', p_from, p_to), NULL,
+                total, pg_catalog.json_build_object('rerate', pg_catalog.array_to_json(deltas)));
+        END IF;
+        IF n > 0 THEN
+            account_id := acc; charges := n; charged := sum_was; repriced := sum_now;
+            adjustment := CASE WHEN posted IS NULL THEN 0 ELSE -round(total, 2) END;
+            entry_id := posted;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay.rerate(integer, bigint, timestamptz, timestamptz) IS
+'After a back-dated tariff version: re-price every consumption charge of the account (every account when NULL) lying wholly in [from, to] with the tariff versions as they are now, and post one adjustment entry per account for the difference (never editing the ledger).  Returns per account the charges looked at, what they stand at (exact), what they should be (exact) and the adjustment posted (whole cents, negative = charged).  Re-running changes nothing: each adjustment records its exact difference per charge.';
+
+-- ---------------------------------------------------------------------
+-- two-part tariffs: the basic charge accrues daily
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.max_demand(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+    SELECT coalesce(round(max(w.kw), 3), 0)
+      FROM (SELECT sum(l.energy * extract(epoch FROM least(l.read_to, g + interval '15 minutes') - greatest(l.read_from, g))
+                                / extract(epoch FROM l.read_to - l.read_from)) * 4 AS kw
+              FROM prepay.ledger l
+             CROSS JOIN LATERAL pg_catalog.generate_series(
+                       pg_catalog.date_bin('15 minutes', greatest(l.read_from, p_from), p_from),
+                       least(l.read_to, p_to) - interval '1 microsecond', interval '15 minutes') AS g
+             WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'consumption'
+               AND l.read_to > p_from AND l.read_from < p_to
+             GROUP BY g) AS w
+$$;
+COMMENT ON FUNCTION prepay.max_demand(integer, bigint, timestamptz, timestamptz) IS
+'An account''s maximum demand in kW over [from, to): the largest consumption in any 15-minute window (aligned on from), times 4, with each charge''s energy spread uniformly over its interval.';
+
+CREATE FUNCTION prepay.accrue_basic_charges(p_site_id integer, p_day date)
+RETURNS TABLE (account_id bigint, basis numeric, monthly numeric, accrued numeric, posted numeric)
+LANGUAGE plpgsql AS $$
+DECLARE
+    tz text;
+    day_start timestamptz;
+    day_end timestamptz;
+    month_start timestamptz;
+    days_in_month integer;
+    a record;
+    basic jsonb;
+    to_date_cents numeric;
+    already numeric;
+    ref text;
+BEGIN
+    SELECT s.time_zone INTO tz FROM prepay.site s WHERE s.site_id = p_site_id;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id), NULL);
+    END IF;
+    day_start := p_day::timestamp AT TIME ZONE tz;
+    day_end := (p_day + 1)::timestamp AT TIME ZONE tz;
+    month_start := date_trunc('month', p_day)::timestamp AT TIME ZONE tz;
+    days_in_month := extract(day FROM date_trunc('month', p_day) + interval '1 month - 1 day');
+
+    FOR a IN
+        SELECT ac.account_id, ac.capacity_kva,
+               (SELECT v.definition->'basic' FROM prepay.tariff_version v
+                 WHERE v.site_id = ac.site_id AND v.tariff_id = ac.tariff_id AND v.valid_from <= day_start
+                 ORDER BY v.valid_from DESC LIMIT 1) AS basic
+          FROM prepay.account ac
+         WHERE ac.site_id = p_site_id AND ac.closed_at IS NULL AND ac.opened_at < day_end
+         ORDER BY ac.account_id
+    LOOP
+        basic := a.basic;
+        CONTINUE WHEN basic IS NULL;
+        account_id := a.account_id;
+        IF basic->>'by' = 'capacity' THEN
+            basis := coalesce(a.capacity_kva, 0);
+        ELSE
+            basis := prepay.max_demand(p_site_id, a.account_id, month_start, day_end);
+        END IF;
+        monthly := basis * (basic->>'price')::numeric;
+        accrued := div(monthly * extract(day FROM p_day) * 100, days_in_month) / 100;
+        ref := pg_catalog.format('%s/%s', a.account_id, p_day);
+        PERFORM prepay._lock_account(p_site_id, a.account_id);
+        IF EXISTS (SELECT 1 FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.channel = 'basic_charge'
+                                                   AND l.external_ref = ref) THEN
+            posted := 0;
+        ELSE
+            SELECT coalesce(-sum(l.amount), 0) INTO already FROM prepay.ledger l
+             WHERE l.site_id = p_site_id AND l.account_id = a.account_id AND l.kind = 'basic_charge'
+               AND l.channel = 'basic_charge' AND l.external_ref LIKE a.account_id || '/' || to_char(p_day, 'YYYY-MM') || '-%';
+            posted := accrued - already;
+            PERFORM prepay._post_entry(p_site_id, a.account_id, 'basic_charge', -posted, 'basic_charge', ref,
+                pg_catalog.format('basic charge %s: %s x %s per month, day %s of %s', p_day, basis,
+                                  basic->>'price', extract(day FROM p_day), days_in_month),
+                NULL, posted, NULL);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay.accrue_basic_charges(integer, date) IS
+'Post the day''s share of the basic charge of every open account on a two-part tariff: by capacity (account.capacity_kva x price per kVA per month) or by demand (the month''s maximum 15-minute demand so far x price per kW per month).  Each day posts what brings the month''s total to floor(monthly x day / days in month) in cents, so the month ends exactly at the monthly charge and a missed day is caught up.  Idempotent per account and day.  Schedule it daily (pg_cron).';
