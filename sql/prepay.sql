@@ -180,7 +180,7 @@ CREATE TABLE prepay.tariff_version (
     definition jsonb,
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (site_id, tariff_id, valid_from),
-    CHECK ((price IS NULL) <> (definition IS NULL)),
+    CONSTRAINT tariff_version_price_or_definition CHECK ((price IS NULL) <> (definition IS NULL)),
     FOREIGN KEY (site_id, tariff_id) REFERENCES prepay.tariff
 );
 COMMENT ON TABLE prepay.tariff_version IS 'A tariff''s prices from a point in time on: a flat price, or a definition (time-of-use, tiers, two-part, register split; see docs/TARIFFS.md).  Consumption that straddles a valid_from is split at it; consumption before the first version is priced at the first version.  A back-dated version changes future rating only; prepay.rerate settles the past.';

@@ -305,7 +305,7 @@ BEGIN
             basis := prepay.max_demand(p_site_id, a.account_id, month_start, day_end);
         END IF;
         monthly := basis * (basic->>'price')::numeric;
-        accrued := div(monthly * extract(day FROM p_day) * 100, days_in_month) / 100;
+        accrued := (div(monthly * extract(day FROM p_day) * 100, days_in_month) / 100)::numeric(14,2);
         ref := pg_catalog.format('%s/%s', a.account_id, p_day);
         PERFORM prepay._lock_account(p_site_id, a.account_id);
         IF EXISTS (SELECT 1 FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.channel = 'basic_charge'
@@ -316,13 +316,15 @@ BEGIN
              WHERE l.site_id = p_site_id AND l.account_id = a.account_id AND l.kind = 'basic_charge'
                AND l.channel = 'basic_charge' AND l.external_ref LIKE a.account_id || '/' || to_char(p_day, 'YYYY-MM') || '-%';
             posted := accrued - already;
-            PERFORM prepay._post_entry(p_site_id, a.account_id, 'basic_charge', -posted, 'basic_charge', ref,
-                pg_catalog.format('basic charge %s: %s x %s per month, day %s of %s', p_day, basis,
-                                  basic->>'price', extract(day FROM p_day), days_in_month),
-                NULL, posted, NULL);
+            IF posted <> 0 THEN
+                PERFORM prepay._post_entry(p_site_id, a.account_id, 'basic_charge', -posted, 'basic_charge', ref,
+                    pg_catalog.format('basic charge %s: %s x %s per month, day %s of %s', p_day, basis,
+                                      basic->>'price', extract(day FROM p_day), days_in_month),
+                    NULL, posted, NULL);
+            END IF;
         END IF;
         RETURN NEXT;
     END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.accrue_basic_charges(integer, date) IS
-'Post the day''s share of the basic charge of every open account on a two-part tariff: by capacity (account.capacity_kva x price per kVA per month) or by demand (the month''s maximum 15-minute demand so far x price per kW per month).  Each day posts what brings the month''s total to floor(monthly x day / days in month) in cents, so the month ends exactly at the monthly charge and a missed day is caught up.  Idempotent per account and day.  Schedule it daily (pg_cron).';
+'Post the day''s share of the basic charge of every open account on a two-part tariff: by capacity (account.capacity_kva x price per kVA per month) or by demand (the month''s maximum 15-minute demand up to the end of the day x price per kW per month).  Each day posts what brings the month''s total to floor(monthly x day / days in month) in cents, so the month ends exactly at the monthly charge and a missed day is caught up.  Idempotent per account and day; a day with nothing to post posts nothing.  Returns the accounts that have a basic charge.  Schedule it daily after midnight for the day before (pg_cron).';
