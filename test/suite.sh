@@ -10,9 +10,11 @@ cluster_start "$work/cluster" "fsync = off" || exit 1
 trap cluster_stop EXIT
 status=0
 
-echo "== unit test of the rating core"
-cc -Wall -Wextra -Werror -O1 -Iextension -o "$work/test_rating" test/unit/test_rating.c extension/rating.c \
-	&& "$work/test_rating" || status=1
+echo "== unit tests of the pure cores"
+for unit in rating tariff; do
+	cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iextension -o "$work/test_$unit" \
+		"test/unit/test_$unit.c" "extension/$unit.c" && "$work/test_$unit" || status=1
+done
 
 echo "== pg_regress and isolation specs"
 if ! make -s installcheck; then
