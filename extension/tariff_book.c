@@ -32,12 +32,19 @@
 
 #define CLOCK_CACHE_SIZE 64
 
-/* One site's local time: its zone and a small cache of local -> UTC. */
+/*
+ * One site's local time: its zone, a small cache of local -> UTC, and the
+ * last local day seen by utc_to_local when that day had no offset change
+ * (then a minute of the day is a plain division).
+ */
 typedef struct SiteClock
 {
 	pg_tz	   *zone;
 	int64		key[CLOCK_CACHE_SIZE];	/* day * 1440 + minute, or -1 */
 	int64		value[CLOCK_CACHE_SIZE];
+	int32		day;			/* the cached plain day */
+	TimestampTz day_start;		/* its local midnight; day_end = +24 h */
+	TimestampTz day_end;
 } SiteClock;
 
 typedef struct BookSite
@@ -164,6 +171,7 @@ book_load_sites(TariffBook *book, Datum sites)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("site %d has an unknown time zone \"%s\"", s->site_id, zone)));
 		memset(s->clock.key, -1, sizeof(s->clock.key));
+		s->clock.day_start = s->clock.day_end = 0;
 		s->calendar.arg = &s->clock;
 		s->calendar.local_to_utc = clock_local_to_utc;
 		s->calendar.utc_to_local = clock_utc_to_local;
@@ -289,27 +297,69 @@ clock_utc_to_local(void *arg, int64_t t, int32_t *day, int *minute)
 	struct pg_tm tm;
 	fsec_t		fsec;
 	int			tz;
+	TimestampTz start;
 
+	if (t >= clock->day_start && t < clock->day_end)
+	{
+		*day = clock->day;
+		*minute = (int) ((t - clock->day_start) / USECS_PER_MINUTE);
+		return;
+	}
 	if (timestamp2tm(t, &tz, &tm, &fsec, NULL, clock->zone) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timestamp out of range while rating")));
 	*day = date2j(tm.tm_year, tm.tm_mon, tm.tm_mday) - POSTGRES_EPOCH_JDATE;
 	*minute = tm.tm_hour * 60 + tm.tm_min;
+
+	start = clock_local_to_utc(clock, *day, 0);
+	if (clock_local_to_utc(clock, *day, 1440) - start == USECS_PER_DAY)
+	{
+		clock->day = *day;
+		clock->day_start = start;
+		clock->day_end = start + USECS_PER_DAY;
+	}
 }
 
-/* An instant as ISO 8601 in UTC: stable whatever the session's settings. */
-char *
-tariff_timestamp_iso(TimestampTz t)
+/*
+ * append_iso
+ *		An instant as ISO 8601 in UTC, stable whatever the session's
+ *		settings (written directly: this runs for every priced piece).
+ */
+static void
+append_iso(StringInfo buf, TimestampTz t)
 {
-	struct pg_tm tm;
-	fsec_t		fsec;
-	char		buf[MAXDATELEN + 1];
+	int64		days = t / USECS_PER_DAY;
+	int64		rest = t % USECS_PER_DAY;
+	int			y,
+				m,
+				d;
 
-	if (timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0)
-		return pstrdup("null");
-	EncodeDateTime(&tm, fsec, true, 0, NULL, USE_XSD_DATES, buf);
-	return pstrdup(buf);
+	if (rest < 0)
+	{
+		rest += USECS_PER_DAY;
+		days--;
+	}
+	j2date((int) days + POSTGRES_EPOCH_JDATE, &y, &m, &d);
+	appendStringInfo(buf, "%04d-%02d-%02dT%02d:%02d:%02d", y, m, d,
+					 (int) (rest / USECS_PER_HOUR), (int) (rest / USECS_PER_MINUTE % 60),
+					 (int) (rest / USECS_PER_SEC % 60));
+	if (rest % USECS_PER_SEC != 0)
+		appendStringInfo(buf, ".%06d", (int) (rest % USECS_PER_SEC));
+	appendStringInfoString(buf, "+00:00");
+}
+
+/* A fixed-point value as a JSON number with exactly `scale` decimals. */
+static void
+append_fixed(StringInfo buf, int64 value, int scale)
+{
+	uint64		magnitude = value < 0 ? -(uint64) value : (uint64) value;
+	uint64		unit = 1;
+
+	for (int i = 0; i < scale; i++)
+		unit *= 10;
+	appendStringInfo(buf, "%s" UINT64_FORMAT ".%0*" INT64_MODIFIER "u", value < 0 ? "-" : "",
+					 magnitude / unit, scale, magnitude % unit);
 }
 
 /*
@@ -328,25 +378,39 @@ tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffP
 	appendStringInfo(&buf, "{\"tariff_id\": " INT64_FORMAT ", \"multiplier\": %d, \"split\": \"%s\"",
 					 tariff_id, multiplier, pieces->by_register ? "registers" : "uniform");
 	if (before->start != INT64_MIN)
-		appendStringInfo(&buf, ", \"cycle_start\": \"%s\", \"cycle_used_before\": %s",
-						 tariff_timestamp_iso(before->start), fixed_format(before->used, ENERGY_SCALE));
+	{
+		appendStringInfoString(&buf, ", \"cycle_start\": \"");
+		append_iso(&buf, before->start);
+		appendStringInfoString(&buf, "\", \"cycle_used_before\": ");
+		append_fixed(&buf, before->used, ENERGY_SCALE);
+	}
 	if (after->start != INT64_MIN)
-		appendStringInfo(&buf, ", \"cycle_start_after\": \"%s\", \"cycle_used_after\": %s",
-						 tariff_timestamp_iso(after->start), fixed_format(after->used, ENERGY_SCALE));
+	{
+		appendStringInfoString(&buf, ", \"cycle_start_after\": \"");
+		append_iso(&buf, after->start);
+		appendStringInfoString(&buf, "\", \"cycle_used_after\": ");
+		append_fixed(&buf, after->used, ENERGY_SCALE);
+	}
 	appendStringInfoString(&buf, ", \"pieces\": [");
 	for (int i = 0; i < pieces->n; i++)
 	{
 		const TariffPiece *p = &pieces->items[i];
 		const TariffVersion *v = &versions[p->version];
 
-		appendStringInfo(&buf,
-						 "%s{\"from\": \"%s\", \"to\": \"%s\", \"version\": \"%s\", \"period\": \"%s\","
-						 " \"tier\": %d, \"energy\": %s, \"price\": %s, \"amount\": %s}",
-						 i > 0 ? ", " : "",
-						 tariff_timestamp_iso(p->from), tariff_timestamp_iso(p->to),
-						 tariff_timestamp_iso(v->valid_from), v->period_name[p->period], p->tier + 1,
-						 fixed_format(p->energy, ENERGY_SCALE), fixed_format(p->price, PRICE_SCALE),
-						 fixed_format(p->exact, EXACT_SCALE));
+		appendStringInfoString(&buf, i > 0 ? ", {\"from\": \"" : "{\"from\": \"");
+		append_iso(&buf, p->from);
+		appendStringInfoString(&buf, "\", \"to\": \"");
+		append_iso(&buf, p->to);
+		appendStringInfoString(&buf, "\", \"version\": \"");
+		append_iso(&buf, v->valid_from);
+		appendStringInfo(&buf, "\", \"period\": \"%s\", \"tier\": %d, \"energy\": ",
+						 v->period_name[p->period], p->tier + 1);
+		append_fixed(&buf, p->energy, ENERGY_SCALE);
+		appendStringInfoString(&buf, ", \"price\": ");
+		append_fixed(&buf, p->price, PRICE_SCALE);
+		appendStringInfoString(&buf, ", \"amount\": ");
+		append_fixed(&buf, p->exact, EXACT_SCALE);
+		appendStringInfoChar(&buf, '}');
 	}
 	appendStringInfoString(&buf, "]}");
 	return buf.data;

@@ -34,6 +34,5 @@ extern void *tariff_book_grow(void *old, size_t size);
 extern char *tariff_pieces_json(int64 tariff_id, const TariffVersion *versions,
 								const TariffPieces *pieces, int32 multiplier,
 								const TariffCycleState *before, const TariffCycleState *after);
-extern char *tariff_timestamp_iso(TimestampTz t);
 
 #endif							/* PREPAY_TARIFF_DEF_H */
