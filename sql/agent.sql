@@ -1,0 +1,382 @@
+/*-------------------------------------------------------------------------
+ * sql/agent.sql
+ *     Everything prepay-agent needs from the database: device profiles
+ *     (register maps as data), the agent's catalog, lost-contact marks,
+ *     the relay command state machine and the prepay_config notification.
+ *     Appended after prepay.sql and tariff.sql into prepay--<version>.sql.
+ *
+ * Vocabulary
+ *     device profile  a named register map of a meter model (per site):
+ *                     which holding registers hold which value, how to
+ *                     decode them, and how to trip, close and read back
+ *                     the relay.
+ *     shipped profile a profile prepay installs into every site (ddsy1352,
+ *                     dtsy1352, adf400l, generic).  Edit a copy, not the
+ *                     shipped one: shipped rows are recreated, not dumped.
+ *     agent           a prepay-agent process, named by gateway.agent_id.
+ *
+ * Command life as the agent sees it (see docs/AGENT.md):
+ *     queued --agent_claim_commands--> sent --agent_command_done--> done
+ *                                           --agent_command_failed--> queued
+ *                                             (retry after a backoff) or failed
+ *
+ * Errors raised here use SQLSTATEs PY1xx (docs/API.md).
+ *-------------------------------------------------------------------------
+ */
+
+-- ---------------------------------------------------------------------
+-- device profiles
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.device_profile (
+    site_id             integer NOT NULL REFERENCES prepay.site,
+    profile             text NOT NULL CHECK (profile ~ '^[a-z0-9_]+$'),
+    description         text NOT NULL,
+    shipped             boolean NOT NULL DEFAULT false,
+    relay_write_address integer CHECK (relay_write_address BETWEEN 0 AND 65535),
+    trip_values         integer[] CHECK (0 <= ALL (trip_values) AND 65535 >= ALL (trip_values)),
+    close_values        integer[] CHECK (0 <= ALL (close_values) AND 65535 >= ALL (close_values)),
+    protect_values      integer[] CHECK (0 <= ALL (protect_values) AND 65535 >= ALL (protect_values)),
+    relay_read_address  integer CHECK (relay_read_address BETWEEN 0 AND 65535),
+    relay_read_count    smallint CHECK (relay_read_count IN (1, 2)),
+    relay_state_mask    bigint NOT NULL DEFAULT 4294967295 CHECK (relay_state_mask BETWEEN 1 AND 4294967295),
+    relay_tripped_value bigint,
+    relay_closed_value  bigint,
+    relay_verified      boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (site_id, profile),
+    CHECK ((relay_write_address IS NULL) = (trip_values IS NULL AND close_values IS NULL)),
+    CHECK ((relay_read_address IS NULL) = (relay_read_count IS NULL)),
+    CHECK (relay_read_address IS NULL OR (relay_tripped_value IS NOT NULL AND relay_closed_value IS NOT NULL
+                                          AND relay_tripped_value <> relay_closed_value)),
+    CHECK (relay_write_address IS NULL OR relay_read_address IS NOT NULL)
+);
+COMMENT ON TABLE prepay.device_profile IS 'A meter model''s register map, per site: the registers to read (prepay.profile_register) and how to trip, close and protect the relay and read its state back.  meter.device_profile names one.  Changing a profile makes the agents reload (NOTIFY prepay_config).';
+COMMENT ON COLUMN prepay.device_profile.site_id IS 'Site the profile belongs to.';
+COMMENT ON COLUMN prepay.device_profile.profile IS 'Profile name, as written in prepay.meter.device_profile (lower case, digits, underscore).';
+COMMENT ON COLUMN prepay.device_profile.description IS 'Meter model, sources of the map, and what is still unverified.';
+COMMENT ON COLUMN prepay.device_profile.shipped IS 'true for the profiles prepay installs into every site; they are recreated by a trigger, never dumped.  Copy one under another name to change it.';
+COMMENT ON COLUMN prepay.device_profile.relay_write_address IS 'First holding register written (FC16) to trip, close or protect; NULL when the meter has no remote relay.';
+COMMENT ON COLUMN prepay.device_profile.trip_values IS 'Register values written from relay_write_address to trip (cut supply).';
+COMMENT ON COLUMN prepay.device_profile.close_values IS 'Register values written from relay_write_address to close (restore supply).';
+COMMENT ON COLUMN prepay.device_profile.protect_values IS 'Register values written to put the meter on keep-power; NULL when the meter has no such function.';
+COMMENT ON COLUMN prepay.device_profile.relay_read_address IS 'First holding register read back (FC03) for the relay state, after a command and with every reading.';
+COMMENT ON COLUMN prepay.device_profile.relay_read_count IS '1 or 2 registers read back; two are combined high word first.';
+COMMENT ON COLUMN prepay.device_profile.relay_state_mask IS 'Bits of the read-back value that carry the relay state (the rest, e.g. an enable flag, is ignored).';
+COMMENT ON COLUMN prepay.device_profile.relay_tripped_value IS 'Masked read-back value meaning tripped.';
+COMMENT ON COLUMN prepay.device_profile.relay_closed_value IS 'Masked read-back value meaning closed; any other value is reported as an unknown relay state.';
+COMMENT ON COLUMN prepay.device_profile.relay_verified IS 'false while the relay registers are to be confirmed on hardware.';
+
+CREATE TABLE prepay.profile_register (
+    site_id     integer NOT NULL,
+    profile     text NOT NULL,
+    meaning     text NOT NULL CHECK (meaning IN ('total_energy', 'sharp', 'peak', 'flat', 'valley',
+                                                 'power', 'voltage', 'relay_state')),
+    address     integer NOT NULL CHECK (address BETWEEN 0 AND 65535),
+    type        text NOT NULL CHECK (type IN ('u16', 'i16', 'u32', 'i32', 'float')),
+    word_order  text NOT NULL DEFAULT 'high_first' CHECK (word_order IN ('high_first', 'low_first')),
+    scale       smallint NOT NULL DEFAULT 0 CHECK (scale BETWEEN -6 AND 6),
+    unit        text NOT NULL,
+    shipped     boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (site_id, profile, meaning),
+    FOREIGN KEY (site_id, profile) REFERENCES prepay.device_profile ON UPDATE CASCADE ON DELETE CASCADE,
+    CHECK (type <> 'float' OR meaning NOT IN ('total_energy', 'sharp', 'peak', 'flat', 'valley')),
+    CHECK (type <> 'float' OR scale = 0)
+);
+COMMENT ON TABLE prepay.profile_register IS 'One value of a device profile: where it is and how to decode it.  Value = integer register value x 10^scale, converted to a decimal string exactly; energy never passes through floating point (float is refused for energy meanings).';
+COMMENT ON COLUMN prepay.profile_register.site_id IS 'Site of the profile.';
+COMMENT ON COLUMN prepay.profile_register.profile IS 'Profile the register belongs to.';
+COMMENT ON COLUMN prepay.profile_register.meaning IS 'What the value is: total_energy, sharp, peak, flat, valley (cumulative registers), power (kW), voltage (V) or relay_state.';
+COMMENT ON COLUMN prepay.profile_register.address IS 'Holding register address (PDU address, 0-based), read with FC03.';
+COMMENT ON COLUMN prepay.profile_register.type IS 'u16, i16 (one register), u32, i32 or float (two registers; float not for energy).';
+COMMENT ON COLUMN prepay.profile_register.word_order IS 'Order of the two registers of a 32-bit value: high_first (reg0 << 16 | reg1) or low_first.';
+COMMENT ON COLUMN prepay.profile_register.scale IS 'Decimal exponent: the value is the register integer times 10^scale (-2 for 0.01 kWh).';
+COMMENT ON COLUMN prepay.profile_register.unit IS 'Unit of the scaled value (kWh, kW, V, m3).';
+COMMENT ON COLUMN prepay.profile_register.shipped IS 'true for registers of shipped profiles (recreated, not dumped).';
+
+-- ---------------------------------------------------------------------
+-- the shipped profiles
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.install_device_profiles(p_site_id integer)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    INSERT INTO prepay.device_profile AS d (site_id, profile, description, shipped, relay_write_address,
+           trip_values, close_values, relay_read_address, relay_read_count, relay_state_mask,
+           relay_tripped_value, relay_closed_value, relay_verified)
+    VALUES
+      (p_site_id, 'ddsy1352', 'Acrel DDSY1352 single-phase prepaid meter.  Energy map from the vendor manual (0000H-0010H); relay forced control 0057H-0058H from unofficial sources: to be confirmed on hardware.',
+       true, 87, '{1,1}', '{1,0}', 87, 2, 65535, 1, 0, false),
+      (p_site_id, 'dtsy1352', 'Acrel DTSY1352 three-phase prepaid meter, same energy and relay map as ddsy1352 (unofficial sources; relay to be confirmed on hardware).',
+       true, 87, '{1,1}', '{1,0}', 87, 2, 65535, 1, 0, false),
+      (p_site_id, 'adf400l', 'Acrel ADF400L multi-user meter, single-phase user area (one unit id per user).  Forced-control word 0801H: 0100H trips, 0001H closes (unverified on hardware).',
+       true, 2049, '{256}', '{1}', 2049, 1, 65535, 256, 1, false),
+      (p_site_id, 'generic', 'Configurable template: copy it under a new name and set its registers and relay.  As shipped it reads a U32 total energy in 0.01 kWh at 0000H and has no relay.',
+       true, NULL, NULL, NULL, NULL, NULL, 4294967295, NULL, NULL, false)
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+
+    INSERT INTO prepay.profile_register (site_id, profile, meaning, address, type, scale, unit, shipped)
+    SELECT p_site_id, p.profile, r.meaning, r.address, r.type, r.scale, r.unit, true
+      FROM (VALUES ('ddsy1352'), ('dtsy1352')) AS p (profile),
+           (VALUES ('total_energy', 0, 'u32', -2, 'kWh'), ('sharp', 2, 'u32', -2, 'kWh'),
+                   ('peak', 4, 'u32', -2, 'kWh'), ('flat', 6, 'u32', -2, 'kWh'),
+                   ('valley', 8, 'u32', -2, 'kWh'), ('voltage', 11, 'u16', -1, 'V'),
+                   ('power', 13, 'i16', -3, 'kW')) AS r (meaning, address, type, scale, unit)
+    UNION ALL
+    SELECT p_site_id, 'adf400l', r.meaning, r.address, r.type, r.scale, r.unit, true
+      FROM (VALUES ('total_energy', 774, 'u32', -2, 'kWh'), ('sharp', 1024, 'u32', -2, 'kWh'),
+                   ('peak', 1026, 'u32', -2, 'kWh'), ('flat', 1028, 'u32', -2, 'kWh'),
+                   ('valley', 1030, 'u32', -2, 'kWh'), ('power', 770, 'i16', -3, 'kW'),
+                   ('voltage', 768, 'u16', -1, 'V')) AS r (meaning, address, type, scale, unit)
+    UNION ALL
+    SELECT p_site_id, 'generic', 'total_energy', 0, 'u32', -2, 'kWh', true
+    ON CONFLICT DO NOTHING;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay.install_device_profiles(integer) IS
+'Install the shipped device profiles (ddsy1352, dtsy1352, adf400l, generic) into a site, keeping any that exist; returns how many profiles were added.  Runs for every new site (trigger site_device_profiles) and for the existing sites at install time.';
+
+CREATE FUNCTION prepay._site_device_profiles() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM prepay.install_device_profiles(NEW.site_id);
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._site_device_profiles() IS 'Internal: AFTER INSERT row trigger on prepay.site installing the shipped device profiles.';
+CREATE TRIGGER site_device_profiles AFTER INSERT ON prepay.site
+    FOR EACH ROW EXECUTE FUNCTION prepay._site_device_profiles();
+-- shipped profiles are not dumped, so a restore must recreate them, also in
+-- session_replication_role = replica (the documented restore procedure)
+ALTER TABLE prepay.site ENABLE ALWAYS TRIGGER site_device_profiles;
+
+SELECT prepay.install_device_profiles(site_id) FROM prepay.site;
+
+-- ---------------------------------------------------------------------
+-- configuration changes wake the agents
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._notify_config() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.pg_notify('prepay_config', TG_TABLE_NAME);
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._notify_config() IS 'Internal: sends NOTIFY prepay_config (payload: the table changed) so that agents reload their catalog.';
+
+CREATE TRIGGER gateway_config AFTER INSERT OR DELETE OR UPDATE OF transport, host, port, serial_device, baud,
+        parity, data_bits, stop_bits, agent_id, poll_interval ON prepay.gateway
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay._notify_config();
+CREATE TRIGGER meter_config AFTER INSERT OR DELETE OR UPDATE OF gateway_id, unit_id, device_profile, kind, active
+    ON prepay.meter FOR EACH STATEMENT EXECUTE FUNCTION prepay._notify_config();
+CREATE TRIGGER device_profile_config AFTER INSERT OR DELETE OR UPDATE ON prepay.device_profile
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay._notify_config();
+CREATE TRIGGER profile_register_config AFTER INSERT OR DELETE OR UPDATE ON prepay.profile_register
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay._notify_config();
+
+-- ---------------------------------------------------------------------
+-- the agent's catalog
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.agent_catalog(p_agent_id text)
+RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport text, host text, port integer,
+               serial_device text, baud integer, parity char(1), data_bits smallint, stop_bits smallint,
+               poll_interval_ms bigint, gateway_lost boolean,
+               meter_id bigint, unit_id smallint, kind prepay.meter_kind, device_profile text, meter_lost boolean,
+               relay_write_address integer, trip_values integer[], close_values integer[],
+               relay_read_address integer, relay_read_count smallint, relay_state_mask bigint,
+               relay_tripped_value bigint, relay_closed_value bigint,
+               meaning text, address integer, type text, word_order text, scale smallint)
+LANGUAGE sql STABLE AS $$
+    SELECT g.site_id, g.gateway_id, g.name, g.transport, g.host, g.port,
+           g.serial_device, g.baud, g.parity, g.data_bits, g.stop_bits,
+           (pg_catalog.extract(epoch FROM g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
+           m.meter_id, m.unit_id, m.kind, m.device_profile, m.lost_since IS NOT NULL,
+           d.relay_write_address, d.trip_values, d.close_values,
+           d.relay_read_address, d.relay_read_count, d.relay_state_mask,
+           d.relay_tripped_value, d.relay_closed_value,
+           r.meaning, r.address, r.type, r.word_order, r.scale
+      FROM prepay.gateway g
+      LEFT JOIN prepay.meter m ON m.site_id = g.site_id AND m.gateway_id = g.gateway_id
+                              AND m.active AND m.unit_id IS NOT NULL
+      LEFT JOIN prepay.device_profile d ON d.site_id = m.site_id AND d.profile = m.device_profile
+      LEFT JOIN prepay.profile_register r ON r.site_id = d.site_id AND r.profile = d.profile
+                                         AND r.meaning IN ('total_energy', 'sharp', 'peak', 'flat', 'valley', 'power')
+     WHERE g.agent_id = p_agent_id
+     ORDER BY g.site_id, g.gateway_id, m.meter_id, r.address;
+$$;
+COMMENT ON FUNCTION prepay.agent_catalog(text) IS
+'What one agent polls, in one consistent snapshot: one row per (gateway, active meter, register to read), ordered by gateway and meter.  A gateway without meters gives one row with a NULL meter; a meter without a known profile gives one row with NULL profile columns (the agent logs and skips it).';
+
+-- ---------------------------------------------------------------------
+-- lost contact
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._raise_alarm_once(p_site_id integer, p_kind text, p_meter_id bigint, p_detail text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
+    SELECT p_site_id, p_kind, p_meter_id, p_detail
+     WHERE NOT EXISTS (SELECT 1 FROM prepay.alarm a
+                        WHERE a.site_id = p_site_id AND a.kind = p_kind AND a.account_id IS NULL
+                          AND a.meter_id IS NOT DISTINCT FROM p_meter_id AND a.cleared_at IS NULL);
+END $$;
+COMMENT ON FUNCTION prepay._raise_alarm_once(integer, text, bigint, text) IS 'Internal: raise an alarm of a kind for a meter (or for nothing) unless one is already active.';
+
+CREATE FUNCTION prepay.agent_meter_lost(p_site_id integer, p_meter_id bigint, p_failures integer, p_error text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE prepay.meter SET lost_since = pg_catalog.now()
+     WHERE site_id = p_site_id AND meter_id = p_meter_id AND lost_since IS NULL;
+    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM prepay.meter WHERE site_id = p_site_id AND meter_id = p_meter_id) THEN
+        PERFORM prepay._raise('PY101', 'unknown meter for the agent',
+            pg_catalog.format('Site %s has no meter %s.', p_site_id, p_meter_id),
+            'Reload the agent''s catalog (NOTIFY prepay_config).');
+    END IF;
+    PERFORM prepay._raise_alarm_once(p_site_id, 'meter_lost', p_meter_id,
+        pg_catalog.format('Meter %s did not answer %s times in a row: %s', p_meter_id, p_failures, p_error));
+END $$;
+COMMENT ON FUNCTION prepay.agent_meter_lost(integer, bigint, integer, text) IS
+'Called by the agent after a meter failed p_failures consecutive polls: sets meter.lost_since (if not yet set) and raises one meter_lost alarm.  Idempotent.  PY101 for an unknown meter.';
+
+CREATE FUNCTION prepay.agent_meter_found(p_site_id integer, p_meter_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE prepay.meter SET lost_since = NULL WHERE site_id = p_site_id AND meter_id = p_meter_id;
+    UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+     WHERE site_id = p_site_id AND kind = 'meter_lost' AND meter_id = p_meter_id AND cleared_at IS NULL;
+END $$;
+COMMENT ON FUNCTION prepay.agent_meter_found(integer, bigint) IS
+'Called by the agent on the first good read of a lost meter: clears meter.lost_since and its meter_lost alarm.  Idempotent.';
+
+CREATE FUNCTION prepay.agent_gateway_lost(p_site_id integer, p_gateway_id bigint, p_error text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE prepay.gateway SET lost_since = pg_catalog.now()
+     WHERE site_id = p_site_id AND gateway_id = p_gateway_id AND lost_since IS NULL;
+    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM prepay.gateway WHERE site_id = p_site_id AND gateway_id = p_gateway_id) THEN
+        PERFORM prepay._raise('PY102', 'unknown gateway for the agent',
+            pg_catalog.format('Site %s has no gateway %s.', p_site_id, p_gateway_id),
+            'Reload the agent''s catalog (NOTIFY prepay_config).');
+    END IF;
+    INSERT INTO prepay.alarm (site_id, kind, detail)
+    SELECT p_site_id, 'gateway_lost', pg_catalog.format('Gateway %s: %s', p_gateway_id, p_error)
+     WHERE NOT EXISTS (SELECT 1 FROM prepay.alarm a
+                        WHERE a.site_id = p_site_id AND a.kind = 'gateway_lost' AND a.cleared_at IS NULL
+                          AND a.detail LIKE pg_catalog.format('Gateway %s:%%', p_gateway_id));
+END $$;
+COMMENT ON FUNCTION prepay.agent_gateway_lost(integer, bigint, text) IS
+'Called by the agent when no meter of a gateway answered a whole sweep (or it cannot connect): sets gateway.lost_since and raises one gateway_lost alarm (its detail starts with "Gateway <id>:").  Idempotent.  PY102 for an unknown gateway.';
+
+CREATE FUNCTION prepay.agent_gateway_found(p_site_id integer, p_gateway_id bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE prepay.gateway SET lost_since = NULL WHERE site_id = p_site_id AND gateway_id = p_gateway_id;
+    UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+     WHERE site_id = p_site_id AND kind = 'gateway_lost' AND cleared_at IS NULL
+       AND detail LIKE pg_catalog.format('Gateway %s:%%', p_gateway_id);
+END $$;
+COMMENT ON FUNCTION prepay.agent_gateway_found(integer, bigint) IS
+'Called by the agent on the first good read through a lost gateway: clears gateway.lost_since and its gateway_lost alarm.  Idempotent.';
+
+-- ---------------------------------------------------------------------
+-- relay commands
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.agent_claim_commands(p_agent_id text, p_include_sent boolean DEFAULT false)
+RETURNS TABLE (site_id integer, command_id bigint, meter_id bigint, gateway_id bigint,
+               action prepay.command_action, attempts integer, created_at timestamptz)
+LANGUAGE sql AS $$
+    WITH due AS (
+        SELECT c.site_id, c.command_id
+          FROM prepay.command c
+          JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
+          JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
+         WHERE g.agent_id = p_agent_id
+           AND (c.state = 'queued' AND c.not_before <= pg_catalog.now()
+                OR p_include_sent AND c.state = 'sent')
+         ORDER BY c.site_id, c.command_id
+           FOR UPDATE OF c SKIP LOCKED
+    )
+    UPDATE prepay.command c
+       SET state = 'sent', attempts = c.attempts + 1, updated_at = pg_catalog.now()
+      FROM due, prepay.meter m
+     WHERE c.site_id = due.site_id AND c.command_id = due.command_id
+       AND m.site_id = c.site_id AND m.meter_id = c.meter_id
+    RETURNING c.site_id, c.command_id, c.meter_id, m.gateway_id, c.action, c.attempts, c.created_at;
+$$;
+COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
+'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at agent start) it also takes back its sent commands, which a crash may have left in flight: relay commands are idempotent.';
+
+CREATE FUNCTION prepay._agent_command(p_site_id integer, p_command_id bigint)
+RETURNS prepay.command LANGUAGE plpgsql AS $$
+DECLARE
+    c prepay.command;
+BEGIN
+    SELECT * INTO c FROM prepay.command WHERE site_id = p_site_id AND command_id = p_command_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY103', 'unknown command',
+            pg_catalog.format('Site %s has no command %s.', p_site_id, p_command_id), NULL);
+    END IF;
+    IF c.state <> 'sent' THEN
+        PERFORM prepay._raise('PY104', 'command is not in flight',
+            pg_catalog.format('Command %s is %s, not sent.', p_command_id, c.state),
+            'Only a command claimed with prepay.agent_claim_commands can be completed.');
+    END IF;
+    RETURN c;
+END $$;
+COMMENT ON FUNCTION prepay._agent_command(integer, bigint) IS 'Internal: lock a command the agent reports on; PY103 if unknown, PY104 if it is not sent.';
+
+CREATE FUNCTION prepay.agent_command_done(p_site_id integer, p_command_id bigint, p_relay_state prepay.relay_state)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    c prepay.command;
+BEGIN
+    c := prepay._agent_command(p_site_id, p_command_id);
+    IF p_relay_state IS DISTINCT FROM (CASE c.action WHEN 'trip' THEN 'tripped' ELSE 'closed' END)::prepay.relay_state THEN
+        PERFORM prepay._raise('PY105', 'relay state read back does not match the command',
+            pg_catalog.format('Command %s is a %s; the meter reads %s.', p_command_id, c.action,
+                              coalesce(p_relay_state::text, 'unknown')),
+            'Report it with prepay.agent_command_failed.');
+    END IF;
+    UPDATE prepay.command SET state = 'done', updated_at = pg_catalog.now(), last_error = NULL
+     WHERE site_id = p_site_id AND command_id = p_command_id;
+    UPDATE prepay.meter SET relay_state = p_relay_state, relay_state_at = pg_catalog.now()
+     WHERE site_id = p_site_id AND meter_id = c.meter_id;
+END $$;
+COMMENT ON FUNCTION prepay.agent_command_done(integer, bigint, prepay.relay_state) IS
+'The agent carried out a command and read the relay state back: the command is done and meter.relay_state is set.  PY105 if the state read back is not what the command asked for; PY103, PY104.';
+
+CREATE FUNCTION prepay.agent_command_failed(p_site_id integer, p_command_id bigint, p_error text,
+                                            p_retry_after interval DEFAULT '10 seconds',
+                                            p_max_attempts integer DEFAULT 5)
+RETURNS prepay.command_state LANGUAGE plpgsql AS $$
+DECLARE
+    c prepay.command;
+    newer bigint;
+    next_state prepay.command_state := 'failed';
+BEGIN
+    c := prepay._agent_command(p_site_id, p_command_id);
+    SELECT q.command_id INTO newer FROM prepay.command q
+     WHERE q.site_id = p_site_id AND q.meter_id = c.meter_id AND q.state = 'queued';
+    IF newer IS NULL AND c.attempts < p_max_attempts THEN
+        next_state := 'queued';
+    END IF;
+    UPDATE prepay.command
+       SET state = next_state, updated_at = pg_catalog.now(),
+           not_before = CASE WHEN next_state = 'queued' THEN pg_catalog.now() + p_retry_after ELSE not_before END,
+           last_error = CASE WHEN newer IS NULL THEN p_error
+                             ELSE pg_catalog.format('%s; superseded by command %s', p_error, newer) END
+     WHERE site_id = p_site_id AND command_id = p_command_id;
+    RETURN next_state;
+END $$;
+COMMENT ON FUNCTION prepay.agent_command_failed(integer, bigint, text, interval, integer) IS
+'The agent could not carry out a command (no answer, exception, wrong read-back): it is queued again after p_retry_after while attempts < p_max_attempts and no newer command waits for the meter, else failed.  Returns the new state.  PY103, PY104.';
+
+-- ---------------------------------------------------------------------
+-- pg_dump: user rows only (shipped profiles are recreated by the trigger)
+-- ---------------------------------------------------------------------
+
+SELECT pg_catalog.pg_extension_config_dump('prepay.device_profile', 'WHERE NOT shipped');
+SELECT pg_catalog.pg_extension_config_dump('prepay.profile_register', 'WHERE NOT shipped');
