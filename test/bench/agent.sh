@@ -95,7 +95,7 @@ floor_s=$("$work/sim_probe" sweep 127.0.0.1 "$base" "$per_gw" 5 | sed 's/sweep_s
 
 # ---- the agent: its first sweep
 "$agent" --conninfo "host=$PGHOST port=$PGPORT dbname=bench user=postgres" --agent-id bench \
-	--spool-dir "$work/spool" --metrics "127.0.0.1:$metrics" --log-level warn >"$work/agent.log" 2>&1 &
+	--spool-dir "$work/spool" --metrics "127.0.0.1:$metrics" --log-level error >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=($agent_pid)
 deadline=$(($(date +%s) + 600))

@@ -34,6 +34,10 @@ stop_all() {
 	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
 	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
 	cluster_stop
+	if [ -s "$work/agent.log" ]; then
+		echo "demo: last lines of the agent's log ($work/agent.log):"
+		tail -n 5 "$work/agent.log"
+	fi
 }
 trap stop_all EXIT
 trap 'exit 0' INT TERM
@@ -83,8 +87,9 @@ test/sim/prepay-sim --tcp-gateways "$gateways" --base-port "$base" --meters-per-
 pids+=($!)
 for _ in $(seq 100); do sim healthz >/dev/null && break; sleep 0.1; done
 "$agent" --conninfo "host=$PGHOST port=$PGPORT dbname=demo user=postgres" --agent-id demo \
-	--spool-dir "$work/spool" --metrics "127.0.0.1:$metrics" --log-level warn >"$work/agent.log" 2>&1 &
-pids+=($!)
+	--spool-dir "$work/spool" --metrics "127.0.0.1:$metrics" --log-level info >"$work/agent.log" 2>&1 &
+agent_pid=$!
+pids+=($agent_pid)
 
 connect="psql -h $PGHOST -p $PGPORT -U postgres demo"
 start=$(date +%s)
@@ -120,6 +125,10 @@ SQL
 shop_relay() { sim "meters?gateway=0" | awk '$2 == 1 { print $4 }'; }
 
 while :; do
+	if ! kill -0 $agent_pid 2>/dev/null; then
+		echo "demo: the agent stopped" >&2
+		exit 1
+	fi
 	if [ $restored_at -eq 0 ] && [ "$(shop_relay)" = tripped ]; then
 		story="CUT (relay tripped in the simulator); recharging 100.00 now"
 		show
