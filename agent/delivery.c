@@ -25,8 +25,10 @@
 
 static const char insert_sql[] =
 	"INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state) "
-	"SELECT * FROM pg_catalog.unnest($1::integer[], $2::bigint[], $3::timestamptz[], $4::numeric[], $5::numeric[], "
-	"$6::numeric[], $7::numeric[], $8::numeric[], $9::numeric[], $10::prepay.relay_state[])";
+	"SELECT * FROM ROWS FROM (pg_catalog.unnest($1::integer[]), pg_catalog.unnest($2::bigint[]), "
+	"pg_catalog.unnest($3::timestamptz[]), pg_catalog.unnest($4::numeric[]), pg_catalog.unnest($5::numeric[]), "
+	"pg_catalog.unnest($6::numeric[]), pg_catalog.unnest($7::numeric[]), pg_catalog.unnest($8::numeric[]), "
+	"pg_catalog.unnest($9::numeric[]), pg_catalog.unnest($10::prepay.relay_state[]))";
 
 static struct {
 	struct reading *q;       /* memory queue: q[head .. head+n) */
@@ -86,7 +88,7 @@ static char *array_literal(const struct reading *r, int n, int col)
 
 	evbuffer_add(buf, "{", 1);
 	for (int i = 0; i < n; i++) {
-		const char *v = col == 2 ? r[i].read_at : col == 9 ? r[i].relay : r[i].value[col - 3];
+		const char *v = col < 2 ? "" : col == 2 ? r[i].read_at : col == 9 ? r[i].relay : r[i].value[col - 3];
 
 		if (i > 0)
 			evbuffer_add(buf, ",", 1);

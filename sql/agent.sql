@@ -191,7 +191,7 @@ RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport 
 LANGUAGE sql STABLE AS $$
     SELECT g.site_id, g.gateway_id, g.name, g.transport, g.host, g.port,
            g.serial_device, g.baud, g.parity, g.data_bits, g.stop_bits,
-           (pg_catalog.extract(epoch FROM g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
+           (pg_catalog.date_part('epoch', g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
            m.meter_id, m.unit_id, m.kind, m.device_profile, m.lost_since IS NOT NULL,
            d.relay_write_address, d.trip_values, d.close_values,
            d.relay_read_address, d.relay_read_count, d.relay_state_mask,
