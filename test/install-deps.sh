@@ -13,6 +13,7 @@ packages=(
 	libmodbus-dev            # the agent's and the simulator's Modbus
 	libevent-dev             # the agent's loop, timers, signals, HTTP
 	socat                    # pseudo-terminal pairs for the RTU tests
+	curl                     # the demo and the agent benchmark talk to HTTP endpoints
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 )
 
