@@ -153,7 +153,7 @@ static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *me
 									const BatchReading *r, int64 *deltas);
 static void batch_save_meters(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
-static void quarantine(BatchReading *r, Quarantine reason, const char *fmt,...) pg_attribute_printf(3, 4);
+static void quarantine(BatchReading *r, Quarantine reason, char *detail);
 
 /*
  * check_trigger_protocol
@@ -587,56 +587,42 @@ static bool
 reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 {
 	if (!meter->found)
-		quarantine(r, Q_UNKNOWN_METER, "site %d has no meter " INT64_FORMAT, r->site_id, r->meter_id);
+		quarantine(r, Q_UNKNOWN_METER, psprintf("site %d has no meter " INT64_FORMAT, r->site_id, r->meter_id));
 	else if (!meter->active)
-		quarantine(r, Q_METER_REMOVED, "meter " INT64_FORMAT " was removed", r->meter_id);
+		quarantine(r, Q_METER_REMOVED, psprintf("meter " INT64_FORMAT " was removed", r->meter_id));
 	else if (!r->has_energy || r->energy < 0)
-		quarantine(r, Q_INVALID_VALUE, "energy register is %s",
-				   r->has_energy ? fixed_format(r->energy, ENERGY_SCALE) : "missing");
+		quarantine(r, Q_INVALID_VALUE, psprintf("energy register is %s",
+				   r->has_energy ? fixed_format(r->energy, ENERGY_SCALE) : "missing"));
 	else if (r->read_at > now + CLOCK_AHEAD_LIMIT_US)
-		quarantine(r, Q_CLOCK_AHEAD, "read_at %s is ahead of the database clock %s",
-				   timestamptz_to_str(r->read_at), timestamptz_to_str(now));
+		quarantine(r, Q_CLOCK_AHEAD, psprintf("read_at %s is ahead of the database clock %s",
+				   timestamptz_to_str(r->read_at), timestamptz_to_str(now)));
 	else if (meter->has_state && r->read_at <= meter->last_read_at)
-		quarantine(r, Q_OUT_OF_ORDER, "meter was already rated up to %s",
-				   timestamptz_to_str(meter->last_read_at));
+		quarantine(r, Q_OUT_OF_ORDER, psprintf("meter was already rated up to %s",
+				   timestamptz_to_str(meter->last_read_at)));
 	else if (meter->has_state && r->energy < meter->last_energy)
-		quarantine(r, Q_COUNTER_BACKWARDS, "register went back from %s to %s",
+		quarantine(r, Q_COUNTER_BACKWARDS, psprintf("register went back from %s to %s",
 				   fixed_format(meter->last_energy, ENERGY_SCALE),
-				   fixed_format(r->energy, ENERGY_SCALE));
+				   fixed_format(r->energy, ENERGY_SCALE)));
 	else if (meter->has_state &&
 			 rating_exceeds_rate((r->energy - meter->last_energy) * meter->multiplier,
 								 r->read_at - meter->last_read_at, meter->max_per_hour))
-		quarantine(r, Q_IMPOSSIBLE_JUMP, "%s consumed since %s exceeds %s per hour",
+		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s consumed since %s exceeds %s per hour",
 				   fixed_format((r->energy - meter->last_energy) * meter->multiplier, ENERGY_SCALE),
 				   timestamptz_to_str(meter->last_read_at),
-				   fixed_format(meter->max_per_hour, ENERGY_SCALE));
+				   fixed_format(meter->max_per_hour, ENERGY_SCALE)));
 	return r->reason == Q_NONE;
 }
 
 /*
  * quarantine
- *		Mark a reading as not rated, with a reason and a formatted detail.
+ *		Mark a reading as not rated, with a reason and a detail naming the
+ *		values (callers format it with psprintf).
  */
 static void
-quarantine(BatchReading *r, Quarantine reason, const char *fmt,...)
+quarantine(BatchReading *r, Quarantine reason, char *detail)
 {
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (;;)
-	{
-		va_list		args;
-		int			needed;
-
-		va_start(args, fmt);
-		needed = appendStringInfoVA(&buf, fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&buf, needed);
-	}
 	r->reason = reason;
-	r->detail = buf.data;
+	r->detail = detail;
 }
 
 /*
@@ -662,8 +648,8 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 
 	if (versions == NULL)
 	{
-		quarantine(r, Q_NO_PRICE, "tariff " INT64_FORMAT " has no price; add a row to prepay.tariff_version",
-				   meter->tariff_id);
+		quarantine(r, Q_NO_PRICE, psprintf("tariff " INT64_FORMAT " has no price; add a row to prepay.tariff_version",
+				   meter->tariff_id));
 		return false;
 	}
 	registers = register_deltas(&versions[tariff_version_at(versions, nversions, r->read_at)],

@@ -30,7 +30,13 @@
 
 PG_FUNCTION_INFO_V1(prepay_tariff_check);
 
-static void def_error(const char *fmt,...) pg_attribute_printf(1, 2);
+/* Refuse the definition: PY015 with a message naming the problem. */
+#define def_error(...) \
+	ereport(ERROR, \
+			(errcode(ERRCODE_PREPAY_BAD_TARIFF), \
+			 errmsg("invalid tariff definition: %s", psprintf(__VA_ARGS__)), \
+			 errhint("docs/TARIFFS.md describes tariff definitions, with examples.")))
+
 static JsonbContainer *container_of(JsonbValue *v, const char *key, bool want_object);
 static void check_keys(JsonbContainer *obj, const char *where, const char *const *allowed);
 static JsonbValue *member(JsonbContainer *obj, const char *key, JsonbValue *buf);
@@ -88,30 +94,6 @@ prepay_tariff_check(PG_FUNCTION_ARGS)
 	tariff_compile(PG_GETARG_JSONB_P(0), v);
 	pfree(v);
 	PG_RETURN_VOID();
-}
-
-static void
-def_error(const char *fmt,...)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	for (;;)
-	{
-		va_list		args;
-		int			needed;
-
-		va_start(args, fmt);
-		needed = appendStringInfoVA(&buf, fmt, args);
-		va_end(args);
-		if (needed == 0)
-			break;
-		enlargeStringInfo(&buf, needed);
-	}
-	ereport(ERROR,
-			(errcode(ERRCODE_PREPAY_BAD_TARIFF),
-			 errmsg("invalid tariff definition: %s", buf.data),
-			 errhint("docs/TARIFFS.md describes tariff definitions, with examples.")));
 }
 
 static JsonbValue *
