@@ -177,7 +177,8 @@ struct gateway *catalog_copy_gateway(const struct gateway *gw)
 
 	*copy = *gw;
 	copy->meters = calloc(gw->n_meters ? gw->n_meters : 1, sizeof(struct meter));
-	memcpy(copy->meters, gw->meters, gw->n_meters * sizeof(struct meter));
+	if (gw->n_meters)   /* a gateway without meters yet has meters == NULL */
+		memcpy(copy->meters, gw->meters, gw->n_meters * sizeof(struct meter));
 	return copy;
 }
 
