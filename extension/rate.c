@@ -109,7 +109,6 @@ prepay_rate(PG_FUNCTION_ARGS)
 static const int64 *
 registers_arg(ArrayType *array, const TariffVersion *v, int64 *deltas)
 {
-	static const char *const names[4] = {"sharp", "peak", "flat", "valley"};
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
@@ -119,17 +118,15 @@ registers_arg(ArrayType *array, const TariffVersion *v, int64 *deltas)
 
 	get_typlenbyvalalign(NUMERICOID, &typlen, &typbyval, &typalign);
 	deconstruct_array(array, NUMERICOID, typlen, typbyval, typalign, &elems, &nulls, &n);
-	if (n != 4)
+	if (n != TARIFF_NREGISTERS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("registers must be {sharp, peak, flat, valley}")));
 	for (int p = 0; p < v->nperiods; p++)
 	{
-		int			k = 0;
+		int			k = tariff_register_index(v->period_name[p]);
 
-		while (k < 4 && strcmp(names[k], v->period_name[p]) != 0)
-			k++;
-		if (k == 4 || nulls[k])
+		if (k < 0 || nulls[k])
 			return NULL;
 		deltas[p] = fixed_from_numeric(elems[k], ENERGY_SCALE);
 	}

@@ -56,9 +56,7 @@
 #include "rating.h"
 #include "tariff_def.h"
 
-/* the meter's TOU registers, in the order of prepay.reading's columns */
-#define NREGISTERS 4
-static const char *const register_name[NREGISTERS] = {"sharp", "peak", "flat", "valley"};
+#define NREGISTERS TARIFF_NREGISTERS
 
 /* a reading more than this far ahead of the database clock is refused */
 #define CLOCK_AHEAD_LIMIT_US (INT64CONST(10) * 60 * 1000000)
@@ -319,7 +317,7 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 	const char *relay_labels[2] = {NULL, NULL};
 
 	for (int k = 0; k < NREGISTERS; k++)
-		register_att[k] = attnameAttNum(trigdata->tg_relation, register_name[k], false);
+		register_att[k] = attnameAttNum(trigdata->tg_relation, tariff_register_name[k], false);
 	batch->readings = palloc(sizeof(BatchReading) * capacity);
 	tuplestore_rescan(store);
 	while (tuplestore_gettupleslot(store, true, false, slot))
@@ -693,11 +691,9 @@ register_deltas(const TariffVersion *v, const BatchMeter *meter, const BatchRead
 		return NULL;
 	for (int p = 0; p < v->nperiods; p++)
 	{
-		int			k = 0;
+		int			k = tariff_register_index(v->period_name[p]);
 
-		while (k < NREGISTERS && strcmp(register_name[k], v->period_name[p]) != 0)
-			k++;
-		if (k == NREGISTERS)
+		if (k < 0)
 			return NULL;
 		deltas[p] = (r->registers[k] - meter->registers[k]) * meter->multiplier;
 	}

@@ -34,6 +34,7 @@
 #include "tariff.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define MINUTES_PER_DAY 1440
 
@@ -54,6 +55,17 @@ static int64_t next_cut(const TariffVersion *versions, int nversions, const Tari
 static bool price_segment(const TariffVersion *v, const Segment *seg, int period,
 						  int64_t energy, TariffCycleState *cycle, TariffPieces *out);
 static bool append_piece(TariffPieces *out, const TariffPiece *piece);
+
+const char *const tariff_register_name[TARIFF_NREGISTERS] = {"sharp", "peak", "flat", "valley"};
+
+int
+tariff_register_index(const char *period_name)
+{
+	for (int k = 0; k < TARIFF_NREGISTERS; k++)
+		if (strcmp(tariff_register_name[k], period_name) == 0)
+			return k;
+	return -1;
+}
 
 int32_t
 tariff_days_from_civil(int year, int month, int day)
@@ -179,10 +191,14 @@ tariff_rate(const TariffVersion *versions, int nversions, const TariffCalendar *
 	if (registers != NULL && last->split == TARIFF_SPLIT_REGISTERS)
 	{
 		int64_t		sum = 0;
+		bool		negative = false;
 
 		for (int p = 0; p < last->nperiods; p++)
-			sum += registers[p] >= 0 ? registers[p] : energy + 1;
-		by_register = sum == energy;
+		{
+			sum += registers[p];
+			negative = negative || registers[p] < 0;
+		}
+		by_register = !negative && sum == energy;
 	}
 	out->by_register = by_register;
 

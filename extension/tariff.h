@@ -146,6 +146,13 @@ extern bool tariff_rate(const TariffVersion *versions, int nversions,
 						const int64_t *registers,
 						TariffCycleState *cycle, TariffPieces *out);
 
+/* The meter's TOU registers, in the order of prepay.reading's columns. */
+#define TARIFF_NREGISTERS 4
+extern const char *const tariff_register_name[TARIFF_NREGISTERS];
+
+/* Index into tariff_register_name of a period named after a register, or -1. */
+extern int	tariff_register_index(const char *period_name);
+
 /* Index of the version in force at t. */
 extern int	tariff_version_at(const TariffVersion *versions, int nversions, int64_t t);
 

@@ -44,6 +44,7 @@ static int64 fixed_value(JsonbValue *v, int scale, const char *what);
 static int	int_value(JsonbValue *v, int lo, int hi, const char *what);
 static char *string_value(JsonbValue *v, const char *what);
 static void parse_periods(JsonbContainer *doc, TariffVersion *v, int64 *base, bool *has_base);
+static void add_period(TariffVersion *v, const char *name);
 static int	period_index(const TariffVersion *v, const char *name, const char *where);
 static void parse_schedules(JsonbContainer *doc, TariffVersion *v);
 static void parse_schedule(JsonbContainer *s, int n, TariffVersion *v);
@@ -208,20 +209,8 @@ parse_periods(JsonbContainer *doc, TariffVersion *v, int64 *base, bool *has_base
 	{
 		JsonbContainer *names = periods->val.binary.data;
 
-		v->nperiods = JsonContainerSize(names);
-		if (v->nperiods > TARIFF_MAX_PERIODS)
-			def_error("at most %d periods are allowed", TARIFF_MAX_PERIODS);
-		for (int i = 0; i < v->nperiods; i++)
-		{
-			char	   *name = string_value(getIthJsonbValueFromContainer(names, i), "a period name");
-
-			if (strlen(name) == 0 || strlen(name) >= TARIFF_NAME_LEN)
-				def_error("period name \"%s\" must have 1 to %d characters", name, TARIFF_NAME_LEN - 1);
-			for (int j = 0; j < i; j++)
-				if (strcmp(v->period_name[j], name) == 0)
-					def_error("period \"%s\" is listed twice", name);
-			strlcpy(v->period_name[i], name, TARIFF_NAME_LEN);
-		}
+		for (int i = 0; i < (int) JsonContainerSize(names); i++)
+			add_period(v, string_value(getIthJsonbValueFromContainer(names, i), "a period name"));
 		*has_base = false;
 	}
 	else
@@ -236,20 +225,30 @@ parse_periods(JsonbContainer *doc, TariffVersion *v, int64 *base, bool *has_base
 			if (tok == WJB_KEY)
 			{
 				name = pnstrdup(val.val.string.val, val.val.string.len);
-				if (v->nperiods == TARIFF_MAX_PERIODS)
-					def_error("at most %d periods are allowed", TARIFF_MAX_PERIODS);
-				if (strlen(name) == 0 || strlen(name) >= TARIFF_NAME_LEN)
-					def_error("period name \"%s\" must have 1 to %d characters", name, TARIFF_NAME_LEN - 1);
-				strlcpy(v->period_name[v->nperiods], name, TARIFF_NAME_LEN);
+				add_period(v, name);
 			}
 			else if (tok == WJB_VALUE)
-				base[v->nperiods++] = fixed_value(&val, PRICE_SCALE,
-												  psprintf("the price of period \"%s\"", name));
+				base[v->nperiods - 1] = fixed_value(&val, PRICE_SCALE,
+													psprintf("the price of period \"%s\"", name));
 		}
 		*has_base = true;
 	}
 	if (v->nperiods == 0)
 		def_error("\"periods\" must name at least one period");
+}
+
+/* Append a period name: 1 to 31 characters, at most 12 periods, no repeats. */
+static void
+add_period(TariffVersion *v, const char *name)
+{
+	if (v->nperiods == TARIFF_MAX_PERIODS)
+		def_error("at most %d periods are allowed", TARIFF_MAX_PERIODS);
+	if (strlen(name) == 0 || strlen(name) >= TARIFF_NAME_LEN)
+		def_error("period name \"%s\" must have 1 to %d characters", name, TARIFF_NAME_LEN - 1);
+	for (int j = 0; j < v->nperiods; j++)
+		if (strcmp(v->period_name[j], name) == 0)
+			def_error("period \"%s\" is listed twice", name);
+	strlcpy(v->period_name[v->nperiods++], name, TARIFF_NAME_LEN);
 }
 
 static int
@@ -525,16 +524,10 @@ parse_options(JsonbContainer *doc, TariffVersion *v)
 
 		if (strcmp(s, "registers") == 0)
 		{
-			static const char *const registers[] = {"sharp", "peak", "flat", "valley"};
-
 			v->split = TARIFF_SPLIT_REGISTERS;
 			for (int i = 0; i < v->nperiods; i++)
 			{
-				bool		ok = false;
-
-				for (int r = 0; r < 4; r++)
-					ok = ok || strcmp(v->period_name[i], registers[r]) == 0;
-				if (!ok)
+				if (tariff_register_index(v->period_name[i]) < 0)
 					def_error("\"split\": \"registers\" needs periods named after the meter's registers "
 							  "(sharp, peak, flat, valley), not \"%s\"", v->period_name[i]);
 			}

@@ -35,6 +35,9 @@ SELECT regress.try($$SELECT prepay.tariff_check('{"price": 0.1234567}')$$);
 SELECT regress.try($$SELECT prepay.tariff_check('{"periods": {"peak": 1, "valley": 0.4}}')$$);
 SELECT regress.try($$SELECT prepay.tariff_check('{"periods": {"x": 1}, "split": "registers"}')$$);
 SELECT regress.try($$SELECT prepay.tariff_check('{"price": 1, "basic": {"by": "floor", "price": 3}}')$$);
+SELECT regress.try($$SELECT prepay.tariff_check('{"periods": ["peak", "peak"],
+  "schedules": [{"switches": [["00:00", "peak"]]}], "tiers": {"cycle": "monthly", "blocks": [{"price": 1}]}}')$$);
+SELECT regress.try($$SELECT prepay.tariff_check('{"periods": {"": 1}}')$$);
 -- the trigger refuses the same on INSERT
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'broken');
 SELECT regress.try($$INSERT INTO prepay.tariff_version (site_id, tariff_id, valid_from, definition)

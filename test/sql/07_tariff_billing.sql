@@ -141,6 +141,9 @@ SELECT * FROM prepay.accrue_basic_charges(1, '2026-10-02') WHERE account_id = 4;
 SELECT * FROM prepay.accrue_basic_charges(1, '2026-10-02') WHERE account_id = 4;
 SELECT * FROM prepay.accrue_basic_charges(1, '2026-10-31') WHERE account_id = 4;
 SELECT account_id, sum(amount) FROM prepay.ledger WHERE kind = 'basic_charge' GROUP BY 1 ORDER BY 1;
+SELECT regress.try($$SELECT * FROM prepay.accrue_basic_charges(99, '2026-10-01')$$);
+-- re-rating a range without charges reports nothing and posts nothing
+SELECT * FROM prepay.rerate(1, NULL, '2025-01-01', '2025-02-01');
 
 -- every balance is what its ledger explains
 SELECT * FROM prepay.check_ledger();
