@@ -35,6 +35,7 @@ if [ ! -x "$agent" ]; then
 fi
 
 . test/lib/cluster.sh
+. test/lib/ports.sh
 cluster_start "$work/cluster" "shared_buffers = 512MB" "synchronous_commit = off" \
 	"max_wal_size = 4GB" || exit 1
 pids=()
@@ -46,17 +47,6 @@ cleanup() {
 trap cleanup EXIT
 psql() { command psql -X -q -v ON_ERROR_STOP=1 -d bench "$@"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-free_port() { # a free TCP port with COUNT free ports after it
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 30000))
-		local busy=0
-		for i in $(seq 0 $(($1 - 1))); do
-			(echo >/dev/tcp/127.0.0.1/$((p + i))) 2>/dev/null && { busy=1; break; }
-		done
-		[ $busy -eq 0 ] && { echo $p; return; }
-	done
-}
 base=$(free_port "$gateways")
 control=$(free_port 1)
 metrics=$(free_port 1)

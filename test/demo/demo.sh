@@ -25,6 +25,7 @@ if [ ! -x "$agent" ]; then
 fi
 
 . test/lib/cluster.sh
+. test/lib/ports.sh
 cluster_start "$work/cluster" "synchronous_commit = off" || exit 1
 pids=()
 stop_all() {
@@ -42,17 +43,6 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 0' INT TERM
 psql() { command psql -X -q -v ON_ERROR_STOP=1 -d demo "$@"; }
-free_port() { # a free TCP port with COUNT free ports after it
-	local p busy
-	while :; do
-		p=$((20000 + RANDOM % 30000))
-		busy=0
-		for i in $(seq 0 $(($1 - 1))); do
-			(echo >/dev/tcp/127.0.0.1/$((p + i))) 2>/dev/null && { busy=1; break; }
-		done
-		[ $busy -eq 0 ] && { echo $p; return; }
-	done
-}
 base=$(free_port "$gateways")
 control=$(free_port 1)
 metrics=$(free_port 1)

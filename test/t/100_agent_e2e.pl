@@ -22,20 +22,14 @@ use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use PrepayTest;
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $http = HTTP::Tiny->new(timeout => 5);
 
-# wait_for(SUB, SECONDS): poll SUB every 50 ms until true; its last value
-sub wait_for
-{
-	my ($check, $seconds) = @_;
-	my $deadline = time + $seconds;
-	my $v;
-	while (!($v = $check->()) && time < $deadline) { sleep 0.05; }
-	return $v;
-}
 
 my $node = PostgreSQL::Test::Cluster->new('agent');
 $node->init;

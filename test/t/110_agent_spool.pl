@@ -15,20 +15,15 @@ use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use PrepayTest;
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $bin = "$top/agent/prepay-agent-asan";
 my $http = HTTP::Tiny->new(timeout => 5);
 
-sub wait_for
-{
-	my ($check, $seconds) = @_;
-	my $deadline = time + $seconds;
-	my $v;
-	while (!($v = $check->()) && time < $deadline) { sleep 0.05; }
-	return $v;
-}
 
 # the command line
 my ($out, $err);

@@ -23,6 +23,9 @@ use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use PrepayTest;
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
@@ -39,15 +42,6 @@ END
 	}
 }
 
-# wait_for(SUB, SECONDS): poll SUB every 50 ms until true; its last value
-sub wait_for
-{
-	my ($check, $seconds) = @_;
-	my $deadline = time + $seconds;
-	my $v;
-	while (!($v = $check->()) && time < $deadline) { sleep 0.05; }
-	return $v;
-}
 
 my $node = PostgreSQL::Test::Cluster->new('reload');
 $node->init;
