@@ -35,8 +35,9 @@ CREATE TYPE prepay.account_mode AS ENUM ('prepaid', 'postpaid');
 COMMENT ON TYPE prepay.account_mode IS 'prepaid accounts run the alarm ladder and are tripped in arrears; postpaid accounts are billed after use and never tripped.';
 
 CREATE TYPE prepay.ledger_kind AS ENUM ('consumption', 'recharge', 'refund', 'reversal', 'closing_refund',
-                                        'basic_charge', 'adjustment');
-COMMENT ON TYPE prepay.ledger_kind IS 'Kind of a ledger entry: a consumption charge, a payment, a refund, the reversal of another entry, or the refund of the remaining balance when an account is closed.';
+                                        'basic_charge', 'adjustment', 'fee', 'fee_credit', 'common_area',
+                                        'loss', 'allowance', 'allowance_expiry', 'bill_payment', 'bill_charge');
+COMMENT ON TYPE prepay.ledger_kind IS 'Kind of a ledger entry: a consumption charge, a payment (recharge), a refund, the reversal of another entry, the refund of the remaining balance when an account is closed, a two-part basic charge, a re-rating adjustment, a fee (rent, property fee, ...) and the credit of its unused days at move-out, a share of common-area energy or of line loss, an allowance credited and its expiry, and a bill payment with the bill charge it settles.  See docs/BILLING.md.';
 
 CREATE TYPE prepay.command_action AS ENUM ('trip', 'close');
 COMMENT ON TYPE prepay.command_action IS 'Relay command: trip cuts supply, close restores it.';
