@@ -182,22 +182,32 @@ struct gateway *catalog_copy_gateway(const struct gateway *gw)
 	return copy;
 }
 
+/* meter_equal: same meter, unit and profile (the lost flag aside) */
+static int meter_equal(const struct meter *a, const struct meter *b)
+{
+	return a->site_id == b->site_id && a->meter_id == b->meter_id && a->unit_id == b->unit_id &&
+	       a->has_profile == b->has_profile && profile_equal(&a->profile, &b->profile);
+}
+
+/* connection_equal: same gateway, reached the same way, on the same schedule */
+static int connection_equal(const struct gateway *a, const struct gateway *b)
+{
+	return a->site_id == b->site_id && a->gateway_id == b->gateway_id && strcmp(a->name, b->name) == 0 &&
+	       strcmp(a->transport, b->transport) == 0 && strcmp(a->host, b->host) == 0 && a->port == b->port &&
+	       strcmp(a->serial_device, b->serial_device) == 0 && a->baud == b->baud && a->parity == b->parity &&
+	       a->data_bits == b->data_bits && a->stop_bits == b->stop_bits &&
+	       a->poll_interval_ms == b->poll_interval_ms;
+}
+
 /* catalog_gateway_equal: same connection, schedule, meters and profiles
- * (lost flags aside: they change while the gateway runs) */
+ * (lost flags aside: they change while the gateway runs).  Field by field:
+ * the structs have padding, and bytes past a string's NUL mean nothing */
 int catalog_gateway_equal(const struct gateway *a, const struct gateway *b)
 {
-	struct gateway x = *a, y = *b;
-
-	x.lost = y.lost = 0;
-	x.meters = y.meters = NULL;
-	if (memcmp(&x, &y, sizeof(x)) != 0)
+	if (!connection_equal(a, b) || a->n_meters != b->n_meters)
 		return 0;
-	for (int i = 0; i < a->n_meters; i++) {
-		struct meter p = a->meters[i], q = b->meters[i];
-
-		p.lost = q.lost = 0;
-		if (memcmp(&p, &q, sizeof(p)) != 0)
+	for (int i = 0; i < a->n_meters; i++)
+		if (!meter_equal(&a->meters[i], &b->meters[i]))
 			return 0;
-	}
 	return 1;
 }

@@ -126,3 +126,37 @@ const char *profile_relay_state(const struct profile *p, const uint16_t *regs)
 		return "closed";
 	return NULL;
 }
+
+/* reg_def_equal: the same register, or both absent */
+static int reg_def_equal(const struct reg_def *a, const struct reg_def *b)
+{
+	if (a->present != b->present)
+		return 0;
+	return !a->present || (a->address == b->address && a->type == b->type && a->low_first == b->low_first &&
+	                       a->scale == b->scale);
+}
+
+/* values_equal: the first n values of two relay value lists (n < 0: none) */
+static int values_equal(const uint16_t *a, const uint16_t *b, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return 0;
+	return 1;
+}
+
+/* profile_equal: the same registers and relay behaviour, compared field by
+ * field (never memcmp: padding and unused array slots hold anything) */
+int profile_equal(const struct profile *a, const struct profile *b)
+{
+	if (strcmp(a->name, b->name) != 0)
+		return 0;
+	for (int m = 0; m < M_COUNT; m++)
+		if (!reg_def_equal(&a->regs[m], &b->regs[m]))
+			return 0;
+	return a->relay_write_address == b->relay_write_address && a->trip_n == b->trip_n &&
+	       a->close_n == b->close_n && values_equal(a->trip, b->trip, a->trip_n) &&
+	       values_equal(a->close, b->close, a->close_n) && a->relay_read_address == b->relay_read_address &&
+	       a->relay_read_count == b->relay_read_count && a->relay_mask == b->relay_mask &&
+	       a->tripped_value == b->tripped_value && a->closed_value == b->closed_value;
+}

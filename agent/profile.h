@@ -46,5 +46,6 @@ int profile_parse_values(const char *array, uint16_t *out, int max);
 int profile_format_scaled(int64_t value, int scale, char *out, size_t outsz);
 int profile_decode(const struct reg_def *r, const uint16_t *regs, char *out, size_t outsz);
 const char *profile_relay_state(const struct profile *p, const uint16_t *regs);
+int profile_equal(const struct profile *a, const struct profile *b);
 
 #endif

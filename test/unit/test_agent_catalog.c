@@ -1,0 +1,162 @@
+/*-------------------------------------------------------------------------
+ *
+ * test/unit/test_agent_catalog.c
+ *	  Unit test of agent/catalog.c's gateway comparison, without a
+ *	  database: two copies of the same gateway are equal whatever their
+ *	  padding bytes, unused relay value slots and bytes past a string's
+ *	  NUL hold (a reload that changes nothing must not restart the bus),
+ *	  the lost flags do not count, and every configuration field does.
+ *	  Run by test/suite.sh.
+ *
+ * Copyright (c) 2026, the prepay authors
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "catalog.h"
+
+static int	failures = 0;
+
+#define CHECK(cond) \
+	do { if (!(cond)) { failures++; fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); } } while (0)
+
+/* sample_gateway: the same gateway with two meters, built in memory first
+ * filled with the byte fill (padding and unused bytes keep it) */
+static struct gateway *
+sample_gateway(unsigned char fill)
+{
+	struct gateway *gw = malloc(sizeof(*gw));
+
+	memset(gw, fill, sizeof(*gw));
+	gw->site_id = 1;
+	gw->gateway_id = 7;
+	strcpy(gw->name, "plaza-east");
+	strcpy(gw->transport, "tcp");
+	strcpy(gw->host, "10.0.0.21");
+	gw->port = 502;
+	strcpy(gw->serial_device, "");
+	gw->baud = 9600;
+	gw->parity = 'N';
+	gw->data_bits = 8;
+	gw->stop_bits = 1;
+	gw->poll_interval_ms = 900000;
+	gw->lost = 0;
+	gw->n_meters = 2;
+	gw->meters = malloc(2 * sizeof(struct meter));
+	memset(gw->meters, fill, 2 * sizeof(struct meter));
+	for (int i = 0; i < 2; i++)
+	{
+		struct meter *m = &gw->meters[i];
+		struct profile *p = &m->profile;
+
+		m->site_id = 1;
+		m->meter_id = 100 + i;
+		m->unit_id = 1 + i;
+		m->has_profile = 1;
+		m->lost = 0;
+		strcpy(p->name, "ddsy1352");
+		for (int r = 0; r < M_COUNT; r++)
+			p->regs[r].present = 0;
+		p->regs[M_ENERGY] = (struct reg_def) { .present = 1, .address = 0, .type = RT_U32, .scale = -2 };
+		p->relay_write_address = 0x57;
+		p->trip_n = p->close_n = 2;
+		p->trip[0] = 1, p->trip[1] = 1;
+		p->close[0] = 1, p->close[1] = 0;
+		p->relay_read_address = 0x57;
+		p->relay_read_count = 2;
+		p->relay_mask = 0xFFFFFFFFu;
+		p->tripped_value = 0x10001;
+		p->closed_value = 0x10000;
+	}
+	return gw;
+}
+
+/* Same configuration, different garbage: equal; lost flags do not count */
+static void
+test_equal_despite_padding(void)
+{
+	struct gateway *a = sample_gateway(0x00);
+	struct gateway *b = sample_gateway(0xA5);
+
+	CHECK(memcmp(a, b, sizeof(*a)) != 0);	/* the old memcmp saw a change */
+	CHECK(catalog_gateway_equal(a, b));
+	CHECK(catalog_gateway_equal(b, a));
+	b->lost = 1;
+	b->meters[1].lost = 1;
+	CHECK(catalog_gateway_equal(a, b));
+	catalog_free_gateway(a);
+	catalog_free_gateway(b);
+}
+
+/* A copy for a bus thread equals its original */
+static void
+test_copy_equal(void)
+{
+	struct gateway *a = sample_gateway(0x5A);
+	struct gateway *copy = catalog_copy_gateway(a);
+
+	CHECK(catalog_gateway_equal(a, copy));
+	catalog_free_gateway(a);
+	catalog_free_gateway(copy);
+}
+
+/* differs: the gateway after edit is not equal to an unedited one */
+static int
+differs(void (*edit) (struct gateway *gw))
+{
+	struct gateway *a = sample_gateway(0x00);
+	struct gateway *b = sample_gateway(0xFF);
+	int			result;
+
+	edit(b);
+	result = !catalog_gateway_equal(a, b) && !catalog_gateway_equal(b, a);
+	catalog_free_gateway(a);
+	catalog_free_gateway(b);
+	return result;
+}
+
+static void edit_host(struct gateway *gw) { strcpy(gw->host, "10.0.0.22"); }
+static void edit_port(struct gateway *gw) { gw->port = 503; }
+static void edit_name(struct gateway *gw) { strcpy(gw->name, "plaza-west"); }
+static void edit_parity(struct gateway *gw) { gw->parity = 'E'; }
+static void edit_interval(struct gateway *gw) { gw->poll_interval_ms = 60000; }
+static void edit_meters(struct gateway *gw) { gw->n_meters = 1; }
+static void edit_unit(struct gateway *gw) { gw->meters[1].unit_id = 9; }
+static void edit_meter_id(struct gateway *gw) { gw->meters[0].meter_id = 99; }
+static void edit_scale(struct gateway *gw) { gw->meters[0].profile.regs[M_ENERGY].scale = -1; }
+static void edit_register(struct gateway *gw) { gw->meters[0].profile.regs[M_POWER].present = 1; }
+static void edit_trip(struct gateway *gw) { gw->meters[1].profile.trip[1] = 2; }
+static void edit_profile(struct gateway *gw) { strcpy(gw->meters[0].profile.name, "adf400l"); }
+static void edit_unused_slot(struct gateway *gw) { gw->meters[0].profile.trip[5] = 42; }
+
+/* Every configuration field counts; unused relay value slots do not */
+static void
+test_fields_count(void)
+{
+	CHECK(differs(edit_host));
+	CHECK(differs(edit_port));
+	CHECK(differs(edit_name));
+	CHECK(differs(edit_parity));
+	CHECK(differs(edit_interval));
+	CHECK(differs(edit_meters));
+	CHECK(differs(edit_unit));
+	CHECK(differs(edit_meter_id));
+	CHECK(differs(edit_scale));
+	CHECK(differs(edit_register));
+	CHECK(differs(edit_trip));
+	CHECK(differs(edit_profile));
+	CHECK(!differs(edit_unused_slot));
+}
+
+int
+main(void)
+{
+	test_equal_despite_padding();
+	test_copy_equal();
+	test_fields_count();
+	printf("test_agent_catalog: %s\n", failures == 0 ? "all checks passed" : "FAILED");
+	return failures == 0 ? 0 : 1;
+}
