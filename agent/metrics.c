@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  * agent/metrics.c
  *     Prometheus text exposition of the agent's counters: readings polled,
- *     delivered, spooled, replayed, dropped; read failures per gateway and
+ *     delivered, spooled, replayed, dropped; the spool's size, bound,
+ *     warning flag and thinning; read failures per gateway and
  *     kind (timeout, exception, corrupt, connection); the last sweep
  *     duration per gateway; relay command latency as a histogram.
  *     /healthz answers 200 while the loop runs, with the database state.
@@ -148,6 +149,26 @@ static void latency_metrics(struct evbuffer *b)
 	                    metrics.command_latency_sum, (unsigned long long)cum);
 }
 
+static void gauge(struct evbuffer *b, const char *name, const char *help, long long v)
+{
+	evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+}
+
+static void spool_metrics(struct evbuffer *b)
+{
+	struct spool_stats st;
+
+	spool_stats(&st);
+	gauge(b, "prepay_agent_spool_bytes", "Bytes waiting in the spool.", st.bytes);
+	gauge(b, "prepay_agent_spool_max_bytes", "The spool's bound; a full spool is thinned.", st.max_bytes);
+	gauge(b, "prepay_agent_spool_warning",
+	      "1 from the moment the spool passed 80% of its bound until it has drained.", st.warning);
+	counter(b, "prepay_agent_spool_dropped_total",
+	        "Intermediate readings dropped by thinning a full spool (registers are cumulative: no energy lost).",
+	        st.thinned);
+	counter(b, "prepay_agent_spool_thinnings_total", "Thinning passes over a full spool.", st.thinnings);
+}
+
 static void metrics_cb(struct evhttp_request *req, void *arg)
 {
 	struct evbuffer *b = evbuffer_new();
@@ -156,13 +177,14 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	counter(b, "prepay_agent_readings_delivered_total", "Readings committed to the database.", metrics.readings_delivered);
 	counter(b, "prepay_agent_readings_spooled_total", "Readings written to the spool.", metrics.readings_spooled);
 	counter(b, "prepay_agent_readings_replayed_total", "Spooled readings committed.", metrics.readings_replayed);
-	counter(b, "prepay_agent_readings_dropped_total", "Readings refused by a full spool.", metrics.readings_dropped);
+	counter(b, "prepay_agent_readings_dropped_total",
+	        "Readings lost: the spool could not take them (full after thinning, or an I/O error).",
+	        metrics.readings_dropped);
 	counter(b, "prepay_agent_delivery_errors_total", "Reading batches the database refused.", metrics.delivery_errors);
 	counter(b, "prepay_agent_commands_done_total", "Relay commands done.", metrics.commands_done);
 	counter(b, "prepay_agent_commands_failed_total", "Relay command attempts failed.", metrics.commands_failed);
 	counter(b, "prepay_agent_catalog_loads_total", "Catalog loads.", metrics.catalog_loads);
-	evbuffer_add_printf(b, "# HELP prepay_agent_spool_bytes Bytes waiting in the spool.\n# TYPE prepay_agent_spool_bytes gauge\n"
-	                       "prepay_agent_spool_bytes %lld\n", (long long)spool_bytes());
+	spool_metrics(b);
 	evbuffer_add_printf(b, "# HELP prepay_agent_queue_readings Readings waiting in memory.\n# TYPE prepay_agent_queue_readings gauge\n"
 	                       "prepay_agent_queue_readings %d\n", delivery_queued());
 	evbuffer_add_printf(b, "# HELP prepay_agent_db_connected 1 when connected to the database.\n# TYPE prepay_agent_db_connected gauge\n"

@@ -18,6 +18,9 @@ done
 cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent -I"$(pg_config --includedir)" \
 	-o "$work/test_agent_catalog" test/unit/test_agent_catalog.c agent/catalog.c agent/profile.c agent/log.c -lpq &&
 	"$work/test_agent_catalog" || status=1
+cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent \
+	-o "$work/test_agent_spool" test/unit/test_agent_spool.c agent/spool.c agent/spool_thin.c agent/log.c &&
+	"$work/test_agent_spool" 2>"$work/test_agent_spool.log" || { status=1; cat "$work/test_agent_spool.log"; }
 
 echo "== pg_regress and isolation specs"
 if ! make -s installcheck; then
