@@ -1,0 +1,139 @@
+# test/t/112_agent_long_outage.pl
+#
+# A long database outage (issue 8): 1,000 meters on 10 gateways polled
+# every second by the ASan agent; the database stays away until at least
+# 10,000 readings have been spooled.  When it returns the agent reconnects
+# by itself, replays the spool in order and drains it, then delivers new
+# readings directly.  Against the simulator's own read history, every
+# meter's stored readings are exactly the served ones, in order: no loss,
+# no duplicate; nothing thinned, refused or quarantined; every spooled
+# reading replayed; the ledger check holds.  Deadlines only; the replay's
+# duration is printed (diag), not asserted.
+
+use strict;
+use warnings;
+use IPC::Run qw(start);
+use HTTP::Tiny;
+use Time::HiRes qw(time sleep);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use PrepayTest;
+
+my $top = $ENV{TESTDIR};
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+my $http = HTTP::Tiny->new(timeout => 5);
+my ($sim, $agent);
+my ($gateways, $meters_per_gateway, $outage_readings) = (10, 100, 10_000);
+my $meters = $gateways * $meters_per_gateway;
+
+END
+{
+	for my $h ($agent, $sim)
+	{
+		next unless $h && $h->pumpable;
+		eval { $h->signal('TERM'); $h->finish; 1 } or eval { $h->kill_kill };
+	}
+}
+
+my $node = PostgreSQL::Test::Cluster->new('outage');
+$node->init;
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+
+# the base port is taken last: base + 1 .. base + 9 are then free too
+my $control = PostgreSQL::Test::Cluster::get_free_port();
+my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
+my $base = PostgreSQL::Test::Cluster::get_free_port();
+my $sim_url = "http://127.0.0.1:$control";
+my $metrics_url = "http://127.0.0.1:$metrics_port";
+
+# 1 kW at 3600x: every read of a meter carries a new register value
+$sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', $gateways, '--base-port', $base,
+		'--meters-per-gateway', $meters_per_gateway, '--speedup', 3600, '--initial-kwh', '100.00',
+		'--control', "127.0.0.1:$control", '--history', "$tmp/history" ],
+	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
+ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+
+$node->safe_psql('postgres', qq{
+	INSERT INTO prepay.site (name) VALUES ('Estate');
+	INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
+	INSERT INTO prepay.tariff_version VALUES (1, 1, '2020-01-01', 0.01);
+	INSERT INTO prepay.gateway (site_id, name, host, port, agent_id, poll_interval)
+	SELECT 1, 'g' || g, '127.0.0.1', $base + g, 'outage', '1 second' FROM generate_series(0, $gateways - 1) g;
+	INSERT INTO prepay.meter (site_id, code, gateway_id, unit_id, device_profile, max_per_hour)
+	SELECT 1, 'G' || g || 'U' || u, g + 1, u, 'ddsy1352', 100000
+	  FROM generate_series(0, $gateways - 1) g, generate_series(1, $meters_per_gateway) u ORDER BY g, u;
+	SELECT prepay.open_account(1, 'A' || meter_id, 'Tenant ' || meter_id, 1) FROM prepay.meter ORDER BY meter_id;
+	SELECT prepay.attach_meter(1, meter_id, meter_id) FROM prepay.meter ORDER BY meter_id;
+	SELECT prepay.recharge(1, account_id, 1000, 'cash', 'R' || account_id) FROM prepay.account ORDER BY account_id;
+});
+
+$agent = start([ "$top/agent/prepay-agent-asan", '--config', '/dev/null',
+		'--conninfo', $node->connstr('postgres') . ' connect_timeout=2', '--agent-id', 'outage',
+		'--spool-dir', "$tmp/spool", '--metrics', "127.0.0.1:$metrics_port", '--log-level', 'info' ],
+	'>', "$tmp/agent.out", '2>', "$tmp/agent.err");
+ok(wait_for(sub { $node->safe_psql('postgres', 'SELECT count(DISTINCT meter_id) FROM prepay.reading') == $meters },
+	30), "all $meters meters deliver readings");
+
+# the outage: at least 10,000 readings spooled
+$node->stop('fast');
+ok(wait_for(sub { (metric($metrics_url, 'prepay_agent_readings_spooled_total') // 0) >= $outage_readings }, 120),
+	"at least $outage_readings readings spooled while the database is down");
+my $spool_size = -s "$tmp/spool/spool.log";
+diag("spooled: " . metric($metrics_url, 'prepay_agent_readings_spooled_total') . " readings, $spool_size bytes");
+
+# the database returns; the agent reconnects and replays by itself
+my $t0 = time;
+$node->start;
+ok(wait_for(sub {
+	(metric($metrics_url, 'prepay_agent_db_connected') // 0) == 1
+	  && (metric($metrics_url, 'prepay_agent_spool_bytes') // -1) == 0 }, 120),
+	'the agent reconnects by itself and drains the spool');
+diag(sprintf('spool drained %.1f s after the database started', time - $t0));
+my $spooled = metric($metrics_url, 'prepay_agent_readings_spooled_total');
+is(metric($metrics_url, 'prepay_agent_readings_replayed_total'), $spooled, 'every spooled reading replayed');
+my $delivered = metric($metrics_url, 'prepay_agent_readings_delivered_total');
+ok(wait_for(sub { metric($metrics_url, 'prepay_agent_readings_delivered_total') >= $delivered + $meters }, 30),
+	'new readings are delivered');
+is(metric($metrics_url, 'prepay_agent_readings_spooled_total'), $spooled, 'directly, without the spool');
+is(metric($metrics_url, 'prepay_agent_spool_dropped_total'), 0, 'nothing thinned');
+is(metric($metrics_url, 'prepay_agent_readings_dropped_total'), 0, 'nothing refused');
+ok(!-s "$tmp/spool/spool.log", 'the spool file is empty');
+
+$agent->signal('TERM');
+$agent->finish;
+is($agent->result(0), 0, 'agent exits 0 on SIGTERM');
+my $log = slurp_file("$tmp/agent.err");
+unlike($log, qr/Sanitizer|runtime error/, 'agent: no sanitizer report');
+unlike($log, qr/spool: .*(full|over 80%)/, 'the spool stayed far from its bound');
+$sim->signal('TERM');
+$sim->finish;
+
+# every served reading stored exactly once, in order
+my $served = served_history("$tmp/history");
+my %stored = map { split /\|/ } split /\n/, $node->safe_psql('postgres', q{
+	SELECT code || '|' || string_agg((energy * 100)::bigint::text, ' ' ORDER BY read_at)
+	  FROM prepay.reading JOIN prepay.meter USING (site_id, meter_id) GROUP BY code});
+my ($bad, $served_total) = (0, 0);
+for my $g (0 .. $gateways - 1)
+{
+	for my $u (1 .. $meters_per_gateway)
+	{
+		my $h = join ' ', @{ $served->{"$g $u"} // [] };
+		$served_total += @{ $served->{"$g $u"} // [] };
+		next if $h eq ($stored{"G${g}U$u"} // '');
+		$bad++;
+		diag("G${g}U$u served: $h\nG${g}U$u stored: " . ($stored{"G${g}U$u"} // ''));
+	}
+}
+is($bad, 0, "every meter: the served readings ($served_total) stored exactly once, in order");
+is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), $served_total, 'and nothing else');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading WHERE quarantine_reason IS NOT NULL'), '0',
+	'nothing quarantined: the replay kept the time order');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'ledger check');
+
+$node->stop;
+done_testing();
