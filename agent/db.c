@@ -14,6 +14,8 @@
  *     with EV_WRITE until flushed).  On loss, the query in flight and the
  *     queued ones get a NULL result, and a timer reconnects with backoff
  *     (0.5 s doubling to 5 s); the caller (main.c) re-LISTENs and resyncs.
+ *     on_state(0) reports a lost connection, and also the failure of the
+ *     very first attempt (the database is unreachable at start), once.
  *
  * Locking: loop thread only.
  *-------------------------------------------------------------------------
@@ -47,6 +49,8 @@ static struct {
 	db_state_fn on_state;
 	db_notify_fn on_notify;
 	void *arg;
+	int ever_ready;          /* connected at least once */
+	int told_unreachable;    /* on_state(0) sent for a failed first attempt */
 } db;
 
 static void start_connect(void);
@@ -110,8 +114,10 @@ static void lost(const char *why)
 	fail_queries();
 	db.backoff_ms = db.backoff_ms * 2 > 5000 ? 5000 : db.backoff_ms * 2;
 	evtimer_add(db.retry_ev, &tv);
-	if (was_ready)
+	if (was_ready || (!db.ever_ready && !db.told_unreachable)) {
+		db.told_unreachable = 1;
 		db.on_state(0, db.arg);
+	}
 }
 
 static const char *conn_error(void)
@@ -219,6 +225,7 @@ static void pump(void)
 static void ready(void)
 {
 	db.state = DB_READY;
+	db.ever_ready = 1;
 	db.backoff_ms = 500;
 	PQsetnonblocking(db.conn, 1);
 	PQsetNoticeReceiver(db.conn, notice_receiver, NULL);

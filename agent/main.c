@@ -2,8 +2,10 @@
  * agent/main.c
  *     prepay-agent: options and start-up, the catalog life cycle (load on
  *     connect, on NOTIFY prepay_config and on SIGHUP; start, keep or stop
- *     one bus thread per gateway), the dispatch of bus events, signals and
- *     the clean shutdown (stop the buses, flush, spool the rest).
+ *     one bus thread per gateway; cache the last good catalog and start
+ *     from it when the database is unreachable at start), the dispatch of
+ *     bus events, signals and the clean shutdown (stop the buses, flush,
+ *     spool the rest).
  *
  *     Start-up order: config, logging, libevent with pthreads, signals,
  *     spool, metrics, delivery, commands, database.  The loop thread owns
@@ -20,9 +22,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bus.h"
 #include "catalog.h"
+#include "catalog_cache.h"
 #include "command.h"
 #include "config.h"
 #include "db.h"
@@ -39,6 +43,7 @@ static struct {
 	struct bus **buses;
 	int n_buses;
 	int catalog_loaded, catalog_loading, catalog_again;
+	int cache_tried;         /* the cached catalog was looked for */
 	int once_sweeps;
 	int stopping;
 	int exit_code;
@@ -82,11 +87,11 @@ static void stop_all_buses(void)
 }
 
 /* apply_catalog: keep the buses whose gateway did not change, stop the
- * others, start the new ones */
-static void apply_catalog(struct catalog *cat)
+ * others, start the new ones; source names where the catalog came from */
+static void apply_catalog(struct catalog *cat, const char *source)
 {
 	struct bus **next = calloc(cat->n_gateways + 1, sizeof(*next));
-	int n = 0;
+	int n = 0, kept, started = 0;
 
 	for (int i = 0; i < ag.n_buses; i++) {
 		const struct gateway *old = bus_gateway(ag.buses[i]);
@@ -99,6 +104,7 @@ static void apply_catalog(struct catalog *cat)
 		else
 			stop_bus(ag.buses[i]);
 	}
+	kept = n;
 	for (int j = 0; j < cat->n_gateways; j++) {
 		struct gateway *g = &cat->gateways[j];
 		struct bus *b;
@@ -112,7 +118,10 @@ static void apply_catalog(struct catalog *cat)
 		b = bus_start(catalog_copy_gateway(g), ag.cfg.once);
 		if (b)
 			next[n++] = b;
+		started += b != NULL;
 	}
+	log_info("catalog: %d gateways for agent %s from the %s: %d buses kept, %d started, %d stopped", cat->n_gateways,
+	         ag.cfg.agent_id, source, kept, started, ag.n_buses - kept);
 	free(ag.buses);
 	ag.buses = next;
 	ag.n_buses = n;
@@ -136,9 +145,9 @@ static void catalog_loaded(PGresult *res, void *arg)
 	if (!cat)
 		return;
 	metrics.catalog_loads++;
+	catalog_cache_save(ag.cfg.spool_dir, ag.cfg.agent_id, res);
 	if (!ag.stopping && !(ag.cfg.once && ag.catalog_loaded)) {
-		log_info("catalog: %d gateways for agent %s", cat->n_gateways, ag.cfg.agent_id);
-		apply_catalog(cat);
+		apply_catalog(cat, "database");
 		ag.catalog_loaded = 1;
 		if (ag.cfg.once && ag.n_buses == 0)
 			begin_shutdown("--once: nothing to poll");
@@ -162,6 +171,28 @@ static void load_catalog(void)
 		ag.catalog_loading = 1;
 }
 
+/* start_from_cache: the database is unreachable at start; poll what the
+ * last good catalog says (readings go to the spool) until it answers */
+static void start_from_cache(void)
+{
+	time_t saved_at;
+	struct catalog *cat;
+	char when[32];
+
+	ag.cache_tried = 1;
+	cat = catalog_cache_load(ag.cfg.spool_dir, ag.cfg.agent_id, &saved_at);
+	if (!cat) {
+		log_warning("catalog: the database is unreachable at start and %s/catalog.cache has no catalog for agent %s: "
+		            "nothing to poll until the database answers", ag.cfg.spool_dir, ag.cfg.agent_id);
+		return;
+	}
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime(&saved_at));
+	log_warning("catalog: the database is unreachable at start: polling from the catalog cached at %s "
+	            "until it answers", when);
+	apply_catalog(cat, "cache");
+	catalog_free(cat);
+}
+
 /* ---------------------------------------------------------------------
  * database events
  * --------------------------------------------------------------------- */
@@ -183,6 +214,8 @@ static void on_db_state(int connected, void *arg)
 			command_claim(1);
 	} else {
 		ag.catalog_loading = 0;
+		if (!ag.catalog_loaded && !ag.cache_tried && !ag.cfg.once && !ag.stopping)
+			start_from_cache();
 	}
 	delivery_kick();
 }

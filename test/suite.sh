@@ -16,7 +16,8 @@ for unit in rating tariff; do
 		"test/unit/test_$unit.c" "extension/$unit.c" && "$work/test_$unit" || status=1
 done
 cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent -I"$(pg_config --includedir)" \
-	-o "$work/test_agent_catalog" test/unit/test_agent_catalog.c agent/catalog.c agent/profile.c agent/log.c -lpq &&
+	-o "$work/test_agent_catalog" test/unit/test_agent_catalog.c agent/catalog.c agent/catalog_cache.c agent/profile.c \
+		agent/log.c -lpq &&
 	"$work/test_agent_catalog" || status=1
 cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent \
 	-o "$work/test_agent_spool" test/unit/test_agent_spool.c agent/spool.c agent/spool_thin.c agent/log.c &&

@@ -2,10 +2,15 @@
 #
 # (g) The spool survives an agent restart while the database is down:
 # readings taken while the database is stopped are spooled, the agent is
-# stopped and started again (database still down), and when the database
-# returns every served reading is in prepay.reading exactly once, in order.
-# Also: the command-line surface (--help, --version, --check-config with
-# file, environment and flags), and --once.
+# stopped and started again (database still down).  The second agent
+# starts from the catalog the first one cached in the spool directory, so
+# it polls and spools too.  When the database returns, the second agent
+# replays the spool, and the catalog it then loads from the database
+# (unchanged) keeps the bus it started from the cache: no restart.  Every
+# served reading is in prepay.reading exactly once, in order.  A cache
+# written for another agent id is ignored.  Also: the command-line surface
+# (--help, --version, --check-config with file, environment and flags),
+# and --once.
 
 use strict;
 use warnings;
@@ -106,18 +111,39 @@ stop_agent('first', $agent);
 ok(-s "$tmp/spool/spool.log", 'readings taken while the database was down are spooled');
 like(slurp_file("$tmp/first.err"), qr/database connection lost/, 'the agent saw the database go');
 
-# a second agent starts while the database is still down: nothing to poll
-# (no catalog), the spool stays
+ok(-s "$tmp/spool/catalog.cache", 'the first agent cached its catalog');
+
+# a second agent starts while the database is still down: it finds the
+# spool and polls from the cached catalog; its readings are spooled too
+my $spooled = -s "$tmp/spool/spool.log";
 $agent = start_agent('second');
+ok(wait_for(sub { -s "$tmp/spool/spool.log" > $spooled }, 10), 'the second agent polls from the cached catalog');
+my $log = slurp_file("$tmp/second.err");
+like($log, qr/spool: \d+ bytes of readings from an earlier run/, 'the spool is found after a restart');
+like($log, qr/database is unreachable at start: polling from the catalog cached at/, 'the cached catalog is used');
+like($log, qr/catalog: 1 gateways for agent spool from the cache: 0 buses kept, 1 started/, 'its bus is started');
+
+# the database returns: the spool is replayed, and the catalog from the
+# database, unchanged, keeps the bus started from the cache
+$node->start;
+ok(wait_for(sub { !-s "$tmp/spool/spool.log" }, 20), 'the spool is replayed when the database returns');
+ok(wait_for(sub { slurp_file("$tmp/second.err") =~
+	/catalog: 1 gateways for agent spool from the database: 1 buses kept, 0 started, 0 stopped/ }, 10),
+	'the unchanged catalog from the database keeps the bus: no restart');
 sleep 1.5;
 stop_agent('second', $agent);
-like(slurp_file("$tmp/second.err"), qr/spool: \d+ bytes of readings from an earlier run/, 'the spool is found after a restart');
+my ($before_shutdown) = slurp_file("$tmp/second.err") =~ /^(.*?)shutting down/s;
+unlike($before_shutdown, qr/stopping its bus thread/, 'no bus stopped before the shutdown');
 
+# a cache written for another agent id is ignored
+$node->stop('fast');
+my @other_cmd = map { $_ eq 'spool' ? 'other' : $_ } @agent_cmd;
+$agent = start(\@other_cmd, '>', "$tmp/other.out", '2>', "$tmp/other.err");
+ok(wait_for(sub { slurp_file("$tmp/other.err") =~ /nothing to poll until the database answers/ }, 10),
+	'another agent id: nothing to poll');
+like(slurp_file("$tmp/other.err"), qr/catalog\.cache ignored: written for another agent id/, 'and why');
+stop_agent('other', $agent);
 $node->start;
-$agent = start_agent('third');
-ok(wait_for(sub { !-s "$tmp/spool/spool.log" }, 10), 'the spool is replayed when the database returns');
-sleep 1.5;
-stop_agent('third', $agent);
 
 my %served;
 for (split /\n/, slurp_file("$tmp/history"))

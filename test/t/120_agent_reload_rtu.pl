@@ -8,7 +8,8 @@
 #   (2) SIGHUP: a meter inserted with the notification suppressed
 #       (session_replication_role = replica skips the meter_config trigger)
 #       is not polled until the agent gets SIGHUP; then its readings
-#       arrive and the agent logs the reload;
+#       arrive and the agent logs the reload; a second SIGHUP, with
+#       nothing changed, keeps every bus (no restart);
 #   (3) RTU: a gateway on one end of a socat pseudo-terminal pair (the
 #       simulator on the other end), 9600 8N1, two meters: both deliver
 #       readings that are rated;
@@ -139,6 +140,13 @@ is(readings('M02'), '0', '(2) no notification, no reload: the silent meter is no
 ok(kill('HUP', $agent_pid), '(2) SIGHUP sent');
 ok(wait_for(sub { readings('M02') >= 2 }, 10), '(2) after SIGHUP the meter delivers readings');
 like(slurp_file("$tmp/agent.err"), qr/SIGHUP: reloading the catalog/, '(2) the agent logs the reload');
+
+# (2b) a reload that changes nothing restarts no bus
+sub reloads { my @l = slurp_file("$tmp/agent.err") =~ /(catalog: .* from the database: .*)/g; return @l; }
+my $reloads = () = reloads();
+ok(kill('HUP', $agent_pid), '(2b) SIGHUP again, nothing changed');
+ok(wait_for(sub { (() = reloads()) > $reloads }, 10), '(2b) the catalog is reloaded');
+like((reloads())[-1], qr/2 buses kept, 0 started, 0 stopped/, '(2b) both buses kept: no restart');
 
 # (3) the RTU line, 9600 8N1, units 1 and 2
 $node->safe_psql('postgres', qq{

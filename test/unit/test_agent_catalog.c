@@ -6,7 +6,9 @@
  *	  padding bytes, unused relay value slots and bytes past a string's
  *	  NUL hold (a reload that changes nothing must not restart the bus),
  *	  the lost flags do not count, and every configuration field does.
- *	  Run by test/suite.sh.
+ *	  The catalog cache (agent/catalog_cache.c) gives back the catalog it
+ *	  was given, values with tabs, newlines and backslashes included, and
+ *	  ignores a cache written for another agent id.  Run by test/suite.sh.
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -15,8 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "catalog.h"
+#include "catalog_cache.h"
 
 static int	failures = 0;
 
@@ -151,12 +155,80 @@ test_fields_count(void)
 	CHECK(!differs(edit_unused_slot));
 }
 
+/* catalog_rows: a result shaped like prepay.agent_catalog(): one gateway
+ * with an awkward name, two meters with one register each */
+static PGresult *
+catalog_rows(void)
+{
+	static const char *const row[] = {
+		"1", "3", "east\tside \\ 1\nnew", "tcp", "127.0.0.1", "1502", NULL, NULL, NULL, NULL, NULL,
+		"1000", "f", "5", "1", "electricity", "ddsy1352", "f", "87", "{1,1}", "{1,0}", "87", "2", NULL,
+		"65537", "65536", "total_energy", "0", "u32", "high_first", "-2",
+	};
+	PGresult   *res = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+	PGresAttDesc att[31];
+	int			ncols = (int) (sizeof(row) / sizeof(row[0]));
+
+	memset(att, 0, sizeof(att));
+	for (int c = 0; c < ncols; c++)
+	{
+		att[c].name = (char *) "col";
+		att[c].typid = 25;
+		att[c].typlen = -1;
+	}
+	PQsetResultAttrs(res, ncols, att);
+	for (int r = 0; r < 2; r++)
+		for (int c = 0; c < ncols; c++)
+		{
+			const char *v = (c == 13) ? (r == 0 ? "5" : "6") : (c == 14) ? (r == 0 ? "1" : "2") : row[c];
+
+			PQsetvalue(res, r, c, (char *) v, v ? (int) strlen(v) : -1);
+		}
+	return res;
+}
+
+/* The cache gives back the catalog it was given, for its agent only */
+static void
+test_cache_round_trip(void)
+{
+	char		dir[] = "/tmp/prepay-cache-test.XXXXXX";
+	PGresult   *res = catalog_rows();
+	struct catalog *direct = catalog_from_result(res);
+	struct catalog *cached;
+	time_t		saved_at = 0;
+
+	CHECK(mkdtemp(dir) != NULL);
+	CHECK(direct && direct->n_gateways == 1 && direct->gateways[0].n_meters == 2);
+	CHECK(catalog_cache_save(dir, "plaza\t1", res) == 0);
+	cached = catalog_cache_load(dir, "plaza\t1", &saved_at);
+	CHECK(cached && cached->n_gateways == 1);
+	if (direct && cached && cached->n_gateways == 1)
+	{
+		CHECK(catalog_gateway_equal(&direct->gateways[0], &cached->gateways[0]));
+		CHECK(strcmp(cached->gateways[0].name, "east\tside \\ 1\nnew") == 0);
+		CHECK(cached->gateways[0].meters[1].unit_id == 2);
+	}
+	CHECK(saved_at > 0);
+	CHECK(catalog_cache_load(dir, "plaza", &saved_at) == NULL);	/* another agent */
+	catalog_free(direct);
+	catalog_free(cached);
+	PQclear(res);
+	{
+		char		path[64];
+
+		snprintf(path, sizeof(path), "%s/catalog.cache", dir);
+		unlink(path);
+		rmdir(dir);
+	}
+}
+
 int
 main(void)
 {
 	test_equal_despite_padding();
 	test_copy_equal();
 	test_fields_count();
+	test_cache_round_trip();
 	printf("test_agent_catalog: %s\n", failures == 0 ? "all checks passed" : "FAILED");
 	return failures == 0 ? 0 : 1;
 }
