@@ -15,7 +15,7 @@ for unit in rating tariff; do
 	cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iextension -o "$work/test_$unit" \
 		"test/unit/test_$unit.c" "extension/$unit.c" && "$work/test_$unit" || status=1
 done
-cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent -I"$(pg_config --includedir)" \
+cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent $(pkg-config --cflags libpq) \
 	-o "$work/test_agent_catalog" test/unit/test_agent_catalog.c agent/catalog.c agent/catalog_cache.c agent/profile.c \
 		agent/log.c -lpq &&
 	"$work/test_agent_catalog" || status=1
