@@ -87,6 +87,9 @@ CREATE TABLE prepay.site (
     currency              char(3) NOT NULL DEFAULT 'CNY' CHECK (currency ~ '^[A-Z]{3}$'),
     low_balance_threshold numeric(14,2) NOT NULL DEFAULT 50 CHECK (low_balance_threshold >= 0),
     pretrip_threshold     numeric(14,2) NOT NULL DEFAULT 10 CHECK (pretrip_threshold >= 0),
+    fees_may_cut          boolean NOT NULL DEFAULT false,
+    loss_alarm_pct        numeric(6,3) NOT NULL DEFAULT 10 CHECK (loss_alarm_pct >= 0),
+    payment_terms_days    integer NOT NULL DEFAULT 15 CHECK (payment_terms_days BETWEEN 0 AND 365),
     created_at            timestamptz NOT NULL DEFAULT pg_catalog.now(),
     CHECK (pretrip_threshold <= low_balance_threshold)
 );
@@ -97,6 +100,9 @@ COMMENT ON COLUMN prepay.site.time_zone IS 'IANA time zone in which the site''s 
 COMMENT ON COLUMN prepay.site.currency IS 'ISO 4217 currency of every amount at this site.';
 COMMENT ON COLUMN prepay.site.low_balance_threshold IS 'Default alarm level 1 (low balance) threshold: balance at or below it.';
 COMMENT ON COLUMN prepay.site.pretrip_threshold IS 'Default alarm level 2 (pre-trip) threshold: balance at or below it.';
+COMMENT ON COLUMN prepay.site.fees_may_cut IS 'Whether fees (rent, property fee, ...) may be deducted from prepaid wallets, and so take a tenant into arrears and cut supply.  When false, fees can only be settled by bill.';
+COMMENT ON COLUMN prepay.site.loss_alarm_pct IS 'Line and transformer loss, in percent of the master meter''s energy, above which a period''s loss raises a high_loss alarm.';
+COMMENT ON COLUMN prepay.site.payment_terms_days IS 'Days between issuing a bill and its due date.';
 COMMENT ON COLUMN prepay.site.created_at IS 'When the site was registered.';
 
 CREATE TABLE prepay.no_cut_window (
@@ -208,6 +214,8 @@ CREATE TABLE prepay.account (
     low_balance_threshold numeric(14,2) CHECK (low_balance_threshold >= 0),
     pretrip_threshold     numeric(14,2) CHECK (pretrip_threshold >= 0),
     balance               numeric(14,2) NOT NULL DEFAULT 0,
+    allowance_left        numeric(14,2) NOT NULL DEFAULT 0 CHECK (allowance_left >= 0),
+    allowance_as_of       bigint NOT NULL DEFAULT 0,
     alarm_level           smallint NOT NULL DEFAULT 0 CHECK (alarm_level BETWEEN 0 AND 3),
     opened_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
     closed_at             timestamptz,
@@ -231,6 +239,8 @@ COMMENT ON COLUMN prepay.account.protect IS 'Keep power: never trip this account
 COMMENT ON COLUMN prepay.account.low_balance_threshold IS 'Overrides the site''s low-balance threshold when set.';
 COMMENT ON COLUMN prepay.account.pretrip_threshold IS 'Overrides the site''s pre-trip threshold when set.';
 COMMENT ON COLUMN prepay.account.balance IS 'Wallet balance; always the sum of the account''s ledger amounts.';
+COMMENT ON COLUMN prepay.account.allowance_left IS 'Unspent allowance in the wallet as of ledger entry allowance_as_of; read it with prepay.allowance_left(), which also counts the spending since (docs/BILLING.md, "Allowances").';
+COMMENT ON COLUMN prepay.account.allowance_as_of IS 'Ledger entry up to which allowance_left is counted.';
 COMMENT ON COLUMN prepay.account.alarm_level IS '0 none, 1 low balance, 2 pre-trip, 3 arrears.';
 COMMENT ON COLUMN prepay.account.opened_at IS 'When the account was opened.';
 COMMENT ON COLUMN prepay.account.closed_at IS 'When the account was closed and settled; NULL while open.';
@@ -1015,7 +1025,8 @@ COMMENT ON FUNCTION prepay.replace_meter(integer, bigint, numeric, text, numeric
 'Replace a meter: its final reading is rated and charged, it is marked removed, and a new meter with the same place, address, multiplier and account starts from its initial reading.  The balance carries over untouched.  Returns the new meter_id.';
 
 CREATE FUNCTION prepay.close_account(p_site_id integer, p_account_id bigint,
-                                     p_channel text DEFAULT 'closing', p_reason text DEFAULT 'account closed')
+                                     p_channel text DEFAULT 'closing', p_reason text DEFAULT 'account closed',
+                                     p_moved_out_at timestamptz DEFAULT pg_catalog.now())
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     a prepay.account;
@@ -1023,6 +1034,15 @@ DECLARE
 BEGIN
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
+    IF p_moved_out_at IS NULL OR p_moved_out_at > pg_catalog.now() OR p_moved_out_at < a.opened_at THEN
+        PERFORM prepay._raise('22023', 'move-out time must be between the opening and now',
+            pg_catalog.format('Account %s was opened at %s; the move-out time given was %s.', p_account_id,
+                              a.opened_at, coalesce(p_moved_out_at::text, 'NULL')),
+            'Pass when the tenant left, or omit it for now.');
+    END IF;
+    -- credit the unused days of fees charged in advance, forfeit the allowance
+    PERFORM prepay._settle_at_close(p_site_id, p_account_id, prepay._local_day(p_site_id, p_moved_out_at));
+    SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
     IF a.balance < 0 THEN
         PERFORM prepay._raise('PY012', 'account is in arrears',
             pg_catalog.format('Account %s owes %s.', p_account_id, -a.balance),
@@ -1038,12 +1058,12 @@ BEGIN
      WHERE site_id = p_site_id AND account_id = p_account_id AND cleared_at IS NULL;
     UPDATE prepay.meter SET account_id = NULL, charge_carry = 0
      WHERE site_id = p_site_id AND account_id = p_account_id;
-    UPDATE prepay.account SET closed_at = pg_catalog.now(), alarm_level = 0
+    UPDATE prepay.account SET closed_at = p_moved_out_at, alarm_level = 0
      WHERE site_id = p_site_id AND account_id = p_account_id;
     RETURN entry;
 END $$;
-COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text) IS
-'Close an account with final settlement: the remaining balance is refunded by a closing_refund ledger entry (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears.';
+COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text, timestamptz) IS
+'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears.';
 
 -- ---------------------------------------------------------------------
 -- public API: money
@@ -1088,10 +1108,11 @@ BEGIN
     IF entry IS NOT NULL THEN
         RETURN entry;
     END IF;
-    IF p_amount > a.balance THEN
-        PERFORM prepay._raise('PY005', 'refund exceeds the balance',
-            pg_catalog.format('Account %s has %s; %s was asked.', p_account_id, a.balance, p_amount),
-            'Refund at most the current balance.');
+    IF p_amount > a.balance - prepay.allowance_left(p_site_id, p_account_id) THEN
+        PERFORM prepay._raise('PY005', 'refund exceeds the paid balance',
+            pg_catalog.format('Account %s has %s, of which %s is allowance; %s was asked.', p_account_id, a.balance,
+                              prepay.allowance_left(p_site_id, p_account_id), p_amount),
+            'Refund at most the current balance less the unspent allowance.');
     END IF;
     BEGIN
         RETURN prepay._post_entry(p_site_id, p_account_id, 'refund', -p_amount, p_channel, p_external_ref, p_reason);
@@ -1100,7 +1121,7 @@ BEGIN
     END;
 END $$;
 COMMENT ON FUNCTION prepay.refund(integer, bigint, numeric, text, text, text) IS
-'Pay money back out of a wallet (at most the balance) and return the ledger entry.  Idempotent per (channel, external_ref) like recharge.';
+'Pay money back out of a wallet (at most the balance less the unspent allowance, which is never paid out) and return the ledger entry.  Idempotent per (channel, external_ref) like recharge.';
 
 CREATE FUNCTION prepay.reverse(p_site_id integer, p_entry_id bigint, p_reason text)
 RETURNS bigint LANGUAGE plpgsql AS $$

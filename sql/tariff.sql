@@ -288,7 +288,7 @@ BEGIN
     days_in_month := extract(day FROM date_trunc('month', p_day) + interval '1 month - 1 day');
 
     FOR a IN
-        SELECT ac.account_id, ac.capacity_kva,
+        SELECT ac.account_id, ac.capacity_kva, (ac.opened_at AT TIME ZONE tz)::date AS opened_on,
                (SELECT v.definition->'basic' FROM prepay.tariff_version v
                  WHERE v.site_id = ac.site_id AND v.tariff_id = ac.tariff_id AND v.valid_from <= day_start
                  ORDER BY v.valid_from DESC LIMIT 1) AS basic
@@ -305,8 +305,10 @@ BEGIN
             basis := prepay.max_demand(p_site_id, a.account_id, month_start, day_end);
         END IF;
         monthly := basis * (basic->>'price')::numeric;
-        accrued := (div(monthly * extract(day FROM p_day) * 100, days_in_month) / 100)::numeric(14,2);
-        ref := pg_catalog.format('%s/%s', a.account_id, p_day);
+        -- the days open so far this month: a tenant who moved in mid-month pays from that day
+        accrued := (div(monthly * (p_day + 1 - greatest(date_trunc('month', p_day)::date, a.opened_on)) * 100,
+                        days_in_month) / 100)::numeric(14,2);
+        ref := a.account_id || '/' || to_char(p_day, 'YYYY-MM-DD');   -- the same whatever the DateStyle
         PERFORM prepay._lock_account(p_site_id, a.account_id);
         IF EXISTS (SELECT 1 FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.channel = 'basic_charge'
                                                    AND l.external_ref = ref) THEN
@@ -315,7 +317,7 @@ BEGIN
             SELECT coalesce(-sum(l.amount), 0) INTO already FROM prepay.ledger l
              WHERE l.site_id = p_site_id AND l.account_id = a.account_id AND l.kind = 'basic_charge'
                AND l.channel = 'basic_charge' AND l.external_ref LIKE a.account_id || '/' || to_char(p_day, 'YYYY-MM') || '-%';
-            posted := accrued - already;
+            posted := greatest(accrued - already, 0);   -- never back: the month's settlement reconciles
             IF posted <> 0 THEN
                 PERFORM prepay._post_entry(p_site_id, a.account_id, 'basic_charge', -posted, 'basic_charge', ref,
                     pg_catalog.format('basic charge %s: %s x %s per month, day %s of %s', p_day, basis,
@@ -327,4 +329,4 @@ BEGIN
     END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.accrue_basic_charges(integer, date) IS
-'Post the day''s share of the basic charge of every open account on a two-part tariff: by capacity (account.capacity_kva x price per kVA per month) or by demand (the month''s maximum 15-minute demand up to the end of the day x price per kW per month).  Each day posts what brings the month''s total to floor(monthly x day / days in month) in cents, so the month ends exactly at the monthly charge and a missed day is caught up.  Idempotent per account and day; a day with nothing to post posts nothing.  Returns the accounts that have a basic charge.  Schedule it daily after midnight for the day before (pg_cron).';
+'Post the day''s share of the basic charge of every open account on a two-part tariff: by capacity (account.capacity_kva x price per kVA per month) or by demand (the month''s maximum 15-minute demand up to the end of the day x price per kW per month).  Each day posts what brings the month''s total to floor(monthly x days open so far / days in month) in cents, so the month ends exactly at the monthly charge and a missed day is caught up; a day run late after a later one posts nothing (accruals never go back: prepay.settle_basic_charges reconciles the month).  Idempotent per account and day; a day with nothing to post posts nothing.  Returns the accounts that have a basic charge.  Schedule it daily after midnight for the day before (pg_cron).';
