@@ -15,6 +15,7 @@ packages=(
 	socat                    # pseudo-terminal pairs for the RTU tests
 	curl                     # the demo and the agent benchmark talk to HTTP endpoints
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
+	postgresql-15-cron       # pg_cron: schedules the daily billing run and the batch runner
 )
 
 missing=()
