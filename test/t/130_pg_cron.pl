@@ -51,7 +51,7 @@ ok($node->poll_query_until('postgres', q{
   or diag($node->safe_psql('postgres', 'SELECT jobid, status, return_message FROM cron.job_run_details'));
 
 is($node->safe_psql('postgres', q{
-	SELECT string_agg(kind || ' ' || amount, ', ' ORDER BY kind, amount) FROM prepay.ledger
+	SELECT string_agg(kind || ' ' || amount, ', ' ORDER BY kind::text, amount) FROM prepay.ledger
 }), 'fee -100.00, recharge 25.00, recharge 1000.00', 'the month\'s rent was charged and the batch recharged');
 
 # let at least one more scheduled run of each job happen: nothing more is charged
