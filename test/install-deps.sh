@@ -15,6 +15,7 @@ packages=(
 	socat                    # pseudo-terminal pairs for the RTU tests
 	curl                     # the demo and the agent benchmark talk to HTTP endpoints
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
+	openssl                  # the TLS certificates of the SCRAM/TLS role test (test/t/140_scram_roles.pl)
 )
 
 missing=()
