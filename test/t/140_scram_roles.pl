@@ -13,10 +13,14 @@
 
 use strict;
 use warnings;
-use File::Spec;
+use HTTP::Tiny;
+use IPC::Run qw(start run);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use PrepayTest;
 
 my $node = PostgreSQL::Test::Cluster->new('scram');
 $node->init;
@@ -151,6 +155,35 @@ SKIP:
 		  . " password='reader secret' sslmode=disable",
 		'TCP without TLS is rejected',
 		expected_stderr => qr/no encryption/);
+}
+
+# the agent itself, as its own login, over TLS verified against the CA and
+# SCRAM: it loads its catalog, polls the simulator and its reading is rated
+SKIP:
+{
+	skip 'openssl is not installed', 3 unless $have_tls;
+	my $top = $ENV{TESTDIR};
+	my $base = PostgreSQL::Test::Cluster::get_free_port();
+	my $control = PostgreSQL::Test::Cluster::get_free_port();
+	my $sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', 1, '--base-port', $base,
+			'--initial-kwh', 200, '--control', "127.0.0.1:$control" ],
+		'>', "$dir/sim.out", '2>', "$dir/sim.err");
+	my $http = HTTP::Tiny->new(timeout => 5);
+	ok(wait_for(sub { ($http->get("http://127.0.0.1:$control/healthz")->{content} // '') eq "ok\n" }, 10),
+		'simulator up');
+	$node->safe_psql('postgres', "UPDATE prepay.gateway SET port = $base WHERE site_id = 1 AND gateway_id = 1");
+	my $conninfo = "host=localhost hostaddr=127.0.0.1 port=$port dbname=postgres user=regress_agent1"
+	  . " password='agent one secret' sslmode=verify-full sslrootcert=$dir/ca.crt connect_timeout=5"
+	  . " application_name=prepay-agent";
+	ok(run([ "$top/agent/prepay-agent-asan", '--config', '/dev/null', '--conninfo', $conninfo,
+			'--agent-id', 'plaza-1', '--spool-dir', "$dir/spool", '--metrics', 'off', '--once' ],
+			'>', "$dir/agent.out", '2>', "$dir/agent.err"),
+		'prepay-agent --once as regress_agent1 over TLS and SCRAM');
+	is($node->safe_psql('postgres',
+			q{SELECT count(*) FROM prepay.ledger WHERE kind = 'consumption' AND created_by = 'regress_agent1'
+			     AND read_to > '2026-03-02'}),
+		'1', "the agent's polled reading is rated");
+	$sim->kill_kill;
 }
 
 $node->safe_psql('postgres', q{
