@@ -9,7 +9,9 @@
 # a cashier recharges (audited with its application_name); a reader reads
 # balances and the audit trail but cannot move money; a wrong password
 # and a non-TLS TCP connection are refused.  The extension is installed in
-# two databases: the second reuses the cluster-wide roles.
+# two databases: the second reuses the cluster-wide roles.  Last, the real
+# prepay-agent polls the meter simulator as its own login over TLS and
+# SCRAM, and its reading is rated.
 
 use strict;
 use warnings;
