@@ -21,7 +21,8 @@ OBJS = \
 	extension/tariff.o \
 	extension/tariff_def.o \
 	extension/tariff_book.o \
-	extension/rate.o
+	extension/rate.o \
+	extension/security.o
 
 # The install script is the concatenation of the domain scripts, in order.
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/batch.sql \

@@ -227,6 +227,8 @@ COMMENT ON FUNCTION prepay._raise_alarm_once(integer, text, bigint, text) IS 'In
 CREATE FUNCTION prepay.agent_meter_lost(p_site_id integer, p_meter_id bigint, p_failures integer, p_error text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
+                                                 WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
     UPDATE prepay.meter SET lost_since = pg_catalog.now()
      WHERE site_id = p_site_id AND meter_id = p_meter_id AND lost_since IS NULL;
     IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM prepay.meter WHERE site_id = p_site_id AND meter_id = p_meter_id) THEN
@@ -243,6 +245,8 @@ COMMENT ON FUNCTION prepay.agent_meter_lost(integer, bigint, integer, text) IS
 CREATE FUNCTION prepay.agent_meter_found(p_site_id integer, p_meter_id bigint)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
+                                                 WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
     UPDATE prepay.meter SET lost_since = NULL WHERE site_id = p_site_id AND meter_id = p_meter_id;
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
      WHERE site_id = p_site_id AND kind = 'meter_lost' AND meter_id = p_meter_id AND cleared_at IS NULL;
@@ -253,6 +257,7 @@ COMMENT ON FUNCTION prepay.agent_meter_found(integer, bigint) IS
 CREATE FUNCTION prepay.agent_gateway_lost(p_site_id integer, p_gateway_id bigint, p_error text)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = pg_catalog.now()
      WHERE site_id = p_site_id AND gateway_id = p_gateway_id AND lost_since IS NULL;
     IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM prepay.gateway WHERE site_id = p_site_id AND gateway_id = p_gateway_id) THEN
@@ -272,6 +277,7 @@ COMMENT ON FUNCTION prepay.agent_gateway_lost(integer, bigint, text) IS
 CREATE FUNCTION prepay.agent_gateway_found(p_site_id integer, p_gateway_id bigint)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = NULL WHERE site_id = p_site_id AND gateway_id = p_gateway_id;
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
      WHERE site_id = p_site_id AND kind = 'gateway_lost' AND cleared_at IS NULL
@@ -287,13 +293,16 @@ COMMENT ON FUNCTION prepay.agent_gateway_found(integer, bigint) IS
 CREATE FUNCTION prepay.agent_claim_commands(p_agent_id text, p_include_sent boolean DEFAULT false)
 RETURNS TABLE (site_id integer, command_id bigint, meter_id bigint, gateway_id bigint,
                action prepay.command_action, attempts integer, created_at timestamptz)
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM prepay._authorize_agent_id(p_agent_id);
+    RETURN QUERY
     WITH due AS (
         SELECT c.site_id, c.command_id
           FROM prepay.command c
           JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
           JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
-         WHERE g.agent_id = p_agent_id
+         WHERE g.agent_id = p_agent_id AND prepay._is_agent(g.site_id, g.agent_id)
            AND (c.state = 'queued' AND c.not_before <= pg_catalog.now()
                 OR p_include_sent AND c.state = 'sent')
          ORDER BY c.site_id, c.command_id
@@ -305,9 +314,9 @@ LANGUAGE sql AS $$
      WHERE c.site_id = due.site_id AND c.command_id = due.command_id
        AND m.site_id = c.site_id AND m.meter_id = c.meter_id
     RETURNING c.site_id, c.command_id, c.meter_id, m.gateway_id, c.action, c.attempts, c.created_at;
-$$;
+END $$;
 COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
-'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at agent start) it also takes back its sent commands, which a crash may have left in flight: relay commands are idempotent.';
+'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at agent start) it also takes back its sent commands, which a crash may have left in flight: relay commands are idempotent.  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
 
 CREATE FUNCTION prepay._agent_command(p_site_id integer, p_command_id bigint)
 RETURNS prepay.command LANGUAGE plpgsql AS $$
@@ -333,6 +342,9 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     c prepay.command;
 BEGIN
+    PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.command q
+                                                  JOIN prepay.meter m ON m.site_id = q.site_id AND m.meter_id = q.meter_id
+                                                 WHERE q.site_id = p_site_id AND q.command_id = p_command_id));
     c := prepay._agent_command(p_site_id, p_command_id);
     IF p_relay_state IS DISTINCT FROM (CASE c.action WHEN 'trip' THEN 'tripped' ELSE 'closed' END)::prepay.relay_state THEN
         PERFORM prepay._raise('PY105', 'relay state read back does not match the command',
@@ -357,6 +369,9 @@ DECLARE
     newer bigint;
     next_state prepay.command_state := 'failed';
 BEGIN
+    PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.command q
+                                                  JOIN prepay.meter m ON m.site_id = q.site_id AND m.meter_id = q.meter_id
+                                                 WHERE q.site_id = p_site_id AND q.command_id = p_command_id));
     c := prepay._agent_command(p_site_id, p_command_id);
     SELECT q.command_id INTO newer FROM prepay.command q
      WHERE q.site_id = p_site_id AND q.meter_id = c.meter_id AND q.state = 'queued';

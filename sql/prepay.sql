@@ -914,6 +914,7 @@ RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     id bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._check_text(p_code, 'account code');
     PERFORM prepay._check_text(p_name, 'account name');
     IF NOT EXISTS (SELECT 1 FROM prepay.site WHERE site_id = p_site_id) THEN
@@ -949,6 +950,7 @@ DECLARE
     a prepay.account;
     m prepay.meter;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     m := prepay._lock_meter(p_site_id, p_meter_id);
@@ -981,6 +983,7 @@ DECLARE
     m prepay.meter;
     new_id bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._check_text(p_new_code, 'new meter code');
     IF p_final_energy IS NULL OR p_initial_energy IS NULL OR p_initial_energy < 0 THEN
         PERFORM prepay._raise('22023', 'final and initial readings are required',
@@ -1032,6 +1035,7 @@ DECLARE
     a prepay.account;
     entry bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     IF p_moved_out_at IS NULL OR p_moved_out_at > pg_catalog.now() OR p_moved_out_at < a.opened_at THEN
@@ -1075,6 +1079,7 @@ RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     entry bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'recharge');
     PERFORM prepay._check_text(p_channel, 'channel');
     PERFORM prepay._check_text(p_external_ref, 'external reference');
@@ -1100,6 +1105,7 @@ DECLARE
     a prepay.account;
     entry bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'refund');
     PERFORM prepay._check_text(p_channel, 'channel');
     PERFORM prepay._check_text(p_external_ref, 'external reference');
@@ -1129,6 +1135,7 @@ DECLARE
     e prepay.ledger;
     existing bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_text(p_reason, 'reason');
     SELECT * INTO e FROM prepay.ledger WHERE site_id = p_site_id AND entry_id = p_entry_id;
     IF NOT FOUND THEN
@@ -1156,6 +1163,7 @@ RETURNS numeric LANGUAGE plpgsql STABLE AS $$
 DECLARE
     b numeric;
 BEGIN
+    PERFORM prepay._authorize_account(p_site_id, p_account_id, 'read');
     SELECT balance INTO b FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
     IF NOT FOUND THEN
         PERFORM prepay._raise('PY001', 'unknown account',
@@ -1176,6 +1184,7 @@ DECLARE
     m prepay.meter;
     a prepay.account;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'relay');
     PERFORM prepay._check_text(p_reason, 'reason');
     m := prepay._lock_meter(p_site_id, p_meter_id);
     SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = m.account_id;
@@ -1197,6 +1206,7 @@ RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     m prepay.meter;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'relay');
     PERFORM prepay._check_text(p_reason, 'reason');
     m := prepay._lock_meter(p_site_id, p_meter_id);
     IF NOT m.active THEN
@@ -1213,6 +1223,7 @@ DECLARE
     a prepay.account;
     m prepay.meter;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'relay');
     IF p_on IS NULL OR (p_meter_id IS NULL) = (p_account_id IS NULL) THEN
         PERFORM prepay._raise('22023', 'protect needs on/off and exactly one of a meter or an account', NULL,
             'Call prepay.protect(site, true, p_meter_id => 7) or prepay.protect(site, false, p_account_id => 3).');

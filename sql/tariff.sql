@@ -197,6 +197,7 @@ DECLARE
     sum_now numeric;
     posted bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._lock_site_rating(p_site_id);
     FOR acc IN
         SELECT a.account_id FROM prepay.account a
@@ -278,6 +279,7 @@ DECLARE
     already numeric;
     ref text;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     SELECT s.time_zone INTO tz FROM prepay.site s WHERE s.site_id = p_site_id;
     IF NOT FOUND THEN
         PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id), NULL);

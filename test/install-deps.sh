@@ -16,6 +16,7 @@ packages=(
 	curl                     # the demo and the agent benchmark talk to HTTP endpoints
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 	postgresql-15-cron       # pg_cron: schedules the daily billing run and the batch runner
+	openssl                  # the TLS certificates of the SCRAM/TLS role test (test/t/140_scram_roles.pl)
 )
 
 missing=()
