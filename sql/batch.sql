@@ -77,6 +77,7 @@ DECLARE
     s prepay.site;
     new_level smallint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._check_threshold(p_low_balance, 'low-balance threshold');
     PERFORM prepay._check_threshold(p_pretrip, 'pre-trip threshold');
     PERFORM prepay._check_threshold(p_credit_limit, 'credit limit');
@@ -117,6 +118,7 @@ DECLARE
     t prepay.tariff;
     mismatch bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     IF (p_meter_id IS NULL) = (p_account_id IS NULL) THEN
         PERFORM prepay._raise('22023', 'set_tariff needs exactly one of a meter or an account', NULL,
             'Call prepay.set_tariff(site, tariff, p_account_id => 3) or prepay.set_tariff(site, tariff, p_meter_id => 7).');
@@ -531,6 +533,7 @@ DECLARE
     b prepay.batch;
     id bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._check_text(p_client_ref, 'batch reference');
     IF p_action IS NULL OR p_target IS NULL THEN
         PERFORM prepay._raise('22023', 'a batch needs an action and a target', NULL,
@@ -851,6 +854,7 @@ DECLARE
     b prepay.batch;
     ran bigint := 0;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     -- waits for a runner holding the batch, then sees what it did
     SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -880,6 +884,7 @@ DECLARE
     b prepay.batch;
     n bigint;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._check_text(p_reason, 'reason');
     SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -908,6 +913,7 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     b prepay.batch;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     IF p_run_at IS NULL THEN
         PERFORM prepay._raise('22023', 'run_at must not be NULL', NULL, 'Pass now() to run the batch at the next run.');
     END IF;

@@ -258,6 +258,7 @@ DECLARE
     amount numeric;
     n integer := 0;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     FOR r IN SELECT * FROM prepay.allowance_rule
               WHERE site_id = p_site_id AND active_from <= p_day AND (active_to IS NULL OR p_day <= active_to)
               ORDER BY rule_id LOOP
@@ -288,6 +289,7 @@ DECLARE
     expiring numeric;
     n integer := 0;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     FOR g IN SELECT c.* FROM prepay.period_charge c
                JOIN prepay.allowance_rule r ON r.site_id = c.site_id AND r.rule_id = c.rule_id
                JOIN prepay.account a ON a.site_id = c.site_id AND a.account_id = c.account_id
@@ -418,6 +420,7 @@ DECLARE
     f record;
     n integer := 0;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     FOR it IN SELECT * FROM prepay.charge_item
                WHERE site_id = p_site_id AND active_from <= p_day AND (active_to IS NULL OR p_day <= active_to)
                ORDER BY item_id LOOP
@@ -521,6 +524,7 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     m prepay.meter;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     SELECT * INTO m FROM prepay.meter WHERE site_id = p_site_id AND meter_id = p_meter_id;
     IF NOT FOUND THEN
         PERFORM prepay._raise('PY003', 'unknown meter',
@@ -676,6 +680,7 @@ DECLARE
     share record;
     member_energy numeric := 0;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     SELECT * INTO r FROM prepay.apportion_rule WHERE site_id = p_site_id AND rule_id = p_rule_id;
     IF NOT FOUND THEN
         PERFORM prepay._raise('PY021', 'unknown apportionment rule',
@@ -805,6 +810,7 @@ DECLARE
     accrued numeric;
     n integer := 0;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     IF month_end > prepay._local_day(p_site_id, pg_catalog.now()) THEN
         PERFORM prepay._raise('PY025', 'the month is not over',
             pg_catalog.format('%s ends on %s (local time).', month_start, month_end - 1),
@@ -1031,6 +1037,7 @@ DECLARE
     b prepay.bill;
     t_to timestamptz := prepay._local_start(p_site_id, p_period_end);
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     IF p_period_start IS NULL OR p_period_end IS NULL OR p_period_end <= p_period_start THEN
         PERFORM prepay._raise('22023', 'a bill needs a period', pg_catalog.format('%s..%s', p_period_start, p_period_end),
                               'Pass the first day and the day after the last day.');
@@ -1079,6 +1086,7 @@ DECLARE
     period_end date := coalesce(p_period_end, (p_period_start + interval '1 month')::date);
     a prepay.account;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     FOR a IN SELECT * FROM prepay.account ac
               WHERE ac.site_id = p_site_id
                 AND prepay._days_open(p_site_id, ac, p_period_start, period_end) > 0
@@ -1105,8 +1113,10 @@ COMMENT ON FUNCTION prepay._bill_for_update(integer, bigint) IS 'Internal: lock 
 CREATE FUNCTION prepay.confirm_bill(p_site_id integer, p_bill_id bigint)
 RETURNS prepay.bill LANGUAGE plpgsql AS $$
 DECLARE
-    b prepay.bill := prepay._bill_for_update(p_site_id, p_bill_id);
+    b prepay.bill;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
+    b := prepay._bill_for_update(p_site_id, p_bill_id);
     IF b.state = 'confirmed' THEN
         RETURN b;
     END IF;
@@ -1123,8 +1133,10 @@ COMMENT ON FUNCTION prepay.confirm_bill(integer, bigint) IS 'Staff confirm a dra
 CREATE FUNCTION prepay.issue_bill(p_site_id integer, p_bill_id bigint)
 RETURNS prepay.bill LANGUAGE plpgsql AS $$
 DECLARE
-    b prepay.bill := prepay._bill_for_update(p_site_id, p_bill_id);
+    b prepay.bill;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
+    b := prepay._bill_for_update(p_site_id, p_bill_id);
     IF b.state IN ('issued', 'paid') THEN
         RETURN b;
     END IF;
@@ -1153,6 +1165,7 @@ DECLARE
     left_to_allocate numeric := p_amount;
     part numeric;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'bill payment');
     PERFORM prepay._check_text(p_channel, 'channel');
     PERFORM prepay._check_text(p_external_ref, 'external reference');
@@ -1243,6 +1256,7 @@ DECLARE
     problem text;
     problem_detail text;
 BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
     IF NOT EXISTS (SELECT 1 FROM prepay.site WHERE site_id = p_site_id) THEN
         PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id), NULL);
     END IF;

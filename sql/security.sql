@@ -542,8 +542,11 @@ DECLARE
     -- tables with an account_id that tenants do not see
     tenant_hidden constant text[] := '{command,alarm,tenant_access}';
     -- tables not audited row by row: readings and alarms are telemetry,
-    -- notifications an outbox, the ledger is audited by audit_money
-    not_audited constant text[] := '{reading,ledger,alarm,notification,audit}';
+    -- notifications an outbox, the ledger is audited by audit_money; what
+    -- the billing jobs and batch runners derive is read-only and kept with
+    -- its inputs (period_charge.inputs, apportionment, batch_item results)
+    not_audited constant text[] := '{reading,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
+                                   'bill_entry,bill_payment,batch_item}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
                                     'low_balance_threshold, pretrip_threshold';
     meter_config constant text := 'code, kind, multiplier, max_per_hour, building, floor, room, gateway_id, unit_id, '
@@ -598,7 +601,37 @@ BEGIN
         ['audit', 'prepay_admin', 'SELECT'], ['audit', 'prepay_reader', 'SELECT'],
         ['site_access', 'prepay_admin', config_dml],
         ['tenant_access', 'prepay_admin', config_dml],
-        ['agent_access', 'prepay_admin', config_dml]];
+        ['agent_access', 'prepay_admin', config_dml],
+        -- billing (billing.sql): rules are configuration; what the jobs and
+        -- the bill functions write is read-only for everyone
+        ['account_group', 'prepay_admin', config_dml], ['account_group', 'prepay_operator', config_dml],
+        ['account_group', 'prepay_reader', 'SELECT'],
+        ['account_group_member', 'prepay_admin', config_dml], ['account_group_member', 'prepay_operator', config_dml],
+        ['account_group_member', 'prepay_reader', 'SELECT'],
+        ['charge_item', 'prepay_admin', config_dml], ['charge_item', 'prepay_operator', config_dml],
+        ['charge_item', 'prepay_reader', 'SELECT'],
+        ['allowance_rule', 'prepay_admin', config_dml], ['allowance_rule', 'prepay_operator', config_dml],
+        ['allowance_rule', 'prepay_reader', 'SELECT'],
+        ['apportion_rule', 'prepay_admin', config_dml], ['apportion_rule', 'prepay_operator', config_dml],
+        ['apportion_rule', 'prepay_reader', 'SELECT'],
+        ['period_charge', 'prepay_admin', 'SELECT'], ['period_charge', 'prepay_operator', 'SELECT'],
+        ['period_charge', 'prepay_cashier', 'SELECT'], ['period_charge', 'prepay_reader', 'SELECT'],
+        ['apportionment', 'prepay_admin', 'SELECT'], ['apportionment', 'prepay_operator', 'SELECT'],
+        ['apportionment', 'prepay_reader', 'SELECT'],
+        ['bill', 'prepay_admin', 'SELECT'], ['bill', 'prepay_operator', 'SELECT'],
+        ['bill', 'prepay_cashier', 'SELECT'], ['bill', 'prepay_reader', 'SELECT'],
+        ['bill_line', 'prepay_admin', 'SELECT'], ['bill_line', 'prepay_operator', 'SELECT'],
+        ['bill_line', 'prepay_cashier', 'SELECT'], ['bill_line', 'prepay_reader', 'SELECT'],
+        ['bill_line', 'prepay_tenant', 'SELECT'],
+        ['bill_entry', 'prepay_admin', 'SELECT'], ['bill_entry', 'prepay_operator', 'SELECT'],
+        ['bill_entry', 'prepay_reader', 'SELECT'],
+        ['bill_payment', 'prepay_admin', 'SELECT'], ['bill_payment', 'prepay_operator', 'SELECT'],
+        ['bill_payment', 'prepay_cashier', 'SELECT'], ['bill_payment', 'prepay_reader', 'SELECT'],
+        -- batch operations (batch.sql): written only through create_batch and the runners
+        ['batch', 'prepay_admin', 'SELECT'], ['batch', 'prepay_operator', 'SELECT'],
+        ['batch', 'prepay_reader', 'SELECT'],
+        ['batch_item', 'prepay_admin', 'SELECT'], ['batch_item', 'prepay_operator', 'SELECT'],
+        ['batch_item', 'prepay_reader', 'SELECT']];
 
     FOR t IN
         SELECT c.oid::regclass AS rel, c.relname,
@@ -679,6 +712,10 @@ CREATE POLICY reading_tenant ON prepay.reading FOR SELECT TO prepay_tenant USING
              WHERE m.site_id = reading.site_id AND m.meter_id = reading.meter_id AND reading.read_at >= a.opened_at));
 COMMENT ON POLICY reading_tenant ON prepay.reading IS 'Tenants see the readings of the meters of their accounts since the account was opened (not the previous occupant''s).';
 
+CREATE POLICY bill_line_tenant ON prepay.bill_line FOR SELECT TO prepay_tenant USING (
+    EXISTS (SELECT 1 FROM prepay.bill b WHERE b.site_id = bill_line.site_id AND b.bill_id = bill_line.bill_id));
+COMMENT ON POLICY bill_line_tenant ON prepay.bill_line IS 'Tenants see the lines of the bills they see (their own accounts'').';
+
 CREATE POLICY agent_gateway ON prepay.gateway FOR SELECT TO prepay_agent
     USING ((site_id, agent_id) IN (SELECT a.site_id, a.agent_id FROM prepay._my_agents() a));
 COMMENT ON POLICY agent_gateway ON prepay.gateway IS 'An agent sees the gateways it polls (prepay.agent_access).';
@@ -722,6 +759,9 @@ BEGIN
         END IF;
     END LOOP;
 END $$;
+
+-- cashiers collect what issued bills still ask for
+GRANT SELECT ON prepay.bill_arrears TO prepay_cashier;
 
 GRANT USAGE ON SCHEMA prepay TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA prepay TO prepay_admin, prepay_operator;

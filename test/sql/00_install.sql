@@ -71,5 +71,50 @@ EXCEPTION WHEN OTHERS THEN
     RETURN state || ': ' || message || coalesce(nullif(' | ' || detail, ' | '), '')
            || coalesce(nullif(' | ' || hint, ' | '), '');
 END $$;
+-- regress.probe(login, statement [, role [, verbose]]): run the statement
+-- as the login (and role) and roll it back; 'ok', 'denied' (42501), or the
+-- SQLSTATE of another error (with its message if asked)
+CREATE FUNCTION regress.probe(login text, statement text, as_role text DEFAULT NULL, with_message boolean DEFAULT false)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    state text;
+    message text;
+BEGIN
+    BEGIN
+        PERFORM set_config('session_authorization', login, true);
+        IF as_role IS NOT NULL THEN
+            PERFORM set_config('role', as_role, true);
+        END IF;
+        EXECUTE statement;
+        RAISE EXCEPTION USING ERRCODE = 'ZX000';     -- undo the probe
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
+    END;
+    IF state = 'ZX000' THEN
+        RETURN 'ok';
+    ELSIF with_message THEN
+        RETURN state || ': ' || message;
+    END IF;
+    RETURN CASE state WHEN '42501' THEN 'denied' ELSE state END;
+END $$;
+-- regress.seen(login, query): what the query returns for the login
+CREATE FUNCTION regress.seen(login text, query text, as_role text DEFAULT NULL) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    result text;
+    state text;
+BEGIN
+    BEGIN
+        PERFORM set_config('session_authorization', login, true);
+        IF as_role IS NOT NULL THEN
+            PERFORM set_config('role', as_role, true);
+        END IF;
+        EXECUTE query INTO result;
+        RAISE EXCEPTION USING ERRCODE = 'ZX000', MESSAGE = coalesce(result, 'NULL');
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, result = MESSAGE_TEXT;
+        RETURN CASE state WHEN 'ZX000' THEN result ELSE state || ': ' || result END;
+    END;
+END $$;
 SELECT regress.try('SELECT 1/0');
 SELECT regress.try('SELECT 42');
