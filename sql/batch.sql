@@ -533,7 +533,9 @@ DECLARE
     b prepay.batch;
     id bigint;
 BEGIN
-    PERFORM prepay._authorize(p_site_id, 'manage');
+    -- what the batch will do decides who may create it: the runner (often
+    -- pg_cron as a superuser) carries it out later on the creator's word
+    PERFORM prepay._authorize(p_site_id, CASE WHEN p_action = 'recharge' THEN 'money' ELSE 'manage' END);
     PERFORM prepay._check_text(p_client_ref, 'batch reference');
     IF p_action IS NULL OR p_target IS NULL THEN
         PERFORM prepay._raise('22023', 'a batch needs an action and a target', NULL,
@@ -854,7 +856,9 @@ DECLARE
     b prepay.batch;
     ran bigint := 0;
 BEGIN
-    PERFORM prepay._authorize(p_site_id, 'manage');
+    PERFORM prepay._authorize(p_site_id, CASE WHEN (SELECT b.action FROM prepay.batch b
+                                                     WHERE b.site_id = p_site_id AND b.batch_id = p_batch_id) = 'recharge'
+                                              THEN 'money' ELSE 'manage' END);
     -- waits for a runner holding the batch, then sees what it did
     SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
     IF NOT FOUND THEN

@@ -48,6 +48,8 @@ INSERT INTO operation VALUES
     ('write a charge', $$UPDATE prepay.period_charge SET amount = 0 WHERE site_id = 1$$),
     ('mark a bill paid', $$UPDATE prepay.bill SET state = 'paid' WHERE site_id = 1$$),
     ('create a batch', $$SELECT prepay.create_batch(1, 'b1', 'set_protect', 'account', '[1]', '{"on": true}')$$),
+    ('create a recharge batch', $$SELECT prepay.create_batch(1, 'b2', 'recharge', 'account', '[{"id": 2, "amount": 5}]', '{"channel": "cash"}')$$),
+    ('run a recharge batch', $$SELECT count(*) FROM prepay.run_batch(1, prepay.create_batch(1, 'b3', 'recharge', 'account', '[{"id": 2, "amount": 5}]', '{"channel": "cash"}'))$$),
     ('write a batch result', $$UPDATE prepay.batch_item SET state = 'done'$$),
     ('set thresholds', $$SELECT prepay.set_thresholds(1, 2, 5, 1)$$);
 SELECT o.name,
