@@ -978,6 +978,19 @@ RETURNS boolean LANGUAGE sql STABLE AS $$
 $$;
 COMMENT ON FUNCTION prepay._is_charge(integer, prepay.ledger) IS 'Internal: whether a ledger entry is something billed (a charge, a credit against charges or its reversal) rather than a payment.';
 
+CREATE FUNCTION prepay._rule_name(p_charge prepay.period_charge)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN p_charge.source IN ('fee', 'fee_credit') THEN
+            (SELECT it.name FROM prepay.charge_item it WHERE it.site_id = p_charge.site_id AND it.item_id = p_charge.rule_id)
+        WHEN p_charge.source IN ('common_area', 'loss') THEN
+            (SELECT r.name FROM prepay.apportion_rule r WHERE r.site_id = p_charge.site_id AND r.rule_id = p_charge.rule_id)
+        WHEN p_charge.source IN ('allowance', 'allowance_expiry') THEN
+            (SELECT r.name FROM prepay.allowance_rule r WHERE r.site_id = p_charge.site_id AND r.rule_id = p_charge.rule_id)
+    END
+$$;
+COMMENT ON FUNCTION prepay._rule_name(prepay.period_charge) IS 'Internal: the name of the fee or rule a periodic charge comes from (NULL for basic settlements and move-out expiry).';
+
 CREATE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
 RETURNS void LANGUAGE sql AS $$
     WITH entries AS (
@@ -997,22 +1010,17 @@ RETURNS void LANGUAGE sql AS $$
                (SELECT -sum(e.amount) FROM entries e WHERE e.kind = 'consumption')
                - (SELECT coalesce(sum(amount), 0) FROM energy) AS amount
     ), other AS (            -- every other charge, by kind and rule
-        SELECT e.kind::text AS kind, coalesce(it.name, ar.name, al.name, e.kind::text) AS description,
+        SELECT e.kind::text AS kind, coalesce(prepay._rule_name(c), e.kind::text) AS description,
                NULL::numeric AS quantity, NULL::numeric AS unit_price, -sum(e.amount) AS amount
           FROM entries e
           LEFT JOIN prepay.period_charge c ON c.site_id = e.site_id AND c.entry_id = e.entry_id
-          LEFT JOIN prepay.charge_item it ON c.source IN ('fee', 'fee_credit') AND it.site_id = c.site_id AND it.item_id = c.rule_id
-          LEFT JOIN prepay.apportion_rule ar ON c.source IN ('common_area', 'loss') AND ar.site_id = c.site_id AND ar.rule_id = c.rule_id
-          LEFT JOIN prepay.allowance_rule al ON c.source IN ('allowance', 'allowance_expiry') AND al.site_id = c.site_id AND al.rule_id = c.rule_id
          WHERE e.kind <> 'consumption'
-         GROUP BY e.kind, coalesce(it.name, ar.name, al.name, e.kind::text)
+         GROUP BY e.kind, coalesce(prepay._rule_name(c), e.kind::text)
     ), billed AS (           -- fees and shares settled by bill
         SELECT c.source AS kind,
-               coalesce(it.name, ar.name, c.source) || pg_catalog.format(' %s..%s', c.period_start, c.period_end - 1) AS description,
+               coalesce(prepay._rule_name(c), c.source) || pg_catalog.format(' %s..%s', c.period_start, c.period_end - 1) AS description,
                NULL::numeric AS quantity, NULL::numeric AS unit_price, -c.amount AS amount
           FROM prepay.period_charge c
-          LEFT JOIN prepay.charge_item it ON c.source IN ('fee', 'fee_credit') AND it.site_id = c.site_id AND it.item_id = c.rule_id
-          LEFT JOIN prepay.apportion_rule ar ON c.source IN ('common_area', 'loss') AND ar.site_id = c.site_id AND ar.rule_id = c.rule_id
          WHERE c.site_id = p_site_id AND c.bill_id = p_bill.bill_id
     ), lines AS (
         SELECT *, p_bill.mode = 'postpaid' AS payable FROM energy
