@@ -75,8 +75,8 @@ COMMENT ON COLUMN prepay.energy_day.period IS 'Time-of-use period (or register) 
 COMMENT ON COLUMN prepay.energy_day.tier IS 'Tier (1 = first block) the energy was priced in.';
 COMMENT ON COLUMN prepay.energy_day.energy IS 'Energy (kWh or m3, after the multiplier).';
 COMMENT ON COLUMN prepay.energy_day.cost IS 'Exact price of that energy (9 decimals, before rounding to cents).';
-COMMENT ON COLUMN prepay.energy_day.charged IS 'Whole cents posted by the consumption entries whose interval ends on this day, counted on the period and tier of their last piece.';
-COMMENT ON COLUMN prepay.energy_day.charges IS 'Consumption entries whose interval ends on this day, counted like charged.';
+COMMENT ON COLUMN prepay.energy_day.charged IS 'Whole cents posted by the consumption entries whose interval starts on this day, counted on the period and tier of their first piece.';
+COMMENT ON COLUMN prepay.energy_day.charges IS 'Consumption entries whose interval starts on this day, counted like charged.';
 
 CREATE TABLE prepay.energy_month (
     site_id    integer NOT NULL,
@@ -102,8 +102,8 @@ COMMENT ON COLUMN prepay.energy_month.period IS 'Time-of-use period (or register
 COMMENT ON COLUMN prepay.energy_month.tier IS 'Tier (1 = first block).';
 COMMENT ON COLUMN prepay.energy_month.energy IS 'Energy (kWh or m3, after the multiplier).';
 COMMENT ON COLUMN prepay.energy_month.cost IS 'Exact price of that energy (9 decimals).';
-COMMENT ON COLUMN prepay.energy_month.charged IS 'Whole cents posted by the consumption entries whose interval ends in this month (on their last piece''s period and tier).';
-COMMENT ON COLUMN prepay.energy_month.charges IS 'Consumption entries whose interval ends in this month.';
+COMMENT ON COLUMN prepay.energy_month.charged IS 'Whole cents posted by the consumption entries whose interval starts in this month (on their first piece''s period and tier).';
+COMMENT ON COLUMN prepay.energy_month.charges IS 'Consumption entries whose interval starts in this month.';
 
 CREATE TABLE prepay.consumption_posting_day (
     site_id    integer NOT NULL,
@@ -133,37 +133,35 @@ RETURNS date LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$;
 COMMENT ON FUNCTION prepay._local_day(timestamptz, text) IS 'Internal: the local date an interval ending at p_at belongs to ((a, b] ends on the day of b minus one microsecond, so an interval ending at midnight belongs to the day before).';
 
-CREATE FUNCTION prepay._entry_parts(p_amount numeric, p_read_to timestamptz, p_pieces json, p_tz text)
+CREATE FUNCTION prepay._entry_parts(p_amount numeric, p_pieces json, p_tz text)
 RETURNS TABLE (day date, period text, tier integer, energy numeric, cost numeric, charged numeric, charges integer)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT g.day::date, p.period, p.tier,
-           CASE WHEN b.first_day = b.last_day THEN p.energy
-                ELSE (pg_catalog.floor(p.energy * 1000 * EXTRACT(epoch FROM least(p."to", b.day_end) - p."from")
-                                       / EXTRACT(epoch FROM p."to" - p."from"))
-                      - pg_catalog.floor(p.energy * 1000 * EXTRACT(epoch FROM greatest(p."from", b.day_start) - p."from")
-                                       / EXTRACT(epoch FROM p."to" - p."from"))) / 1000 END,
-           CASE WHEN b.first_day = b.last_day THEN p.amount
-                ELSE (pg_catalog.floor(p.energy * 1000 * EXTRACT(epoch FROM least(p."to", b.day_end) - p."from")
-                                       / EXTRACT(epoch FROM p."to" - p."from"))
-                      - pg_catalog.floor(p.energy * 1000 * EXTRACT(epoch FROM greatest(p."from", b.day_start) - p."from")
-                                       / EXTRACT(epoch FROM p."to" - p."from"))) / 1000 * p.price END,
-           0::numeric, 0
-      FROM pg_catalog.json_to_recordset(p_pieces->'pieces')
-               AS p("from" timestamptz, "to" timestamptz, period text, tier integer, energy numeric,
-                    price numeric, amount numeric)
-     CROSS JOIN LATERAL (SELECT (p."from" AT TIME ZONE p_tz)::date AS first_day,
-                                prepay._local_day(p."to", p_tz) AS last_day) AS d
-     CROSS JOIN LATERAL pg_catalog.generate_series(d.first_day::timestamp, d.last_day::timestamp,
-                                                   interval '1 day') AS g(day)
-     CROSS JOIN LATERAL (SELECT d.first_day, d.last_day,
-                                g.day AT TIME ZONE p_tz AS day_start,
-                                (g.day OPERATOR(pg_catalog.+) interval '1 day') AT TIME ZONE p_tz AS day_end) AS b
-    UNION ALL
-    SELECT prepay._local_day(p_read_to, p_tz), l->>'period', (l->>'tier')::integer, 0, 0, -p_amount, 1
-      FROM (SELECT p_pieces->'pieces'->-1) AS x(l)
+    SELECT q.day, q.period, q.tier,
+           CASE WHEN q.first_day = q.last_day THEN q.energy ELSE q.part END,
+           CASE WHEN q.first_day = q.last_day THEN q.amount ELSE q.part * q.price END,
+           CASE WHEN q.n = 1 AND q.day = q.first_day THEN -p_amount ELSE 0 END,
+           CASE WHEN q.n = 1 AND q.day = q.first_day THEN 1 ELSE 0 END
+      FROM (SELECT r.*,
+                   -- a piece across local midnights is split uniformly in Wh
+                   CASE WHEN r.first_day <> r.last_day THEN
+                       (pg_catalog.floor(r.energy * 1000
+                            * EXTRACT(epoch FROM least(r."to", (r.day + 1)::timestamp AT TIME ZONE p_tz) - r."from")
+                            / EXTRACT(epoch FROM r."to" - r."from"))
+                        - pg_catalog.floor(r.energy * 1000
+                            * EXTRACT(epoch FROM greatest(r."from", r.day::timestamp AT TIME ZONE p_tz) - r."from")
+                            / EXTRACT(epoch FROM r."to" - r."from"))) / 1000 END AS part
+              FROM (SELECT p.*, d.first_day, d.last_day,
+                           pg_catalog.generate_series(d.first_day::timestamp, d.last_day::timestamp,
+                                                      interval '1 day')::date AS day
+                      FROM ROWS FROM (pg_catalog.json_to_recordset(p_pieces->'pieces')
+                                      AS ("from" timestamptz, "to" timestamptz, period text, tier integer,
+                                          energy numeric, price numeric, amount numeric)) WITH ORDINALITY
+                               AS p("from", "to", period, tier, energy, price, amount, n)
+                     CROSS JOIN LATERAL (SELECT (p."from" AT TIME ZONE p_tz)::date AS first_day,
+                                                prepay._local_day(p."to", p_tz) AS last_day) AS d) AS r) AS q
 $$;
-COMMENT ON FUNCTION prepay._entry_parts(numeric, timestamptz, json, text) IS
-'Internal: how one consumption entry is rolled up: each priced piece of its pricing record on the local day it lies in (a piece crossing local midnights is split uniformly: the part up to instant t gets floor(E x (t - from) / (to - from)) Wh, so the parts add up to the piece and each part costs its energy x the piece''s price), plus one row carrying the entry''s posted cents on the day its interval ends, on its last piece''s period and tier.  The rollup trigger and prepay.energy_from_ledger both use it.';
+COMMENT ON FUNCTION prepay._entry_parts(numeric, json, text) IS
+'Internal: how one consumption entry is rolled up: each priced piece of its pricing record on the local day it lies in (a piece crossing local midnights is split uniformly: the part up to instant t gets floor(E x (t - from) / (to - from)) Wh, so the parts add up to the piece and each part costs its energy x the piece''s price), and the entry''s posted cents (and a count of 1) on its first piece''s first day, period and tier.  The rollup trigger and prepay.energy_from_ledger both use it.';
 
 CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to date)
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
@@ -173,7 +171,7 @@ LANGUAGE sql STABLE AS $$
            sum(x.energy), sum(x.cost), sum(x.charged), sum(x.charges)
       FROM prepay.site s
       JOIN prepay.ledger l ON l.site_id = s.site_id
-     CROSS JOIN LATERAL prepay._entry_parts(l.amount, l.read_to, l.pieces, s.time_zone) AS x
+     CROSS JOIN LATERAL prepay._entry_parts(l.amount, l.pieces, s.time_zone) AS x
      WHERE s.site_id = p_site_id AND l.kind = 'consumption'
        AND l.read_to > p_from::timestamp AT TIME ZONE s.time_zone
        AND l.read_from < p_to::timestamp AT TIME ZONE s.time_zone
@@ -195,7 +193,7 @@ BEGIN
                sum(x.energy) AS energy, sum(x.cost) AS cost, sum(x.charged) AS charged, sum(x.charges) AS charges
           FROM new_entries n
           JOIN prepay.site s ON s.site_id = n.site_id
-         CROSS JOIN LATERAL prepay._entry_parts(n.amount, n.read_to, n.pieces, s.time_zone) AS x
+         CROSS JOIN LATERAL prepay._entry_parts(n.amount, n.pieces, s.time_zone) AS x
          WHERE n.kind = 'consumption'
          GROUP BY n.site_id, n.meter_id, x.day, n.account_id, x.period, x.tier
     ), months AS (
@@ -325,7 +323,7 @@ COMMENT ON COLUMN prepay.room_status.lost_since IS 'Since when the meter (or its
 COMMENT ON COLUMN prepay.room_status.today IS 'The site''s local date the today_* columns count.';
 COMMENT ON COLUMN prepay.room_status.today_energy IS 'Energy charged to the account on this meter today (local day), kWh or m3.';
 COMMENT ON COLUMN prepay.room_status.today_cost IS 'Exact cost of today''s energy.';
-COMMENT ON COLUMN prepay.room_status.today_charged IS 'Whole cents posted today for this meter (charges whose interval ends today).';
+COMMENT ON COLUMN prepay.room_status.today_charged IS 'Whole cents posted for this meter by charges whose interval starts today.';
 COMMENT ON COLUMN prepay.room_status.last_read_at IS 'Time of the meter''s last rated reading.';
 
 -- ---------------------------------------------------------------------
@@ -970,8 +968,8 @@ BEGIN
         ('*', 'tier', 'Tier (1 = first block) the energy was priced in.'),
         ('*', 'energy', 'Energy charged (kWh or m3, after the multiplier).'),
         ('*', 'cost', 'Exact price of the energy (9 decimals, before rounding to cents).'),
-        ('*', 'charged', 'Whole cents posted by the consumption entries whose interval ends in the bucket (counted on their last piece''s period and tier).'),
-        ('*', 'charges', 'Consumption entries whose interval ends in the bucket.'),
+        ('*', 'charged', 'Whole cents posted by the consumption entries whose interval starts in the bucket (counted on their first piece''s period and tier).'),
+        ('*', 'charges', 'Consumption entries whose interval starts in the bucket.'),
         ('*', 'energy_year_before', 'Energy of the same month a year before (NULL if none).'),
         ('*', 'cost_year_before', 'Exact cost of the same month a year before.'),
         ('*', 'energy_change_pct', 'Energy change against the same month a year before, in percent (one decimal).'),
