@@ -604,11 +604,12 @@ LANGUAGE sql STABLE AS $$
                m.cycle_used, m.cycle_start, NOT m.protect AS cuttable, m.relay_state,
                r.energy, r.cost,
                EXTRACT(epoch FROM m.last_read_at
-                   - greatest(s.first_day::timestamp AT TIME ZONE s.time_zone, a.opened_at)) / 3600 AS hours
+                   - greatest(r.first_day::timestamp AT TIME ZONE s.time_zone, a.opened_at)) / 3600 AS hours
           FROM s
           JOIN prepay.account a ON a.site_id = s.site_id AND a.closed_at IS NULL
           JOIN prepay.meter m ON m.site_id = a.site_id AND m.account_id = a.account_id AND m.active
-          LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost FROM prepay.energy_day e
+          LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost, min(e.day) AS first_day
+                               FROM prepay.energy_day e
                               WHERE e.site_id = m.site_id AND e.meter_id = m.meter_id AND e.account_id = a.account_id
                                 AND e.day >= s.first_day AND e.day <= s.today) AS r ON true
     ), ac AS (
@@ -713,7 +714,7 @@ LANGUAGE sql STABLE AS $$
       FROM st CROSS JOIN s
 $$;
 COMMENT ON FUNCTION prepay.balance_forecast_at(integer, timestamptz, interval) IS
-'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).';
+'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).';
 
 CREATE VIEW prepay.balance_forecast AS
 SELECT f.* FROM prepay.site s CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
@@ -885,7 +886,7 @@ LANGUAGE sql STABLE AS $$
           LEFT JOIN prepay.energy_day e ON e.site_id = m.site_id AND e.meter_id = m.meter_id
                                        AND e.account_id = a.account_id
                                        AND e.day >= s.today - 5 * p_days AND e.day < s.today
-         GROUP BY m.meter_id, a.account_id
+         GROUP BY m.site_id, m.meter_id, a.site_id, a.account_id
     )
     SELECT p_site_id, 'zero_use', w.account_id, w.account_code, w.meter_id, w.code, w.building, w.floor, w.room,
            coalesce((w.last_day + 1)::timestamp, (s.today - p_days)::timestamp) AT TIME ZONE s.time_zone,
