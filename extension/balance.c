@@ -171,6 +171,7 @@ static BalanceAccount *
 move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr lock_plan = NULL;
 	Datum	   *sites = palloc(sizeof(Datum) * ncharges);
 	Datum	   *ids = palloc(sizeof(Datum) * ncharges);
 	Datum	   *deltas = palloc(sizeof(Datum) * ncharges);
@@ -195,6 +196,24 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 		n++;
 		delta = 0;
 	}
+
+	/*
+	 * Lock the wallets first, in (site, account) order: the UPDATE below
+	 * locks rows in whatever order its join plan visits them (heap order
+	 * under a hash join), which deadlocked against the periodic jobs and
+	 * any other path that locks several accounts in account_id order
+	 * (found by test/t/160_storm.pl).  LockRows runs above the Sort.
+	 */
+	spi_kept_plan(&lock_plan,
+				  "SELECT FROM prepay.account a,"
+				  "       ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(site_id, account_id)"
+				  " WHERE a.site_id = u.site_id AND a.account_id = u.account_id"
+				  " ORDER BY a.site_id, a.account_id FOR NO KEY UPDATE OF a", 2,
+				  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID});
+	args[0] = spi_array(sites, NULL, n, INT4OID);
+	args[1] = spi_array(ids, NULL, n, INT8OID);
+	if (SPI_execute_plan(lock_plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "balance: locking the accounts failed");
 
 	spi_kept_plan(&plan,
 			"UPDATE prepay.account a SET balance = a.balance + u.delta"
