@@ -847,21 +847,14 @@ COMMENT ON TRIGGER meter_multiplier_change ON prepay.meter IS 'Logs multiplier c
 
 CREATE FUNCTION prepay.loss_jumps(p_site_id integer, p_min_points numeric DEFAULT 5)
 RETURNS TABLE (site_id integer, rule_id bigint, period_start date, loss_pct numeric, previous_pct numeric)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    IF pg_catalog.to_regclass('prepay.loss_period') IS NULL THEN
-        RETURN;     -- no loss accounting installed (sql/billing.sql keeps prepay.loss_period)
-    END IF;
-    RETURN QUERY EXECUTE
-        'SELECT x.site_id, x.rule_id, x.period_start, x.loss_pct, x.previous_pct
-           FROM (SELECT l.site_id::integer AS site_id, l.rule_id::bigint AS rule_id, l.period_start::date AS period_start,
-                        l.loss_pct::numeric AS loss_pct,
-                        pg_catalog.lag(l.loss_pct::numeric) OVER (PARTITION BY l.rule_id ORDER BY l.period_start) AS previous_pct
-                   FROM prepay.loss_period l WHERE l.site_id = $1) AS x
-          WHERE x.loss_pct - x.previous_pct >= $2
-          ORDER BY x.period_start, x.rule_id'
-    USING p_site_id, p_min_points;
-END $$;
+LANGUAGE sql STABLE AS $$
+    SELECT x.site_id, x.rule_id, x.period_start, x.loss_pct, x.previous_pct
+      FROM (SELECT l.site_id, l.rule_id, l.period_start, l.loss_pct,
+                   pg_catalog.lag(l.loss_pct) OVER (PARTITION BY l.rule_id ORDER BY l.period_start) AS previous_pct
+              FROM prepay.loss_period l WHERE l.site_id = p_site_id) AS x
+     WHERE x.loss_pct - x.previous_pct >= p_min_points
+     ORDER BY x.period_start, x.rule_id
+$$;
 COMMENT ON FUNCTION prepay.loss_jumps(integer, numeric) IS
 'Loss periods of a site whose line-loss percentage rose by at least p_min_points percentage points (default 5) over the previous period of the same loss rule (prepay.loss_period, kept by periodic billing); empty when loss accounting is not installed.';
 

@@ -227,8 +227,21 @@ UPDATE prepay.meter SET multiplier = 2 WHERE meter_id = 3;
 SELECT meter_id, old_multiplier, new_multiplier, pg_temp.who(changed_by) FROM prepay.multiplier_change;
 SELECT kind, meter_code, recent, usual, pg_temp.who(substring(detail from 'by (.*)$')) AS by
   FROM prepay.suspicious_consumption WHERE site_id = 1;
--- line-loss jumps come from periodic billing's prepay.loss_period; none here
-SELECT count(*) AS loss_jumps FROM prepay.loss_jumps(1);
+-- line-loss jumps come from periodic billing's prepay.loss_period: three
+-- months of a loss rule at 2.000 %, 3.500 % and 9.250 %: only the last
+-- rise (5.750 points) reaches the 5-point default
+INSERT INTO prepay.account_group (site_id, name) VALUES (1, 'everyone');
+INSERT INTO prepay.apportion_rule (site_id, name, kind, method, group_id, master_meters, price, active_from)
+VALUES (1, 'supply loss', 'loss', 'consumption', 1, '{1}', 1, '2026-01-01');
+INSERT INTO prepay.apportionment (site_id, rule_id, period_start, period_end, kind, method, master_energy,
+                                  downstream_energy, shared_energy, loss_pct, price, total_amount, allocated,
+                                  unallocated, total_weight)
+VALUES (1, 1, '2026-01-01', '2026-02-01', 'loss', 'consumption', 1000, 980, 20, 2.000, 1, 0, 0, 0, 0),
+       (1, 1, '2026-02-01', '2026-03-01', 'loss', 'consumption', 1000, 965, 35, 3.500, 1, 0, 0, 0, 0),
+       (1, 1, '2026-03-01', '2026-04-01', 'loss', 'consumption', 1000, 907.5, 92.5, 9.250, 1, 0, 0, 0, 0);
+SELECT * FROM prepay.loss_jumps(1);
+SELECT * FROM prepay.loss_jumps(1, 1.5);
+SELECT kind, recent, usual FROM prepay.suspicious_consumption_at(1, '2026-04-02 00:05+08') WHERE kind = 'loss_jump';
 
 -- ---------------------------------------------------------------------
 -- exports: CSV for Excel (docs/REPORTS.md); GBK for Excel on Chinese Windows
