@@ -322,6 +322,37 @@ clock_utc_to_local(void *arg, int64_t t, int32_t *day, int *minute)
 }
 
 /*
+ * append_digits
+ *		A non-negative integer in decimal, zero-padded to `width` digits, as
+ *		printf's %0*lld writes it (written directly: the pricing record is
+ *		formatted for every charge, and printf was a tenth of rating).
+ */
+static void
+append_digits(StringInfo buf, uint64 value, int width)
+{
+	char		digits[24];
+	int			n = 0;
+
+	do
+	{
+		digits[sizeof(digits) - 1 - n++] = '0' + value % 10;
+		value /= 10;
+	} while (value != 0);
+	while (n < width && n < (int) sizeof(digits))
+		digits[sizeof(digits) - 1 - n++] = '0';
+	appendBinaryStringInfo(buf, digits + sizeof(digits) - n, n);
+}
+
+/* A signed integer in decimal, as %lld. */
+static void
+append_int(StringInfo buf, int64 value)
+{
+	if (value < 0)
+		appendStringInfoChar(buf, '-');
+	append_digits(buf, value < 0 ? -(uint64) value : (uint64) value, 0);
+}
+
+/*
  * append_iso
  *		An instant as ISO 8601 in UTC, stable whatever the session's
  *		settings (written directly: this runs for every priced piece).
@@ -341,11 +372,25 @@ append_iso(StringInfo buf, TimestampTz t)
 		days--;
 	}
 	j2date((int) days + POSTGRES_EPOCH_JDATE, &y, &m, &d);
-	appendStringInfo(buf, "%04d-%02d-%02dT%02d:%02d:%02d", y, m, d,
-					 (int) (rest / USECS_PER_HOUR), (int) (rest / USECS_PER_MINUTE % 60),
-					 (int) (rest / USECS_PER_SEC % 60));
+	if (y < 0)
+		appendStringInfo(buf, "%04d", y);
+	else
+		append_digits(buf, y, 4);
+	appendStringInfoChar(buf, '-');
+	append_digits(buf, m, 2);
+	appendStringInfoChar(buf, '-');
+	append_digits(buf, d, 2);
+	appendStringInfoChar(buf, 'T');
+	append_digits(buf, rest / USECS_PER_HOUR, 2);
+	appendStringInfoChar(buf, ':');
+	append_digits(buf, rest / USECS_PER_MINUTE % 60, 2);
+	appendStringInfoChar(buf, ':');
+	append_digits(buf, rest / USECS_PER_SEC % 60, 2);
 	if (rest % USECS_PER_SEC != 0)
-		appendStringInfo(buf, ".%06d", (int) (rest % USECS_PER_SEC));
+	{
+		appendStringInfoChar(buf, '.');
+		append_digits(buf, rest % USECS_PER_SEC, 6);
+	}
 	appendStringInfoString(buf, "+00:00");
 }
 
@@ -358,8 +403,11 @@ append_fixed(StringInfo buf, int64 value, int scale)
 
 	for (int i = 0; i < scale; i++)
 		unit *= 10;
-	appendStringInfo(buf, "%s" UINT64_FORMAT ".%0*" INT64_MODIFIER "u", value < 0 ? "-" : "",
-					 magnitude / unit, scale, magnitude % unit);
+	if (value < 0)
+		appendStringInfoChar(buf, '-');
+	append_digits(buf, magnitude / unit, 0);
+	appendStringInfoChar(buf, '.');
+	append_digits(buf, magnitude % unit, scale);
 }
 
 /*
@@ -373,10 +421,14 @@ tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffP
 				   int32 multiplier, const TariffCycleState *before, const TariffCycleState *after)
 {
 	StringInfoData buf;
+	char	   *result;
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"tariff_id\": " INT64_FORMAT ", \"multiplier\": %d, \"split\": \"%s\"",
-					 tariff_id, multiplier, pieces->by_register ? "registers" : "uniform");
+	appendStringInfoString(&buf, "{\"tariff_id\": ");
+	append_int(&buf, tariff_id);
+	appendStringInfoString(&buf, ", \"multiplier\": ");
+	append_int(&buf, multiplier);
+	appendStringInfoString(&buf, pieces->by_register ? ", \"split\": \"registers\"" : ", \"split\": \"uniform\"");
 	if (before->start != INT64_MIN)
 	{
 		appendStringInfoString(&buf, ", \"cycle_start\": \"");
@@ -403,8 +455,11 @@ tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffP
 		append_iso(&buf, p->to);
 		appendStringInfoString(&buf, "\", \"version\": \"");
 		append_iso(&buf, v->valid_from);
-		appendStringInfo(&buf, "\", \"period\": \"%s\", \"tier\": %d, \"energy\": ",
-						 v->period_name[p->period], p->tier + 1);
+		appendStringInfoString(&buf, "\", \"period\": \"");
+		appendStringInfoString(&buf, v->period_name[p->period]);
+		appendStringInfoString(&buf, "\", \"tier\": ");
+		append_int(&buf, p->tier + 1);
+		appendStringInfoString(&buf, ", \"energy\": ");
 		append_fixed(&buf, p->energy, ENERGY_SCALE);
 		appendStringInfoString(&buf, ", \"price\": ");
 		append_fixed(&buf, p->price, PRICE_SCALE);
@@ -413,5 +468,8 @@ tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffP
 		appendStringInfoChar(&buf, '}');
 	}
 	appendStringInfoString(&buf, "]}");
-	return buf.data;
+	/* a batch keeps one per charge: keep only the bytes used */
+	result = pnstrdup(buf.data, buf.len);
+	pfree(buf.data);
+	return result;
 }
