@@ -18,6 +18,7 @@ OBJS = \
 	extension/rating.o \
 	extension/reading.o \
 	extension/balance.o \
+	extension/direct.o \
 	extension/tariff.o \
 	extension/tariff_def.o \
 	extension/tariff_book.o \

@@ -26,6 +26,10 @@
  *	  READ a batch that waited for the site lock meets a serialization
  *	  failure at its meter UPDATE rather than rating from a stale state.
  *
+ * Meters and accounts are read and written directly (direct.c) when both
+ * tables allow it, with one snapshot taken after the site locks; else by
+ * SQL statements that take the batch as arrays.  The results are the same.
+ *
  * Copyright (c) 2026, the prepay authors
  *
  * IDENTIFICATION
@@ -38,6 +42,7 @@
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -116,6 +121,8 @@ typedef struct BatchMeter
 	TimestampTz relay_at;
 	bool		relay_changed;	/* a reading reported a new relay state */
 	bool		changed;
+	HeapTuple	row;			/* direct path: the meter row read */
+	HeapTuple	account_row;	/* direct path: its account's row, or NULL */
 } BatchMeter;
 
 typedef struct Batch
@@ -130,7 +137,41 @@ typedef struct Batch
 	BalanceCharge *charges;
 	int			ncharges;
 	int			nquarantined;
+	DirectTable *meter_table;	/* direct path: both open, else both NULL */
+	DirectTable *account_table;
+	Snapshot	snapshot;		/* direct path: taken after the site locks */
+	Oid			relay_oids[2];	/* relay_label's cache */
+	const char *relay_labels[2];
 } Batch;
+
+/* The meter columns the rating state is written to. */
+static const char *const meter_state_columns[] = {
+	"last_read_at", "last_energy", "charge_carry", "relay_state", "relay_state_at",
+	"cycle_start", "cycle_used", "last_sharp", "last_peak", "last_flat", "last_valley", NULL
+};
+static const char *const account_balance_columns[] = {"balance", NULL};
+
+/* Column numbers of prepay.meter and prepay.account the direct path uses. */
+typedef struct MeterColumns
+{
+	int			site_id;
+	int			meter_id;
+	int			active;
+	int			multiplier;
+	int			max_per_hour;
+	int			account_id;
+	int			tariff_id;
+	int			relay_state;
+	int			state[lengthof(meter_state_columns) - 1];	/* in that order */
+	int			account_tariff_id;
+	int			account_closed_at;
+} MeterColumns;
+
+enum
+{
+	S_LAST_READ_AT, S_LAST_ENERGY, S_CHARGE_CARRY, S_RELAY_STATE, S_RELAY_STATE_AT,
+	S_CYCLE_START, S_CYCLE_USED, S_REGISTERS
+};
 
 PG_FUNCTION_INFO_V1(prepay_reading_skip_duplicate);
 PG_FUNCTION_INFO_V1(prepay_reading_rate_batch);
@@ -141,7 +182,19 @@ static bool reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum re
 static void batch_collect(Batch *batch, TriggerData *trigdata);
 static int	compare_readings(const void *a, const void *b);
 static void batch_lock_sites(Batch *batch);
+static void batch_open_direct(Batch *batch);
+static void batch_close_direct(Batch *batch);
 static void batch_load_meters(Batch *batch);
+static void batch_load_meters_direct(Batch *batch);
+static void meter_columns(Batch *batch, MeterColumns *cols);
+static void meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m);
+static void batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites,
+									   int64 *ids, HeapTuple *rows);
+static void meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m);
+static int	sort_keys(int32 *sites, int64 *ids, int n);
+static int	find_key(const int32 *sites, const int64 *ids, int n, int32 site_id, int64 id);
+static bool meter_set_state(DirectTable *table, HeapTuple current, Datum *values, bool *nulls,
+							bool *replace, void *arg);
 static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
@@ -150,6 +203,7 @@ static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64
 static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
 									const BatchReading *r, int64 *deltas);
 static void batch_save_meters(Batch *batch);
+static void batch_save_meters_direct(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, char *detail);
 
@@ -270,7 +324,11 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "reading_rate_batch: SPI_connect failed");
 		batch_lock_sites(&batch);
-		batch_load_meters(&batch);
+		batch_open_direct(&batch);
+		if (batch.meter_table != NULL)
+			batch_load_meters_direct(&batch);
+		else
+			batch_load_meters(&batch);
 		batch_load_tariffs(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
 
@@ -286,8 +344,12 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 			start = end;
 		}
 
-		posting = balance_post_charges(batch.charges, batch.ncharges);
-		batch_save_meters(&batch);
+		posting = balance_post_charges(batch.charges, batch.ncharges, batch.account_table);
+		if (batch.meter_table != NULL)
+			batch_save_meters_direct(&batch);
+		else
+			batch_save_meters(&batch);
+		batch_close_direct(&batch);
 		batch_save_quarantine(&batch);
 		balance_apply_levels(posting);
 		SPI_finish();
@@ -313,8 +375,6 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 	int			energy_att = attnameAttNum(trigdata->tg_relation, "energy", false);
 	int			relay_att = attnameAttNum(trigdata->tg_relation, "relay_state", false);
 	int			register_att[NREGISTERS];
-	Oid			relay_oids[2] = {InvalidOid, InvalidOid};
-	const char *relay_labels[2] = {NULL, NULL};
 
 	for (int k = 0; k < NREGISTERS; k++)
 		register_att[k] = attnameAttNum(trigdata->tg_relation, tariff_register_name[k], false);
@@ -350,7 +410,7 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 		}
 		value = slot_getattr(slot, relay_att, &isnull);
 		if (!isnull)
-			r->relay = relay_label(value, relay_oids, relay_labels);
+			r->relay = relay_label(value, batch->relay_oids, batch->relay_labels);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	if (batch->nreadings > 1)
@@ -422,6 +482,273 @@ batch_lock_sites(Batch *batch)
 		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading_rate_batch: site lock failed");
 	}
+}
+
+/*
+ * batch_open_direct
+ *		Open prepay.meter and prepay.account for direct access if both allow
+ *		it (direct.c), with a snapshot taken now, after the site locks were
+ *		granted (like the SQL path's statements; see batch_load_meters),
+ *		that sees everything this transaction did so far.
+ */
+static void
+batch_open_direct(Batch *batch)
+{
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
+	batch->account_table = direct_open("account", CMD_UPDATE, account_balance_columns,
+									   batch->snapshot);
+	batch->meter_table = direct_open("meter", CMD_UPDATE, meter_state_columns, batch->snapshot);
+	if (batch->account_table == NULL || batch->meter_table == NULL)
+		batch_close_direct(batch);
+}
+
+/* Close the direct tables and release the snapshot. */
+static void
+batch_close_direct(Batch *batch)
+{
+	if (batch->snapshot == NULL)
+		return;
+	if (batch->account_table != NULL)
+		direct_close(batch->account_table);
+	if (batch->meter_table != NULL)
+		direct_close(batch->meter_table);
+	batch->account_table = NULL;
+	batch->meter_table = NULL;
+	PopActiveSnapshot();
+	UnregisterSnapshot(batch->snapshot);
+	batch->snapshot = NULL;
+}
+
+/*
+ * batch_load_meters_direct
+ *		batch_load_meters by direct lookups of the meters and then of their
+ *		accounts (direct_fetch_keys), keeping the rows for the updates.
+ */
+static void
+batch_load_meters_direct(Batch *batch)
+{
+	MeterColumns cols;
+	int32	   *sites = palloc(sizeof(int32) * batch->nreadings);
+	int64	   *ids = palloc(sizeof(int64) * batch->nreadings);
+	HeapTuple  *rows = palloc(sizeof(HeapTuple) * batch->nreadings);
+	int			n = 0;
+
+	meter_columns(batch, &cols);
+	for (int i = 0; i < batch->nreadings; i++)
+	{
+		BatchReading *r = &batch->readings[i];
+
+		if (n > 0 && sites[n - 1] == r->site_id && ids[n - 1] == r->meter_id)
+			continue;
+		sites[n] = r->site_id;
+		ids[n] = r->meter_id;
+		n++;
+	}
+	direct_fetch_keys(batch->meter_table, n, sites, ids, rows);
+	batch->meters = palloc0(sizeof(BatchMeter) * n);
+	batch->nmeters = n;
+	for (int i = 0; i < n; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+
+		m->site_id = sites[i];
+		m->meter_id = ids[i];
+		m->row = rows[i];
+		if (m->row != NULL)
+			meter_read_row(batch, &cols, m);
+	}
+	batch_load_accounts_direct(batch, &cols, sites, ids, rows);
+}
+
+/*
+ * batch_load_accounts_direct
+ *		The account of each meter found (billable if it exists and is open)
+ *		and its tariff (the meter's own, else the account's), as
+ *		batch_load_meters joins them.  The arrays are scratch space.
+ */
+static void
+batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites, int64 *ids,
+						   HeapTuple *rows)
+{
+	int			n = 0;
+
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+		bool		no_account;
+
+		if (m->row == NULL)
+			continue;
+		m->account_id = DatumGetInt64(direct_getattr(m->row, batch->meter_table, cols->account_id,
+													 &no_account));
+		if (no_account)
+			continue;
+		sites[n] = m->site_id;
+		ids[n] = m->account_id;
+		n++;
+	}
+	n = sort_keys(sites, ids, n);
+	direct_fetch_keys(batch->account_table, n, sites, ids, rows);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+		int			k = m->row == NULL ? -1 : find_key(sites, ids, n, m->site_id, m->account_id);
+
+		if (k >= 0)
+			m->account_row = rows[k];
+		if (m->row != NULL)
+			meter_read_account(batch, cols, m);
+	}
+}
+
+/* The column numbers batch_load_meters_direct reads and writes. */
+static void
+meter_columns(Batch *batch, MeterColumns *cols)
+{
+	DirectTable *meter = batch->meter_table;
+
+	cols->site_id = direct_attnum(meter, "site_id");
+	cols->meter_id = direct_attnum(meter, "meter_id");
+	cols->active = direct_attnum(meter, "active");
+	cols->multiplier = direct_attnum(meter, "multiplier");
+	cols->max_per_hour = direct_attnum(meter, "max_per_hour");
+	cols->account_id = direct_attnum(meter, "account_id");
+	cols->tariff_id = direct_attnum(meter, "tariff_id");
+	for (int k = 0; meter_state_columns[k] != NULL; k++)
+		cols->state[k] = direct_attnum(meter, meter_state_columns[k]);
+	cols->account_tariff_id = direct_attnum(batch->account_table, "tariff_id");
+	cols->account_closed_at = direct_attnum(batch->account_table, "closed_at");
+}
+
+/*
+ * meter_read_row
+ *		The meter's rating state from its row, as batch_load_meters reads it.
+ */
+static void
+meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m)
+{
+	DirectTable *t = batch->meter_table;
+	HeapTuple	row = m->row;
+	bool		isnull;
+	Datum		value;
+
+	m->found = true;
+	m->active = DatumGetBool(direct_getattr(row, t, cols->active, &isnull));
+	m->multiplier = DatumGetInt32(direct_getattr(row, t, cols->multiplier, &isnull));
+	m->max_per_hour = fixed_from_numeric(direct_getattr(row, t, cols->max_per_hour, &isnull), ENERGY_SCALE);
+	m->last_read_at = DatumGetTimestampTz(direct_getattr(row, t, cols->state[S_LAST_READ_AT], &isnull));
+	m->has_state = !isnull;
+	value = direct_getattr(row, t, cols->state[S_LAST_ENERGY], &isnull);
+	m->last_energy = isnull ? 0 : fixed_from_numeric(value, ENERGY_SCALE);
+	m->carry = fixed_from_numeric(direct_getattr(row, t, cols->state[S_CHARGE_CARRY], &isnull), EXACT_SCALE);
+	value = direct_getattr(row, t, cols->state[S_RELAY_STATE], &isnull);
+	if (!isnull)
+		m->relay = relay_label(value, batch->relay_oids, batch->relay_labels);
+	m->cycle.start = DatumGetTimestampTz(direct_getattr(row, t, cols->state[S_CYCLE_START], &isnull));
+	if (isnull)
+		m->cycle.start = INT64_MIN;
+	m->cycle.used = fixed_from_numeric(direct_getattr(row, t, cols->state[S_CYCLE_USED], &isnull), ENERGY_SCALE);
+	m->has_registers = true;
+	for (int k = 0; k < NREGISTERS; k++)
+	{
+		value = direct_getattr(row, t, cols->state[S_REGISTERS + k], &isnull);
+		m->has_registers = m->has_registers && !isnull;
+		m->registers[k] = isnull ? 0 : fixed_from_numeric(value, ENERGY_SCALE);
+	}
+}
+
+/*
+ * meter_read_account
+ *		Billable and tariff of a meter from its account row (NULL when it
+ *		has no account or the account does not exist).
+ */
+static void
+meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m)
+{
+	DirectTable *t = batch->account_table;
+	bool		no_tariff;
+	bool		isnull;
+
+	m->tariff_id = DatumGetInt64(direct_getattr(m->row, batch->meter_table, cols->tariff_id, &no_tariff));
+	if (m->account_row == NULL)
+		return;
+	(void) direct_getattr(m->account_row, t, cols->account_closed_at, &m->billable);
+	if (no_tariff)
+	{
+		m->tariff_id = DatumGetInt64(direct_getattr(m->account_row, t, cols->account_tariff_id, &isnull));
+		m->billable = m->billable && !isnull;
+	}
+}
+
+/* A (site, id) pair, for sorting keys. */
+typedef struct Key
+{
+	int32		site_id;
+	int64		id;
+} Key;
+
+static int
+compare_keys(const void *a, const void *b)
+{
+	const Key  *x = a;
+	const Key  *y = b;
+
+	if (x->site_id != y->site_id)
+		return x->site_id < y->site_id ? -1 : 1;
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return 0;
+}
+
+/*
+ * sort_keys
+ *		Sort the n keys (sites[i], ids[i]) and drop repeats; returns how
+ *		many are left.
+ */
+static int
+sort_keys(int32 *sites, int64 *ids, int n)
+{
+	Key		   *keys = palloc(sizeof(Key) * Max(n, 1));
+	int			m = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		keys[i].site_id = sites[i];
+		keys[i].id = ids[i];
+	}
+	qsort(keys, n, sizeof(Key), compare_keys);
+	for (int i = 0; i < n; i++)
+	{
+		if (m > 0 && compare_keys(&keys[i], &keys[m - 1]) == 0)
+			continue;
+		sites[m] = keys[i].site_id;
+		ids[m] = keys[i].id;
+		m++;
+	}
+	pfree(keys);
+	return m;
+}
+
+/* The index of a key among n sorted keys, or -1. */
+static int
+find_key(const int32 *sites, const int64 *ids, int n, int32 site_id, int64 id)
+{
+	int			lo = 0,
+				hi = n;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (sites[mid] < site_id || (sites[mid] == site_id && ids[mid] < id))
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && sites[lo] == site_id && ids[lo] == id ? lo : -1;
 }
 
 /*
@@ -674,6 +1001,7 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 	c->pieces = tariff_pieces_json(meter->tariff_id, versions, &batch->pieces, meter->multiplier,
 								   &before, &meter->cycle);
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
+	c->account_row = meter->account_row;
 	return true;
 }
 
@@ -778,6 +1106,73 @@ batch_save_meters(Batch *batch)
 		args[c] = spi_array(cols[c], nulls[c], n, types[c]);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "reading_rate_batch: meter update failed");
+}
+
+/*
+ * batch_save_meters_direct
+ *		batch_save_meters by updating each moved meter's row in place.  A
+ *		meter deleted meanwhile is left alone, as the UPDATE would.
+ */
+static void
+batch_save_meters_direct(Batch *batch)
+{
+	MeterColumns cols;
+
+	meter_columns(batch, &cols);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+		void	   *arg[2] = {&cols, m};
+
+		if (m->changed)
+			(void) direct_update(batch->meter_table, m->row, meter_set_state, arg, NULL);
+	}
+}
+
+/*
+ * meter_set_state
+ *		DirectModify for batch_save_meters_direct: the columns of the
+ *		meter's rating state, on the version being replaced if it is still
+ *		the meter.  The relay state is only set when a reading reported a
+ *		new one.
+ */
+static bool
+meter_set_state(DirectTable *t, HeapTuple current, Datum *values, bool *nulls,
+				bool *replace, void *arg)
+{
+	const MeterColumns *cols = ((void **) arg)[0];
+	const BatchMeter *m = ((void **) arg)[1];
+	const int  *att = cols->state;
+	bool		isnull;
+
+	if (DatumGetInt32(direct_getattr(current, t, cols->site_id, &isnull)) != m->site_id ||
+		DatumGetInt64(direct_getattr(current, t, cols->meter_id, &isnull)) != m->meter_id)
+		return false;
+	for (int k = 0; meter_state_columns[k] != NULL; k++)
+		replace[att[k] - 1] = true;
+	values[att[S_LAST_READ_AT] - 1] = TimestampTzGetDatum(m->last_read_at);
+	values[att[S_LAST_ENERGY] - 1] = direct_numeric(t, att[S_LAST_ENERGY], m->last_energy, ENERGY_SCALE);
+	values[att[S_CHARGE_CARRY] - 1] = direct_numeric(t, att[S_CHARGE_CARRY], m->carry, EXACT_SCALE);
+	if (m->relay_changed)
+	{
+		values[att[S_RELAY_STATE] - 1] =
+			DirectFunctionCall2(enum_in, CStringGetDatum(m->relay),
+								ObjectIdGetDatum(TupleDescAttr(direct_desc(t), att[S_RELAY_STATE] - 1)->atttypid));
+		values[att[S_RELAY_STATE_AT] - 1] = TimestampTzGetDatum(m->relay_at);
+	}
+	else
+		replace[att[S_RELAY_STATE] - 1] = replace[att[S_RELAY_STATE_AT] - 1] = false;
+	values[att[S_CYCLE_START] - 1] = TimestampTzGetDatum(m->cycle.start);
+	nulls[att[S_CYCLE_START] - 1] = m->cycle.start == INT64_MIN;
+	values[att[S_CYCLE_USED] - 1] = direct_numeric(t, att[S_CYCLE_USED], m->cycle.used, ENERGY_SCALE);
+	for (int k = 0; k < NREGISTERS; k++)
+	{
+		nulls[att[S_REGISTERS + k] - 1] = !m->has_registers;
+		if (m->has_registers)
+			values[att[S_REGISTERS + k] - 1] =
+				direct_numeric(t, att[S_REGISTERS + k], m->registers[k], ENERGY_SCALE);
+	}
+	return true;
 }
 
 /*
