@@ -392,6 +392,7 @@ direct_close(DirectTable *t)
 		ExecDropSingleTupleTableSlot(t->fetch_slot);
 	}
 	index_close(t->pkey, AccessShareLock);
+	ExecResetTupleTable(t->estate->es_tupleTable, false);	/* trigger slots */
 	ExecCloseResultRelations(t->estate);	/* indexes, relations triggers opened */
 	FreeExecutorState(t->estate);
 	table_close(t->rel, NoLock);
