@@ -68,6 +68,10 @@ all:
 	@exit 1
 endif
 
+# PGXS tracks no header dependencies unless PostgreSQL was configured with
+# --enable-depend: rebuild every module when a header changes.
+$(OBJS): $(wildcard extension/*.h)
+
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	cat $^ >$@
 
