@@ -85,9 +85,8 @@ static int64 account_delta(const BalanceCharge *charges, int ncharges, int first
 static BalanceAccount *move_balances(BalanceCharge *charges, int ncharges, int *naccounts);
 static BalanceAccount *move_balances_direct(BalanceCharge *charges, int ncharges,
 											DirectTable *table, int *naccounts);
-static bool add_to_balance(DirectTable *table, HeapTuple current, Datum *values, bool *nulls,
-						   bool *replace, void *arg);
-static void read_account(DirectTable *table, const AccountColumns *cols, HeapTuple row,
+static bool add_to_balance(DirectTable *table, Datum *values, bool *nulls, void *arg);
+static void read_account(const AccountColumns *cols, const Datum *values, const bool *nulls,
 						 BalanceAccount *acc);
 static void site_thresholds(int32 site_id, int64 *low_balance, int64 *pretrip);
 static void insert_ledger(BalanceCharge *charges, int ncharges);
@@ -310,9 +309,9 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 typedef struct AccountMove
 {
 	const AccountColumns *cols;
-	int32		site_id;
-	int64		account_id;
-	int64		delta;			/* cents */
+	BalanceAccount *acc;		/* site_id, account_id, delta; filled in */
+	int64		site_low_balance;	/* the site's thresholds, cents */
+	int64		site_pretrip;
 } AccountMove;
 
 static void account_columns(DirectTable *table, AccountColumns *cols);
@@ -337,16 +336,10 @@ move_balances_direct(BalanceCharge *charges, int ncharges, DirectTable *table, i
 	for (int i = 0, end; i < ncharges; i = end)
 	{
 		BalanceCharge *c = &charges[i];
-		AccountMove move = {&cols, c->site_id, c->account_id, account_delta(charges, ncharges, i, &end)};
-		HeapTuple	row = c->account_row;
-		HeapTuple	updated;
 		BalanceAccount *acc = &accounts[n++];
+		AccountMove move = {&cols, acc, 0, 0};
+		HeapTuple	row = c->account_row;
 
-		if (row == NULL)
-			row = direct_fetch(table, Int32GetDatum(c->site_id), Int64GetDatum(c->account_id));
-		if (row == NULL || !direct_update(table, row, add_to_balance, &move, &updated))
-			elog(ERROR, "balance: account " INT64_FORMAT " of site %d not found",
-				 c->account_id, c->site_id);
 		if (n == 1 || c->site_id != site_id)
 		{
 			site_id = c->site_id;
@@ -354,10 +347,14 @@ move_balances_direct(BalanceCharge *charges, int ncharges, DirectTable *table, i
 		}
 		acc->site_id = c->site_id;
 		acc->account_id = c->account_id;
-		acc->delta = move.delta;
-		acc->low_balance_threshold = low_balance;
-		acc->pretrip_threshold = pretrip;
-		read_account(table, &cols, updated, acc);
+		acc->delta = account_delta(charges, ncharges, i, &end);
+		move.site_low_balance = low_balance;
+		move.site_pretrip = pretrip;
+		if (row == NULL)
+			row = direct_fetch(table, Int32GetDatum(c->site_id), Int64GetDatum(c->account_id));
+		if (row == NULL || !direct_update(table, row, add_to_balance, &move))
+			elog(ERROR, "balance: account " INT64_FORMAT " of site %d not found",
+				 c->account_id, c->site_id);
 	}
 	*naccounts = n;
 	return accounts;
@@ -383,56 +380,50 @@ account_columns(DirectTable *table, AccountColumns *cols)
 /*
  * add_to_balance
  *		DirectModify for move_balances_direct: balance = balance + delta on
- *		the version being replaced, if it is still the account.
+ *		the version being replaced, if it is still the account; reads what
+ *		the ladder needs from the new version.
  */
 static bool
-add_to_balance(DirectTable *table, HeapTuple current, Datum *values, bool *nulls,
-			   bool *replace, void *arg)
+add_to_balance(DirectTable *table, Datum *values, bool *nulls, void *arg)
 {
 	AccountMove *move = arg;
 	const AccountColumns *cols = move->cols;
-	bool		isnull;
+	BalanceAccount *acc = move->acc;
 	int64		cents;
 
-	if (DatumGetInt32(direct_getattr(current, table, cols->site_id, &isnull)) != move->site_id ||
-		DatumGetInt64(direct_getattr(current, table, cols->account_id, &isnull)) != move->account_id)
+	if (DatumGetInt32(values[cols->site_id - 1]) != acc->site_id ||
+		DatumGetInt64(values[cols->account_id - 1]) != acc->account_id)
 		return false;
-	cents = fixed_from_numeric(direct_getattr(current, table, cols->balance, &isnull), MONEY_SCALE);
-	if (pg_add_s64_overflow(cents, move->delta, &cents))
+	cents = fixed_from_numeric(values[cols->balance - 1], MONEY_SCALE);
+	if (pg_add_s64_overflow(cents, acc->delta, &cents))
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("balance of account " INT64_FORMAT " is out of range", move->account_id)));
+				 errmsg("balance of account " INT64_FORMAT " is out of range", acc->account_id)));
 	values[cols->balance - 1] = direct_numeric(table, cols->balance, cents, MONEY_SCALE);
-	replace[cols->balance - 1] = true;
+	acc->low_balance_threshold = move->site_low_balance;
+	acc->pretrip_threshold = move->site_pretrip;
+	read_account(cols, values, nulls, acc);
 	return true;
 }
 
 /*
  * read_account
- *		What the ladder needs from an account row just updated: the new
- *		balance, the level, whether the ladder applies (prepaid and open),
- *		and the account's own thresholds where set (acc holds the site's).
+ *		What the ladder needs from an account row: the balance, the level,
+ *		whether the ladder applies (prepaid and open), and the account's own
+ *		thresholds where set (acc holds the site's).
  */
 static void
-read_account(DirectTable *table, const AccountColumns *cols, HeapTuple row, BalanceAccount *acc)
+read_account(const AccountColumns *cols, const Datum *values, const bool *nulls, BalanceAccount *acc)
 {
-	bool		isnull;
-	bool		is_open;
-	Datum		value;
-
-	acc->balance = fixed_from_numeric(direct_getattr(row, table, cols->balance, &isnull), MONEY_SCALE);
-	acc->level = DatumGetInt16(direct_getattr(row, table, cols->alarm_level, &isnull));
-	(void) direct_getattr(row, table, cols->closed_at, &is_open);
-	acc->ladder = is_open &&
-		DatumGetObjectId(direct_getattr(row, table, cols->mode, &isnull)) == cols->prepaid;
-	value = direct_getattr(row, table, cols->low_balance_threshold, &isnull);
-	if (!isnull)
-		acc->low_balance_threshold = fixed_from_numeric(value, MONEY_SCALE);
-	value = direct_getattr(row, table, cols->pretrip_threshold, &isnull);
-	if (!isnull)
-		acc->pretrip_threshold = fixed_from_numeric(value, MONEY_SCALE);
-	acc->credit_limit = fixed_from_numeric(direct_getattr(row, table, cols->credit_limit, &isnull),
-										   MONEY_SCALE);
+	acc->balance = fixed_from_numeric(values[cols->balance - 1], MONEY_SCALE);
+	acc->level = DatumGetInt16(values[cols->alarm_level - 1]);
+	acc->ladder = nulls[cols->closed_at - 1] &&
+		DatumGetObjectId(values[cols->mode - 1]) == cols->prepaid;
+	if (!nulls[cols->low_balance_threshold - 1])
+		acc->low_balance_threshold = fixed_from_numeric(values[cols->low_balance_threshold - 1], MONEY_SCALE);
+	if (!nulls[cols->pretrip_threshold - 1])
+		acc->pretrip_threshold = fixed_from_numeric(values[cols->pretrip_threshold - 1], MONEY_SCALE);
+	acc->credit_limit = fixed_from_numeric(values[cols->credit_limit - 1], MONEY_SCALE);
 }
 
 /*

@@ -56,6 +56,7 @@
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "nodes/readfuncs.h"
 #include "optimizer/optimizer.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/bufmgr.h"
@@ -99,11 +100,12 @@ struct DirectTable
 	TupleTableSlot *fetch_slot;
 
 	/* updates */
+	List	   *update_checks;	/* CHECKs an update could break (ExprState) */
+	Bitmapset  *update_notnull; /* NOT NULL columns an update sets */
 	TupleTableSlot *update_slot;
 	TupleTableSlot *lock_slot;
 	Datum	   *values;
 	bool	   *nulls;
-	bool	   *replace;
 
 	/* inserts */
 	ExprState **default_expr;	/* volatile defaults, evaluated per row */
@@ -112,7 +114,6 @@ struct DirectTable
 	TupleTableSlot **buffer;
 	int			nbuffered;
 	MemoryContext row_context;
-	BulkInsertState bistate;
 	TransitionCaptureState *transition;
 };
 
@@ -120,11 +121,12 @@ static bool direct_allowed(Relation rel, CmdType operation, Bitmapset *set_colum
 static bool triggers_allow(Relation rel, CmdType operation, Bitmapset *set_columns);
 static bool constraint_touches(Oid conoid, Oid relid, Bitmapset *columns);
 static void open_lookup(DirectTable *t);
-static void open_update(DirectTable *t);
+static void open_update(DirectTable *t, Bitmapset *set_columns);
 static void open_insert(DirectTable *t);
 static void flush_inserts(DirectTable *t);
-static bool update_row(DirectTable *t, HeapTuple current, DirectModify modify, void *arg,
-					   HeapTuple *updated);
+static bool update_row(DirectTable *t, HeapTuple current, DirectModify modify, void *arg);
+static HeapTuple lock_newest(DirectTable *t, ItemPointer tid, LockTupleMode lockmode);
+static void check_update(DirectTable *t, TupleTableSlot *slot);
 static void serialization_failure(const char *what);
 static void scan_for_keys(DirectTable *t, int n, const int32 *sites, const int64 *ids,
 						  HeapTuple *rows);
@@ -176,7 +178,7 @@ direct_open(const char *relname, CmdType operation, const char *const *set_colum
 	t->has_constraints = rel->rd_att->constr != NULL;
 	open_lookup(t);
 	if (operation == CMD_UPDATE)
-		open_update(t);
+		open_update(t, columns);
 	else
 		open_insert(t);
 	return t;
@@ -304,17 +306,69 @@ open_lookup(DirectTable *t)
 	t->fetch_slot = table_slot_create(t->rel, NULL);
 }
 
-/* Slots and column arrays for updates. */
+/*
+ * open_update
+ *		Slots and column arrays for updates, and the constraints an update
+ *		of set_columns has to check: NOT NULL on the columns it sets, and
+ *		the CHECK constraints that read any of them (or the whole row), or
+ *		were never validated.  A validated CHECK on other columns only
+ *		holds for the new version as it held for the old one (CHECK
+ *		expressions are immutable), so skipping it changes nothing;
+ *		check_update raises the UPDATE's own error when one fails.
+ */
 static void
-open_update(DirectTable *t)
+open_update(DirectTable *t, Bitmapset *set_columns)
 {
-	int			natts = RelationGetDescr(t->rel)->natts;
+	TupleDesc	desc = RelationGetDescr(t->rel);
+	TupleConstr *constr = desc->constr;
+	Bitmapset  *shifted = NULL;
+	int			attnum = -1;
+	MemoryContext old = MemoryContextSwitchTo(t->estate->es_query_cxt);
 
-	t->update_slot = MakeSingleTupleTableSlot(RelationGetDescr(t->rel), &TTSOpsHeapTuple);
+	t->update_slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
 	t->lock_slot = table_slot_create(t->rel, NULL);
-	t->values = palloc(sizeof(Datum) * natts);
-	t->nulls = palloc(sizeof(bool) * natts);
-	t->replace = palloc(sizeof(bool) * natts);
+	t->values = palloc(sizeof(Datum) * desc->natts);
+	t->nulls = palloc(sizeof(bool) * desc->natts);
+	while ((attnum = bms_next_member(set_columns, attnum)) >= 0)
+	{
+		if (TupleDescAttr(desc, attnum - 1)->attnotnull)
+			t->update_notnull = bms_add_member(t->update_notnull, attnum);
+		shifted = bms_add_member(shifted, attnum - FirstLowInvalidHeapAttributeNumber);
+	}
+	for (int i = 0; constr != NULL && i < constr->num_check; i++)
+	{
+		Expr	   *expr = stringToNode(constr->check[i].ccbin);
+		Bitmapset  *reads = NULL;
+
+		pull_varattnos((Node *) expr, 1, &reads);
+		if (!constr->check[i].ccvalid || bms_overlap(reads, shifted) ||
+			bms_is_member(InvalidAttrNumber - FirstLowInvalidHeapAttributeNumber, reads))
+			t->update_checks = lappend(t->update_checks, ExecPrepareExpr(expr, t->estate));
+	}
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * check_update
+ *		The constraints open_update chose, on a new row version; if one
+ *		fails, ExecConstraints raises the error the UPDATE would.
+ */
+static void
+check_update(DirectTable *t, TupleTableSlot *slot)
+{
+	ExprContext *econtext = GetPerTupleExprContext(t->estate);
+	bool		ok = true;
+	int			attnum = -1;
+	ListCell   *lc;
+
+	slot_getallattrs(slot);
+	while ((attnum = bms_next_member(t->update_notnull, attnum)) >= 0)
+		ok = ok && !slot->tts_isnull[attnum - 1];
+	econtext->ecxt_scantuple = slot;
+	foreach(lc, t->update_checks)
+		ok = ok && ExecCheck((ExprState *) lfirst(lc), econtext);
+	if (!ok)
+		ExecConstraints(t->rri, slot, t->estate);
 }
 
 /*
@@ -358,7 +412,6 @@ open_insert(DirectTable *t)
 	t->buffer = palloc(sizeof(TupleTableSlot *) * INSERT_BUFFER_ROWS);
 	for (int i = 0; i < INSERT_BUFFER_ROWS; i++)
 		t->buffer[i] = table_slot_create(t->rel, NULL);
-	t->bistate = GetBulkInsertState();
 }
 
 /*
@@ -373,8 +426,6 @@ direct_close(DirectTable *t)
 	if (t->operation == CMD_INSERT)
 	{
 		flush_inserts(t);
-		FreeBulkInsertState(t->bistate);
-		table_finish_bulk_insert(t->rel, 0);
 		ExecASInsertTriggers(t->estate, t->rri, t->transition);
 		AfterTriggerEndQuery(t->estate);
 		for (int i = 0; i < INSERT_BUFFER_ROWS; i++)
@@ -515,56 +566,48 @@ scan_for_keys(DirectTable *t, int n, const int32 *sites, const int64 *ids, HeapT
  *		Update `row` (as direct_fetch returned it) with the columns modify()
  *		sets, with UPDATE's concurrency rules (file header), constraints and
  *		index entries.  Returns false when the row was deleted or no longer
- *		matches; else true, with the new version in *updated if not NULL
- *		(valid until the next direct_update of the table).
+ *		matches, else true.
  */
 bool
-direct_update(DirectTable *t, HeapTuple row, DirectModify modify, void *arg, HeapTuple *updated)
+direct_update(DirectTable *t, HeapTuple row, DirectModify modify, void *arg)
 {
-	HeapTuple	current = row;
 	MemoryContext old;
 	bool		done;
 
 	/* new versions are built in the per-row context, reset per update */
 	ResetPerTupleExprContext(t->estate);
 	old = MemoryContextSwitchTo(GetPerTupleMemoryContext(t->estate));
-	done = update_row(t, current, modify, arg, updated);
+	done = update_row(t, row, modify, arg);
 	MemoryContextSwitchTo(old);
 	return done;
 }
 
 /* direct_update's loop, in the per-row memory context. */
 static bool
-update_row(DirectTable *t, HeapTuple current, DirectModify modify, void *arg, HeapTuple *updated)
+update_row(DirectTable *t, HeapTuple current, DirectModify modify, void *arg)
 {
 	TupleDesc	desc = RelationGetDescr(t->rel);
 
 	for (;;)
 	{
-		HeapTuple	newtuple;
 		TM_FailureData tmfd;
 		LockTupleMode lockmode;
 		bool		update_indexes;
 		TM_Result	result;
 
-		memset(t->replace, 0, sizeof(bool) * desc->natts);
-		memset(t->nulls, 0, sizeof(bool) * desc->natts);
-		if (!modify(t, current, t->values, t->nulls, t->replace, arg))
+		heap_deform_tuple(current, desc, t->values, t->nulls);
+		if (!modify(t, t->values, t->nulls, arg))
 			return false;
-		newtuple = heap_modify_tuple(current, desc, t->values, t->nulls, t->replace);
-		ExecStoreHeapTuple(newtuple, t->update_slot, false);
+		ExecStoreHeapTuple(heap_form_tuple(desc, t->values, t->nulls), t->update_slot, false);
 		if (t->has_constraints)
-			ExecConstraints(t->rri, t->update_slot, t->estate);
+			check_update(t, t->update_slot);
 		result = table_tuple_update(t->rel, &current->t_self, t->update_slot, t->cid, t->snapshot,
 									InvalidSnapshot, true, &tmfd, &lockmode, &update_indexes);
 		if (result == TM_Ok)
 		{
 			if (update_indexes && t->rri->ri_NumIndices > 0)
 				ExecInsertIndexTuples(t->rri, t->update_slot, t->estate, true, false, NULL, NIL);
-			newtuple->t_self = t->update_slot->tts_tid;
 			ExecClearTuple(t->update_slot);
-			if (updated != NULL)
-				*updated = newtuple;
 			return true;
 		}
 		ExecClearTuple(t->update_slot);
@@ -578,22 +621,36 @@ update_row(DirectTable *t, HeapTuple current, DirectModify modify, void *arg, He
 			elog(ERROR, "prepay: unexpected table_tuple_update status %u", result);
 		if (IsolationUsesXactSnapshot())
 			serialization_failure("update");
-
-		/* READ COMMITTED: lock the newest version and apply to it */
-		{
-			ItemPointerData tid = current->t_self;
-
-			result = table_tuple_lock(t->rel, &tid, t->snapshot, t->lock_slot, t->cid, lockmode,
-									  LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-			if (result == TM_Deleted)
-				return false;
-			if (result != TM_Ok)
-				elog(ERROR, "prepay: unexpected table_tuple_lock status %u", result);
-			current = ExecCopySlotHeapTuple(t->lock_slot);
-			current->t_self = t->lock_slot->tts_tid;
-			ExecClearTuple(t->lock_slot);
-		}
+		current = lock_newest(t, &current->t_self, lockmode);
+		if (current == NULL)
+			return false;
 	}
+}
+
+/*
+ * lock_newest
+ *		READ COMMITTED after a concurrent update: lock the newest version of
+ *		the row (waiting for its writer) and return a copy, as EvalPlanQual
+ *		does; NULL if it was deleted.
+ */
+static HeapTuple
+lock_newest(DirectTable *t, ItemPointer tid, LockTupleMode lockmode)
+{
+	ItemPointerData newest = *tid;
+	TM_FailureData tmfd;
+	TM_Result	result;
+	HeapTuple	tuple;
+
+	result = table_tuple_lock(t->rel, &newest, t->snapshot, t->lock_slot, t->cid, lockmode,
+							  LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
+	if (result == TM_Deleted)
+		return NULL;
+	if (result != TM_Ok)
+		elog(ERROR, "prepay: unexpected table_tuple_lock status %u", result);
+	tuple = ExecCopySlotHeapTuple(t->lock_slot);
+	tuple->t_self = t->lock_slot->tts_tid;
+	ExecClearTuple(t->lock_slot);
+	return tuple;
 }
 
 /* UPDATE's error when a concurrent transaction changed the row first. */
@@ -669,7 +726,7 @@ flush_inserts(DirectTable *t)
 	if (t->nbuffered == 0)
 		return;
 	old = MemoryContextSwitchTo(t->row_context);
-	table_multi_insert(t->rel, t->buffer, t->nbuffered, t->cid, 0, t->bistate);
+	table_multi_insert(t->rel, t->buffer, t->nbuffered, t->cid, 0, NULL);
 	for (int i = 0; i < t->nbuffered; i++)
 	{
 		List	   *recheck = NIL;

@@ -23,13 +23,14 @@
 typedef struct DirectTable DirectTable;
 
 /*
- * Called with the row version about to be replaced; fills values/nulls/
- * replace (all false on entry) with the columns to set.  Returns false when
- * the row no longer matches (a concurrent update changed its key): the row
- * is then left alone, as an UPDATE would.
+ * Called with the columns of the row version about to be replaced (values
+ * and nulls, indexed by attribute number - 1); overwrites the columns to
+ * set.  Returns false when the row no longer matches (a concurrent update
+ * changed its key): the row is then left alone, as an UPDATE would.  May
+ * be called again with a newer version (READ COMMITTED, see direct.c); the
+ * last call is the one written.
  */
-typedef bool (*DirectModify) (DirectTable *table, HeapTuple current,
-							  Datum *values, bool *nulls, bool *replace, void *arg);
+typedef bool (*DirectModify) (DirectTable *table, Datum *values, bool *nulls, void *arg);
 
 extern DirectTable *direct_open(const char *relname, CmdType operation,
 								const char *const *set_columns, Snapshot snapshot);
@@ -40,8 +41,7 @@ extern Datum direct_getattr(HeapTuple tuple, DirectTable *table, int attnum, boo
 extern HeapTuple direct_fetch(DirectTable *table, Datum key1, Datum key2);
 extern void direct_fetch_keys(DirectTable *table, int n, const int32 *sites, const int64 *ids,
 							  HeapTuple *rows);
-extern bool direct_update(DirectTable *table, HeapTuple row, DirectModify modify, void *arg,
-						  HeapTuple *updated);
+extern bool direct_update(DirectTable *table, HeapTuple row, DirectModify modify, void *arg);
 extern MemoryContext direct_row_context(DirectTable *table);
 extern void direct_insert(DirectTable *table, const Datum *values, const bool *isset);
 extern Datum direct_numeric(DirectTable *table, int attnum, int64 value, int scale);

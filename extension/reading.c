@@ -122,6 +122,8 @@ typedef struct BatchMeter
 	bool		relay_changed;	/* a reading reported a new relay state */
 	bool		changed;
 	HeapTuple	row;			/* direct path: the meter row read */
+	bool		has_account;	/* direct path: account_id is not NULL */
+	bool		has_tariff;		/* direct path: the meter's own tariff_id */
 	HeapTuple	account_row;	/* direct path: its account's row, or NULL */
 } BatchMeter;
 
@@ -187,14 +189,16 @@ static void batch_close_direct(Batch *batch);
 static void batch_load_meters(Batch *batch);
 static void batch_load_meters_direct(Batch *batch);
 static void meter_columns(Batch *batch, MeterColumns *cols);
-static void meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m);
+static void meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *values,
+						   bool *nulls);
 static void batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites,
 									   int64 *ids, HeapTuple *rows);
 static void meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m);
 static int	sort_keys(int32 *sites, int64 *ids, int n);
 static int	find_key(const int32 *sites, const int64 *ids, int n, int32 site_id, int64 id);
-static bool meter_set_state(DirectTable *table, HeapTuple current, Datum *values, bool *nulls,
-							bool *replace, void *arg);
+static bool meter_set_state(DirectTable *table, Datum *values, bool *nulls, void *arg);
+static void set_numeric(DirectTable *t, Datum *values, bool *nulls, int attnum, int64 value,
+						int scale);
 static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
@@ -371,14 +375,14 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 	Tuplestorestate *store = trigdata->tg_newtable;
 	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-	int			capacity = 1024;
+	int64		capacity = Max(tuplestore_tuple_count(store), 1);
 	int			energy_att = attnameAttNum(trigdata->tg_relation, "energy", false);
 	int			relay_att = attnameAttNum(trigdata->tg_relation, "relay_state", false);
 	int			register_att[NREGISTERS];
 
 	for (int k = 0; k < NREGISTERS; k++)
 		register_att[k] = attnameAttNum(trigdata->tg_relation, tariff_register_name[k], false);
-	batch->readings = palloc(sizeof(BatchReading) * capacity);
+	batch->readings = palloc_extended(sizeof(BatchReading) * capacity, MCXT_ALLOC_HUGE);
 	tuplestore_rescan(store);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
@@ -534,6 +538,8 @@ batch_load_meters_direct(Batch *batch)
 	int32	   *sites = palloc(sizeof(int32) * batch->nreadings);
 	int64	   *ids = palloc(sizeof(int64) * batch->nreadings);
 	HeapTuple  *rows = palloc(sizeof(HeapTuple) * batch->nreadings);
+	Datum	   *values;
+	bool	   *nulls;
 	int			n = 0;
 
 	meter_columns(batch, &cols);
@@ -550,6 +556,8 @@ batch_load_meters_direct(Batch *batch)
 	direct_fetch_keys(batch->meter_table, n, sites, ids, rows);
 	batch->meters = palloc0(sizeof(BatchMeter) * n);
 	batch->nmeters = n;
+	values = palloc(sizeof(Datum) * direct_desc(batch->meter_table)->natts);
+	nulls = palloc(sizeof(bool) * direct_desc(batch->meter_table)->natts);
 	for (int i = 0; i < n; i++)
 	{
 		BatchMeter *m = &batch->meters[i];
@@ -558,7 +566,7 @@ batch_load_meters_direct(Batch *batch)
 		m->meter_id = ids[i];
 		m->row = rows[i];
 		if (m->row != NULL)
-			meter_read_row(batch, &cols, m);
+			meter_read_row(batch, &cols, m, values, nulls);
 	}
 	batch_load_accounts_direct(batch, &cols, sites, ids, rows);
 }
@@ -578,13 +586,8 @@ batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites,
 	for (int i = 0; i < batch->nmeters; i++)
 	{
 		BatchMeter *m = &batch->meters[i];
-		bool		no_account;
 
-		if (m->row == NULL)
-			continue;
-		m->account_id = DatumGetInt64(direct_getattr(m->row, batch->meter_table, cols->account_id,
-													 &no_account));
-		if (no_account)
+		if (m->row == NULL || !m->has_account)
 			continue;
 		sites[n] = m->site_id;
 		ids[n] = m->account_id;
@@ -595,7 +598,8 @@ batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites,
 	for (int i = 0; i < batch->nmeters; i++)
 	{
 		BatchMeter *m = &batch->meters[i];
-		int			k = m->row == NULL ? -1 : find_key(sites, ids, n, m->site_id, m->account_id);
+		int			k = m->row == NULL || !m->has_account ? -1 :
+			find_key(sites, ids, n, m->site_id, m->account_id);
 
 		if (k >= 0)
 			m->account_row = rows[k];
@@ -625,39 +629,40 @@ meter_columns(Batch *batch, MeterColumns *cols)
 
 /*
  * meter_read_row
- *		The meter's rating state from its row, as batch_load_meters reads it.
+ *		The meter's rating state from its row, as batch_load_meters reads it
+ *		(the row is deformed once into the scratch arrays).
  */
 static void
-meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m)
+meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *values, bool *nulls)
 {
-	DirectTable *t = batch->meter_table;
-	HeapTuple	row = m->row;
-	bool		isnull;
-	Datum		value;
+	const int  *att = cols->state;
 
+	heap_deform_tuple(m->row, direct_desc(batch->meter_table), values, nulls);
 	m->found = true;
-	m->active = DatumGetBool(direct_getattr(row, t, cols->active, &isnull));
-	m->multiplier = DatumGetInt32(direct_getattr(row, t, cols->multiplier, &isnull));
-	m->max_per_hour = fixed_from_numeric(direct_getattr(row, t, cols->max_per_hour, &isnull), ENERGY_SCALE);
-	m->last_read_at = DatumGetTimestampTz(direct_getattr(row, t, cols->state[S_LAST_READ_AT], &isnull));
-	m->has_state = !isnull;
-	value = direct_getattr(row, t, cols->state[S_LAST_ENERGY], &isnull);
-	m->last_energy = isnull ? 0 : fixed_from_numeric(value, ENERGY_SCALE);
-	m->carry = fixed_from_numeric(direct_getattr(row, t, cols->state[S_CHARGE_CARRY], &isnull), EXACT_SCALE);
-	value = direct_getattr(row, t, cols->state[S_RELAY_STATE], &isnull);
-	if (!isnull)
-		m->relay = relay_label(value, batch->relay_oids, batch->relay_labels);
-	m->cycle.start = DatumGetTimestampTz(direct_getattr(row, t, cols->state[S_CYCLE_START], &isnull));
-	if (isnull)
-		m->cycle.start = INT64_MIN;
-	m->cycle.used = fixed_from_numeric(direct_getattr(row, t, cols->state[S_CYCLE_USED], &isnull), ENERGY_SCALE);
+	m->active = DatumGetBool(values[cols->active - 1]);
+	m->multiplier = DatumGetInt32(values[cols->multiplier - 1]);
+	m->max_per_hour = fixed_from_numeric(values[cols->max_per_hour - 1], ENERGY_SCALE);
+	m->has_state = !nulls[att[S_LAST_READ_AT] - 1];
+	m->last_read_at = DatumGetTimestampTz(values[att[S_LAST_READ_AT] - 1]);
+	if (!nulls[att[S_LAST_ENERGY] - 1])
+		m->last_energy = fixed_from_numeric(values[att[S_LAST_ENERGY] - 1], ENERGY_SCALE);
+	m->carry = fixed_from_numeric(values[att[S_CHARGE_CARRY] - 1], EXACT_SCALE);
+	if (!nulls[att[S_RELAY_STATE] - 1])
+		m->relay = relay_label(values[att[S_RELAY_STATE] - 1], batch->relay_oids, batch->relay_labels);
+	m->cycle.start = nulls[att[S_CYCLE_START] - 1] ? INT64_MIN :
+		DatumGetTimestampTz(values[att[S_CYCLE_START] - 1]);
+	m->cycle.used = fixed_from_numeric(values[att[S_CYCLE_USED] - 1], ENERGY_SCALE);
 	m->has_registers = true;
 	for (int k = 0; k < NREGISTERS; k++)
 	{
-		value = direct_getattr(row, t, cols->state[S_REGISTERS + k], &isnull);
-		m->has_registers = m->has_registers && !isnull;
-		m->registers[k] = isnull ? 0 : fixed_from_numeric(value, ENERGY_SCALE);
+		m->has_registers = m->has_registers && !nulls[att[S_REGISTERS + k] - 1];
+		if (!nulls[att[S_REGISTERS + k] - 1])
+			m->registers[k] = fixed_from_numeric(values[att[S_REGISTERS + k] - 1], ENERGY_SCALE);
 	}
+	m->account_id = DatumGetInt64(values[cols->account_id - 1]);
+	m->has_account = !nulls[cols->account_id - 1];
+	m->tariff_id = DatumGetInt64(values[cols->tariff_id - 1]);
+	m->has_tariff = !nulls[cols->tariff_id - 1];
 }
 
 /*
@@ -669,14 +674,12 @@ static void
 meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m)
 {
 	DirectTable *t = batch->account_table;
-	bool		no_tariff;
 	bool		isnull;
 
-	m->tariff_id = DatumGetInt64(direct_getattr(m->row, batch->meter_table, cols->tariff_id, &no_tariff));
 	if (m->account_row == NULL)
 		return;
 	(void) direct_getattr(m->account_row, t, cols->account_closed_at, &m->billable);
-	if (no_tariff)
+	if (!m->has_tariff)
 	{
 		m->tariff_id = DatumGetInt64(direct_getattr(m->account_row, t, cols->account_tariff_id, &isnull));
 		m->billable = m->billable && !isnull;
@@ -1125,7 +1128,7 @@ batch_save_meters_direct(Batch *batch)
 		void	   *arg[2] = {&cols, m};
 
 		if (m->changed)
-			(void) direct_update(batch->meter_table, m->row, meter_set_state, arg, NULL);
+			(void) direct_update(batch->meter_table, m->row, meter_set_state, arg);
 	}
 }
 
@@ -1137,42 +1140,47 @@ batch_save_meters_direct(Batch *batch)
  *		new one.
  */
 static bool
-meter_set_state(DirectTable *t, HeapTuple current, Datum *values, bool *nulls,
-				bool *replace, void *arg)
+meter_set_state(DirectTable *t, Datum *values, bool *nulls, void *arg)
 {
 	const MeterColumns *cols = ((void **) arg)[0];
 	const BatchMeter *m = ((void **) arg)[1];
 	const int  *att = cols->state;
-	bool		isnull;
 
-	if (DatumGetInt32(direct_getattr(current, t, cols->site_id, &isnull)) != m->site_id ||
-		DatumGetInt64(direct_getattr(current, t, cols->meter_id, &isnull)) != m->meter_id)
+	if (DatumGetInt32(values[cols->site_id - 1]) != m->site_id ||
+		DatumGetInt64(values[cols->meter_id - 1]) != m->meter_id)
 		return false;
-	for (int k = 0; meter_state_columns[k] != NULL; k++)
-		replace[att[k] - 1] = true;
 	values[att[S_LAST_READ_AT] - 1] = TimestampTzGetDatum(m->last_read_at);
-	values[att[S_LAST_ENERGY] - 1] = direct_numeric(t, att[S_LAST_ENERGY], m->last_energy, ENERGY_SCALE);
-	values[att[S_CHARGE_CARRY] - 1] = direct_numeric(t, att[S_CHARGE_CARRY], m->carry, EXACT_SCALE);
+	nulls[att[S_LAST_READ_AT] - 1] = false;
+	set_numeric(t, values, nulls, att[S_LAST_ENERGY], m->last_energy, ENERGY_SCALE);
+	set_numeric(t, values, nulls, att[S_CHARGE_CARRY], m->carry, EXACT_SCALE);
 	if (m->relay_changed)
 	{
 		values[att[S_RELAY_STATE] - 1] =
 			DirectFunctionCall2(enum_in, CStringGetDatum(m->relay),
 								ObjectIdGetDatum(TupleDescAttr(direct_desc(t), att[S_RELAY_STATE] - 1)->atttypid));
+		nulls[att[S_RELAY_STATE] - 1] = false;
 		values[att[S_RELAY_STATE_AT] - 1] = TimestampTzGetDatum(m->relay_at);
+		nulls[att[S_RELAY_STATE_AT] - 1] = false;
 	}
-	else
-		replace[att[S_RELAY_STATE] - 1] = replace[att[S_RELAY_STATE_AT] - 1] = false;
 	values[att[S_CYCLE_START] - 1] = TimestampTzGetDatum(m->cycle.start);
 	nulls[att[S_CYCLE_START] - 1] = m->cycle.start == INT64_MIN;
-	values[att[S_CYCLE_USED] - 1] = direct_numeric(t, att[S_CYCLE_USED], m->cycle.used, ENERGY_SCALE);
+	set_numeric(t, values, nulls, att[S_CYCLE_USED], m->cycle.used, ENERGY_SCALE);
 	for (int k = 0; k < NREGISTERS; k++)
 	{
-		nulls[att[S_REGISTERS + k] - 1] = !m->has_registers;
 		if (m->has_registers)
-			values[att[S_REGISTERS + k] - 1] =
-				direct_numeric(t, att[S_REGISTERS + k], m->registers[k], ENERGY_SCALE);
+			set_numeric(t, values, nulls, att[S_REGISTERS + k], m->registers[k], ENERGY_SCALE);
+		else
+			nulls[att[S_REGISTERS + k] - 1] = true;
 	}
 	return true;
+}
+
+/* Set a NUMERIC column of a row being built to a fixed-point value. */
+static void
+set_numeric(DirectTable *t, Datum *values, bool *nulls, int attnum, int64 value, int scale)
+{
+	values[attnum - 1] = direct_numeric(t, attnum, value, scale);
+	nulls[attnum - 1] = false;
 }
 
 /*
