@@ -75,6 +75,7 @@ static void book_load_versions(TariffBook *book, Datum sites);
 static void book_load_sites(TariffBook *book, Datum sites);
 static void book_load_holidays(TariffBook *book, Datum sites);
 static int64 clock_local_to_utc(void *arg, int32_t day, int minute);
+static void format_iso(StringInfo buf, TimestampTz t);
 static void clock_utc_to_local(void *arg, int64_t t, int32_t *day, int *minute);
 
 TariffBook *
@@ -355,10 +356,40 @@ append_int(StringInfo buf, int64 value)
 /*
  * append_iso
  *		An instant as ISO 8601 in UTC, stable whatever the session's
- *		settings (written directly: this runs for every priced piece).
+ *		settings.  This runs for every priced piece, and the pieces of a
+ *		batch share few instants (its readings' times, the versions'
+ *		valid_from), so the last few are kept formatted.
  */
+#define ISO_CACHE_SIZE 4
+#define ISO_MAX_LEN 40
 static void
 append_iso(StringInfo buf, TimestampTz t)
+{
+	static TimestampTz cached_at[ISO_CACHE_SIZE];
+	static char cached_text[ISO_CACHE_SIZE][ISO_MAX_LEN];
+	static int	cached_len[ISO_CACHE_SIZE];
+	static int	next = 0;
+	int			start = buf->len;
+
+	for (int i = 0; i < ISO_CACHE_SIZE; i++)
+		if (cached_len[i] > 0 && cached_at[i] == t)
+		{
+			appendBinaryStringInfo(buf, cached_text[i], cached_len[i]);
+			return;
+		}
+	format_iso(buf, t);
+	if (buf->len - start < ISO_MAX_LEN)
+	{
+		cached_at[next] = t;
+		cached_len[next] = buf->len - start;
+		memcpy(cached_text[next], buf->data + start, buf->len - start);
+		next = (next + 1) % ISO_CACHE_SIZE;
+	}
+}
+
+/* append_iso without the cache. */
+static void
+format_iso(StringInfo buf, TimestampTz t)
 {
 	int64		days = t / USECS_PER_DAY;
 	int64		rest = t % USECS_PER_DAY;
