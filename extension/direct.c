@@ -450,6 +450,48 @@ direct_close(DirectTable *t)
 	pfree(t);
 }
 
+/*
+ * direct_refresh
+ *		Go on with a new snapshot and a new command id, as a new statement
+ *		would, after this transaction may have written the table by other
+ *		means (SQL, triggers): later fetches see those writes and updates
+ *		apply to the versions they made.
+ */
+void
+direct_refresh(DirectTable *t, Snapshot snapshot)
+{
+	t->snapshot = snapshot;
+	t->estate->es_snapshot = snapshot;
+	t->cid = GetCurrentCommandId(true);
+	t->estate->es_output_cid = t->cid;
+	if (t->scan != NULL)
+	{
+		index_endscan(t->scan);
+		t->scan = index_beginscan(t->rel, t->pkey, snapshot, 2, 0);
+	}
+}
+
+/*
+ * direct_has_triggers
+ *		Whether prepay.<relname> has any trigger on INSERT (event
+ *		TRIGGER_TYPE_INSERT) or UPDATE (TRIGGER_TYPE_UPDATE), enabled or not.
+ */
+bool
+direct_has_triggers(const char *relname, int event)
+{
+	Oid			relid = get_relname_relid(relname, get_namespace_oid(DIRECT_SCHEMA, false));
+	Relation	rel;
+	bool		found = false;
+
+	if (!OidIsValid(relid))
+		return false;
+	rel = table_open(relid, AccessShareLock);
+	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers; i++)
+		found = found || (rel->trigdesc->triggers[i].tgtype & event) != 0;
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
 /* The number of a column of the table. */
 int
 direct_attnum(DirectTable *t, const char *column)

@@ -43,6 +43,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -207,6 +208,7 @@ static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64
 static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
 									const BatchReading *r, int64 *deltas);
 static void batch_save_meters(Batch *batch);
+static void batch_refresh_meters(Batch *batch);
 static void batch_save_meters_direct(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, char *detail);
@@ -350,7 +352,11 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 
 		posting = balance_post_charges(batch.charges, batch.ncharges, batch.account_table);
 		if (batch.meter_table != NULL)
+		{
+			if (direct_has_triggers("ledger", TRIGGER_TYPE_INSERT))
+				batch_refresh_meters(&batch);
 			batch_save_meters_direct(&batch);
+		}
 		else
 			batch_save_meters(&batch);
 		batch_close_direct(&batch);
@@ -1109,6 +1115,44 @@ batch_save_meters(Batch *batch)
 		args[c] = spi_array(cols[c], nulls[c], n, types[c]);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "reading_rate_batch: meter update failed");
+}
+
+/*
+ * batch_refresh_meters
+ *		Triggers on the ledger may have written meters: read the moved
+ *		meters again with a new snapshot, as the SQL path's UPDATE statement
+ *		does, so their updates apply to what the triggers left.  A meter
+ *		gone meanwhile is not updated, as the UPDATE would not find it.
+ */
+static void
+batch_refresh_meters(Batch *batch)
+{
+	int32	   *sites = palloc(sizeof(int32) * batch->nmeters);
+	int64	   *ids = palloc(sizeof(int64) * batch->nmeters);
+	HeapTuple  *rows = palloc(sizeof(HeapTuple) * batch->nmeters);
+
+	CommandCounterIncrement();
+	PopActiveSnapshot();
+	UnregisterSnapshot(batch->snapshot);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
+	direct_refresh(batch->meter_table, batch->snapshot);
+	direct_refresh(batch->account_table, batch->snapshot);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		sites[i] = batch->meters[i].site_id;
+		ids[i] = batch->meters[i].meter_id;
+	}
+	direct_fetch_keys(batch->meter_table, batch->nmeters, sites, ids, rows);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+
+		if (m->changed && rows[i] == NULL)
+			m->changed = false;
+		m->row = rows[i];
+	}
 }
 
 /*

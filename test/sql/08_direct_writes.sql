@@ -28,11 +28,20 @@ CREATE FUNCTION public.read_group(g int, k int) RETURNS void LANGUAGE sql AS $$
       FROM generate_series(1, 4) m, generate_series(0, CASE WHEN k = 3 THEN 1 ELSE 0 END) r;
 $$;
 
--- AFTER triggers on the ledger fire for direct inserts, with the batch's rows
+-- AFTER triggers on the ledger fire for direct inserts, with the batch's
+-- rows; the statement trigger also writes the meters it saw, before the
+-- batch saves their rating state (which must keep the trigger's change)
 CREATE TABLE public.ledger_log (what text, entries int, total numeric);
+CREATE FUNCTION public.count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.ledger_log VALUES (TG_TABLE_NAME || ' update', 1, NULL);
+    RETURN NULL;
+END $$;
 CREATE FUNCTION public.log_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO public.ledger_log SELECT 'statement', count(*), sum(amount) FROM new_entries;
+    UPDATE prepay.meter SET room = 'seen ' || (SELECT count(*) FROM new_entries e WHERE e.meter_id = meter.meter_id)
+     WHERE site_id = 1 AND meter_id IN (SELECT meter_id FROM new_entries);
     RETURN NULL;
 END $$;
 CREATE FUNCTION public.log_row() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -43,20 +52,17 @@ END $$;
 CREATE TRIGGER log_statement AFTER INSERT ON prepay.ledger
     REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION public.log_statement();
 CREATE TRIGGER log_row AFTER INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTION public.log_row();
--- a trigger on meter columns rating does not set does not stop direct updates
-CREATE TRIGGER meter_room AFTER UPDATE OF room ON prepay.meter FOR EACH ROW EXECUTE FUNCTION public.log_row();
+-- a trigger on meter columns rating does not set does not stop direct
+-- updates, and rating does not fire it (only the statement trigger does)
+CREATE TRIGGER meter_room AFTER UPDATE OF room ON prepay.meter FOR EACH ROW EXECUTE FUNCTION public.count_update();
 SELECT public.read_group(1, k) FROM generate_series(1, 3) k;
 SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log GROUP BY what ORDER BY what;
+SELECT meter_id, room, last_read_at, last_energy FROM prepay.meter WHERE meter_id <= 4 ORDER BY meter_id;
 TRUNCATE public.ledger_log;
 
 -- group 2 through the SQL statements: a BEFORE row trigger on the ledger,
 -- an UPDATE trigger on accounts
 CREATE TRIGGER log_before BEFORE INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTION public.log_row();
-CREATE FUNCTION public.count_update() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO public.ledger_log VALUES (TG_TABLE_NAME || ' update', 1, NULL);
-    RETURN NULL;
-END $$;
 CREATE TRIGGER account_update AFTER UPDATE ON prepay.account FOR EACH STATEMENT EXECUTE FUNCTION public.count_update();
 SELECT public.read_group(2, k) FROM generate_series(1, 3) k;
 SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log GROUP BY what ORDER BY what;
