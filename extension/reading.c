@@ -50,6 +50,7 @@
 #include "executor/tuptable.h"
 #include "parser/parse_relation.h"
 #include "fmgr.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -182,6 +183,7 @@ PG_FUNCTION_INFO_V1(prepay_reading_rate_batch);
 static void check_trigger_protocol(FunctionCallInfo fcinfo, const char *name,
 								   bool before, bool for_row);
 static bool reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at);
+static Relation open_primary_key(Relation rel);
 static void batch_collect(Batch *batch, TriggerData *trigdata);
 static int	compare_readings(const void *a, const void *b);
 static void batch_lock_sites(Batch *batch);
@@ -250,7 +252,7 @@ check_trigger_protocol(FunctionCallInfo fcinfo, const char *name, bool before, b
 static bool
 reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at)
 {
-	Relation	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	Relation	index = open_primary_key(rel);
 	ScanKeyData keys[3];
 	IndexScanDesc scan;
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
@@ -264,8 +266,32 @@ reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at)
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
+	RelationClose(index);
 	return found;
+}
+
+/*
+ * open_primary_key
+ *		The table's primary key index, for one probe (RelationClose it).
+ *		The inserting statement holds RowExclusiveLock on every index of
+ *		its table (ExecOpenIndices) until it ends, so the lock manager is
+ *		not asked again for each row; without that lock (a caller that
+ *		never opened the indexes) the index is locked as usual.
+ */
+static Relation
+open_primary_key(Relation rel)
+{
+	Oid			oid = RelationGetPrimaryKeyIndex(rel);
+	Relation	index;
+
+	if (!OidIsValid(oid))
+		elog(ERROR, "reading_skip_duplicate: %s has no primary key", RelationGetRelationName(rel));
+	index = RelationIdGetRelation(oid);
+	if (index == NULL)
+		elog(ERROR, "reading_skip_duplicate: cannot open index %u", oid);
+	if (!CheckRelationLockedByMe(index, RowExclusiveLock, true))
+		LockRelationOid(oid, AccessShareLock);	/* kept to the end of the transaction */
+	return index;
 }
 
 /*
