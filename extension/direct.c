@@ -1,11 +1,13 @@
 /*-------------------------------------------------------------------------
  *
  * extension/direct.c
- *	  Direct table access for the rating batch: look rows up by primary key,
- *	  update them and bulk-insert new ones from C, with the executor's own
- *	  pieces (index maintenance, constraints, column defaults, AFTER
- *	  triggers and transition tables), instead of SQL statements that take
- *	  the batch as arrays.
+ *	  Direct table access for the rating batch: look rows up by primary key
+ *	  (or, for many keys, in one sequential scan), update them and
+ *	  bulk-insert new ones from C, with the executor's own pieces (index
+ *	  maintenance, constraints, column defaults, AFTER triggers and
+ *	  transition tables), instead of SQL statements that take the batch as
+ *	  arrays.  Per reading this saves the executor's per-row work on three
+ *	  statements; see docs/BENCHMARKS.md.
  *
  * A direct write must do exactly what the SQL statement it replaces would
  * do, so a table is opened for direct access only when nothing of what the
@@ -21,7 +23,9 @@
  *	    as for INSERT, like COPY does);
  *	  - updates: no trigger that an UPDATE of the columns set would fire
  *	    (triggers limited to other columns, and foreign keys over other
- *	    columns, are not fired by it either).
+ *	    columns, are not fired by it either).  Updates check NOT NULL on
+ *	    the columns they set and the CHECK constraints that read them (see
+ *	    open_update).
  *
  * Locking protocol: tables are opened with RowExclusiveLock, like the
  * statements.  Updates follow UPDATE's rules: the row version found with
@@ -30,7 +34,10 @@
  * and updates the newest version (as EvalPlanQual does), and REPEATABLE
  * READ and SERIALIZABLE fail with a serialization failure (40001).  The
  * caller keeps its snapshot registered until it closes the table, so the
- * row versions it looked up cannot be pruned away.
+ * row versions it looked up cannot be pruned away.  When the transaction
+ * may have written the table by other means since (SQL, triggers), the
+ * caller moves to a new snapshot and command with direct_refresh and
+ * looks the rows up again, as a new statement would.
  *
  * Copyright (c) 2026, the prepay authors
  *

@@ -27,8 +27,11 @@
  *	  failure at its meter UPDATE rather than rating from a stale state.
  *
  * Meters and accounts are read and written directly (direct.c) when both
- * tables allow it, with one snapshot taken after the site locks; else by
- * SQL statements that take the batch as arrays.  The results are the same.
+ * tables allow it, with one snapshot taken after the site locks (and a new
+ * one before the meter updates when triggers on the ledger may have
+ * written meters); else by SQL statements that take the batch as arrays.
+ * The rows, the locks and their order are the same either way: a direct
+ * update takes the row lock its UPDATE would, at the same step.
  *
  * Copyright (c) 2026, the prepay authors
  *
