@@ -18,6 +18,7 @@ OBJS = \
 	extension/rating.o \
 	extension/reading.o \
 	extension/balance.o \
+	extension/direct.o \
 	extension/tariff.o \
 	extension/tariff_def.o \
 	extension/tariff_book.o \
@@ -68,6 +69,10 @@ all:
 	@echo "PostgreSQL server headers not found: run 'make test' (installs them) or test/install-deps.sh" >&2
 	@exit 1
 endif
+
+# PGXS tracks no header dependencies unless PostgreSQL was configured with
+# --enable-depend: rebuild every module when a header changes.
+$(OBJS): $(wildcard extension/*.h)
 
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 	cat $^ >$@

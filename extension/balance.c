@@ -21,6 +21,15 @@
  * any recharge in flight on the same account and then adding to the
  * balance that recharge committed.
  *
+ * Two ways to write, with the same result: directly (direct.c: the account
+ * rows the meter lookup read are updated in place, ledger rows are
+ * bulk-inserted), or, when a table cannot be written directly (a trigger,
+ * row security or a missing privilege would make the statement do more),
+ * one UPDATE and one INSERT taking the batch as arrays.  Either way the
+ * accounts are moved in (site, account) order and the ledger rows are
+ * inserted in (account, time) order, so entry ids follow each account's
+ * balance_after chain.
+ *
  * Copyright (c) 2026, the prepay authors
  *
  * IDENTIFICATION
@@ -30,11 +39,15 @@
  */
 #include "balance.h"
 
+#include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 struct BalanceAccount
 {
@@ -49,12 +62,35 @@ struct BalanceAccount
 	int64		credit_limit;
 };
 
+/* Column numbers of prepay.account, looked up once per posting. */
+typedef struct AccountColumns
+{
+	int			site_id;
+	int			account_id;
+	int			balance;
+	int			alarm_level;
+	int			mode;
+	int			closed_at;
+	int			low_balance_threshold;
+	int			pretrip_threshold;
+	int			credit_limit;
+	Oid			prepaid;		/* the account_mode label 'prepaid' */
+} AccountColumns;
+
 PG_FUNCTION_INFO_V1(prepay_alarm_level);
 
 static int	compare_charges(const void *a, const void *b);
 static int	compare_accounts(const void *a, const void *b);
+static int64 account_delta(const BalanceCharge *charges, int ncharges, int first, int *end);
 static BalanceAccount *move_balances(BalanceCharge *charges, int ncharges, int *naccounts);
+static BalanceAccount *move_balances_direct(BalanceCharge *charges, int ncharges,
+											DirectTable *table, int *naccounts);
+static bool add_to_balance(DirectTable *table, Datum *values, bool *nulls, void *arg);
+static void read_account(const AccountColumns *cols, const Datum *values, const bool *nulls,
+						 BalanceAccount *acc);
+static void site_thresholds(int32 site_id, int64 *low_balance, int64 *pretrip);
 static void insert_ledger(BalanceCharge *charges, int ncharges);
+static void insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table);
 
 /*
  * balance_alarm_level
@@ -90,11 +126,14 @@ prepay_alarm_level(PG_FUNCTION_ARGS)
  * balance_post_charges
  *		Post the charges: lock their accounts, chain balance_after in
  *		(account, time) order, insert the ledger rows, move the balances,
- *		and apply alarm level changes.  Must run inside SPI.
+ *		and apply alarm level changes.  account_table is prepay.account
+ *		opened for direct updates of balance (the charges carry the rows
+ *		read), or NULL to use SQL.  Must run inside SPI.
  */
 BalancePosting *
-balance_post_charges(BalanceCharge *charges, int ncharges)
+balance_post_charges(BalanceCharge *charges, int ncharges, DirectTable *account_table)
 {
+	DirectTable *ledger_table;
 	BalancePosting *posting = palloc0(sizeof(BalancePosting));
 	BalanceAccount *accounts;
 	int			naccounts;
@@ -103,7 +142,10 @@ balance_post_charges(BalanceCharge *charges, int ncharges)
 	if (ncharges == 0)
 		return posting;
 	qsort(charges, ncharges, sizeof(BalanceCharge), compare_charges);
-	accounts = move_balances(charges, ncharges, &naccounts);
+	if (account_table != NULL)
+		accounts = move_balances_direct(charges, ncharges, account_table, &naccounts);
+	else
+		accounts = move_balances(charges, ncharges, &naccounts);
 
 	/* chain balance_after backwards from each account's new balance */
 	a = naccounts - 1;
@@ -117,7 +159,14 @@ balance_post_charges(BalanceCharge *charges, int ncharges)
 		accounts[a].balance -= c->amount;
 	}
 	/* accounts[].balance is now the balance before the batch */
-	insert_ledger(charges, ncharges);
+	ledger_table = direct_open("ledger", CMD_INSERT, NULL, GetActiveSnapshot());
+	if (ledger_table != NULL)
+	{
+		insert_ledger_direct(charges, ncharges, ledger_table);
+		direct_close(ledger_table);	/* fires the INSERT's AFTER triggers */
+	}
+	else
+		insert_ledger(charges, ncharges);
 	posting->accounts = accounts;
 	posting->naccounts = naccounts;
 	return posting;
@@ -162,6 +211,31 @@ compare_accounts(const void *a, const void *b)
 }
 
 /*
+ * account_delta
+ *		The sum of the run of sorted charges of one account that starts at
+ *		`first`; *end is the first charge of the next account.
+ */
+static int64
+account_delta(const BalanceCharge *charges, int ncharges, int first, int *end)
+{
+	int64		delta = 0;
+	int			i = first;
+
+	do
+	{
+		if (pg_add_s64_overflow(delta, charges[i].amount, &delta))
+			ereport(ERROR,
+					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+					 errmsg("balance of account " INT64_FORMAT " is out of range",
+							charges[i].account_id)));
+		i++;
+	} while (i < ncharges && charges[i].site_id == charges[first].site_id &&
+			 charges[i].account_id == charges[first].account_id);
+	*end = i;
+	return delta;
+}
+
+/*
  * move_balances
  *		Move every account of the sorted charges by its batch total in one
  *		UPDATE (which takes the row locks, waiting for any recharge in
@@ -175,26 +249,18 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 	Datum	   *sites = palloc(sizeof(Datum) * ncharges);
 	Datum	   *ids = palloc(sizeof(Datum) * ncharges);
 	Datum	   *deltas = palloc(sizeof(Datum) * ncharges);
-	int64		delta = 0;
+	int64		delta;
 	Datum		args[3];
 	BalanceAccount *accounts;
 	int			n = 0;
 
-	for (int i = 0; i < ncharges; i++)
+	for (int i = 0, end; i < ncharges; i = end)
 	{
-		if (pg_add_s64_overflow(delta, charges[i].amount, &delta))
-			ereport(ERROR,
-					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-					 errmsg("balance of account " INT64_FORMAT " is out of range",
-							charges[i].account_id)));
-		if (i + 1 < ncharges && charges[i + 1].site_id == charges[i].site_id &&
-			charges[i + 1].account_id == charges[i].account_id)
-			continue;
+		delta = account_delta(charges, ncharges, i, &end);
 		sites[n] = Int32GetDatum(charges[i].site_id);
 		ids[n] = Int64GetDatum(charges[i].account_id);
 		deltas[n] = fixed_to_numeric(delta, MONEY_SCALE);
 		n++;
-		delta = 0;
 	}
 
 	/*
@@ -257,6 +323,150 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 	return accounts;
 }
 
+
+/* What add_to_balance adds to which account. */
+typedef struct AccountMove
+{
+	const AccountColumns *cols;
+	BalanceAccount *acc;		/* site_id, account_id, delta; filled in */
+	int64		site_low_balance;	/* the site's thresholds, cents */
+	int64		site_pretrip;
+} AccountMove;
+
+static void account_columns(DirectTable *table, AccountColumns *cols);
+
+/*
+ * move_balances_direct
+ *		move_balances on the account rows the meter lookup read: each is
+ *		updated in place (direct_update waits for a recharge in flight and
+ *		adds to the balance it committed), in (site, account) order.
+ */
+static BalanceAccount *
+move_balances_direct(BalanceCharge *charges, int ncharges, DirectTable *table, int *naccounts)
+{
+	BalanceAccount *accounts = palloc0(sizeof(BalanceAccount) * ncharges);
+	AccountColumns cols;
+	int32		site_id = 0;
+	int64		low_balance = 0;
+	int64		pretrip = 0;
+	int			n = 0;
+
+	account_columns(table, &cols);
+	for (int i = 0, end; i < ncharges; i = end)
+	{
+		BalanceCharge *c = &charges[i];
+		BalanceAccount *acc = &accounts[n++];
+		AccountMove move = {&cols, acc, 0, 0};
+		HeapTuple	row = c->account_row;
+
+		if (n == 1 || c->site_id != site_id)
+		{
+			site_id = c->site_id;
+			site_thresholds(site_id, &low_balance, &pretrip);
+		}
+		acc->site_id = c->site_id;
+		acc->account_id = c->account_id;
+		acc->delta = account_delta(charges, ncharges, i, &end);
+		move.site_low_balance = low_balance;
+		move.site_pretrip = pretrip;
+		if (row == NULL)
+			row = direct_fetch(table, Int32GetDatum(c->site_id), Int64GetDatum(c->account_id));
+		if (row == NULL || !direct_update(table, row, add_to_balance, &move))
+			elog(ERROR, "balance: account " INT64_FORMAT " of site %d not found",
+				 c->account_id, c->site_id);
+	}
+	*naccounts = n;
+	return accounts;
+}
+
+/* The column numbers move_balances_direct reads and writes. */
+static void
+account_columns(DirectTable *table, AccountColumns *cols)
+{
+	cols->site_id = direct_attnum(table, "site_id");
+	cols->account_id = direct_attnum(table, "account_id");
+	cols->balance = direct_attnum(table, "balance");
+	cols->alarm_level = direct_attnum(table, "alarm_level");
+	cols->mode = direct_attnum(table, "mode");
+	cols->closed_at = direct_attnum(table, "closed_at");
+	cols->low_balance_threshold = direct_attnum(table, "low_balance_threshold");
+	cols->pretrip_threshold = direct_attnum(table, "pretrip_threshold");
+	cols->credit_limit = direct_attnum(table, "credit_limit");
+	cols->prepaid = DatumGetObjectId(DirectFunctionCall2(enum_in, CStringGetDatum("prepaid"),
+														 ObjectIdGetDatum(TupleDescAttr(direct_desc(table), cols->mode - 1)->atttypid)));
+}
+
+/*
+ * add_to_balance
+ *		DirectModify for move_balances_direct: balance = balance + delta on
+ *		the version being replaced, if it is still the account; reads what
+ *		the ladder needs from the new version.
+ */
+static bool
+add_to_balance(DirectTable *table, Datum *values, bool *nulls, void *arg)
+{
+	AccountMove *move = arg;
+	const AccountColumns *cols = move->cols;
+	BalanceAccount *acc = move->acc;
+	int64		cents;
+
+	if (DatumGetInt32(values[cols->site_id - 1]) != acc->site_id ||
+		DatumGetInt64(values[cols->account_id - 1]) != acc->account_id)
+		return false;
+	cents = fixed_from_numeric(values[cols->balance - 1], MONEY_SCALE);
+	if (pg_add_s64_overflow(cents, acc->delta, &cents))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("balance of account " INT64_FORMAT " is out of range", acc->account_id)));
+	values[cols->balance - 1] = direct_numeric(table, cols->balance, cents, MONEY_SCALE);
+	acc->low_balance_threshold = move->site_low_balance;
+	acc->pretrip_threshold = move->site_pretrip;
+	read_account(cols, values, nulls, acc);
+	return true;
+}
+
+/*
+ * read_account
+ *		What the ladder needs from an account row: the balance, the level,
+ *		whether the ladder applies (prepaid and open), and the account's own
+ *		thresholds where set (acc holds the site's).
+ */
+static void
+read_account(const AccountColumns *cols, const Datum *values, const bool *nulls, BalanceAccount *acc)
+{
+	acc->balance = fixed_from_numeric(values[cols->balance - 1], MONEY_SCALE);
+	acc->level = DatumGetInt16(values[cols->alarm_level - 1]);
+	acc->ladder = nulls[cols->closed_at - 1] &&
+		DatumGetObjectId(values[cols->mode - 1]) == cols->prepaid;
+	if (!nulls[cols->low_balance_threshold - 1])
+		acc->low_balance_threshold = fixed_from_numeric(values[cols->low_balance_threshold - 1], MONEY_SCALE);
+	if (!nulls[cols->pretrip_threshold - 1])
+		acc->pretrip_threshold = fixed_from_numeric(values[cols->pretrip_threshold - 1], MONEY_SCALE);
+	acc->credit_limit = fixed_from_numeric(values[cols->credit_limit - 1], MONEY_SCALE);
+}
+
+/*
+ * site_thresholds
+ *		The site's default low-balance and pre-trip thresholds, in cents.
+ */
+static void
+site_thresholds(int32 site_id, int64 *low_balance, int64 *pretrip)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		args[1] = {Int32GetDatum(site_id)};
+	bool		isnull;
+
+	spi_kept_plan(&plan,
+			"SELECT (low_balance_threshold * 100)::int8, (pretrip_threshold * 100)::int8"
+			"  FROM prepay.site WHERE site_id = $1", 1, (Oid[]) {INT4OID});
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "balance: site query failed");
+	if (SPI_processed != 1)
+		elog(ERROR, "balance: site %d not found", site_id);
+	*low_balance = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	*pretrip = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+}
+
 /*
  * insert_ledger
  *		Insert one consumption entry per charge, in (account, time) order so
@@ -308,6 +518,55 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 	args[9] = spi_array(cols[9], NULL, ncharges, TEXTOID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "balance: ledger insert failed");
+}
+
+/* The ledger columns a consumption entry sets, in this order. */
+static const char *const ledger_columns[] = {
+	"site_id", "account_id", "kind", "amount", "balance_after", "meter_id",
+	"read_from", "read_to", "energy", "exact_charge", "pieces"
+};
+#define NLEDGER_COLUMNS lengthof(ledger_columns)
+
+/*
+ * insert_ledger_direct
+ *		insert_ledger by direct bulk insertion; the other columns take their
+ *		defaults (entry_id from its sequence, created_at, created_by).
+ */
+static void
+insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
+{
+	int			natts = direct_desc(table)->natts;
+	Datum	   *values = palloc0(sizeof(Datum) * natts);
+	bool	   *isset = palloc0(sizeof(bool) * natts);
+	int			att[NLEDGER_COLUMNS];
+	Datum		consumption;
+
+	for (int k = 0; k < (int) NLEDGER_COLUMNS; k++)
+	{
+		att[k] = direct_attnum(table, ledger_columns[k]) - 1;
+		isset[att[k]] = true;
+	}
+	consumption = DirectFunctionCall2(enum_in, CStringGetDatum("consumption"),
+									  ObjectIdGetDatum(TupleDescAttr(direct_desc(table), att[2])->atttypid));
+	for (int i = 0; i < ncharges; i++)
+	{
+		BalanceCharge *c = &charges[i];
+		MemoryContext old = MemoryContextSwitchTo(direct_row_context(table));
+
+		values[att[0]] = Int32GetDatum(c->site_id);
+		values[att[1]] = Int64GetDatum(c->account_id);
+		values[att[2]] = consumption;
+		values[att[3]] = direct_numeric(table, att[3] + 1, c->amount, MONEY_SCALE);
+		values[att[4]] = direct_numeric(table, att[4] + 1, c->balance_after, MONEY_SCALE);
+		values[att[5]] = Int64GetDatum(c->meter_id);
+		values[att[6]] = TimestampTzGetDatum(c->read_from);
+		values[att[7]] = TimestampTzGetDatum(c->read_to);
+		values[att[8]] = direct_numeric(table, att[8] + 1, c->energy, ENERGY_SCALE);
+		values[att[9]] = direct_numeric(table, att[9] + 1, c->exact, EXACT_SCALE);
+		values[att[10]] = CStringGetTextDatum(c->pieces);	/* json is text */
+		MemoryContextSwitchTo(old);
+		direct_insert(table, values, isset);
+	}
 }
 
 /*

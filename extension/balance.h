@@ -14,6 +14,7 @@
 #define PREPAY_BALANCE_H
 
 #include "prepay.h"
+#include "direct.h"
 
 /* One consumption charge, as the rating trigger hands it to balance.c. */
 typedef struct BalanceCharge
@@ -28,7 +29,10 @@ typedef struct BalanceCharge
 	char	   *pieces;			/* JSON: how it was priced (tariff_book.c) */
 	int64		amount;			/* cents, negative: a debit */
 	int64		balance_after;	/* cents, filled in by balance.c */
+	HeapTuple	account_row;	/* direct path: the account row the meter
+								 * lookup read (direct_fetch), else NULL */
 } BalanceCharge;
+
 
 /* The accounts a posting moved, for the alarm ladder. */
 typedef struct BalanceAccount BalanceAccount;
@@ -38,7 +42,8 @@ typedef struct BalancePosting
 	int			naccounts;
 } BalancePosting;
 
-extern BalancePosting *balance_post_charges(BalanceCharge *charges, int ncharges);
+extern BalancePosting *balance_post_charges(BalanceCharge *charges, int ncharges,
+											 DirectTable *accounts);
 extern void balance_apply_levels(BalancePosting *posting);
 
 #endif							/* PREPAY_BALANCE_H */

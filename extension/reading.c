@@ -26,6 +26,13 @@
  *	  READ a batch that waited for the site lock meets a serialization
  *	  failure at its meter UPDATE rather than rating from a stale state.
  *
+ * Meters and accounts are read and written directly (direct.c) when both
+ * tables allow it, with one snapshot taken after the site locks (and a new
+ * one before the meter updates when triggers on the ledger may have
+ * written meters); else by SQL statements that take the batch as arrays.
+ * The rows, the locks and their order are the same either way: a direct
+ * update takes the row lock its UPDATE would, at the same step.
+ *
  * Copyright (c) 2026, the prepay authors
  *
  * IDENTIFICATION
@@ -38,12 +45,15 @@
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "parser/parse_relation.h"
 #include "fmgr.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -116,6 +126,10 @@ typedef struct BatchMeter
 	TimestampTz relay_at;
 	bool		relay_changed;	/* a reading reported a new relay state */
 	bool		changed;
+	HeapTuple	row;			/* direct path: the meter row read */
+	bool		has_account;	/* direct path: account_id is not NULL */
+	bool		has_tariff;		/* direct path: the meter's own tariff_id */
+	HeapTuple	account_row;	/* direct path: its account's row, or NULL */
 } BatchMeter;
 
 typedef struct Batch
@@ -130,7 +144,41 @@ typedef struct Batch
 	BalanceCharge *charges;
 	int			ncharges;
 	int			nquarantined;
+	DirectTable *meter_table;	/* direct path: both open, else both NULL */
+	DirectTable *account_table;
+	Snapshot	snapshot;		/* direct path: taken after the site locks */
+	Oid			relay_oids[2];	/* relay_label's cache */
+	const char *relay_labels[2];
 } Batch;
+
+/* The meter columns the rating state is written to. */
+static const char *const meter_state_columns[] = {
+	"last_read_at", "last_energy", "charge_carry", "relay_state", "relay_state_at",
+	"cycle_start", "cycle_used", "last_sharp", "last_peak", "last_flat", "last_valley", NULL
+};
+static const char *const account_balance_columns[] = {"balance", NULL};
+
+/* Column numbers of prepay.meter and prepay.account the direct path uses. */
+typedef struct MeterColumns
+{
+	int			site_id;
+	int			meter_id;
+	int			active;
+	int			multiplier;
+	int			max_per_hour;
+	int			account_id;
+	int			tariff_id;
+	int			relay_state;
+	int			state[lengthof(meter_state_columns) - 1];	/* in that order */
+	int			account_tariff_id;
+	int			account_closed_at;
+} MeterColumns;
+
+enum
+{
+	S_LAST_READ_AT, S_LAST_ENERGY, S_CHARGE_CARRY, S_RELAY_STATE, S_RELAY_STATE_AT,
+	S_CYCLE_START, S_CYCLE_USED, S_REGISTERS
+};
 
 PG_FUNCTION_INFO_V1(prepay_reading_skip_duplicate);
 PG_FUNCTION_INFO_V1(prepay_reading_rate_batch);
@@ -138,10 +186,25 @@ PG_FUNCTION_INFO_V1(prepay_reading_rate_batch);
 static void check_trigger_protocol(FunctionCallInfo fcinfo, const char *name,
 								   bool before, bool for_row);
 static bool reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at);
+static Relation open_primary_key(Relation rel);
 static void batch_collect(Batch *batch, TriggerData *trigdata);
 static int	compare_readings(const void *a, const void *b);
 static void batch_lock_sites(Batch *batch);
+static void batch_open_direct(Batch *batch);
+static void batch_close_direct(Batch *batch);
 static void batch_load_meters(Batch *batch);
+static void batch_load_meters_direct(Batch *batch);
+static void meter_columns(Batch *batch, MeterColumns *cols);
+static void meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *values,
+						   bool *nulls);
+static void batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites,
+									   int64 *ids, HeapTuple *rows);
+static void meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m);
+static int	sort_keys(int32 *sites, int64 *ids, int n);
+static int	find_key(const int32 *sites, const int64 *ids, int n, int32 site_id, int64 id);
+static bool meter_set_state(DirectTable *table, Datum *values, bool *nulls, void *arg);
+static void set_numeric(DirectTable *t, Datum *values, bool *nulls, int attnum, int64 value,
+						int scale);
 static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
@@ -150,6 +213,8 @@ static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64
 static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
 									const BatchReading *r, int64 *deltas);
 static void batch_save_meters(Batch *batch);
+static void batch_refresh_meters(Batch *batch);
+static void batch_save_meters_direct(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, char *detail);
 
@@ -190,7 +255,7 @@ check_trigger_protocol(FunctionCallInfo fcinfo, const char *name, bool before, b
 static bool
 reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at)
 {
-	Relation	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	Relation	index = open_primary_key(rel);
 	ScanKeyData keys[3];
 	IndexScanDesc scan;
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
@@ -204,8 +269,32 @@ reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at)
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
-	index_close(index, AccessShareLock);
+	RelationClose(index);
 	return found;
+}
+
+/*
+ * open_primary_key
+ *		The table's primary key index, for one probe (RelationClose it).
+ *		The inserting statement holds RowExclusiveLock on every index of
+ *		its table (ExecOpenIndices) until it ends, so the lock manager is
+ *		not asked again for each row; without that lock (a caller that
+ *		never opened the indexes) the index is locked as usual.
+ */
+static Relation
+open_primary_key(Relation rel)
+{
+	Oid			oid = RelationGetPrimaryKeyIndex(rel);
+	Relation	index;
+
+	if (!OidIsValid(oid))
+		elog(ERROR, "reading_skip_duplicate: %s has no primary key", RelationGetRelationName(rel));
+	index = RelationIdGetRelation(oid);
+	if (index == NULL)
+		elog(ERROR, "reading_skip_duplicate: cannot open index %u", oid);
+	if (!CheckRelationLockedByMe(index, RowExclusiveLock, true))
+		LockRelationOid(oid, AccessShareLock);	/* kept to the end of the transaction */
+	return index;
 }
 
 /*
@@ -270,7 +359,11 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "reading_rate_batch: SPI_connect failed");
 		batch_lock_sites(&batch);
-		batch_load_meters(&batch);
+		batch_open_direct(&batch);
+		if (batch.meter_table != NULL)
+			batch_load_meters_direct(&batch);
+		else
+			batch_load_meters(&batch);
 		batch_load_tariffs(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
 
@@ -286,8 +379,16 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 			start = end;
 		}
 
-		posting = balance_post_charges(batch.charges, batch.ncharges);
-		batch_save_meters(&batch);
+		posting = balance_post_charges(batch.charges, batch.ncharges, batch.account_table);
+		if (batch.meter_table != NULL)
+		{
+			if (direct_has_triggers("ledger", TRIGGER_TYPE_INSERT))
+				batch_refresh_meters(&batch);
+			batch_save_meters_direct(&batch);
+		}
+		else
+			batch_save_meters(&batch);
+		batch_close_direct(&batch);
 		batch_save_quarantine(&batch);
 		balance_apply_levels(posting);
 		SPI_finish();
@@ -309,16 +410,14 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 	Tuplestorestate *store = trigdata->tg_newtable;
 	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
-	int			capacity = 1024;
+	int64		capacity = Max(tuplestore_tuple_count(store), 1);
 	int			energy_att = attnameAttNum(trigdata->tg_relation, "energy", false);
 	int			relay_att = attnameAttNum(trigdata->tg_relation, "relay_state", false);
 	int			register_att[NREGISTERS];
-	Oid			relay_oids[2] = {InvalidOid, InvalidOid};
-	const char *relay_labels[2] = {NULL, NULL};
 
 	for (int k = 0; k < NREGISTERS; k++)
 		register_att[k] = attnameAttNum(trigdata->tg_relation, tariff_register_name[k], false);
-	batch->readings = palloc(sizeof(BatchReading) * capacity);
+	batch->readings = palloc_extended(sizeof(BatchReading) * capacity, MCXT_ALLOC_HUGE);
 	tuplestore_rescan(store);
 	while (tuplestore_gettupleslot(store, true, false, slot))
 	{
@@ -350,7 +449,7 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 		}
 		value = slot_getattr(slot, relay_att, &isnull);
 		if (!isnull)
-			r->relay = relay_label(value, relay_oids, relay_labels);
+			r->relay = relay_label(value, batch->relay_oids, batch->relay_labels);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	if (batch->nreadings > 1)
@@ -422,6 +521,272 @@ batch_lock_sites(Batch *batch)
 		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading_rate_batch: site lock failed");
 	}
+}
+
+/*
+ * batch_open_direct
+ *		Open prepay.meter and prepay.account for direct access if both allow
+ *		it (direct.c), with a snapshot taken now, after the site locks were
+ *		granted (like the SQL path's statements; see batch_load_meters),
+ *		that sees everything this transaction did so far.
+ */
+static void
+batch_open_direct(Batch *batch)
+{
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
+	batch->account_table = direct_open("account", CMD_UPDATE, account_balance_columns,
+									   batch->snapshot);
+	batch->meter_table = direct_open("meter", CMD_UPDATE, meter_state_columns, batch->snapshot);
+	if (batch->account_table == NULL || batch->meter_table == NULL)
+		batch_close_direct(batch);
+}
+
+/* Close the direct tables and release the snapshot. */
+static void
+batch_close_direct(Batch *batch)
+{
+	if (batch->snapshot == NULL)
+		return;
+	if (batch->account_table != NULL)
+		direct_close(batch->account_table);
+	if (batch->meter_table != NULL)
+		direct_close(batch->meter_table);
+	batch->account_table = NULL;
+	batch->meter_table = NULL;
+	PopActiveSnapshot();
+	UnregisterSnapshot(batch->snapshot);
+	batch->snapshot = NULL;
+}
+
+/*
+ * batch_load_meters_direct
+ *		batch_load_meters by direct lookups of the meters and then of their
+ *		accounts (direct_fetch_keys), keeping the rows for the updates.
+ */
+static void
+batch_load_meters_direct(Batch *batch)
+{
+	MeterColumns cols;
+	int32	   *sites = palloc(sizeof(int32) * batch->nreadings);
+	int64	   *ids = palloc(sizeof(int64) * batch->nreadings);
+	HeapTuple  *rows = palloc(sizeof(HeapTuple) * batch->nreadings);
+	Datum	   *values;
+	bool	   *nulls;
+	int			n = 0;
+
+	meter_columns(batch, &cols);
+	for (int i = 0; i < batch->nreadings; i++)
+	{
+		BatchReading *r = &batch->readings[i];
+
+		if (n > 0 && sites[n - 1] == r->site_id && ids[n - 1] == r->meter_id)
+			continue;
+		sites[n] = r->site_id;
+		ids[n] = r->meter_id;
+		n++;
+	}
+	direct_fetch_keys(batch->meter_table, n, sites, ids, rows);
+	batch->meters = palloc0(sizeof(BatchMeter) * n);
+	batch->nmeters = n;
+	values = palloc(sizeof(Datum) * direct_desc(batch->meter_table)->natts);
+	nulls = palloc(sizeof(bool) * direct_desc(batch->meter_table)->natts);
+	for (int i = 0; i < n; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+
+		m->site_id = sites[i];
+		m->meter_id = ids[i];
+		m->row = rows[i];
+		if (m->row != NULL)
+			meter_read_row(batch, &cols, m, values, nulls);
+	}
+	batch_load_accounts_direct(batch, &cols, sites, ids, rows);
+}
+
+/*
+ * batch_load_accounts_direct
+ *		The account of each meter found (billable if it exists and is open)
+ *		and its tariff (the meter's own, else the account's), as
+ *		batch_load_meters joins them.  The arrays are scratch space.
+ */
+static void
+batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites, int64 *ids,
+						   HeapTuple *rows)
+{
+	int			n = 0;
+
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+
+		if (m->row == NULL || !m->has_account)
+			continue;
+		sites[n] = m->site_id;
+		ids[n] = m->account_id;
+		n++;
+	}
+	n = sort_keys(sites, ids, n);
+	direct_fetch_keys(batch->account_table, n, sites, ids, rows);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+		int			k = m->row == NULL || !m->has_account ? -1 :
+			find_key(sites, ids, n, m->site_id, m->account_id);
+
+		if (k >= 0)
+			m->account_row = rows[k];
+		if (m->row != NULL)
+			meter_read_account(batch, cols, m);
+	}
+}
+
+/* The column numbers batch_load_meters_direct reads and writes. */
+static void
+meter_columns(Batch *batch, MeterColumns *cols)
+{
+	DirectTable *meter = batch->meter_table;
+
+	cols->site_id = direct_attnum(meter, "site_id");
+	cols->meter_id = direct_attnum(meter, "meter_id");
+	cols->active = direct_attnum(meter, "active");
+	cols->multiplier = direct_attnum(meter, "multiplier");
+	cols->max_per_hour = direct_attnum(meter, "max_per_hour");
+	cols->account_id = direct_attnum(meter, "account_id");
+	cols->tariff_id = direct_attnum(meter, "tariff_id");
+	for (int k = 0; meter_state_columns[k] != NULL; k++)
+		cols->state[k] = direct_attnum(meter, meter_state_columns[k]);
+	cols->account_tariff_id = direct_attnum(batch->account_table, "tariff_id");
+	cols->account_closed_at = direct_attnum(batch->account_table, "closed_at");
+}
+
+/*
+ * meter_read_row
+ *		The meter's rating state from its row, as batch_load_meters reads it
+ *		(the row is deformed once into the scratch arrays).
+ */
+static void
+meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *values, bool *nulls)
+{
+	const int  *att = cols->state;
+
+	heap_deform_tuple(m->row, direct_desc(batch->meter_table), values, nulls);
+	m->found = true;
+	m->active = DatumGetBool(values[cols->active - 1]);
+	m->multiplier = DatumGetInt32(values[cols->multiplier - 1]);
+	m->max_per_hour = fixed_from_numeric(values[cols->max_per_hour - 1], ENERGY_SCALE);
+	m->has_state = !nulls[att[S_LAST_READ_AT] - 1];
+	m->last_read_at = DatumGetTimestampTz(values[att[S_LAST_READ_AT] - 1]);
+	if (!nulls[att[S_LAST_ENERGY] - 1])
+		m->last_energy = fixed_from_numeric(values[att[S_LAST_ENERGY] - 1], ENERGY_SCALE);
+	m->carry = fixed_from_numeric(values[att[S_CHARGE_CARRY] - 1], EXACT_SCALE);
+	if (!nulls[att[S_RELAY_STATE] - 1])
+		m->relay = relay_label(values[att[S_RELAY_STATE] - 1], batch->relay_oids, batch->relay_labels);
+	m->cycle.start = nulls[att[S_CYCLE_START] - 1] ? INT64_MIN :
+		DatumGetTimestampTz(values[att[S_CYCLE_START] - 1]);
+	m->cycle.used = fixed_from_numeric(values[att[S_CYCLE_USED] - 1], ENERGY_SCALE);
+	m->has_registers = true;
+	for (int k = 0; k < NREGISTERS; k++)
+	{
+		m->has_registers = m->has_registers && !nulls[att[S_REGISTERS + k] - 1];
+		if (!nulls[att[S_REGISTERS + k] - 1])
+			m->registers[k] = fixed_from_numeric(values[att[S_REGISTERS + k] - 1], ENERGY_SCALE);
+	}
+	m->account_id = DatumGetInt64(values[cols->account_id - 1]);
+	m->has_account = !nulls[cols->account_id - 1];
+	m->tariff_id = DatumGetInt64(values[cols->tariff_id - 1]);
+	m->has_tariff = !nulls[cols->tariff_id - 1];
+}
+
+/*
+ * meter_read_account
+ *		Billable and tariff of a meter from its account row (NULL when it
+ *		has no account or the account does not exist).
+ */
+static void
+meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m)
+{
+	DirectTable *t = batch->account_table;
+	bool		isnull;
+
+	if (m->account_row == NULL)
+		return;
+	(void) direct_getattr(m->account_row, t, cols->account_closed_at, &m->billable);
+	if (!m->has_tariff)
+	{
+		m->tariff_id = DatumGetInt64(direct_getattr(m->account_row, t, cols->account_tariff_id, &isnull));
+		m->billable = m->billable && !isnull;
+	}
+}
+
+/* A (site, id) pair, for sorting keys. */
+typedef struct Key
+{
+	int32		site_id;
+	int64		id;
+} Key;
+
+static int
+compare_keys(const void *a, const void *b)
+{
+	const Key  *x = a;
+	const Key  *y = b;
+
+	if (x->site_id != y->site_id)
+		return x->site_id < y->site_id ? -1 : 1;
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return 0;
+}
+
+/*
+ * sort_keys
+ *		Sort the n keys (sites[i], ids[i]) and drop repeats; returns how
+ *		many are left.
+ */
+static int
+sort_keys(int32 *sites, int64 *ids, int n)
+{
+	Key		   *keys = palloc(sizeof(Key) * Max(n, 1));
+	int			m = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		keys[i].site_id = sites[i];
+		keys[i].id = ids[i];
+	}
+	qsort(keys, n, sizeof(Key), compare_keys);
+	for (int i = 0; i < n; i++)
+	{
+		if (m > 0 && compare_keys(&keys[i], &keys[m - 1]) == 0)
+			continue;
+		sites[m] = keys[i].site_id;
+		ids[m] = keys[i].id;
+		m++;
+	}
+	pfree(keys);
+	return m;
+}
+
+/* The index of a key among n sorted keys, or -1. */
+static int
+find_key(const int32 *sites, const int64 *ids, int n, int32 site_id, int64 id)
+{
+	int			lo = 0,
+				hi = n;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (sites[mid] < site_id || (sites[mid] == site_id && ids[mid] < id))
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && sites[lo] == site_id && ids[lo] == id ? lo : -1;
 }
 
 /*
@@ -674,6 +1039,7 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 	c->pieces = tariff_pieces_json(meter->tariff_id, versions, &batch->pieces, meter->multiplier,
 								   &before, &meter->cycle);
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
+	c->account_row = meter->account_row;
 	return true;
 }
 
@@ -778,6 +1144,116 @@ batch_save_meters(Batch *batch)
 		args[c] = spi_array(cols[c], nulls[c], n, types[c]);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "reading_rate_batch: meter update failed");
+}
+
+/*
+ * batch_refresh_meters
+ *		Triggers on the ledger may have written meters: read the moved
+ *		meters again with a new snapshot, as the SQL path's UPDATE statement
+ *		does, so their updates apply to what the triggers left.  A meter
+ *		gone meanwhile is not updated, as the UPDATE would not find it.
+ */
+static void
+batch_refresh_meters(Batch *batch)
+{
+	int32	   *sites = palloc(sizeof(int32) * batch->nmeters);
+	int64	   *ids = palloc(sizeof(int64) * batch->nmeters);
+	HeapTuple  *rows = palloc(sizeof(HeapTuple) * batch->nmeters);
+
+	CommandCounterIncrement();
+	PopActiveSnapshot();
+	UnregisterSnapshot(batch->snapshot);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
+	direct_refresh(batch->meter_table, batch->snapshot);
+	direct_refresh(batch->account_table, batch->snapshot);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		sites[i] = batch->meters[i].site_id;
+		ids[i] = batch->meters[i].meter_id;
+	}
+	direct_fetch_keys(batch->meter_table, batch->nmeters, sites, ids, rows);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+
+		if (m->changed && rows[i] == NULL)
+			m->changed = false;
+		m->row = rows[i];
+	}
+}
+
+/*
+ * batch_save_meters_direct
+ *		batch_save_meters by updating each moved meter's row in place.  A
+ *		meter deleted meanwhile is left alone, as the UPDATE would.
+ */
+static void
+batch_save_meters_direct(Batch *batch)
+{
+	MeterColumns cols;
+
+	meter_columns(batch, &cols);
+	for (int i = 0; i < batch->nmeters; i++)
+	{
+		BatchMeter *m = &batch->meters[i];
+		void	   *arg[2] = {&cols, m};
+
+		if (m->changed)
+			(void) direct_update(batch->meter_table, m->row, meter_set_state, arg);
+	}
+}
+
+/*
+ * meter_set_state
+ *		DirectModify for batch_save_meters_direct: the columns of the
+ *		meter's rating state, on the version being replaced if it is still
+ *		the meter.  The relay state is only set when a reading reported a
+ *		new one.
+ */
+static bool
+meter_set_state(DirectTable *t, Datum *values, bool *nulls, void *arg)
+{
+	const MeterColumns *cols = ((void **) arg)[0];
+	const BatchMeter *m = ((void **) arg)[1];
+	const int  *att = cols->state;
+
+	if (DatumGetInt32(values[cols->site_id - 1]) != m->site_id ||
+		DatumGetInt64(values[cols->meter_id - 1]) != m->meter_id)
+		return false;
+	values[att[S_LAST_READ_AT] - 1] = TimestampTzGetDatum(m->last_read_at);
+	nulls[att[S_LAST_READ_AT] - 1] = false;
+	set_numeric(t, values, nulls, att[S_LAST_ENERGY], m->last_energy, ENERGY_SCALE);
+	set_numeric(t, values, nulls, att[S_CHARGE_CARRY], m->carry, EXACT_SCALE);
+	if (m->relay_changed)
+	{
+		values[att[S_RELAY_STATE] - 1] =
+			DirectFunctionCall2(enum_in, CStringGetDatum(m->relay),
+								ObjectIdGetDatum(TupleDescAttr(direct_desc(t), att[S_RELAY_STATE] - 1)->atttypid));
+		nulls[att[S_RELAY_STATE] - 1] = false;
+		values[att[S_RELAY_STATE_AT] - 1] = TimestampTzGetDatum(m->relay_at);
+		nulls[att[S_RELAY_STATE_AT] - 1] = false;
+	}
+	values[att[S_CYCLE_START] - 1] = TimestampTzGetDatum(m->cycle.start);
+	nulls[att[S_CYCLE_START] - 1] = m->cycle.start == INT64_MIN;
+	set_numeric(t, values, nulls, att[S_CYCLE_USED], m->cycle.used, ENERGY_SCALE);
+	for (int k = 0; k < NREGISTERS; k++)
+	{
+		if (m->has_registers)
+			set_numeric(t, values, nulls, att[S_REGISTERS + k], m->registers[k], ENERGY_SCALE);
+		else
+			nulls[att[S_REGISTERS + k] - 1] = true;
+	}
+	return true;
+}
+
+/* Set a NUMERIC column of a row being built to a fixed-point value. */
+static void
+set_numeric(DirectTable *t, Datum *values, bool *nulls, int attnum, int64 value, int scale)
+{
+	values[attnum - 1] = direct_numeric(t, attnum, value, scale);
+	nulls[attnum - 1] = false;
 }
 
 /*

@@ -75,6 +75,7 @@ static void book_load_versions(TariffBook *book, Datum sites);
 static void book_load_sites(TariffBook *book, Datum sites);
 static void book_load_holidays(TariffBook *book, Datum sites);
 static int64 clock_local_to_utc(void *arg, int32_t day, int minute);
+static void format_iso(StringInfo buf, TimestampTz t);
 static void clock_utc_to_local(void *arg, int64_t t, int32_t *day, int *minute);
 
 TariffBook *
@@ -322,12 +323,73 @@ clock_utc_to_local(void *arg, int64_t t, int32_t *day, int *minute)
 }
 
 /*
- * append_iso
- *		An instant as ISO 8601 in UTC, stable whatever the session's
- *		settings (written directly: this runs for every priced piece).
+ * append_digits
+ *		A non-negative integer in decimal, zero-padded to `width` digits, as
+ *		printf's %0*lld writes it (written directly: the pricing record is
+ *		formatted for every charge, and printf was a tenth of rating).
  */
 static void
+append_digits(StringInfo buf, uint64 value, int width)
+{
+	char		digits[24];
+	int			n = 0;
+
+	do
+	{
+		digits[sizeof(digits) - 1 - n++] = '0' + value % 10;
+		value /= 10;
+	} while (value != 0);
+	while (n < width && n < (int) sizeof(digits))
+		digits[sizeof(digits) - 1 - n++] = '0';
+	appendBinaryStringInfo(buf, digits + sizeof(digits) - n, n);
+}
+
+/* A signed integer in decimal, as %lld. */
+static void
+append_int(StringInfo buf, int64 value)
+{
+	if (value < 0)
+		appendStringInfoChar(buf, '-');
+	append_digits(buf, value < 0 ? -(uint64) value : (uint64) value, 0);
+}
+
+/*
+ * append_iso
+ *		An instant as ISO 8601 in UTC, stable whatever the session's
+ *		settings.  This runs for every priced piece, and the pieces of a
+ *		batch share few instants (its readings' times, the versions'
+ *		valid_from), so the last few are kept formatted.
+ */
+#define ISO_CACHE_SIZE 4
+#define ISO_MAX_LEN 40
+static void
 append_iso(StringInfo buf, TimestampTz t)
+{
+	static TimestampTz cached_at[ISO_CACHE_SIZE];
+	static char cached_text[ISO_CACHE_SIZE][ISO_MAX_LEN];
+	static int	cached_len[ISO_CACHE_SIZE];
+	static int	next = 0;
+	int			start = buf->len;
+
+	for (int i = 0; i < ISO_CACHE_SIZE; i++)
+		if (cached_len[i] > 0 && cached_at[i] == t)
+		{
+			appendBinaryStringInfo(buf, cached_text[i], cached_len[i]);
+			return;
+		}
+	format_iso(buf, t);
+	if (buf->len - start < ISO_MAX_LEN)
+	{
+		cached_at[next] = t;
+		cached_len[next] = buf->len - start;
+		memcpy(cached_text[next], buf->data + start, buf->len - start);
+		next = (next + 1) % ISO_CACHE_SIZE;
+	}
+}
+
+/* append_iso without the cache. */
+static void
+format_iso(StringInfo buf, TimestampTz t)
 {
 	int64		days = t / USECS_PER_DAY;
 	int64		rest = t % USECS_PER_DAY;
@@ -341,11 +403,25 @@ append_iso(StringInfo buf, TimestampTz t)
 		days--;
 	}
 	j2date((int) days + POSTGRES_EPOCH_JDATE, &y, &m, &d);
-	appendStringInfo(buf, "%04d-%02d-%02dT%02d:%02d:%02d", y, m, d,
-					 (int) (rest / USECS_PER_HOUR), (int) (rest / USECS_PER_MINUTE % 60),
-					 (int) (rest / USECS_PER_SEC % 60));
+	if (y < 0)
+		appendStringInfo(buf, "%04d", y);
+	else
+		append_digits(buf, y, 4);
+	appendStringInfoChar(buf, '-');
+	append_digits(buf, m, 2);
+	appendStringInfoChar(buf, '-');
+	append_digits(buf, d, 2);
+	appendStringInfoChar(buf, 'T');
+	append_digits(buf, rest / USECS_PER_HOUR, 2);
+	appendStringInfoChar(buf, ':');
+	append_digits(buf, rest / USECS_PER_MINUTE % 60, 2);
+	appendStringInfoChar(buf, ':');
+	append_digits(buf, rest / USECS_PER_SEC % 60, 2);
 	if (rest % USECS_PER_SEC != 0)
-		appendStringInfo(buf, ".%06d", (int) (rest % USECS_PER_SEC));
+	{
+		appendStringInfoChar(buf, '.');
+		append_digits(buf, rest % USECS_PER_SEC, 6);
+	}
 	appendStringInfoString(buf, "+00:00");
 }
 
@@ -358,8 +434,11 @@ append_fixed(StringInfo buf, int64 value, int scale)
 
 	for (int i = 0; i < scale; i++)
 		unit *= 10;
-	appendStringInfo(buf, "%s" UINT64_FORMAT ".%0*" INT64_MODIFIER "u", value < 0 ? "-" : "",
-					 magnitude / unit, scale, magnitude % unit);
+	if (value < 0)
+		appendStringInfoChar(buf, '-');
+	append_digits(buf, magnitude / unit, 0);
+	appendStringInfoChar(buf, '.');
+	append_digits(buf, magnitude % unit, scale);
 }
 
 /*
@@ -373,10 +452,14 @@ tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffP
 				   int32 multiplier, const TariffCycleState *before, const TariffCycleState *after)
 {
 	StringInfoData buf;
+	char	   *result;
 
 	initStringInfo(&buf);
-	appendStringInfo(&buf, "{\"tariff_id\": " INT64_FORMAT ", \"multiplier\": %d, \"split\": \"%s\"",
-					 tariff_id, multiplier, pieces->by_register ? "registers" : "uniform");
+	appendStringInfoString(&buf, "{\"tariff_id\": ");
+	append_int(&buf, tariff_id);
+	appendStringInfoString(&buf, ", \"multiplier\": ");
+	append_int(&buf, multiplier);
+	appendStringInfoString(&buf, pieces->by_register ? ", \"split\": \"registers\"" : ", \"split\": \"uniform\"");
 	if (before->start != INT64_MIN)
 	{
 		appendStringInfoString(&buf, ", \"cycle_start\": \"");
@@ -403,8 +486,11 @@ tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffP
 		append_iso(&buf, p->to);
 		appendStringInfoString(&buf, "\", \"version\": \"");
 		append_iso(&buf, v->valid_from);
-		appendStringInfo(&buf, "\", \"period\": \"%s\", \"tier\": %d, \"energy\": ",
-						 v->period_name[p->period], p->tier + 1);
+		appendStringInfoString(&buf, "\", \"period\": \"");
+		appendStringInfoString(&buf, v->period_name[p->period]);
+		appendStringInfoString(&buf, "\", \"tier\": ");
+		append_int(&buf, p->tier + 1);
+		appendStringInfoString(&buf, ", \"energy\": ");
 		append_fixed(&buf, p->energy, ENERGY_SCALE);
 		appendStringInfoString(&buf, ", \"price\": ");
 		append_fixed(&buf, p->price, PRICE_SCALE);
@@ -413,5 +499,8 @@ tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffP
 		appendStringInfoChar(&buf, '}');
 	}
 	appendStringInfoString(&buf, "]}");
-	return buf.data;
+	/* a batch keeps one per charge: keep only the bytes used */
+	result = pnstrdup(buf.data, buf.len);
+	pfree(buf.data);
+	return result;
 }

@@ -54,6 +54,13 @@ RETURNS json LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'prepay_rate';
 COMMENT ON FUNCTION prepay._rate(integer, bigint, timestamptz, timestamptz, numeric, numeric, timestamptz, numeric[]) IS
 'Internal: rate energy over (from, to] with a tariff, given the billing cycle''s start (NULL: the cycle containing from) and its consumption so far, and optionally the {sharp, peak, flat, valley} register energies; returns the pieces in the format of prepay.ledger.pieces.  The rating trigger uses the same C core.';
 
+CREATE FUNCTION prepay._rate_many(p_site_id integer, p_tariff_id bigint[], p_from timestamptz[], p_to timestamptz[],
+                                  p_energy numeric[], p_cycle_used numeric[], p_cycle_start timestamptz[],
+                                  p_registers numeric[])
+RETURNS SETOF json LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'prepay_rate_many';
+COMMENT ON FUNCTION prepay._rate_many(integer, bigint[], timestamptz[], timestamptz[], numeric[], numeric[], timestamptz[], numeric[]) IS
+'Internal: prepay._rate() of a series of intervals of one site (the i-th elements of the arrays), in order, with the site''s tariffs loaded once.  A NULL cycle_used continues the billing cycle the previous interval left; p_registers is NULL or has one row {sharp, peak, flat, valley} per interval (a row with a NULL: none).';
+
 CREATE FUNCTION prepay._pieces(p_pieces json)
 RETURNS TABLE (piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
                tier integer, energy numeric, unit_price numeric, amount numeric)
@@ -129,38 +136,36 @@ CREATE FUNCTION prepay.simulate_bill(p_site_id integer, p_account_id bigint, p_t
                                      p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (period text, tier integer, unit_price numeric, energy numeric, amount numeric)
 LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    e prepay.ledger;
-    priced json;
-    all_pieces json[] := '{}';
-    last_meter bigint;
-    cycle_start timestamptz;
-    cycle_used numeric;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM prepay.account a WHERE a.site_id = p_site_id AND a.account_id = p_account_id) THEN
         PERFORM prepay._raise('PY001', 'unknown account',
             pg_catalog.format('Site %s has no account %s.', p_site_id, p_account_id), NULL);
     END IF;
-    FOR e IN
-        SELECT * FROM prepay.ledger l
+    -- each meter's charges in time order; a meter's first charge starts a
+    -- billing cycle at zero (cycle_used 0), the others continue it (NULL)
+    RETURN QUERY
+    WITH e AS (
+        SELECT l.read_from, l.read_to, l.energy,
+               CASE WHEN pg_catalog.lag(l.meter_id) OVER w IS DISTINCT FROM l.meter_id THEN 0 END AS cycle_used,
+               coalesce(prepay._register_energy(l.pieces), '{NULL,NULL,NULL,NULL}') AS registers,
+               pg_catalog.row_number() OVER w AS ord
+          FROM prepay.ledger l
          WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'consumption'
            AND l.read_from >= p_from AND l.read_to <= p_to
-         ORDER BY l.meter_id, l.read_from
-    LOOP
-        IF last_meter IS DISTINCT FROM e.meter_id THEN
-            last_meter := e.meter_id;
-            cycle_start := NULL;
-            cycle_used := 0;
-        END IF;
-        priced := prepay._rate(p_site_id, p_tariff_id, e.read_from, e.read_to, e.energy,
-                               cycle_used, cycle_start, prepay._register_energy(e.pieces));
-        cycle_start := (priced->>'cycle_start_after')::timestamptz;
-        cycle_used := coalesce((priced->>'cycle_used_after')::numeric, 0);
-        all_pieces := all_pieces || priced;
-    END LOOP;
-    RETURN QUERY
+        WINDOW w AS (ORDER BY l.meter_id, l.read_from)),
+    a AS (
+        SELECT pg_catalog.array_agg(p_tariff_id ORDER BY e.ord) AS tariffs,
+               pg_catalog.array_agg(e.read_from ORDER BY e.ord) AS froms,
+               pg_catalog.array_agg(e.read_to ORDER BY e.ord) AS tos,
+               pg_catalog.array_agg(e.energy ORDER BY e.ord) AS energies,
+               pg_catalog.array_agg(e.cycle_used ORDER BY e.ord) AS cycle_used,
+               pg_catalog.array_agg(NULL::timestamptz ORDER BY e.ord) AS cycle_starts,
+               pg_catalog.array_agg(e.registers ORDER BY e.ord) AS registers
+          FROM e)
     SELECT p.period, p.tier, p.unit_price, sum(p.energy), sum(p.amount)
-      FROM unnest(all_pieces) AS j, prepay._pieces(j) AS p
+      FROM a, prepay._rate_many(p_site_id, a.tariffs, a.froms, a.tos, a.energies, a.cycle_used,
+                                a.cycle_starts, a.registers) AS j,
+           prepay._pieces(j) AS p
      GROUP BY p.period, p.tier, p.unit_price
      ORDER BY p.period, p.tier, p.unit_price;
 END $$;
@@ -187,9 +192,6 @@ RETURNS TABLE (account_id bigint, charges integer, charged numeric, repriced num
 LANGUAGE plpgsql AS $$
 DECLARE
     acc bigint;
-    e prepay.ledger;
-    was numeric;
-    now_exact numeric;
     deltas json[];
     total numeric;
     n integer;
@@ -205,29 +207,51 @@ BEGIN
          ORDER BY a.account_id
     LOOP
         PERFORM prepay._lock_account(p_site_id, acc);
-        deltas := '{}';
-        total := 0; n := 0; sum_was := 0; sum_now := 0; posted := NULL;
-        FOR e IN
-            SELECT * FROM prepay.ledger l
+        posted := NULL;
+        -- every charge re-priced in one call (_rate_many: the tariffs are
+        -- loaded once), next to what it stands at now: its exact charge
+        -- plus every re-rating adjustment of it (as _charged_exact)
+        WITH e AS (
+            SELECT l.entry_id, l.exact_charge, l.read_from, l.read_to, l.energy,
+                   (l.pieces->>'tariff_id')::bigint AS tariff_id,
+                   coalesce((l.pieces->>'cycle_used_before')::numeric, 0) AS cycle_used,
+                   (l.pieces->>'cycle_start')::timestamptz AS cycle_start,
+                   coalesce(prepay._register_energy(l.pieces), '{NULL,NULL,NULL,NULL}') AS registers,
+                   pg_catalog.row_number() OVER (ORDER BY l.entry_id) AS ord
+              FROM prepay.ledger l
              WHERE l.site_id = p_site_id AND l.account_id = acc AND l.kind = 'consumption'
-               AND l.read_from >= p_from AND l.read_to <= p_to AND l.pieces IS NOT NULL
-             ORDER BY l.entry_id
-        LOOP
-            was := prepay._charged_exact(p_site_id, acc, e);
-            SELECT sum(p.amount) INTO now_exact
-              FROM prepay._pieces(prepay._rate(p_site_id, (e.pieces->>'tariff_id')::bigint, e.read_from, e.read_to,
-                                               e.energy, coalesce((e.pieces->>'cycle_used_before')::numeric, 0),
-                                               (e.pieces->>'cycle_start')::timestamptz,
-                                               prepay._register_energy(e.pieces))) AS p;
-            now_exact := coalesce(now_exact, 0);
-            n := n + 1;
-            sum_was := sum_was + was;
-            sum_now := sum_now + now_exact;
-            IF now_exact <> was THEN
-                deltas := deltas || pg_catalog.json_build_object('entry_id', e.entry_id, 'exact_delta', now_exact - was);
-                total := total + (now_exact - was);
-            END IF;
-        END LOOP;
+               AND l.read_from >= p_from AND l.read_to <= p_to AND l.pieces IS NOT NULL),
+        adjusted AS (
+            SELECT (x->>'entry_id')::bigint AS entry_id, sum((x->>'exact_delta')::numeric) AS delta
+              FROM prepay.ledger a, pg_catalog.json_array_elements(a.pieces->'rerate') AS x
+             WHERE a.site_id = p_site_id AND a.account_id = acc AND a.kind = 'adjustment'
+             GROUP BY 1),
+        arrays AS (
+            SELECT pg_catalog.array_agg(e.tariff_id ORDER BY e.ord) AS tariffs,
+                   pg_catalog.array_agg(e.read_from ORDER BY e.ord) AS froms,
+                   pg_catalog.array_agg(e.read_to ORDER BY e.ord) AS tos,
+                   pg_catalog.array_agg(e.energy ORDER BY e.ord) AS energies,
+                   pg_catalog.array_agg(e.cycle_used ORDER BY e.ord) AS cycle_used,
+                   pg_catalog.array_agg(e.cycle_start ORDER BY e.ord) AS cycle_starts,
+                   pg_catalog.array_agg(e.registers ORDER BY e.ord) AS registers
+              FROM e),
+        priced AS (
+            SELECT r.ord, (SELECT sum(p.amount) FROM prepay._pieces(r.j) AS p) AS amount
+              FROM arrays, prepay._rate_many(p_site_id, arrays.tariffs, arrays.froms, arrays.tos,
+                                             arrays.energies, arrays.cycle_used, arrays.cycle_starts,
+                                             arrays.registers) WITH ORDINALITY AS r(j, ord)),
+        x AS (
+            SELECT e.entry_id, e.exact_charge + coalesce(d.delta, 0) AS was,
+                   coalesce(pr.amount, 0) AS now_exact
+              FROM e JOIN priced pr ON pr.ord = e.ord
+              LEFT JOIN adjusted d ON d.entry_id = e.entry_id)
+        SELECT count(*), coalesce(sum(x.was), 0), coalesce(sum(x.now_exact), 0),
+               coalesce(sum(x.now_exact - x.was) FILTER (WHERE x.now_exact <> x.was), 0),
+               coalesce(pg_catalog.array_agg(pg_catalog.json_build_object('entry_id', x.entry_id,
+                                                                          'exact_delta', x.now_exact - x.was)
+                                             ORDER BY x.entry_id) FILTER (WHERE x.now_exact <> x.was), '{}')
+          INTO n, sum_was, sum_now, total, deltas
+          FROM x;
         IF round(total, 2) <> 0 THEN
             posted := prepay._post_entry(p_site_id, acc, 'adjustment', -round(total, 2), NULL, NULL,
                 pg_catalog.format('re-rated consumption from %s to %s', p_from, p_to), NULL,

@@ -1,0 +1,118 @@
+-- The rating batch writes meters, accounts and ledger rows directly when
+-- the SQL statements would do nothing more (extension/direct.c).  A
+-- trigger, row security or a missing privilege sends a table through the
+-- SQL statements instead.  Either way the rows are the same, and triggers
+-- on the ledger fire as for an INSERT.
+DROP EXTENSION prepay CASCADE;
+CREATE EXTENSION prepay;
+SET timezone = 'UTC';
+SET datestyle = 'ISO';
+INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('Twins', 15, 5);
+INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
+INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 0.583), (1, 1, '2026-03-01 12:00+00', 0.61);
+-- three groups of four meters on two accounts each, the same shapes:
+-- group 1 meters 1-4 (accounts 1, 2), group 2 meters 5-8 (3, 4), group 3 meters 9-12 (5, 6)
+INSERT INTO prepay.meter (site_id, code, multiplier)
+SELECT 1, 'M' || i, CASE WHEN i % 2 = 0 THEN 1 ELSE 3 END FROM generate_series(1, 12) i;
+SELECT count(prepay.open_account(1, 'A' || i, 'Tenant ' || i, 1)) FROM generate_series(1, 6) i;
+SELECT count(prepay.attach_meter(1, (m + 1) / 2, m, 100, '2026-03-01 00:00+00')) FROM generate_series(1, 12) m;
+SELECT count(prepay.recharge(1, a, 20, 'cash', 'open-' || a)) FROM generate_series(1, 6) a;
+
+-- the same readings for every group: three batches, the last one with two
+-- readings per meter, enough to walk each group's second account down the
+-- ladder into arrears (notifications, trips)
+CREATE FUNCTION public.read_group(g int, k int) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+    SELECT 1, 4 * (g - 1) + m, '2026-03-01 00:00+00'::timestamptz + interval '5 hours' * (k + r),
+           100 + (k + r) * (m * 1.013 + 0.007)
+      FROM generate_series(1, 4) m, generate_series(0, CASE WHEN k = 3 THEN 1 ELSE 0 END) r;
+$$;
+
+-- AFTER triggers on the ledger fire for direct inserts, with the batch's
+-- rows; the statement trigger also writes the meters it saw, before the
+-- batch saves their rating state (which must keep the trigger's change)
+CREATE TABLE public.ledger_log (what text, entries int, total numeric);
+CREATE FUNCTION public.count_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.ledger_log VALUES (TG_TABLE_NAME || ' update', 1, NULL);
+    RETURN NULL;
+END $$;
+CREATE FUNCTION public.log_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.ledger_log SELECT 'statement', count(*), sum(amount) FROM new_entries;
+    UPDATE prepay.meter SET room = 'seen ' || (SELECT count(*) FROM new_entries e WHERE e.meter_id = meter.meter_id)
+     WHERE site_id = 1 AND meter_id IN (SELECT meter_id FROM new_entries);
+    RETURN NULL;
+END $$;
+CREATE FUNCTION public.log_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.ledger_log VALUES (TG_WHEN || ' row', 1, NEW.amount);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER log_statement AFTER INSERT ON prepay.ledger
+    REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION public.log_statement();
+CREATE TRIGGER log_row AFTER INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTION public.log_row();
+-- a trigger on meter columns rating does not set does not stop direct
+-- updates, and rating does not fire it (only the statement trigger does)
+CREATE TRIGGER meter_room AFTER UPDATE OF room ON prepay.meter FOR EACH ROW EXECUTE FUNCTION public.count_update();
+SELECT public.read_group(1, k) FROM generate_series(1, 3) k;
+SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log GROUP BY what ORDER BY what;
+SELECT meter_id, room, last_read_at, last_energy FROM prepay.meter WHERE meter_id <= 4 ORDER BY meter_id;
+TRUNCATE public.ledger_log;
+
+-- group 2 through the SQL statements: a BEFORE row trigger on the ledger,
+-- an UPDATE trigger on accounts
+CREATE TRIGGER log_before BEFORE INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTION public.log_row();
+CREATE TRIGGER account_update AFTER UPDATE ON prepay.account FOR EACH STATEMENT EXECUTE FUNCTION public.count_update();
+SELECT public.read_group(2, k) FROM generate_series(1, 3) k;
+SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log GROUP BY what ORDER BY what;
+DROP TRIGGER log_before ON prepay.ledger;
+DROP TRIGGER account_update ON prepay.account;
+DROP TRIGGER log_statement ON prepay.ledger;
+DROP TRIGGER log_row ON prepay.ledger;
+DROP TRIGGER meter_room ON prepay.meter;
+
+-- group 3 as a role under row-level security on the ledger
+CREATE ROLE prepay_direct_tester;
+GRANT USAGE ON SCHEMA prepay TO prepay_direct_tester;
+GRANT ALL ON ALL TABLES IN SCHEMA prepay TO prepay_direct_tester;
+GRANT ALL ON ALL SEQUENCES IN SCHEMA prepay TO prepay_direct_tester;
+GRANT EXECUTE ON FUNCTION public.read_group(int, int) TO prepay_direct_tester;
+ALTER TABLE prepay.ledger ENABLE ROW LEVEL SECURITY;
+CREATE POLICY ledger_all ON prepay.ledger TO prepay_direct_tester USING (true) WITH CHECK (site_id = 1);
+SET ROLE prepay_direct_tester;
+SELECT public.read_group(3, k) FROM generate_series(1, 3) k;
+RESET ROLE;
+DROP POLICY ledger_all ON prepay.ledger;
+ALTER TABLE prepay.ledger DISABLE ROW LEVEL SECURITY;
+REVOKE ALL ON ALL TABLES IN SCHEMA prepay FROM prepay_direct_tester;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA prepay FROM prepay_direct_tester;
+REVOKE USAGE ON SCHEMA prepay FROM prepay_direct_tester;
+DROP FUNCTION public.read_group(int, int);
+DROP ROLE prepay_direct_tester;
+
+-- group 1 (direct) as the reference: its entries, then every difference
+-- of the other groups' entries, meters, accounts and notifications
+SELECT meter_id, account_id, read_from, read_to, energy, exact_charge, amount, balance_after
+  FROM prepay.ledger WHERE kind = 'consumption' AND meter_id <= 4 ORDER BY entry_id;
+SELECT g.g AS group_no, count(*) AS entries,
+       count(*) FILTER (WHERE (l.account_id - 2 * (g.g - 1), l.read_from, l.read_to, l.energy,
+                               l.exact_charge, l.amount, l.balance_after, l.pieces::text)
+                              IS DISTINCT FROM (r.account_id, r.read_from, r.read_to, r.energy,
+                                                r.exact_charge, r.amount, r.balance_after, r.pieces::text)) AS differ
+  FROM generate_series(2, 3) g(g)
+  JOIN prepay.ledger l ON l.meter_id BETWEEN 4 * g.g - 3 AND 4 * g.g AND l.kind = 'consumption'
+  LEFT JOIN prepay.ledger r ON r.kind = 'consumption' AND r.meter_id = l.meter_id - 4 * (g.g - 1)
+                           AND r.read_to = l.read_to
+ GROUP BY g.g ORDER BY g.g;
+SELECT m.meter_id, m.last_read_at, m.last_energy, m.charge_carry
+  FROM prepay.meter m JOIN prepay.meter r ON r.meter_id = (m.meter_id - 1) % 4 + 1
+ WHERE m.meter_id > 4 AND (m.last_read_at, m.last_energy, m.charge_carry)
+       IS DISTINCT FROM (r.last_read_at, r.last_energy, r.charge_carry);
+SELECT account_id, balance, alarm_level FROM prepay.account ORDER BY account_id;
+SELECT account_id, alarm_level, balance FROM prepay.notification ORDER BY notification_id;
+SELECT * FROM prepay.check_ledger();
+DROP TABLE public.ledger_log;
+DROP FUNCTION public.log_statement();
+DROP FUNCTION public.log_row();
+DROP FUNCTION public.count_update();
