@@ -56,14 +56,7 @@ BEGIN
             pg_catalog.format('The value given was %s.', p_value),
             'Pass an amount in the site''s currency, at or above zero.');
     END IF;
-    IF p_value <> pg_catalog.round(p_value, 2) THEN
-        PERFORM prepay._raise('22023', pg_catalog.format('%s has more than two decimal places', p_what),
-            pg_catalog.format('The value given was %s.', p_value), 'Amounts are exact to the cent.');
-    END IF;
-    IF p_value >= 1e12 THEN
-        PERFORM prepay._raise('22003', pg_catalog.format('%s is too large', p_what),
-            pg_catalog.format('The value given was %s.', p_value), 'Amounts must be below 1,000,000,000,000.');
-    END IF;
+    PERFORM prepay._check_cents(p_value, p_what);
 END $$;
 COMMENT ON FUNCTION prepay._check_threshold(numeric, text) IS
 'Internal: refuse an alarm threshold or credit limit that is NaN, negative or has fractions of a cent (22023), or is absurdly large (22003).  NULL passes.';

@@ -569,6 +569,20 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._raise(text, text, text, text) IS 'Internal: raise an error with a SQLSTATE, message, detail and hint.';
 
+CREATE FUNCTION prepay._check_cents(p_amount numeric, p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_amount <> pg_catalog.round(p_amount, 2) THEN
+        PERFORM prepay._raise('22023', pg_catalog.format('%s has more than two decimal places', p_what),
+            pg_catalog.format('The amount given was %s.', p_amount), 'Amounts are exact to the cent.');
+    END IF;
+    IF p_amount >= 1e12 THEN
+        PERFORM prepay._raise('22003', pg_catalog.format('%s is too large', p_what),
+            pg_catalog.format('The amount given was %s.', p_amount), 'Amounts must be below 1,000,000,000,000.');
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._check_cents(numeric, text) IS 'Internal: refuse an amount with fractions of a cent (22023) or absurdly large (22003); the checks every money input shares.';
+
 CREATE FUNCTION prepay._check_amount(p_amount numeric, p_what text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
@@ -581,14 +595,7 @@ BEGIN
             pg_catalog.format('The amount given was %s.', coalesce(p_amount::text, 'NULL')),
             'Pass a positive amount in the site''s currency; use prepay.refund or prepay.reverse to take money back.');
     END IF;
-    IF p_amount <> pg_catalog.round(p_amount, 2) THEN
-        PERFORM prepay._raise('22023', pg_catalog.format('%s amount has more than two decimal places', p_what),
-            pg_catalog.format('The amount given was %s.', p_amount), 'Amounts are exact to the cent.');
-    END IF;
-    IF p_amount >= 1e12 THEN
-        PERFORM prepay._raise('22003', pg_catalog.format('%s amount is too large', p_what),
-            pg_catalog.format('The amount given was %s.', p_amount), 'Amounts must be below 1,000,000,000,000.');
-    END IF;
+    PERFORM prepay._check_cents(p_amount, p_what || ' amount');
 END $$;
 COMMENT ON FUNCTION prepay._check_amount(numeric, text) IS 'Internal: refuse a money amount that is not positive, has fractions of a cent or is absurdly large (SQLSTATE 22023 or 22003).';
 
