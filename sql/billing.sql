@@ -54,12 +54,6 @@ $$;
 COMMENT ON FUNCTION prepay._days_open(integer, prepay.account, date, date) IS
 'Internal: how many days of [from, to) the account is open: the move-in day counts, the move-out day does not.  An open account counts as open to the end.';
 
-CREATE FUNCTION prepay._pro_rata(p_full numeric, p_days integer, p_days_in_period integer)
-RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
-    SELECT (pg_catalog.div(p_full * p_days * 100, p_days_in_period) / 100)::numeric(14,2)
-$$;
-COMMENT ON FUNCTION prepay._pro_rata(numeric, integer, integer) IS 'Internal: full x days / days in period, rounded down to the cent (the tenant never pays a fraction of a cent more).';
-
 -- ---------------------------------------------------------------------
 -- account groups
 -- ---------------------------------------------------------------------
@@ -130,6 +124,8 @@ CREATE TABLE prepay.period_charge (
 );
 CREATE INDEX period_charge_account ON prepay.period_charge (site_id, account_id, period_start);
 COMMENT ON INDEX prepay.period_charge_account IS 'An account''s periodic charges: statements and bills.';
+CREATE UNIQUE INDEX period_charge_entry ON prepay.period_charge (site_id, entry_id) WHERE entry_id IS NOT NULL;
+COMMENT ON INDEX prepay.period_charge_entry IS 'The periodic charge a ledger entry posted (one at most): how a bill finds a charge''s period and name.';
 COMMENT ON TABLE prepay.period_charge IS 'Every periodic charge or credit, exactly once per (source, rule, account, period): fees, their move-out credits, common-area and loss shares, allowances and their expiry, basic charge settlements.  inputs holds what the amount was computed from, so anyone can reproduce it.';
 COMMENT ON COLUMN prepay.period_charge.site_id IS 'Site of the account.';
 COMMENT ON COLUMN prepay.period_charge.source IS 'What produced it: fee, fee_credit, common_area, loss, allowance, allowance_expiry or basic_settlement.';
@@ -802,9 +798,8 @@ DECLARE
     month_start date := pg_catalog.date_trunc('month', p_month)::date;
     month_end date := (pg_catalog.date_trunc('month', p_month) + interval '1 month')::date;
     t_to timestamptz;
-    a record;
-    basis numeric;
-    monthly numeric;
+    ac prepay.account;
+    terms record;
     days integer;
     target numeric;
     accrued numeric;
@@ -817,33 +812,23 @@ BEGIN
             'Settle a month once it has ended.');
     END IF;
     t_to := prepay._local_start(p_site_id, month_end);
-    FOR a IN
-        SELECT ac, (SELECT v.definition->'basic' FROM prepay.tariff_version v
-                     WHERE v.site_id = ac.site_id AND v.tariff_id = ac.tariff_id AND v.valid_from < t_to
-                     ORDER BY v.valid_from DESC LIMIT 1) AS basic
-          FROM prepay.account ac
-         WHERE ac.site_id = p_site_id AND ac.closed_at IS NULL
-         ORDER BY ac.account_id
-    LOOP
-        CONTINUE WHEN a.basic IS NULL;
-        days := prepay._days_open(p_site_id, a.ac, month_start, month_end);
+    FOR ac IN SELECT * FROM prepay.account a
+               WHERE a.site_id = p_site_id AND a.closed_at IS NULL ORDER BY a.account_id LOOP
+        -- the version in force on the month's last instant; the whole month's demand
+        terms := prepay._basic_terms(ac, t_to - interval '1 microsecond',
+                                     prepay._local_start(p_site_id, month_start), t_to);
+        CONTINUE WHEN terms.basic IS NULL;
+        days := prepay._days_open(p_site_id, ac, month_start, month_end);
         CONTINUE WHEN days = 0;
-        basis := CASE WHEN a.basic->>'by' = 'capacity' THEN coalesce((a.ac).capacity_kva, 0)
-                      ELSE prepay.max_demand(p_site_id, (a.ac).account_id,
-                                             prepay._local_start(p_site_id, month_start), t_to) END;
-        monthly := basis * (a.basic->>'price')::numeric;
-        target := prepay._pro_rata(monthly, days, month_end - month_start);
-        SELECT coalesce(-sum(l.amount), 0) INTO accrued FROM prepay.ledger l
-         WHERE l.site_id = p_site_id AND l.account_id = (a.ac).account_id AND l.kind = 'basic_charge'
-           AND l.channel = 'basic_charge'
-           AND l.external_ref LIKE (a.ac).account_id || '/' || to_char(month_start, 'YYYY-MM') || '-%';
-        IF prepay._charge(p_site_id, 'basic_settlement', 0, (a.ac).account_id, month_start, month_end,
+        target := prepay._pro_rata(terms.monthly, days, month_end - month_start);
+        accrued := prepay._basic_accrued(p_site_id, ac.account_id, month_start);
+        IF prepay._charge(p_site_id, 'basic_settlement', 0, ac.account_id, month_start, month_end,
                           accrued - target, 'deduct',
-                          pg_catalog.jsonb_build_object('by', a.basic->>'by', 'basis', basis,
-                              'price', a.basic->>'price', 'monthly', monthly, 'days', days,
+                          pg_catalog.jsonb_build_object('by', terms.basic->>'by', 'basis', terms.basis,
+                              'price', terms.basic->>'price', 'monthly', terms.monthly, 'days', days,
                               'days_in_month', month_end - month_start, 'target', target, 'accrued', accrued),
                           pg_catalog.format('basic charge %s: %s x %s per month for %s of %s days, %s accrued',
-                                            to_char(month_start, 'YYYY-MM'), basis, a.basic->>'price', days,
+                                            to_char(month_start, 'YYYY-MM'), terms.basis, terms.basic->>'price', days,
                                             month_end - month_start, accrued)) THEN
             n := n + 1;
         END IF;

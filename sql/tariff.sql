@@ -288,6 +288,38 @@ $$;
 COMMENT ON FUNCTION prepay.max_demand(integer, bigint, timestamptz, timestamptz) IS
 'An account''s maximum demand in kW over [from, to): the largest consumption in any 15-minute window (aligned on from), times 4, with each charge''s energy spread uniformly over its interval.';
 
+CREATE FUNCTION prepay._pro_rata(p_full numeric, p_days integer, p_days_in_period integer)
+RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
+    SELECT (pg_catalog.div(p_full * p_days * 100, p_days_in_period) / 100)::numeric(14,2)
+$$;
+COMMENT ON FUNCTION prepay._pro_rata(numeric, integer, integer) IS 'Internal: full x days / days in period, rounded down to the cent (the tenant never pays a fraction of a cent more).';
+
+CREATE FUNCTION prepay._basic_terms(p_account prepay.account, p_version_at timestamptz,
+                                    p_month_start timestamptz, p_until timestamptz,
+                                    OUT basic jsonb, OUT basis numeric, OUT monthly numeric)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT v.definition->'basic' INTO basic FROM prepay.tariff_version v
+     WHERE v.site_id = p_account.site_id AND v.tariff_id = p_account.tariff_id AND v.valid_from <= p_version_at
+     ORDER BY v.valid_from DESC LIMIT 1;
+    IF basic IS NULL THEN
+        RETURN;
+    END IF;
+    basis := CASE WHEN basic->>'by' = 'capacity' THEN coalesce(p_account.capacity_kva, 0)
+                  ELSE prepay.max_demand(p_account.site_id, p_account.account_id, p_month_start, p_until) END;
+    monthly := basis * (basic->>'price')::numeric;
+END $$;
+COMMENT ON FUNCTION prepay._basic_terms(prepay.account, timestamptz, timestamptz, timestamptz) IS
+'Internal: the two-part basic charge of an account''s tariff version in force at p_version_at (NULL when it has none), its basis (contracted kVA, or the maximum 15-minute demand over [p_month_start, p_until)) and the monthly amount.  The daily accrual and the month''s settlement both use it.';
+
+CREATE FUNCTION prepay._basic_accrued(p_site_id integer, p_account_id bigint, p_month date)
+RETURNS numeric LANGUAGE sql STABLE AS $$
+    SELECT coalesce(-sum(l.amount), 0) FROM prepay.ledger l
+     WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'basic_charge'
+       AND l.channel = 'basic_charge' AND l.external_ref LIKE p_account_id || '/' || to_char(p_month, 'YYYY-MM') || '-%'
+$$;
+COMMENT ON FUNCTION prepay._basic_accrued(integer, bigint, date) IS 'Internal: what the daily accruals of the month containing p_month have posted for an account.';
+
 CREATE FUNCTION prepay.accrue_basic_charges(p_site_id integer, p_day date)
 RETURNS TABLE (account_id bigint, basis numeric, monthly numeric, accrued numeric, posted numeric)
 LANGUAGE plpgsql AS $$
@@ -297,10 +329,8 @@ DECLARE
     day_end timestamptz;
     month_start timestamptz;
     days_in_month integer;
-    a record;
-    basic jsonb;
-    to_date_cents numeric;
-    already numeric;
+    ac prepay.account;
+    terms record;
     ref text;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
@@ -313,41 +343,30 @@ BEGIN
     month_start := date_trunc('month', p_day)::timestamp AT TIME ZONE tz;
     days_in_month := extract(day FROM date_trunc('month', p_day) + interval '1 month - 1 day');
 
-    FOR a IN
-        SELECT ac.account_id, ac.capacity_kva, (ac.opened_at AT TIME ZONE tz)::date AS opened_on,
-               (SELECT v.definition->'basic' FROM prepay.tariff_version v
-                 WHERE v.site_id = ac.site_id AND v.tariff_id = ac.tariff_id AND v.valid_from <= day_start
-                 ORDER BY v.valid_from DESC LIMIT 1) AS basic
-          FROM prepay.account ac
-         WHERE ac.site_id = p_site_id AND ac.closed_at IS NULL AND ac.opened_at < day_end
-         ORDER BY ac.account_id
-    LOOP
-        basic := a.basic;
-        CONTINUE WHEN basic IS NULL;
-        account_id := a.account_id;
-        IF basic->>'by' = 'capacity' THEN
-            basis := coalesce(a.capacity_kva, 0);
-        ELSE
-            basis := prepay.max_demand(p_site_id, a.account_id, month_start, day_end);
-        END IF;
-        monthly := basis * (basic->>'price')::numeric;
+    FOR ac IN SELECT * FROM prepay.account a
+               WHERE a.site_id = p_site_id AND a.closed_at IS NULL AND a.opened_at < day_end
+               ORDER BY a.account_id LOOP
+        -- the version in force when the day starts; demand up to the day's end
+        terms := prepay._basic_terms(ac, day_start, month_start, day_end);
+        CONTINUE WHEN terms.basic IS NULL;
+        account_id := ac.account_id;
+        basis := terms.basis;
+        monthly := terms.monthly;
         -- the days open so far this month: a tenant who moved in mid-month pays from that day
-        accrued := (div(monthly * (p_day + 1 - greatest(date_trunc('month', p_day)::date, a.opened_on)) * 100,
-                        days_in_month) / 100)::numeric(14,2);
-        ref := a.account_id || '/' || to_char(p_day, 'YYYY-MM-DD');   -- the same whatever the DateStyle
-        PERFORM prepay._lock_account(p_site_id, a.account_id);
+        accrued := prepay._pro_rata(monthly, p_day + 1 - greatest(date_trunc('month', p_day)::date,
+                                                                 (ac.opened_at AT TIME ZONE tz)::date), days_in_month);
+        ref := ac.account_id || '/' || to_char(p_day, 'YYYY-MM-DD');   -- the same whatever the DateStyle
+        PERFORM prepay._lock_account(p_site_id, ac.account_id);
         IF EXISTS (SELECT 1 FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.channel = 'basic_charge'
                                                    AND l.external_ref = ref) THEN
             posted := 0;
         ELSE
-            SELECT coalesce(-sum(l.amount), 0) INTO already FROM prepay.ledger l
-             WHERE l.site_id = p_site_id AND l.account_id = a.account_id AND l.kind = 'basic_charge'
-               AND l.channel = 'basic_charge' AND l.external_ref LIKE a.account_id || '/' || to_char(p_day, 'YYYY-MM') || '-%';
-            posted := greatest(accrued - already, 0);   -- never back: the month's settlement reconciles
+            -- never back: the month's settlement reconciles
+            posted := greatest(accrued - prepay._basic_accrued(p_site_id, ac.account_id, p_day), 0);
             IF posted <> 0 THEN
-                PERFORM prepay._post_entry(p_site_id, a.account_id, 'basic_charge', -posted, 'basic_charge', ref,
+                PERFORM prepay._post_entry(p_site_id, ac.account_id, 'basic_charge', -posted, 'basic_charge', ref,
                     pg_catalog.format('basic charge %s: %s x %s per month, day %s of %s', p_day, basis,
-                                      basic->>'price', extract(day FROM p_day), days_in_month),
+                                      terms.basic->>'price', extract(day FROM p_day), days_in_month),
                     NULL, posted, NULL);
             END IF;
         END IF;
