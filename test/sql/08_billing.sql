@@ -100,6 +100,11 @@ SELECT regress.try($$SELECT prepay.record_master_reading(1, 1, '2026-11-01 01:00
 SELECT regress.try($$SELECT prepay.record_master_reading(1, 5, '2026-11-01 01:00', 9000)$$);  -- backwards
 SELECT regress.try($$SELECT prepay.apportion(1, 1, '2026-10-02')$$);
 SELECT regress.try($$SELECT prepay.apportion(1, 99, '2026-10-01')$$);
+SELECT regress.try($$SELECT prepay.apportion(1, 1, '2030-01-01')$$);            -- not over
+SELECT regress.try($$SELECT prepay.settle_basic_charges(1, '2030-01-01')$$);    -- not over
+SELECT regress.try($$SELECT prepay.run_periodic(99, '2026-10-01')$$);           -- unknown site
+SELECT regress.try($$SELECT prepay.draft_bill(1, 1, '2026-10-01', '2026-10-01')$$);  -- empty period
+SELECT regress.try($$SELECT prepay.pay_bills(1, 4, 0, 'bank', 'B0')$$);         -- nothing paid
 
 -- ---------------------------------------------------------------------
 -- November 1: October closes.
