@@ -23,6 +23,7 @@ OBJS = \
 	extension/tariff_def.o \
 	extension/tariff_book.o \
 	extension/rate.o \
+	extension/rollup.o \
 	extension/security.o
 
 # The install script is the concatenation of the domain scripts, in order.

@@ -19,7 +19,8 @@
  *	     meter state the previous one committed (prepay._lock_site_rating
  *	     takes the same lock for the SQL functions that change meters);
  *	  2. account rows, by the balance UPDATE (balance.c);
- *	  3. meter rows, by the state UPDATE;
+ *	  3. meter rows, by the state UPDATE, then the site's posting-day
+ *	     rollup row (rollup.c);
  *	  4. command rows, by the alarm ladder's relay commands.
  *	  Every path takes these in this order, so none deadlock.  A recharge
  *	  locks only its account (2) and then commands (4).  Under REPEATABLE
@@ -64,6 +65,7 @@
 
 #include "balance.h"
 #include "rating.h"
+#include "rollup.h"
 #include "tariff_def.h"
 
 #define NREGISTERS TARIFF_NREGISTERS
@@ -143,6 +145,7 @@ typedef struct Batch
 	TariffPieces pieces;		/* scratch for tariff_rate */
 	BalanceCharge *charges;
 	int			ncharges;
+	Rollup	   *rollup;			/* the charges' energy by local day */
 	int			nquarantined;
 	DirectTable *meter_table;	/* direct path: both open, else both NULL */
 	DirectTable *account_table;
@@ -366,6 +369,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 			batch_load_meters(&batch);
 		batch_load_tariffs(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
+		batch.rollup = rollup_create();
 
 		for (int m = 0; m < batch.nmeters; m++)
 		{
@@ -389,6 +393,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		else
 			batch_save_meters(&batch);
 		batch_close_direct(&batch);
+		rollup_flush(batch.rollup);
 		batch_save_quarantine(&batch);
 		balance_apply_levels(posting);
 		SPI_finish();
@@ -1040,6 +1045,8 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 								   &before, &meter->cycle);
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
 	c->account_row = meter->account_row;
+	rollup_add_entry(batch->rollup, meter->site_id, meter->meter_id, meter->account_id, c->amount,
+					 &batch->pieces, versions, tariff_book_calendar(batch->book, meter->site_id));
 	return true;
 }
 

@@ -42,7 +42,7 @@ spi_kept_plan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
 /*
  * spi_array
  *		A one-dimensional array datum of n values of a built-in type
- *		(int4, int8, timestamptz, numeric or text); nulls may be NULL.
+ *		(int4, date, int8, timestamptz, numeric or text); nulls may be NULL.
  */
 Datum
 spi_array(Datum *values, bool *nulls, int n, Oid element_type)
@@ -55,6 +55,7 @@ spi_array(Datum *values, bool *nulls, int n, Oid element_type)
 	switch (element_type)
 	{
 		case INT4OID:
+		case DATEOID:
 			typlen = 4, typbyval = true, typalign = TYPALIGN_INT;
 			break;
 		case INT8OID:

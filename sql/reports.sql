@@ -49,7 +49,7 @@ COMMENT ON COLUMN prepay.site.forecast_window IS 'How much recent consumption (w
 -- rollups
 -- ---------------------------------------------------------------------
 
-CREATE TABLE prepay.energy_day (
+CREATE TABLE prepay.energy_day_folded (
     site_id    integer NOT NULL,
     meter_id   bigint NOT NULL,
     day        date NOT NULL,
@@ -62,23 +62,23 @@ CREATE TABLE prepay.energy_day (
     charges    integer NOT NULL,
     PRIMARY KEY (site_id, meter_id, day, account_id, period, tier)
 ) WITH (fillfactor = 50);
-CREATE INDEX energy_day_account ON prepay.energy_day (site_id, account_id, day);
-CREATE INDEX energy_day_day ON prepay.energy_day (site_id, day);
-COMMENT ON INDEX prepay.energy_day_account IS 'An account''s days: trails, forecasts, per-account reports.';
-COMMENT ON INDEX prepay.energy_day_day IS 'A site''s day: daily reports, suspicious-consumption windows.';
-COMMENT ON TABLE prepay.energy_day IS 'Rollup: consumption charged per meter, account, local day, time-of-use period and tier, kept up to date by the trigger ledger_rollup as readings are rated.  Equals what prepay.energy_from_ledger computes from the ledger; prepay.rebuild_rollups recomputes it.';
-COMMENT ON COLUMN prepay.energy_day.site_id IS 'Site of the meter.';
-COMMENT ON COLUMN prepay.energy_day.meter_id IS 'Meter.';
-COMMENT ON COLUMN prepay.energy_day.day IS 'Local date (site time zone) the energy was consumed on.';
-COMMENT ON COLUMN prepay.energy_day.account_id IS 'Account charged.';
-COMMENT ON COLUMN prepay.energy_day.period IS 'Time-of-use period (or register) the energy was priced in; "all" for a single-price tariff.';
-COMMENT ON COLUMN prepay.energy_day.tier IS 'Tier (1 = first block) the energy was priced in.';
-COMMENT ON COLUMN prepay.energy_day.energy IS 'Energy (kWh or m3, after the multiplier).';
-COMMENT ON COLUMN prepay.energy_day.cost IS 'Exact price of that energy (9 decimals, before rounding to cents).';
-COMMENT ON COLUMN prepay.energy_day.charged IS 'Whole cents posted by the consumption entries whose interval starts on this day, counted on the period and tier of their first piece.';
-COMMENT ON COLUMN prepay.energy_day.charges IS 'Consumption entries whose interval starts on this day, counted like charged.';
+CREATE INDEX energy_day_folded_account ON prepay.energy_day_folded (site_id, account_id, day);
+CREATE INDEX energy_day_folded_day ON prepay.energy_day_folded (site_id, day);
+COMMENT ON INDEX prepay.energy_day_folded_account IS 'An account''s days: trails, forecasts, per-account reports.';
+COMMENT ON INDEX prepay.energy_day_folded_day IS 'A site''s day: daily reports, suspicious-consumption windows.';
+COMMENT ON TABLE prepay.energy_day_folded IS 'Rollup store: consumption charged per meter, account, local day, time-of-use period and tier, as far as prepay.fold_rollups has folded prepay.energy_pending into it.  Read prepay.energy_day, which adds what is not folded yet.';
+COMMENT ON COLUMN prepay.energy_day_folded.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.energy_day_folded.meter_id IS 'Meter.';
+COMMENT ON COLUMN prepay.energy_day_folded.day IS 'Local date (site time zone) the energy was consumed on.';
+COMMENT ON COLUMN prepay.energy_day_folded.account_id IS 'Account charged.';
+COMMENT ON COLUMN prepay.energy_day_folded.period IS 'Time-of-use period (or register) the energy was priced in; "all" for a single-price tariff.';
+COMMENT ON COLUMN prepay.energy_day_folded.tier IS 'Tier (1 = first block) the energy was priced in.';
+COMMENT ON COLUMN prepay.energy_day_folded.energy IS 'Energy (kWh or m3, after the multiplier).';
+COMMENT ON COLUMN prepay.energy_day_folded.cost IS 'Exact price of that energy (9 decimals, before rounding to cents).';
+COMMENT ON COLUMN prepay.energy_day_folded.charged IS 'Whole cents posted by the consumption entries whose interval starts on this day, counted on the period and tier of their first piece.';
+COMMENT ON COLUMN prepay.energy_day_folded.charges IS 'Consumption entries whose interval starts on this day, counted like charged.';
 
-CREATE TABLE prepay.energy_month (
+CREATE TABLE prepay.energy_month_folded (
     site_id    integer NOT NULL,
     meter_id   bigint NOT NULL,
     month      date NOT NULL CHECK (pg_catalog.date_part('day', month) = 1),
@@ -91,9 +91,78 @@ CREATE TABLE prepay.energy_month (
     charges    integer NOT NULL,
     PRIMARY KEY (site_id, meter_id, month, account_id, period, tier)
 ) WITH (fillfactor = 50);
-CREATE INDEX energy_month_month ON prepay.energy_month (site_id, month);
-COMMENT ON INDEX prepay.energy_month_month IS 'A site''s month: monthly, yearly and year-over-year reports.';
-COMMENT ON TABLE prepay.energy_month IS 'Rollup: energy_day summed per local calendar month, kept up to date by the same trigger.';
+CREATE INDEX energy_month_folded_month ON prepay.energy_month_folded (site_id, month);
+COMMENT ON INDEX prepay.energy_month_folded_month IS 'A site''s month: monthly, yearly and year-over-year reports.';
+COMMENT ON TABLE prepay.energy_month_folded IS 'Rollup store: energy_day_folded summed per local calendar month, folded at the same time.  Read prepay.energy_month.';
+COMMENT ON COLUMN prepay.energy_month_folded.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.energy_month_folded.meter_id IS 'Meter.';
+COMMENT ON COLUMN prepay.energy_month_folded.month IS 'First day of the local calendar month.';
+COMMENT ON COLUMN prepay.energy_month_folded.account_id IS 'Account charged.';
+COMMENT ON COLUMN prepay.energy_month_folded.period IS 'Time-of-use period (or register); "all" for a single-price tariff.';
+COMMENT ON COLUMN prepay.energy_month_folded.tier IS 'Tier (1 = first block).';
+COMMENT ON COLUMN prepay.energy_month_folded.energy IS 'Energy (kWh or m3, after the multiplier).';
+COMMENT ON COLUMN prepay.energy_month_folded.cost IS 'Exact price of that energy (9 decimals).';
+COMMENT ON COLUMN prepay.energy_month_folded.charged IS 'Whole cents posted by the consumption entries whose interval starts in this month (on their first piece''s period and tier).';
+COMMENT ON COLUMN prepay.energy_month_folded.charges IS 'Consumption entries whose interval starts in this month.';
+
+CREATE TABLE prepay.energy_pending (
+    site_id    integer NOT NULL,
+    meter_id   bigint NOT NULL,
+    day        date NOT NULL,
+    account_id bigint NOT NULL,
+    period     text NOT NULL,
+    tier       integer NOT NULL,
+    energy     numeric(15,3) NOT NULL,
+    cost       numeric(18,9) NOT NULL,
+    charged    numeric(14,2) NOT NULL,
+    charges    integer NOT NULL
+);
+COMMENT ON TABLE prepay.energy_pending IS 'Rollup deltas not folded yet: each rating batch appends one row per meter, account, local day, period and tier it charged (extension/rollup.c), in the transaction that posts the entries; prepay.fold_rollups moves them into energy_day_folded and energy_month_folded.  No index and no key: appending is all the rating path pays.  Read prepay.energy_day.';
+COMMENT ON COLUMN prepay.energy_pending.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.energy_pending.meter_id IS 'Meter.';
+COMMENT ON COLUMN prepay.energy_pending.day IS 'Local date (site time zone) the energy was consumed on.';
+COMMENT ON COLUMN prepay.energy_pending.account_id IS 'Account charged.';
+COMMENT ON COLUMN prepay.energy_pending.period IS 'Time-of-use period (or register); "all" for a single-price tariff.';
+COMMENT ON COLUMN prepay.energy_pending.tier IS 'Tier (1 = first block).';
+COMMENT ON COLUMN prepay.energy_pending.energy IS 'Energy (kWh or m3, after the multiplier) one batch added.';
+COMMENT ON COLUMN prepay.energy_pending.cost IS 'Exact price of that energy (9 decimals).';
+COMMENT ON COLUMN prepay.energy_pending.charged IS 'Whole cents of the batch''s entries counted here (see energy_day_folded.charged).';
+COMMENT ON COLUMN prepay.energy_pending.charges IS 'The batch''s entries counted here.';
+
+CREATE VIEW prepay.energy_day AS
+SELECT e.site_id, e.meter_id, e.day, e.account_id, e.period, e.tier,
+       sum(e.energy)::numeric(15,3) AS energy, sum(e.cost)::numeric(18,9) AS cost,
+       sum(e.charged)::numeric(14,2) AS charged, sum(e.charges)::integer AS charges
+  FROM (SELECT f.site_id, f.meter_id, f.day, f.account_id, f.period, f.tier, f.energy, f.cost, f.charged, f.charges
+          FROM prepay.energy_day_folded f
+        UNION ALL
+        SELECT p.site_id, p.meter_id, p.day, p.account_id, p.period, p.tier, p.energy, p.cost, p.charged, p.charges
+          FROM prepay.energy_pending p) AS e
+ GROUP BY e.site_id, e.meter_id, e.day, e.account_id, e.period, e.tier;
+COMMENT ON VIEW prepay.energy_day IS 'Rollup: consumption charged per meter, account, local day, time-of-use period and tier, up to the last committed rating batch (the folded store plus the deltas not folded yet).  Equals what prepay.energy_from_ledger computes from the ledger; prepay.rebuild_rollups recomputes it.';
+COMMENT ON COLUMN prepay.energy_day.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.energy_day.meter_id IS 'Meter.';
+COMMENT ON COLUMN prepay.energy_day.day IS 'Local date (site time zone) the energy was consumed on.';
+COMMENT ON COLUMN prepay.energy_day.account_id IS 'Account charged.';
+COMMENT ON COLUMN prepay.energy_day.period IS 'Time-of-use period (or register) the energy was priced in; "all" for a single-price tariff.';
+COMMENT ON COLUMN prepay.energy_day.tier IS 'Tier (1 = first block) the energy was priced in.';
+COMMENT ON COLUMN prepay.energy_day.energy IS 'Energy (kWh or m3, after the multiplier).';
+COMMENT ON COLUMN prepay.energy_day.cost IS 'Exact price of that energy (9 decimals, before rounding to cents).';
+COMMENT ON COLUMN prepay.energy_day.charged IS 'Whole cents posted by the consumption entries whose interval starts on this day, counted on the period and tier of their first piece.';
+COMMENT ON COLUMN prepay.energy_day.charges IS 'Consumption entries whose interval starts on this day, counted like charged.';
+
+CREATE VIEW prepay.energy_month AS
+SELECT e.site_id, e.meter_id, e.month, e.account_id, e.period, e.tier,
+       sum(e.energy)::numeric(15,3) AS energy, sum(e.cost)::numeric(18,9) AS cost,
+       sum(e.charged)::numeric(14,2) AS charged, sum(e.charges)::integer AS charges
+  FROM (SELECT f.site_id, f.meter_id, f.month, f.account_id, f.period, f.tier, f.energy, f.cost, f.charged, f.charges
+          FROM prepay.energy_month_folded f
+        UNION ALL
+        SELECT p.site_id, p.meter_id, pg_catalog.date_trunc('month', p.day)::date, p.account_id, p.period, p.tier,
+               p.energy, p.cost, p.charged, p.charges
+          FROM prepay.energy_pending p) AS e
+ GROUP BY e.site_id, e.meter_id, e.month, e.account_id, e.period, e.tier;
+COMMENT ON VIEW prepay.energy_month IS 'Rollup: energy_day summed per local calendar month, up to the last committed rating batch.';
 COMMENT ON COLUMN prepay.energy_month.site_id IS 'Site of the meter.';
 COMMENT ON COLUMN prepay.energy_month.meter_id IS 'Meter.';
 COMMENT ON COLUMN prepay.energy_month.month IS 'First day of the local calendar month.';
@@ -144,12 +213,13 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
       FROM (SELECT r.*,
                    -- a piece across local midnights is split uniformly in Wh
                    CASE WHEN r.first_day <> r.last_day THEN
-                       (pg_catalog.floor(r.energy * 1000
-                            * EXTRACT(epoch FROM least(r."to", (r.day + 1)::timestamp AT TIME ZONE p_tz) - r."from")
-                            / EXTRACT(epoch FROM r."to" - r."from"))
-                        - pg_catalog.floor(r.energy * 1000
-                            * EXTRACT(epoch FROM greatest(r."from", r.day::timestamp AT TIME ZONE p_tz) - r."from")
-                            / EXTRACT(epoch FROM r."to" - r."from"))) / 1000 END AS part
+                       -- in whole Wh and microseconds: div() is exact where / rounds
+                       (pg_catalog.div(r.energy * 1000
+                            * EXTRACT(epoch FROM least(r."to", (r.day + 1)::timestamp AT TIME ZONE p_tz) - r."from") * 1000000,
+                            EXTRACT(epoch FROM r."to" - r."from") * 1000000)
+                        - pg_catalog.div(r.energy * 1000
+                            * EXTRACT(epoch FROM greatest(r."from", r.day::timestamp AT TIME ZONE p_tz) - r."from") * 1000000,
+                            EXTRACT(epoch FROM r."to" - r."from") * 1000000)) / 1000 END AS part
               FROM (SELECT p.*, d.first_day, d.last_day,
                            pg_catalog.generate_series(d.first_day::timestamp, d.last_day::timestamp,
                                                       interval '1 day')::date AS day
@@ -161,7 +231,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                                                 prepay._local_day(p."to", p_tz) AS last_day) AS d) AS r) AS q
 $$;
 COMMENT ON FUNCTION prepay._entry_parts(numeric, json, text) IS
-'Internal: how one consumption entry is rolled up: each priced piece of its pricing record on the local day it lies in (a piece crossing local midnights is split uniformly: the part up to instant t gets floor(E x (t - from) / (to - from)) Wh, so the parts add up to the piece and each part costs its energy x the piece''s price), and the entry''s posted cents (and a count of 1) on its first piece''s first day, period and tier.  The rollup trigger and prepay.energy_from_ledger both use it.';
+'Internal: how one consumption entry is rolled up: each priced piece of its pricing record on the local day it lies in (a piece crossing local midnights is split uniformly: the part up to instant t gets floor(E x (t - from) / (to - from)) Wh, so the parts add up to the piece and each part costs its energy x the piece''s price), and the entry''s posted cents (and a count of 1) on its first piece''s first day, period and tier.  prepay.energy_from_ledger and prepay.rebuild_rollups use it; the rating batch applies the same rule in C (extension/rollup.c).';
 
 CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to date)
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
@@ -181,58 +251,6 @@ $$;
 COMMENT ON FUNCTION prepay.energy_from_ledger(integer, date, date) IS
 'The rows of prepay.energy_day for local days [from, to), computed from the ledger''s consumption entries and their pricing records instead of the rollup: the reference the rollups are tested against, and the "raw" side of the reports benchmark.';
 
-CREATE FUNCTION prepay._rollup_ledger() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_LEVEL <> 'STATEMENT' OR TG_WHEN <> 'AFTER' OR TG_OP <> 'INSERT' THEN
-        PERFORM prepay._raise('39P01', 'prepay._rollup_ledger must run as an AFTER INSERT statement trigger', NULL,
-                              'It is installed on prepay.ledger as ledger_rollup.');
-    END IF;
-    WITH parts AS (
-        SELECT n.site_id, n.meter_id, x.day, n.account_id, x.period, x.tier,
-               sum(x.energy) AS energy, sum(x.cost) AS cost, sum(x.charged) AS charged, sum(x.charges) AS charges
-          FROM new_entries n
-          JOIN prepay.site s ON s.site_id = n.site_id
-         CROSS JOIN LATERAL prepay._entry_parts(n.amount, n.pieces, s.time_zone) AS x
-         WHERE n.kind = 'consumption'
-         GROUP BY n.site_id, n.meter_id, x.day, n.account_id, x.period, x.tier
-    ), months AS (
-        INSERT INTO prepay.energy_month AS r (site_id, meter_id, month, account_id, period, tier,
-                                              energy, cost, charged, charges)
-        SELECT p.site_id, p.meter_id, pg_catalog.date_trunc('month', p.day)::date, p.account_id, p.period, p.tier,
-               sum(p.energy), sum(p.cost), sum(p.charged), sum(p.charges)
-          FROM parts p
-         GROUP BY 1, 2, 3, 4, 5, 6
-        ON CONFLICT (site_id, meter_id, month, account_id, period, tier) DO UPDATE
-           SET energy = r.energy + excluded.energy, cost = r.cost + excluded.cost,
-               charged = r.charged + excluded.charged, charges = r.charges + excluded.charges
-    ), posted AS (
-        INSERT INTO prepay.consumption_posting_day AS r (site_id, day, created_by, entries, amount)
-        SELECT n.site_id, (n.created_at AT TIME ZONE s.time_zone)::date, n.created_by, count(*), sum(n.amount)
-          FROM new_entries n
-          JOIN prepay.site s ON s.site_id = n.site_id
-         WHERE n.kind = 'consumption'
-         GROUP BY 1, 2, 3
-        ON CONFLICT (site_id, day, created_by) DO UPDATE
-           SET entries = r.entries + excluded.entries, amount = r.amount + excluded.amount
-    )
-    INSERT INTO prepay.energy_day AS r (site_id, meter_id, day, account_id, period, tier,
-                                        energy, cost, charged, charges)
-    SELECT p.site_id, p.meter_id, p.day, p.account_id, p.period, p.tier, p.energy, p.cost, p.charged, p.charges
-      FROM parts p
-    ON CONFLICT (site_id, meter_id, day, account_id, period, tier) DO UPDATE
-       SET energy = r.energy + excluded.energy, cost = r.cost + excluded.cost,
-           charged = r.charged + excluded.charged, charges = r.charges + excluded.charges;
-    RETURN NULL;
-END $$;
-COMMENT ON FUNCTION prepay._rollup_ledger() IS
-'Internal: AFTER INSERT statement trigger on prepay.ledger (transition table new_entries): adds the statement''s consumption entries to energy_day, energy_month and consumption_posting_day.  One statement per rating batch.';
-
-CREATE TRIGGER ledger_rollup AFTER INSERT ON prepay.ledger
-    REFERENCING NEW TABLE AS new_entries
-    FOR EACH STATEMENT EXECUTE FUNCTION prepay._rollup_ledger();
-COMMENT ON TRIGGER ledger_rollup ON prepay.ledger IS 'Keeps the energy rollups (energy_day, energy_month, consumption_posting_day) up to date, once per INSERT statement.';
-
 CREATE FUNCTION prepay.rebuild_rollups(p_site_id integer)
 RETURNS TABLE (days bigint, months bigint, posting_days bigint)
 LANGUAGE plpgsql AS $$
@@ -242,16 +260,17 @@ BEGIN
                               'prepay.site lists the sites.');
     END IF;
     PERFORM prepay._lock_site_rating(p_site_id);
-    DELETE FROM prepay.energy_day r WHERE r.site_id = p_site_id;
-    DELETE FROM prepay.energy_month r WHERE r.site_id = p_site_id;
+    DELETE FROM prepay.energy_pending r WHERE r.site_id = p_site_id;
+    DELETE FROM prepay.energy_day_folded r WHERE r.site_id = p_site_id;
+    DELETE FROM prepay.energy_month_folded r WHERE r.site_id = p_site_id;
     DELETE FROM prepay.consumption_posting_day r WHERE r.site_id = p_site_id;
-    INSERT INTO prepay.energy_day
+    INSERT INTO prepay.energy_day_folded
     SELECT * FROM prepay.energy_from_ledger(p_site_id, '-infinity', 'infinity');
     GET DIAGNOSTICS days = ROW_COUNT;
-    INSERT INTO prepay.energy_month
+    INSERT INTO prepay.energy_month_folded
     SELECT r.site_id, r.meter_id, pg_catalog.date_trunc('month', r.day)::date, r.account_id, r.period, r.tier,
            sum(r.energy), sum(r.cost), sum(r.charged), sum(r.charges)
-      FROM prepay.energy_day r WHERE r.site_id = p_site_id
+      FROM prepay.energy_day_folded r WHERE r.site_id = p_site_id
      GROUP BY 1, 2, 3, 4, 5, 6;
     GET DIAGNOSTICS months = ROW_COUNT;
     INSERT INTO prepay.consumption_posting_day
@@ -264,6 +283,54 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay.rebuild_rollups(integer) IS
 'Recompute a site''s rollups from its ledger (after loading ledger rows with triggers disabled, or to prove them): returns the rows written.  Takes the site''s rating lock.  PY007 unknown site.';
+
+CREATE FUNCTION prepay.fold_rollups(p_site_id integer DEFAULT NULL)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    s integer;
+    moved_rows bigint;
+    total bigint := 0;
+BEGIN
+    IF p_site_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM prepay.site x WHERE x.site_id = p_site_id) THEN
+        PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id),
+                              'prepay.site lists the sites.');
+    END IF;
+    FOR s IN SELECT x.site_id FROM prepay.site x WHERE p_site_id IS NULL OR x.site_id = p_site_id
+              ORDER BY x.site_id LOOP
+        PERFORM prepay._authorize(s, 'manage');
+        -- no rating batch of the site is in flight past this point, so
+        -- every delta committed so far is seen and none arrives meanwhile
+        PERFORM prepay._lock_site_rating(s);
+        WITH moved AS (
+            DELETE FROM prepay.energy_pending p WHERE p.site_id = s RETURNING p.*
+        ), days AS (
+            INSERT INTO prepay.energy_day_folded AS r (site_id, meter_id, day, account_id, period, tier,
+                                                       energy, cost, charged, charges)
+            SELECT m.site_id, m.meter_id, m.day, m.account_id, m.period, m.tier,
+                   sum(m.energy), sum(m.cost), sum(m.charged), sum(m.charges)
+              FROM moved m
+             GROUP BY m.site_id, m.meter_id, m.day, m.account_id, m.period, m.tier
+            ON CONFLICT (site_id, meter_id, day, account_id, period, tier) DO UPDATE
+               SET energy = r.energy + excluded.energy, cost = r.cost + excluded.cost,
+                   charged = r.charged + excluded.charged, charges = r.charges + excluded.charges
+        ), months AS (
+            INSERT INTO prepay.energy_month_folded AS r (site_id, meter_id, month, account_id, period, tier,
+                                                         energy, cost, charged, charges)
+            SELECT m.site_id, m.meter_id, pg_catalog.date_trunc('month', m.day)::date, m.account_id, m.period, m.tier,
+                   sum(m.energy), sum(m.cost), sum(m.charged), sum(m.charges)
+              FROM moved m
+             GROUP BY 1, 2, 3, 4, 5, 6
+            ON CONFLICT (site_id, meter_id, month, account_id, period, tier) DO UPDATE
+               SET energy = r.energy + excluded.energy, cost = r.cost + excluded.cost,
+                   charged = r.charged + excluded.charged, charges = r.charges + excluded.charges
+        )
+        SELECT count(*) INTO moved_rows FROM moved;
+        total := total + moved_rows;
+    END LOOP;
+    RETURN total;
+END $$;
+COMMENT ON FUNCTION prepay.fold_rollups(integer) IS
+'Fold the rollup deltas of a site (NULL: every site) into energy_day_folded and energy_month_folded; returns the delta rows folded.  prepay.energy_day and energy_month read the same before and after: folding only keeps the deltas few, so that those views stay fast.  Takes each site''s rating lock for the length of the transaction (rating of the site waits).  Schedule it every minute with pg_cron: SELECT cron.schedule(''prepay-fold'', ''* * * * *'', ''SELECT prepay.fold_rollups()'').  Needs the manage capability at each site; PY007 unknown site.';
 
 -- ---------------------------------------------------------------------
 -- the room status board
@@ -1066,7 +1133,7 @@ DO $$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['energy_day', 'energy_month', 'consumption_posting_day', 'cut_reminder',
+    FOREACH t IN ARRAY ARRAY['energy_day_folded', 'energy_month_folded', 'energy_pending', 'consumption_posting_day', 'cut_reminder',
                              'cut_reminder_id_seq', 'multiplier_change', 'multiplier_change_id_seq'] LOOP
         PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');
     END LOOP;

@@ -546,7 +546,7 @@ DECLARE
     -- the billing jobs and batch runners derive is read-only and kept with
     -- its inputs (period_charge.inputs, apportionment, batch_item results)
     not_audited constant text[] := '{reading,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
-                                   'bill_entry,bill_payment,batch_item,energy_day,energy_month,consumption_posting_day,'
+                                   'bill_entry,bill_payment,batch_item,energy_day_folded,energy_month_folded,energy_pending,consumption_posting_day,'
                                    'cut_reminder,multiplier_change}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
                                     'low_balance_threshold, pretrip_threshold';
@@ -634,10 +634,12 @@ BEGIN
         ['batch_item', 'prepay_admin', 'SELECT'], ['batch_item', 'prepay_operator', 'SELECT'],
         ['batch_item', 'prepay_reader', 'SELECT'],
         -- reports (reports.sql): rollups and logs kept by triggers and jobs
-        ['energy_day', 'prepay_admin', 'SELECT'], ['energy_day', 'prepay_operator', 'SELECT'],
-        ['energy_day', 'prepay_reader', 'SELECT'],
-        ['energy_month', 'prepay_admin', 'SELECT'], ['energy_month', 'prepay_operator', 'SELECT'],
-        ['energy_month', 'prepay_reader', 'SELECT'],
+        ['energy_day_folded', 'prepay_admin', 'SELECT'], ['energy_day_folded', 'prepay_operator', 'SELECT'],
+        ['energy_day_folded', 'prepay_reader', 'SELECT'],
+        ['energy_month_folded', 'prepay_admin', 'SELECT'], ['energy_month_folded', 'prepay_operator', 'SELECT'],
+        ['energy_month_folded', 'prepay_reader', 'SELECT'],
+        ['energy_pending', 'prepay_admin', 'SELECT'], ['energy_pending', 'prepay_operator', 'SELECT'],
+        ['energy_pending', 'prepay_reader', 'SELECT'],
         ['consumption_posting_day', 'prepay_admin', 'SELECT'], ['consumption_posting_day', 'prepay_operator', 'SELECT'],
         ['consumption_posting_day', 'prepay_reader', 'SELECT'],
         ['cut_reminder', 'prepay_admin', 'SELECT'], ['cut_reminder', 'prepay_operator', 'SELECT'],

@@ -20,12 +20,16 @@ SELECT t.typname AS uncommented_type
   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
  WHERE n.nspname = 'prepay' AND t.typtype = 'e' AND obj_description(t.oid, 'pg_type') IS NULL;
 
--- every table carries site_id as the first column of its primary key
+-- every table carries site_id as the first column of its primary key; the
+-- one append-only table without a key (the rollup deltas, no index by
+-- design) still carries site_id
 SELECT c.relname AS table_without_site_key
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p'
  WHERE n.nspname = 'prepay' AND c.relkind = 'r'
-   AND (k.conkey IS NULL OR (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = k.conkey[1]) <> 'site_id');
+   AND (k.conkey IS NULL OR (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = k.conkey[1]) <> 'site_id')
+   AND NOT (c.relname = 'energy_pending' AND k.conkey IS NULL
+            AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'site_id' AND a.attnotnull));
 -- every foreign key includes site_id
 SELECT conrelid::regclass AS fk_without_site
   FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace

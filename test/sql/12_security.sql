@@ -413,7 +413,8 @@ SELECT c.relname AS configuration_table_not_audited
    AND c.relname NOT IN ('reading', 'ledger', 'alarm', 'notification', 'audit',
                          -- derived by jobs, read-only for every role, kept with their inputs
                          'period_charge', 'apportionment', 'bill_line', 'bill_entry', 'bill_payment', 'batch_item',
-                         'energy_day', 'energy_month', 'consumption_posting_day', 'cut_reminder', 'multiplier_change')
+                         'energy_day_folded', 'energy_month_folded', 'energy_pending', 'consumption_posting_day', 'cut_reminder',
+                         'multiplier_change')
    AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'audit');
 
 -- ---------------------------------------------------------------------

@@ -1,0 +1,354 @@
+/*-------------------------------------------------------------------------
+ *
+ * extension/rollup.c
+ *	  The energy rollups (prepay.energy_day, energy_month and
+ *	  consumption_posting_day), kept up to date by the rating batch that
+ *	  posts the consumption entries, in the same transaction.
+ *
+ * The rating path pays only for an append: the batch adds each consumption
+ * entry as it is priced, from the pieces it was priced in (no pricing
+ * record is parsed back), sums them in a hash table per (meter, local day,
+ * account, period, tier), and appends the sums to prepay.energy_pending in
+ * one INSERT (a table with no index).  prepay.fold_rollups later moves the
+ * deltas into energy_day_folded and energy_month_folded; the views
+ * energy_day and energy_month add the two, so readers see every committed
+ * batch.  The posting-day rollup has one row per site and day, so it is
+ * upserted directly.
+ *
+ * How an entry is split is the rule of prepay._entry_parts
+ * (sql/reports.sql), which prepay.energy_from_ledger and
+ * prepay.rebuild_rollups use; test/sql/11_reports.sql checks that the two
+ * agree:
+ *
+ *	  - each piece goes to the local day(s) of its interval (from, to]: a
+ *		piece within one day is added whole (its energy and exact amount);
+ *		a piece across local midnights is split uniformly, the part up to
+ *		instant t getting floor(E x (t - from) / (to - from)) Wh, and each
+ *		part costing its energy x the piece's price;
+ *	  - the entry's posted cents (and a count of 1) go to the first
+ *		piece's first day, period and tier.
+ *
+ * Consumption entries are posted only by the rating batch (balance.c), so
+ * the rollups equal what the ledger explains; rows loaded into the ledger
+ * by other means (a restore with triggers disabled, a benchmark) are
+ * rolled up by prepay.rebuild_rollups.
+ *
+ * Locking: the caller holds the rating lock of every site it adds;
+ * prepay.fold_rollups takes the same lock, so it never folds a batch half
+ * way.  The posting-day upsert takes its row's lock after the meter rows
+ * and before any relay command (the protocol in reading.c).
+ *
+ * Copyright (c) 2026, the prepay authors
+ *
+ * IDENTIFICATION
+ *	  extension/rollup.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "rollup.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/int.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/date.h"
+#include "utils/hsearch.h"
+
+/* A row of energy_pending. */
+typedef struct EnergyKey
+{
+	int32		site_id;
+	int32		day;			/* days since 2000-01-01 */
+	int64		meter_id;
+	int64		account_id;
+	int32		tier;			/* 1-based, as stored */
+	char		period[TARIFF_NAME_LEN];
+} EnergyKey;
+
+typedef struct EnergySums
+{
+	EnergyKey	key;
+	int64		energy;			/* milli-units */
+	int64		cost;			/* nano-currency */
+	int64		charged;		/* cents */
+	int64		charges;
+} EnergySums;
+
+/* A row of consumption_posting_day (created_by: the session user). */
+typedef struct PostingKey
+{
+	int32		site_id;
+	int32		day;
+} PostingKey;
+
+typedef struct PostingSums
+{
+	PostingKey	key;
+	int64		entries;
+	int64		amount;			/* cents */
+} PostingSums;
+
+struct Rollup
+{
+	HTAB	   *days;
+	HTAB	   *postings;
+};
+
+static HTAB *sums_table(const char *name, Size keysize, Size entrysize);
+static void add_part(Rollup *rollup, const EnergyKey *key, int64 energy, int64 cost,
+					 int64 charged, int64 charges);
+static void add_sums(EnergySums *sums, int64 energy, int64 cost, int64 charged, int64 charges);
+static void add_posting(Rollup *rollup, int32 site_id, const TariffCalendar *calendar, int64 amount);
+static int64 split_energy(int64 energy, int64 from, int64 to, int64 at);
+static EnergySums **sorted_sums(HTAB *table, int *n);
+static int	compare_energy_keys(const void *a, const void *b);
+static void flush_days(HTAB *table);
+static void flush_postings(HTAB *table);
+static void overflow(void);
+
+Rollup *
+rollup_create(void)
+{
+	Rollup	   *rollup = palloc(sizeof(Rollup));
+
+	rollup->days = sums_table("prepay energy_day sums", sizeof(EnergyKey), sizeof(EnergySums));
+	rollup->postings = sums_table("prepay posting sums", sizeof(PostingKey), sizeof(PostingSums));
+	return rollup;
+}
+
+static HTAB *
+sums_table(const char *name, Size keysize, Size entrysize)
+{
+	HASHCTL		ctl = {.keysize = keysize, .entrysize = entrysize, .hcxt = CurrentMemoryContext};
+
+	return hash_create(name, 1024, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+void
+rollup_add_entry(Rollup *rollup, int32 site_id, int64 meter_id, int64 account_id,
+				 int64 amount, const TariffPieces *pieces,
+				 const TariffVersion *versions, const TariffCalendar *calendar)
+{
+	for (int i = 0; i < pieces->n; i++)
+	{
+		const TariffPiece *p = &pieces->items[i];
+		EnergyKey	key;
+		int32		first_day;
+		int32		last_day;
+		int			minute;
+
+		memset(&key, 0, sizeof(key));	/* the padding is part of the hash key */
+		key.site_id = site_id;
+		key.meter_id = meter_id;
+		key.account_id = account_id;
+		key.tier = p->tier + 1;
+		strlcpy(key.period, versions[p->version].period_name[p->period], TARIFF_NAME_LEN);
+		calendar->utc_to_local(calendar->arg, p->from, &first_day, &minute);
+		calendar->utc_to_local(calendar->arg, p->to - 1, &last_day, &minute);
+
+		for (int32 day = first_day; day <= last_day; day++)
+		{
+			bool		first = (i == 0 && day == first_day);
+			int64		energy = p->energy;
+			int64		cost = p->exact;
+
+			if (first_day != last_day)
+			{
+				int64		start = Max(p->from, calendar->local_to_utc(calendar->arg, day, 0));
+				int64		end = Min(p->to, calendar->local_to_utc(calendar->arg, day + 1, 0));
+
+				energy = split_energy(p->energy, p->from, p->to, end) -
+					split_energy(p->energy, p->from, p->to, start);
+				if (pg_mul_s64_overflow(energy, p->price, &cost))
+					overflow();
+			}
+			key.day = day;
+			add_part(rollup, &key, energy, cost, first ? -amount : 0, first ? 1 : 0);
+		}
+	}
+	add_posting(rollup, site_id, calendar, amount);
+}
+
+/*
+ * split_energy
+ *		The part of `energy` consumed uniformly over (from, to] that falls
+ *		before instant `at`: floor(energy x (at - from) / (to - from)).
+ */
+static int64
+split_energy(int64 energy, int64 from, int64 to, int64 at)
+{
+	return (int64) (((int128) energy * (at - from)) / (to - from));
+}
+
+static void
+add_part(Rollup *rollup, const EnergyKey *key, int64 energy, int64 cost, int64 charged, int64 charges)
+{
+	bool		found;
+	EnergySums *sums;
+
+	sums = hash_search(rollup->days, key, HASH_ENTER, &found);
+	if (!found)
+		sums->energy = sums->cost = sums->charged = sums->charges = 0;
+	add_sums(sums, energy, cost, charged, charges);
+}
+
+static void
+add_sums(EnergySums *sums, int64 energy, int64 cost, int64 charged, int64 charges)
+{
+	if (pg_add_s64_overflow(sums->energy, energy, &sums->energy) ||
+		pg_add_s64_overflow(sums->cost, cost, &sums->cost) ||
+		pg_add_s64_overflow(sums->charged, charged, &sums->charged))
+		overflow();
+	sums->charges += charges;
+}
+
+/*
+ * add_posting
+ *		Count the entry on the local day it is posted on (the transaction's
+ *		start, as ledger.created_at).
+ */
+static void
+add_posting(Rollup *rollup, int32 site_id, const TariffCalendar *calendar, int64 amount)
+{
+	PostingKey	key = {.site_id = site_id};
+	PostingSums *sums;
+	int			minute;
+	bool		found;
+
+	calendar->utc_to_local(calendar->arg, GetCurrentTransactionStartTimestamp(), &key.day, &minute);
+	sums = hash_search(rollup->postings, &key, HASH_ENTER, &found);
+	if (!found)
+		sums->entries = sums->amount = 0;
+	sums->entries++;
+	if (pg_add_s64_overflow(sums->amount, amount, &sums->amount))
+		overflow();
+}
+
+static void
+overflow(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+			 errmsg("energy rollup is out of range")));
+}
+
+void
+rollup_flush(Rollup *rollup)
+{
+	flush_days(rollup->days);
+	flush_postings(rollup->postings);
+}
+
+/*
+ * flush_days
+ *		Append the batch's sums to energy_pending, in key order (rows of a
+ *		meter together, for the fold and the views).
+ */
+static void
+flush_days(HTAB *table)
+{
+	static SPIPlanPtr plan = NULL;
+	static const Oid types[10] = {INT4ARRAYOID, INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
+		INT4ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT4ARRAYOID};
+	static const Oid elements[10] = {INT4OID, INT8OID, DATEOID, INT8OID, TEXTOID,
+		INT4OID, NUMERICOID, NUMERICOID, NUMERICOID, INT4OID};
+	int			n;
+	EnergySums **rows = sorted_sums(table, &n);
+	Datum	   *cols[10];
+	Datum		args[10];
+
+	if (n == 0)
+		return;
+	for (int c = 0; c < 10; c++)
+		cols[c] = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+	{
+		EnergySums *s = rows[i];
+
+		cols[0][i] = Int32GetDatum(s->key.site_id);
+		cols[1][i] = Int64GetDatum(s->key.meter_id);
+		cols[2][i] = DateADTGetDatum(s->key.day);
+		cols[3][i] = Int64GetDatum(s->key.account_id);
+		cols[4][i] = CStringGetTextDatum(s->key.period);
+		cols[5][i] = Int32GetDatum(s->key.tier);
+		cols[6][i] = fixed_to_numeric(s->energy, ENERGY_SCALE);
+		cols[7][i] = fixed_to_numeric(s->cost, EXACT_SCALE);
+		cols[8][i] = fixed_to_numeric(s->charged, MONEY_SCALE);
+		cols[9][i] = Int32GetDatum((int32) s->charges);
+	}
+	for (int c = 0; c < 10; c++)
+		args[c] = spi_array(cols[c], NULL, n, elements[c]);
+	spi_kept_plan(&plan,
+				  "INSERT INTO prepay.energy_pending (site_id, meter_id, day, account_id, period, tier,"
+				  "                                   energy, cost, charged, charges)"
+				  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+				  "                         pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+				  "                         pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
+				  "                         pg_catalog.unnest($10))",
+				  10, (Oid *) types);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "rollup: energy_pending insert failed");
+}
+
+static void
+flush_postings(HTAB *table)
+{
+	static SPIPlanPtr plan = NULL;
+	HASH_SEQ_STATUS scan;
+	PostingSums *s;
+	Datum		args[5];
+
+	spi_kept_plan(&plan,
+				  "INSERT INTO prepay.consumption_posting_day AS r (site_id, day, created_by, entries, amount)"
+				  "VALUES ($1, $2, SESSION_USER, $3, $4)"
+				  "    ON CONFLICT (site_id, day, created_by) DO UPDATE"
+				  "   SET entries = r.entries + excluded.entries, amount = r.amount + excluded.amount",
+				  4, (Oid[]) {INT4OID, DATEOID, INT8OID, NUMERICOID});
+	hash_seq_init(&scan, table);
+	while ((s = hash_seq_search(&scan)) != NULL)
+	{
+		args[0] = Int32GetDatum(s->key.site_id);
+		args[1] = DateADTGetDatum(s->key.day);
+		args[2] = Int64GetDatum(s->entries);
+		args[3] = fixed_to_numeric(s->amount, MONEY_SCALE);
+		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "rollup: posting upsert failed");
+	}
+}
+
+static EnergySums **
+sorted_sums(HTAB *table, int *n)
+{
+	HASH_SEQ_STATUS scan;
+	EnergySums **rows = palloc(sizeof(EnergySums *) * (hash_get_num_entries(table) + 1));
+	EnergySums *s;
+
+	*n = 0;
+	hash_seq_init(&scan, table);
+	while ((s = hash_seq_search(&scan)) != NULL)
+		rows[(*n)++] = s;
+	qsort(rows, *n, sizeof(EnergySums *), compare_energy_keys);
+	return rows;
+}
+
+/* energy_day's key order: site, meter, day, account, period, tier. */
+static int
+compare_energy_keys(const void *a, const void *b)
+{
+	const EnergyKey *x = &(*(EnergySums *const *) a)->key;
+	const EnergyKey *y = &(*(EnergySums *const *) b)->key;
+	int			c;
+
+	if (x->site_id != y->site_id)
+		return x->site_id < y->site_id ? -1 : 1;
+	if (x->meter_id != y->meter_id)
+		return x->meter_id < y->meter_id ? -1 : 1;
+	if (x->day != y->day)
+		return x->day < y->day ? -1 : 1;
+	if (x->account_id != y->account_id)
+		return x->account_id < y->account_id ? -1 : 1;
+	if ((c = strcmp(x->period, y->period)) != 0)
+		return c;
+	return (x->tier > y->tier) - (x->tier < y->tier);
+}
