@@ -58,6 +58,7 @@
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
@@ -97,6 +98,7 @@ typedef struct BatchReading
 	TimestampTz read_at;
 	bool		has_energy;
 	int64		energy;			/* register, milli-units */
+	const char *not_a_number;	/* the register that is NaN, or NULL */
 	bool		has_registers;	/* all four TOU registers reported */
 	int64		registers[NREGISTERS];
 	const char *relay;			/* reported relay state label, or NULL */
@@ -437,14 +439,18 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 		r->read_at = DatumGetTimestampTz(slot_getattr(slot, 3, &isnull));
 		value = slot_getattr(slot, energy_att, &isnull);
 		r->has_energy = !isnull;
-		if (!isnull)
+		if (!isnull && numeric_is_nan(DatumGetNumeric(value)))
+			r->not_a_number = "energy";
+		else if (!isnull)
 			r->energy = fixed_from_numeric(value, ENERGY_SCALE);
 		r->has_registers = true;
 		for (int k = 0; k < NREGISTERS; k++)
 		{
 			value = slot_getattr(slot, register_att[k], &isnull);
 			r->has_registers = r->has_registers && !isnull;
-			if (!isnull)
+			if (!isnull && numeric_is_nan(DatumGetNumeric(value)))
+				r->not_a_number = r->not_a_number ? r->not_a_number : tariff_register_name[k];
+			else if (!isnull)
 				r->registers[k] = fixed_from_numeric(value, ENERGY_SCALE);
 		}
 		value = slot_getattr(slot, relay_att, &isnull);
@@ -953,6 +959,8 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 		quarantine(r, Q_UNKNOWN_METER, psprintf("site %d has no meter " INT64_FORMAT, r->site_id, r->meter_id));
 	else if (!meter->active)
 		quarantine(r, Q_METER_REMOVED, psprintf("meter " INT64_FORMAT " was removed", r->meter_id));
+	else if (r->not_a_number != NULL)
+		quarantine(r, Q_INVALID_VALUE, psprintf("%s register is NaN", r->not_a_number));
 	else if (!r->has_energy || r->energy < 0)
 		quarantine(r, Q_INVALID_VALUE, psprintf("energy register is %s",
 				   r->has_energy ? fixed_format(r->energy, ENERGY_SCALE) : "missing"));
