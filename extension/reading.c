@@ -72,6 +72,13 @@
 /* a reading more than this far ahead of the database clock is refused */
 #define CLOCK_AHEAD_LIMIT_US (INT64CONST(10) * 60 * 1000000)
 
+/*
+ * and one before 2000-01-01 00:00 UTC (-infinity included): a meter or
+ * agent clock that lost its time.  As the first reading of a meter it
+ * would start the next interval decades back (or nowhere, at -infinity).
+ */
+#define CLOCK_BEHIND_LIMIT 0		/* TimestampTz of 2000-01-01 00:00 UTC */
+
 typedef enum Quarantine
 {
 	Q_NONE = 0,
@@ -79,6 +86,7 @@ typedef enum Quarantine
 	Q_METER_REMOVED,
 	Q_INVALID_VALUE,
 	Q_CLOCK_AHEAD,
+	Q_CLOCK_BEHIND,
 	Q_OUT_OF_ORDER,
 	Q_COUNTER_BACKWARDS,
 	Q_IMPOSSIBLE_JUMP,
@@ -87,7 +95,7 @@ typedef enum Quarantine
 
 /* labels of prepay.quarantine_reason, indexed by Quarantine */
 static const char *const quarantine_label[] = {
-	NULL, "unknown_meter", "meter_removed", "invalid_value", "clock_ahead",
+	NULL, "unknown_meter", "meter_removed", "invalid_value", "clock_ahead", "clock_behind",
 	"out_of_order", "counter_backwards", "impossible_jump", "no_price"
 };
 
@@ -967,6 +975,9 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 	else if (r->read_at > now + CLOCK_AHEAD_LIMIT_US)
 		quarantine(r, Q_CLOCK_AHEAD, psprintf("read_at %s is ahead of the database clock %s",
 				   timestamptz_to_str(r->read_at), timestamptz_to_str(now)));
+	else if (r->read_at < CLOCK_BEHIND_LIMIT)
+		quarantine(r, Q_CLOCK_BEHIND, psprintf("read_at %s is before 2000-01-01 00:00 UTC",
+				   timestamptz_to_str(r->read_at)));
 	else if (meter->has_state && r->read_at <= meter->last_read_at)
 		quarantine(r, Q_OUT_OF_ORDER, psprintf("meter was already rated up to %s",
 				   timestamptz_to_str(meter->last_read_at)));

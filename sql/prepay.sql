@@ -46,7 +46,7 @@ CREATE TYPE prepay.command_state AS ENUM ('queued', 'sent', 'done', 'failed', 'c
 COMMENT ON TYPE prepay.command_state IS 'Life of a relay command: queued for the agent, sent to the meter, done after the relay state was read back, failed, or cancelled before it was sent.';
 
 CREATE TYPE prepay.quarantine_reason AS ENUM (
-    'unknown_meter', 'meter_removed', 'invalid_value', 'clock_ahead',
+    'unknown_meter', 'meter_removed', 'invalid_value', 'clock_ahead', 'clock_behind',
     'out_of_order', 'counter_backwards', 'impossible_jump', 'no_price');
 COMMENT ON TYPE prepay.quarantine_reason IS 'Why a reading was stored but not rated: see docs/ARCHITECTURE.md, "Bad readings".';
 
