@@ -46,6 +46,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "common/int.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -963,6 +964,10 @@ batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 static bool
 reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 {
+	int64		consumption = 0;
+	bool		overflow = meter->has_state &&
+		pg_mul_s64_overflow(r->energy - meter->last_energy, meter->multiplier, &consumption);
+
 	if (!meter->found)
 		quarantine(r, Q_UNKNOWN_METER, psprintf("site %d has no meter " INT64_FORMAT, r->site_id, r->meter_id));
 	else if (!meter->active)
@@ -985,11 +990,14 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 		quarantine(r, Q_COUNTER_BACKWARDS, psprintf("register went back from %s to %s",
 				   fixed_format(meter->last_energy, ENERGY_SCALE),
 				   fixed_format(r->energy, ENERGY_SCALE)));
+	else if (overflow)
+		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s x %d consumed since %s is out of range",
+				   fixed_format(r->energy - meter->last_energy, ENERGY_SCALE), meter->multiplier,
+				   timestamptz_to_str(meter->last_read_at)));
 	else if (meter->has_state &&
-			 rating_exceeds_rate((r->energy - meter->last_energy) * meter->multiplier,
-								 r->read_at - meter->last_read_at, meter->max_per_hour))
+			 rating_exceeds_rate(consumption, r->read_at - meter->last_read_at, meter->max_per_hour))
 		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s consumed since %s exceeds %s per hour",
-				   fixed_format((r->energy - meter->last_energy) * meter->multiplier, ENERGY_SCALE),
+				   fixed_format(consumption, ENERGY_SCALE),
 				   timestamptz_to_str(meter->last_read_at),
 				   fixed_format(meter->max_per_hour, ENERGY_SCALE)));
 	return r->reason == Q_NONE;
