@@ -932,10 +932,16 @@ BEGIN
         PERFORM prepay._raise('PY009', 'unknown tariff',
             pg_catalog.format('Site %s has no tariff %s.', p_site_id, p_tariff_id), 'prepay.tariff lists the tariffs.');
     END IF;
-    IF p_credit_limit IS NULL OR p_credit_limit < 0 THEN
-        PERFORM prepay._raise('22023', 'credit limit must not be negative',
+    IF p_credit_limit IS NULL OR p_credit_limit = 'NaN'::numeric OR p_credit_limit < 0 THEN
+        PERFORM prepay._raise('22023', 'credit limit must be a number at or above zero',
             pg_catalog.format('The credit limit given was %s.', coalesce(p_credit_limit::text, 'NULL')),
             'A credit limit of 100 lets the balance fall to -100 before the trip.');
+    END IF;
+    PERFORM prepay._check_cents(p_credit_limit, 'credit limit');
+    IF p_floor_area = 'NaN'::numeric OR p_floor_area < 0 THEN
+        PERFORM prepay._raise('22023', 'floor area must be a number at or above zero',
+            pg_catalog.format('The floor area given was %s.', p_floor_area),
+            'Pass the area in m2, or NULL when it is not known.');
     END IF;
     INSERT INTO prepay.account (site_id, code, name, tariff_id, mode, phone, email, floor_area, credit_limit)
     VALUES (p_site_id, p_code, p_name, p_tariff_id, p_mode, p_phone, p_email, p_floor_area, p_credit_limit)
