@@ -1049,6 +1049,7 @@ DECLARE
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
+    PERFORM prepay._check_text(p_channel, 'channel');
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     IF p_moved_out_at IS NULL OR p_moved_out_at > pg_catalog.now() OR p_moved_out_at < a.opened_at THEN
@@ -1080,7 +1081,7 @@ BEGIN
     RETURN entry;
 END $$;
 COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text, timestamptz) IS
-'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears.';
+'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry on p_channel (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears; a blank channel is refused (22023).';
 
 -- ---------------------------------------------------------------------
 -- public API: money
