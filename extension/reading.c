@@ -978,8 +978,13 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 		quarantine(r, Q_INVALID_VALUE, psprintf("energy register is %s",
 				   r->has_energy ? fixed_format(r->energy, ENERGY_SCALE) : "missing"));
 	else if (r->read_at > now + CLOCK_AHEAD_LIMIT_US)
+	{
+		/* timestamptz_to_str returns a static buffer: copy the first */
+		char	   *read_at = pstrdup(timestamptz_to_str(r->read_at));
+
 		quarantine(r, Q_CLOCK_AHEAD, psprintf("read_at %s is ahead of the database clock %s",
-				   timestamptz_to_str(r->read_at), timestamptz_to_str(now)));
+				   read_at, timestamptz_to_str(now)));
+	}
 	else if (r->read_at < CLOCK_BEHIND_LIMIT)
 		quarantine(r, Q_CLOCK_BEHIND, psprintf("read_at %s is before 2000-01-01 00:00 UTC",
 				   timestamptz_to_str(r->read_at)));
