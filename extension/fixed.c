@@ -162,6 +162,17 @@ fixed_from_numeric(Datum numeric, int scale)
 
 	if (decode_numeric(numeric, scale, &fast))
 		return fast;
+	if (numeric_is_nan(DatumGetNumeric(numeric)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("NaN is not a value prepay can compute with"),
+				 errhint("Pass a finite number.")));
+	if (numeric_is_inf(DatumGetNumeric(numeric)))
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("value out of range for prepay arithmetic"),
+				 errdetail("The value is infinite."),
+				 errhint("Pass a finite number.")));
 
 	scaled = numeric_mul_opt_error(DatumGetNumeric(numeric),
 								   power_of_ten_numeric(scale), &have_error);

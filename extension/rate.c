@@ -58,6 +58,8 @@ prepay_rate(PG_FUNCTION_ARGS)
 	int			nregisters = 0;
 	TariffBook *book;
 	char	   *json;
+	text	   *result;
+	MemoryContext caller = CurrentMemoryContext;
 
 	for (int i = 0; i < 6; i++)
 		if (PG_ARGISNULL(i))
@@ -74,8 +76,11 @@ prepay_rate(PG_FUNCTION_ARGS)
 	json = rate_interval(book, site_id, PG_GETARG_INT64(1), PG_GETARG_TIMESTAMPTZ(2),
 						 PG_GETARG_TIMESTAMPTZ(3), fixed_from_numeric(PG_GETARG_DATUM(4), ENERGY_SCALE),
 						 &cycle, registers, register_nulls, nregisters);
+	/* the JSON lives in SPI's context, which SPI_finish frees: copy it out first */
+	MemoryContextSwitchTo(caller);
+	result = cstring_to_text(json);
 	SPI_finish();
-	PG_RETURN_TEXT_P(cstring_to_text(json));
+	PG_RETURN_TEXT_P(result);
 }
 
 /*

@@ -47,6 +47,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "common/int.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
@@ -59,6 +60,7 @@
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/tuplestore.h"
@@ -73,6 +75,13 @@
 /* a reading more than this far ahead of the database clock is refused */
 #define CLOCK_AHEAD_LIMIT_US (INT64CONST(10) * 60 * 1000000)
 
+/*
+ * and one before 2000-01-01 00:00 UTC (-infinity included): a meter or
+ * agent clock that lost its time.  As the first reading of a meter it
+ * would start the next interval decades back (or nowhere, at -infinity).
+ */
+#define CLOCK_BEHIND_LIMIT 0		/* TimestampTz of 2000-01-01 00:00 UTC */
+
 typedef enum Quarantine
 {
 	Q_NONE = 0,
@@ -80,6 +89,7 @@ typedef enum Quarantine
 	Q_METER_REMOVED,
 	Q_INVALID_VALUE,
 	Q_CLOCK_AHEAD,
+	Q_CLOCK_BEHIND,
 	Q_OUT_OF_ORDER,
 	Q_COUNTER_BACKWARDS,
 	Q_IMPOSSIBLE_JUMP,
@@ -88,7 +98,7 @@ typedef enum Quarantine
 
 /* labels of prepay.quarantine_reason, indexed by Quarantine */
 static const char *const quarantine_label[] = {
-	NULL, "unknown_meter", "meter_removed", "invalid_value", "clock_ahead",
+	NULL, "unknown_meter", "meter_removed", "invalid_value", "clock_ahead", "clock_behind",
 	"out_of_order", "counter_backwards", "impossible_jump", "no_price"
 };
 
@@ -99,6 +109,7 @@ typedef struct BatchReading
 	TimestampTz read_at;
 	bool		has_energy;
 	int64		energy;			/* register, milli-units */
+	const char *not_a_number;	/* the register that is NaN, or NULL */
 	bool		has_registers;	/* all four TOU registers reported */
 	int64		registers[NREGISTERS];
 	const char *relay;			/* reported relay state label, or NULL */
@@ -442,14 +453,18 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 		r->read_at = DatumGetTimestampTz(slot_getattr(slot, 3, &isnull));
 		value = slot_getattr(slot, energy_att, &isnull);
 		r->has_energy = !isnull;
-		if (!isnull)
+		if (!isnull && numeric_is_nan(DatumGetNumeric(value)))
+			r->not_a_number = "energy";
+		else if (!isnull)
 			r->energy = fixed_from_numeric(value, ENERGY_SCALE);
 		r->has_registers = true;
 		for (int k = 0; k < NREGISTERS; k++)
 		{
 			value = slot_getattr(slot, register_att[k], &isnull);
 			r->has_registers = r->has_registers && !isnull;
-			if (!isnull)
+			if (!isnull && numeric_is_nan(DatumGetNumeric(value)))
+				r->not_a_number = r->not_a_number ? r->not_a_number : tariff_register_name[k];
+			else if (!isnull)
 				r->registers[k] = fixed_from_numeric(value, ENERGY_SCALE);
 		}
 		value = slot_getattr(slot, relay_att, &isnull);
@@ -954,16 +969,30 @@ batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 static bool
 reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 {
+	int64		consumption = 0;
+	bool		overflow = meter->has_state &&
+		pg_mul_s64_overflow(r->energy - meter->last_energy, meter->multiplier, &consumption);
+
 	if (!meter->found)
 		quarantine(r, Q_UNKNOWN_METER, psprintf("site %d has no meter " INT64_FORMAT, r->site_id, r->meter_id));
 	else if (!meter->active)
 		quarantine(r, Q_METER_REMOVED, psprintf("meter " INT64_FORMAT " was removed", r->meter_id));
+	else if (r->not_a_number != NULL)
+		quarantine(r, Q_INVALID_VALUE, psprintf("%s register is NaN", r->not_a_number));
 	else if (!r->has_energy || r->energy < 0)
 		quarantine(r, Q_INVALID_VALUE, psprintf("energy register is %s",
 				   r->has_energy ? fixed_format(r->energy, ENERGY_SCALE) : "missing"));
 	else if (r->read_at > now + CLOCK_AHEAD_LIMIT_US)
+	{
+		/* timestamptz_to_str returns a static buffer: copy the first */
+		char	   *read_at = pstrdup(timestamptz_to_str(r->read_at));
+
 		quarantine(r, Q_CLOCK_AHEAD, psprintf("read_at %s is ahead of the database clock %s",
-				   timestamptz_to_str(r->read_at), timestamptz_to_str(now)));
+				   read_at, timestamptz_to_str(now)));
+	}
+	else if (r->read_at < CLOCK_BEHIND_LIMIT)
+		quarantine(r, Q_CLOCK_BEHIND, psprintf("read_at %s is before 2000-01-01 00:00 UTC",
+				   timestamptz_to_str(r->read_at)));
 	else if (meter->has_state && r->read_at <= meter->last_read_at)
 		quarantine(r, Q_OUT_OF_ORDER, psprintf("meter was already rated up to %s",
 				   timestamptz_to_str(meter->last_read_at)));
@@ -971,11 +1000,14 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 		quarantine(r, Q_COUNTER_BACKWARDS, psprintf("register went back from %s to %s",
 				   fixed_format(meter->last_energy, ENERGY_SCALE),
 				   fixed_format(r->energy, ENERGY_SCALE)));
+	else if (overflow)
+		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s x %d consumed since %s is out of range",
+				   fixed_format(r->energy - meter->last_energy, ENERGY_SCALE), meter->multiplier,
+				   timestamptz_to_str(meter->last_read_at)));
 	else if (meter->has_state &&
-			 rating_exceeds_rate((r->energy - meter->last_energy) * meter->multiplier,
-								 r->read_at - meter->last_read_at, meter->max_per_hour))
+			 rating_exceeds_rate(consumption, r->read_at - meter->last_read_at, meter->max_per_hour))
 		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s consumed since %s exceeds %s per hour",
-				   fixed_format((r->energy - meter->last_energy) * meter->multiplier, ENERGY_SCALE),
+				   fixed_format(consumption, ENERGY_SCALE),
 				   timestamptz_to_str(meter->last_read_at),
 				   fixed_format(meter->max_per_hour, ENERGY_SCALE)));
 	return r->reason == Q_NONE;

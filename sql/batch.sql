@@ -534,6 +534,11 @@ BEGIN
         PERFORM prepay._raise('22023', 'a batch needs an action and a target', NULL,
             'Pass an action (set_tariff, set_thresholds, set_protect, set_relay, recharge) and a target (account, meter).');
     END IF;
+    IF NOT pg_catalog.isfinite(p_run_at) THEN
+        PERFORM prepay._raise('22023', 'run_at must be a finite time',
+            pg_catalog.format('The time given was %s.', p_run_at),
+            'Omit it (or pass now()) to run the batch at the next run.');
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM prepay.site WHERE site_id = p_site_id) THEN
         PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id),
                               'prepay.site lists the sites.');
@@ -591,7 +596,7 @@ BEGIN
     RETURN id;
 END $$;
 COMMENT ON FUNCTION prepay.create_batch(integer, text, prepay.batch_action, prepay.batch_target, jsonb, jsonb, timestamptz, text) IS
-'Create a batch and return its id: an action for many accounts or meters (a list of ids, codes or objects, or a selector, resolved now into items), with its parameters, to run at p_run_at (NULL: now; the runner or prepay.run_batch runs it).  Idempotent: the same client reference returns the same batch; with a different action, target, targets, parameters or (given) run_at it is refused (PY302).  22023 bad action/target pair, parameters, targets or selector; PY007; PY009.  See docs/BATCH.md.';
+'Create a batch and return its id: an action for many accounts or meters (a list of ids, codes or objects, or a selector, resolved now into items), with its parameters, to run at p_run_at (NULL: now; the runner or prepay.run_batch runs it).  Idempotent: the same client reference returns the same batch; with a different action, target, targets, parameters or (given) run_at it is refused (PY302).  22023 bad action/target pair, parameters, targets or selector, or an infinite run_at; PY007; PY009.  See docs/BATCH.md.';
 
 -- ---------------------------------------------------------------------
 -- running
@@ -911,8 +916,10 @@ DECLARE
     b prepay.batch;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
-    IF p_run_at IS NULL THEN
-        PERFORM prepay._raise('22023', 'run_at must not be NULL', NULL, 'Pass now() to run the batch at the next run.');
+    IF p_run_at IS NULL OR NOT pg_catalog.isfinite(p_run_at) THEN
+        PERFORM prepay._raise('22023', 'run_at must be a finite time',
+            pg_catalog.format('The time given was %s.', coalesce(p_run_at::text, 'NULL')),
+            'Pass now() to run the batch at the next run; cancel a batch that should never run.');
     END IF;
     SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -927,7 +934,7 @@ BEGIN
     UPDATE prepay.batch x SET run_at = p_run_at WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id;
 END $$;
 COMMENT ON FUNCTION prepay.reschedule_batch(integer, bigint, timestamptz) IS
-'Move a batch that has not started to another run_at (now() to run it at the next run).  PY301 unknown batch; PY303 started, done or cancelled; 22023 NULL time.';
+'Move a batch that has not started to another run_at (now() to run it at the next run).  PY301 unknown batch; PY303 started, done or cancelled; 22023 NULL or infinite time.';
 
 -- ---------------------------------------------------------------------
 -- pg_dump: batches and their results are user data

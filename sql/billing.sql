@@ -1031,7 +1031,8 @@ DECLARE
     t_to timestamptz := prepay._local_start(p_site_id, p_period_end);
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
-    IF p_period_start IS NULL OR p_period_end IS NULL OR p_period_end <= p_period_start THEN
+    IF p_period_start IS NULL OR p_period_end IS NULL OR p_period_end <= p_period_start
+       OR NOT pg_catalog.isfinite(p_period_start) OR NOT pg_catalog.isfinite(p_period_end) THEN
         PERFORM prepay._raise('22023', 'a bill needs a period', pg_catalog.format('%s..%s', p_period_start, p_period_end),
                               'Pass the first day and the day after the last day.');
     END IF;
@@ -1071,7 +1072,7 @@ BEGIN
     RETURN b;
 END $$;
 COMMENT ON FUNCTION prepay.draft_bill(integer, bigint, date, date) IS
-'Draft (or redraft, while still a draft) an account''s bill for [start, end): every ledger charge not yet billed whose service time is before the end (so a late charge lands on the next bill, never on two), and the fees and shares settled by bill.  A confirmed or issued bill is returned unchanged.';
+'Draft (or redraft, while still a draft) an account''s bill for [start, end): every ledger charge not yet billed whose service time is before the end (so a late charge lands on the next bill, never on two), and the fees and shares settled by bill.  A confirmed or issued bill is returned unchanged.  22023 for a missing, empty or infinite period.';
 
 CREATE FUNCTION prepay.draft_bills(p_site_id integer, p_period_start date, p_period_end date DEFAULT NULL)
 RETURNS SETOF prepay.bill LANGUAGE plpgsql AS $$
@@ -1080,6 +1081,10 @@ DECLARE
     a prepay.account;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
+    IF p_period_start IS NULL OR NOT pg_catalog.isfinite(p_period_start) OR NOT pg_catalog.isfinite(period_end) THEN
+        PERFORM prepay._raise('22023', 'a bill needs a period', pg_catalog.format('%s..%s', p_period_start, period_end),
+                              'Pass the first day and the day after the last day.');
+    END IF;
     FOR a IN SELECT * FROM prepay.account ac
               WHERE ac.site_id = p_site_id
                 AND prepay._days_open(p_site_id, ac, p_period_start, period_end) > 0

@@ -46,7 +46,7 @@ CREATE TYPE prepay.command_state AS ENUM ('queued', 'sent', 'done', 'failed', 'c
 COMMENT ON TYPE prepay.command_state IS 'Life of a relay command: queued for the agent, sent to the meter, done after the relay state was read back, failed, or cancelled before it was sent.';
 
 CREATE TYPE prepay.quarantine_reason AS ENUM (
-    'unknown_meter', 'meter_removed', 'invalid_value', 'clock_ahead',
+    'unknown_meter', 'meter_removed', 'invalid_value', 'clock_ahead', 'clock_behind',
     'out_of_order', 'counter_backwards', 'impossible_jump', 'no_price');
 COMMENT ON TYPE prepay.quarantine_reason IS 'Why a reading was stored but not rated: see docs/ARCHITECTURE.md, "Bad readings".';
 
@@ -932,10 +932,16 @@ BEGIN
         PERFORM prepay._raise('PY009', 'unknown tariff',
             pg_catalog.format('Site %s has no tariff %s.', p_site_id, p_tariff_id), 'prepay.tariff lists the tariffs.');
     END IF;
-    IF p_credit_limit IS NULL OR p_credit_limit < 0 THEN
-        PERFORM prepay._raise('22023', 'credit limit must not be negative',
+    IF p_credit_limit IS NULL OR p_credit_limit = 'NaN'::numeric OR p_credit_limit < 0 THEN
+        PERFORM prepay._raise('22023', 'credit limit must be a number at or above zero',
             pg_catalog.format('The credit limit given was %s.', coalesce(p_credit_limit::text, 'NULL')),
             'A credit limit of 100 lets the balance fall to -100 before the trip.');
+    END IF;
+    PERFORM prepay._check_cents(p_credit_limit, 'credit limit');
+    IF p_floor_area = 'NaN'::numeric OR p_floor_area < 0 THEN
+        PERFORM prepay._raise('22023', 'floor area must be a number at or above zero',
+            pg_catalog.format('The floor area given was %s.', p_floor_area),
+            'Pass the area in m2, or NULL when it is not known.');
     END IF;
     INSERT INTO prepay.account (site_id, code, name, tariff_id, mode, phone, email, floor_area, credit_limit)
     VALUES (p_site_id, p_code, p_name, p_tariff_id, p_mode, p_phone, p_email, p_floor_area, p_credit_limit)
@@ -1043,6 +1049,7 @@ DECLARE
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
+    PERFORM prepay._check_text(p_channel, 'channel');
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     IF p_moved_out_at IS NULL OR p_moved_out_at > pg_catalog.now() OR p_moved_out_at < a.opened_at THEN
@@ -1074,7 +1081,7 @@ BEGIN
     RETURN entry;
 END $$;
 COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text, timestamptz) IS
-'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears.';
+'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry on p_channel (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears; a blank channel is refused (22023).';
 
 -- ---------------------------------------------------------------------
 -- public API: money

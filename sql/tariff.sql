@@ -81,12 +81,17 @@ BEGIN
     IF p_site_id IS NULL OR p_tariff_id IS NULL OR p_from IS NULL OR p_to IS NULL OR p_energy IS NULL THEN
         PERFORM prepay._raise('22004', 'rate needs a site, a tariff, an interval and an energy', NULL, NULL);
     END IF;
+    IF NOT pg_catalog.isfinite(p_from) OR NOT pg_catalog.isfinite(p_to) OR p_to > p_from + interval '10 years' THEN
+        PERFORM prepay._raise('22023', 'rate needs a finite interval of at most 10 years',
+            pg_catalog.format('The interval given was (%s, %s].', p_from, p_to),
+            'Rate a longer consumption in parts.');
+    END IF;
     RETURN QUERY
     SELECT * FROM prepay._pieces(prepay._rate(p_site_id, p_tariff_id, p_from, p_to, p_energy,
                                               coalesce(p_cycle_used, 0), NULL, NULL));
 END $$;
 COMMENT ON FUNCTION prepay.rate(integer, bigint, timestamptz, timestamptz, numeric, numeric) IS
-'Rate a consumption (after the multiplier) spread uniformly over (from, to] with a tariff, given the consumption already counted in the billing cycle: one row per piece (period, tier, energy, unit price, exact amount).  The rating trigger prices readings with the same C core.';
+'Rate a consumption (after the multiplier) spread uniformly over (from, to] with a tariff, given the consumption already counted in the billing cycle: one row per piece (period, tier, energy, unit price, exact amount).  The rating trigger prices readings with the same C core.  The interval must be finite and at most 10 years long (22023).';
 
 CREATE FUNCTION prepay.explain_charge(p_site_id integer, p_entry_id bigint)
 RETURNS TABLE (entry_id bigint, meter_id bigint, read_from timestamptz, register_from numeric,
