@@ -382,6 +382,8 @@ SELECT fname AS function, arg, string_agg(label, ', ' ORDER BY label) AS accepte
 --   create_batch p_targets deep: one target, refused when the batch runs.
 --   draft_bill, draft_bills: a finite period reaching back to 1900 or on to
 --     4000 drafts what was posted in it; draft_bills' NULL end is a month.
+--   fold_rollups p_site_id NULL: every site (documented); folding moves
+--     rollup deltas and changes nothing the rollup views show.
 --   open_account p_floor_area 0, 0.001, NULL and p_credit_limit 0: values.
 --   protect p_account_id NULL, set_tariff p_meter_id NULL: the other target.
 --   run_due_batches p_max_items NULL: no bound (documented); a large or
