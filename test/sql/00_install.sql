@@ -30,6 +30,14 @@ SELECT c.relname AS table_without_site_key
    AND (k.conkey IS NULL OR (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = k.conkey[1]) <> 'site_id')
    AND NOT (c.relname = 'energy_pending' AND k.conkey IS NULL
             AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'site_id' AND a.attnotnull));
+-- every numeric column but a reading's refuses NaN (sql/integrity.sql)
+SELECT c.relname, a.attname AS numeric_column_taking_nan
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+ WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind = 'r' AND c.relname <> 'reading'
+   AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'numeric'::regtype
+   AND NOT EXISTS (SELECT 1 FROM pg_constraint k
+                    WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.conkey = ARRAY[a.attnum]
+                      AND pg_get_constraintdef(k.oid) LIKE '%<> ''NaN''::numeric%');
 -- every foreign key includes site_id
 SELECT conrelid::regclass AS fk_without_site
   FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
