@@ -140,16 +140,6 @@ SELECT e.site_id, e.meter_id, e.day, e.account_id, e.period, e.tier,
           FROM prepay.energy_pending p) AS e
  GROUP BY e.site_id, e.meter_id, e.day, e.account_id, e.period, e.tier;
 COMMENT ON VIEW prepay.energy_day IS 'Rollup: consumption charged per meter, account, local day, time-of-use period and tier, up to the last committed rating batch (the folded store plus the deltas not folded yet).  Equals what prepay.energy_from_ledger computes from the ledger; prepay.rebuild_rollups recomputes it.';
-COMMENT ON COLUMN prepay.energy_day.site_id IS 'Site of the meter.';
-COMMENT ON COLUMN prepay.energy_day.meter_id IS 'Meter.';
-COMMENT ON COLUMN prepay.energy_day.day IS 'Local date (site time zone) the energy was consumed on.';
-COMMENT ON COLUMN prepay.energy_day.account_id IS 'Account charged.';
-COMMENT ON COLUMN prepay.energy_day.period IS 'Time-of-use period (or register) the energy was priced in; "all" for a single-price tariff.';
-COMMENT ON COLUMN prepay.energy_day.tier IS 'Tier (1 = first block) the energy was priced in.';
-COMMENT ON COLUMN prepay.energy_day.energy IS 'Energy (kWh or m3, after the multiplier).';
-COMMENT ON COLUMN prepay.energy_day.cost IS 'Exact price of that energy (9 decimals, before rounding to cents).';
-COMMENT ON COLUMN prepay.energy_day.charged IS 'Whole cents posted by the consumption entries whose interval starts on this day, counted on the period and tier of their first piece.';
-COMMENT ON COLUMN prepay.energy_day.charges IS 'Consumption entries whose interval starts on this day, counted like charged.';
 
 CREATE VIEW prepay.energy_month AS
 SELECT e.site_id, e.meter_id, e.month, e.account_id, e.period, e.tier,
@@ -163,16 +153,21 @@ SELECT e.site_id, e.meter_id, e.month, e.account_id, e.period, e.tier,
           FROM prepay.energy_pending p) AS e
  GROUP BY e.site_id, e.meter_id, e.month, e.account_id, e.period, e.tier;
 COMMENT ON VIEW prepay.energy_month IS 'Rollup: energy_day summed per local calendar month, up to the last committed rating batch.';
-COMMENT ON COLUMN prepay.energy_month.site_id IS 'Site of the meter.';
-COMMENT ON COLUMN prepay.energy_month.meter_id IS 'Meter.';
-COMMENT ON COLUMN prepay.energy_month.month IS 'First day of the local calendar month.';
-COMMENT ON COLUMN prepay.energy_month.account_id IS 'Account charged.';
-COMMENT ON COLUMN prepay.energy_month.period IS 'Time-of-use period (or register); "all" for a single-price tariff.';
-COMMENT ON COLUMN prepay.energy_month.tier IS 'Tier (1 = first block).';
-COMMENT ON COLUMN prepay.energy_month.energy IS 'Energy (kWh or m3, after the multiplier).';
-COMMENT ON COLUMN prepay.energy_month.cost IS 'Exact price of that energy (9 decimals).';
-COMMENT ON COLUMN prepay.energy_month.charged IS 'Whole cents posted by the consumption entries whose interval starts in this month (on their first piece''s period and tier).';
-COMMENT ON COLUMN prepay.energy_month.charges IS 'Consumption entries whose interval starts in this month.';
+
+-- the views' columns mean what the folded tables' columns mean
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN
+        SELECT v.view, a.attname, pg_catalog.col_description(a.attrelid, a.attnum) AS description
+          FROM (VALUES ('prepay.energy_day'::pg_catalog.regclass, 'prepay.energy_day_folded'::pg_catalog.regclass),
+                       ('prepay.energy_month', 'prepay.energy_month_folded')) AS v (view, store)
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = v.store AND a.attnum > 0 AND NOT a.attisdropped
+    LOOP
+        EXECUTE pg_catalog.format('COMMENT ON COLUMN %s.%I IS %L', c.view, c.attname, c.description);
+    END LOOP;
+END $$;
 
 CREATE TABLE prepay.consumption_posting_day (
     site_id    integer NOT NULL,
