@@ -1,9 +1,12 @@
 # test/t/150_crash.pl (issue 8)
 #
-# The database crashes (immediate shutdown: every backend killed, no
-# checkpoint, crash recovery at restart) three times while the agent
-# streams readings from the simulator and a loop of psql recharges with
-# distinct references runs.  Afterwards:
+# The database crashes three times, each time a different way, while the
+# agent streams readings from the simulator and a loop of psql recharges
+# with distinct references runs: (1) kill -9 of the postmaster and every
+# server process, then a restart; (2) kill -9 of one backend (the agent's),
+# after which the postmaster kills the others and recovers by itself;
+# (3) an immediate shutdown.  No checkpoint in any; crash recovery from the
+# WAL each time.  Afterwards:
 #   - every recharge whose psql reported success is in the ledger exactly
 #     once; retrying every attempted recharge with its reference credits
 #     nothing twice (those lost in a crash are credited once, by the retry);
@@ -14,8 +17,10 @@
 #     is its last accepted reading, every accepted reading that consumed
 #     energy has exactly one consumption entry (and no entry lacks its
 #     reading), and per meter the entries plus the carry are exactly
-#     (last - first register) x price.
-# The cluster runs with fsync on (the TAP default is off).
+#     (last - first register) x price, and the energy rollups equal what
+#     the ledger explains.
+# The cluster runs with fsync on (the TAP default is off) and restarts by
+# itself after a backend crash (restart_after_crash, off in TAP clusters).
 
 use strict;
 use warnings;
@@ -36,7 +41,7 @@ my $crashes = 3;
 
 my $node = PostgreSQL::Test::Cluster->new('crash');
 $node->init;
-$node->append_conf('postgresql.conf', "fsync = on\n");
+$node->append_conf('postgresql.conf', "fsync = on\nrestart_after_crash = on\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION prepay');
 
@@ -104,15 +109,47 @@ sub count_lines
 }
 sub readings { return $node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'); }
 
+# crash(round): round 1 kill -9 of every server process, 2 kill -9 of the
+# agent's backend (the postmaster resets and recovers by itself), 3 an
+# immediate shutdown; each time recharges fail and the agent spools
+sub crash
+{
+	my ($round) = @_;
+	if ($round == 1)
+	{
+		my $postmaster = $node->{_pid};
+		my @children = split ' ', `pgrep -P $postmaster`;
+		$node->kill9;
+		kill 'KILL', @children;
+		ok(wait_for(sub { !grep { kill 0, $_ } $postmaster, @children }, 30), 'kill -9: every server process is gone');
+		sleep 1.5;
+		$node->start;
+	}
+	elsif ($round == 2)
+	{
+		my $backend = $node->safe_psql('postgres',
+			"SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+			  . " AND query NOT LIKE '%recharge%' ORDER BY backend_start LIMIT 1");
+		ok(kill('KILL', $backend), "kill -9 of backend $backend");
+		sleep 1.5;
+		ok($node->poll_query_until('postgres', 'SELECT true'), 'the postmaster recovered by itself');
+		like(slurp_file($node->logfile), qr/terminated by signal 9/, 'the server log shows the killed backend');
+	}
+	else
+	{
+		$node->stop('immediate');
+		sleep 1.5;
+		$node->start;
+	}
+}
+
 ok(wait_for(sub { readings() >= 12 }, 30), 'readings flow');
 for my $round (1 .. $crashes)
 {
 	my ($ok0, $r0) = (count_lines('ok'), readings());
 	ok(wait_for(sub { count_lines('ok') >= $ok0 + 20 && readings() >= $r0 + 12 }, 60),
 		"crash $round: recharges succeed and readings arrive before it");
-	$node->stop('immediate');
-	sleep 1.5;    # recharges fail, the agent spools
-	$node->start;
+	crash($round);
 }
 my $r0 = readings();
 ok(wait_for(sub { count_lines('ok') >= 20 && readings() >= $r0 + 12 }, 60),
@@ -185,6 +222,10 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading WHERE quara
 
 # no half-applied state
 is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'ledger check');
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM ((TABLE prepay.energy_day EXCEPT SELECT * FROM prepay.energy_from_ledger(1, '-infinity', 'infinity'))
+	                      UNION ALL (SELECT * FROM prepay.energy_from_ledger(1, '-infinity', 'infinity') EXCEPT TABLE prepay.energy_day)) d
+}), '0', 'the energy rollups equal the ledger (no batch half rolled up)');
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM prepay.account a
 	 WHERE balance <> (SELECT sum(amount) FROM prepay.ledger l WHERE l.site_id = a.site_id AND l.account_id = a.account_id)}),
