@@ -10,8 +10,11 @@
 #   - reversals of random storm recharges (recorded in storm.reversal);
 #   - manual trips and closes;
 #   - the daily billing run prepay.run_periodic(1, '2026-01-15') (a fee of
-#     25.00 deducted once per account for January).
-# Afterwards no client failed, the ledger check is empty and every
+#     25.00 deducted once per account for January);
+#   - the fold of the energy rollups (prepay.fold_rollups), racing the
+#     rating batches that append deltas.
+# Afterwards no client failed, the ledger check is empty, the energy
+# rollups equal what the ledger explains, and every
 # account's balance equals an independent recomputation from the inputs:
 #   payments (storm.payment) - reversed recharges (storm.reversal) - the fee
 #   - (last accepted register - first register) x multiplier x price
@@ -99,6 +102,9 @@ SELECT prepay.close(1, :m, 'storm');
 	'periodic@1' => q{
 SELECT prepay.run_periodic(1, '2026-01-15');
 },
+	'fold@1' => q{
+SELECT prepay.fold_rollups(1);
+},
 );
 my @files;
 for my $s (sort keys %scripts)
@@ -179,6 +185,11 @@ $q->(q{
 });
 is($q->($snapshot), $before, 'the replay changes no ledger row, no balance, no reading, no periodic charge');
 is($q->('SELECT count(*) FROM prepay.check_ledger()'), '0', 'ledger check after the replay');
+is($q->(q{
+	SELECT count(*) FROM ((TABLE prepay.energy_day EXCEPT SELECT * FROM prepay.energy_from_ledger(1, '-infinity', 'infinity'))
+	                      UNION ALL (SELECT * FROM prepay.energy_from_ledger(1, '-infinity', 'infinity') EXCEPT TABLE prepay.energy_day)) d
+}), '0', 'the energy rollups, folded while batches ran, equal the ledger');
+ok($q->('SELECT count(*) FROM prepay.energy_day_folded') > 0, 'the storm folded rollup deltas');
 
 $node->stop;
 done_testing();
