@@ -180,14 +180,21 @@ static void bus_after_error(struct bus *b, int e)
 		bus_drop(b);
 }
 
-/* bus_timeouts: response timeout a quarter of the poll interval, within 0.2-2 s */
+/* bus_timeouts: the whole reply must arrive within the response timeout: a
+ * quarter of the poll interval within 0.2-2 s, plus, on a serial line, the
+ * time the longest frame takes at its baud rate.  The byte timeout is off:
+ * with one, libmodbus waits up to it for each further byte, so a device
+ * trickling bytes just faster than that held the bus for the whole frame
+ * (up to 260 bytes x 100 ms per request, sweeps and commands waiting) */
 static void bus_timeouts(struct bus *b)
 {
 	int64_t ms = b->gw->poll_interval_ms / 4;
 
 	ms = ms < 200 ? 200 : ms > 2000 ? 2000 : ms;
+	if (strcmp(b->gw->transport, "tcp") != 0 && b->gw->baud > 0)
+		ms += (int64_t)MODBUS_RTU_MAX_ADU_LENGTH * 11 * 1000 / b->gw->baud + 1;
 	modbus_set_response_timeout(b->ctx, ms / 1000, (ms % 1000) * 1000);
-	modbus_set_byte_timeout(b->ctx, 0, 100000);
+	modbus_set_byte_timeout(b->ctx, 0, 0);
 }
 
 static modbus_t *bus_new_ctx(struct bus *b, char *err, size_t errsz)

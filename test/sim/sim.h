@@ -10,10 +10,13 @@
  *	           meters at unit ids 1..M, strictly one request at a time,
  *	           in its own thread;
  *	  fault    how a gateway misbehaves (dead, silent, exception, corrupt,
- *	           slow), settable at start and at run time.
+ *	           slow, hostile), settable at start and at run time;
+ *	  hostile  the fault that answers each request with a seeded
+ *	           pseudo-random choice among valid and malformed replies
+ *	           (sim_hostile.c), optionally for a fixed number of frames.
  *
  * Locking: every gateway has one mutex, `lock`, that guards its meters and
- * its fault.  A thread holds at most one gateway lock at a time and never
+ * its fault (and the hostile generator's state).  A thread holds at most one gateway lock at a time and never
  * sleeps or does socket I/O while holding it.  The history file has its own
  * mutex, taken without any gateway lock held.
  *-------------------------------------------------------------------------
@@ -24,6 +27,8 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <modbus.h>
 
 #define SIM_VERSION "0.1"
 #define SIM_MAX_UNITS 247
@@ -48,13 +53,40 @@ enum sim_fault_mode
 	FAULT_SILENT,
 	FAULT_EXCEPTION,
 	FAULT_CORRUPT,
-	FAULT_SLOW
+	FAULT_SLOW,
+	FAULT_HOSTILE
 };
 
 struct sim_fault
 {
 	enum sim_fault_mode mode;
 	int slow_ms;
+	uint64_t seed;				/* hostile: the generator's seed */
+	uint64_t frames;			/* hostile: frames to serve hostile, 0 = no end */
+};
+
+/* What a hostile gateway answers one request with. */
+enum hostile_kind
+{
+	HOSTILE_VALID,				/* the right reply (libmodbus) */
+	HOSTILE_CORRUPT,			/* bad transaction/protocol id or CRC, garbled bytes */
+	HOSTILE_WRONG_UNIT,			/* the right registers under another unit id */
+	HOSTILE_EXCEPTION,			/* an exception, code 1..11 or an undefined one */
+	HOSTILE_PARTIAL,			/* a truncated reply, then silence */
+	HOSTILE_ENDLESS,			/* a reply that never ends (trickle or flood) */
+	HOSTILE_OVERSIZED,			/* more data than asked for */
+	HOSTILE_NONE,				/* no reply */
+	HOSTILE_KINDS
+};
+
+/* The hostile generator of one gateway; guarded by its gateway's lock. */
+struct sim_hostile
+{
+	uint64_t rng;				/* xorshift64* state, never 0 */
+	uint64_t seed;
+	uint64_t budget;			/* frames to serve hostile; 0 = no end */
+	uint64_t frames;			/* hostile frames served so far */
+	uint64_t served[HOSTILE_KINDS];
 };
 
 /* One meter; guarded by its gateway's lock. */
@@ -91,6 +123,7 @@ struct sim_gateway
 	bool started;
 	pthread_mutex_t lock;
 	struct sim_fault fault;
+	struct sim_hostile hostile;
 	int n_meters;
 	struct sim_meter *meters;	/* meters[u - 1] answers at unit id u */
 };
@@ -161,6 +194,29 @@ int gateway_start(struct sim *sim, struct sim_gateway *gw);
 void gateway_join(struct sim_gateway *gw);
 const char *fault_name(enum sim_fault_mode mode);
 bool fault_parse(const char *text, struct sim_fault *fault);
+
+/* sim_hostile.c: the hostile fault's frames */
+struct hostile_reply
+{
+	modbus_t   *ctx;			/* the serving context (exceptions, wrong unit) */
+	modbus_mapping_t *map;		/* scratch mapping for libmodbus replies */
+	int			fd;
+	bool		tcp;
+	const uint8_t *req;			/* the request as libmodbus received it */
+	int			req_len;
+	int			unit,
+				fc,
+				addr,
+				qty;
+	int			exception;		/* the right reply is this exception (0: none) */
+	const uint16_t *regs;		/* the right registers of an FC03 */
+	volatile int *stopping;
+};
+
+void hostile_reset(struct sim_hostile *h, uint64_t seed, uint64_t budget);
+int hostile_pick(struct sim_hostile *h, uint64_t *frame_seed);
+const char *hostile_kind_name(int kind);
+bool hostile_send(int kind, uint64_t frame_seed, const struct hostile_reply *r);
 
 /* sim_history.c: the read log */
 int history_open(const char *path);

@@ -5,7 +5,10 @@
  *	  GET  /healthz                          "ok"
  *	  GET  /meters[?gateway=G]               one line per meter:
  *	       gateway unit energy_centikwh relay(closed|tripped) trips closes reads
+ *	  GET  /hostile                          JSON: the hostile generator of
+ *	       every hostile gateway (seed, budget, frames, done, served per kind)
  *	  POST /fault?gateway=G&mode=none|dead|silent|exception|corrupt|slow&ms=N
+ *	  POST /fault?gateway=G&mode=hostile[&seed=S][&frames=N]
  *	  POST /load?gateway=G&unit=U&w=W
  *	  POST /relay?gateway=G&unit=U&state=closed|tripped   (not counted as a command)
  *
@@ -138,6 +141,45 @@ get_meters(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 	evbuffer_free(body);
 }
 
+/*
+ * get_hostile: the hostile generators as JSON, one object per gateway whose
+ * fault is hostile; done once the frame budget is spent.
+ */
+static void
+get_hostile(struct evhttp_request *req, struct sim *sim)
+{
+	struct evbuffer *body = evbuffer_new();
+	const char *sep = "";
+
+	evbuffer_add_printf(body, "{\"gateways\": [");
+	for (int g = 0; g < sim->n_gateways; g++)
+	{
+		struct sim_gateway *gw = &sim->gateways[g];
+		struct sim_hostile h;
+		bool		hostile;
+
+		pthread_mutex_lock(&gw->lock);
+		hostile = gw->fault.mode == FAULT_HOSTILE;
+		h = gw->hostile;
+		pthread_mutex_unlock(&gw->lock);
+		if (!hostile)
+			continue;
+		evbuffer_add_printf(body, "%s\n  {\"gateway\": %d, \"seed\": %" PRIu64 ", \"budget\": %" PRIu64
+							", \"frames\": %" PRIu64 ", \"done\": %s, \"served\": {",
+							sep, g, h.seed, h.budget, h.frames,
+							h.budget > 0 && h.frames >= h.budget ? "true" : "false");
+		for (int k = 0; k < HOSTILE_KINDS; k++)
+			evbuffer_add_printf(body, "%s\"%s\": %" PRIu64, k ? ", " : "", hostile_kind_name(k),
+								h.served[k]);
+		evbuffer_add_printf(body, "}}");
+		sep = ",";
+	}
+	evbuffer_add_printf(body, "%s]}\n", *sep ? "\n" : "");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+	evhttp_send_reply(req, HTTP_OK, "OK", body);
+	evbuffer_free(body);
+}
+
 static void
 post_fault(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 {
@@ -154,15 +196,25 @@ post_fault(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 	}
 	if (strcmp(mode, "slow") == 0)
 		snprintf(spec, sizeof(spec), "slow=%s", ms ? ms : "");
+	else if (strcmp(mode, "hostile") == 0)
+	{
+		const char *seed = evhttp_find_header(q, "seed");
+		const char *frames = evhttp_find_header(q, "frames");
+
+		snprintf(spec, sizeof(spec), "hostile=%s%s%s", seed ? seed : "0", frames ? ":" : "",
+				 frames ? frames : "");
+	}
 	else
 		snprintf(spec, sizeof(spec), "%s", mode);
 	if (!fault_parse(spec, &fault))
 	{
-		bad_request(req, "mode must be none, dead, silent, exception, corrupt or slow (with ms=N)");
+		bad_request(req, "mode must be none, dead, silent, exception, corrupt, slow (with ms=N) "
+					"or hostile (with seed=S and frames=N, both optional)");
 		return;
 	}
 	pthread_mutex_lock(&sim->gateways[g].lock);
 	sim->gateways[g].fault = fault;
+	hostile_reset(&sim->gateways[g].hostile, fault.seed, fault.frames);
 	pthread_mutex_unlock(&sim->gateways[g].lock);
 	reply_line(req, HTTP_OK, "OK", "ok");
 }
@@ -236,6 +288,8 @@ route(struct evhttp_request *req, void *arg)
 		reply_line(req, HTTP_OK, "OK", "ok");
 	else if (strcmp(path, "/meters") == 0)
 		get_meters(req, sim, &q);
+	else if (strcmp(path, "/hostile") == 0)
+		get_hostile(req, sim);
 	else if (!post && (strcmp(path, "/fault") == 0 || strcmp(path, "/load") == 0 ||
 					   strcmp(path, "/relay") == 0))
 		reply_line(req, 405, "Method Not Allowed", "use POST");

@@ -14,8 +14,10 @@
  * Faults: dead = accept and read, never answer nor parse; silent = parse,
  * never answer; exception = answer exception 04 to everything; corrupt =
  * answer with a wrong transaction id and protocol id (TCP) or a wrong CRC
- * (RTU); slow = answer after slow_ms.  libmodbus cannot produce a wrong
- * frame, so corrupt frames alone are written by hand (send_corrupt).
+ * (RTU); slow = answer after slow_ms; hostile = a seeded random choice of
+ * valid and malformed replies per request (sim_hostile.c).  libmodbus cannot
+ * produce a wrong frame, so corrupt frames alone are written by hand
+ * (send_corrupt here, and the hostile generator's).
  *
  * Locking: the meters and the fault are read and changed under gw->lock,
  * held only while computing a reply (never during I/O or sleeps).  Each
@@ -54,6 +56,8 @@ struct exchange
 	bool		energy_read;
 	int64_t		energy_ck;
 	bool		tripped;
+	int			hostile;		/* kind of reply (HOSTILE_VALID unless hostile) */
+	uint64_t	hostile_seed;
 	uint16_t	regs[MODBUS_MAX_READ_REGISTERS];
 };
 
@@ -73,6 +77,7 @@ struct worker
 static const char *const fault_names[] = {
 	[FAULT_NONE] = "none", [FAULT_DEAD] = "dead", [FAULT_SILENT] = "silent",
 	[FAULT_EXCEPTION] = "exception", [FAULT_CORRUPT] = "corrupt", [FAULT_SLOW] = "slow",
+	[FAULT_HOSTILE] = "hostile",
 };
 
 const char *
@@ -82,21 +87,49 @@ fault_name(enum sim_fault_mode mode)
 }
 
 /*
- * fault_parse: "none", "dead", "silent", "exception", "corrupt", "slow=MS".
+ * parse_hostile: "SEED" or "SEED:FRAMES" (decimal) after "hostile=".
+ */
+static bool
+parse_hostile(const char *text, struct sim_fault *fault)
+{
+	char	   *end;
+
+	if (*text < '0' || *text > '9')
+		return false;
+	errno = 0;
+	fault->seed = strtoull(text, &end, 10);
+	if (*end == ':')
+	{
+		text = end + 1;
+		if (*text < '0' || *text > '9')
+			return false;
+		fault->frames = strtoull(text, &end, 10);
+	}
+	return errno == 0 && *end == '\0';
+}
+
+/*
+ * fault_parse: "none", "dead", "silent", "exception", "corrupt", "slow=MS",
+ * "hostile", "hostile=SEED", "hostile=SEED:FRAMES".
  */
 bool
 fault_parse(const char *text, struct sim_fault *fault)
 {
 	char	   *end;
 
-	*fault = (struct sim_fault) {FAULT_NONE, 0};
+	*fault = (struct sim_fault) {FAULT_NONE, 0, 0, 0};
+	if (strcmp(text, "hostile") == 0 || strncmp(text, "hostile=", 8) == 0)
+	{
+		fault->mode = FAULT_HOSTILE;
+		return text[7] == '\0' || parse_hostile(text + 8, fault);
+	}
 	if (strncmp(text, "slow=", 5) == 0)
 	{
 		long		ms = strtol(text + 5, &end, 10);
 
 		if (*end != '\0' || ms < 0 || ms > 600000)
 			return false;
-		*fault = (struct sim_fault) {FAULT_SLOW, (int) ms};
+		*fault = (struct sim_fault) {FAULT_SLOW, (int) ms, 0, 0};
 		return true;
 	}
 	for (int mode = FAULT_NONE; mode < FAULT_SLOW; mode++)
@@ -175,6 +208,8 @@ serve(struct worker *w, const uint8_t *req, struct exchange *x, struct sim_fault
 	decode(w->ctx, req, x);
 	pthread_mutex_lock(&gw->lock);
 	*fault = gw->fault;
+	if (fault->mode == FAULT_HOSTILE && x->unit != 0)
+		x->hostile = hostile_pick(&gw->hostile, &x->hostile_seed);
 	if (fault->mode == FAULT_SILENT || x->unit == 0)
 		x->no_reply = true;
 	else if (fault->mode == FAULT_EXCEPTION)
@@ -307,30 +342,56 @@ pause_ms(struct worker *w, int ms)
 }
 
 /*
- * send_reply: answer through libmodbus (or corruptly, on purpose).
+ * send_hostile: a hostile reply other than the valid one; true when it
+ * carried the meter's right registers.
  */
-static void
-send_reply(struct worker *w, int fd, const uint8_t *req, int len, const struct exchange *x,
-		   const struct sim_fault *fault)
+static bool
+send_hostile(struct worker *w, int fd, const uint8_t *req, int len, const struct exchange *x)
 {
-	if (x->no_reply)
-		return;
-	if (fault->mode == FAULT_SLOW)
-		pause_ms(w, fault->slow_ms);
-	if (fault->mode == FAULT_CORRUPT)
-		send_corrupt(w, fd, req, x);
-	else if (x->exception)
-		modbus_reply_exception(w->ctx, req, (unsigned int) x->exception);
-	else
-	{
-		if (x->fc == FC_READ_HOLDING)
-			memcpy(&w->map->tab_registers[x->addr], x->regs, sizeof(uint16_t) * (size_t) x->qty);
-		modbus_reply(w->ctx, req, len, w->map);
-	}
+	struct hostile_reply r = {
+		.ctx = w->ctx, .map = w->map, .fd = fd, .tcp = w->gw->transport == TRANSPORT_TCP,
+		.req = req, .req_len = len, .unit = x->unit, .fc = x->fc, .addr = x->addr,
+		.qty = x->qty, .exception = x->exception,
+		.regs = x->fc == FC_READ_HOLDING && x->exception == 0 ? x->regs : NULL,
+		.stopping = &w->sim->stopping,
+	};
+
+	return hostile_send(x->hostile, x->hostile_seed, &r);
 }
 
 /*
- * handle: serve one received request, answer it, log an energy read.
+ * send_reply: answer through libmodbus (or corruptly, on purpose); true
+ * when the answer carried the meter's right registers.
+ */
+static bool
+send_reply(struct worker *w, int fd, const uint8_t *req, int len, const struct exchange *x,
+		   const struct sim_fault *fault)
+{
+	if (x->hostile != HOSTILE_VALID)
+		return send_hostile(w, fd, req, len, x);
+	if (x->no_reply)
+		return false;
+	if (fault->mode == FAULT_SLOW)
+		pause_ms(w, fault->slow_ms);
+	if (fault->mode == FAULT_CORRUPT)
+	{
+		send_corrupt(w, fd, req, x);
+		return false;
+	}
+	if (x->exception)
+	{
+		modbus_reply_exception(w->ctx, req, (unsigned int) x->exception);
+		return false;
+	}
+	if (x->fc == FC_READ_HOLDING)
+		memcpy(&w->map->tab_registers[x->addr], x->regs, sizeof(uint16_t) * (size_t) x->qty);
+	modbus_reply(w->ctx, req, len, w->map);
+	return true;
+}
+
+/*
+ * handle: serve one received request, answer it, log an energy read that
+ * was served (a hostile frame with random registers is not).
  */
 static void
 handle(struct worker *w, int fd, const uint8_t *req, int len)
@@ -339,8 +400,7 @@ handle(struct worker *w, int fd, const uint8_t *req, int len)
 	struct sim_fault fault;
 
 	serve(w, req, &x, &fault);
-	send_reply(w, fd, req, len, &x, &fault);
-	if (x.energy_read)
+	if (send_reply(w, fd, req, len, &x, &fault) && x.energy_read)
 		history_write(w->gw->index, x.unit, x.energy_ck, x.tripped);
 }
 

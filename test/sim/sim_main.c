@@ -50,8 +50,13 @@ usage(FILE *out)
 			"  --load-w W              constant load of every meter in W (default 1000)\n"
 			"  --speedup K             energy grows K times faster than wall time (default 1)\n"
 			"  --initial-kwh X         starting total energy (default 100.00)\n"
-			"  --fault G:MODE          dead|silent|exception|corrupt|slow=MS on gateway G (repeatable)\n"
-			"  --control HOST:PORT     HTTP control server (GET /meters /healthz; POST /fault /load /relay)\n"
+			"  --fault G:MODE          dead|silent|exception|corrupt|slow=MS|hostile[=SEED[:FRAMES]]\n"
+			"                          on gateway G (repeatable); hostile answers each request with a\n"
+			"                          seeded random valid, corrupt, wrong-unit, exception, partial,\n"
+			"                          endless, oversized or missing reply, for FRAMES requests\n"
+			"                          (default seed 0, FRAMES 0 = without end)\n"
+			"  --control HOST:PORT     HTTP control server (GET /meters /hostile /healthz;\n"
+			"                          POST /fault /load /relay)\n"
 			"  --history FILE          append \"epoch_ms gateway unit energy_centikwh relay(1 closed)\" per energy read\n"
 			"  --pidfile FILE          write the process id\n"
 			"  --help, --version\n"
@@ -290,7 +295,10 @@ apply_faults(struct sim *sim)
 					fault_options[i].gateway, sim->n_gateways);
 			return false;
 		}
-		sim->gateways[fault_options[i].gateway].fault = fault_options[i].fault;
+		struct sim_gateway *gw = &sim->gateways[fault_options[i].gateway];
+
+		gw->fault = fault_options[i].fault;
+		hostile_reset(&gw->hostile, gw->fault.seed, gw->fault.frames);
 	}
 	return true;
 }

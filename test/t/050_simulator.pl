@@ -98,6 +98,18 @@ for my $mode ('exception', 'corrupt', 'silent', 'dead', 'slow&ms=50', 'none')
 }
 like(post($url, 'fault?gateway=0&mode=bogus'), qr/mode must be/, 'unknown fault refused');
 
+# hostile mode: seed 3 draws the same six kinds every time; then normal again
+is(post($url, 'fault?gateway=0&mode=hostile&seed=3&frames=6'), "ok\n", 'fault hostile set');
+probe('read', '127.0.0.1', $port, 2) for 1 .. 6;
+is($http->get("$url/hostile")->{content}, qq({"gateways": [
+  {"gateway": 0, "seed": 3, "budget": 6, "frames": 6, "done": true, "served": {"valid": 1, "corrupt": 1, "wrong_unit": 0, "exception": 2, "partial": 1, "endless": 0, "oversized": 1, "none": 0}}
+]}
+), 'hostile: six frames served, counted per kind, deterministic');
+($out) = probe('read', '127.0.0.1', $port, 2);
+like($out, qr/^ok/, 'hostile: after its budget the gateway answers normally');
+like(post($url, 'fault?gateway=0&mode=hostile&seed=x'), qr/mode must be/, 'bad hostile seed refused');
+is(post($url, 'fault?gateway=0&mode=none'), "ok\n", 'fault none again');
+
 # forced relay and load through the control server
 is(post($url, 'relay?gateway=0&unit=3&state=tripped'), "ok\n", 'relay forced tripped');
 like($http->get("$url/meters?gateway=0")->{content}, qr/^0 3 \d+ tripped 0 0 0$/m,
