@@ -9,6 +9,10 @@
 #   served_history(FILE)     the simulator's --history file as a hash
 #                            "gateway unit" => [energy_centikwh, ...], in
 #                            the order the reads were served
+#
+# Loading it also makes a test that dies or bails out leave nothing behind:
+# at exit, the test's own child processes (simulator, agent, socat, shell
+# loops started with IPC::Run) are killed.  The clusters stop themselves.
 package PrepayTest;
 
 use strict;
@@ -18,6 +22,14 @@ use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 
 our @EXPORT = qw(wait_for metric served_history);
+
+my $test_pid = $$;
+
+END
+{
+	local $?;    # keep the test's exit status
+	system('pkill', '-KILL', '-P', $test_pid) if $$ == $test_pid;
+}
 
 sub wait_for
 {
