@@ -193,6 +193,7 @@ int profile_read(const struct sim_profile *p, struct sim_meter *m, int addr, int
 int gateway_start(struct sim *sim, struct sim_gateway *gw);
 void gateway_join(struct sim_gateway *gw);
 const char *fault_name(enum sim_fault_mode mode);
+uint16_t sim_crc16(const uint8_t *buf, int len);
 bool fault_parse(const char *text, struct sim_fault *fault);
 
 /* sim_hostile.c: the hostile fault's frames */

@@ -236,11 +236,11 @@ serve(struct worker *w, const uint8_t *req, struct exchange *x, struct sim_fault
 }
 
 /*
- * crc16: the Modbus RTU CRC (polynomial 0xA001, reflected), for corrupt
- * frames only.
+ * sim_crc16: the Modbus RTU CRC (polynomial 0xA001, reflected), for the
+ * frames the simulator corrupts on purpose (here and in sim_hostile.c).
  */
-static uint16_t
-crc16(const uint8_t *buf, int len)
+uint16_t
+sim_crc16(const uint8_t *buf, int len)
 {
 	uint16_t	crc = 0xFFFF;
 
@@ -315,7 +315,7 @@ send_corrupt(struct worker *w, int fd, const uint8_t *req, const struct exchange
 
 		frame[0] = (uint8_t) x->unit;
 		n = 1 + reply_pdu(x, frame + 1);
-		crc = (uint16_t) ~crc16(frame, n);
+		crc = (uint16_t) ~sim_crc16(frame, n);
 		frame[n++] = (uint8_t) crc;
 		frame[n++] = (uint8_t) (crc >> 8);
 	}

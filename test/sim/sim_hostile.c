@@ -187,23 +187,6 @@ peer_gone(const struct hostile_reply *r, int ms, short events)
 /* ---- frames ---- */
 
 /*
- * crc16: the Modbus RTU CRC.
- */
-static uint16_t
-crc16(const uint8_t *buf, int len)
-{
-	uint16_t	crc = 0xFFFF;
-
-	for (int i = 0; i < len; i++)
-	{
-		crc ^= buf[i];
-		for (int bit = 0; bit < 8; bit++)
-			crc = (crc & 1) ? (crc >> 1) ^ 0xA001 : crc >> 1;
-	}
-	return crc;
-}
-
-/*
  * wrap: a PDU into a frame for unit: TCP with the request's transaction id,
  * protocol 0 and the right length; RTU with a right CRC.  The frame's length.
  */
@@ -227,7 +210,7 @@ wrap(const struct hostile_reply *r, int unit, const uint8_t *pdu, int len, uint8
 
 		frame[0] = (uint8_t) unit;
 		memcpy(frame + 1, pdu, (size_t) len);
-		crc = crc16(frame, len + 1);
+		crc = sim_crc16(frame, len + 1);
 		frame[len + 1] = (uint8_t) crc;
 		frame[len + 2] = (uint8_t) (crc >> 8);
 		return len + 3;
