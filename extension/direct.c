@@ -183,7 +183,9 @@ direct_open(const char *relname, CmdType operation, const char *const *set_colum
 	t->estate->es_opened_result_relations = list_make1(t->rri);
 	ExecOpenIndices(t->rri, false);
 	t->has_constraints = rel->rd_att->constr != NULL;
-	open_lookup(t);
+	/* an insert-only table without a key (the rollup deltas) has no lookups */
+	if (operation != CMD_INSERT || OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+		open_lookup(t);
 	if (operation == CMD_UPDATE)
 		open_update(t, columns);
 	else
@@ -449,7 +451,8 @@ direct_close(DirectTable *t)
 		index_endscan(t->scan);
 		ExecDropSingleTupleTableSlot(t->fetch_slot);
 	}
-	index_close(t->pkey, AccessShareLock);
+	if (t->pkey != NULL)
+		index_close(t->pkey, AccessShareLock);
 	ExecResetTupleTable(t->estate->es_tupleTable, false);	/* trigger slots */
 	ExecCloseResultRelations(t->estate);	/* indexes, relations triggers opened */
 	FreeExecutorState(t->estate);

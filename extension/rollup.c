@@ -8,12 +8,13 @@
  * The rating path pays only for an append: the batch adds each consumption
  * entry as it is priced, from the pieces it was priced in (no pricing
  * record is parsed back), sums them in a hash table per (meter, local day,
- * account, period, tier), and appends the sums to prepay.energy_pending in
- * one INSERT (a table with no index).  prepay.fold_rollups later moves the
- * deltas into energy_day_folded and energy_month_folded; the views
- * energy_day and energy_month add the two, so readers see every committed
- * batch.  The posting-day rollup has one row per site and day, so it is
- * upserted directly.
+ * account, period, tier), and appends the sums to prepay.energy_pending, a
+ * table with no index, by bulk insertion (direct.c, as COPY does) or, when
+ * the table cannot be written directly, one INSERT.  prepay.fold_rollups
+ * later moves the deltas into energy_day_folded and energy_month_folded;
+ * the views energy_day and energy_month add the two, so readers see every
+ * committed batch.  The posting-day rollup has one row per site and day,
+ * so it is upserted at once, one statement per site and batch.
  *
  * How an entry is split is the rule of prepay._entry_parts
  * (sql/reports.sql), which prepay.energy_from_ledger and
@@ -46,6 +47,7 @@
  *-------------------------------------------------------------------------
  */
 #include "rollup.h"
+#include "direct.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -54,6 +56,7 @@
 #include "utils/builtins.h"
 #include "utils/date.h"
 #include "utils/hsearch.h"
+#include "utils/snapmgr.h"
 
 /* A row of energy_pending. */
 typedef struct EnergyKey
@@ -75,16 +78,15 @@ typedef struct EnergySums
 	int64		charges;
 } EnergySums;
 
-/* A row of consumption_posting_day (created_by: the session user). */
-typedef struct PostingKey
-{
-	int32		site_id;
-	int32		day;
-} PostingKey;
-
+/*
+ * A site's row of consumption_posting_day: every entry of a batch is posted
+ * on the same local day (the transaction's start, as ledger.created_at)
+ * by the same user (the session user), so the site is the whole key.
+ */
 typedef struct PostingSums
 {
-	PostingKey	key;
+	int32		site_id;
+	const TariffCalendar *calendar; /* the site's, for its local day */
 	int64		entries;
 	int64		amount;			/* cents */
 } PostingSums;
@@ -98,12 +100,13 @@ struct Rollup
 static HTAB *sums_table(const char *name, Size keysize, Size entrysize);
 static void add_part(Rollup *rollup, const EnergyKey *key, int64 energy, int64 cost,
 					 int64 charged, int64 charges);
-static void add_sums(EnergySums *sums, int64 energy, int64 cost, int64 charged, int64 charges);
 static void add_posting(Rollup *rollup, int32 site_id, const TariffCalendar *calendar, int64 amount);
 static int64 split_energy(int64 energy, int64 from, int64 to, int64 at);
 static EnergySums **sorted_sums(HTAB *table, int *n);
 static int	compare_energy_keys(const void *a, const void *b);
 static void flush_days(HTAB *table);
+static void insert_days_direct(EnergySums **rows, int n, DirectTable *table);
+static void insert_days(EnergySums **rows, int n);
 static void flush_postings(HTAB *table);
 static void overflow(void);
 
@@ -113,7 +116,7 @@ rollup_create(void)
 	Rollup	   *rollup = palloc(sizeof(Rollup));
 
 	rollup->days = sums_table("prepay energy_day sums", sizeof(EnergyKey), sizeof(EnergySums));
-	rollup->postings = sums_table("prepay posting sums", sizeof(PostingKey), sizeof(PostingSums));
+	rollup->postings = sums_table("prepay posting sums", sizeof(int32), sizeof(PostingSums));
 	return rollup;
 }
 
@@ -185,17 +188,10 @@ static void
 add_part(Rollup *rollup, const EnergyKey *key, int64 energy, int64 cost, int64 charged, int64 charges)
 {
 	bool		found;
-	EnergySums *sums;
+	EnergySums *sums = hash_search(rollup->days, key, HASH_ENTER, &found);
 
-	sums = hash_search(rollup->days, key, HASH_ENTER, &found);
 	if (!found)
 		sums->energy = sums->cost = sums->charged = sums->charges = 0;
-	add_sums(sums, energy, cost, charged, charges);
-}
-
-static void
-add_sums(EnergySums *sums, int64 energy, int64 cost, int64 charged, int64 charges)
-{
 	if (pg_add_s64_overflow(sums->energy, energy, &sums->energy) ||
 		pg_add_s64_overflow(sums->cost, cost, &sums->cost) ||
 		pg_add_s64_overflow(sums->charged, charged, &sums->charged))
@@ -203,23 +199,17 @@ add_sums(EnergySums *sums, int64 energy, int64 cost, int64 charged, int64 charge
 	sums->charges += charges;
 }
 
-/*
- * add_posting
- *		Count the entry on the local day it is posted on (the transaction's
- *		start, as ledger.created_at).
- */
 static void
 add_posting(Rollup *rollup, int32 site_id, const TariffCalendar *calendar, int64 amount)
 {
-	PostingKey	key = {.site_id = site_id};
-	PostingSums *sums;
-	int			minute;
 	bool		found;
+	PostingSums *sums = hash_search(rollup->postings, &site_id, HASH_ENTER, &found);
 
-	calendar->utc_to_local(calendar->arg, GetCurrentTransactionStartTimestamp(), &key.day, &minute);
-	sums = hash_search(rollup->postings, &key, HASH_ENTER, &found);
 	if (!found)
+	{
+		sums->calendar = calendar;
 		sums->entries = sums->amount = 0;
+	}
 	sums->entries++;
 	if (pg_add_s64_overflow(sums->amount, amount, &sums->amount))
 		overflow();
@@ -240,27 +230,83 @@ rollup_flush(Rollup *rollup)
 	flush_postings(rollup->postings);
 }
 
+/* The columns of energy_pending, in the order insert_days* fill them. */
+static const char *const pending_columns[] = {
+	"site_id", "meter_id", "day", "account_id", "period", "tier", "energy", "cost", "charged", "charges"
+};
+#define NPENDING_COLUMNS lengthof(pending_columns)
+
 /*
  * flush_days
  *		Append the batch's sums to energy_pending, in key order (rows of a
- *		meter together, for the fold and the views).
+ *		meter together, for the fold and the views): directly (direct.c,
+ *		bulk insertion as COPY does) when the table allows it, else by one
+ *		INSERT taking the sums as arrays.
  */
 static void
 flush_days(HTAB *table)
 {
-	static SPIPlanPtr plan = NULL;
-	static const Oid types[10] = {INT4ARRAYOID, INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID, TEXTARRAYOID,
-		INT4ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT4ARRAYOID};
-	static const Oid elements[10] = {INT4OID, INT8OID, DATEOID, INT8OID, TEXTOID,
-		INT4OID, NUMERICOID, NUMERICOID, NUMERICOID, INT4OID};
 	int			n;
 	EnergySums **rows = sorted_sums(table, &n);
-	Datum	   *cols[10];
-	Datum		args[10];
+	DirectTable *pending;
 
 	if (n == 0)
 		return;
-	for (int c = 0; c < 10; c++)
+	pending = direct_open("energy_pending", CMD_INSERT, NULL, GetActiveSnapshot());
+	if (pending != NULL)
+	{
+		insert_days_direct(rows, n, pending);
+		direct_close(pending);
+	}
+	else
+		insert_days(rows, n);
+}
+
+static void
+insert_days_direct(EnergySums **rows, int n, DirectTable *table)
+{
+	int			natts = direct_desc(table)->natts;
+	Datum	   *values = palloc0(sizeof(Datum) * natts);
+	bool	   *isset = palloc0(sizeof(bool) * natts);
+	int			att[NPENDING_COLUMNS];
+
+	for (int k = 0; k < (int) NPENDING_COLUMNS; k++)
+	{
+		att[k] = direct_attnum(table, pending_columns[k]) - 1;
+		isset[att[k]] = true;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		EnergySums *s = rows[i];
+		MemoryContext old = MemoryContextSwitchTo(direct_row_context(table));
+
+		values[att[0]] = Int32GetDatum(s->key.site_id);
+		values[att[1]] = Int64GetDatum(s->key.meter_id);
+		values[att[2]] = DateADTGetDatum(s->key.day);
+		values[att[3]] = Int64GetDatum(s->key.account_id);
+		values[att[4]] = CStringGetTextDatum(s->key.period);
+		values[att[5]] = Int32GetDatum(s->key.tier);
+		values[att[6]] = direct_numeric(table, att[6] + 1, s->energy, ENERGY_SCALE);
+		values[att[7]] = direct_numeric(table, att[7] + 1, s->cost, EXACT_SCALE);
+		values[att[8]] = direct_numeric(table, att[8] + 1, s->charged, MONEY_SCALE);
+		values[att[9]] = Int32GetDatum((int32) s->charges);
+		MemoryContextSwitchTo(old);
+		direct_insert(table, values, isset);
+	}
+}
+
+static void
+insert_days(EnergySums **rows, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	static const Oid types[NPENDING_COLUMNS] = {INT4ARRAYOID, INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID,
+		TEXTARRAYOID, INT4ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT4ARRAYOID};
+	static const Oid elements[NPENDING_COLUMNS] = {INT4OID, INT8OID, DATEOID, INT8OID, TEXTOID,
+		INT4OID, NUMERICOID, NUMERICOID, NUMERICOID, INT4OID};
+	Datum	   *cols[NPENDING_COLUMNS];
+	Datum		args[NPENDING_COLUMNS];
+
+	for (int c = 0; c < (int) NPENDING_COLUMNS; c++)
 		cols[c] = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
@@ -277,7 +323,7 @@ flush_days(HTAB *table)
 		cols[8][i] = fixed_to_numeric(s->charged, MONEY_SCALE);
 		cols[9][i] = Int32GetDatum((int32) s->charges);
 	}
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < (int) NPENDING_COLUMNS; c++)
 		args[c] = spi_array(cols[c], NULL, n, elements[c]);
 	spi_kept_plan(&plan,
 				  "INSERT INTO prepay.energy_pending (site_id, meter_id, day, account_id, period, tier,"
@@ -286,7 +332,7 @@ flush_days(HTAB *table)
 				  "                         pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 				  "                         pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
 				  "                         pg_catalog.unnest($10))",
-				  10, (Oid *) types);
+				  NPENDING_COLUMNS, (Oid *) types);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "rollup: energy_pending insert failed");
 }
@@ -308,8 +354,12 @@ flush_postings(HTAB *table)
 	hash_seq_init(&scan, table);
 	while ((s = hash_seq_search(&scan)) != NULL)
 	{
-		args[0] = Int32GetDatum(s->key.site_id);
-		args[1] = DateADTGetDatum(s->key.day);
+		int32		day;
+		int			minute;
+
+		s->calendar->utc_to_local(s->calendar->arg, GetCurrentTransactionStartTimestamp(), &day, &minute);
+		args[0] = Int32GetDatum(s->site_id);
+		args[1] = DateADTGetDatum(day);
 		args[2] = Int64GetDatum(s->entries);
 		args[3] = fixed_to_numeric(s->amount, MONEY_SCALE);
 		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)

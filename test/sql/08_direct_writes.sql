@@ -1,5 +1,5 @@
--- The rating batch writes meters, accounts and ledger rows directly when
--- the SQL statements would do nothing more (extension/direct.c).  A
+-- The rating batch writes meters, accounts, ledger rows and rollup deltas
+-- directly when the SQL statements would do nothing more (extension/direct.c).  A
 -- trigger, row security or a missing privilege sends a table through the
 -- SQL statements instead (group 2 here: triggers).  Either way the rows
 -- are the same, and triggers on the ledger fire as for an INSERT.  Group 3
@@ -50,6 +50,11 @@ BEGIN
     INSERT INTO public.ledger_log VALUES (TG_WHEN || ' row', 1, NEW.amount);
     RETURN NEW;
 END $$;
+CREATE FUNCTION public.log_pending() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.ledger_log VALUES ('energy_pending ' || TG_WHEN || ' row', 1, NEW.energy);
+    RETURN NEW;
+END $$;
 CREATE TRIGGER log_statement AFTER INSERT ON prepay.ledger
     REFERENCING NEW TABLE AS new_entries FOR EACH STATEMENT EXECUTE FUNCTION public.log_statement();
 CREATE TRIGGER log_row AFTER INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTION public.log_row();
@@ -61,13 +66,15 @@ SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log
 SELECT meter_id, room, last_read_at, last_energy FROM prepay.meter WHERE meter_id <= 4 ORDER BY meter_id;
 TRUNCATE public.ledger_log;
 
--- group 2 through the SQL statements: a BEFORE row trigger on the ledger,
--- an UPDATE trigger on accounts
+-- group 2 through the SQL statements: a BEFORE row trigger on the ledger
+-- and on the rollup deltas, an UPDATE trigger on accounts
 CREATE TRIGGER log_before BEFORE INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTION public.log_row();
+CREATE TRIGGER log_pending BEFORE INSERT ON prepay.energy_pending FOR EACH ROW EXECUTE FUNCTION public.log_pending();
 CREATE TRIGGER account_update AFTER UPDATE ON prepay.account FOR EACH STATEMENT EXECUTE FUNCTION public.count_update();
 SELECT public.read_group(2, k) FROM generate_series(1, 3) k;
 SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log GROUP BY what ORDER BY what;
 DROP TRIGGER log_before ON prepay.ledger;
+DROP TRIGGER log_pending ON prepay.energy_pending;
 DROP TRIGGER account_update ON prepay.account;
 DROP TRIGGER log_statement ON prepay.ledger;
 DROP TRIGGER log_row ON prepay.ledger;
@@ -106,10 +113,29 @@ SELECT m.meter_id, m.last_read_at, m.last_energy, m.charge_carry
   FROM prepay.meter m JOIN prepay.meter r ON r.meter_id = (m.meter_id - 1) % 4 + 1
  WHERE m.meter_id > 4 AND (m.last_read_at, m.last_energy, m.charge_carry)
        IS DISTINCT FROM (r.last_read_at, r.last_energy, r.charge_carry);
+-- the rollup deltas: group 2 appended by the INSERT, groups 1 and 3 directly
+SELECT g.g AS group_no,
+       (SELECT count(*) FROM prepay.energy_pending p WHERE p.meter_id BETWEEN 4 * g.g - 3 AND 4 * g.g) AS deltas,
+       (SELECT count(*) FROM (
+            (SELECT p.meter_id - 4 * (g.g - 1), p.day, p.account_id - 2 * (g.g - 1), p.period, p.tier,
+                    p.energy, p.cost, p.charged, p.charges
+               FROM prepay.energy_pending p WHERE p.meter_id BETWEEN 4 * g.g - 3 AND 4 * g.g
+             EXCEPT ALL
+             SELECT r.meter_id, r.day, r.account_id, r.period, r.tier, r.energy, r.cost, r.charged, r.charges
+               FROM prepay.energy_pending r WHERE r.meter_id <= 4)
+            UNION ALL
+            (SELECT r.meter_id, r.day, r.account_id, r.period, r.tier, r.energy, r.cost, r.charged, r.charges
+               FROM prepay.energy_pending r WHERE r.meter_id <= 4
+             EXCEPT ALL
+             SELECT p.meter_id - 4 * (g.g - 1), p.day, p.account_id - 2 * (g.g - 1), p.period, p.tier,
+                    p.energy, p.cost, p.charged, p.charges
+               FROM prepay.energy_pending p WHERE p.meter_id BETWEEN 4 * g.g - 3 AND 4 * g.g)) d) AS differ
+  FROM generate_series(1, 3) g(g) ORDER BY 1;
 SELECT account_id, balance, alarm_level FROM prepay.account ORDER BY account_id;
 SELECT account_id, alarm_level, balance FROM prepay.notification ORDER BY notification_id;
 SELECT * FROM prepay.check_ledger();
 DROP TABLE public.ledger_log;
 DROP FUNCTION public.log_statement();
 DROP FUNCTION public.log_row();
+DROP FUNCTION public.log_pending();
 DROP FUNCTION public.count_update();
