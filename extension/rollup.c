@@ -7,8 +7,8 @@
  *
  * The rating path pays only for an append: the batch adds each consumption
  * entry as it is priced, from the pieces it was priced in (no pricing
- * record is parsed back), sums them in a hash table per (meter, local day,
- * account, period, tier), and appends the sums to prepay.energy_pending, a
+ * record is parsed back), sums them per (meter, local day, account, period,
+ * tier), and appends the sums to prepay.energy_pending, a
  * table with no index, by bulk insertion (direct.c, as COPY does) or, when
  * the table cannot be written directly, one INSERT.  prepay.fold_rollups
  * later moves the deltas into energy_day_folded and energy_month_folded;
@@ -66,7 +66,7 @@ typedef struct EnergyKey
 	int64		meter_id;
 	int64		account_id;
 	int32		tier;			/* 1-based, as stored */
-	char		period[TARIFF_NAME_LEN];
+	const char *period;			/* a tariff version's period name */
 } EnergyKey;
 
 typedef struct EnergySums
@@ -91,31 +91,45 @@ typedef struct PostingSums
 	int64		amount;			/* cents */
 } PostingSums;
 
+/*
+ * The sums, grouped by meter: the batch rates its meters one after the
+ * other, so the sums of the meter being rated are the last ones, from
+ * `group` on, and a new part is looked for among them only, newest first
+ * (readings come in time order, so a part usually adds to one of the last
+ * sums).  A meter added again later starts a new group; the fold and the
+ * views sum the rows whatever their number.
+ */
 struct Rollup
 {
-	HTAB	   *days;
+	EnergySums *sums;
+	int			nsums;
+	int			capacity;
+	int			group;			/* first sum of the current meter */
 	HTAB	   *postings;
 };
 
 static HTAB *sums_table(const char *name, Size keysize, Size entrysize);
+static void start_group(Rollup *rollup, int32 site_id, int64 meter_id);
+static bool same_key(const EnergyKey *x, const EnergyKey *y);
 static void add_part(Rollup *rollup, const EnergyKey *key, int64 energy, int64 cost,
 					 int64 charged, int64 charges);
 static void add_posting(Rollup *rollup, int32 site_id, const TariffCalendar *calendar, int64 amount);
 static int64 split_energy(int64 energy, int64 from, int64 to, int64 at);
-static EnergySums **sorted_sums(HTAB *table, int *n);
+static void sort_groups(Rollup *rollup);
 static int	compare_energy_keys(const void *a, const void *b);
-static void flush_days(HTAB *table);
-static void insert_days_direct(EnergySums **rows, int n, DirectTable *table);
-static void insert_days(EnergySums **rows, int n);
+static void flush_days(Rollup *rollup);
+static void insert_days_direct(const EnergySums *rows, int n, DirectTable *table);
+static void insert_days(const EnergySums *rows, int n);
 static void flush_postings(HTAB *table);
 static void overflow(void);
 
 Rollup *
 rollup_create(void)
 {
-	Rollup	   *rollup = palloc(sizeof(Rollup));
+	Rollup	   *rollup = palloc0(sizeof(Rollup));
 
-	rollup->days = sums_table("prepay energy_day sums", sizeof(EnergyKey), sizeof(EnergySums));
+	rollup->capacity = 1024;
+	rollup->sums = palloc(sizeof(EnergySums) * rollup->capacity);
 	rollup->postings = sums_table("prepay posting sums", sizeof(int32), sizeof(PostingSums));
 	return rollup;
 }
@@ -133,6 +147,7 @@ rollup_add_entry(Rollup *rollup, int32 site_id, int64 meter_id, int64 account_id
 				 int64 amount, const TariffPieces *pieces,
 				 const TariffVersion *versions, const TariffCalendar *calendar)
 {
+	start_group(rollup, site_id, meter_id);
 	for (int i = 0; i < pieces->n; i++)
 	{
 		const TariffPiece *p = &pieces->items[i];
@@ -141,12 +156,11 @@ rollup_add_entry(Rollup *rollup, int32 site_id, int64 meter_id, int64 account_id
 		int32		last_day;
 		int			minute;
 
-		memset(&key, 0, sizeof(key));	/* the padding is part of the hash key */
 		key.site_id = site_id;
 		key.meter_id = meter_id;
 		key.account_id = account_id;
 		key.tier = p->tier + 1;
-		strlcpy(key.period, versions[p->version].period_name[p->period], TARIFF_NAME_LEN);
+		key.period = versions[p->version].period_name[p->period];
 		calendar->utc_to_local(calendar->arg, p->from, &first_day, &minute);
 		calendar->utc_to_local(calendar->arg, p->to - 1, &last_day, &minute);
 
@@ -184,14 +198,44 @@ split_energy(int64 energy, int64 from, int64 to, int64 at)
 	return (int64) (((int128) energy * (at - from)) / (to - from));
 }
 
+/* Start a new group unless the meter's sums are the last ones already. */
+static void
+start_group(Rollup *rollup, int32 site_id, int64 meter_id)
+{
+	if (rollup->group < rollup->nsums &&
+		rollup->sums[rollup->group].key.site_id == site_id &&
+		rollup->sums[rollup->group].key.meter_id == meter_id)
+		return;
+	rollup->group = rollup->nsums;
+}
+
+static bool
+same_key(const EnergyKey *x, const EnergyKey *y)
+{
+	return x->day == y->day && x->tier == y->tier && x->account_id == y->account_id &&
+		x->meter_id == y->meter_id && x->site_id == y->site_id &&
+		(x->period == y->period || strcmp(x->period, y->period) == 0);
+}
+
 static void
 add_part(Rollup *rollup, const EnergyKey *key, int64 energy, int64 cost, int64 charged, int64 charges)
 {
-	bool		found;
-	EnergySums *sums = hash_search(rollup->days, key, HASH_ENTER, &found);
+	EnergySums *sums = NULL;
 
-	if (!found)
+	for (int i = rollup->nsums - 1; i >= rollup->group && sums == NULL; i--)
+		if (same_key(&rollup->sums[i].key, key))
+			sums = &rollup->sums[i];
+	if (sums == NULL)
+	{
+		if (rollup->nsums == rollup->capacity)
+		{
+			rollup->capacity *= 2;
+			rollup->sums = repalloc_huge(rollup->sums, sizeof(EnergySums) * rollup->capacity);
+		}
+		sums = &rollup->sums[rollup->nsums++];
+		sums->key = *key;
 		sums->energy = sums->cost = sums->charged = sums->charges = 0;
+	}
 	if (pg_add_s64_overflow(sums->energy, energy, &sums->energy) ||
 		pg_add_s64_overflow(sums->cost, cost, &sums->cost) ||
 		pg_add_s64_overflow(sums->charged, charged, &sums->charged))
@@ -226,7 +270,7 @@ overflow(void)
 void
 rollup_flush(Rollup *rollup)
 {
-	flush_days(rollup->days);
+	flush_days(rollup);
 	flush_postings(rollup->postings);
 }
 
@@ -238,32 +282,31 @@ static const char *const pending_columns[] = {
 
 /*
  * flush_days
- *		Append the batch's sums to energy_pending, in key order (rows of a
- *		meter together, for the fold and the views): directly (direct.c,
- *		bulk insertion as COPY does) when the table allows it, else by one
- *		INSERT taking the sums as arrays.
+ *		Append the batch's sums to energy_pending, a meter's rows together
+ *		and in key order: directly (direct.c, bulk insertion as COPY does)
+ *		when the table allows it, else by one INSERT taking the sums as
+ *		arrays.
  */
 static void
-flush_days(HTAB *table)
+flush_days(Rollup *rollup)
 {
-	int			n;
-	EnergySums **rows = sorted_sums(table, &n);
 	DirectTable *pending;
 
-	if (n == 0)
+	if (rollup->nsums == 0)
 		return;
+	sort_groups(rollup);
 	pending = direct_open("energy_pending", CMD_INSERT, NULL, GetActiveSnapshot());
 	if (pending != NULL)
 	{
-		insert_days_direct(rows, n, pending);
+		insert_days_direct(rollup->sums, rollup->nsums, pending);
 		direct_close(pending);
 	}
 	else
-		insert_days(rows, n);
+		insert_days(rollup->sums, rollup->nsums);
 }
 
 static void
-insert_days_direct(EnergySums **rows, int n, DirectTable *table)
+insert_days_direct(const EnergySums *rows, int n, DirectTable *table)
 {
 	int			natts = direct_desc(table)->natts;
 	Datum	   *values = palloc0(sizeof(Datum) * natts);
@@ -277,7 +320,7 @@ insert_days_direct(EnergySums **rows, int n, DirectTable *table)
 	}
 	for (int i = 0; i < n; i++)
 	{
-		EnergySums *s = rows[i];
+		const EnergySums *s = &rows[i];
 		MemoryContext old = MemoryContextSwitchTo(direct_row_context(table));
 
 		values[att[0]] = Int32GetDatum(s->key.site_id);
@@ -296,7 +339,7 @@ insert_days_direct(EnergySums **rows, int n, DirectTable *table)
 }
 
 static void
-insert_days(EnergySums **rows, int n)
+insert_days(const EnergySums *rows, int n)
 {
 	static SPIPlanPtr plan = NULL;
 	static const Oid types[NPENDING_COLUMNS] = {INT4ARRAYOID, INT8ARRAYOID, DATEARRAYOID, INT8ARRAYOID,
@@ -310,7 +353,7 @@ insert_days(EnergySums **rows, int n)
 		cols[c] = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 	{
-		EnergySums *s = rows[i];
+		const EnergySums *s = &rows[i];
 
 		cols[0][i] = Int32GetDatum(s->key.site_id);
 		cols[1][i] = Int64GetDatum(s->key.meter_id);
@@ -367,27 +410,32 @@ flush_postings(HTAB *table)
 	}
 }
 
-static EnergySums **
-sorted_sums(HTAB *table, int *n)
+/* Sort each meter's group of sums in key order. */
+static void
+sort_groups(Rollup *rollup)
 {
-	HASH_SEQ_STATUS scan;
-	EnergySums **rows = palloc(sizeof(EnergySums *) * (hash_get_num_entries(table) + 1));
-	EnergySums *s;
+	int			start = 0;
 
-	*n = 0;
-	hash_seq_init(&scan, table);
-	while ((s = hash_seq_search(&scan)) != NULL)
-		rows[(*n)++] = s;
-	qsort(rows, *n, sizeof(EnergySums *), compare_energy_keys);
-	return rows;
+	while (start < rollup->nsums)
+	{
+		int			end = start + 1;
+
+		while (end < rollup->nsums &&
+			   rollup->sums[end].key.site_id == rollup->sums[start].key.site_id &&
+			   rollup->sums[end].key.meter_id == rollup->sums[start].key.meter_id)
+			end++;
+		if (end - start > 1)
+			qsort(&rollup->sums[start], end - start, sizeof(EnergySums), compare_energy_keys);
+		start = end;
+	}
 }
 
 /* energy_day's key order: site, meter, day, account, period, tier. */
 static int
 compare_energy_keys(const void *a, const void *b)
 {
-	const EnergyKey *x = &(*(EnergySums *const *) a)->key;
-	const EnergyKey *y = &(*(EnergySums *const *) b)->key;
+	const EnergyKey *x = &((const EnergySums *) a)->key;
+	const EnergyKey *y = &((const EnergySums *) b)->key;
 	int			c;
 
 	if (x->site_id != y->site_id)
