@@ -494,7 +494,7 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 		cols[6][i] = TimestampTzGetDatum(c->read_to);
 		cols[7][i] = fixed_to_numeric(c->energy, ENERGY_SCALE);
 		cols[8][i] = fixed_to_numeric(c->exact, EXACT_SCALE);
-		cols[9][i] = CStringGetTextDatum(c->pieces);
+		cols[9][i] = PointerGetDatum(c->pieces);
 	}
 
 	spi_kept_plan(&plan,
@@ -563,7 +563,7 @@ insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
 		values[att[7]] = TimestampTzGetDatum(c->read_to);
 		values[att[8]] = direct_numeric(table, att[8] + 1, c->energy, ENERGY_SCALE);
 		values[att[9]] = direct_numeric(table, att[9] + 1, c->exact, EXACT_SCALE);
-		values[att[10]] = CStringGetTextDatum(c->pieces);	/* json is text */
+		values[att[10]] = PointerGetDatum(c->pieces);	/* json is text */
 		MemoryContextSwitchTo(old);
 		direct_insert(table, values, isset);
 	}

@@ -26,7 +26,7 @@ typedef struct BalanceCharge
 	TimestampTz read_to;
 	int64		energy;			/* milli-units, after the multiplier */
 	int64		exact;			/* nano-currency */
-	char	   *pieces;			/* JSON: how it was priced (tariff_book.c) */
+	text	   *pieces;			/* json: how it was priced (tariff_book.c) */
 	int64		amount;			/* cents, negative: a debit */
 	int64		balance_after;	/* cents, filled in by balance.c */
 	HeapTuple	account_row;	/* direct path: the account row the meter

@@ -174,6 +174,7 @@ rate_interval(TariffBook *book, int32 site_id, int64 tariff_id, TimestampTz from
 	const int64 *split = NULL;
 	const TariffVersion *versions;
 	int			nversions;
+	StringInfoData json;
 
 	if (from >= to)
 		ereport(ERROR,
@@ -198,7 +199,9 @@ rate_interval(TariffBook *book, int32 site_id, int64 tariff_id, TimestampTz from
 				 errmsg("charge is out of range")));
 	if (before.start == INT64_MIN && pieces.n > 0 && cycle->start != INT64_MIN)
 		before.start = cycle->start;	/* the cycle `from` lies in */
-	return tariff_pieces_json(tariff_id, versions, &pieces, 1, &before, cycle);
+	initStringInfo(&json);
+	tariff_pieces_json(&json, tariff_id, versions, &pieces, 1, &before, cycle);
+	return json.data;
 }
 
 /* The tariff's versions in the book, or PY009 if it has none. */

@@ -154,6 +154,7 @@ typedef struct Batch
 	int			nmeters;
 	TariffBook *book;			/* the sites' tariffs and calendars */
 	TariffPieces pieces;		/* scratch for tariff_rate */
+	StringInfoData json;		/* scratch for tariff_pieces_json */
 	BalanceCharge *charges;
 	int			ncharges;
 	Rollup	   *rollup;			/* the charges' energy by local day */
@@ -380,6 +381,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 			batch_load_meters(&batch);
 		batch_load_tariffs(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
+		initStringInfo(&batch.json);
 		batch.rollup = rollup_create();
 
 		for (int m = 0; m < batch.nmeters; m++)
@@ -1073,8 +1075,10 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 	c->read_to = r->read_at;
 	c->energy = consumption;
 	c->exact = exact;
-	c->pieces = tariff_pieces_json(meter->tariff_id, versions, &batch->pieces, meter->multiplier,
-								   &before, &meter->cycle);
+	resetStringInfo(&batch->json);
+	tariff_pieces_json(&batch->json, meter->tariff_id, versions, &batch->pieces, meter->multiplier,
+					   &before, &meter->cycle);
+	c->pieces = cstring_to_text_with_len(batch->json.data, batch->json.len);
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
 	c->account_row = meter->account_row;
 	rollup_add_entry(batch->rollup, meter->site_id, meter->meter_id, meter->account_id, c->amount,

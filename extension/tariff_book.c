@@ -446,61 +446,55 @@ append_fixed(StringInfo buf, int64 value, int scale)
  *		How a charge was priced, as the JSON kept in prepay.ledger.pieces:
  *		the multiplier, how the interval was split, the billing cycle and
  *		its consumption before the charge, and one object per piece.
+ *		Appended to buf, which a batch reuses for every charge.
  */
-char *
-tariff_pieces_json(int64 tariff_id, const TariffVersion *versions, const TariffPieces *pieces,
-				   int32 multiplier, const TariffCycleState *before, const TariffCycleState *after)
+void
+tariff_pieces_json(StringInfo buf, int64 tariff_id, const TariffVersion *versions,
+				   const TariffPieces *pieces, int32 multiplier, const TariffCycleState *before,
+				   const TariffCycleState *after)
 {
-	StringInfoData buf;
-	char	   *result;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"tariff_id\": ");
-	append_int(&buf, tariff_id);
-	appendStringInfoString(&buf, ", \"multiplier\": ");
-	append_int(&buf, multiplier);
-	appendStringInfoString(&buf, pieces->by_register ? ", \"split\": \"registers\"" : ", \"split\": \"uniform\"");
+	appendStringInfoString(buf, "{\"tariff_id\": ");
+	append_int(buf, tariff_id);
+	appendStringInfoString(buf, ", \"multiplier\": ");
+	append_int(buf, multiplier);
+	appendStringInfoString(buf, pieces->by_register ? ", \"split\": \"registers\"" : ", \"split\": \"uniform\"");
 	if (before->start != INT64_MIN)
 	{
-		appendStringInfoString(&buf, ", \"cycle_start\": \"");
-		append_iso(&buf, before->start);
-		appendStringInfoString(&buf, "\", \"cycle_used_before\": ");
-		append_fixed(&buf, before->used, ENERGY_SCALE);
+		appendStringInfoString(buf, ", \"cycle_start\": \"");
+		append_iso(buf, before->start);
+		appendStringInfoString(buf, "\", \"cycle_used_before\": ");
+		append_fixed(buf, before->used, ENERGY_SCALE);
 	}
 	if (after->start != INT64_MIN)
 	{
-		appendStringInfoString(&buf, ", \"cycle_start_after\": \"");
-		append_iso(&buf, after->start);
-		appendStringInfoString(&buf, "\", \"cycle_used_after\": ");
-		append_fixed(&buf, after->used, ENERGY_SCALE);
+		appendStringInfoString(buf, ", \"cycle_start_after\": \"");
+		append_iso(buf, after->start);
+		appendStringInfoString(buf, "\", \"cycle_used_after\": ");
+		append_fixed(buf, after->used, ENERGY_SCALE);
 	}
-	appendStringInfoString(&buf, ", \"pieces\": [");
+	appendStringInfoString(buf, ", \"pieces\": [");
 	for (int i = 0; i < pieces->n; i++)
 	{
 		const TariffPiece *p = &pieces->items[i];
 		const TariffVersion *v = &versions[p->version];
 
-		appendStringInfoString(&buf, i > 0 ? ", {\"from\": \"" : "{\"from\": \"");
-		append_iso(&buf, p->from);
-		appendStringInfoString(&buf, "\", \"to\": \"");
-		append_iso(&buf, p->to);
-		appendStringInfoString(&buf, "\", \"version\": \"");
-		append_iso(&buf, v->valid_from);
-		appendStringInfoString(&buf, "\", \"period\": \"");
-		appendStringInfoString(&buf, v->period_name[p->period]);
-		appendStringInfoString(&buf, "\", \"tier\": ");
-		append_int(&buf, p->tier + 1);
-		appendStringInfoString(&buf, ", \"energy\": ");
-		append_fixed(&buf, p->energy, ENERGY_SCALE);
-		appendStringInfoString(&buf, ", \"price\": ");
-		append_fixed(&buf, p->price, PRICE_SCALE);
-		appendStringInfoString(&buf, ", \"amount\": ");
-		append_fixed(&buf, p->exact, EXACT_SCALE);
-		appendStringInfoChar(&buf, '}');
+		appendStringInfoString(buf, i > 0 ? ", {\"from\": \"" : "{\"from\": \"");
+		append_iso(buf, p->from);
+		appendStringInfoString(buf, "\", \"to\": \"");
+		append_iso(buf, p->to);
+		appendStringInfoString(buf, "\", \"version\": \"");
+		append_iso(buf, v->valid_from);
+		appendStringInfoString(buf, "\", \"period\": \"");
+		appendStringInfoString(buf, v->period_name[p->period]);
+		appendStringInfoString(buf, "\", \"tier\": ");
+		append_int(buf, p->tier + 1);
+		appendStringInfoString(buf, ", \"energy\": ");
+		append_fixed(buf, p->energy, ENERGY_SCALE);
+		appendStringInfoString(buf, ", \"price\": ");
+		append_fixed(buf, p->price, PRICE_SCALE);
+		appendStringInfoString(buf, ", \"amount\": ");
+		append_fixed(buf, p->exact, EXACT_SCALE);
+		appendStringInfoChar(buf, '}');
 	}
-	appendStringInfoString(&buf, "]}");
-	/* a batch keeps one per charge: keep only the bytes used */
-	result = pnstrdup(buf.data, buf.len);
-	pfree(buf.data);
-	return result;
+	appendStringInfoString(buf, "]}");
 }

@@ -30,9 +30,9 @@ extern const TariffVersion *tariff_book_versions(TariffBook *book, int32 site_id
 extern const TariffCalendar *tariff_book_calendar(TariffBook *book, int32 site_id);
 extern void *tariff_book_grow(void *old, size_t size);
 
-/* tariff_book.c: the ledger's record of how a charge was priced */
-extern char *tariff_pieces_json(int64 tariff_id, const TariffVersion *versions,
-								const TariffPieces *pieces, int32 multiplier,
-								const TariffCycleState *before, const TariffCycleState *after);
+/* tariff_book.c: the ledger's record of how a charge was priced, appended to buf */
+extern void tariff_pieces_json(StringInfo buf, int64 tariff_id, const TariffVersion *versions,
+							   const TariffPieces *pieces, int32 multiplier,
+							   const TariffCycleState *before, const TariffCycleState *after);
 
 #endif							/* PREPAY_TARIFF_DEF_H */
