@@ -65,6 +65,7 @@
 #include "nodes/makefuncs.h"
 #include "nodes/readfuncs.h"
 #include "optimizer/optimizer.h"
+#include "rewrite/rewriteManip.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/bufmgr.h"
 #include "utils/acl.h"
@@ -127,6 +128,7 @@ struct DirectTable
 static bool direct_allowed(Relation rel, CmdType operation, Bitmapset *set_columns);
 static bool triggers_allow(Relation rel, CmdType operation, Bitmapset *set_columns);
 static bool constraint_touches(Oid conoid, Oid relid, Bitmapset *columns);
+static bool when_false_for(Relation rel, Trigger *trigger, const char *column, const char *value);
 static void open_lookup(DirectTable *t);
 static void open_update(DirectTable *t, Bitmapset *set_columns);
 static void open_insert(DirectTable *t);
@@ -482,24 +484,83 @@ direct_refresh(DirectTable *t, Snapshot snapshot)
 }
 
 /*
- * direct_has_triggers
- *		Whether prepay.<relname> has any trigger on INSERT (event
- *		TRIGGER_TYPE_INSERT) or UPDATE (TRIGGER_TYPE_UPDATE), enabled or not.
+ * direct_insert_fires_triggers
+ *		Whether inserting rows into prepay.<relname> whose `column` is
+ *		`value` (in its text form) may fire one of its triggers, enabled or
+ *		not.  A row trigger is ruled out only when its WHEN clause reads
+ *		that column of NEW alone, calls no volatile function and is false
+ *		for that value (the audit
+ *		trigger on the ledger, WHEN (NEW.kind <> 'consumption'), for the
+ *		rating batch's entries); every other INSERT trigger may fire.
  */
 bool
-direct_has_triggers(const char *relname, int event)
+direct_insert_fires_triggers(const char *relname, const char *column, const char *value)
 {
 	Oid			relid = get_relname_relid(relname, get_namespace_oid(DIRECT_SCHEMA, false));
 	Relation	rel;
-	bool		found = false;
+	bool		fires = false;
 
 	if (!OidIsValid(relid))
 		return false;
 	rel = table_open(relid, AccessShareLock);
-	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers; i++)
-		found = found || (rel->trigdesc->triggers[i].tgtype & event) != 0;
+	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers && !fires; i++)
+	{
+		Trigger    *trigger = &rel->trigdesc->triggers[i];
+
+		if ((trigger->tgtype & TRIGGER_TYPE_INSERT) != 0)
+			fires = !when_false_for(rel, trigger, column, value);
+	}
 	table_close(rel, AccessShareLock);
-	return found;
+	return fires;
+}
+
+/*
+ * when_false_for
+ *		Whether the trigger is a row trigger whose WHEN clause reads only
+ *		NEW.<column> and is false when it is `value` (evaluated as
+ *		TriggerEnabled does, with the other columns NULL: they are not read).
+ */
+static bool
+when_false_for(Relation rel, Trigger *trigger, const char *column, const char *value)
+{
+	AttrNumber	attnum = get_attnum(RelationGetRelid(rel), column);
+	TupleDesc	desc = RelationGetDescr(rel);
+	Node	   *qual;
+	Bitmapset  *new_columns = NULL;
+	Bitmapset  *old_columns = NULL;
+	EState	   *estate;
+	ExprContext *econtext;
+	TupleTableSlot *slot;
+	Oid			input;
+	Oid			ioparam;
+	bool		result;
+
+	if (!TRIGGER_FOR_ROW(trigger->tgtype) || trigger->tgqual == NULL || attnum == InvalidAttrNumber)
+		return false;
+	qual = stringToNode(trigger->tgqual);
+	if (contain_volatile_functions(qual))
+		return false;
+	pull_varattnos(qual, PRS2_NEW_VARNO, &new_columns);
+	pull_varattnos(qual, PRS2_OLD_VARNO, &old_columns);
+	if (old_columns != NULL ||
+		!bms_equal(new_columns, bms_make_singleton(attnum - FirstLowInvalidHeapAttributeNumber)))
+		return false;
+
+	ChangeVarNodes(qual, PRS2_NEW_VARNO, OUTER_VAR, 0);
+	estate = CreateExecutorState();
+	econtext = GetPerTupleExprContext(estate);
+	slot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
+	ExecClearTuple(slot);
+	memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
+	getTypeInputInfo(TupleDescAttr(desc, attnum - 1)->atttypid, &input, &ioparam);
+	slot->tts_values[attnum - 1] = OidInputFunctionCall(input, (char *) value, ioparam, -1);
+	slot->tts_isnull[attnum - 1] = false;
+	ExecStoreVirtualTuple(slot);
+	econtext->ecxt_outertuple = slot;
+	result = ExecQual(ExecPrepareQual(make_ands_implicit((Expr *) qual), estate), econtext);
+	ExecDropSingleTupleTableSlot(slot);
+	FreeExecutorState(estate);
+	return !result;
 }
 
 /* The number of a column of the table. */

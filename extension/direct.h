@@ -36,7 +36,7 @@ extern DirectTable *direct_open(const char *relname, CmdType operation,
 								const char *const *set_columns, Snapshot snapshot);
 extern void direct_close(DirectTable *table);
 extern void direct_refresh(DirectTable *table, Snapshot snapshot);
-extern bool direct_has_triggers(const char *relname, int event);
+extern bool direct_insert_fires_triggers(const char *relname, const char *column, const char *value);
 extern int	direct_attnum(DirectTable *table, const char *column);
 extern TupleDesc direct_desc(DirectTable *table);
 extern Datum direct_getattr(HeapTuple tuple, DirectTable *table, int attnum, bool *isnull);

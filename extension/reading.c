@@ -399,7 +399,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		posting = balance_post_charges(batch.charges, batch.ncharges, batch.account_table);
 		if (batch.meter_table != NULL)
 		{
-			if (direct_has_triggers("ledger", TRIGGER_TYPE_INSERT))
+			if (direct_insert_fires_triggers("ledger", "kind", "consumption"))
 				batch_refresh_meters(&batch);
 			batch_save_meters_direct(&batch);
 		}

@@ -134,6 +134,31 @@ SELECT g.g AS group_no,
 SELECT account_id, balance, alarm_level FROM prepay.account ORDER BY account_id;
 SELECT account_id, alarm_level, balance FROM prepay.notification ORDER BY notification_id;
 SELECT * FROM prepay.check_ledger();
+
+-- a row trigger on the ledger whose WHEN clause passes consumption entries
+-- makes the batch re-read the meters it wrote (and keep its change); one
+-- whose WHEN clause reads NEW.kind alone and rules them out does not (the
+-- audit trigger's case); a volatile WHEN clause counts as passing
+CREATE FUNCTION public.mark_meter() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE prepay.meter SET room = TG_NAME WHERE site_id = NEW.site_id AND meter_id = NEW.meter_id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER never_consumption AFTER INSERT ON prepay.ledger FOR EACH ROW
+    WHEN (NEW.kind <> 'consumption') EXECUTE FUNCTION public.mark_meter();
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-02 00:00+00', 105);
+CREATE TRIGGER consumption_row AFTER INSERT ON prepay.ledger FOR EACH ROW
+    WHEN (NEW.kind = 'consumption') EXECUTE FUNCTION public.mark_meter();
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 2, '2026-03-02 00:00+00', 109);
+DROP TRIGGER consumption_row ON prepay.ledger;
+CREATE TRIGGER volatile_row AFTER INSERT ON prepay.ledger FOR EACH ROW
+    WHEN (NEW.kind <> 'consumption' OR random() >= 0) EXECUTE FUNCTION public.mark_meter();
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 3, '2026-03-02 00:00+00', 113);
+DROP TRIGGER volatile_row ON prepay.ledger;
+DROP TRIGGER never_consumption ON prepay.ledger;
+DROP FUNCTION public.mark_meter();
+SELECT meter_id, room, last_read_at, last_energy FROM prepay.meter WHERE meter_id <= 3 ORDER BY meter_id;
+SELECT * FROM prepay.check_ledger();
 DROP TABLE public.ledger_log;
 DROP FUNCTION public.log_statement();
 DROP FUNCTION public.log_row();
