@@ -96,9 +96,13 @@ typedef struct PostingSums
  * other, so the sums of the meter being rated are the last ones, from
  * `group` on, and a new part is looked for among them only, newest first
  * (readings come in time order, so a part usually adds to one of the last
- * sums).  A meter added again later starts a new group; the fold and the
- * views sum the rows whatever their number.
+ * sums), and among the last SUMS_SEARCHED of them at most, so a batch of
+ * one meter over many days stays linear.  A part whose key lies further
+ * back, or a meter added again later (a new group), gets a row of its
+ * own: the fold and the views sum the rows whatever their number.
  */
+#define SUMS_SEARCHED 64
+
 struct Rollup
 {
 	EnergySums *sums;
@@ -221,8 +225,9 @@ static void
 add_part(Rollup *rollup, const EnergyKey *key, int64 energy, int64 cost, int64 charged, int64 charges)
 {
 	EnergySums *sums = NULL;
+	int			oldest = Max(rollup->group, rollup->nsums - SUMS_SEARCHED);
 
-	for (int i = rollup->nsums - 1; i >= rollup->group && sums == NULL; i--)
+	for (int i = rollup->nsums - 1; i >= oldest && sums == NULL; i--)
 		if (same_key(&rollup->sums[i].key, key))
 			sums = &rollup->sums[i];
 	if (sums == NULL)
