@@ -489,9 +489,9 @@ direct_refresh(DirectTable *t, Snapshot snapshot)
  *		`value` (in its text form) may fire one of its triggers, enabled or
  *		not.  A row trigger is ruled out only when its WHEN clause reads
  *		that column of NEW alone, calls no volatile function and is false
- *		for that value (the audit
- *		trigger on the ledger, WHEN (NEW.kind <> 'consumption'), for the
- *		rating batch's entries); every other INSERT trigger may fire.
+ *		for that value (the audit trigger on the ledger, WHEN (NEW.kind <>
+ *		'consumption'), for the rating batch's entries); every other INSERT
+ *		trigger may fire.
  */
 bool
 direct_insert_fires_triggers(const char *relname, const char *column, const char *value)
