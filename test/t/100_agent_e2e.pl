@@ -16,7 +16,6 @@
 
 use strict;
 use warnings;
-use IPC::Run qw(start);
 use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
@@ -43,11 +42,9 @@ my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
 my $sim_url = "http://127.0.0.1:$control";
-my $sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', 3, '--base-port', $base,
-		'--meters-per-gateway', 2, '--speedup', 360, '--initial-kwh', '100.00',
-		'--control', "127.0.0.1:$control", '--history', "$tmp/history" ],
-	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
-ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+my $sim = start_simulator($tmp, $control, '--tcp-gateways', 3, '--base-port', $base,
+	'--meters-per-gateway', 2, '--speedup', 360, '--initial-kwh', '100.00',
+	'--history', "$tmp/history");
 
 sub sim_meter
 {
@@ -75,10 +72,8 @@ $node->safe_psql('postgres', qq{
 sub meter_id { my ($g, $u) = @_; return 2 * $g + $u; }
 
 my $metrics_url = "http://127.0.0.1:$metrics_port";
-my $agent = start([ "$top/agent/prepay-agent-asan", '--config', '/dev/null', '--conninfo', $node->connstr('postgres'),
-		'--agent-id', 'e2e', '--spool-dir', "$tmp/spool", '--metrics', "127.0.0.1:$metrics_port",
-		'--log-level', 'info' ],
-	'>', "$tmp/agent.out", '2>', "$tmp/agent.err");
+my $agent = start_agent($tmp, conninfo => $node->connstr('postgres'), agent_id => 'e2e',
+	metrics_port => $metrics_port);
 
 # (a) readings arrive and are rated
 ok(wait_for(sub { $node->safe_psql('postgres',

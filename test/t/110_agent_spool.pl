@@ -15,7 +15,6 @@
 use strict;
 use warnings;
 use IPC::Run qw(start run);
-use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -27,7 +26,6 @@ use PrepayTest;
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $bin = "$top/agent/prepay-agent-asan";
-my $http = HTTP::Tiny->new(timeout => 5);
 
 
 # the command line
@@ -63,12 +61,9 @@ $node->safe_psql('postgres', 'CREATE EXTENSION prepay');
 
 my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
-my $sim_url = "http://127.0.0.1:$control";
-my $sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', 1, '--base-port', $base,
-		'--meters-per-gateway', 2, '--profile', 'adf400l', '--speedup', 100,
-		'--control', "127.0.0.1:$control", '--history', "$tmp/history" ],
-	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
-ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+my $sim = start_simulator($tmp, $control, '--tcp-gateways', 1, '--base-port', $base,
+	'--meters-per-gateway', 2, '--profile', 'adf400l', '--speedup', 100,
+	'--history', "$tmp/history");
 
 $node->safe_psql('postgres', qq{
 	INSERT INTO prepay.site (name) VALUES ('Campus');
@@ -87,7 +82,7 @@ my @agent_cmd = ($bin, '--config', '/dev/null', '--conninfo', $node->connstr('po
 ok(run([ @agent_cmd, '--once' ], '>', \$out, '2>', "$tmp/once.err"), '--once exits 0');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), '2', '--once: one reading per meter');
 
-sub start_agent
+sub start_named_agent
 {
 	my ($name) = @_;
 	return start(\@agent_cmd, '>', "$tmp/$name.out", '2>', "$tmp/$name.err");
@@ -102,7 +97,7 @@ sub stop_agent
 	unlike(slurp_file("$tmp/$name.err"), qr/Sanitizer|runtime error/, "$name: no sanitizer report");
 }
 
-my $agent = start_agent('first');
+my $agent = start_named_agent('first');
 ok(wait_for(sub { $node->safe_psql('postgres', 'SELECT count(*) >= 6 FROM prepay.reading') eq 't' }, 10),
 	'readings flow');
 $node->stop('fast');
@@ -116,7 +111,7 @@ ok(-s "$tmp/spool/catalog.cache", 'the first agent cached its catalog');
 # a second agent starts while the database is still down: it finds the
 # spool and polls from the cached catalog; its readings are spooled too
 my $spooled = -s "$tmp/spool/spool.log";
-$agent = start_agent('second');
+$agent = start_named_agent('second');
 ok(wait_for(sub { -s "$tmp/spool/spool.log" > $spooled }, 10), 'the second agent polls from the cached catalog');
 my $log = slurp_file("$tmp/second.err");
 like($log, qr/spool: \d+ bytes of readings from an earlier run/, 'the spool is found after a restart');

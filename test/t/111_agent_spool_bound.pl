@@ -20,8 +20,6 @@
 
 use strict;
 use warnings;
-use IPC::Run qw(start);
-use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -32,18 +30,8 @@ use PrepayTest;
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
-my $http = HTTP::Tiny->new(timeout => 5);
-my ($sim, $agent);
 my ($gateways, $meters_per_gateway) = (2, 40);
 
-END
-{
-	for my $h ($agent, $sim)
-	{
-		next unless $h && $h->pumpable;
-		eval { $h->signal('TERM'); $h->finish; 1 } or eval { $h->kill_kill };
-	}
-}
 
 my $node = PostgreSQL::Test::Cluster->new('bound');
 $node->init;
@@ -55,16 +43,13 @@ $node->safe_psql('postgres', 'CREATE EXTENSION prepay');
 my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
-my $sim_url = "http://127.0.0.1:$control";
 my $metrics_url = "http://127.0.0.1:$metrics_port";
 
 # 1 kW per meter at 3600x: 1 kWh (100 register units) per second, so two
 # reads of a meter never carry the same register value
-$sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', $gateways, '--base-port', $base,
-		'--meters-per-gateway', $meters_per_gateway, '--speedup', 3600, '--initial-kwh', '100.00',
-		'--control', "127.0.0.1:$control", '--history', "$tmp/history" ],
-	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
-ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+my $sim = start_simulator($tmp, $control, '--tcp-gateways', $gateways, '--base-port', $base,
+	'--meters-per-gateway', $meters_per_gateway, '--speedup', 3600, '--initial-kwh', '100.00',
+	'--history', "$tmp/history");
 
 # meter G<g>U<u> is unit u of simulator gateway g; every meter has a
 # funded account (0.01 per kWh: no trip)
@@ -83,10 +68,8 @@ $node->safe_psql('postgres', qq{
 });
 my $meters = $gateways * $meters_per_gateway;
 
-$agent = start([ "$top/agent/prepay-agent-small-spool", '--config', '/dev/null',
-		'--conninfo', $node->connstr('postgres') . ' connect_timeout=2', '--agent-id', 'bound',
-		'--spool-dir', "$tmp/spool", '--metrics', "127.0.0.1:$metrics_port", '--log-level', 'info' ],
-	'>', "$tmp/agent.out", '2>', "$tmp/agent.err");
+my $agent = start_agent($tmp, conninfo => $node->connstr('postgres') . ' connect_timeout=2', agent_id => 'bound',
+	metrics_port => $metrics_port, binary => 'prepay-agent-small-spool');
 
 ok(wait_for(sub { $node->safe_psql('postgres',
 	"SELECT count(*) = $meters FROM (SELECT meter_id FROM prepay.reading GROUP BY meter_id HAVING count(*) >= 2) m")

@@ -12,8 +12,6 @@
 
 use strict;
 use warnings;
-use IPC::Run qw(start);
-use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -24,19 +22,9 @@ use PrepayTest;
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
-my $http = HTTP::Tiny->new(timeout => 5);
-my ($sim, $agent);
 my ($gateways, $meters_per_gateway, $outage_readings) = (10, 100, 10_000);
 my $meters = $gateways * $meters_per_gateway;
 
-END
-{
-	for my $h ($agent, $sim)
-	{
-		next unless $h && $h->pumpable;
-		eval { $h->signal('TERM'); $h->finish; 1 } or eval { $h->kill_kill };
-	}
-}
 
 my $node = PostgreSQL::Test::Cluster->new('outage');
 $node->init;
@@ -47,15 +35,12 @@ $node->safe_psql('postgres', 'CREATE EXTENSION prepay');
 my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
-my $sim_url = "http://127.0.0.1:$control";
 my $metrics_url = "http://127.0.0.1:$metrics_port";
 
 # 1 kW at 3600x: every read of a meter carries a new register value
-$sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', $gateways, '--base-port', $base,
-		'--meters-per-gateway', $meters_per_gateway, '--speedup', 3600, '--initial-kwh', '100.00',
-		'--control', "127.0.0.1:$control", '--history', "$tmp/history" ],
-	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
-ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+my $sim = start_simulator($tmp, $control, '--tcp-gateways', $gateways, '--base-port', $base,
+	'--meters-per-gateway', $meters_per_gateway, '--speedup', 3600, '--initial-kwh', '100.00',
+	'--history', "$tmp/history");
 
 $node->safe_psql('postgres', qq{
 	INSERT INTO prepay.site (name) VALUES ('Estate');
@@ -71,10 +56,8 @@ $node->safe_psql('postgres', qq{
 	SELECT prepay.recharge(1, account_id, 1000, 'cash', 'R' || account_id) FROM prepay.account ORDER BY account_id;
 });
 
-$agent = start([ "$top/agent/prepay-agent-asan", '--config', '/dev/null',
-		'--conninfo', $node->connstr('postgres') . ' connect_timeout=2', '--agent-id', 'outage',
-		'--spool-dir', "$tmp/spool", '--metrics', "127.0.0.1:$metrics_port", '--log-level', 'info' ],
-	'>', "$tmp/agent.out", '2>', "$tmp/agent.err");
+my $agent = start_agent($tmp, conninfo => $node->connstr('postgres') . ' connect_timeout=2', agent_id => 'outage',
+	metrics_port => $metrics_port);
 ok(wait_for(sub { $node->safe_psql('postgres', 'SELECT count(DISTINCT meter_id) FROM prepay.reading') == $meters },
 	30), "all $meters meters deliver readings");
 

@@ -19,7 +19,6 @@
 use strict;
 use warnings;
 use IPC::Run qw(start);
-use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -30,18 +29,9 @@ use PrepayTest;
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
-my $http = HTTP::Tiny->new(timeout => 5);
 my ($socat, $sim, $agent);
 
 # on any exit (a failed test, a die): no process left behind
-END
-{
-	for my $h ($agent, $sim, $socat)
-	{
-		next unless $h && $h->pumpable;
-		eval { $h->signal('TERM'); $h->finish; 1 } or eval { $h->kill_kill };
-	}
-}
 
 
 my $node = PostgreSQL::Test::Cluster->new('reload');
@@ -61,13 +51,9 @@ ok(wait_for(sub { -e "$tmp/ttyA" && -e "$tmp/ttyB" }, 10), 'socat: both pty link
 my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
-my $sim_url = "http://127.0.0.1:$control";
-$sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', 2, '--base-port', $base,
-		'--meters-per-gateway', 2, '--rtu', "$tmp/ttyA", '--baud', 9600, '--parity', 'N',
-		'--data-bits', 8, '--stop-bits', 1, '--speedup', 360, '--initial-kwh', '100.00',
-		'--control', "127.0.0.1:$control" ],
-	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
-ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+$sim = start_simulator($tmp, $control, '--tcp-gateways', 2, '--base-port', $base,
+	'--meters-per-gateway', 2, '--rtu', "$tmp/ttyA", '--baud', 9600, '--parity', 'N',
+	'--data-bits', 8, '--stop-bits', 1, '--speedup', 360, '--initial-kwh', '100.00');
 
 # the site: price 10.00/kWh, so a meter costs 1.00 per second; one TCP
 # gateway with one meter to start with
@@ -115,10 +101,8 @@ sub rated
 
 add_meter('M01', 'g0', 1);
 
-$agent = start([ "$top/agent/prepay-agent-asan", '--config', '/dev/null', '--conninfo', $node->connstr('postgres'),
-		'--agent-id', 'reload', '--spool-dir', "$tmp/spool", '--metrics', "127.0.0.1:$metrics_port",
-		'--log-level', 'info' ],
-	'>', "$tmp/agent.out", '2>', "$tmp/agent.err");
+$agent = start_agent($tmp, conninfo => $node->connstr('postgres'), agent_id => 'reload',
+	metrics_port => $metrics_port);
 my $agent_pid = $agent->{KIDS}[0]{PID};
 ok($agent_pid, "agent started (pid $agent_pid)");
 

@@ -15,7 +15,6 @@
 
 use strict;
 use warnings;
-use HTTP::Tiny;
 use IPC::Run qw(start run);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -167,12 +166,7 @@ SKIP:
 	my $top = $ENV{TESTDIR};
 	my $base = PostgreSQL::Test::Cluster::get_free_port();
 	my $control = PostgreSQL::Test::Cluster::get_free_port();
-	my $sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', 1, '--base-port', $base,
-			'--initial-kwh', 200, '--control', "127.0.0.1:$control" ],
-		'>', "$dir/sim.out", '2>', "$dir/sim.err");
-	my $http = HTTP::Tiny->new(timeout => 5);
-	ok(wait_for(sub { ($http->get("http://127.0.0.1:$control/healthz")->{content} // '') eq "ok\n" }, 10),
-		'simulator up');
+	my $sim = start_simulator($dir, $control, '--tcp-gateways', 1, '--base-port', $base, '--initial-kwh', 200);
 	$node->safe_psql('postgres', "UPDATE prepay.gateway SET port = $base WHERE site_id = 1 AND gateway_id = 1");
 	my $conninfo = "host=localhost hostaddr=127.0.0.1 port=$port dbname=postgres user=regress_agent1"
 	  . " password='agent one secret' sslmode=verify-full sslrootcert=$dir/ca.crt connect_timeout=5"

@@ -25,7 +25,6 @@
 use strict;
 use warnings;
 use IPC::Run qw(start);
-use HTTP::Tiny;
 use Time::HiRes qw(time sleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -36,7 +35,6 @@ use PrepayTest;
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
-my $http = HTTP::Tiny->new(timeout => 5);
 my $crashes = 3;
 
 my $node = PostgreSQL::Test::Cluster->new('crash');
@@ -49,12 +47,9 @@ $node->safe_psql('postgres', 'CREATE EXTENSION prepay');
 my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
-my $sim_url = "http://127.0.0.1:$control";
-my $sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', 2, '--base-port', $base,
-		'--meters-per-gateway', 3, '--speedup', 360, '--initial-kwh', '100.00',
-		'--control', "127.0.0.1:$control", '--history', "$tmp/history" ],
-	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
-ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+my $sim = start_simulator($tmp, $control, '--tcp-gateways', 2, '--base-port', $base,
+	'--meters-per-gateway', 3, '--speedup', 360, '--initial-kwh', '100.00',
+	'--history', "$tmp/history");
 
 # price 0.5/kWh; every account starts with 1000.00 (no alarm, no trip)
 $node->safe_psql('postgres', qq{
@@ -73,11 +68,8 @@ $node->safe_psql('postgres', qq{
 sub meter_id { my ($g, $u) = @_; return 3 * $g + $u; }
 
 my $metrics_url = "http://127.0.0.1:$metrics_port";
-my $agent = start([ "$top/agent/prepay-agent-asan", '--config', '/dev/null',
-		'--conninfo', $node->connstr('postgres') . ' connect_timeout=2',
-		'--agent-id', 'crash', '--spool-dir', "$tmp/spool", '--metrics', "127.0.0.1:$metrics_port",
-		'--log-level', 'info' ],
-	'>', "$tmp/agent.out", '2>', "$tmp/agent.err");
+my $agent = start_agent($tmp, conninfo => $node->connstr('postgres') . ' connect_timeout=2', agent_id => 'crash',
+	metrics_port => $metrics_port);
 
 # the recharge loop: recharge i credits 1.00 to account i % 6 + 1 with
 # reference C<i>; "try i" before, "ok i" or "fail i" after psql returns

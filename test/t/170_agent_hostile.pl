@@ -18,7 +18,6 @@
 
 use strict;
 use warnings;
-use IPC::Run qw(start);
 use HTTP::Tiny;
 use JSON::PP;
 use Time::HiRes qw(time sleep);
@@ -56,11 +55,9 @@ my $sim_url = "http://127.0.0.1:$control";
 my $metrics_url = "http://127.0.0.1:$metrics_port";
 
 # 1 kW per meter, 360x: 0.1 kWh (10 centi-kWh) per second
-my $sim = start([ "$top/test/sim/prepay-sim-asan", '--tcp-gateways', $GATEWAYS, '--base-port', $base,
-		'--meters-per-gateway', $HOSTILE_METERS, '--speedup', 360, '--initial-kwh', '100.00',
-		'--control', "127.0.0.1:$control", '--history', "$tmp/history" ],
-	'>', "$tmp/sim.out", '2>', "$tmp/sim.err");
-ok(wait_for(sub { ($http->get("$sim_url/healthz")->{content} // '') eq "ok\n" }, 10), 'simulator up');
+my $sim = start_simulator($tmp, $control, '--tcp-gateways', $GATEWAYS, '--base-port', $base,
+	'--meters-per-gateway', $HOSTILE_METERS, '--speedup', 360, '--initial-kwh', '100.00',
+	'--history', "$tmp/history");
 
 # price 1.00/kWh, plenty of money: no trip in this test
 $node->safe_psql('postgres', qq{
@@ -91,10 +88,8 @@ my $agent;
 {
 	local $ENV{ASAN_OPTIONS} = 'detect_leaks=1:abort_on_error=1';
 	local $ENV{UBSAN_OPTIONS} = 'halt_on_error=1:print_stacktrace=1';
-	$agent = start([ "$top/agent/prepay-agent-asan", '--config', '/dev/null', '--conninfo', $node->connstr('postgres'),
-		'--agent-id', 'hostile', '--spool-dir', "$tmp/spool", '--metrics', "127.0.0.1:$metrics_port",
-		'--log-level', 'info' ],
-	'>', "$tmp/agent.out", '2>', "$tmp/agent.err");
+	$agent = start_agent($tmp, conninfo => $node->connstr('postgres'), agent_id => 'hostile',
+		metrics_port => $metrics_port);
 }
 
 ok(wait_for(sub { $node->safe_psql('postgres',

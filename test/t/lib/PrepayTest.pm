@@ -9,6 +9,20 @@
 #   served_history(FILE)     the simulator's --history file as a hash
 #                            "gateway unit" => [energy_centikwh, ...], in
 #                            the order the reads were served
+#   start_simulator(DIR, CONTROL_PORT, ARGS...)
+#                            start the ASan meter simulator with ARGS and its
+#                            control server on 127.0.0.1:CONTROL_PORT, its
+#                            output in DIR/sim.out and DIR/sim.err; passes
+#                            the test "simulator up" once /healthz answers.
+#                            Returns the IPC::Run handle.
+#   start_agent(DIR, conninfo => C, agent_id => ID, metrics_port => P,
+#               binary => NAME)
+#                            start an agent build (NAME in agent/, default
+#                            prepay-agent-asan) with no configuration file,
+#                            its spool in DIR/spool, /metrics on
+#                            127.0.0.1:P and log level info, its output in
+#                            DIR/agent.out and DIR/agent.err.  Returns the
+#                            IPC::Run handle.
 #
 # Loading it also makes a test that dies or bails out leave nothing behind:
 # at exit, the test's own child processes (simulator, agent, socat, shell
@@ -19,9 +33,13 @@ use strict;
 use warnings;
 use Exporter 'import';
 use HTTP::Tiny;
+use IPC::Run ();
+use Test::More;
 use Time::HiRes qw(time sleep);
 
-our @EXPORT = qw(wait_for metric served_history);
+our @EXPORT = qw(wait_for metric served_history start_simulator start_agent);
+
+my $top = $ENV{TESTDIR};
 
 my $test_pid = $$;
 
@@ -61,6 +79,26 @@ sub served_history
 	}
 	close $fh;
 	return \%served;
+}
+
+sub start_simulator
+{
+	my ($dir, $control, @args) = @_;
+	my $sim = IPC::Run::start([ "$top/test/sim/prepay-sim-asan", @args, '--control', "127.0.0.1:$control" ],
+		'>', "$dir/sim.out", '2>', "$dir/sim.err");
+	ok(wait_for(sub { ($http->get("http://127.0.0.1:$control/healthz")->{content} // '') eq "ok\n" }, 10),
+		'simulator up');
+	return $sim;
+}
+
+sub start_agent
+{
+	my ($dir, %opt) = @_;
+	my $binary = $opt{binary} // 'prepay-agent-asan';
+	return IPC::Run::start([ "$top/agent/$binary", '--config', '/dev/null', '--conninfo', $opt{conninfo},
+			'--agent-id', $opt{agent_id}, '--spool-dir', "$dir/spool",
+			'--metrics', "127.0.0.1:$opt{metrics_port}", '--log-level', 'info' ],
+		'>', "$dir/agent.out", '2>', "$dir/agent.err");
 }
 
 1;
