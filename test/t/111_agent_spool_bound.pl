@@ -51,21 +51,7 @@ my $sim = start_simulator($tmp, $control, '--tcp-gateways', $gateways, '--base-p
 	'--meters-per-gateway', $meters_per_gateway, '--speedup', 3600, '--initial-kwh', '100.00',
 	'--history', "$tmp/history");
 
-# meter G<g>U<u> is unit u of simulator gateway g; every meter has a
-# funded account (0.01 per kWh: no trip)
-$node->safe_psql('postgres', qq{
-	INSERT INTO prepay.site (name) VALUES ('Plaza');
-	INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
-	INSERT INTO prepay.tariff_version VALUES (1, 1, '2020-01-01', 0.01);
-	INSERT INTO prepay.gateway (site_id, name, host, port, agent_id, poll_interval)
-	SELECT 1, 'g' || g, '127.0.0.1', $base + g, 'bound', '1 second' FROM generate_series(0, $gateways - 1) g;
-	INSERT INTO prepay.meter (site_id, code, gateway_id, unit_id, device_profile, max_per_hour)
-	SELECT 1, 'G' || g || 'U' || u, g + 1, u, 'ddsy1352', 100000
-	  FROM generate_series(0, $gateways - 1) g, generate_series(1, $meters_per_gateway) u ORDER BY g, u;
-	SELECT prepay.open_account(1, 'A' || meter_id, 'Tenant ' || meter_id, 1) FROM prepay.meter ORDER BY meter_id;
-	SELECT prepay.attach_meter(1, meter_id, meter_id) FROM prepay.meter ORDER BY meter_id;
-	SELECT prepay.recharge(1, account_id, 1000, 'cash', 'R' || account_id) FROM prepay.account ORDER BY account_id;
-});
+create_polled_site($node, 'Plaza', 'bound', $base, $gateways, $meters_per_gateway);
 my $meters = $gateways * $meters_per_gateway;
 
 my $agent = start_agent($tmp, conninfo => $node->connstr('postgres') . ' connect_timeout=2', agent_id => 'bound',

@@ -23,6 +23,14 @@
 #                            127.0.0.1:P and log level info, its output in
 #                            DIR/agent.out and DIR/agent.err.  Returns the
 #                            IPC::Run handle.
+#   create_polled_site(NODE, NAME, AGENT_ID, BASE_PORT, GATEWAYS, METERS_PER_GATEWAY)
+#                            in NODE's database: site 1 called NAME on a
+#                            flat tariff of 0.01 per kWh; GATEWAYS gateways
+#                            on 127.0.0.1:BASE_PORT + g polled every second
+#                            by AGENT_ID; on each, METERS_PER_GATEWAY
+#                            ddsy1352 meters G<g>U<u> (unit u of simulator
+#                            gateway g), each on its own account recharged
+#                            with 1000 (no trip)
 #
 # Loading it also makes a test that dies or bails out leave nothing behind:
 # at exit, the test's own child processes (simulator, agent, socat, shell
@@ -37,7 +45,7 @@ use IPC::Run ();
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-our @EXPORT = qw(wait_for metric served_history start_simulator start_agent);
+our @EXPORT = qw(wait_for metric served_history start_simulator start_agent create_polled_site);
 
 my $top = $ENV{TESTDIR};
 
@@ -99,6 +107,24 @@ sub start_agent
 			'--agent-id', $opt{agent_id}, '--spool-dir', "$dir/spool",
 			'--metrics', "127.0.0.1:$opt{metrics_port}", '--log-level', 'info' ],
 		'>', "$dir/agent.out", '2>', "$dir/agent.err");
+}
+
+sub create_polled_site
+{
+	my ($node, $name, $agent_id, $base, $gateways, $meters_per_gateway) = @_;
+	$node->safe_psql('postgres', qq{
+		INSERT INTO prepay.site (name) VALUES ('$name');
+		INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
+		INSERT INTO prepay.tariff_version VALUES (1, 1, '2020-01-01', 0.01);
+		INSERT INTO prepay.gateway (site_id, name, host, port, agent_id, poll_interval)
+		SELECT 1, 'g' || g, '127.0.0.1', $base + g, '$agent_id', '1 second' FROM generate_series(0, $gateways - 1) g;
+		INSERT INTO prepay.meter (site_id, code, gateway_id, unit_id, device_profile, max_per_hour)
+		SELECT 1, 'G' || g || 'U' || u, g + 1, u, 'ddsy1352', 100000
+		  FROM generate_series(0, $gateways - 1) g, generate_series(1, $meters_per_gateway) u ORDER BY g, u;
+		SELECT prepay.open_account(1, 'A' || meter_id, 'Tenant ' || meter_id, 1) FROM prepay.meter ORDER BY meter_id;
+		SELECT prepay.attach_meter(1, meter_id, meter_id) FROM prepay.meter ORDER BY meter_id;
+		SELECT prepay.recharge(1, account_id, 1000, 'cash', 'R' || account_id) FROM prepay.account ORDER BY account_id;
+	});
 }
 
 1;
