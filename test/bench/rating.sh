@@ -28,6 +28,15 @@
 #                    (a duplicate reading would then fail its whole COPY)
 #   account-index    drop the ledger's index by account (statements, bills
 #                    and trails would scan the ledger)
+#
+# BENCH_BARE_WRITES=1 also times, interval by interval, the bare writes the data
+# model asks of a flat rated reading, done by SQL with no rating logic:
+# after each rated COPY, the ledger rows it wrote are copied out and loaded
+# again (binary COPY) into a copy of the ledger with its keys and checks,
+# and the meters and accounts get new row versions by one UPDATE each.
+# With the plain COPY of the readings, that is what PostgreSQL's own bulk
+# paths take for the rows the model writes.  It is not a strict floor: the
+# trigger's own writes cost less than these (docs/BENCHMARKS.md).
 set -euo pipefail
 work=$1
 meters=${BENCH_METERS:-100000}
@@ -75,6 +84,21 @@ INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) SELECT s, i, '20
 CREATE SCHEMA bench;
 CREATE TABLE bench.reading_plain (LIKE prepay.reading INCLUDING ALL);
 SQL
+bare=${BENCH_BARE_WRITES:-0}
+ledger_columns="site_id, account_id, kind, amount, balance_after, created_at, created_by, meter_id, read_from, read_to, energy, exact_charge, pieces"
+if [ "$bare" = 1 ]; then
+	# the bare writes' tables: the same keys, checks and fill factors; pieces
+	# as text, because the trigger writes the text it built without parsing it
+	psql -d bench <<SQL
+CREATE TABLE bench.bare_ledger (LIKE prepay.ledger INCLUDING ALL);
+ALTER TABLE bench.bare_ledger ALTER pieces TYPE text;
+CREATE TABLE bench.bare_meter (LIKE prepay.meter INCLUDING ALL) WITH (fillfactor = 40);
+CREATE TABLE bench.bare_account (LIKE prepay.account INCLUDING ALL) WITH (fillfactor = 40);
+INSERT INTO bench.bare_ledger SELECT * FROM prepay.ledger;
+INSERT INTO bench.bare_meter SELECT * FROM prepay.meter;
+INSERT INTO bench.bare_account SELECT * FROM prepay.account;
+SQL
+fi
 # one file per kind, interval and site: k.s.csv (flat) and tou-k.s.csv
 for k in $(seq 1 "$intervals"); do
 	for s in $(seq 1 "$sites"); do
@@ -112,9 +136,28 @@ copy_sites() {
 	done
 	for s in "${pids[@]}"; do wait "$s"; done
 }
+# bare_writes K: the bare writes of interval K's flat readings by SQL (see
+# BENCH_BARE_WRITES above); adds to ledger_ns and update_ns
+bare_writes() {
+	local at="timestamptz '2026-03-01 00:00+08' + interval '15 min' * $1" t0 t1 t2
+	psql -d bench -c "COPY (SELECT $ledger_columns FROM prepay.ledger
+	                         WHERE kind = 'consumption' AND read_to = $at AND meter_id <= $meters)
+	                  TO '$data/ledger-$1.bin' (FORMAT binary)"
+	t0=$(now_ns)
+	psql -d bench -c "COPY bench.bare_ledger ($ledger_columns) FROM '$data/ledger-$1.bin' (FORMAT binary)"
+	t1=$(now_ns)
+	psql -d bench -c "UPDATE bench.bare_meter SET last_read_at = $at, last_energy = last_energy + 0.05,
+	                         charge_carry = 0.000000001 WHERE meter_id <= $meters" \
+		-c "UPDATE bench.bare_account SET balance = balance - 0.03 WHERE account_id <= $meters"
+	t2=$(now_ns)
+	ledger_ns=$((ledger_ns + t1 - t0))
+	update_ns=$((update_ns + t2 - t1))
+}
 plain_ns=0
 rated_ns=0
 tou_ns=0
+ledger_ns=0
+update_ns=0
 for k in $(seq 1 "$intervals"); do
 	t0=$(now_ns)
 	copy_sites bench.reading_plain "$data/$k"
@@ -126,6 +169,7 @@ for k in $(seq 1 "$intervals"); do
 	plain_ns=$((plain_ns + t1 - t0))
 	rated_ns=$((rated_ns + t2 - t1))
 	tou_ns=$((tou_ns + t3 - t2))
+	if [ "$bare" = 1 ]; then bare_writes "$k"; fi
 done
 
 # the rollup deltas the batches appended are folded later (pg_cron, every
@@ -152,14 +196,24 @@ SELECT 'tou x tier pieces: ' || count(*) || ' in ' || count(DISTINCT l.entry_id)
 SELECT 'quarantined readings: ' || count(*) FROM prepay.reading WHERE quarantine_reason IS NOT NULL;
 SELECT 'ledger check problems: ' || count(*) FROM prepay.check_ledger();
 SQL
+if [ "$bare" = 1 ]; then
+	psql -d bench -At -c "SELECT 'bare writes, ledger rows loaded: ' || count(*) || ' (the flat readings: ' || $rows || ')'
+	                        FROM bench.bare_ledger WHERE kind = 'consumption'"
+fi
 awk -v rows="$rows" -v p="$plain_ns" -v r="$rated_ns" -v t="$tou_ns" -v m="$meters" -v k="$intervals" \
-	-v f="$fold_ns" -v d="$pending" -v sites="$sites" 'BEGIN {
+	-v f="$fold_ns" -v d="$pending" -v sites="$sites" -v bare="$bare" -v l="$ledger_ns" -v u="$update_ns" 'BEGIN {
 	printf "readings: %d meters x %d intervals = %d rows per kind, one COPY per interval", m, k, rows
 	printf (sites > 1 ? " and site, %d sites at once\n" : "\n"), sites
 	printf "plain COPY (no triggers): %.2f s\n", p / 1e9
 	printf "rated COPY, flat tariff: %.2f s\n", r / 1e9
 	printf "rated COPY, 4-period TOU x 3 tiers: %.2f s\n", t / 1e9
 	printf "fold of the rollup deltas of both (deferred, once): %d rows in %.2f s\n", d, f / 1e9
+	if (bare == 1) {
+		printf "bare writes, the same ledger rows by binary COPY: %.2f s\n", l / 1e9
+		printf "bare writes, meter and account row versions by UPDATE: %.2f s\n", u / 1e9
+		printf "bench bare writes: reading_and_ledger_per_s=%d ratio=%.3f with_updates_per_s=%d ratio=%.3f\n",
+			rows / ((p + l) / 1e9), p / (p + l), rows / ((p + l + u) / 1e9), p / (p + l + u)
+	}
 	printf "bench rating+fold: flat and TOU readings with their fold, per s=%d\n", 2 * rows / ((r + t + f) / 1e9)
 	printf "bench rating: rated_per_s=%d copy_per_s=%d ratio=%.3f\n", rows / (r / 1e9), rows / (p / 1e9), p / r
 	printf "bench tariff: flat_per_s=%d tou_tier_per_s=%d ratio=%.3f\n", rows / (r / 1e9), rows / (t / 1e9), r / t
