@@ -87,16 +87,25 @@ SQL
 bare=${BENCH_BARE_WRITES:-0}
 ledger_columns="site_id, account_id, kind, amount, balance_after, created_at, created_by, meter_id, read_from, read_to, energy, exact_charge, pieces"
 if [ "$bare" = 1 ]; then
-	# the bare writes' tables: the same keys, checks and fill factors; pieces
-	# as text, because the trigger writes the text it built without parsing it
-	psql -d bench <<SQL
-CREATE TABLE bench.bare_ledger (LIKE prepay.ledger INCLUDING ALL);
+	# the bare writes' tables: the same keys, checks, rows and storage
+	# parameters (fill factors); pieces as text, because the trigger writes
+	# the text it built without parsing it
+	psql -d bench <<'SQL'
+DO $$
+DECLARE
+    t text;
+    options text[];
+BEGIN
+    FOREACH t IN ARRAY ARRAY['ledger', 'meter', 'account'] LOOP
+        EXECUTE format('CREATE TABLE bench.%I (LIKE prepay.%I INCLUDING ALL)', 'bare_' || t, t);
+        SELECT c.reloptions INTO options FROM pg_catalog.pg_class c WHERE c.oid = format('prepay.%I', t)::regclass;
+        IF options IS NOT NULL THEN
+            EXECUTE format('ALTER TABLE bench.%I SET (%s)', 'bare_' || t, array_to_string(options, ', '));
+        END IF;
+        EXECUTE format('INSERT INTO bench.%I SELECT * FROM prepay.%I', 'bare_' || t, t);
+    END LOOP;
+END $$;
 ALTER TABLE bench.bare_ledger ALTER pieces TYPE text;
-CREATE TABLE bench.bare_meter (LIKE prepay.meter INCLUDING ALL) WITH (fillfactor = 40);
-CREATE TABLE bench.bare_account (LIKE prepay.account INCLUDING ALL) WITH (fillfactor = 40);
-INSERT INTO bench.bare_ledger SELECT * FROM prepay.ledger;
-INSERT INTO bench.bare_meter SELECT * FROM prepay.meter;
-INSERT INTO bench.bare_account SELECT * FROM prepay.account;
 SQL
 fi
 # one file per kind, interval and site: k.s.csv (flat) and tou-k.s.csv
@@ -198,7 +207,9 @@ SELECT 'ledger check problems: ' || count(*) FROM prepay.check_ledger();
 SQL
 if [ "$bare" = 1 ]; then
 	psql -d bench -At -c "SELECT 'bare writes, ledger rows loaded: ' || count(*) || ' (the flat readings: ' || $rows || ')'
-	                        FROM bench.bare_ledger WHERE kind = 'consumption'"
+	                        FROM bench.bare_ledger WHERE kind = 'consumption'" \
+		-c "SELECT 'bare writes, storage parameters: ' || string_agg(c.relname || coalesce(' ' || c.reloptions::text, ''), ', ' ORDER BY c.relname)
+		      FROM pg_catalog.pg_class c WHERE c.oid IN ('bench.bare_meter'::regclass, 'bench.bare_account'::regclass)"
 fi
 awk -v rows="$rows" -v p="$plain_ns" -v r="$rated_ns" -v t="$tou_ns" -v m="$meters" -v k="$intervals" \
 	-v f="$fold_ns" -v d="$pending" -v sites="$sites" -v bare="$bare" -v l="$ledger_ns" -v u="$update_ns" 'BEGIN {
