@@ -52,19 +52,7 @@ my $sim = start_simulator($tmp, $control, '--tcp-gateways', 2, '--base-port', $b
 	'--history', "$tmp/history");
 
 # price 0.5/kWh; every account starts with 1000.00 (no alarm, no trip)
-$node->safe_psql('postgres', qq{
-	INSERT INTO prepay.site (name) VALUES ('Crash plaza');
-	INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
-	INSERT INTO prepay.tariff_version VALUES (1, 1, '2020-01-01', 0.5);
-	INSERT INTO prepay.gateway (site_id, name, host, port, agent_id, poll_interval)
-	SELECT 1, 'g' || g, '127.0.0.1', $base + g, 'crash', '1 second' FROM generate_series(0, 1) g;
-	INSERT INTO prepay.meter (site_id, code, gateway_id, unit_id, device_profile, max_per_hour)
-	SELECT 1, 'M' || g || u, g + 1, u, 'ddsy1352', 100000 FROM generate_series(0, 1) g, generate_series(1, 3) u
-	 ORDER BY g, u;
-	SELECT prepay.open_account(1, 'A' || meter_id, 'Tenant ' || meter_id, 1) FROM prepay.meter ORDER BY meter_id;
-	SELECT prepay.attach_meter(1, meter_id, meter_id) FROM prepay.meter ORDER BY meter_id;
-	SELECT prepay.recharge(1, account_id, 1000, 'cash', 'INIT' || account_id) FROM prepay.account ORDER BY account_id;
-});
+create_polled_site($node, 'Crash plaza', 'crash', $base, 2, 3, 0.5);
 sub meter_id { my ($g, $u) = @_; return 3 * $g + $u; }
 
 my $metrics_url = "http://127.0.0.1:$metrics_port";

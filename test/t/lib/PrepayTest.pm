@@ -23,9 +23,9 @@
 #                            127.0.0.1:P and log level info, its output in
 #                            DIR/agent.out and DIR/agent.err.  Returns the
 #                            IPC::Run handle.
-#   create_polled_site(NODE, NAME, AGENT_ID, BASE_PORT, GATEWAYS, METERS_PER_GATEWAY)
+#   create_polled_site(NODE, NAME, AGENT_ID, BASE_PORT, GATEWAYS, METERS_PER_GATEWAY[, PRICE])
 #                            in NODE's database: site 1 called NAME on a
-#                            flat tariff of 0.01 per kWh; GATEWAYS gateways
+#                            flat tariff of PRICE (default 0.01) per kWh; GATEWAYS gateways
 #                            on 127.0.0.1:BASE_PORT + g polled every second
 #                            by AGENT_ID; on each, METERS_PER_GATEWAY
 #                            ddsy1352 meters G<g>U<u> (unit u of simulator
@@ -111,11 +111,12 @@ sub start_agent
 
 sub create_polled_site
 {
-	my ($node, $name, $agent_id, $base, $gateways, $meters_per_gateway) = @_;
+	my ($node, $name, $agent_id, $base, $gateways, $meters_per_gateway, $price) = @_;
+	$price //= 0.01;
 	$node->safe_psql('postgres', qq{
 		INSERT INTO prepay.site (name) VALUES ('$name');
 		INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
-		INSERT INTO prepay.tariff_version VALUES (1, 1, '2020-01-01', 0.01);
+		INSERT INTO prepay.tariff_version VALUES (1, 1, '2020-01-01', $price);
 		INSERT INTO prepay.gateway (site_id, name, host, port, agent_id, poll_interval)
 		SELECT 1, 'g' || g, '127.0.0.1', $base + g, '$agent_id', '1 second' FROM generate_series(0, $gateways - 1) g;
 		INSERT INTO prepay.meter (site_id, code, gateway_id, unit_id, device_profile, max_per_hour)
