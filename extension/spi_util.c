@@ -56,15 +56,21 @@ spi_array(Datum *values, bool *nulls, int n, Oid element_type)
 	{
 		case INT4OID:
 		case DATEOID:
-			typlen = 4, typbyval = true, typalign = TYPALIGN_INT;
+			typlen = 4;
+			typbyval = true;
+			typalign = TYPALIGN_INT;
 			break;
 		case INT8OID:
 		case TIMESTAMPTZOID:
-			typlen = 8, typbyval = FLOAT8PASSBYVAL, typalign = TYPALIGN_DOUBLE;
+			typlen = 8;
+			typbyval = FLOAT8PASSBYVAL;
+			typalign = TYPALIGN_DOUBLE;
 			break;
 		case NUMERICOID:
 		case TEXTOID:
-			typlen = -1, typbyval = false, typalign = TYPALIGN_INT;
+			typlen = -1;
+			typbyval = false;
+			typalign = TYPALIGN_INT;
 			break;
 		default:
 			elog(ERROR, "spi_array: unsupported element type %u", element_type);
