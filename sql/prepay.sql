@@ -707,7 +707,7 @@ COMMENT ON FUNCTION prepay.cut_allowed_at(integer, timestamptz) IS
 CREATE FUNCTION prepay._queue_command(p_site_id integer, p_meter_id bigint, p_action prepay.command_action,
                                       p_reason text, p_account_id bigint DEFAULT NULL,
                                       p_not_before timestamptz DEFAULT pg_catalog.now())
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queued prepay.command;
     new_id bigint;
