@@ -9,7 +9,18 @@
  *       bus thread                   write relay registers, read back
  *       prepay.agent_command_done    sent -> done, meter.relay_state
  *       prepay.agent_command_failed  sent -> queued after a backoff
- *                                    (2^attempts s, at most 60 s) or failed
+ *                                    (2^attempts s, at most 60 s) while the
+ *                                    account's state still calls for it
+ *                                    (never abandoned: a command_failing
+ *                                    alarm from the 5th attempt), or failed
+ *                                    when superseded, no longer called for
+ *                                    or impossible
+ *       prepay.agent_commands_failing  every 5 s: the failing gauge
+ *
+ *     A retry waiting for its backoff becomes due at once when contact with
+ *     its meter or gateway returns (the database sends NOTIFY
+ *     prepay_command from agent_meter_found / agent_gateway_found) and
+ *     when the agent (re)connects (claim with sent = true).
  *
  *     Commands handed to a bus thread are remembered until their result,
  *     so a re-claim never runs one twice at the same time.  Each meter's
@@ -44,6 +55,7 @@ static struct {
 	command_find_bus_fn find_bus;
 	struct event *timer;
 	int claiming, again, reclaim;
+	int ticks, counting;
 	struct inflight *inflight;
 } cm;
 
@@ -72,6 +84,20 @@ static void report_done(PGresult *res, void *arg)
 		          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 }
 
+/* failed_reported: the database queued the command again (a retry) or
+ * failed it for good (superseded, no longer called for, or impossible) */
+static void failed_reported(PGresult *res, void *arg)
+{
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+		report_done(res, arg);
+		return;
+	}
+	if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "queued") == 0)
+		metrics.command_retries++;
+	else
+		metrics.commands_abandoned++;
+}
+
 static void report_failed(int site_id, int64_t command_id, int attempts, const char *error)
 {
 	char site[16], id[24], retry[32];
@@ -81,7 +107,7 @@ static void report_failed(int site_id, int64_t command_id, int attempts, const c
 	snprintf(site, sizeof(site), "%d", site_id);
 	snprintf(id, sizeof(id), "%lld", (long long)command_id);
 	snprintf(retry, sizeof(retry), "%d seconds", delay);
-	if (db_query("SELECT prepay.agent_command_failed($1, $2, $3, $4::interval)", 4, params, report_done, NULL) < 0)
+	if (db_query("SELECT prepay.agent_command_failed($1, $2, $3, $4::interval)", 4, params, failed_reported, NULL) < 0)
 		log_warning("site=%d command=%lld result not reported (database down): it will be claimed again",
 		            site_id, (long long)command_id);
 }
@@ -198,11 +224,31 @@ void command_forget(int site_id, int64_t gateway_id)
 	cm.reclaim = 1;
 }
 
+static void counted(PGresult *res, void *arg)
+{
+	cm.counting = 0;
+	if (res && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+		metrics.commands_failing = atoll(PQgetvalue(res, 0, 0));
+	else
+		report_done(res, arg);
+}
+
+/* count_failing: refresh the gauge of commands whose last attempt failed */
+static void count_failing(void)
+{
+	const char *params[1] = { cm.agent_id };
+
+	if (!cm.counting && db_query("SELECT prepay.agent_commands_failing($1)", 1, params, counted, NULL) == 0)
+		cm.counting = 1;
+}
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	if (db_connected()) {
 		command_claim(cm.reclaim);
 		cm.reclaim = 0;
+		if (++cm.ticks % 5 == 0)
+			count_failing();
 	}
 }
 

@@ -4,7 +4,8 @@
  *     delivered, spooled, replayed, dropped; the spool's size, bound,
  *     warning flag and thinning; read failures per gateway and
  *     kind (timeout, exception, corrupt, connection); the last sweep
- *     duration per gateway; relay command latency as a histogram.
+ *     duration per gateway; relay command latency as a histogram, retries,
+ *     commands failed for good and the commands failing now.
  *     /healthz answers 200 while the loop runs, with the database state.
  *
  * Locking: loop thread only (evhttp runs its callbacks on the loop).
@@ -183,6 +184,15 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	counter(b, "prepay_agent_delivery_errors_total", "Reading batches the database refused.", metrics.delivery_errors);
 	counter(b, "prepay_agent_commands_done_total", "Relay commands done.", metrics.commands_done);
 	counter(b, "prepay_agent_commands_failed_total", "Relay command attempts failed.", metrics.commands_failed);
+	counter(b, "prepay_agent_command_retries_total",
+	        "Failed relay command attempts queued again by the database (the command is still called for).",
+	        metrics.command_retries);
+	counter(b, "prepay_agent_commands_abandoned_total",
+	        "Failed relay commands the database ended: superseded, no longer called for, or impossible.",
+	        metrics.commands_abandoned);
+	gauge(b, "prepay_agent_commands_failing",
+	      "Commands of this agent's meters whose last attempt failed and that are still to be done (every 5 s).",
+	      metrics.commands_failing);
 	counter(b, "prepay_agent_catalog_loads_total", "Catalog loads.", metrics.catalog_loads);
 	spool_metrics(b);
 	evbuffer_add_printf(b, "# HELP prepay_agent_queue_readings Readings waiting in memory.\n# TYPE prepay_agent_queue_readings gauge\n"

@@ -19,6 +19,8 @@ struct metrics {
 	uint64_t readings_polled, readings_delivered, readings_spooled, readings_replayed, readings_dropped;
 	uint64_t delivery_errors;
 	uint64_t commands_done, commands_failed;
+	uint64_t command_retries, commands_abandoned;
+	int64_t commands_failing;
 	uint64_t command_latency_bucket[METRICS_LATENCY_BUCKETS + 1];
 	double command_latency_sum;
 	uint64_t catalog_loads;

@@ -18,7 +18,15 @@
  * Command life as the agent sees it (see docs/AGENT.md):
  *     queued --agent_claim_commands--> sent --agent_command_done--> done
  *                                           --agent_command_failed--> queued
- *                                             (retry after a backoff) or failed
+ *                                             (retry after a backoff of at most
+ *                                             60 s, as long as the command is
+ *                                             still called for; a command_failing
+ *                                             alarm from the 5th attempt) or
+ *                                             failed (superseded, no longer
+ *                                             called for, or impossible)
+ *     A queued retry becomes due at once when contact with its meter or
+ *     gateway returns (agent_meter_found, agent_gateway_found) and when the
+ *     agent (re)connects (agent_claim_commands with p_include_sent).
  *
  * Errors raised here use SQLSTATEs PY1xx (docs/API.md).
  *-------------------------------------------------------------------------
@@ -243,16 +251,17 @@ COMMENT ON FUNCTION prepay.agent_meter_lost(integer, bigint, integer, text) IS
 'Called by the agent after a meter failed p_failures consecutive polls: sets meter.lost_since (if not yet set) and raises one meter_lost alarm.  Idempotent.  PY101 for an unknown meter.';
 
 CREATE FUNCTION prepay.agent_meter_found(p_site_id integer, p_meter_id bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
                                                  WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
     UPDATE prepay.meter SET lost_since = NULL WHERE site_id = p_site_id AND meter_id = p_meter_id;
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
      WHERE site_id = p_site_id AND kind = 'meter_lost' AND meter_id = p_meter_id AND cleared_at IS NULL;
+    PERFORM prepay._wake_commands(p_site_id, NULL, p_meter_id);
 END $$;
 COMMENT ON FUNCTION prepay.agent_meter_found(integer, bigint) IS
-'Called by the agent on the first good read of a lost meter: clears meter.lost_since and its meter_lost alarm.  Idempotent.';
+'Called by the agent on the first good read of a lost meter: clears meter.lost_since and its meter_lost alarm, and makes the meter''s commands waiting for a retry due at once (prepay._wake_commands).  Idempotent.';
 
 CREATE FUNCTION prepay.agent_gateway_lost(p_site_id integer, p_gateway_id bigint, p_error text)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -275,16 +284,17 @@ COMMENT ON FUNCTION prepay.agent_gateway_lost(integer, bigint, text) IS
 'Called by the agent when no meter of a gateway answered a whole sweep (or it cannot connect): sets gateway.lost_since and raises one gateway_lost alarm (its detail starts with "Gateway <id>:").  Idempotent.  PY102 for an unknown gateway.';
 
 CREATE FUNCTION prepay.agent_gateway_found(p_site_id integer, p_gateway_id bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = NULL WHERE site_id = p_site_id AND gateway_id = p_gateway_id;
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
      WHERE site_id = p_site_id AND kind = 'gateway_lost' AND cleared_at IS NULL
        AND detail LIKE pg_catalog.format('Gateway %s:%%', p_gateway_id);
+    PERFORM prepay._wake_commands(p_site_id, p_gateway_id, NULL);
 END $$;
 COMMENT ON FUNCTION prepay.agent_gateway_found(integer, bigint) IS
-'Called by the agent on the first good read through a lost gateway: clears gateway.lost_since and its gateway_lost alarm.  Idempotent.';
+'Called by the agent on the first good read through a lost gateway: clears gateway.lost_since and its gateway_lost alarm, and makes the commands of its meters waiting for a retry due at once (prepay._wake_commands).  Idempotent.';
 
 -- ---------------------------------------------------------------------
 -- relay commands
@@ -293,7 +303,7 @@ COMMENT ON FUNCTION prepay.agent_gateway_found(integer, bigint) IS
 CREATE FUNCTION prepay.agent_claim_commands(p_agent_id text, p_include_sent boolean DEFAULT false)
 RETURNS TABLE (site_id integer, command_id bigint, meter_id bigint, gateway_id bigint,
                action prepay.command_action, attempts integer, created_at timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent_id(p_agent_id);
     RETURN QUERY
@@ -304,7 +314,10 @@ BEGIN
           JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
          WHERE g.agent_id = p_agent_id AND prepay._is_agent(g.site_id, g.agent_id)
            AND (c.state = 'queued' AND c.not_before <= pg_catalog.now()
-                OR p_include_sent AND c.state = 'sent')
+                OR p_include_sent AND c.state = 'sent'
+                OR p_include_sent AND c.state = 'queued' AND c.attempts > 0
+                   AND (c.action = 'close' OR c.reason <> 'arrears'
+                        OR prepay.cut_allowed_at(c.site_id, pg_catalog.now()) <= pg_catalog.now()))
          ORDER BY c.site_id, c.command_id
            FOR UPDATE OF c SKIP LOCKED
     )
@@ -316,7 +329,7 @@ BEGIN
     RETURNING c.site_id, c.command_id, c.meter_id, m.gateway_id, c.action, c.attempts, c.created_at;
 END $$;
 COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
-'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at agent start) it also takes back its sent commands, which a crash may have left in flight: relay commands are idempotent.  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
+'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at every (re)connect of the agent) it also takes back its sent commands, which a crash may have left in flight (relay commands are idempotent), and the queued commands waiting for a retry, at once (an arrears trip not inside a no-cut window).  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
 
 CREATE FUNCTION prepay._agent_command(p_site_id integer, p_command_id bigint)
 RETURNS prepay.command LANGUAGE plpgsql AS $$
@@ -360,34 +373,158 @@ END $$;
 COMMENT ON FUNCTION prepay.agent_command_done(integer, bigint, prepay.relay_state) IS
 'The agent carried out a command and read the relay state back: the command is done and meter.relay_state is set.  PY105 if the state read back is not what the command asked for; PY103, PY104.';
 
+CREATE FUNCTION prepay._command_moot(c prepay.command)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN n.command_id IS NOT NULL THEN pg_catalog.format('superseded by command %s', n.command_id)
+        WHEN m.meter_id IS NULL OR NOT m.active THEN 'meter removed'
+        WHEN c.action = 'trip' AND m.protect THEN 'meter protected'
+        WHEN c.action = 'trip' AND a.protect THEN 'account protected'
+        WHEN c.action = 'trip' AND c.reason = 'arrears' AND a.closed_at IS NOT NULL THEN 'account closed'
+        WHEN c.action = 'trip' AND c.reason = 'arrears' AND m.account_id IS DISTINCT FROM c.account_id
+            THEN 'meter no longer on the account'
+        WHEN c.action = 'trip' AND c.reason = 'arrears' AND (a.mode <> 'prepaid' OR a.alarm_level < 3)
+            THEN 'account no longer in arrears'
+    END
+      FROM (SELECT 1) one
+      LEFT JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
+      LEFT JOIN prepay.account a ON a.site_id = c.site_id AND a.account_id = c.account_id
+      LEFT JOIN LATERAL (SELECT q.command_id FROM prepay.command q
+                          WHERE q.site_id = c.site_id AND q.meter_id = c.meter_id AND q.command_id > c.command_id
+                            AND q.state IN ('queued', 'sent', 'done')
+                          ORDER BY q.command_id DESC LIMIT 1) n ON true;
+$$;
+COMMENT ON FUNCTION prepay._command_moot(prepay.command) IS
+'Internal: why the account''s or the operator''s state no longer calls for a command (NULL while it still does): a newer command of the meter (queued, sent or done) supersedes it; the meter was removed; a trip of a protected meter or account; an arrears trip of an account closed, detached from the meter, postpaid or out of arrears.  A close is called for until superseded.';
+
+CREATE FUNCTION prepay._command_impossible(c prepay.command)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.format('impossible: device profile %s has no remote relay', d.profile)
+      FROM prepay.meter m
+      JOIN prepay.device_profile d ON d.site_id = m.site_id AND d.profile = m.device_profile
+     WHERE m.site_id = c.site_id AND m.meter_id = c.meter_id AND d.relay_write_address IS NULL;
+$$;
+COMMENT ON FUNCTION prepay._command_impossible(prepay.command) IS
+'Internal: why a command can never be carried out (NULL when it can): the meter''s device profile has no remote relay.  Retrying would not help; the operator changes the profile or the installation.';
+
+CREATE FUNCTION prepay._command_alarm(c prepay.command, p_error text)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
+    VALUES (c.site_id, 'command_failing', c.meter_id,
+            pg_catalog.format('Command %s: %s of meter %s (account %s, reason %s) not done after %s attempt(s); last error: %s',
+                              c.command_id, c.action, c.meter_id, coalesce(c.account_id::text, 'none'), c.reason,
+                              c.attempts, p_error))
+    ON CONFLICT (site_id, kind, (coalesce(account_id, 0)), (coalesce(meter_id, 0))) WHERE cleared_at IS NULL
+    DO UPDATE SET detail = EXCLUDED.detail;
+$$;
+COMMENT ON FUNCTION prepay._command_alarm(prepay.command, text) IS
+'Internal: raise the meter''s command_failing alarm for a command (detail "Command <id>: <action> of meter <id> (account, reason) not done after <n> attempt(s); last error: ..."), or bring the detail of the active one up to date: one alarm per meter, raised once.';
+
+CREATE FUNCTION prepay._command_alarm_clear() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+     WHERE site_id = NEW.site_id AND kind = 'command_failing' AND meter_id = NEW.meter_id AND cleared_at IS NULL
+       AND (NEW.state = 'done' OR detail LIKE pg_catalog.format('Command %s:%%', NEW.command_id));
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._command_alarm_clear() IS
+'Internal trigger function: a command done clears its meter''s command_failing alarm (the relay follows the latest order); a command cancelled (superseded before it was sent again) clears the alarm naming it.';
+CREATE TRIGGER command_alarm_clear AFTER UPDATE OF state ON prepay.command
+    FOR EACH ROW WHEN (NEW.state IN ('done', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION prepay._command_alarm_clear();
+COMMENT ON TRIGGER command_alarm_clear ON prepay.command IS
+'Clears command_failing alarms when a command is done or cancelled (prepay._command_alarm_clear).';
+
+CREATE FUNCTION prepay._wake_commands(p_site_id integer, p_gateway_id bigint, p_meter_id bigint)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    woken bigint;
+    n integer := 0;
+BEGIN
+    FOR woken IN
+        UPDATE prepay.command c
+           SET not_before = LEAST(c.not_before,
+                   CASE WHEN c.action = 'trip' AND c.reason = 'arrears'
+                        THEN prepay.cut_allowed_at(c.site_id, pg_catalog.now()) ELSE pg_catalog.now() END)
+          FROM prepay.meter m
+         WHERE c.site_id = p_site_id AND c.state = 'queued' AND c.attempts > 0
+           AND c.not_before > pg_catalog.now()
+           AND m.site_id = c.site_id AND m.meter_id = c.meter_id
+           AND (m.meter_id = p_meter_id OR m.gateway_id = p_gateway_id)
+        RETURNING c.command_id
+    LOOP
+        PERFORM pg_catalog.pg_notify('prepay_command', p_site_id || '/' || woken);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay._wake_commands(integer, bigint, bigint) IS
+'Internal: contact with a meter (p_meter_id) or a gateway (p_gateway_id) returned: its queued commands waiting for a retry become due now (an arrears trip at the end of any no-cut window in force), with NOTIFY prepay_command.  Returns how many.';
+
 CREATE FUNCTION prepay.agent_command_failed(p_site_id integer, p_command_id bigint, p_error text,
                                             p_retry_after interval DEFAULT '10 seconds',
-                                            p_max_attempts integer DEFAULT 5)
-RETURNS prepay.command_state LANGUAGE plpgsql AS $$
+                                            p_alarm_after integer DEFAULT 5)
+RETURNS prepay.command_state LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
-    newer bigint;
-    next_state prepay.command_state := 'failed';
+    why text;
+    retry_at timestamptz;
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.command q
                                                   JOIN prepay.meter m ON m.site_id = q.site_id AND m.meter_id = q.meter_id
                                                  WHERE q.site_id = p_site_id AND q.command_id = p_command_id));
     c := prepay._agent_command(p_site_id, p_command_id);
-    SELECT q.command_id INTO newer FROM prepay.command q
-     WHERE q.site_id = p_site_id AND q.meter_id = c.meter_id AND q.state = 'queued';
-    IF newer IS NULL AND c.attempts < p_max_attempts THEN
-        next_state := 'queued';
+    why := coalesce(prepay._command_moot(c), prepay._command_impossible(c));
+    IF why IS NULL THEN
+        retry_at := pg_catalog.now() + LEAST(GREATEST(coalesce(p_retry_after, '0 seconds'),
+                                                                            '0 seconds'), '60 seconds');
+        IF c.action = 'trip' AND c.reason = 'arrears' THEN
+            retry_at := prepay.cut_allowed_at(p_site_id, retry_at);
+        END IF;
+        BEGIN
+            UPDATE prepay.command SET state = 'queued', updated_at = pg_catalog.now(), not_before = retry_at,
+                   last_error = p_error
+             WHERE site_id = p_site_id AND command_id = p_command_id;
+        EXCEPTION WHEN unique_violation THEN
+            -- a newer command was queued for the meter meanwhile
+            why := 'superseded by a newer queued command';
+        END;
     END IF;
-    UPDATE prepay.command
-       SET state = next_state, updated_at = pg_catalog.now(),
-           not_before = CASE WHEN next_state = 'queued' THEN pg_catalog.now() + p_retry_after ELSE not_before END,
-           last_error = CASE WHEN newer IS NULL THEN p_error
-                             ELSE pg_catalog.format('%s; superseded by command %s', p_error, newer) END
+    IF why IS NULL THEN
+        IF c.attempts >= p_alarm_after THEN
+            PERFORM prepay._command_alarm(c, p_error);
+        END IF;
+        RETURN 'queued';
+    END IF;
+    UPDATE prepay.command SET state = 'failed', updated_at = pg_catalog.now(),
+           last_error = pg_catalog.format('%s; %s', p_error, why)
      WHERE site_id = p_site_id AND command_id = p_command_id;
-    RETURN next_state;
+    IF why LIKE 'impossible:%' THEN
+        PERFORM prepay._command_alarm(c, pg_catalog.format('%s; %s', p_error, why));
+    ELSE
+        UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+         WHERE site_id = p_site_id AND kind = 'command_failing' AND meter_id = c.meter_id AND cleared_at IS NULL
+           AND detail LIKE pg_catalog.format('Command %s:%%', p_command_id);
+    END IF;
+    RETURN 'failed';
 END $$;
 COMMENT ON FUNCTION prepay.agent_command_failed(integer, bigint, text, interval, integer) IS
-'The agent could not carry out a command (no answer, exception, wrong read-back): it is queued again after p_retry_after while attempts < p_max_attempts and no newer command waits for the meter, else failed.  Returns the new state.  PY103, PY104.';
+'The agent could not carry out a command (no answer, exception, wrong read-back).  A command still called for is never abandoned: it is queued again after p_retry_after (capped to 0..60 s; an arrears trip not before the end of a no-cut window, as when it was queued), and from attempt p_alarm_after on the meter''s command_failing alarm is raised once (its detail kept current).  It is failed only when it is no longer called for (prepay._command_moot: superseded by a newer command, meter removed, trip of a protected meter or account, arrears trip of an account no longer in arrears) or impossible (prepay._command_impossible: no remote relay, which raises the alarm); last_error says why.  Returns the new state (queued or failed).  PY103, PY104.';
+
+CREATE FUNCTION prepay.agent_commands_failing(p_agent_id text)
+RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM prepay._authorize_agent_id(p_agent_id);
+    RETURN (SELECT pg_catalog.count(*)
+              FROM prepay.command c
+              JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
+              JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
+             WHERE g.agent_id = p_agent_id AND prepay._is_agent(g.site_id, g.agent_id)
+               AND c.state IN ('queued', 'sent') AND c.attempts > 0 AND c.last_error IS NOT NULL);
+END $$;
+COMMENT ON FUNCTION prepay.agent_commands_failing(text) IS
+'How many commands of one agent''s meters failed their last attempt and are still to be carried out (queued for a retry, or sent again): the agent''s prepay_agent_commands_failing gauge.  Only the sites where the caller is mapped as this agent are counted.';
 
 -- ---------------------------------------------------------------------
 -- pg_dump: user rows only (shipped profiles are recreated by the trigger)

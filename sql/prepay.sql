@@ -707,29 +707,37 @@ COMMENT ON FUNCTION prepay.cut_allowed_at(integer, timestamptz) IS
 CREATE FUNCTION prepay._queue_command(p_site_id integer, p_meter_id bigint, p_action prepay.command_action,
                                       p_reason text, p_account_id bigint DEFAULT NULL,
                                       p_not_before timestamptz DEFAULT pg_catalog.now())
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queued prepay.command;
     new_id bigint;
 BEGIN
-    SELECT * INTO queued FROM prepay.command
-     WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' FOR UPDATE;
-    IF FOUND THEN
-        IF queued.action = p_action THEN
-            RETURN queued.command_id;          -- the same order is already waiting
+    LOOP
+        SELECT * INTO queued FROM prepay.command
+         WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' FOR UPDATE;
+        IF FOUND THEN
+            IF queued.action = p_action THEN
+                RETURN queued.command_id;          -- the same order is already waiting
+            END IF;
+            UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(),
+                   last_error = pg_catalog.format('superseded by a %s command', p_action)
+             WHERE site_id = p_site_id AND command_id = queued.command_id;
         END IF;
-        UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(),
-               last_error = pg_catalog.format('superseded by a %s command', p_action)
-         WHERE site_id = p_site_id AND command_id = queued.command_id;
-    END IF;
-    INSERT INTO prepay.command (site_id, meter_id, account_id, action, reason, not_before)
-    VALUES (p_site_id, p_meter_id, p_account_id, p_action, p_reason, p_not_before)
-    RETURNING command_id INTO new_id;
+        BEGIN
+            INSERT INTO prepay.command (site_id, meter_id, account_id, action, reason, not_before)
+            VALUES (p_site_id, p_meter_id, p_account_id, p_action, p_reason, p_not_before)
+            RETURNING command_id INTO new_id;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            -- a failed command of the meter was queued again for a retry
+            -- (prepay.agent_command_failed) after our look: look again
+        END;
+    END LOOP;
     PERFORM pg_catalog.pg_notify('prepay_command', p_site_id || '/' || new_id);
     RETURN new_id;
 END $$;
 COMMENT ON FUNCTION prepay._queue_command(integer, bigint, prepay.command_action, text, bigint, timestamptz) IS
-'Internal: queue a relay command unless the same one is already queued; an opposite queued command is cancelled.  Sends NOTIFY prepay_command with "site_id/command_id".';
+'Internal: queue a relay command unless the same one is already queued; an opposite queued command is cancelled.  A failed command queued again for a retry by a concurrent transaction is seen by looking again (test/specs/command_retry_race.spec).  Sends NOTIFY prepay_command with "site_id/command_id".';
 
 CREATE FUNCTION prepay._cancel_queued(p_site_id integer, p_meter_id bigint, p_action prepay.command_action, p_why text)
 RETURNS boolean LANGUAGE plpgsql AS $$

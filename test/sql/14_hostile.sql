@@ -189,7 +189,7 @@ INSERT INTO regress.h_valid (fn, arg, expr) VALUES
     (NULL, 'p_drop', '0.3'),
     (NULL, 'p_min_points', '5'),
     (NULL, 'p_failures', '3'),
-    (NULL, 'p_max_attempts', '5'),
+    (NULL, 'p_alarm_after', '5'),
     (NULL, 'p_max_items', '10'),
     (NULL, 'p_retry_after', $$'1 minute'$$),
     (NULL, 'p_horizon', $$'24 hours'$$),
@@ -365,8 +365,10 @@ SELECT fname AS function, arg, string_agg(label, ', ' ORDER BY label) AS accepte
  GROUP BY fname, arg ORDER BY fname, arg;
 -- Why each is right:
 --   agent_command_failed: the agent's error text is kept verbatim (blank or
---     NULL too); a max_attempts at or below the attempts made (or NULL)
---     fails the command for good; a retry_after <= 0 retries at once.
+--     NULL too); a command still called for is queued again whatever the
+--     alarm_after (at or below the attempts made: the command_failing alarm
+--     now; NULL: none); a retry_after <= 0 or NULL retries at once, one
+--     above 60 s waits 60 s.
 --   agent_gateway_lost, agent_meter_lost: the error text and failure count
 --     the agent reports go into the alarm detail as they are.
 --   attach_meter, replace_meter p_initial_energy 0, 0.001: registers; NULL
