@@ -679,14 +679,14 @@ LANGUAGE sql STABLE AS $$
                a.protect, a.opened_at,
                count(mt.meter_id) AS meters, count(mt.meter_id) FILTER (WHERE mt.cuttable) AS meters_to_cut,
                count(mt.meter_id) FILTER (WHERE mt.cuttable AND mt.relay_state = 'tripped') AS meters_cut,
-               -- a rate needs 15 minutes (a demand interval) of consumption: over milliseconds (a
-               -- back-dated attach with back-filled readings) it is noise, and x 48 / hours overflows
-               sum(mt.energy * 24 / mt.hours) FILTER (WHERE mt.hours >= 0.25) AS energy_per_day,
-               sum(mt.cost * 24 / mt.hours) FILTER (WHERE mt.hours >= 0.25) AS cost_per_day,
-               coalesce(bool_or(mt.energy > 0 AND mt.hours < 0.25), false) AS short_history,
+               -- a rate needs a minute (the agent's usual poll interval) of consumption: over
+               -- milliseconds (a back-dated attach with back-filled readings) it is noise
+               sum(mt.energy * 24 / mt.hours) FILTER (WHERE mt.hours >= 1.0 / 60) AS energy_per_day,
+               sum(mt.cost * 24 / mt.hours) FILTER (WHERE mt.hours >= 1.0 / 60) AS cost_per_day,
+               coalesce(bool_or(mt.energy > 0 AND mt.hours < 1.0 / 60), false) AS short_history,
                -- 48 hours at that rate must stay far inside the tariff engine's range (about 9.2e9
                -- per charge), else the account keeps the recent-average estimate
-               coalesce(bool_or(mt.hours >= 0.25 AND (mt.cost * 48 / mt.hours > 1e8
+               coalesce(bool_or(mt.hours >= 1.0 / 60 AND (mt.cost * 48 / mt.hours > 1e8
                                                      OR mt.energy * 48 / mt.hours >= 1e12)), false) AS beyond_pricing,
                max(mt.last_read_at) AS last_read_at,
                (SELECT min(c.not_before) FROM prepay.command c
@@ -711,7 +711,7 @@ LANGUAGE sql STABLE AS $$
                                                         mt.last_read_at + interval '48 hours',
                                                         round(mt.energy * 48 / mt.hours, 3),
                                                         mt.cycle_used, mt.cycle_start, NULL)) AS p
-         WHERE mt.hours >= 0.25 AND mt.energy > 0
+         WHERE mt.hours >= 1.0 / 60 AND mt.energy > 0
     ), walk AS (
         SELECT pc.account_id, pc.piece_from, pc.piece_to, pc.amount,
                sum(pc.amount) OVER (PARTITION BY pc.account_id ORDER BY pc.piece_to, pc.piece_from
@@ -739,7 +739,7 @@ LANGUAGE sql STABLE AS $$
                END AS method
           FROM ac LEFT JOIN priced pr ON pr.account_id = ac.account_id
     ), f AS (
-        -- no forecast rather than an error: a rate over less than 15 minutes, or money for
+        -- no forecast rather than an error: a rate over less than a minute, or money for
         -- more than 100 years (a time that far ahead is out of the timestamp's range)
         SELECT ah.*,
                CASE WHEN ah.crossing IS NOT NULL THEN ah.crossing
@@ -748,7 +748,7 @@ LANGUAGE sql STABLE AS $$
                END AS run_out_at,
                CASE WHEN ah.days_left > 36500 THEN 'money for more than 100 years at the recent rate'
                     WHEN ah.crossing IS NULL AND ah.days_left IS NULL AND ah.short_history
-                         THEN 'less than 15 minutes of consumption since the account opened'
+                         THEN 'less than a minute of consumption since the account opened'
                END AS no_forecast
           FROM ahead ah
     ), st AS (
@@ -797,7 +797,7 @@ LANGUAGE sql STABLE AS $$
       FROM st CROSS JOIN s
 $$;
 COMMENT ON FUNCTION prepay.balance_forecast_at(integer, timestamptz, interval) IS
-'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).  A meter''s rate needs 15 minutes of consumption since the account opened; an account without a usable rate (or with money for more than 100 years) gets status no forecast and NULL run_out_at and cut_at, never an error, so one degenerate account cannot break the forecast of the others.';
+'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).  A meter''s rate needs a minute of consumption since the account opened; an account without a usable rate (or with money for more than 100 years) gets status no forecast and NULL run_out_at and cut_at, never an error, so one degenerate account cannot break the forecast of the others.';
 
 CREATE VIEW prepay.balance_forecast AS
 SELECT f.* FROM prepay.site s CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
@@ -1101,7 +1101,7 @@ BEGIN
         ('*', 'meters_to_cut', 'Active meters not on keep-power: what a cut trips.'),
         ('*', 'recent_energy_per_day', 'Recent consumption per day (all active meters, over the site''s forecast_window).'),
         ('*', 'recent_cost_per_day', 'Recent exact cost per day, rounded to cents.'),
-        ('*', 'run_out_at', 'When the available money is expected to run out (balance reaches minus the credit limit); NULL without a forecast (status no forecast: less than 15 minutes of consumption, or money for more than 100 years).'),
+        ('*', 'run_out_at', 'When the available money is expected to run out (balance reaches minus the credit limit); NULL without a forecast (status no forecast: less than a minute of consumption, or money for more than 100 years).'),
         ('*', 'method', 'How run_out_at was found: tariff, 48 hours ahead; tariff, 48 hours extrapolated; recent average cost.'),
         ('*', 'cut_at', 'When supply is expected to be cut: run_out_at moved past no-cut windows, or the queued trip''s time; NULL when no cut is expected.'),
         ('*', 'status', 'forecast, trip queued, in arrears, cut, protected, postpaid, no meter, no recent consumption or no forecast (the rate is not usable: see why).'),
