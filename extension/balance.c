@@ -11,7 +11,10 @@
  *
  * Alarm ladder (prepaid accounts only): 0 none, 1 low balance (balance <=
  * low threshold), 2 pre-trip (<= pre-trip threshold), 3 arrears (<= minus
- * the credit limit).  balance_alarm_level() is the one implementation;
+ * the credit limit: with no credit limit a balance of exactly 0.00 is
+ * arrears, the money has run out).  Closed accounts, and an account
+ * close_account is closing, are off the ladder.  balance_alarm_level() is
+ * the one implementation;
  * SQL reaches it as prepay.alarm_level().  A level change is handed to
  * prepay._alarm_level_changed(), which writes the notification and the
  * relay commands.

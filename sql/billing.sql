@@ -157,7 +157,9 @@ DECLARE
     pot numeric;
 BEGIN
     a := prepay._lock_account(p_site_id, p_account_id, false);
-    IF a.closed_at IS NOT NULL THEN
+    IF a.closed_at IS NOT NULL AND p_source NOT IN ('fee_credit', 'allowance_expiry') THEN
+        -- a closed account is charged nothing more; only close_account's own
+        -- settlement (fee credits, the allowance forfeited) is posted to it
         settle := 'none';
     ELSIF a.mode = 'postpaid' AND settle = 'bill' THEN
         settle := 'deduct';          -- a postpaid wallet is the running account: its bill asks for it
@@ -191,7 +193,7 @@ BEGIN
     RETURN true;
 END $$;
 COMMENT ON FUNCTION prepay._charge(integer, text, bigint, bigint, date, date, numeric, text, jsonb, text) IS
-'Internal: record a periodic charge once per (source, rule, account, period) and post it to the wallet when it is deducted.  Postpaid accounts always have it posted (their bill asks for the wallet''s charges); closed accounts never (settle none).  Returns false when it was already charged.';
+'Internal: record a periodic charge once per (source, rule, account, period) and post it to the wallet when it is deducted.  Postpaid accounts always have it posted (their bill asks for the wallet''s charges); closed accounts never (settle none), except for the settlement close_account makes as it closes them (fee_credit, allowance_expiry).  Returns false when it was already charged.';
 
 -- ---------------------------------------------------------------------
 -- allowances
@@ -803,6 +805,7 @@ DECLARE
     days integer;
     target numeric;
     accrued numeric;
+    settled boolean;
     n integer := 0;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
@@ -822,21 +825,24 @@ BEGIN
         CONTINUE WHEN days = 0;
         target := prepay._pro_rata(terms.monthly, days, month_end - month_start);
         accrued := prepay._basic_accrued(p_site_id, ac.account_id, month_start);
-        IF prepay._charge(p_site_id, 'basic_settlement', 0, ac.account_id, month_start, month_end,
+        settled := prepay._charge(p_site_id, 'basic_settlement', 0, ac.account_id, month_start, month_end,
                           accrued - target, 'deduct',
                           pg_catalog.jsonb_build_object('by', terms.basic->>'by', 'basis', terms.basis,
                               'price', terms.basic->>'price', 'monthly', terms.monthly, 'days', days,
                               'days_in_month', month_end - month_start, 'target', target, 'accrued', accrued),
                           pg_catalog.format('basic charge %s: %s x %s per month for %s of %s days, %s accrued',
                                             to_char(month_start, 'YYYY-MM'), terms.basis, terms.basic->>'price', days,
-                                            month_end - month_start, accrued)) THEN
+                                            month_end - month_start, accrued));
+        -- count postings, not settlement rows: a month whose accruals were
+        -- complete records its zero settlement but posts nothing
+        IF settled AND accrued <> target THEN
             n := n + 1;
         END IF;
     END LOOP;
     RETURN n;
 END $$;
 COMMENT ON FUNCTION prepay.settle_basic_charges(integer, date) IS
-'Settle the month of every open account on a two-part tariff once the month is over: the monthly basic charge (capacity, or the month''s maximum demand, times the price) pro-rated by the days the account was open, less what the daily accruals posted; the difference (usually zero, a catch-up for missed days or a credit) is posted once per account and month.';
+'Settle the month of every open account on a two-part tariff once the month is over: the monthly basic charge (capacity, or the month''s maximum demand, times the price) pro-rated by the days the account was open, less what the daily accruals posted; the difference (usually zero, a catch-up for missed days or a credit) is posted once per account and month, and a zero difference is recorded in period_charge all the same.  Returns how many ledger entries it posted: 0 when the accruals were complete, or when the month was settled already.';
 
 -- ---------------------------------------------------------------------
 -- bills and statements

@@ -234,14 +234,14 @@ COMMENT ON COLUMN prepay.account.floor_area IS 'Floor area in m2, for fees and a
 COMMENT ON COLUMN prepay.account.capacity_kva IS 'Contracted transformer capacity in kVA: the basis of a two-part tariff''s basic charge by capacity.';
 COMMENT ON COLUMN prepay.account.mode IS 'prepaid or postpaid.';
 COMMENT ON COLUMN prepay.account.tariff_id IS 'Tariff of the account''s meters unless a meter has its own.';
-COMMENT ON COLUMN prepay.account.credit_limit IS 'How far below zero the balance may fall before arrears (alarm level 3) and the trip.';
+COMMENT ON COLUMN prepay.account.credit_limit IS 'Credit below zero: arrears (alarm level 3) and the trip come when the balance is at or below -credit_limit.  With 0 (the default) a balance of exactly 0.00 is arrears: supply is cut when the money runs out.';
 COMMENT ON COLUMN prepay.account.protect IS 'Keep power: never trip this account''s meters, whatever the balance.';
 COMMENT ON COLUMN prepay.account.low_balance_threshold IS 'Overrides the site''s low-balance threshold when set.';
 COMMENT ON COLUMN prepay.account.pretrip_threshold IS 'Overrides the site''s pre-trip threshold when set.';
 COMMENT ON COLUMN prepay.account.balance IS 'Wallet balance; always the sum of the account''s ledger amounts.';
 COMMENT ON COLUMN prepay.account.allowance_left IS 'Unspent allowance in the wallet as of ledger entry allowance_as_of; read it with prepay.allowance_left(), which also counts the spending since (docs/BILLING.md, "Allowances").';
 COMMENT ON COLUMN prepay.account.allowance_as_of IS 'Ledger entry up to which allowance_left is counted.';
-COMMENT ON COLUMN prepay.account.alarm_level IS '0 none, 1 low balance, 2 pre-trip, 3 arrears.';
+COMMENT ON COLUMN prepay.account.alarm_level IS '0 none, 1 low balance, 2 pre-trip, 3 arrears (balance at or below -credit_limit, so 0.00 with no credit limit).  Only open prepaid accounts are on the ladder; closing an account sets it to 0.';
 COMMENT ON COLUMN prepay.account.opened_at IS 'When the account was opened.';
 COMMENT ON COLUMN prepay.account.closed_at IS 'When the account was closed and settled; NULL while open.';
 
@@ -514,7 +514,7 @@ RETURNS smallint
 AS 'MODULE_PATHNAME', 'prepay_alarm_level'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION prepay.alarm_level(numeric, numeric, numeric, numeric) IS
-'The alarm ladder: 3 (arrears) when balance <= -credit_limit, else 2 (pre-trip) when balance <= pretrip_threshold, else 1 (low balance) when balance <= low_balance_threshold, else 0.  The rating trigger uses the same C code.';
+'The alarm ladder: 3 (arrears) when balance <= -credit_limit (with no credit limit a balance of exactly 0.00 is arrears: the money has run out), else 2 (pre-trip) when balance <= pretrip_threshold, else 1 (low balance) when balance <= low_balance_threshold, else 0.  The rating trigger uses the same C code.  It applies to open prepaid accounts only.';
 
 CREATE FUNCTION prepay.reading_skip_duplicate() RETURNS trigger
 AS 'MODULE_PATHNAME', 'prepay_reading_skip_duplicate'
@@ -803,8 +803,11 @@ DECLARE
     msg text;
 BEGIN
     UPDATE prepay.account SET alarm_level = p_new
-     WHERE site_id = p_site_id AND account_id = p_account_id
+     WHERE site_id = p_site_id AND account_id = p_account_id AND mode = 'prepaid' AND closed_at IS NULL
     RETURNING * INTO a;
+    IF NOT FOUND THEN
+        RETURN;             -- a closed or closing (or postpaid) account is outside the ladder
+    END IF;
     SELECT * INTO s FROM prepay.site WHERE site_id = p_site_id;
 
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
@@ -822,10 +825,10 @@ BEGIN
         WHEN 0 THEN pg_catalog.format('Account %s: balance is %s %s, thank you.', a.code, a.balance, s.currency)
         WHEN 1 THEN pg_catalog.format('Account %s: balance is low (%s %s). Please recharge.', a.code, a.balance, s.currency)
         WHEN 2 THEN pg_catalog.format('Account %s: balance %s %s; supply will be cut soon. Please recharge now.', a.code, a.balance, s.currency)
-        ELSE CASE WHEN a.protect
-                  THEN pg_catalog.format('Account %s is in arrears (%s %s). Please recharge.', a.code, a.balance, s.currency)
-                  ELSE pg_catalog.format('Account %s is in arrears (%s %s); supply is being cut. It is restored automatically when you recharge.', a.code, a.balance, s.currency)
-             END
+        ELSE pg_catalog.format(CASE WHEN a.protect THEN 'Account %s %s (%s %s). Please recharge.'
+                                    ELSE 'Account %s %s (%s %s); supply is being cut. It is restored automatically when you recharge.' END,
+                               a.code, CASE WHEN a.balance < 0 THEN 'is in arrears' ELSE 'has no credit left' END,
+                               a.balance, s.currency)
     END;
     INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email, message)
     VALUES (p_site_id, p_account_id, 'alarm_level', p_new, a.balance, a.phone, a.email, msg)
@@ -839,7 +842,7 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION prepay._alarm_level_changed(integer, bigint, smallint, smallint) IS
-'Internal: the consequences of an alarm level change: store the level, swap the active ladder alarm, write a notification (NOTIFY prepay_notification), trip on entering arrears and restore on leaving them.  Called by the rating trigger and by every wallet movement.';
+'Internal: the consequences of an alarm level change of an open prepaid account (any other is outside the ladder: nothing happens): store the level, swap the active ladder alarm, write a notification (NOTIFY prepay_notification), trip on entering arrears and restore on leaving them.  Called by the rating trigger and by every wallet movement.';
 
 CREATE FUNCTION prepay._post_entry(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
                                    p_amount numeric, p_channel text DEFAULT NULL, p_external_ref text DEFAULT NULL,
@@ -943,7 +946,7 @@ BEGIN
     IF p_credit_limit IS NULL OR p_credit_limit = 'NaN'::numeric OR p_credit_limit < 0 THEN
         PERFORM prepay._raise('22023', 'credit limit must be a number at or above zero',
             pg_catalog.format('The credit limit given was %s.', coalesce(p_credit_limit::text, 'NULL')),
-            'A credit limit of 100 lets the balance fall to -100 before the trip.');
+            'With a credit limit of 100 the trip comes when the balance reaches -100.00; with 0, when it reaches 0.00.');
     END IF;
     PERFORM prepay._check_cents(p_credit_limit, 'credit limit');
     IF p_floor_area = 'NaN'::numeric OR p_floor_area < 0 THEN
@@ -1066,13 +1069,18 @@ BEGIN
                               a.opened_at, coalesce(p_moved_out_at::text, 'NULL')),
             'Pass when the tenant left, or omit it for now.');
     END IF;
+    -- from here on the account is closing, so outside the alarm ladder: its
+    -- settlement and refund take the balance to 0.00, which the ladder would
+    -- read as arrears (a notification, trips, NOTIFY prepay_command)
+    UPDATE prepay.account SET closed_at = p_moved_out_at
+     WHERE site_id = p_site_id AND account_id = p_account_id;
     -- credit the unused days of fees charged in advance, forfeit the allowance
     PERFORM prepay._settle_at_close(p_site_id, p_account_id, prepay._local_day(p_site_id, p_moved_out_at));
     SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
     IF a.balance < 0 THEN
-        PERFORM prepay._raise('PY012', 'account is in arrears',
+        PERFORM prepay._raise('PY012', 'account owes money',
             pg_catalog.format('Account %s owes %s.', p_account_id, -a.balance),
-            'Settle the arrears with prepay.recharge before closing the account.');
+            'Recharge at least what it owes (prepay.recharge) before closing the account.');
     END IF;
     IF a.balance > 0 THEN
         entry := prepay._post_entry(p_site_id, p_account_id, 'closing_refund', -a.balance,
@@ -1084,12 +1092,12 @@ BEGIN
      WHERE site_id = p_site_id AND account_id = p_account_id AND cleared_at IS NULL;
     UPDATE prepay.meter SET account_id = NULL, charge_carry = 0
      WHERE site_id = p_site_id AND account_id = p_account_id;
-    UPDATE prepay.account SET closed_at = p_moved_out_at, alarm_level = 0
+    UPDATE prepay.account SET alarm_level = 0
      WHERE site_id = p_site_id AND account_id = p_account_id;
     RETURN entry;
 END $$;
 COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text, timestamptz) IS
-'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry on p_channel (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears; a blank channel is refused (22023).';
+'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry on p_channel (returned; NULL when the balance is zero), meters are detached, queued commands cancelled, alarms cleared.  A closing account is outside the alarm ladder: closing notifies nobody and queues no relay command.  Insert the final readings first.  Refused (PY012) while the account owes money (balance below zero); a blank channel is refused (22023).';
 
 -- ---------------------------------------------------------------------
 -- public API: money

@@ -679,8 +679,15 @@ LANGUAGE sql STABLE AS $$
                a.protect, a.opened_at,
                count(mt.meter_id) AS meters, count(mt.meter_id) FILTER (WHERE mt.cuttable) AS meters_to_cut,
                count(mt.meter_id) FILTER (WHERE mt.cuttable AND mt.relay_state = 'tripped') AS meters_cut,
-               sum(mt.energy * 24 / mt.hours) FILTER (WHERE mt.hours > 0) AS energy_per_day,
-               sum(mt.cost * 24 / mt.hours) FILTER (WHERE mt.hours > 0) AS cost_per_day,
+               -- a rate needs a minute (the agent's usual poll interval) of consumption: over
+               -- milliseconds (a back-dated attach with back-filled readings) it is noise
+               sum(mt.energy * 24 / mt.hours) FILTER (WHERE mt.hours >= 1.0 / 60) AS energy_per_day,
+               sum(mt.cost * 24 / mt.hours) FILTER (WHERE mt.hours >= 1.0 / 60) AS cost_per_day,
+               coalesce(bool_or(mt.energy > 0 AND mt.hours < 1.0 / 60), false) AS short_history,
+               -- 48 hours at that rate must stay far inside the tariff engine's range (about 9.2e9
+               -- per charge), else the account keeps the recent-average estimate
+               coalesce(bool_or(mt.hours >= 1.0 / 60 AND (mt.cost * 48 / mt.hours > 1e8
+                                                     OR mt.energy * 48 / mt.hours >= 1e12)), false) AS beyond_pricing,
                max(mt.last_read_at) AS last_read_at,
                (SELECT min(c.not_before) FROM prepay.command c
                  WHERE c.site_id = a.site_id AND c.account_id = a.account_id AND c.action = 'trip'
@@ -693,7 +700,7 @@ LANGUAGE sql STABLE AS $$
         -- accounts worth pricing ahead: money left, consumption, and (with p_within) a rough runway
         -- at most four times p_within, so that a price peak cannot hide a cut
         SELECT ac.* FROM ac
-         WHERE ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0
+         WHERE ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0 AND NOT ac.beyond_pricing
            AND (p_within IS NULL
                 OR ac.available / ac.cost_per_day * 86400 <= 4 * EXTRACT(epoch FROM p_within))
     ), pieces AS (
@@ -704,7 +711,7 @@ LANGUAGE sql STABLE AS $$
                                                         mt.last_read_at + interval '48 hours',
                                                         round(mt.energy * 48 / mt.hours, 3),
                                                         mt.cycle_used, mt.cycle_start, NULL)) AS p
-         WHERE mt.hours > 0 AND mt.energy > 0
+         WHERE mt.hours >= 1.0 / 60 AND mt.energy > 0
     ), walk AS (
         SELECT pc.account_id, pc.piece_from, pc.piece_to, pc.amount,
                sum(pc.amount) OVER (PARTITION BY pc.account_id ORDER BY pc.piece_to, pc.piece_from
@@ -718,20 +725,32 @@ LANGUAGE sql STABLE AS $$
                  ORDER BY w.spent LIMIT 1) AS crossing,
                (SELECT sum(w.amount) FROM walk w WHERE w.account_id = todo.account_id) AS cost_48h
           FROM todo
-    ), f AS (
-        SELECT ac.*,
-               CASE WHEN pr.crossing IS NOT NULL THEN pr.crossing
-                    WHEN pr.cost_48h > 0 THEN pg_catalog.date_trunc('second', ac.last_read_at
-                         + interval '48 hours' * (ac.available / pr.cost_48h)::double precision)
-                    WHEN ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0 THEN
-                         pg_catalog.date_trunc('second', ac.last_read_at
-                         + interval '1 day' * (ac.available / ac.cost_per_day)::double precision)
-               END AS run_out_at,
+    ), ahead AS (
+        -- beyond 48 hours: days of money left at the 48-hour cost, else at the recent average
+        SELECT ac.*, pr.crossing,
+               CASE WHEN pr.crossing IS NOT NULL THEN NULL
+                    WHEN pr.cost_48h > 0 THEN ac.available / pr.cost_48h * 2
+                    WHEN ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0
+                         THEN ac.available / ac.cost_per_day
+               END AS days_left,
                CASE WHEN pr.crossing IS NOT NULL THEN 'tariff, 48 hours ahead'
                     WHEN pr.cost_48h > 0 THEN 'tariff, 48 hours extrapolated'
                     WHEN ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0 THEN 'recent average cost'
                END AS method
           FROM ac LEFT JOIN priced pr ON pr.account_id = ac.account_id
+    ), f AS (
+        -- no forecast rather than an error: a rate over less than a minute, or money for
+        -- more than 100 years (a time that far ahead is out of the timestamp's range)
+        SELECT ah.*,
+               CASE WHEN ah.crossing IS NOT NULL THEN ah.crossing
+                    WHEN ah.days_left <= 36500 THEN pg_catalog.date_trunc('second', ah.last_read_at
+                         + interval '1 day' * ah.days_left::double precision)
+               END AS run_out_at,
+               CASE WHEN ah.days_left > 36500 THEN 'money for more than 100 years at the recent rate'
+                    WHEN ah.crossing IS NULL AND ah.days_left IS NULL AND ah.short_history
+                         THEN 'less than a minute of consumption since the account opened'
+               END AS no_forecast
+          FROM ahead ah
     ), st AS (
         SELECT f.*,
                CASE WHEN f.mode = 'postpaid' THEN 'postpaid'
@@ -740,13 +759,14 @@ LANGUAGE sql STABLE AS $$
                     WHEN f.protect OR f.meters_to_cut = 0 THEN 'protected'
                     WHEN f.available <= 0 AND f.meters_cut = f.meters_to_cut THEN 'cut'
                     WHEN f.available <= 0 THEN 'in arrears'
+                    WHEN f.no_forecast IS NOT NULL THEN 'no forecast'
                     WHEN f.run_out_at IS NULL THEN 'no recent consumption'
                     ELSE 'forecast' END AS status
           FROM f
     )
     SELECT p_site_id, st.account_id, st.code, st.name, st.mode, st.balance, st.credit_limit, st.available,
            st.protect, st.meters, st.meters_to_cut, round(st.energy_per_day, 3), round(st.cost_per_day, 2),
-           st.last_read_at, st.run_out_at, st.method,
+           st.last_read_at, st.run_out_at, CASE WHEN st.run_out_at IS NOT NULL THEN st.method END,
            CASE st.status WHEN 'trip queued' THEN st.trip_queued_for
                           WHEN 'forecast' THEN prepay.cut_allowed_at(p_site_id, st.run_out_at) END,
            st.status,
@@ -764,6 +784,7 @@ LANGUAGE sql STABLE AS $$
                WHEN 'cut' THEN pg_catalog.format('in arrears (%s %s); supply is cut', st.balance, s.currency)
                WHEN 'in arrears' THEN pg_catalog.format('in arrears (%s %s); the trip is under way', st.balance, s.currency)
                WHEN 'no recent consumption' THEN 'no consumption in the forecast window'
+               WHEN 'no forecast' THEN pg_catalog.format('no forecast: %s', st.no_forecast)
                ELSE pg_catalog.format('%s %s left (balance %s + credit %s) at %s per day: arrears about %s (%s)%s',
                         st.available, s.currency, st.balance, st.credit_limit, round(st.cost_per_day, 2),
                         pg_catalog.to_char(st.run_out_at AT TIME ZONE s.time_zone, 'YYYY-MM-DD HH24:MI'), st.method,
@@ -776,7 +797,7 @@ LANGUAGE sql STABLE AS $$
       FROM st CROSS JOIN s
 $$;
 COMMENT ON FUNCTION prepay.balance_forecast_at(integer, timestamptz, interval) IS
-'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).';
+'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).  A meter''s rate needs a minute of consumption since the account opened; an account without a usable rate (or with money for more than 100 years) gets status no forecast and NULL run_out_at and cut_at, never an error, so one degenerate account cannot break the forecast of the others.';
 
 CREATE VIEW prepay.balance_forecast AS
 SELECT f.* FROM prepay.site s CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
@@ -1080,10 +1101,10 @@ BEGIN
         ('*', 'meters_to_cut', 'Active meters not on keep-power: what a cut trips.'),
         ('*', 'recent_energy_per_day', 'Recent consumption per day (all active meters, over the site''s forecast_window).'),
         ('*', 'recent_cost_per_day', 'Recent exact cost per day, rounded to cents.'),
-        ('*', 'run_out_at', 'When the available money is expected to run out (balance reaches minus the credit limit).'),
+        ('*', 'run_out_at', 'When the available money is expected to run out (balance reaches minus the credit limit); NULL without a forecast (status no forecast: less than a minute of consumption, or money for more than 100 years).'),
         ('*', 'method', 'How run_out_at was found: tariff, 48 hours ahead; tariff, 48 hours extrapolated; recent average cost.'),
         ('*', 'cut_at', 'When supply is expected to be cut: run_out_at moved past no-cut windows, or the queued trip''s time; NULL when no cut is expected.'),
-        ('*', 'status', 'forecast, trip queued, in arrears, cut, protected, postpaid, no meter or no recent consumption.'),
+        ('*', 'status', 'forecast, trip queued, in arrears, cut, protected, postpaid, no meter, no recent consumption or no forecast (the rate is not usable: see why).'),
         ('*', 'will_be_cut', 'false for keep-power accounts that reach arrears but are never cut.'),
         ('*', 'why', 'Why: money left, rate, expected run-out and cut, no-cut windows, keep-power.'),
         ('*', 'since', 'Since when the suspicion holds.'),

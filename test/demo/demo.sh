@@ -7,7 +7,9 @@
 # runs DEMO_SPEEDUP times faster than real time, and prepay-agent polling
 # them.  Every two seconds the terminal shows balances falling, alarms
 # rising and relays tripping; once the first meter is cut the script
-# recharges its account and shows the relay closed again.  Runs until
+# recharges its account and shows the relay closed again.  pg_cron runs
+# prepay's periodic jobs (prepay.schedule_jobs(): billing run, batch
+# runner, rollup fold, cut reminders every minute).  Runs until
 # Ctrl-C, or for DEMO_SECONDS seconds; stops everything on the way out.
 set -euo pipefail
 work=$1
@@ -26,7 +28,10 @@ fi
 
 . test/lib/cluster.sh
 . test/lib/ports.sh
-cluster_start "$work/cluster" "synchronous_commit = off" || exit 1
+# pg_cron for the periodic jobs; the cluster listens on its socket only, so
+# pg_cron runs its jobs in background workers
+cluster_start "$work/cluster" "synchronous_commit = off" "shared_preload_libraries = 'pg_cron'" \
+	"cron.database_name = 'demo'" "cron.use_background_workers = on" "max_worker_processes = 16" || exit 1
 pids=()
 stop_all() {
 	trap - EXIT INT TERM
@@ -69,6 +74,9 @@ SELECT prepay.attach_meter(1, i, i, 100.00) FROM generate_series(1, $meters) i;
 -- shop 1 pays least: it is the first to be cut
 SELECT prepay.recharge(1, i, CASE WHEN i = 1 THEN 12 ELSE 25 + (i * 37) % 200 END, 'cash', 'open-' || i)
   FROM generate_series(1, $meters) i;
+-- the periodic jobs, with the reminders every minute (energy runs fast here)
+CREATE EXTENSION pg_cron;
+SELECT jobname, schedule FROM prepay.schedule_jobs('{"prepay-cut-reminders": "* * * * *"}');
 SQL
 
 echo "== starting the simulator ($meters meters, energy x$speedup) and the agent"
@@ -102,6 +110,9 @@ SELECT format('alarm levels: none %s, low %s, pre-trip %s, arrears %s',
   FROM prepay.account;
 SELECT 'commands: ' || coalesce(string_agg(action || ' ' || state || ' ' || n, ', '), 'none')
   FROM (SELECT action, state, count(*) n FROM prepay.command GROUP BY 1, 2 ORDER BY 1, 2) c;
+SELECT format('cut reminders sent %s   pg_cron jobs: %s', (SELECT count(*) FROM prepay.cut_reminder),
+              string_agg(jobname || ' ' || coalesce(last_status, 'waiting'), ', ' ORDER BY jobname))
+  FROM prepay.scheduled_jobs();
 SQL
 	echo
 	echo "lowest balances:"

@@ -205,6 +205,7 @@ INSERT INTO regress.h_valid (fn, arg, expr) VALUES
     (NULL, 'p_params', $$'{"on": true}'$$),
     (NULL, 'p_run_at', $$'2027-02-01 00:00+00'$$),
     (NULL, 'p_definition', $$'{"price": 1}'$$),
+    (NULL, 'p_schedules', $$'{}'$$),
     (NULL, 'balance', '100'),
     (NULL, 'low_balance_threshold', '50'),
     (NULL, 'pretrip_threshold', '10'),
