@@ -208,8 +208,8 @@ static void transfer_done(CURL *easy, CURLcode result, long status, void *arg)
 		report(j, 0, status, error);
 	}
 	free_job(j);
-	if (nt.again)
-		notify_kick();
+	if (nt.again && nt.inflight <= NOTIFY_MAX_INFLIGHT / 2)
+		notify_kick();    /* refill in batches, not one claim per answer */
 }
 
 /* ---------------------------------------------------------------------
@@ -384,7 +384,7 @@ static void claimed(PGresult *res, void *arg)
 	} else if (res)
 		log_error("notify: claim failed (%s): %s", PQresultErrorField(res, PG_DIAG_SQLSTATE),
 		          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-	if (nt.again && nt.inflight < NOTIFY_MAX_INFLIGHT)
+	if (nt.again && nt.inflight <= NOTIFY_MAX_INFLIGHT / 2)
 		notify_kick();
 }
 

@@ -98,7 +98,7 @@ COMMENT ON COLUMN prepay.notify_channel.smtp_user IS 'email: SMTP login; NULL fo
 COMMENT ON COLUMN prepay.notify_channel.mail_from IS 'email: the sender address.';
 COMMENT ON COLUMN prepay.notify_channel.max_per_minute IS 'Rate limit: at most this many attempts per minute on this channel of this site; the rest wait for the next claim.';
 COMMENT ON COLUMN prepay.notify_channel.max_attempts IS 'A delivery is dead-lettered when this attempt fails.';
-COMMENT ON COLUMN prepay.notify_channel.max_age IS 'A delivery still undelivered this long after its notification was written is dead-lettered.';
+COMMENT ON COLUMN prepay.notify_channel.max_age IS 'A delivery still undelivered this long after it was written (with its notification) is dead-lettered.';
 COMMENT ON COLUMN prepay.notify_channel.backoff_base IS 'Retry delay after the first failed attempt; it doubles with each attempt, with jitter (between half and all of it).';
 COMMENT ON COLUMN prepay.notify_channel.backoff_max IS 'Longest retry delay.';
 COMMENT ON COLUMN prepay.notify_channel.lease IS 'How long a claimed delivery belongs to the claiming agent; the agent gives up a request after half of it.  Unreported at the end, it is claimed again.';
@@ -154,10 +154,10 @@ CREATE TABLE prepay.notification_delivery (
     FOREIGN KEY (site_id, notification_id) REFERENCES prepay.notification ON DELETE CASCADE,
     CHECK (delivered_at IS NULL OR dead_at IS NULL)
 );
-CREATE INDEX notification_delivery_due ON prepay.notification_delivery (next_attempt_at)
+CREATE INDEX notification_delivery_due ON prepay.notification_delivery (site_id, channel, next_attempt_at)
     WHERE delivered_at IS NULL AND dead_at IS NULL;
 CREATE INDEX notification_delivery_recent ON prepay.notification_delivery (site_id, channel, last_attempt_at);
-COMMENT ON INDEX prepay.notification_delivery_due IS 'Deliveries still to make, by when they are due.';
+COMMENT ON INDEX prepay.notification_delivery_due IS 'Deliveries still to make, per channel, by when they are due.';
 COMMENT ON INDEX prepay.notification_delivery_recent IS 'The attempts of the last minute per channel (the rate limit).';
 COMMENT ON TABLE prepay.notification_delivery IS 'One notification on one channel, and how its delivery went.  Written by a trigger with the notification; changed only by the agent functions (agent_claim_deliveries, agent_delivery_done, agent_delivery_failed).  Read it through prepay.notification_delivery_status.';
 COMMENT ON COLUMN prepay.notification_delivery.site_id IS 'Site.';
@@ -504,7 +504,7 @@ END $$;
 COMMENT ON FUNCTION prepay._delivery_dead(prepay.notification_delivery, text) IS
 'Internal: dead-letter a delivery with its last error and raise an alarm notification_dead for the account (one active alarm per account; the deliveries are in prepay.notification_delivery_status).';
 
-CREATE FUNCTION prepay._deliveries_expire(p_agent_id text)
+CREATE FUNCTION prepay._deliveries_expire(p_sites integer[])
 RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
@@ -512,17 +512,16 @@ DECLARE
 BEGIN
     FOR r IN
         SELECT x AS dl, CASE WHEN x.attempts >= c.max_attempts
-                         THEN pg_catalog.format('no result reported within the lease of attempt %s (%s)', x.attempts,
-                                                coalesce(x.last_error, 'agent gone'))
-                         ELSE pg_catalog.format('older than max_age %s; last error: %s', c.max_age,
-                                                coalesce(x.last_error, 'none')) END AS why
-          FROM prepay.notification_delivery x
-          JOIN prepay.notify_channel c ON c.site_id = x.site_id AND c.channel = x.channel
-          JOIN prepay.notification n ON n.site_id = x.site_id AND n.notification_id = x.notification_id
-         WHERE x.delivered_at IS NULL AND x.dead_at IS NULL AND x.next_attempt_at <= pg_catalog.now()
+                             THEN pg_catalog.format('no result reported within the lease of attempt %s (%s)', x.attempts,
+                                                    coalesce(x.last_error, 'agent gone'))
+                             ELSE pg_catalog.format('older than max_age %s; last error: %s', c.max_age,
+                                                    coalesce(x.last_error, 'none')) END AS why
+          FROM prepay.notify_channel c
+          JOIN prepay.notification_delivery x ON x.site_id = c.site_id AND x.channel = c.channel
+         WHERE c.site_id = ANY (p_sites)
+           AND x.delivered_at IS NULL AND x.dead_at IS NULL AND x.next_attempt_at <= pg_catalog.now()
            AND coalesce(x.lease_until, '-infinity') <= pg_catalog.now()
-           AND prepay._is_agent(x.site_id, p_agent_id)
-           AND (x.attempts >= c.max_attempts OR n.created_at + c.max_age < pg_catalog.now())
+           AND (x.attempts >= c.max_attempts OR x.created_at + c.max_age < pg_catalog.now())
            FOR UPDATE OF x SKIP LOCKED
     LOOP
         PERFORM prepay._delivery_dead(r.dl, r.why);
@@ -530,8 +529,8 @@ BEGIN
     END LOOP;
     RETURN n;
 END $$;
-COMMENT ON FUNCTION prepay._deliveries_expire(text) IS
-'Internal: dead-letter the due deliveries of the agent''s sites that are too old (max_age) or whose last attempt (max_attempts) was never reported.';
+COMMENT ON FUNCTION prepay._deliveries_expire(integer[]) IS
+'Internal: dead-letter the due deliveries of these sites that are too old (max_age after they were written) or whose last attempt (max_attempts) was never reported.';
 
 CREATE FUNCTION prepay.agent_claim_deliveries(p_agent_id text, p_limit integer DEFAULT 50)
 RETURNS TABLE (site_id integer, notification_id bigint, channel text, attempt integer,
@@ -539,35 +538,32 @@ RETURNS TABLE (site_id integer, notification_id bigint, channel text, attempt in
                secret text, username text, mail_from text, mail_to text, timeout_s integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
+DECLARE
+    sites integer[];
 BEGIN
     PERFORM prepay._authorize_agent_id(p_agent_id);
-    PERFORM prepay._deliveries_expire(p_agent_id);
+    sites := ARRAY(SELECT s.site_id FROM prepay.site s WHERE prepay._is_agent(s.site_id, p_agent_id));
+    PERFORM prepay._deliveries_expire(sites);
     RETURN QUERY
-    WITH recent AS (
-        SELECT r.site_id, r.channel, pg_catalog.count(*) AS n
-          FROM prepay.notification_delivery r
-         WHERE r.last_attempt_at > pg_catalog.now() - interval '1 minute'
-         GROUP BY r.site_id, r.channel
-    ), candidate AS (
-        SELECT d.site_id, d.notification_id, d.channel,
-               pg_catalog.row_number() OVER (PARTITION BY d.site_id, d.channel ORDER BY d.next_attempt_at, d.notification_id)
-                   + coalesce(r.n, 0) AS rank, c.max_per_minute
-          FROM prepay.notification_delivery d
-          JOIN prepay.notify_channel c ON c.site_id = d.site_id AND c.channel = d.channel
-          LEFT JOIN recent r ON r.site_id = d.site_id AND r.channel = d.channel
-         WHERE d.delivered_at IS NULL AND d.dead_at IS NULL AND d.next_attempt_at <= pg_catalog.now()
-           AND coalesce(d.lease_until, '-infinity') <= pg_catalog.now()
-           AND c.enabled AND prepay._is_agent(d.site_id, p_agent_id)
-    ), due AS (
+    WITH due AS (
         SELECT d.site_id, d.notification_id, d.channel
-          FROM prepay.notification_delivery d
-         WHERE (d.site_id, d.notification_id, d.channel) IN
-               (SELECT k.site_id, k.notification_id, k.channel FROM candidate k WHERE k.rank <= k.max_per_minute)
-           AND coalesce(d.lease_until, '-infinity') <= pg_catalog.now()
-           AND d.delivered_at IS NULL AND d.dead_at IS NULL
-         ORDER BY d.next_attempt_at, d.site_id, d.notification_id
+          FROM prepay.notify_channel c
+         CROSS JOIN LATERAL (
+               SELECT c.max_per_minute - pg_catalog.count(*) AS room
+                 FROM prepay.notification_delivery r
+                WHERE r.site_id = c.site_id AND r.channel = c.channel
+                  AND r.last_attempt_at > pg_catalog.now() - interval '1 minute') q
+         CROSS JOIN LATERAL (
+               SELECT x.site_id, x.notification_id, x.channel
+                 FROM prepay.notification_delivery x
+                WHERE x.site_id = c.site_id AND x.channel = c.channel
+                  AND x.delivered_at IS NULL AND x.dead_at IS NULL AND x.next_attempt_at <= pg_catalog.now()
+                  AND coalesce(x.lease_until, '-infinity') <= pg_catalog.now()
+                ORDER BY x.next_attempt_at, x.notification_id
+                LIMIT greatest(least(q.room, p_limit), 0)
+                  FOR UPDATE SKIP LOCKED) d
+         WHERE c.site_id = ANY (sites) AND c.enabled
          LIMIT greatest(p_limit, 1)
-           FOR UPDATE OF d SKIP LOCKED
     ), claimed AS (
         UPDATE prepay.notification_delivery d
            SET attempts = d.attempts + 1, lease_until = pg_catalog.now() + c.lease, leased_by = p_agent_id,

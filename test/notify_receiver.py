@@ -46,6 +46,7 @@ def signature_state(headers, body):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
+    disable_nagle_algorithm = True      # headers and body go out at once
 
     def handle_any(self):
         url = urllib.parse.urlsplit(self.path)

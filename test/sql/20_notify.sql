@@ -188,7 +188,7 @@ SELECT state, last_error FROM prepay.notification_delivery_status WHERE notifica
 -- too old (max_age): dead at the next claim, whatever the attempts
 SELECT n AS n4 FROM (SELECT max(notification_id) AS n FROM claim1) x \gset
 UPDATE prepay.notification SET created_at = now() - interval '3 days' WHERE notification_id = :n4;
-UPDATE prepay.notification_delivery SET lease_until = NULL WHERE notification_id = :n4;
+UPDATE prepay.notification_delivery SET lease_until = NULL, created_at = now() - interval '3 days' WHERE notification_id = :n4;
 SELECT count(*) AS claimed FROM prepay.agent_claim_deliveries('mailer') WHERE notification_id = :n4;
 SELECT channel, state, last_error FROM prepay.notification_delivery_status WHERE notification_id = :n4 ORDER BY channel;
 
