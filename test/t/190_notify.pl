@@ -15,6 +15,7 @@
 #   (d) a receiver answering 400 forever: dead-lettered at once, with an
 #       alarm and the dead counter on /metrics;
 #   (e) two delivering agents: no message sent twice, not even on the wire;
+#   (f) an SMTP server refusing the address (550): dead-lettered at once;
 # and the ledger check holds at the end.
 
 use strict;
@@ -49,6 +50,7 @@ my $metrics2 = PostgreSQL::Test::Cluster::get_free_port();
 my $metrics_poll = PostgreSQL::Test::Cluster::get_free_port();
 my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
+my $refuse_port = PostgreSQL::Test::Cluster::get_free_port();
 my $hook_log = "$tmp/receiver.log";
 
 # ---------------------------------------------------------------------
@@ -251,6 +253,30 @@ is(scalar(keys %seen), 40, '(e) 40 webhook keys');
 is(scalar(@e), 40, '(e) 40 requests: no message sent twice');
 my $by = q1("SELECT string_agg(DISTINCT leased_by, ',' ORDER BY leased_by) FROM prepay.notification_delivery WHERE notification_id > $mark");
 note("deliveries by agent: $by");
+
+# ---------------------------------------------------------------------
+# (f) an SMTP server refusing the recipient
+# ---------------------------------------------------------------------
+my $refuser = IPC::Run::start([ '/usr/bin/python3', '-c', q{
+import sys, time
+from aiosmtpd.controller import Controller
+class Refuse:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        return '550 5.1.1 no such mailbox'
+Controller(Refuse(), hostname='127.0.0.1', port=int(sys.argv[1])).start()
+print('listening', flush=True)
+time.sleep(3600)
+}, $refuse_port ], '>', "$tmp/refuse.out", '2>', "$tmp/refuse.err");
+ok(wait_for(sub { -s "$tmp/refuse.out" }, 10), '(f) refusing SMTP server up');
+q1(qq{UPDATE prepay.notify_channel SET url = 'smtp://127.0.0.1:$refuse_port' WHERE channel = 'email'});
+$mark = q1('SELECT max(notification_id) FROM prepay.notification');
+q1(q{SELECT prepay.recharge(1, 1, 1, 'cash', 'F1')});
+ok(wait_for(sub { q1("SELECT count(*) > 0 AND bool_and(state = 'dead') FROM prepay.notification_delivery_status WHERE notification_id > $mark AND channel = 'email'") eq 't' }, 10),
+	'(f) the refused e-mails are dead-lettered');
+is(q1("SELECT string_agg(DISTINCT attempts || ' ' || last_status, ',') FROM prepay.notification_delivery WHERE notification_id > $mark AND channel = 'email'"),
+	'1 550', '(f) after one attempt each: a 5xx reply is permanent');
+$refuser->signal('KILL');
+$refuser->finish;
 
 # ---------------------------------------------------------------------
 # the end
