@@ -10,7 +10,8 @@
  *       libcurl (notify_curl.c)        webhook: HTTPS POST of the JSON
  *                                      document, signed; sms: the provider
  *                                      request; email: SMTP
- *       prepay.agent_delivery_done     2xx / message accepted
+ *       prepay.agent_delivery_done     2xx / message accepted (collected for
+ *                                      20 ms and reported in one statement)
  *       prepay.agent_delivery_failed   anything else: the database decides
  *                                      retry (backoff) or dead letter
  *
@@ -61,10 +62,23 @@ struct job {
 	struct job *next;
 };
 
+/* successes waiting to be reported together (one round trip for many) */
+#define DONE_BATCH 64
+#define DONE_FLUSH_MS 20
+struct done_rec {
+	int site_id;
+	long long notification_id;
+	int channel;
+	int attempt;
+	long status;
+};
+
 static struct {
 	int enabled;
 	char agent_id[128];
-	struct event *timer;
+	struct event *timer, *flush_timer;
+	struct done_rec done[DONE_BATCH];
+	int n_done;
 	int claiming, again, stopping;
 	int inflight;
 	struct job *jobs;
@@ -149,23 +163,75 @@ static void report_failed_cb(PGresult *res, void *arg)
 		nt.dead[ch]++;
 }
 
+/* flush_done: report the collected successes in one statement */
+static void flush_done(void)
+{
+	size_t size = (size_t)nt.n_done * 24 + 8;
+	char *arr[5];
+	size_t len[5] = { 0 };
+	const char *params[6] = { nt.agent_id };
+
+	if (nt.n_done == 0)
+		return;
+	for (int a = 0; a < 5; a++) {
+		arr[a] = malloc(size);
+		arr[a][len[a]++] = '{';
+	}
+	for (int i = 0; i < nt.n_done; i++) {
+		const struct done_rec *d = &nt.done[i];
+		const char *sep = i ? "," : "";
+
+		len[0] += snprintf(arr[0] + len[0], size - len[0], "%s%d", sep, d->site_id);
+		len[1] += snprintf(arr[1] + len[1], size - len[1], "%s%lld", sep, d->notification_id);
+		len[2] += snprintf(arr[2] + len[2], size - len[2], "%s%s", sep, channel_names[d->channel]);
+		len[3] += snprintf(arr[3] + len[3], size - len[3], "%s%d", sep, d->attempt);
+		if (d->status)
+			len[4] += snprintf(arr[4] + len[4], size - len[4], "%s%ld", sep, d->status);
+		else
+			len[4] += snprintf(arr[4] + len[4], size - len[4], "%sNULL", sep);
+	}
+	for (int a = 0; a < 5; a++) {
+		snprintf(arr[a] + len[a], size - len[a], "}");
+		params[a + 1] = arr[a];
+	}
+	if (db_query("SELECT count(*) FROM (SELECT prepay.agent_delivery_done($1, u.s, u.n, u.c, u.a, u.st) "
+	             "FROM ROWS FROM (pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::text[]), "
+	             "pg_catalog.unnest($5::integer[]), pg_catalog.unnest($6::integer[])) "
+	             "AS u (s, n, c, a, st)) x", 6, params, report_done_cb, NULL) < 0)
+		log_warning("notify: %d deliveries not reported (database down): they are sent again when their lease runs out",
+		            nt.n_done);
+	nt.n_done = 0;
+	for (int a = 0; a < 5; a++)
+		free(arr[a]);
+}
+
+static void flush_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	flush_done();
+}
+
 static void report(struct job *j, int ok, long status, const char *error)
 {
 	char site[16], id[24], attempt[16], st[24];
 	const char *params[7] = { nt.agent_id, site, id, channel_names[j->channel], attempt, error, status ? st : NULL };
-	int rc;
 
+	if (ok) {
+		nt.done[nt.n_done++] = (struct done_rec){ j->site_id, j->notification_id, j->channel, j->attempt, status };
+		if (nt.n_done == DONE_BATCH)
+			flush_done();
+		else if (!evtimer_pending(nt.flush_timer, NULL)) {
+			struct timeval tv = { 0, DONE_FLUSH_MS * 1000 };
+
+			evtimer_add(nt.flush_timer, &tv);
+		}
+		return;
+	}
 	snprintf(site, sizeof(site), "%d", j->site_id);
 	snprintf(id, sizeof(id), "%lld", j->notification_id);
 	snprintf(attempt, sizeof(attempt), "%d", j->attempt);
 	snprintf(st, sizeof(st), "%ld", status);
-	if (ok) {
-		params[5] = status ? st : NULL;
-		rc = db_query("SELECT prepay.agent_delivery_done($1, $2, $3, $4, $5, $6)", 6, params, report_done_cb, NULL);
-	} else
-		rc = db_query("SELECT prepay.agent_delivery_failed($1, $2, $3, $4, $5, $6, $7)", 7, params,
-		              report_failed_cb, (void *)(intptr_t)j->channel);
-	if (rc < 0)
+	if (db_query("SELECT prepay.agent_delivery_failed($1, $2, $3, $4, $5, $6, $7)", 7, params,
+	             report_failed_cb, (void *)(intptr_t)j->channel) < 0)
 		log_warning("notify: %s outcome not reported (database down): it is sent again when its lease runs out",
 		            j->key);
 }
@@ -421,13 +487,14 @@ int notify_setup(struct event_base *base, const char *agent_id, int enabled)
 	if (ncurl_setup(base) < 0)
 		return -1;
 	nt.timer = event_new(base, -1, EV_PERSIST, timer_cb, NULL);
+	nt.flush_timer = evtimer_new(base, flush_timer_cb, NULL);
 	log_info("notify: delivering notifications as agent %s (libcurl %s)", agent_id, curl_version_info(CURLVERSION_NOW)->version);
 	return event_add(nt.timer, &(struct timeval){ NOTIFY_SWEEP_SECONDS, 0 });
 }
 
 int notify_enabled(void) { return nt.enabled; }
 
-int notify_idle(void) { return nt.inflight == 0; }
+int notify_idle(void) { return nt.inflight == 0 && nt.n_done == 0; }
 
 static void family(struct evbuffer *b, const char *name, const char *help, const uint64_t *v)
 {
@@ -477,5 +544,7 @@ void notify_teardown(void)
 		free_job(nt.jobs);
 	if (nt.timer)
 		event_free(nt.timer);
-	nt.timer = NULL;
+	if (nt.flush_timer)
+		event_free(nt.flush_timer);
+	nt.timer = nt.flush_timer = NULL;
 }
