@@ -28,7 +28,7 @@ OBJS = \
 
 # The install script is the concatenation of the domain scripts, in order.
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/batch.sql \
-	sql/reports.sql sql/integrity.sql sql/schedule.sql sql/security.sql)
+	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/security.sql)
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard sql/$(EXTENSION)--*--*.sql)
 
@@ -41,8 +41,8 @@ AGENT_SOURCES = $(wildcard agent/*.c)
 SIM_SOURCES = $(wildcard test/sim/*.c)
 PROGRAMS = $(if $(AGENT_SOURCES),$(AGENT) $(AGENT)-asan $(AGENT)-small-spool) $(if $(SIM_SOURCES),$(SIM) $(SIM)-asan)
 PROGRAM_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
-	$(shell pkg-config --cflags libmodbus libevent 2>/dev/null) -I$(shell $(PG_CONFIG) --includedir 2>/dev/null)
-PROGRAM_LIBS = $(shell pkg-config --libs libmodbus libevent_pthreads libevent 2>/dev/null) -lpq -lpthread
+	$(shell pkg-config --cflags libmodbus libevent libcurl openssl 2>/dev/null) -I$(shell $(PG_CONFIG) --includedir 2>/dev/null)
+PROGRAM_LIBS = $(shell pkg-config --libs libmodbus libevent_pthreads libevent libcurl openssl 2>/dev/null) -lpq -lpthread
 ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
 EXTRA_CLEAN = $(DATA_built) $(PROGRAMS) results output_iso regression.diffs regression.out

@@ -37,6 +37,7 @@ static const struct config_key keys[] = {
 	{ "conninfo", "PREPAY_CONNINFO", offsetof(struct config, conninfo), sizeof(((struct config *)0)->conninfo), "" },
 	{ "log_level", "PREPAY_LOG_LEVEL", offsetof(struct config, log_level), sizeof(((struct config *)0)->log_level), "info" },
 	{ "metrics", "PREPAY_METRICS", offsetof(struct config, metrics), sizeof(((struct config *)0)->metrics), "127.0.0.1:9187" },
+	{ "notifications", "PREPAY_NOTIFICATIONS", offsetof(struct config, notifications), sizeof(((struct config *)0)->notifications), "off" },
 	{ "spool_dir", "PREPAY_SPOOL_DIR", offsetof(struct config, spool_dir), sizeof(((struct config *)0)->spool_dir), "/var/lib/prepay/spool" },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -123,6 +124,7 @@ static void usage(const char *prog)
 	       "  --spool-dir DIR      durable spool while the database is down (PREPAY_SPOOL_DIR)\n"
 	       "  --metrics ADDR:PORT  HTTP /metrics and /healthz, \"off\" to disable (PREPAY_METRICS)\n"
 	       "  --log-level LEVEL    error, warning, info or debug (PREPAY_LOG_LEVEL)\n"
+	       "  --notifications deliver|off  deliver the notification outbox (PREPAY_NOTIFICATIONS)\n"
 	       "  --check-config       validate and print the effective configuration, then exit\n"
 	       "  --once               poll every gateway once, deliver, exit\n"
 	       "  --help, --version\n", prog, CONFIG_DEFAULT_FILE);
@@ -135,6 +137,7 @@ int config_load(struct config *cfg, int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' }, { "conninfo", required_argument, NULL, 'C' },
 		{ "agent-id", required_argument, NULL, 'a' }, { "spool-dir", required_argument, NULL, 's' },
 		{ "metrics", required_argument, NULL, 'm' }, { "log-level", required_argument, NULL, 'l' },
+		{ "notifications", required_argument, NULL, 'n' },
 		{ "check-config", no_argument, NULL, 'k' }, { "once", no_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' }, { "version", no_argument, NULL, 'V' }, { NULL, 0, NULL, 0 },
 	};
@@ -151,7 +154,8 @@ int config_load(struct config *cfg, int argc, char **argv)
 		case 'c': file = optarg; break;
 		case 'C': flag_value[1] = optarg; break;
 		case 'a': flag_value[0] = optarg; break;
-		case 's': flag_value[4] = optarg; break;
+		case 's': flag_value[5] = optarg; break;
+		case 'n': flag_value[4] = optarg; break;
 		case 'm': flag_value[3] = optarg; break;
 		case 'l': flag_value[2] = optarg; break;
 		case 'k': cfg->check_only = 1; break;
@@ -200,6 +204,10 @@ int config_validate(const struct config *cfg)
 	}
 	if (log_parse_level(cfg->log_level) < 0) {
 		log_error("config: log_level must be error, warning, info or debug");
+		rc = -1;
+	}
+	if (strcmp(cfg->notifications, "deliver") != 0 && strcmp(cfg->notifications, "off") != 0) {
+		log_error("config: notifications must be deliver or off");
 		rc = -1;
 	}
 	if (cfg->metrics[0] && strcmp(cfg->metrics, "off") != 0) {

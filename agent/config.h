@@ -18,6 +18,7 @@ struct config {
 	char spool_dir[512];
 	char metrics[128];       /* ADDR:PORT, empty = no HTTP endpoint */
 	char log_level[16];
+	char notifications[16];  /* deliver: run the delivery role; off */
 	char file[512];          /* the config file read */
 	int once;                /* --once: one sweep, deliver, exit */
 	int check_only;          /* --check-config */

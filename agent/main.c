@@ -33,6 +33,7 @@
 #include "delivery.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "spool.h"
 
 #define SHUTDOWN_FLUSH_SECONDS 3
@@ -209,7 +210,10 @@ static void on_db_state(int connected, void *arg)
 	if (connected) {
 		db_query("LISTEN prepay_command", 0, NULL, ignore_result, "LISTEN");
 		db_query("LISTEN prepay_config", 0, NULL, ignore_result, "LISTEN");
+		if (notify_enabled())
+			db_query("LISTEN prepay_notification", 0, NULL, ignore_result, "LISTEN");
 		load_catalog();
+		notify_kick();
 		if (!ag.cfg.once)
 			command_claim(1);
 	} else {
@@ -227,6 +231,8 @@ static void on_notify(const char *channel, const char *payload, void *arg)
 		command_claim(0);
 	else if (strcmp(channel, "prepay_config") == 0 && !ag.stopping)
 		load_catalog();
+	else if (strcmp(channel, "prepay_notification") == 0 && !ag.stopping)
+		notify_kick();
 }
 
 /* mark: call one of the lost-contact functions of sql/agent.sql */
@@ -300,7 +306,7 @@ static void on_bus_event(struct bus_event *ev, void *arg)
 
 static void flush_cb(evutil_socket_t fd, short what, void *arg)
 {
-	if ((delivery_idle() && !db_pending()) || !db_connected() || --ag.flush_deadline_ticks <= 0)
+	if ((delivery_idle() && notify_idle() && !db_pending()) || !db_connected() || --ag.flush_deadline_ticks <= 0)
 		event_base_loopbreak(ag.base);
 }
 
@@ -355,6 +361,7 @@ static void teardown(void)
 	bus_teardown();            /* the last events: readings into the queue */
 	delivery_teardown();       /* what was not committed goes to the spool */
 	command_teardown();
+	notify_teardown();         /* unfinished deliveries stay leased */
 	db_teardown();
 	metrics_teardown();
 	spool_close();
@@ -386,6 +393,8 @@ static int setup(void)
 	if (metrics_setup(ag.base, ag.cfg.metrics) < 0 || delivery_setup(ag.base) < 0)
 		return -1;
 	if (command_setup(ag.base, ag.cfg.agent_id, find_bus) < 0)
+		return -1;
+	if (notify_setup(ag.base, ag.cfg.agent_id, strcmp(ag.cfg.notifications, "deliver") == 0 && !ag.cfg.once) < 0)
 		return -1;
 	if (ag.cfg.once) {
 		ag.once_timer = evtimer_new(ag.base, once_timeout_cb, NULL);

@@ -20,6 +20,7 @@
 #include "delivery.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "spool.h"
 
 struct metrics metrics;
@@ -201,6 +202,7 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	                       "prepay_agent_db_connected %d\n", db_connected());
 	gateway_metrics(b);
 	latency_metrics(b);
+	notify_metrics(b);
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; version=0.0.4");
 	evhttp_send_reply(req, 200, "OK", b);
 	evbuffer_free(b);

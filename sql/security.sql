@@ -547,7 +547,7 @@ DECLARE
     -- its inputs (period_charge.inputs, apportionment, batch_item results)
     not_audited constant text[] := '{reading,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
                                    'bill_entry,bill_payment,batch_item,energy_day_folded,energy_month_folded,energy_pending,consumption_posting_day,'
-                                   'cut_reminder,multiplier_change}';
+                                   'cut_reminder,multiplier_change,notify_secret,notification_delivery}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
                                     'low_balance_threshold, pretrip_threshold';
     meter_config constant text := 'code, kind, multiplier, max_per_hour, building, floor, room, gateway_id, unit_id, '
@@ -645,7 +645,21 @@ BEGIN
         ['cut_reminder', 'prepay_admin', 'SELECT'], ['cut_reminder', 'prepay_operator', 'SELECT'],
         ['cut_reminder', 'prepay_reader', 'SELECT'],
         ['multiplier_change', 'prepay_admin', 'SELECT'], ['multiplier_change', 'prepay_operator', 'SELECT'],
-        ['multiplier_change', 'prepay_reader', 'SELECT']];
+        ['multiplier_change', 'prepay_reader', 'SELECT'],
+        -- notification delivery (notify.sql): secrets for administrators only
+        -- (the agent gets them from agent_claim_deliveries); deliveries are
+        -- written by triggers and the agent functions
+        ['notify_site', 'prepay_admin', config_dml], ['notify_site', 'prepay_operator', config_dml],
+        ['notify_site', 'prepay_reader', 'SELECT'],
+        ['account_language', 'prepay_admin', config_dml], ['account_language', 'prepay_operator', config_dml],
+        ['account_language', 'prepay_reader', 'SELECT'],
+        ['notify_channel', 'prepay_admin', config_dml], ['notify_channel', 'prepay_operator', 'SELECT'],
+        ['notify_channel', 'prepay_reader', 'SELECT'],
+        ['notify_secret', 'prepay_admin', config_dml],
+        ['notify_template', 'prepay_admin', config_dml], ['notify_template', 'prepay_operator', config_dml],
+        ['notify_template', 'prepay_reader', 'SELECT'],
+        ['notification_delivery', 'prepay_admin', 'SELECT'], ['notification_delivery', 'prepay_operator', 'SELECT'],
+        ['notification_delivery', 'prepay_reader', 'SELECT']];
 
     FOR t IN
         SELECT c.oid::regclass AS rel, c.relname,

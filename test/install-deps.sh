@@ -17,6 +17,9 @@ packages=(
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 	postgresql-15-cron       # pg_cron: schedules the daily billing run and the batch runner
 	openssl                  # the TLS certificates of the SCRAM/TLS role test (test/t/140_scram_roles.pl)
+	libcurl4-openssl-dev     # the agent's notification delivery: HTTP(S) and SMTP (agent/notify*.c)
+	libssl-dev               # the agent's webhook signatures (HMAC-SHA256)
+	python3 python3-aiosmtpd # the notification test's webhook receiver and SMTP sink (test/t/190_notify.pl)
 )
 
 missing=()

@@ -9,7 +9,10 @@
 # rising and relays tripping; once the first meter is cut the script
 # recharges its account and shows the relay closed again.  pg_cron runs
 # prepay's periodic jobs (prepay.schedule_jobs(): billing run, batch
-# runner, rollup fold, cut reminders every minute).  Runs until
+# runner, rollup fold, cut reminders every minute).  The agent also
+# delivers the notifications (balance ladder, payment received, supply
+# restored) as signed webhooks and SMS requests to a local receiver
+# (test/notify_receiver.py), whose log the screen shows.  Runs until
 # Ctrl-C, or for DEMO_SECONDS seconds; stops everything on the way out.
 set -euo pipefail
 work=$1
@@ -51,6 +54,7 @@ psql() { command psql -X -q -v ON_ERROR_STOP=1 -d demo "$@"; }
 base=$(free_port "$gateways")
 control=$(free_port 1)
 metrics=$(free_port 1)
+receiver=$(free_port 1)
 sim() { curl -sf "127.0.0.1:$control/$1"; }
 
 echo "== seeding Riverside Plaza: $meters shops on $gateways gateways"
@@ -77,6 +81,16 @@ SELECT prepay.recharge(1, i, CASE WHEN i = 1 THEN 12 ELSE 25 + (i * 37) % 200 EN
 -- the periodic jobs, with the reminders every minute (energy runs fast here)
 CREATE EXTENSION pg_cron;
 SELECT jobname, schedule FROM prepay.schedule_jobs('{"prepay-cut-reminders": "* * * * *"}');
+-- notifications: shop 1 reads Chinese; webhooks and SMS go to the local receiver
+UPDATE prepay.account SET phone = '+86139' || lpad(account_id::text, 8, '0');
+INSERT INTO prepay.notify_site (site_id, language) VALUES (1, 'en');
+INSERT INTO prepay.account_language (site_id, account_id, language) VALUES (1, 1, 'zh');
+INSERT INTO prepay.notify_channel (site_id, channel, url, backoff_base, max_per_minute)
+VALUES (1, 'webhook', 'http://127.0.0.1:$receiver/hook', '1 second', 10000);
+INSERT INTO prepay.notify_channel (site_id, channel, url, method, headers, body, backoff_base, max_per_minute)
+VALUES (1, 'sms', 'http://127.0.0.1:$receiver/sms', 'POST', '{"Content-Type: application/json"}',
+        '{"to": {phone_json}, "text": {text_json}}', '1 second', 10000);
+INSERT INTO prepay.notify_secret (site_id, channel, secret) VALUES (1, 'webhook', 'demo-secret');
 SQL
 
 echo "== starting the simulator ($meters meters, energy x$speedup) and the agent"
@@ -84,8 +98,12 @@ test/sim/prepay-sim --tcp-gateways "$gateways" --base-port "$base" --meters-per-
 	--speedup "$speedup" --initial-kwh 100.00 --control "127.0.0.1:$control" >"$work/sim.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do sim healthz >/dev/null && break; sleep 0.1; done
+/usr/bin/python3 test/notify_receiver.py --port "$receiver" --secret demo-secret --log "$work/receiver.log" \
+	>"$work/receiver.out" 2>&1 &
+pids+=($!)
 "$agent" --conninfo "host=$PGHOST port=$PGPORT dbname=demo user=postgres" --agent-id demo \
-	--spool-dir "$work/spool" --metrics "127.0.0.1:$metrics" --log-level info >"$work/agent.log" 2>&1 &
+	--spool-dir "$work/spool" --metrics "127.0.0.1:$metrics" --log-level info --notifications deliver \
+	>"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=($agent_pid)
 
@@ -120,6 +138,21 @@ SQL
 	           FROM prepay.account a JOIN prepay.meter m USING (site_id, account_id)
 	          ORDER BY a.balance, a.code LIMIT 8"
 	echo "shop S001: $story"
+	echo
+	psql -At -F ' ' <<SQL
+SELECT format('notifications: %s written, deliveries: %s', (SELECT count(*) FROM prepay.notification),
+              coalesce((SELECT string_agg(channel || ' ' || state || ' ' || n, ', ')
+                          FROM (SELECT channel, state, count(*) n FROM prepay.notification_delivery_status
+                                 GROUP BY 1, 2 ORDER BY 1, 2) d), 'none'));
+SQL
+	echo "the webhook receiver's log ($work/receiver.log), shop S001's last messages:"
+	[ -s "$work/receiver.log" ] && /usr/bin/python3 -c '
+import json, sys
+done = [e for e in map(json.loads, open(sys.argv[1])) if e.get("event") == "done"
+        and e["path"] == "/hook" and json.loads(e["body"])["account"] == "S001"]
+for e in done[-4:]:
+    print("  %s  signature %s%s  %s" % (e["key"], e["sig"], "  DUPLICATE" if e["dup"] else "",
+                                       json.loads(e["body"])["message"]))' "$work/receiver.log" || true
 }
 
 # shop_relay: the simulator's relay of shop 1 (gateway 0, unit 1)

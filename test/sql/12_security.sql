@@ -414,7 +414,7 @@ SELECT c.relname AS configuration_table_not_audited
                          -- derived by jobs, read-only for every role, kept with their inputs
                          'period_charge', 'apportionment', 'bill_line', 'bill_entry', 'bill_payment', 'batch_item',
                          'energy_day_folded', 'energy_month_folded', 'energy_pending', 'consumption_posting_day', 'cut_reminder',
-                         'multiplier_change')
+                         'multiplier_change', 'notify_secret', 'notification_delivery')
    AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND t.tgname = 'audit');
 
 -- ---------------------------------------------------------------------

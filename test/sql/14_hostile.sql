@@ -53,6 +53,9 @@ INSERT INTO prepay.apportion_rule (site_id, name, kind, method, group_id, master
 VALUES (1, 'corridor', 'common_area', 'equal', 1, '{3}', 1, 'bill', '2026-08-01');
 SELECT prepay.trip(1, 2, 'fixture');
 SELECT count(*) AS claimed FROM prepay.agent_claim_commands('agent-h');
+INSERT INTO prepay.notify_channel (site_id, channel, url) VALUES (1, 'webhook', 'https://hooks.example/prepay');
+INSERT INTO prepay.notification (site_id, account_id, kind, message) VALUES (1, 1, 'fixture', 'a delivery in flight');
+SELECT count(*) AS claimed_deliveries FROM prepay.agent_claim_deliveries('agent-h');
 SELECT bill_id, state FROM prepay.draft_bill(1, 2, '2026-08-01', '2026-09-01');        -- bill 1: issued below
 SELECT bill_id, state FROM prepay.confirm_bill(1, 1);
 SELECT bill_id, state, amount_due FROM prepay.issue_bill(1, 1);
@@ -206,6 +209,12 @@ INSERT INTO regress.h_valid (fn, arg, expr) VALUES
     (NULL, 'p_run_at', $$'2027-02-01 00:00+00'$$),
     (NULL, 'p_definition', $$'{"price": 1}'$$),
     (NULL, 'p_schedules', $$'{}'$$),
+    (NULL, 'p_notification_id', '(SELECT min(notification_id) FROM prepay.notification_delivery)'),
+    (NULL, 'p_attempt', '1'),
+    (NULL, 'p_status', '503'),
+    (NULL, 'p_limit', '10'),
+    ('agent_delivery_done', 'p_channel', $$'webhook'$$),
+    ('agent_delivery_failed', 'p_channel', $$'webhook'$$),
     (NULL, 'balance', '100'),
     (NULL, 'low_balance_threshold', '50'),
     (NULL, 'pretrip_threshold', '10'),
@@ -370,6 +379,10 @@ SELECT fname AS function, arg, string_agg(label, ', ' ORDER BY label) AS accepte
 --     alarm_after (at or below the attempts made: the command_failing alarm
 --     now; NULL: none); a retry_after <= 0 or NULL retries at once, one
 --     above 60 s waits 60 s.
+--   agent_delivery_done, agent_delivery_failed: the caller is a superuser,
+--     who acts as every agent id; a delivery report from any attempt is a
+--     delivery (the message arrived), the status and error are kept as
+--     reported; a failure report of another attempt (NULL too) is stale.
 --   agent_gateway_lost, agent_meter_lost: the error text and failure count
 --     the agent reports go into the alarm detail as they are.
 --   attach_meter, replace_meter p_initial_energy 0, 0.001: registers; NULL
