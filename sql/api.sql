@@ -225,6 +225,7 @@ RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, a
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     existing bigint;
+    entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'payment');
@@ -234,9 +235,11 @@ BEGIN
     -- for the first and then finds its entry
     PERFORM prepay._lock_account(p_site_id, p_account_id);
     existing := prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_provider, p_transaction_id);
-    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id,
-        coalesce(existing, prepay.recharge(p_site_id, p_account_id, p_amount, p_provider, p_transaction_id)),
-        existing IS NOT NULL);
+    IF existing IS NULL THEN
+        entry := prepay.recharge(p_site_id, p_account_id, p_amount, p_provider, p_transaction_id);
+    END IF;
+    -- a statement of its own, so that its snapshot sees the new entry
+    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id, coalesce(existing, entry), existing IS NOT NULL);
 END $$;
 COMMENT ON FUNCTION prepay.credit_payment(integer, bigint, numeric, text, text) IS
 'Payment service API: credit a provider''s payment to an account (prepay.recharge with the provider as channel and its transaction id as reference) and return the entry and the new balance in one row.  Idempotent: the same (provider, transaction id) credits once; a repeated or concurrent delivery returns the same entry with replayed = true; the same id for a different payment is refused (PY004).  Needs the money capability at the site (a cashier role): 42501.  PY001, PY002, 22023 as recharge.';
@@ -248,6 +251,7 @@ RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, a
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     existing bigint;
+    entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'refund');
@@ -255,9 +259,11 @@ BEGIN
     PERFORM prepay._check_text(p_refund_id, 'provider refund id');
     PERFORM prepay._lock_account(p_site_id, p_account_id);
     existing := prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_provider, p_refund_id);
-    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id,
-        coalesce(existing, prepay.refund(p_site_id, p_account_id, p_amount, p_provider, p_refund_id, p_reason)),
-        existing IS NOT NULL);
+    IF existing IS NULL THEN
+        entry := prepay.refund(p_site_id, p_account_id, p_amount, p_provider, p_refund_id, p_reason);
+    END IF;
+    -- a statement of its own, so that its snapshot sees the new entry
+    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id, coalesce(existing, entry), existing IS NOT NULL);
 END $$;
 COMMENT ON FUNCTION prepay.refund_payment(integer, bigint, numeric, text, text, text) IS
 'Payment service API: record a provider''s refund (money paid back out of the wallet: prepay.refund with the provider as channel and the provider''s refund id as reference) and return the entry and the new balance.  Idempotent per (provider, refund id) like credit_payment (replayed = true on a repeat); PY005 if it exceeds the balance less the unspent allowance, PY004 for an id used for a different payment; 42501 without the money capability at the site.';
