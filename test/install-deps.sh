@@ -17,6 +17,7 @@ packages=(
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 	postgresql-15-cron       # pg_cron: schedules the daily billing run and the batch runner
 	openssl                  # the TLS certificates of the SCRAM/TLS role test (test/t/140_scram_roles.pl)
+	pgbouncer                # transaction pooling in front of the identity test (test/t/210_pooled_identity.pl)
 )
 
 missing=()
