@@ -28,7 +28,7 @@ OBJS = \
 
 # The install script is the concatenation of the domain scripts, in order.
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/batch.sql \
-	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/security.sql)
+	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/security.sql)
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard sql/$(EXTENSION)--*--*.sql)
 

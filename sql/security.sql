@@ -21,8 +21,15 @@
  *                 accounts), prepay.agent_access (agent logins to an
  *                 agent id at a site).  A row names a role; its members
  *                 are mapped too, so a group role is a site group.
- *                 Mappings follow the login (session_user), capabilities
- *                 the caller: SET ROLE narrows what, never where.
+ *                 Mappings follow the caller too (prepay._mapping_role):
+ *                 the role an authenticator switched to has that role's
+ *                 mappings, not the authenticator's.  Only a login that
+ *                 switches to one of the six prepay_* group roles keeps
+ *                 its own mappings (SET ROLE narrows what, not where).
+ *     authenticator  a login a pooler or REST gateway connects as and
+ *                 switches roles from (prepay.api_authenticator); the
+ *                 claims it passes in request.jwt.claims name a tenant's
+ *                 account, and nobody else's claims are trusted.
  *
  * The model in one paragraph: GRANTs decide what kind of object a role
  * may touch; row-level security (FORCE'd, on every table with a site_id)
@@ -34,7 +41,8 @@
  * Errors raised here: 42501 (permission denied, with the role and what
  * is missing), 42704 (mapping of a role that does not exist), PY201
  * (the audit trail is append-only), PY202 (a prepay_* role exists with
- * superuser or bypassrls).
+ * superuser or bypassrls), PY203 (an authenticator passed claims that are
+ * not a JSON object with integer site_id and account_id).
  *-------------------------------------------------------------------------
  */
 
@@ -88,18 +96,6 @@ LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS
     SELECT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = prepay._caller()), false)
 $$;
 COMMENT ON FUNCTION prepay._caller_is_superuser() IS 'Internal: whether the role the current call acts for is a superuser (superusers pass every check).';
-
-CREATE FUNCTION prepay._my_roles() RETURNS name[]
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE member_of (oid) AS (
-        SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = SESSION_USER
-        UNION
-        SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid
-    )
-    SELECT pg_catalog.array_agg(r.rolname) FROM pg_catalog.pg_roles r JOIN member_of ON r.oid = member_of.oid
-$$;
-COMMENT ON FUNCTION prepay._my_roles() IS
-'Internal: the login (session user) and every role it is a member of, directly or through groups: the names a mapping row may name to cover the login.  Mappings follow the login, capabilities the caller: SET ROLE narrows what a login may do, never where.';
 
 -- ---------------------------------------------------------------------
 -- mappings: which sites, accounts and agents a role acts on
@@ -155,6 +151,98 @@ COMMENT ON COLUMN prepay.agent_access.granted_at IS 'When the mapping was made.'
 COMMENT ON COLUMN prepay.agent_access.granted_by IS 'Database user who made it (session_user).';
 COMMENT ON INDEX prepay.agent_access_grantee IS 'The agent mappings of a role: what prepay._my_agents() looks up.';
 
+CREATE TABLE prepay.api_authenticator (
+    site_id    integer NOT NULL REFERENCES prepay.site,
+    grantee    name NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    granted_by name NOT NULL DEFAULT SESSION_USER,
+    PRIMARY KEY (site_id, grantee)
+);
+CREATE INDEX api_authenticator_grantee ON prepay.api_authenticator (grantee);
+COMMENT ON TABLE prepay.api_authenticator IS 'Which logins are authenticators at a site: the login a connection pooler or REST gateway (PostgREST) connects as before it switches to the request''s role with SET LOCAL ROLE.  The claims such a login passes in request.jwt.claims identify a tenant''s account of that site; claims set by any other login are ignored.  A registered authenticator that switches to a prepay_* group role gets that role''s (empty) mappings, never its own.  docs/INTEGRATION.md.';
+COMMENT ON COLUMN prepay.api_authenticator.site_id IS 'Site whose tenants the authenticator''s claims may name.';
+COMMENT ON COLUMN prepay.api_authenticator.grantee IS 'The authenticator login (session user of the gateway''s or pooler''s connections); must exist.';
+COMMENT ON COLUMN prepay.api_authenticator.granted_at IS 'When the authenticator was registered.';
+COMMENT ON COLUMN prepay.api_authenticator.granted_by IS 'Database user who registered it (session_user).';
+COMMENT ON INDEX prepay.api_authenticator_grantee IS 'Whether the session user is an authenticator: what prepay._mapping_role() and prepay._authenticated_claims() look up.';
+
+CREATE FUNCTION prepay._mapping_role() RETURNS oid
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN c.oid <> s.oid AND s.rolinherit
+                     AND c.rolname IN ('prepay_admin', 'prepay_operator', 'prepay_cashier', 'prepay_reader',
+                                       'prepay_tenant', 'prepay_agent')
+                     AND NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a WHERE a.grantee = s.rolname)
+                THEN s.oid ELSE c.oid END
+      FROM pg_catalog.pg_roles c, pg_catalog.pg_roles s
+     WHERE c.oid = prepay._caller() AND s.rolname = SESSION_USER
+$$;
+COMMENT ON FUNCTION prepay._mapping_role() IS
+'Internal: OID of the role whose mappings apply to the current call: the caller (prepay._caller(): the login, or the role it switched to with SET ROLE), so that a pooler''s or gateway''s authenticator that switches to a role gets that role''s mappings and not its own.  One exception keeps direct logins as they were: a login that switches to one of the six prepay_* group roles (which are never mapped) keeps its own mappings, SET ROLE narrowing what it may do, not where; not for an authenticator (prepay.api_authenticator) nor for a NOINHERIT login (as PostgREST''s authenticator is).  Called from the SECURITY DEFINER helpers.';
+
+CREATE FUNCTION prepay._my_roles() RETURNS name[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE member_of (oid) AS (
+        SELECT prepay._mapping_role()
+        UNION
+        SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid
+    )
+    SELECT pg_catalog.array_agg(r.rolname) FROM pg_catalog.pg_roles r JOIN member_of ON r.oid = member_of.oid
+$$;
+COMMENT ON FUNCTION prepay._my_roles() IS
+'Internal: the role whose mappings apply (prepay._mapping_role(): the caller, after SET ROLE) and every role it is a member of, directly or through groups: the names a mapping row may name to cover the call.  Not the memberships of the session user: an authenticator that is a member of many roles lends none of their mappings to the role it switched to.  Called from the SECURITY DEFINER helpers.';
+
+CREATE FUNCTION prepay._authenticated_claims() RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    raw text := pg_catalog.current_setting('request.jwt.claims', true);
+    claims jsonb;
+BEGIN
+    IF raw IS NULL OR raw = ''
+       OR NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a WHERE a.grantee = SESSION_USER) THEN
+        RETURN NULL;                        -- no claims, or claims nobody vouches for
+    END IF;
+    BEGIN
+        claims := raw::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        claims := NULL;
+    END;
+    IF claims IS NULL OR pg_catalog.jsonb_typeof(claims) <> 'object' THEN
+        PERFORM prepay._raise('PY203', 'request.jwt.claims is not a JSON object',
+            pg_catalog.format('Authenticator %s passed %s.', SESSION_USER, pg_catalog.left(raw, 200)),
+            'The gateway sets request.jwt.claims to the verified token''s claims, a JSON object.');
+    END IF;
+    RETURN claims;
+END $$;
+COMMENT ON FUNCTION prepay._authenticated_claims() IS
+'Internal: the request''s claims (setting request.jwt.claims, as PostgREST sets it per transaction) when the session user is an authenticator (prepay.api_authenticator), else NULL: claims set by any other login are ignored.  PY203 if an authenticator''s claims are not a JSON object.  The audit trail records them.';
+
+CREATE FUNCTION prepay._claimed_accounts() RETURNS TABLE (site_id integer, account_id bigint)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claims jsonb := prepay._authenticated_claims();
+BEGIN
+    IF claims IS NULL OR NOT claims ? 'account_id' THEN
+        RETURN;
+    END IF;
+    IF pg_catalog.jsonb_typeof(claims -> 'site_id') IS DISTINCT FROM 'number'
+       OR pg_catalog.jsonb_typeof(claims -> 'account_id') IS DISTINCT FROM 'number'
+       OR (claims ->> 'site_id') !~ '^[0-9]{1,9}$' OR (claims ->> 'account_id') !~ '^[0-9]{1,18}$' THEN
+        PERFORM prepay._raise('PY203', 'request.jwt.claims names no valid account',
+            pg_catalog.format('Authenticator %s passed site_id %s and account_id %s.', SESSION_USER,
+                              coalesce(claims ->> 'site_id', 'none'), claims ->> 'account_id'),
+            'A tenant''s claims carry the integer site_id and account_id of its account.');
+    END IF;
+    -- the authenticator vouches for its own sites only, and for the role it switched to
+    IF NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a
+                    WHERE a.grantee = SESSION_USER AND a.site_id = (claims ->> 'site_id')::integer)
+       OR (claims ? 'role' AND (claims ->> 'role') IS DISTINCT FROM prepay._caller_name()::text) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT (claims ->> 'site_id')::integer, (claims ->> 'account_id')::bigint;
+END $$;
+COMMENT ON FUNCTION prepay._claimed_accounts() IS
+'Internal: the tenant account named by the request''s verified claims (site_id, account_id): only when the session user is an authenticator of that site (prepay.api_authenticator) and the claims'' role, if any, is the role the request acts as.  No row otherwise; PY203 for claims an authenticator passed without integer ids.  prepay._my_accounts() adds it to the mapped accounts.';
+
 CREATE FUNCTION prepay._check_grantee() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = NEW.grantee) THEN
@@ -174,6 +262,9 @@ CREATE TRIGGER agent_access_grantee BEFORE INSERT OR UPDATE ON prepay.agent_acce
 COMMENT ON TRIGGER site_access_grantee ON prepay.site_access IS 'Refuses a mapping of a role that does not exist.';
 COMMENT ON TRIGGER tenant_access_grantee ON prepay.tenant_access IS 'Refuses a mapping of a role that does not exist.';
 COMMENT ON TRIGGER agent_access_grantee ON prepay.agent_access IS 'Refuses a mapping of a role that does not exist.';
+CREATE TRIGGER api_authenticator_grantee BEFORE INSERT OR UPDATE ON prepay.api_authenticator
+    FOR EACH ROW EXECUTE FUNCTION prepay._check_grantee();
+COMMENT ON TRIGGER api_authenticator_grantee ON prepay.api_authenticator IS 'Refuses registering a role that does not exist.';
 
 CREATE FUNCTION prepay._my_sites() RETURNS integer[]
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -187,9 +278,11 @@ COMMENT ON FUNCTION prepay._my_sites() IS
 
 CREATE FUNCTION prepay._my_accounts() RETURNS TABLE (site_id integer, account_id bigint)
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT DISTINCT t.site_id, t.account_id FROM prepay.tenant_access t WHERE t.grantee = ANY (prepay._my_roles())
+    SELECT t.site_id, t.account_id FROM prepay.tenant_access t WHERE t.grantee = ANY (prepay._my_roles())
+    UNION
+    SELECT c.site_id, c.account_id FROM prepay._claimed_accounts() c
 $$;
-COMMENT ON FUNCTION prepay._my_accounts() IS 'Internal: the accounts the caller sees as a tenant (prepay.tenant_access).';
+COMMENT ON FUNCTION prepay._my_accounts() IS 'Internal: the accounts the caller sees as a tenant: those mapped to it (prepay.tenant_access) and the one its verified claims name (prepay._claimed_accounts()).';
 
 CREATE FUNCTION prepay._my_agents() RETURNS TABLE (site_id integer, agent_id text)
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -207,12 +300,13 @@ COMMENT ON FUNCTION prepay._is_agent(integer, text) IS 'Internal: whether the ca
 CREATE FUNCTION prepay._site_creator_access() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT prepay._caller_is_superuser() THEN
-        INSERT INTO prepay.site_access (site_id, grantee) VALUES (NEW.site_id, SESSION_USER)
+        INSERT INTO prepay.site_access (site_id, grantee)
+        SELECT NEW.site_id, r.rolname FROM pg_catalog.pg_roles r WHERE r.oid = prepay._mapping_role()
             ON CONFLICT DO NOTHING;
     END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION prepay._site_creator_access() IS 'Internal: AFTER INSERT trigger on prepay.site mapping the administrator who created a site to it (a superuser maps logins explicitly).';
+COMMENT ON FUNCTION prepay._site_creator_access() IS 'Internal: AFTER INSERT trigger on prepay.site mapping the administrator who created a site to it (the role whose mappings apply to the call, prepay._mapping_role(); a superuser maps logins explicitly).';
 CREATE TRIGGER site_creator_access AFTER INSERT ON prepay.site
     FOR EACH ROW EXECUTE FUNCTION prepay._site_creator_access();
 COMMENT ON TRIGGER site_creator_access ON prepay.site IS 'An administrator who creates a site is mapped to it.';
@@ -362,6 +456,7 @@ CREATE TABLE prepay.audit (
     object_key       jsonb NOT NULL,
     before_values    jsonb,
     after_values     jsonb,
+    claims           jsonb DEFAULT prepay._authenticated_claims(),
     PRIMARY KEY (site_id, audit_id)
 );
 COMMENT ON TABLE prepay.audit IS 'Append-only audit trail: every money movement other than consumption charges (from the ledger), and every direct change to a configuration table (tariffs, thresholds, protect flags, meters, accounts, gateways, mappings, ...) and to relay commands, with who, when, what and the values before and after.  UPDATE, DELETE and TRUNCATE are refused (PY201).  Read it through prepay.audit_trail.';
@@ -369,7 +464,7 @@ COMMENT ON COLUMN prepay.audit.site_id IS 'Site of the changed row.';
 COMMENT ON COLUMN prepay.audit.audit_id IS 'Entry id; increasing with time.';
 COMMENT ON COLUMN prepay.audit.logged_at IS 'Transaction time of the change.';
 COMMENT ON COLUMN prepay.audit.login IS 'The session user (the login that connected).';
-COMMENT ON COLUMN prepay.audit.acting_role IS 'The role the change was made as: the login, or the role it switched to with SET ROLE.';
+COMMENT ON COLUMN prepay.audit.acting_role IS 'The role the change was made as (prepay._caller()): the login, or the role it switched to with SET ROLE or SET LOCAL ROLE (behind a pooler or REST gateway, the request''s role while login is the authenticator).';
 COMMENT ON COLUMN prepay.audit.application_name IS 'The client''s application_name (set by the client: informative, not proof).';
 COMMENT ON COLUMN prepay.audit.client_addr IS 'The client''s address; NULL over a Unix socket.';
 COMMENT ON COLUMN prepay.audit.transaction_id IS 'The changing transaction: entries of one call share it.';
@@ -378,6 +473,7 @@ COMMENT ON COLUMN prepay.audit.object IS 'Table changed (ledger for a money move
 COMMENT ON COLUMN prepay.audit.object_key IS 'Primary key of the changed row.';
 COMMENT ON COLUMN prepay.audit.before_values IS 'The row before the change (NULL for an insert); for a money movement the account''s balance before.';
 COMMENT ON COLUMN prepay.audit.after_values IS 'The row after the change (NULL for a delete); for a money movement the ledger entry and the balance after.';
+COMMENT ON COLUMN prepay.audit.claims IS 'The request''s verified claims (request.jwt.claims) when the login is an authenticator (prepay.api_authenticator): which end user a REST gateway acted for.  NULL for any other login, whose claims are not trusted.';
 
 CREATE FUNCTION prepay._audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -458,7 +554,8 @@ SELECT a.site_id, a.audit_id, a.logged_at, a.login, a.acting_role, a.application
             ELSE a.before_values END AS before_values,
        CASE WHEN a.action = 'update'
             THEN (SELECT pg_catalog.jsonb_object_agg(k, a.after_values -> k) FROM pg_catalog.unnest(c.changed) AS k)
-            ELSE a.after_values END AS after_values
+            ELSE a.after_values END AS after_values,
+       a.claims
   FROM prepay.audit a
   LEFT JOIN LATERAL (
         SELECT pg_catalog.array_agg(k ORDER BY k) AS changed
@@ -479,6 +576,7 @@ COMMENT ON COLUMN prepay.audit_trail.object_key IS 'Primary key of the changed r
 COMMENT ON COLUMN prepay.audit_trail.changed IS 'For an update, the columns that changed; NULL otherwise.';
 COMMENT ON COLUMN prepay.audit_trail.before_values IS 'Values before: the changed columns of an update, the whole deleted row, the balance before a money movement.';
 COMMENT ON COLUMN prepay.audit_trail.after_values IS 'Values after: the changed columns of an update, the whole inserted row, the entry and balance after a money movement.';
+COMMENT ON COLUMN prepay.audit_trail.claims IS 'The verified claims of a request through an authenticator (REST gateway); NULL otherwise.';
 
 -- ---------------------------------------------------------------------
 -- The generic part.  Everything below loops over the catalog, so that
@@ -603,6 +701,7 @@ BEGIN
         ['site_access', 'prepay_admin', config_dml],
         ['tenant_access', 'prepay_admin', config_dml],
         ['agent_access', 'prepay_admin', config_dml],
+        ['api_authenticator', 'prepay_admin', config_dml],
         -- billing (billing.sql): rules are configuration; what the jobs and
         -- the bill functions write is read-only for everyone
         ['account_group', 'prepay_admin', config_dml], ['account_group', 'prepay_operator', config_dml],
@@ -801,5 +900,6 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA prepay TO prepay_admin, prepay_operator;
 SELECT pg_catalog.pg_extension_config_dump('prepay.site_access', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.tenant_access', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.agent_access', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.api_authenticator', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.audit', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.audit_id_seq', '');

@@ -20,6 +20,7 @@ packages=(
 	libcurl4-openssl-dev     # the agent's notification delivery: HTTP(S) and SMTP (agent/notify*.c)
 	libssl-dev               # the agent's webhook signatures (HMAC-SHA256)
 	python3 python3-aiosmtpd # the notification test's webhook receiver and SMTP sink (test/t/190_notify.pl)
+	pgbouncer                # transaction pooling in front of the identity test (test/t/210_pooled_identity.pl)
 )
 
 missing=()

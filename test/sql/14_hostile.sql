@@ -163,6 +163,9 @@ INSERT INTO regress.h_valid (fn, arg, expr) VALUES
     (NULL, 'p_amount', '10.00'),
     (NULL, 'p_channel', $$'cash'$$),
     (NULL, 'p_external_ref', $$'H-REF'$$),
+    (NULL, 'p_provider', $$'payco'$$),
+    (NULL, 'p_transaction_id', $$'H-TX'$$),
+    (NULL, 'p_refund_id', $$'H-RF'$$),
     (NULL, 'p_reason', $$'hostile corpus'$$),
     (NULL, 'p_note', $$'a note'$$),
     (NULL, 'p_error', $$'no answer'$$),
@@ -390,9 +393,10 @@ SELECT fname AS function, arg, string_agg(label, ', ' ORDER BY label) AS accepte
 --   cancel_batch, close, trip, reverse, refund, close_account p_reason;
 --     create_batch p_client_ref, p_note; open_account texts; recharge,
 --     refund, pay_bills, close_account channel and reference; replace_meter
---     p_new_code: free text kept verbatim, NULL where optional (SQL
---     injection is 12_security's business).  A unique text too long for
---     its index (10240 hex chars) is refused with 54000.
+--     p_new_code; credit_payment, refund_payment provider, transaction
+--     and refund ids and reason: free text kept verbatim, NULL where
+--     optional (SQL injection is 12_security's business).  A unique text
+--     too long for its index (10240 hex chars) is refused with 54000.
 --   create_batch, reschedule_batch p_run_at: a finite time (1900 runs at
 --     the next run, 4000 waits); NULL is now in create_batch.
 --   create_batch p_targets deep: one target, refused when the batch runs.
@@ -407,6 +411,8 @@ SELECT fname AS function, arg, string_agg(label, ', ' ORDER BY label) AS accepte
 --   set_thresholds NULL: the site's default (or the credit limit
 --     unchanged); 0 is a value.
 -- and the calls that accepted a hostile value or NULL and wrote nothing
+-- (the my_* functions: p_account_id NULL is every account of the caller,
+-- documented; an unknown one is 42501)
 SELECT fname AS function, string_agg(DISTINCT arg, ', ' ORDER BY arg) AS arguments, count(*) AS calls
   FROM regress.h_call WHERE outcome = 'ok' AND kind IN ('hostile', 'null') AND rows_written = 0
  GROUP BY fname ORDER BY fname;
