@@ -98,7 +98,7 @@ COMMENT ON COLUMN prepay.profile_register.shipped IS 'true for registers of ship
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.install_device_profiles(p_site_id integer)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
@@ -139,7 +139,7 @@ COMMENT ON FUNCTION prepay.install_device_profiles(integer) IS
 'Install the shipped device profiles (ddsy1352, dtsy1352, adf400l, generic) into a site, keeping any that exist; returns how many profiles were added.  Runs for every new site (trigger site_device_profiles) and for the existing sites at install time.';
 
 CREATE FUNCTION prepay._site_device_profiles() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay.install_device_profiles(NEW.site_id);
     RETURN NULL;
@@ -158,7 +158,7 @@ SELECT prepay.install_device_profiles(site_id) FROM prepay.site;
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._notify_config() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('prepay_config', TG_TABLE_NAME);
     RETURN NULL;
@@ -188,7 +188,7 @@ RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport 
                relay_read_address integer, relay_read_count smallint, relay_state_mask bigint,
                relay_tripped_value bigint, relay_closed_value bigint,
                meaning text, address integer, type text, word_order text, scale smallint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT g.site_id, g.gateway_id, g.name, g.transport, g.host, g.port,
            g.serial_device, g.baud, g.parity, g.data_bits, g.stop_bits,
            (pg_catalog.date_part('epoch', g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
@@ -214,7 +214,7 @@ COMMENT ON FUNCTION prepay.agent_catalog(text) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._raise_alarm_once(p_site_id integer, p_kind text, p_meter_id bigint, p_detail text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
     SELECT p_site_id, p_kind, p_meter_id, p_detail
@@ -225,7 +225,7 @@ END $$;
 COMMENT ON FUNCTION prepay._raise_alarm_once(integer, text, bigint, text) IS 'Internal: raise an alarm of a kind for a meter (or for nothing) unless one is already active.';
 
 CREATE FUNCTION prepay.agent_meter_lost(p_site_id integer, p_meter_id bigint, p_failures integer, p_error text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
                                                  WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
@@ -243,7 +243,7 @@ COMMENT ON FUNCTION prepay.agent_meter_lost(integer, bigint, integer, text) IS
 'Called by the agent after a meter failed p_failures consecutive polls: sets meter.lost_since (if not yet set) and raises one meter_lost alarm.  Idempotent.  PY101 for an unknown meter.';
 
 CREATE FUNCTION prepay.agent_meter_found(p_site_id integer, p_meter_id bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
                                                  WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
@@ -255,7 +255,7 @@ COMMENT ON FUNCTION prepay.agent_meter_found(integer, bigint) IS
 'Called by the agent on the first good read of a lost meter: clears meter.lost_since and its meter_lost alarm.  Idempotent.';
 
 CREATE FUNCTION prepay.agent_gateway_lost(p_site_id integer, p_gateway_id bigint, p_error text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = pg_catalog.now()
@@ -275,7 +275,7 @@ COMMENT ON FUNCTION prepay.agent_gateway_lost(integer, bigint, text) IS
 'Called by the agent when no meter of a gateway answered a whole sweep (or it cannot connect): sets gateway.lost_since and raises one gateway_lost alarm (its detail starts with "Gateway <id>:").  Idempotent.  PY102 for an unknown gateway.';
 
 CREATE FUNCTION prepay.agent_gateway_found(p_site_id integer, p_gateway_id bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = NULL WHERE site_id = p_site_id AND gateway_id = p_gateway_id;
@@ -293,7 +293,7 @@ COMMENT ON FUNCTION prepay.agent_gateway_found(integer, bigint) IS
 CREATE FUNCTION prepay.agent_claim_commands(p_agent_id text, p_include_sent boolean DEFAULT false)
 RETURNS TABLE (site_id integer, command_id bigint, meter_id bigint, gateway_id bigint,
                action prepay.command_action, attempts integer, created_at timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent_id(p_agent_id);
     RETURN QUERY
@@ -319,7 +319,7 @@ COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
 'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at agent start) it also takes back its sent commands, which a crash may have left in flight: relay commands are idempotent.  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
 
 CREATE FUNCTION prepay._agent_command(p_site_id integer, p_command_id bigint)
-RETURNS prepay.command LANGUAGE plpgsql AS $$
+RETURNS prepay.command LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
 BEGIN
@@ -338,7 +338,7 @@ END $$;
 COMMENT ON FUNCTION prepay._agent_command(integer, bigint) IS 'Internal: lock a command the agent reports on; PY103 if unknown, PY104 if it is not sent.';
 
 CREATE FUNCTION prepay.agent_command_done(p_site_id integer, p_command_id bigint, p_relay_state prepay.relay_state)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
 BEGIN
@@ -363,7 +363,7 @@ COMMENT ON FUNCTION prepay.agent_command_done(integer, bigint, prepay.relay_stat
 CREATE FUNCTION prepay.agent_command_failed(p_site_id integer, p_command_id bigint, p_error text,
                                             p_retry_after interval DEFAULT '10 seconds',
                                             p_max_attempts integer DEFAULT 5)
-RETURNS prepay.command_state LANGUAGE plpgsql AS $$
+RETURNS prepay.command_state LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
     newer bigint;
