@@ -423,7 +423,7 @@ BEGIN
         END IF;
     WHEN 'recharge' THEN
         PERFORM prepay._batch_check_keys(p_params, '{channel,amount}', '{channel}');
-        PERFORM prepay._check_text(p_params->>'channel', 'channel');
+        PERFORM prepay._check_reference(p_params->>'channel', 'channel');
         IF p_params ? 'amount' THEN
             PERFORM prepay._check_amount(prepay._batch_number(p_params, 'amount'), 'recharge');
         END IF;

@@ -1166,8 +1166,8 @@ DECLARE
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'bill payment');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     a := prepay._lock_account(p_site_id, p_account_id, false);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'bill_payment', p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN

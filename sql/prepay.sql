@@ -609,6 +609,22 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._check_text(text, text) IS 'Internal: refuse a NULL or blank required text argument (SQLSTATE 22023).';
 
+CREATE FUNCTION prepay._check_reference(p_value text, p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at integer := pg_catalog.regexp_instr(p_value, '[\x01-\x1f\x7f-\x9f]');
+BEGIN
+    PERFORM prepay._check_text(p_value, p_what);
+    IF at > 0 THEN
+        PERFORM prepay._raise('PY017', pg_catalog.format('%s contains a control character', p_what),
+            pg_catalog.format('Character %s of the %s is U+%s.', at, p_what,
+                              pg_catalog.upper(pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.ascii(pg_catalog.substr(p_value, at, 1))), 4, '0'))),
+            pg_catalog.format('Pass the %s as printable text: control characters (tabs, line breaks, escapes) '
+                              'are refused in payment channels and references.', p_what));
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._check_reference(text, text) IS 'Internal: refuse a payment channel or reference (external id) that is NULL or blank (22023) or contains a control character, U+0001-U+001F or U+007F-U+009F (PY017).  Every public function that stores a channel or reference with money calls it.';
+
 CREATE FUNCTION prepay._lock_site_rating(p_site_id integer)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_advisory_xact_lock(1886545264, p_site_id);  -- 1886545264 = 'prep'
@@ -1049,7 +1065,7 @@ DECLARE
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
-    PERFORM prepay._check_text(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_channel, 'channel');
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     IF p_moved_out_at IS NULL OR p_moved_out_at > pg_catalog.now() OR p_moved_out_at < a.opened_at THEN
@@ -1095,8 +1111,8 @@ DECLARE
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'recharge');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     PERFORM prepay._lock_account(p_site_id, p_account_id);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN
@@ -1121,8 +1137,8 @@ DECLARE
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'refund');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     a := prepay._lock_account(p_site_id, p_account_id);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN

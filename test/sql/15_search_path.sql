@@ -1,5 +1,7 @@
--- Pinned search_path (issue 17, item 1).
+-- Pinned search_path and refused control characters (issue 17, items 1 and 9).
 --
+-- 1. Payment channels and references with control characters are refused
+--    (PY017) by every public function that stores them with money.
 -- 2. The catalog: every function of schema prepay pins its search_path and
 --    declares the security mode the rule gives it; prepay._check_routines
 --    (which the install runs) refuses a function that does not.
@@ -15,6 +17,44 @@
 -- Runs on the fixture 14_hostile leaves (site 1, accounts 1 and 2).
 SET timezone = 'UTC';
 SET datestyle = 'ISO';
+
+-- ---------------------------------------------------------------------
+-- 1. control characters in channels and references (PY017)
+-- ---------------------------------------------------------------------
+SELECT max(entry_id) AS entry_mark FROM prepay.ledger \gset
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, E'\x01\x02', 'B-16')$$);      -- the issue's call
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, 'cash', E'B-16\n')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, 'cash', E'B\u001b[2J')$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, 'cash', E'B\u007f16')$$);     -- DEL
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, 'cash', E'B\u008516')$$);     -- NEL (C1)
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, E'ca\tsh', 'B-16')$$);
+SELECT regress.try($$SELECT prepay.refund(1, 1, 1, E'cash\r', 'F-16')$$);
+SELECT regress.try($$SELECT prepay.refund(1, 1, 1, 'cash', E'F\x0216')$$);
+SELECT regress.try($$SELECT prepay.pay_bills(1, 2, 1, E'bank\n', 'P-16')$$);
+SELECT regress.try($$SELECT prepay.pay_bills(1, 2, 1, 'bank', E'P\x0116')$$);
+SELECT regress.try($$SELECT prepay.close_account(1, 1, E'clos\x07ing')$$);
+SELECT regress.try($$SELECT prepay.create_batch(1, 'B-CTRL-1', 'recharge', 'account', '[1]', '{"channel": "ba\u001bnk", "amount": 5}')$$);
+-- a batch item's own reference is checked when the item runs: it fails
+-- with PY017, the other item is paid
+SELECT prepay.create_batch(1, 'B-CTRL-2', 'recharge', 'account',
+    '[{"id": 1, "external_ref": "R\u0001"}, {"id": 1, "external_ref": "R-OK"}]', '{"channel": "bank", "amount": 5}') AS batch_id \gset
+SELECT state, done, failed FROM prepay.run_batch(1, :batch_id);
+SELECT item_no, state, sqlstate, message FROM prepay.batch_item WHERE site_id = 1 AND batch_id = :batch_id ORDER BY item_no;
+-- printable text still passes, Unicode included; blank is still 22023
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, 'Alipay 支付宝', 'Ünï-16 🔌') > 0$$);
+SELECT regress.try($$SELECT prepay.recharge(1, 1, 5, 'cash', '  ')$$);
+-- the only entries posted are the printable ones; no stored reference
+-- has a control character
+SELECT kind, amount, channel, external_ref FROM prepay.ledger WHERE entry_id > :entry_mark ORDER BY entry_id;
+SELECT count(*) AS stored_with_control_characters FROM prepay.ledger
+ WHERE channel ~ '[\x01-\x1f\x7f-\x9f]' OR external_ref ~ '[\x01-\x1f\x7f-\x9f]';
+-- as a cashier login too
+CREATE ROLE regress_sp_till LOGIN IN ROLE prepay_cashier;
+INSERT INTO prepay.site_access (site_id, grantee) VALUES (1, 'regress_sp_till');
+SELECT regress.probe('regress_sp_till', $$SELECT prepay.recharge(1, 1, 5, E'\x01\x02', 'B-16')$$, NULL, true);
+SELECT regress.probe('regress_sp_till', $$SELECT prepay.recharge(1, 1, 5, 'cash', 'TILL-16') > 0$$);
+DELETE FROM prepay.site_access WHERE grantee = 'regress_sp_till';
+DROP ROLE regress_sp_till;
 
 -- ---------------------------------------------------------------------
 -- 2. the catalog: each query lists defects
