@@ -5,7 +5,8 @@
 -- 2. The catalog: every function of schema prepay pins its search_path and
 --    declares the security mode the rule gives it; prepay._check_routines
 --    (which the install runs) refuses a function that does not.
--- 3. The attack: a login with CREATE on public and its own schemas plants
+-- 3. The attack: a login with CREATE on public, owning the "$user" schemas
+--    of some callers (the superuser's, admin's, operator's, cashier's, reader's), plants
 --    functions, aggregates and operators that shadow built-ins for the
 --    types prepay's bodies use (array_agg(numeric), count(bigint),
 --    format(text, numeric), =(prepay.ledger_kind, prepay.ledger_kind),
