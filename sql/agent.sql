@@ -106,7 +106,7 @@ COMMENT ON COLUMN prepay.profile_register.shipped IS 'true for registers of ship
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.install_device_profiles(p_site_id integer)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
@@ -147,7 +147,7 @@ COMMENT ON FUNCTION prepay.install_device_profiles(integer) IS
 'Install the shipped device profiles (ddsy1352, dtsy1352, adf400l, generic) into a site, keeping any that exist; returns how many profiles were added.  Runs for every new site (trigger site_device_profiles) and for the existing sites at install time.';
 
 CREATE FUNCTION prepay._site_device_profiles() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay.install_device_profiles(NEW.site_id);
     RETURN NULL;
@@ -166,7 +166,7 @@ SELECT prepay.install_device_profiles(site_id) FROM prepay.site;
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._notify_config() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('prepay_config', TG_TABLE_NAME);
     RETURN NULL;
@@ -196,7 +196,7 @@ RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport 
                relay_read_address integer, relay_read_count smallint, relay_state_mask bigint,
                relay_tripped_value bigint, relay_closed_value bigint,
                meaning text, address integer, type text, word_order text, scale smallint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT g.site_id, g.gateway_id, g.name, g.transport, g.host, g.port,
            g.serial_device, g.baud, g.parity, g.data_bits, g.stop_bits,
            (pg_catalog.date_part('epoch', g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
@@ -222,7 +222,7 @@ COMMENT ON FUNCTION prepay.agent_catalog(text) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._raise_alarm_once(p_site_id integer, p_kind text, p_meter_id bigint, p_detail text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
     SELECT p_site_id, p_kind, p_meter_id, p_detail
@@ -233,7 +233,7 @@ END $$;
 COMMENT ON FUNCTION prepay._raise_alarm_once(integer, text, bigint, text) IS 'Internal: raise an alarm of a kind for a meter (or for nothing) unless one is already active.';
 
 CREATE FUNCTION prepay.agent_meter_lost(p_site_id integer, p_meter_id bigint, p_failures integer, p_error text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
                                                  WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
@@ -264,7 +264,7 @@ COMMENT ON FUNCTION prepay.agent_meter_found(integer, bigint) IS
 'Called by the agent on the first good read of a lost meter: clears meter.lost_since and its meter_lost alarm, and makes the meter''s commands waiting for a retry due at once (prepay._wake_commands).  Idempotent.';
 
 CREATE FUNCTION prepay.agent_gateway_lost(p_site_id integer, p_gateway_id bigint, p_error text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = pg_catalog.now()
@@ -332,7 +332,7 @@ COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
 'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at every (re)connect of the agent) it also takes back its sent commands, which a crash may have left in flight (relay commands are idempotent), and the queued commands waiting for a retry, at once (an arrears trip not inside a no-cut window).  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
 
 CREATE FUNCTION prepay._agent_command(p_site_id integer, p_command_id bigint)
-RETURNS prepay.command LANGUAGE plpgsql AS $$
+RETURNS prepay.command LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
 BEGIN
@@ -351,7 +351,7 @@ END $$;
 COMMENT ON FUNCTION prepay._agent_command(integer, bigint) IS 'Internal: lock a command the agent reports on; PY103 if unknown, PY104 if it is not sent.';
 
 CREATE FUNCTION prepay.agent_command_done(p_site_id integer, p_command_id bigint, p_relay_state prepay.relay_state)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
 BEGIN

@@ -46,7 +46,7 @@
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._check_threshold(p_value numeric, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_value IS NULL THEN
         RETURN;
@@ -64,7 +64,7 @@ COMMENT ON FUNCTION prepay._check_threshold(numeric, text) IS
 CREATE FUNCTION prepay.set_thresholds(p_site_id integer, p_account_id bigint,
                                       p_low_balance numeric, p_pretrip numeric,
                                       p_credit_limit numeric DEFAULT NULL)
-RETURNS smallint LANGUAGE plpgsql AS $$
+RETURNS smallint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     s prepay.site;
@@ -104,7 +104,7 @@ COMMENT ON FUNCTION prepay.set_thresholds(integer, bigint, numeric, numeric, num
 
 CREATE FUNCTION prepay.set_tariff(p_site_id integer, p_tariff_id bigint,
                                   p_account_id bigint DEFAULT NULL, p_meter_id bigint DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -327,7 +327,7 @@ COMMENT ON COLUMN prepay.batch_result.finished_at IS 'When the item ran.';
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._batch_check_keys(p_params jsonb, p_allowed text[], p_required text[])
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k text;
 BEGIN
@@ -349,7 +349,7 @@ END $$;
 COMMENT ON FUNCTION prepay._batch_check_keys(jsonb, text[], text[]) IS 'Internal: refuse (22023) a parameter object with a key not in p_allowed or without a key of p_required.';
 
 CREATE FUNCTION prepay._batch_number(p_params jsonb, p_key text)
-RETURNS numeric LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS numeric LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_params->p_key IS NULL OR jsonb_typeof(p_params->p_key) = 'null' THEN
         RETURN NULL;
@@ -363,7 +363,7 @@ COMMENT ON FUNCTION prepay._batch_number(jsonb, text) IS 'Internal: a numeric ba
 
 CREATE FUNCTION prepay._batch_check_params(p_site_id integer, p_action prepay.batch_action,
                                            p_target prepay.batch_target, p_params jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s prepay.site;
 BEGIN
@@ -423,7 +423,7 @@ BEGIN
         END IF;
     WHEN 'recharge' THEN
         PERFORM prepay._batch_check_keys(p_params, '{channel,amount}', '{channel}');
-        PERFORM prepay._check_text(p_params->>'channel', 'channel');
+        PERFORM prepay._check_reference(p_params->>'channel', 'channel');
         IF p_params ? 'amount' THEN
             PERFORM prepay._check_amount(prepay._batch_number(p_params, 'amount'), 'recharge');
         END IF;
@@ -433,7 +433,7 @@ COMMENT ON FUNCTION prepay._batch_check_params(integer, prepay.batch_action, pre
 'Internal: refuse a batch whose action does not fit its target or whose parameters are unknown, missing or invalid (22023, 22003, PY009).  Per-item values (amounts, references) are checked when each item runs.';
 
 CREATE FUNCTION prepay._batch_resolve(p_site_id integer, p_target prepay.batch_target, p_element jsonb)
-RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e jsonb := p_element;
     n numeric;
@@ -457,7 +457,7 @@ COMMENT ON FUNCTION prepay._batch_resolve(integer, prepay.batch_target, jsonb) I
 'Internal: the account or meter id a list element names: a whole number is an id (unchecked: an unknown id fails when its item runs), a string is a code, an object has "id" or "code".  NULL when it names none.';
 
 CREATE FUNCTION prepay._batch_check_selector(p_selector jsonb)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k text;
 BEGIN
@@ -487,7 +487,7 @@ COMMENT ON FUNCTION prepay._batch_check_selector(jsonb) IS
 'Internal: refuse (22023) a selector that is empty, has an unknown key or a value of the wrong type, or uses "all" other than alone as {"all": true}.';
 
 CREATE FUNCTION prepay._batch_select(p_site_id integer, p_target prepay.batch_target, p_selector jsonb)
-RETURNS SETOF bigint LANGUAGE plpgsql STABLE AS $$
+RETURNS SETOF bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_target = 'meter' THEN
         RETURN QUERY
@@ -521,7 +521,7 @@ CREATE FUNCTION prepay.create_batch(p_site_id integer, p_client_ref text, p_acti
                                     p_target prepay.batch_target, p_targets jsonb,
                                     p_params jsonb DEFAULT '{}', p_run_at timestamptz DEFAULT NULL,
                                     p_note text DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.batch;
     id bigint;
@@ -603,7 +603,7 @@ COMMENT ON FUNCTION prepay.create_batch(integer, text, prepay.batch_action, prep
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._batch_target_error(b prepay.batch, it prepay.batch_item)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     named jsonb := CASE WHEN jsonb_typeof(it.input) = 'object' THEN coalesce(it.input->'id', it.input->'code')
                         ELSE it.input END;
@@ -625,7 +625,7 @@ COMMENT ON FUNCTION prepay._batch_target_error(prepay.batch, prepay.batch_item) 
 
 CREATE FUNCTION prepay._batch_run_item(b prepay.batch, it prepay.batch_item,
                                        OUT state prepay.batch_item_state, OUT result jsonb, OUT message text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target_id bigint := coalesce(it.account_id, it.meter_id);
     earlier integer;
@@ -715,7 +715,7 @@ COMMENT ON FUNCTION prepay._batch_run_item(prepay.batch, prepay.batch_item) IS
 'Internal: carry out one item through the public single-target function (set_tariff, set_thresholds, protect, trip/close, recharge) and say what it did; raises the function''s error for a failed item.  The caller runs it in a subtransaction.';
 
 CREATE FUNCTION prepay._batch_relay(b prepay.batch, p_meter_id bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     reason text := coalesce(b.params->>'reason', 'batch ' || b.client_ref);
 BEGIN
@@ -727,7 +727,7 @@ END $$;
 COMMENT ON FUNCTION prepay._batch_relay(prepay.batch, bigint) IS 'Internal: queue a batch''s trip or close for one meter (prepay.trip / prepay.close) with the batch''s reason (default "batch <client_ref>"); returns the command id.';
 
 CREATE FUNCTION prepay._batch_run(b prepay.batch, p_max_items bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     it prepay.batch_item;
     r record;
@@ -775,7 +775,7 @@ COMMENT ON FUNCTION prepay._batch_run(prepay.batch, bigint) IS
 'Internal: run up to p_max_items (NULL: all) pending items of a batch the caller has locked, in item order, each in its own subtransaction: a failing item is recorded as failed with its SQLSTATE, message, detail and hint, and the others go on.  Errors of classes 40, 53-58 and XX (deadlock, serialization, resources, operator intervention, internal) are re-raised.  Marks the batch done when no item is pending.  Returns how many items ran.';
 
 CREATE FUNCTION prepay._batch_run_safely(b prepay.batch, p_max_items bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e_state text;
     e_message text;
@@ -791,7 +791,7 @@ COMMENT ON FUNCTION prepay._batch_run_safely(prepay.batch, bigint) IS
 'Internal: run a batch in a subtransaction; if the run stops on an error that is not an item''s (deadlock, lack of resources, ...), undo the whole run of this batch (its items stay pending), note the error in batch.last_error and return 0, so other batches still run.';
 
 CREATE FUNCTION prepay._batch_lock_site(b prepay.batch, p_wait boolean)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF b.action <> 'set_tariff' THEN
         RETURN true;
@@ -809,7 +809,7 @@ CREATE FUNCTION prepay.run_due_batches(p_max_items bigint DEFAULT NULL)
 RETURNS TABLE (site_id integer, batch_id bigint, client_ref text, action prepay.batch_action,
                state prepay.batch_state, items_run bigint, pending bigint, done bigint, failed bigint,
                skipped bigint, last_error text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     b prepay.batch;
@@ -848,7 +848,7 @@ CREATE FUNCTION prepay.run_batch(p_site_id integer, p_batch_id bigint)
 RETURNS TABLE (site_id integer, batch_id bigint, client_ref text, action prepay.batch_action,
                state prepay.batch_state, items_run bigint, pending bigint, done bigint, failed bigint,
                skipped bigint, last_error text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     b prepay.batch;
@@ -881,7 +881,7 @@ COMMENT ON FUNCTION prepay.run_batch(integer, bigint) IS
 'Run one due batch now, in the calling transaction (after prepay.create_batch for "immediately"), and return its counts.  A batch that is done or cancelled is not run again: its counts are returned with items_run 0; a runner holding it is waited for.  PY301 unknown batch; PY303 run_at still ahead.';
 
 CREATE FUNCTION prepay.cancel_batch(p_site_id integer, p_batch_id bigint, p_reason text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.batch;
     n bigint;
@@ -911,7 +911,7 @@ COMMENT ON FUNCTION prepay.cancel_batch(integer, bigint, text) IS
 'Cancel a batch that has not finished: its pending items are skipped ("batch cancelled: reason"); items already run stay as they are.  Returns how many items were skipped.  Waits for a runner holding the batch.  PY301 unknown batch; PY303 already done or cancelled; 22023 blank reason.';
 
 CREATE FUNCTION prepay.reschedule_batch(p_site_id integer, p_batch_id bigint, p_run_at timestamptz)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.batch;
 BEGIN

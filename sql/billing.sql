@@ -23,7 +23,7 @@
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._period(p_kind text, p_day date, OUT period_start date, OUT period_end date)
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_kind NOT IN ('month', 'quarter', 'year') OR p_day IS NULL THEN
         PERFORM prepay._raise('22023', pg_catalog.format('unknown period %L', p_kind), NULL,
@@ -35,19 +35,19 @@ END $$;
 COMMENT ON FUNCTION prepay._period(text, date) IS 'Internal: the calendar month, quarter or year containing a day, as [period_start, period_end).';
 
 CREATE FUNCTION prepay._local_day(p_site_id integer, p_at timestamptz)
-RETURNS date LANGUAGE sql STABLE AS $$
+RETURNS date LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (p_at AT TIME ZONE s.time_zone)::date FROM prepay.site s WHERE s.site_id = p_site_id
 $$;
 COMMENT ON FUNCTION prepay._local_day(integer, timestamptz) IS 'Internal: the site''s local date of an instant.';
 
 CREATE FUNCTION prepay._local_start(p_site_id integer, p_day date)
-RETURNS timestamptz LANGUAGE sql STABLE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_day::timestamp AT TIME ZONE s.time_zone FROM prepay.site s WHERE s.site_id = p_site_id
 $$;
 COMMENT ON FUNCTION prepay._local_start(integer, date) IS 'Internal: the instant a local date of the site begins (local midnight).';
 
 CREATE FUNCTION prepay._days_open(p_site_id integer, p_account prepay.account, p_from date, p_to date)
-RETURNS integer LANGUAGE sql STABLE AS $$
+RETURNS integer LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT greatest(0, least(p_to, coalesce(prepay._local_day(p_site_id, p_account.closed_at), p_to))
                        - greatest(p_from, prepay._local_day(p_site_id, p_account.opened_at)))
 $$;
@@ -89,7 +89,7 @@ COMMENT ON COLUMN prepay.account_group_member.account_id IS 'Member account.';
 COMMENT ON COLUMN prepay.account_group_member.ratio IS 'The member''s share weight for apportionment by custom ratios (ignored by the other methods).';
 
 CREATE FUNCTION prepay._members(p_site_id integer, p_group_id bigint)
-RETURNS SETOF prepay.account LANGUAGE sql STABLE AS $$
+RETURNS SETOF prepay.account LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT a.* FROM prepay.account a
      WHERE a.site_id = p_site_id
        AND (p_group_id IS NULL
@@ -141,7 +141,7 @@ COMMENT ON COLUMN prepay.period_charge.inputs IS 'The figures the amount was com
 COMMENT ON COLUMN prepay.period_charge.created_at IS 'When it was charged.';
 
 CREATE FUNCTION prepay._ledger_kind(p_source text)
-RETURNS prepay.ledger_kind LANGUAGE sql IMMUTABLE AS $$
+RETURNS prepay.ledger_kind LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE p_source WHEN 'basic_settlement' THEN 'basic_charge' ELSE p_source END::prepay.ledger_kind
 $$;
 COMMENT ON FUNCTION prepay._ledger_kind(text) IS 'Internal: the ledger kind a periodic charge is posted as.';
@@ -149,7 +149,7 @@ COMMENT ON FUNCTION prepay._ledger_kind(text) IS 'Internal: the ledger kind a pe
 CREATE FUNCTION prepay._charge(p_site_id integer, p_source text, p_rule_id bigint, p_account_id bigint,
                                p_period_start date, p_period_end date, p_amount numeric, p_settle text,
                                p_inputs jsonb, p_reason text)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     settle text := p_settle;
@@ -200,7 +200,7 @@ COMMENT ON FUNCTION prepay._charge(integer, text, bigint, bigint, date, date, nu
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.allowance_left(p_site_id integer, p_account_id bigint)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT greatest(0.00, a.allowance_left + coalesce(
                (SELECT sum(l.amount) FROM prepay.ledger l
                  WHERE l.site_id = a.site_id AND l.account_id = a.account_id
@@ -247,7 +247,7 @@ COMMENT ON COLUMN prepay.allowance_rule.active_from IS 'First day the rule credi
 COMMENT ON COLUMN prepay.allowance_rule.active_to IS 'Last day the rule credits; NULL while in force.';
 
 CREATE FUNCTION prepay.grant_allowances(p_site_id integer, p_day date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r prepay.allowance_rule;
     a prepay.account;
@@ -280,7 +280,7 @@ COMMENT ON FUNCTION prepay.grant_allowances(integer, date) IS
 'Credit every allowance due on a local day: for each rule in force, each open member account gets the allowance of the period containing the day once (pro-rated by the days it is open in the period).  Idempotent per (rule, account, period).  Returns how many were credited.';
 
 CREATE FUNCTION prepay.expire_allowances(p_site_id integer, p_day date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g prepay.period_charge;
     later numeric;
@@ -356,7 +356,8 @@ COMMENT ON COLUMN prepay.charge_item.group_id IS 'Accounts charged; NULL for eve
 COMMENT ON COLUMN prepay.charge_item.active_from IS 'First day the item is charged.';
 COMMENT ON COLUMN prepay.charge_item.active_to IS 'Last day the item is charged; NULL while in force.';
 
-CREATE FUNCTION prepay._charge_item_check() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._charge_item_check() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NEW.settle = 'deduct' AND NOT (SELECT s.fees_may_cut FROM prepay.site s WHERE s.site_id = NEW.site_id) THEN
         PERFORM prepay._raise('PY020', 'this site does not deduct fees from wallets',
@@ -375,7 +376,7 @@ CREATE TRIGGER charge_item_check BEFORE INSERT OR UPDATE ON prepay.charge_item
     FOR EACH ROW EXECUTE FUNCTION prepay._charge_item_check();
 
 CREATE FUNCTION prepay._fee_period(p_item prepay.charge_item, p_day date, OUT period_start date, OUT period_end date)
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_item.recurrence = 'once' THEN
         period_start := p_item.due_on;
@@ -391,7 +392,7 @@ COMMENT ON FUNCTION prepay._fee_period(prepay.charge_item, date) IS 'Internal: t
 CREATE FUNCTION prepay._fee_amount(p_site_id integer, p_item prepay.charge_item, p_account prepay.account,
                                    p_period_start date, p_period_end date, p_until date,
                                    OUT amount numeric, OUT inputs jsonb)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     basis numeric := CASE p_item.basis WHEN 'fixed' THEN 1 ELSE coalesce(p_account.floor_area, 0) END;
     full_amount numeric := p_item.price * basis;
@@ -410,7 +411,7 @@ COMMENT ON FUNCTION prepay._fee_amount(integer, prepay.charge_item, prepay.accou
 'Internal: a fee for the days from the later of the period start and the move-in day up to p_until (exclusive), pro-rated and rounded down to the cent, with its inputs.';
 
 CREATE FUNCTION prepay.charge_fees(p_site_id integer, p_day date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     it prepay.charge_item;
     a prepay.account;
@@ -440,7 +441,7 @@ COMMENT ON FUNCTION prepay.charge_fees(integer, date) IS
 'Charge every fee due on a local day: a periodic fee from its charge day on, in advance for the whole period (pro-rated from the move-in day for a tenant who moves in during the period: the daily run charges them on the next run); a one-off fee from its due day on.  Idempotent per (item, account, period).  Returns how many were charged.';
 
 CREATE FUNCTION prepay._settle_at_close(p_site_id integer, p_account_id bigint, p_moved_out_on date)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     today date := p_moved_out_on;
@@ -480,7 +481,7 @@ COMMENT ON FUNCTION prepay._settle_at_close(integer, bigint, date) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.meter_register_at(p_site_id integer, p_meter_id bigint, p_at timestamptz)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.energy * m.multiplier
       FROM prepay.reading r
       JOIN prepay.meter m ON m.site_id = r.site_id AND m.meter_id = r.meter_id
@@ -492,7 +493,7 @@ COMMENT ON FUNCTION prepay.meter_register_at(integer, bigint, timestamptz) IS
 'A meter''s register at an instant, times its multiplier: that of its last accepted reading at or before the instant; NULL when it has none.';
 
 CREATE FUNCTION prepay.meter_consumption(p_site_id integer, p_meter_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE plpgsql STABLE AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     at_from numeric := prepay.meter_register_at(p_site_id, p_meter_id, p_from);
     at_to numeric := prepay.meter_register_at(p_site_id, p_meter_id, p_to);
@@ -509,7 +510,7 @@ COMMENT ON FUNCTION prepay.meter_consumption(integer, bigint, timestamptz, times
 'A meter''s consumption over [from, to]: its register at to less its register at from (prepay.meter_register_at), after the multiplier.  PY024 when a boundary has no reading.';
 
 CREATE FUNCTION prepay.account_consumption(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(l.energy), 0) FROM prepay.ledger l
      WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'consumption'
        AND l.read_to > p_from AND l.read_to <= p_to
@@ -518,7 +519,7 @@ COMMENT ON FUNCTION prepay.account_consumption(integer, bigint, timestamptz, tim
 'Energy charged to an account for readings taken in (from, to], after multipliers: the same measure as prepay.meter_consumption, over every meter the account had.';
 
 CREATE FUNCTION prepay.record_master_reading(p_site_id integer, p_meter_id bigint, p_at timestamptz, p_energy numeric)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
 BEGIN
@@ -637,7 +638,7 @@ COMMENT ON COLUMN prepay.loss_period.loss_energy IS 'master_energy - downstream_
 COMMENT ON COLUMN prepay.loss_period.loss_pct IS 'Loss in percent of the master energy.';
 
 CREATE FUNCTION prepay._allocate(p_total numeric, p_weights numeric[], p_keys bigint[])
-RETURNS TABLE (key bigint, amount numeric) LANGUAGE sql IMMUTABLE AS $$
+RETURNS TABLE (key bigint, amount numeric) LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH w AS (
         SELECT k, wt, p_total * 100 * wt / sum(wt) OVER () AS exact_cents
           FROM unnest(p_keys, p_weights) AS u(k, wt)
@@ -653,7 +654,7 @@ COMMENT ON FUNCTION prepay._allocate(numeric, numeric[], bigint[]) IS
 'Internal: split an amount in cents by weights, largest remainder first: each key gets its share rounded down to the cent, and the cents left over go one each to the largest remainders (ties to the smaller key), so the shares add up to the amount exactly.';
 
 CREATE FUNCTION prepay._alarm(p_site_id integer, p_kind text, p_meter_id bigint, p_detail text)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
     VALUES (p_site_id, p_kind, p_meter_id, p_detail)
     ON CONFLICT DO NOTHING
@@ -661,7 +662,7 @@ $$;
 COMMENT ON FUNCTION prepay._alarm(integer, text, bigint, text) IS 'Internal: raise an alarm on a meter unless the same kind is already active there.';
 
 CREATE FUNCTION prepay.apportion(p_site_id integer, p_rule_id bigint, p_period_start date)
-RETURNS prepay.apportionment LANGUAGE plpgsql AS $$
+RETURNS prepay.apportionment LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r prepay.apportion_rule;
     s prepay.site;
@@ -795,7 +796,7 @@ COMMENT ON FUNCTION prepay.apportion(integer, bigint, date) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.settle_basic_charges(p_site_id integer, p_month date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     month_start date := pg_catalog.date_trunc('month', p_month)::date;
     month_end date := (pg_catalog.date_trunc('month', p_month) + interval '1 month')::date;
@@ -948,7 +949,7 @@ COMMENT ON COLUMN prepay.bill_payment.bill_id IS 'Bill settled.';
 COMMENT ON COLUMN prepay.bill_payment.amount IS 'Part of the payment that went to this bill.';
 
 CREATE FUNCTION prepay._service_at(p_site_id integer, p_entry prepay.ledger)
-RETURNS timestamptz LANGUAGE sql STABLE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN p_entry.kind = 'consumption' THEN p_entry.read_to
         WHEN p_entry.channel = 'basic_charge' THEN
@@ -961,7 +962,7 @@ COMMENT ON FUNCTION prepay._service_at(integer, prepay.ledger) IS
 'Internal: the instant a charge is for, which decides its bill: a consumption''s reading time, a basic charge''s day, a periodic charge''s period start, else when it was posted.';
 
 CREATE FUNCTION prepay._is_charge(p_site_id integer, p_entry prepay.ledger)
-RETURNS boolean LANGUAGE sql STABLE AS $$
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_entry.kind NOT IN ('recharge', 'refund', 'closing_refund', 'bill_payment', 'bill_charge')
        AND (p_entry.kind <> 'reversal'
             OR (SELECT r.kind FROM prepay.ledger r WHERE r.site_id = p_site_id AND r.entry_id = p_entry.reverses_entry)
@@ -970,7 +971,7 @@ $$;
 COMMENT ON FUNCTION prepay._is_charge(integer, prepay.ledger) IS 'Internal: whether a ledger entry is something billed (a charge, a credit against charges or its reversal) rather than a payment.';
 
 CREATE FUNCTION prepay._rule_name(p_charge prepay.period_charge)
-RETURNS text LANGUAGE sql STABLE AS $$
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN p_charge.source IN ('fee', 'fee_credit') THEN
             (SELECT it.name FROM prepay.charge_item it WHERE it.site_id = p_charge.site_id AND it.item_id = p_charge.rule_id)
@@ -983,7 +984,7 @@ $$;
 COMMENT ON FUNCTION prepay._rule_name(prepay.period_charge) IS 'Internal: the name of the fee or rule a periodic charge comes from (NULL for basic settlements and move-out expiry).';
 
 CREATE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH entries AS (
         SELECT l.* FROM prepay.bill_entry be
           JOIN prepay.ledger l ON l.site_id = be.site_id AND l.entry_id = be.entry_id
@@ -1030,7 +1031,7 @@ $$;
 COMMENT ON FUNCTION prepay._bill_lines(integer, prepay.bill) IS 'Internal: write the lines of a bill from its ledger entries and its periodic charges settled by bill.';
 
 CREATE FUNCTION prepay.draft_bill(p_site_id integer, p_account_id bigint, p_period_start date, p_period_end date)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     b prepay.bill;
@@ -1081,7 +1082,7 @@ COMMENT ON FUNCTION prepay.draft_bill(integer, bigint, date, date) IS
 'Draft (or redraft, while still a draft) an account''s bill for [start, end): every ledger charge not yet billed whose service time is before the end (so a late charge lands on the next bill, never on two), and the fees and shares settled by bill.  A confirmed or issued bill is returned unchanged.  22023 for a missing, empty or infinite period.';
 
 CREATE FUNCTION prepay.draft_bills(p_site_id integer, p_period_start date, p_period_end date DEFAULT NULL)
-RETURNS SETOF prepay.bill LANGUAGE plpgsql AS $$
+RETURNS SETOF prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     period_end date := coalesce(p_period_end, (p_period_start + interval '1 month')::date);
     a prepay.account;
@@ -1101,7 +1102,7 @@ END $$;
 COMMENT ON FUNCTION prepay.draft_bills(integer, date, date) IS 'Draft the bill of every account open during [start, end) (end defaults to a month after start), postpaid and prepaid alike.';
 
 CREATE FUNCTION prepay._bill_for_update(p_site_id integer, p_bill_id bigint)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.bill;
 BEGIN
@@ -1115,7 +1116,7 @@ END $$;
 COMMENT ON FUNCTION prepay._bill_for_update(integer, bigint) IS 'Internal: lock a bill, PY021 if unknown.';
 
 CREATE FUNCTION prepay.confirm_bill(p_site_id integer, p_bill_id bigint)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.bill;
 BEGIN
@@ -1135,7 +1136,7 @@ END $$;
 COMMENT ON FUNCTION prepay.confirm_bill(integer, bigint) IS 'Staff confirm a drafted bill (recording who and when); it is never redrafted after.  Confirming twice is harmless; PY022 for an issued bill.';
 
 CREATE FUNCTION prepay.issue_bill(p_site_id integer, p_bill_id bigint)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.bill;
 BEGIN
@@ -1160,7 +1161,7 @@ COMMENT ON FUNCTION prepay.issue_bill(integer, bigint) IS 'Issue a confirmed bil
 
 CREATE FUNCTION prepay.pay_bills(p_site_id integer, p_account_id bigint, p_amount numeric,
                                  p_channel text, p_external_ref text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     entry bigint;
@@ -1171,8 +1172,8 @@ DECLARE
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'bill payment');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     a := prepay._lock_account(p_site_id, p_account_id, false);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'bill_payment', p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN
@@ -1249,7 +1250,7 @@ COMMENT ON COLUMN prepay.bill_arrears.ageing IS 'Ageing bucket: not due, 1-30, 3
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.run_periodic(p_site_id integer, p_day date)
-RETURNS jsonb LANGUAGE plpgsql AS $$
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     done jsonb := '{}';
     previous_month date := (pg_catalog.date_trunc('month', p_day) - interval '1 month')::date;
@@ -1305,7 +1306,7 @@ COMMENT ON FUNCTION prepay.run_periodic(integer, date) IS
 'The site''s daily billing run for a local day, in order: accrue the previous day''s basic charges; on the first day of a month settle the previous month''s basic charges and apportion every rule in force whose period just ended (a rule whose master readings are missing raises an apportionment_failed alarm and is listed; the others go on; run it again once the readings are in) ; then expire the allowances of periods ended, credit the period''s allowances, charge the fees due, and on the first day of a month draft the previous month''s bills.  The period that ended is charged before its allowance expires, and spends it first.  Every step is idempotent, so running it twice, late, or from two sessions at once charges once.  Returns what it did.';
 
 CREATE FUNCTION prepay.run_periodic_all()
-RETURNS TABLE (site_id integer, local_day date, done jsonb) LANGUAGE plpgsql AS $$
+RETURNS TABLE (site_id integer, local_day date, done jsonb) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s prepay.site;
 BEGIN

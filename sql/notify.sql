@@ -296,7 +296,7 @@ COMMENT ON FUNCTION prepay._notify_template_of(text, smallint) IS 'Internal: the
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._notification_text() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lang text;
     extra jsonb := '{}';
@@ -326,7 +326,7 @@ CREATE TRIGGER notification_text BEFORE INSERT ON prepay.notification
 COMMENT ON TRIGGER notification_text ON prepay.notification IS 'Writes the message from the site''s templates in the tenant''s language (sites with prepay.notify_site only).';
 
 CREATE FUNCTION prepay._notification_deliveries() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO prepay.notification_delivery (site_id, notification_id, channel, account_id)
     SELECT NEW.site_id, NEW.notification_id, c.channel, NEW.account_id
@@ -364,7 +364,7 @@ COMMENT ON FUNCTION prepay._notify_event(integer, bigint, text, numeric, jsonb) 
 'Internal: write a notification of an event (payment_received, supply_restored, bill_issued) to an account in its language, and NOTIFY prepay_notification.';
 
 CREATE FUNCTION prepay._notify_payment() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id AND s.payment_received) THEN
         PERFORM prepay._notify_event(NEW.site_id, NEW.account_id, 'payment_received', NEW.amount);
@@ -377,7 +377,7 @@ CREATE TRIGGER notify_payment AFTER INSERT ON prepay.ledger
 COMMENT ON TRIGGER notify_payment ON prepay.ledger IS 'Tells the tenant a recharge arrived (sites with prepay.notify_site.payment_received).  Never fires for consumption entries.';
 
 CREATE FUNCTION prepay._notify_restored() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NEW.account_id IS NOT NULL
        AND EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id AND s.supply_restored) THEN
@@ -392,7 +392,7 @@ CREATE TRIGGER notify_restored AFTER UPDATE OF state ON prepay.command
 COMMENT ON TRIGGER notify_restored ON prepay.command IS 'Tells the tenant the supply is back (sites with prepay.notify_site.supply_restored).';
 
 CREATE FUNCTION prepay._notify_bill() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id AND s.bill_issued)
        AND NEW.amount_due > 0 THEN

@@ -512,19 +512,19 @@ CREATE FUNCTION prepay.alarm_level(balance numeric, low_balance_threshold numeri
                                    pretrip_threshold numeric, credit_limit numeric)
 RETURNS smallint
 AS 'MODULE_PATHNAME', 'prepay_alarm_level'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay.alarm_level(numeric, numeric, numeric, numeric) IS
 'The alarm ladder: 3 (arrears) when balance <= -credit_limit (with no credit limit a balance of exactly 0.00 is arrears: the money has run out), else 2 (pre-trip) when balance <= pretrip_threshold, else 1 (low balance) when balance <= low_balance_threshold, else 0.  The rating trigger uses the same C code.  It applies to open prepaid accounts only.';
 
 CREATE FUNCTION prepay.reading_skip_duplicate() RETURNS trigger
 AS 'MODULE_PATHNAME', 'prepay_reading_skip_duplicate'
-LANGUAGE C;
+LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay.reading_skip_duplicate() IS
 'BEFORE INSERT row trigger on prepay.reading: skips a reading whose (site, meter, read_at) is already stored, so INSERT and COPY of duplicates charge nothing and fail nothing.';
 
 CREATE FUNCTION prepay.reading_rate_batch() RETURNS trigger
 AS 'MODULE_PATHNAME', 'prepay_reading_rate_batch'
-LANGUAGE C;
+LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay.reading_rate_batch() IS
 'AFTER INSERT statement trigger on prepay.reading: rates every new reading of the statement in one pass (consumption, price, ledger entry, wallet, alarm ladder, relay commands) and quarantines the bad ones.';
 
@@ -539,7 +539,7 @@ CREATE TRIGGER reading_rate_batch AFTER INSERT ON prepay.reading
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.ledger_refuse_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'the prepay ledger is append-only'
         USING ERRCODE = 'PY013',
@@ -555,7 +555,7 @@ CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._raise(sqlstate text, message text, detail text, hint text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF detail IS NOT NULL AND hint IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail, HINT = hint;
@@ -570,7 +570,7 @@ END $$;
 COMMENT ON FUNCTION prepay._raise(text, text, text, text) IS 'Internal: raise an error with a SQLSTATE, message, detail and hint.';
 
 CREATE FUNCTION prepay._check_cents(p_amount numeric, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_amount <> pg_catalog.round(p_amount, 2) THEN
         PERFORM prepay._raise('22023', pg_catalog.format('%s has more than two decimal places', p_what),
@@ -584,7 +584,7 @@ END $$;
 COMMENT ON FUNCTION prepay._check_cents(numeric, text) IS 'Internal: refuse an amount with fractions of a cent (22023) or absurdly large (22003); the checks every money input shares.';
 
 CREATE FUNCTION prepay._check_amount(p_amount numeric, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_amount = 'NaN'::numeric THEN
         PERFORM prepay._raise('22023', pg_catalog.format('%s amount is not a number', p_what), NULL,
@@ -600,7 +600,7 @@ END $$;
 COMMENT ON FUNCTION prepay._check_amount(numeric, text) IS 'Internal: refuse a money amount that is not positive, has fractions of a cent or is absurdly large (SQLSTATE 22023 or 22003).';
 
 CREATE FUNCTION prepay._check_text(p_value text, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_value IS NULL OR pg_catalog.btrim(p_value) = '' THEN
         PERFORM prepay._raise('22023', pg_catalog.format('%s must not be empty', p_what), NULL,
@@ -609,15 +609,31 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._check_text(text, text) IS 'Internal: refuse a NULL or blank required text argument (SQLSTATE 22023).';
 
+CREATE FUNCTION prepay._check_reference(p_value text, p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at integer := pg_catalog.regexp_instr(p_value, '[\x01-\x1f\x7f-\x9f]');
+BEGIN
+    PERFORM prepay._check_text(p_value, p_what);
+    IF at > 0 THEN
+        PERFORM prepay._raise('PY017', pg_catalog.format('%s contains a control character', p_what),
+            pg_catalog.format('Character %s of the %s is U+%s.', at, p_what,
+                              pg_catalog.upper(pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.ascii(pg_catalog.substr(p_value, at, 1))), 4, '0'))),
+            pg_catalog.format('Pass the %s as printable text: control characters (tabs, line breaks, escapes) '
+                              'are refused in payment channels and references.', p_what));
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._check_reference(text, text) IS 'Internal: refuse a payment channel or reference (external id) that is NULL or blank (22023) or contains a control character, U+0001-U+001F or U+007F-U+009F (PY017).  Every public function that stores a channel or reference with money calls it.';
+
 CREATE FUNCTION prepay._lock_site_rating(p_site_id integer)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_advisory_xact_lock(1886545264, p_site_id);  -- 1886545264 = 'prep'
 $$;
 COMMENT ON FUNCTION prepay._lock_site_rating(integer) IS
 'Internal: the site''s rating lock (a transaction-level advisory lock).  The rating trigger takes it before reading meter state, and so do the functions that change a meter''s account or readings, before any row lock: see the locking protocol in extension/reading.c.';
 
 CREATE FUNCTION prepay._lock_account(p_site_id integer, p_account_id bigint, p_must_be_open boolean DEFAULT true)
-RETURNS prepay.account LANGUAGE plpgsql AS $$
+RETURNS prepay.account LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
 BEGIN
@@ -638,7 +654,7 @@ END $$;
 COMMENT ON FUNCTION prepay._lock_account(integer, bigint, boolean) IS 'Internal: lock an account row for a wallet movement (the one lock every money path takes), raising PY001 if unknown and PY002 if closed.';
 
 CREATE FUNCTION prepay._lock_meter(p_site_id integer, p_meter_id bigint)
-RETURNS prepay.meter LANGUAGE plpgsql AS $$
+RETURNS prepay.meter LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
 BEGIN
@@ -654,7 +670,7 @@ END $$;
 COMMENT ON FUNCTION prepay._lock_meter(integer, bigint) IS 'Internal: lock a meter row, raising PY003 if it does not exist.';
 
 CREATE FUNCTION prepay.cut_allowed_at(p_site_id integer, p_at timestamptz)
-RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tz text;
     t timestamptz := p_at;
@@ -740,7 +756,7 @@ COMMENT ON FUNCTION prepay._queue_command(integer, bigint, prepay.command_action
 'Internal: queue a relay command unless the same one is already queued; an opposite queued command is cancelled.  A failed command queued again for a retry by a concurrent transaction is seen by looking again (test/specs/command_retry_race.spec).  Sends NOTIFY prepay_command with "site_id/command_id".';
 
 CREATE FUNCTION prepay._cancel_queued(p_site_id integer, p_meter_id bigint, p_action prepay.command_action, p_why text)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(), last_error = p_why
      WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' AND action = p_action;
@@ -749,7 +765,7 @@ END $$;
 COMMENT ON FUNCTION prepay._cancel_queued(integer, bigint, prepay.command_action, text) IS 'Internal: cancel a queued command of the given action for a meter; true if one was cancelled.';
 
 CREATE FUNCTION prepay._trip_account(p_site_id integer, p_account_id bigint, p_reason text)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -771,7 +787,7 @@ END $$;
 COMMENT ON FUNCTION prepay._trip_account(integer, bigint, text) IS 'Internal: queue a trip for each unprotected active meter of an unprotected prepaid account, deferred to the end of any no-cut window.  Returns how many.';
 
 CREATE FUNCTION prepay._restore_account(p_site_id integer, p_account_id bigint, p_reason text)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
     n integer := 0;
@@ -794,7 +810,7 @@ COMMENT ON FUNCTION prepay._restore_account(integer, bigint, text) IS 'Internal:
 
 CREATE FUNCTION prepay._alarm_level_changed(p_site_id integer, p_account_id bigint,
                                             p_old smallint, p_new smallint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     kinds constant text[] := ARRAY['low_balance', 'pretrip', 'arrears'];
     a prepay.account;
@@ -848,7 +864,7 @@ CREATE FUNCTION prepay._post_entry(p_site_id integer, p_account_id bigint, p_kin
                                    p_amount numeric, p_channel text DEFAULT NULL, p_external_ref text DEFAULT NULL,
                                    p_reason text DEFAULT NULL, p_reverses bigint DEFAULT NULL,
                                    p_exact numeric DEFAULT NULL, p_pieces json DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     s prepay.site;
@@ -882,7 +898,7 @@ COMMENT ON FUNCTION prepay._post_entry(integer, bigint, prepay.ledger_kind, nume
 
 CREATE FUNCTION prepay._payment_replay(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
                                        p_amount numeric, p_channel text, p_external_ref text)
-RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
 BEGIN
@@ -908,7 +924,7 @@ COMMENT ON FUNCTION prepay._payment_replay(integer, bigint, prepay.ledger_kind, 
 
 CREATE FUNCTION prepay._record_reading(p_site_id integer, p_meter_id bigint, p_at timestamptz,
                                        p_energy numeric, p_what text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     why text;
 BEGIN
@@ -928,7 +944,7 @@ CREATE FUNCTION prepay.open_account(p_site_id integer, p_code text, p_name text,
                                     p_mode prepay.account_mode DEFAULT 'prepaid',
                                     p_phone text DEFAULT NULL, p_email text DEFAULT NULL,
                                     p_floor_area numeric DEFAULT NULL, p_credit_limit numeric DEFAULT 0)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id bigint;
 BEGIN
@@ -969,7 +985,7 @@ COMMENT ON FUNCTION prepay.open_account(integer, text, text, bigint, prepay.acco
 CREATE FUNCTION prepay.attach_meter(p_site_id integer, p_account_id bigint, p_meter_id bigint,
                                     p_initial_energy numeric DEFAULT NULL,
                                     p_at timestamptz DEFAULT pg_catalog.now())
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -1002,7 +1018,7 @@ COMMENT ON FUNCTION prepay.attach_meter(integer, bigint, bigint, numeric, timest
 CREATE FUNCTION prepay.replace_meter(p_site_id integer, p_old_meter_id bigint, p_final_energy numeric,
                                      p_new_code text, p_initial_energy numeric,
                                      p_at timestamptz DEFAULT pg_catalog.now())
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
     new_id bigint;
@@ -1054,13 +1070,13 @@ COMMENT ON FUNCTION prepay.replace_meter(integer, bigint, numeric, text, numeric
 CREATE FUNCTION prepay.close_account(p_site_id integer, p_account_id bigint,
                                      p_channel text DEFAULT 'closing', p_reason text DEFAULT 'account closed',
                                      p_moved_out_at timestamptz DEFAULT pg_catalog.now())
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
-    PERFORM prepay._check_text(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_channel, 'channel');
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     IF p_moved_out_at IS NULL OR p_moved_out_at > pg_catalog.now() OR p_moved_out_at < a.opened_at THEN
@@ -1105,14 +1121,14 @@ COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text, timestampt
 
 CREATE FUNCTION prepay.recharge(p_site_id integer, p_account_id bigint, p_amount numeric,
                                 p_channel text, p_external_ref text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'recharge');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     PERFORM prepay._lock_account(p_site_id, p_account_id);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN
@@ -1130,15 +1146,15 @@ COMMENT ON FUNCTION prepay.recharge(integer, bigint, numeric, text, text) IS
 
 CREATE FUNCTION prepay.refund(p_site_id integer, p_account_id bigint, p_amount numeric,
                               p_channel text, p_external_ref text, p_reason text DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'refund');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     a := prepay._lock_account(p_site_id, p_account_id);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN
@@ -1160,7 +1176,7 @@ COMMENT ON FUNCTION prepay.refund(integer, bigint, numeric, text, text, text) IS
 'Pay money back out of a wallet (at most the balance less the unspent allowance, which is never paid out) and return the ledger entry.  Idempotent per (channel, external_ref) like recharge.';
 
 CREATE FUNCTION prepay.reverse(p_site_id integer, p_entry_id bigint, p_reason text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
     existing bigint;
@@ -1189,7 +1205,7 @@ COMMENT ON FUNCTION prepay.reverse(integer, bigint, text) IS
 'Cancel a wrong entry by posting its exact opposite, once: calling it again returns the same reversal.  Reversals and closing refunds cannot be reversed (PY006).';
 
 CREATE FUNCTION prepay.balance(p_site_id integer, p_account_id bigint)
-RETURNS numeric LANGUAGE plpgsql STABLE AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b numeric;
 BEGIN
@@ -1209,7 +1225,7 @@ COMMENT ON FUNCTION prepay.balance(integer, bigint) IS 'Current wallet balance o
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.trip(p_site_id integer, p_meter_id bigint, p_reason text DEFAULT 'manual')
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
     a prepay.account;
@@ -1232,7 +1248,7 @@ END $$;
 COMMENT ON FUNCTION prepay.trip(integer, bigint, text) IS 'Queue a manual trip (cut supply) for a meter and return the command id; refused for protected meters (PY014).';
 
 CREATE FUNCTION prepay.close(p_site_id integer, p_meter_id bigint, p_reason text DEFAULT 'manual')
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
 BEGIN
@@ -1248,7 +1264,7 @@ COMMENT ON FUNCTION prepay.close(integer, bigint, text) IS 'Queue a manual close
 
 CREATE FUNCTION prepay.protect(p_site_id integer, p_on boolean,
                                p_meter_id bigint DEFAULT NULL, p_account_id bigint DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -1291,7 +1307,7 @@ COMMENT ON FUNCTION prepay.protect(integer, boolean, bigint, bigint) IS
 CREATE FUNCTION prepay.check_ledger()
 RETURNS TABLE (site_id integer, account_id bigint, balance numeric, ledger_total numeric,
                last_balance_after numeric, problem text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH totals AS (
         SELECT l.site_id, l.account_id, sum(l.amount) AS total,
                (array_agg(l.balance_after ORDER BY l.entry_id DESC))[1] AS last_after

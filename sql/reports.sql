@@ -192,14 +192,14 @@ COMMENT ON INDEX prepay.ledger_money IS 'Every money movement that is not a cons
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._local_day(p_at timestamptz, p_tz text)
-RETURNS date LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS date LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ((p_at OPERATOR(pg_catalog.-) interval '1 microsecond') AT TIME ZONE p_tz)::date
 $$;
 COMMENT ON FUNCTION prepay._local_day(timestamptz, text) IS 'Internal: the local date an interval ending at p_at belongs to ((a, b] ends on the day of b minus one microsecond, so an interval ending at midnight belongs to the day before).';
 
 CREATE FUNCTION prepay._entry_parts(p_amount numeric, p_pieces json, p_tz text)
 RETURNS TABLE (day date, period text, tier integer, energy numeric, cost numeric, charged numeric, charges integer)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT q.day, q.period, q.tier,
            CASE WHEN q.first_day = q.last_day THEN q.energy ELSE q.part END,
            CASE WHEN q.first_day = q.last_day THEN q.amount ELSE q.part * q.price END,
@@ -231,7 +231,7 @@ COMMENT ON FUNCTION prepay._entry_parts(numeric, json, text) IS
 CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to date)
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
                energy numeric, cost numeric, charged numeric, charges bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier,
            sum(x.energy), sum(x.cost), sum(x.charged), sum(x.charges)
       FROM prepay.site s
@@ -248,7 +248,7 @@ COMMENT ON FUNCTION prepay.energy_from_ledger(integer, date, date) IS
 
 CREATE FUNCTION prepay.rebuild_rollups(p_site_id integer)
 RETURNS TABLE (days bigint, months bigint, posting_days bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM prepay.site s WHERE s.site_id = p_site_id) THEN
         PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id),
@@ -280,7 +280,7 @@ COMMENT ON FUNCTION prepay.rebuild_rollups(integer) IS
 'Recompute a site''s rollups from its ledger (after loading ledger rows with triggers disabled, or to prove them): returns the rows written.  Takes the site''s rating lock.  PY007 unknown site.';
 
 CREATE FUNCTION prepay.fold_rollups(p_site_id integer DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s integer;
     moved_rows bigint;
@@ -337,7 +337,7 @@ RETURNS TABLE (site_id integer, building text, floor text, room text, meter_id b
                alarm_colour text, relay_state prepay.relay_state, relay_state_at timestamptz, protected boolean,
                online boolean, lost_since timestamptz, today date, today_energy numeric, today_cost numeric,
                today_charged numeric, last_read_at timestamptz)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code, a.account_id, a.code, a.name, a.balance,
            a.alarm_level,
            CASE a.alarm_level WHEN 0 THEN 'green' WHEN 1 THEN 'yellow' WHEN 2 THEN 'orange' WHEN 3 THEN 'red' END,
@@ -527,7 +527,7 @@ CREATE FUNCTION prepay.account_trail(p_site_id integer, p_account_id bigint, p_f
 RETURNS TABLE (line bigint, at timestamptz, kind text, entry_id bigint, amount numeric, balance numeric,
                energy numeric, meter_id bigint, read_from timestamptz, read_to timestamptz, channel text,
                external_ref text, operator text, reason text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tz text;
     opening numeric;
@@ -653,7 +653,7 @@ RETURNS TABLE (site_id integer, account_id bigint, account_code text, account_na
                meters_to_cut bigint, recent_energy_per_day numeric, recent_cost_per_day numeric,
                last_read_at timestamptz, run_out_at timestamptz, method text, cut_at timestamptz, status text,
                reason text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH s AS (
         SELECT st.site_id, st.time_zone, st.currency,
                ((p_at AT TIME ZONE st.time_zone)::date
@@ -808,7 +808,7 @@ CREATE FUNCTION prepay.cut_forecast(p_site_id integer, p_horizon interval DEFAUL
 RETURNS TABLE (site_id integer, account_id bigint, account_code text, account_name text, balance numeric,
                available numeric, run_out_at timestamptz, cut_at timestamptz, will_be_cut boolean,
                meters_to_cut bigint, status text, why text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT f.site_id, f.account_id, f.account_code, f.account_name, f.balance, f.available, f.run_out_at, f.cut_at,
            f.cut_at IS NOT NULL, f.meters_to_cut, f.status, f.reason
       FROM prepay.balance_forecast_at(p_site_id, p_at, p_horizon) AS f
@@ -847,7 +847,7 @@ COMMENT ON COLUMN prepay.cut_reminder.notification_id IS 'The notification writt
 COMMENT ON COLUMN prepay.cut_reminder.sent_at IS 'When the reminder was written.';
 
 CREATE FUNCTION prepay.send_cut_reminders(p_site_id integer DEFAULT NULL, p_at timestamptz DEFAULT pg_catalog.now())
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     n integer := 0;
@@ -916,7 +916,7 @@ COMMENT ON COLUMN prepay.multiplier_change.changed_at IS 'When (transaction time
 COMMENT ON COLUMN prepay.multiplier_change.changed_by IS 'Database user who changed it.';
 
 CREATE FUNCTION prepay._log_multiplier_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO prepay.multiplier_change (site_id, meter_id, old_multiplier, new_multiplier)
     VALUES (NEW.site_id, NEW.meter_id, OLD.multiplier, NEW.multiplier);
@@ -930,7 +930,7 @@ COMMENT ON TRIGGER meter_multiplier_change ON prepay.meter IS 'Logs multiplier c
 
 CREATE FUNCTION prepay.loss_jumps(p_site_id integer, p_min_points numeric DEFAULT 5)
 RETURNS TABLE (site_id integer, rule_id bigint, period_start date, loss_pct numeric, previous_pct numeric)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT x.site_id, x.rule_id, x.period_start, x.loss_pct, x.previous_pct
       FROM (SELECT l.site_id, l.rule_id, l.period_start, l.loss_pct,
                    pg_catalog.lag(l.loss_pct) OVER (PARTITION BY l.rule_id ORDER BY l.period_start) AS previous_pct
@@ -945,7 +945,7 @@ CREATE FUNCTION prepay.suspicious_consumption_at(p_site_id integer, p_at timesta
                                                  p_drop numeric DEFAULT 0.3)
 RETURNS TABLE (site_id integer, kind text, account_id bigint, account_code text, meter_id bigint, meter_code text,
                building text, floor text, room text, since timestamptz, recent numeric, usual numeric, detail text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH s AS (
         SELECT st.site_id, st.time_zone, (p_at AT TIME ZONE st.time_zone)::date AS today
           FROM prepay.site st WHERE st.site_id = p_site_id

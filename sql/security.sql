@@ -42,7 +42,9 @@
  * is missing), 42704 (mapping of a role that does not exist), PY201
  * (the audit trail is append-only), PY202 (a prepay_* role exists with
  * superuser or bypassrls), PY203 (an authenticator passed claims that are
- * not a JSON object with integer site_id and account_id).
+ * not a JSON object with integer site_id and account_id), PY204 (a
+ * function of schema prepay without its pinned search_path or with a
+ * security mode the rule does not give it: prepay._check_routines).
  *-------------------------------------------------------------------------
  */
 
@@ -81,7 +83,7 @@ END $$;
 
 CREATE FUNCTION prepay._caller() RETURNS oid
 AS 'MODULE_PATHNAME', 'prepay_caller'
-LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+LANGUAGE C STABLE STRICT PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay._caller() IS
 'Internal: OID of the role the current call acts for (the session user, or the role set with SET ROLE), unchanged inside SECURITY DEFINER functions.  extension/security.c.';
 
@@ -243,7 +245,8 @@ END $$;
 COMMENT ON FUNCTION prepay._claimed_accounts() IS
 'Internal: the tenant account named by the request''s verified claims (site_id, account_id): only when the session user is an authenticator of that site (prepay.api_authenticator) and the claims'' role, if any, is the role the request acts as.  No row otherwise; PY203 for claims an authenticator passed without integer ids.  prepay._my_accounts() adds it to the mapped accounts.';
 
-CREATE FUNCTION prepay._check_grantee() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._check_grantee() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = NEW.grantee) THEN
         PERFORM prepay._raise('42704', pg_catalog.format('role %s does not exist', NEW.grantee),
@@ -297,7 +300,8 @@ LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_ca
 $$;
 COMMENT ON FUNCTION prepay._is_agent(integer, text) IS 'Internal: whether the caller acts as this agent at this site (always for a superuser).';
 
-CREATE FUNCTION prepay._site_creator_access() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._site_creator_access() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NOT prepay._caller_is_superuser() THEN
         INSERT INTO prepay.site_access (site_id, grantee)
@@ -475,7 +479,8 @@ COMMENT ON COLUMN prepay.audit.before_values IS 'The row before the change (NULL
 COMMENT ON COLUMN prepay.audit.after_values IS 'The row after the change (NULL for a delete); for a money movement the ledger entry and the balance after.';
 COMMENT ON COLUMN prepay.audit.claims IS 'The request''s verified claims (request.jwt.claims) when the login is an authenticator (prepay.api_authenticator): which end user a REST gateway acted for.  NULL for any other login, whose claims are not trusted.';
 
-CREATE FUNCTION prepay._audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_refuse_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     PERFORM prepay._raise('PY201', 'the prepay audit trail is append-only',
         pg_catalog.format('%s on prepay.audit was refused.', TG_OP),
@@ -487,7 +492,8 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.a
     FOR EACH STATEMENT EXECUTE FUNCTION prepay._audit_refuse_change();
 COMMENT ON TRIGGER audit_append_only ON prepay.audit IS 'The audit trail is append-only.';
 
-CREATE FUNCTION prepay._audit_free_id() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_free_id() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     WHILE EXISTS (SELECT 1 FROM prepay.audit a WHERE a.site_id = NEW.site_id AND a.audit_id = NEW.audit_id) LOOP
         NEW.audit_id := pg_catalog.nextval('prepay.audit_id_seq');
@@ -500,7 +506,8 @@ CREATE TRIGGER audit_free_id BEFORE INSERT ON prepay.audit
     FOR EACH ROW EXECUTE FUNCTION prepay._audit_free_id();
 COMMENT ON TRIGGER audit_free_id ON prepay.audit IS 'Renumbers an entry whose id is taken (a restore outside replica mode), so that no entry is lost.';
 
-CREATE FUNCTION prepay._audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     old_values jsonb;
     new_values jsonb;
@@ -528,7 +535,8 @@ END $$;
 COMMENT ON FUNCTION prepay._audit_row() IS
 'Internal: AFTER row trigger writing one audit entry per inserted, updated or deleted row (its arguments name the primary key columns).  Attached to every configuration table by sql/security.sql.';
 
-CREATE FUNCTION prepay._audit_money() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_money() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     INSERT INTO prepay.audit (site_id, acting_role, application_name, action, object, object_key,
                               before_values, after_values)
@@ -585,10 +593,12 @@ COMMENT ON COLUMN prepay.audit_trail.claims IS 'The verified claims of a request
 -- docs/SECURITY.md says when a new file must add to them.
 -- ---------------------------------------------------------------------
 
--- functions: SECURITY DEFINER with a pinned search_path for the public
--- functions that authorize their caller and for trigger functions;
--- EXECUTE for the prepay roles only, never for PUBLIC
-DO $$
+-- functions: the check (prepay._check_routines), then the grants.  Each
+-- function declares its security mode and its pinned search_path in its own
+-- CREATE FUNCTION; the check refuses the install (PY204, naming the
+-- function) when a function of any earlier file breaks the rule.
+CREATE FUNCTION prepay._check_routines() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     f record;
     -- per-row trigger with no SPI (probes the primary key index directly):
@@ -597,36 +607,56 @@ DECLARE
     -- SECURITY DEFINER helpers the policies and authorizing functions use
     helpers constant text[] := '{_my_sites,_my_accounts,_my_agents,_is_agent,_authorize,_authorize_account,'
                                '_authorize_agent,_authorize_agent_id}';
-    roles constant text := 'prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent';
+    pinned constant text := 'search_path=pg_catalog, pg_temp';
 BEGIN
     FOR f IN
-        SELECT p.oid::regprocedure AS sig, p.proname, p.prokind, p.prosecdef,
+        SELECT p.oid::regprocedure AS sig, p.proname, p.prosecdef, p.proconfig,
                p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype AS is_trigger,
                p.prosrc ~ 'prepay\._authorize' AS authorizes
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'prepay'::pg_catalog.regnamespace
+           AND p.prokind <> 'a'              -- an aggregate has no SET clause; its support functions are checked
+         ORDER BY p.oid
+    LOOP
+        IF NOT pinned = ANY (coalesce(f.proconfig, '{}')) THEN
+            PERFORM prepay._raise('PY204', pg_catalog.format('function %s has no pinned search_path', f.sig),
+                'Every function of schema prepay runs with search_path = pg_catalog, pg_temp, whatever its security mode, so that no object of a caller''s schema (public, "$user") can stand in for a built-in.',
+                'Add SET search_path = pg_catalog, pg_temp to its CREATE FUNCTION and qualify what its body names (prepay.x).');
+        END IF;
+        IF f.prosecdef <> ((f.is_trigger AND NOT f.proname = ANY (invoker_triggers)) OR f.proname = ANY (helpers)
+                           OR (f.authorizes AND f.proname !~ '^_')) THEN
+            PERFORM prepay._raise('PY204', pg_catalog.format('function %s is declared SECURITY %s', f.sig,
+                                                             CASE WHEN f.prosecdef THEN 'DEFINER' ELSE 'INVOKER' END),
+                CASE WHEN f.prosecdef
+                     THEN 'Only trigger functions, the authorization helpers and public functions that call prepay._authorize* first are SECURITY DEFINER.'
+                     ELSE 'A public function that calls prepay._authorize*, and a trigger function other than reading_skip_duplicate, is SECURITY DEFINER.' END,
+                'Declare the mode in its CREATE FUNCTION as docs/SECURITY.md ("What a new SQL file must do") says.');
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._check_routines() IS
+'Internal: raise PY204, naming the function, if a function of schema prepay has no pinned search_path (pg_catalog, pg_temp) or declares a security mode the rule does not give it: SECURITY DEFINER for trigger functions (but the per-row reading_skip_duplicate), the authorization helpers and the public functions that call prepay._authorize*; SECURITY INVOKER for the rest.  The install runs it after every file''s functions exist.';
+
+-- EXECUTE for the prepay roles only, never for PUBLIC, none on triggers
+DO $$
+DECLARE
+    f record;
+    roles constant text := 'prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent';
+BEGIN
+    PERFORM prepay._check_routines();
+    FOR f IN
+        SELECT p.oid::regprocedure AS sig, p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype AS is_trigger
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'prepay'::pg_catalog.regnamespace
          ORDER BY p.oid
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f.sig);
-        IF f.is_trigger THEN
-            -- triggers do prepay's bookkeeping with the owner's rights; nobody
-            -- may attach them to a table of their own (CREATE TRIGGER needs EXECUTE)
-            IF NOT f.proname = ANY (invoker_triggers) THEN
-                EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.sig);
-            END IF;
-        ELSIF f.prokind = 'a' THEN
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        ELSIF f.proname = ANY (helpers) THEN
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        ELSIF f.authorizes AND f.proname !~ '^_' THEN
-            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.sig);
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        ELSIF NOT f.prosecdef THEN
-            -- SECURITY INVOKER: runs with the caller's own grants and policies
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        END IF;
-        -- a SECURITY DEFINER function that does not authorize its caller is
-        -- left to superusers (12_security lists any such function as a defect)
+        -- triggers do prepay's bookkeeping with the owner's rights; nobody
+        -- may attach them to a table of their own (CREATE TRIGGER needs EXECUTE)
+        CONTINUE WHEN f.is_trigger;
+        -- SECURITY INVOKER functions run with the caller's own grants and
+        -- policies; SECURITY DEFINER ones authorize their caller
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
     END LOOP;
 END $$;
 

@@ -26,11 +26,12 @@ SELECT pg_catalog.pg_extension_config_dump('prepay.holiday', '');
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.tariff_check(p_definition jsonb) RETURNS void
-LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'prepay_tariff_check';
+LANGUAGE C STRICT STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prepay_tariff_check';
 COMMENT ON FUNCTION prepay.tariff_check(jsonb) IS
 'Validate a tariff definition (docs/TARIFFS.md): returns nothing if it is valid, else raises PY015 with a message naming what is wrong.';
 
-CREATE FUNCTION prepay._tariff_version_check() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._tariff_version_check() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NEW.definition IS NOT NULL THEN
         PERFORM prepay.tariff_check(NEW.definition);
@@ -50,21 +51,21 @@ COMMENT ON TRIGGER tariff_version_check ON prepay.tariff_version IS 'Validates e
 CREATE FUNCTION prepay._rate(p_site_id integer, p_tariff_id bigint, p_from timestamptz, p_to timestamptz,
                              p_energy numeric, p_cycle_used numeric, p_cycle_start timestamptz,
                              p_registers numeric[])
-RETURNS json LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'prepay_rate';
+RETURNS json LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prepay_rate';
 COMMENT ON FUNCTION prepay._rate(integer, bigint, timestamptz, timestamptz, numeric, numeric, timestamptz, numeric[]) IS
 'Internal: rate energy over (from, to] with a tariff, given the billing cycle''s start (NULL: the cycle containing from) and its consumption so far, and optionally the {sharp, peak, flat, valley} register energies; returns the pieces in the format of prepay.ledger.pieces.  The rating trigger uses the same C core.';
 
 CREATE FUNCTION prepay._rate_many(p_site_id integer, p_tariff_id bigint[], p_from timestamptz[], p_to timestamptz[],
                                   p_energy numeric[], p_cycle_used numeric[], p_cycle_start timestamptz[],
                                   p_registers numeric[])
-RETURNS SETOF json LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'prepay_rate_many';
+RETURNS SETOF json LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prepay_rate_many';
 COMMENT ON FUNCTION prepay._rate_many(integer, bigint[], timestamptz[], timestamptz[], numeric[], numeric[], timestamptz[], numeric[]) IS
 'Internal: prepay._rate() of a series of intervals of one site (the i-th elements of the arrays), in order, with the site''s tariffs loaded once.  A NULL cycle_used continues the billing cycle the previous interval left; p_registers is NULL or has one row {sharp, peak, flat, valley} per interval (a row with a NULL: none).';
 
 CREATE FUNCTION prepay._pieces(p_pieces json)
 RETURNS TABLE (piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
                tier integer, energy numeric, unit_price numeric, amount numeric)
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (p->>'from')::timestamptz, (p->>'to')::timestamptz, (p->>'version')::timestamptz, p->>'period',
            (p->>'tier')::integer, (p->>'energy')::numeric(15,3), (p->>'price')::numeric(12,6),
            (p->>'amount')::numeric(18,9)
@@ -76,7 +77,7 @@ CREATE FUNCTION prepay.rate(p_site_id integer, p_tariff_id bigint, p_from timest
                             p_energy numeric, p_cycle_used numeric DEFAULT 0)
 RETURNS TABLE (piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
                tier integer, energy numeric, unit_price numeric, amount numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_site_id IS NULL OR p_tariff_id IS NULL OR p_from IS NULL OR p_to IS NULL OR p_energy IS NULL THEN
         PERFORM prepay._raise('22004', 'rate needs a site, a tariff, an interval and an energy', NULL, NULL);
@@ -98,7 +99,7 @@ RETURNS TABLE (entry_id bigint, meter_id bigint, read_from timestamptz, register
                read_to timestamptz, register_to numeric, multiplier integer, energy numeric,
                piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
                tier integer, piece_energy numeric, unit_price numeric, amount numeric, charged numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
 BEGIN
@@ -127,7 +128,7 @@ COMMENT ON FUNCTION prepay.explain_charge(integer, bigint) IS
 'What is behind a consumption charge: the two readings (register values), the multiplier, the energy, and each priced piece (time span, tariff version, period, tier, energy, unit price, exact amount), with the whole cents charged.  PY006 unknown entry; PY016 not a consumption charge.';
 
 CREATE FUNCTION prepay._register_energy(p_pieces json) RETURNS numeric[]
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN p_pieces->>'split' = 'registers' THEN
            ARRAY(SELECT coalesce(sum(p.energy) FILTER (WHERE p.period = r.name), 0)
                    FROM unnest(ARRAY['sharp', 'peak', 'flat', 'valley']) WITH ORDINALITY AS r(name, ord)
@@ -140,7 +141,7 @@ COMMENT ON FUNCTION prepay._register_energy(json) IS 'Internal: the {sharp, peak
 CREATE FUNCTION prepay.simulate_bill(p_site_id integer, p_account_id bigint, p_tariff_id bigint,
                                      p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (period text, tier integer, unit_price numeric, energy numeric, amount numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM prepay.account a WHERE a.site_id = p_site_id AND a.account_id = p_account_id) THEN
         PERFORM prepay._raise('PY001', 'unknown account',
@@ -182,7 +183,7 @@ COMMENT ON FUNCTION prepay.simulate_bill(integer, bigint, bigint, timestamptz, t
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._charged_exact(p_site_id integer, p_account_id bigint, p_entry prepay.ledger)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_entry.exact_charge + coalesce(sum((x->>'exact_delta')::numeric), 0)
       FROM prepay.ledger a, pg_catalog.json_array_elements(a.pieces->'rerate') AS x
      WHERE a.site_id = p_site_id AND a.account_id = p_account_id AND a.kind = 'adjustment'
@@ -194,7 +195,7 @@ COMMENT ON FUNCTION prepay._charged_exact(integer, bigint, prepay.ledger) IS
 CREATE FUNCTION prepay.rerate(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (account_id bigint, charges integer, charged numeric, repriced numeric,
                adjustment numeric, entry_id bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     acc bigint;
     deltas json[];
@@ -278,7 +279,7 @@ COMMENT ON FUNCTION prepay.rerate(integer, bigint, timestamptz, timestamptz) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.max_demand(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(round(max(w.kw), 3), 0)
       FROM (SELECT sum(l.energy * extract(epoch FROM least(l.read_to, g + interval '15 minutes') - greatest(l.read_from, g))
                                 / extract(epoch FROM l.read_to - l.read_from)) * 4 AS kw
@@ -294,7 +295,7 @@ COMMENT ON FUNCTION prepay.max_demand(integer, bigint, timestamptz, timestamptz)
 'An account''s maximum demand in kW over [from, to): the largest consumption in any 15-minute window (aligned on from), times 4, with each charge''s energy spread uniformly over its interval.';
 
 CREATE FUNCTION prepay._pro_rata(p_full numeric, p_days integer, p_days_in_period integer)
-RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
+RETURNS numeric LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (pg_catalog.div(p_full * p_days * 100, p_days_in_period) / 100)::numeric(14,2)
 $$;
 COMMENT ON FUNCTION prepay._pro_rata(numeric, integer, integer) IS 'Internal: full x days / days in period, rounded down to the cent (the tenant never pays a fraction of a cent more).';
@@ -302,7 +303,7 @@ COMMENT ON FUNCTION prepay._pro_rata(numeric, integer, integer) IS 'Internal: fu
 CREATE FUNCTION prepay._basic_terms(p_account prepay.account, p_version_at timestamptz,
                                     p_month_start timestamptz, p_until timestamptz,
                                     OUT basic jsonb, OUT basis numeric, OUT monthly numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     SELECT v.definition->'basic' INTO basic FROM prepay.tariff_version v
      WHERE v.site_id = p_account.site_id AND v.tariff_id = p_account.tariff_id AND v.valid_from <= p_version_at
@@ -318,7 +319,7 @@ COMMENT ON FUNCTION prepay._basic_terms(prepay.account, timestamptz, timestamptz
 'Internal: the two-part basic charge of an account''s tariff version in force at p_version_at (NULL when it has none), its basis (contracted kVA, or the maximum 15-minute demand over [p_month_start, p_until)) and the monthly amount.  The daily accrual and the month''s settlement both use it.';
 
 CREATE FUNCTION prepay._basic_accrued(p_site_id integer, p_account_id bigint, p_month date)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(-sum(l.amount), 0) FROM prepay.ledger l
      WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'basic_charge'
        AND l.channel = 'basic_charge' AND l.external_ref LIKE p_account_id || '/' || to_char(p_month, 'YYYY-MM') || '-%'
@@ -327,7 +328,7 @@ COMMENT ON FUNCTION prepay._basic_accrued(integer, bigint, date) IS 'Internal: w
 
 CREATE FUNCTION prepay.accrue_basic_charges(p_site_id integer, p_day date)
 RETURNS TABLE (account_id bigint, basis numeric, monthly numeric, accrued numeric, posted numeric)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tz text;
     day_start timestamptz;
