@@ -589,7 +589,10 @@ CREATE UNLOGGED TABLE prepay.reading_intake (
     valley       numeric(15,3),
     power        numeric(12,3),
     relay_state  prepay.relay_state
-);
+)
+-- each statement leaves its rows dead: vacuum often, so that the drain's
+-- scan for its own rows stays short
+WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
 COMMENT ON TABLE prepay.reading_intake IS 'Bulk intake of readings for roles that row-level security keeps from COPY into prepay.reading (COPY FROM is refused on a table with row security): COPY or INSERT here; at the end of the statement its rows are inserted into prepay.reading with the writer''s own rights (the same duplicate, conflict, foreign-site and quarantine rules, rated by the same trigger) and removed from here.  No row security, INSERT only: nobody but a superuser reads it, and it is empty after every statement.  Unlogged: its rows never outlive their statement.';
 COMMENT ON COLUMN prepay.reading_intake.site_id IS 'Site of the meter (as prepay.reading).';
 COMMENT ON COLUMN prepay.reading_intake.meter_id IS 'Meter read.';
