@@ -137,6 +137,31 @@ COPY prepay.reading_intake (site_id, meter_id, read_at, energy) FROM STDIN (FORM
 SELECT site_id, meter_id, reason, login FROM prepay.reading_refused ORDER BY refused_id;
 RESET SESSION AUTHORIZATION;
 
+-- in a transaction: each statement drains its own rows, and a statement
+-- that fails (in a savepoint) leaves nothing behind either
+SET SESSION AUTHORIZATION regress_intake_agent;
+BEGIN;
+COPY prepay.reading_intake (site_id, meter_id, read_at, energy) FROM STDIN (FORMAT csv);
+1,1,2026-03-01 22:00+00,134
+\.
+SAVEPOINT s;
+COPY prepay.reading_intake (site_id, meter_id, read_at, energy) FROM STDIN (FORMAT csv);
+1,2,2026-03-01 22:00+00,113
+1,2,2026-03-01 23:00+00,not a number
+\.
+ROLLBACK TO SAVEPOINT s;
+COPY prepay.reading_intake (site_id, meter_id, read_at, energy) FROM STDIN (FORMAT csv);
+1,2,2026-03-01 22:00+00,113
+\.
+COMMIT;
+RESET SESSION AUTHORIZATION;
+
+-- a cashier may not write readings, through the intake either
+CREATE ROLE regress_intake_cashier LOGIN IN ROLE prepay_cashier;
+INSERT INTO prepay.site_access (site_id, grantee) VALUES (1, 'regress_intake_cashier');
+SELECT regress.probe('regress_intake_cashier', $$INSERT INTO prepay.reading_intake (site_id, meter_id, read_at, energy)
+                                                VALUES (1, 1, '2026-03-02 00:00+00', 140)$$, NULL, true) AS cashier_intake;
+
 -- every good row was stored and rated; site 2 has only its own reading,
 -- unchanged, and no alarm; its staff see who tried (and a superuser the
 -- row of site 9, which does not exist)
@@ -158,5 +183,5 @@ SELECT site_id, quarantine_reason FROM prepay.reading WHERE site_id = 9;
 DELETE FROM prepay.site_access WHERE grantee LIKE 'regress_intake_%';
 DELETE FROM prepay.agent_access WHERE grantee LIKE 'regress_intake_%';
 REVOKE USAGE ON SCHEMA regress FROM regress_intake_agent;
-DROP ROLE regress_intake_agent, regress_intake_operator;
+DROP ROLE regress_intake_agent, regress_intake_operator, regress_intake_cashier;
 SELECT * FROM prepay.check_ledger();
