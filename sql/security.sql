@@ -509,8 +509,10 @@ COMMENT ON COLUMN prepay.audit_trail.after_values IS 'Values after: the changed 
 DO $$
 DECLARE
     f record;
-    -- per-row trigger with no SPI (probes the primary key index directly):
-    -- stays SECURITY INVOKER so that COPY pays no per-row role switch
+    -- the per-row trigger probes the primary key index directly (SPI only
+    -- once per statement, and as the owner for the rare rows it refuses):
+    -- SECURITY INVOKER so that COPY pays no per-row role switch; the bulk
+    -- intake's drain must insert with its writer's own rights
     invoker_triggers constant text[] := '{reading_skip_duplicate,reading_intake_drain}';
     -- SECURITY DEFINER helpers the policies and authorizing functions use
     helpers constant text[] := '{_my_sites,_my_accounts,_my_agents,_is_agent,_authorize,_authorize_account,'
