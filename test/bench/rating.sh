@@ -39,6 +39,8 @@
 # splits each into statements of B rows, as the agent's batches of 500.
 # The machine-readable line is
 #   bench intake: superuser_copy_per_s=N intake_copy_per_s=M agent_insert_per_s=K batch=B
+# (the fold then also folds the two extra blocks' deltas, so the
+# "rating+fold" line is not comparable with a run without BENCH_INTAKE).
 #
 # BENCH_BARE_WRITES=1 also times, interval by interval, the bare writes the data
 # model asks of a flat rated reading, done by SQL with no rating logic:
