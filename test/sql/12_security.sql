@@ -79,7 +79,8 @@ INSERT INTO regress.operation (op, statement)
 SELECT 'read ' || t, format('SELECT * FROM prepay.%I', t)
   FROM unnest(ARRAY['site', 'no_cut_window', 'gateway', 'tariff', 'tariff_version', 'holiday', 'device_profile',
                     'profile_register', 'account', 'meter', 'reading', 'ledger', 'command', 'alarm', 'notification',
-                    'audit', 'audit_trail', 'site_access', 'tenant_access', 'agent_access']) AS t;
+                    'audit', 'audit_trail', 'site_access', 'tenant_access', 'agent_access', 'reading_refused',
+                    'reading_intake']) AS t;
 INSERT INTO regress.operation (op, statement) VALUES
     ('read meter config', 'SELECT meter_id, gateway_id, unit_id, device_profile FROM prepay.meter'),
     ('create a site', $$INSERT INTO prepay.site (name) VALUES ('West')$$),
@@ -94,6 +95,7 @@ INSERT INTO regress.operation (op, statement) VALUES
     ('change a balance', 'UPDATE prepay.account SET balance = 1000 WHERE site_id = 1 AND account_id = 1'),
     ('set protect directly', 'UPDATE prepay.account SET protect = true WHERE site_id = 1 AND account_id = 1'),
     ('insert a reading', $$INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-01 07:00+00', 111)$$),
+    ('copy a reading in bulk', $$INSERT INTO prepay.reading_intake (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-01 07:00+00', 111)$$),
     ('change a reading', 'UPDATE prepay.reading SET energy = 0 WHERE site_id = 1'),
     ('delete readings', 'DELETE FROM prepay.reading WHERE site_id = 1'),
     ('insert a ledger entry', $$INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after) VALUES (1, 1, 'adjustment', 5, 5)$$),
