@@ -17,6 +17,7 @@ OBJS = \
 	extension/spi_util.o \
 	extension/rating.o \
 	extension/reading.o \
+	extension/intake.o \
 	extension/balance.o \
 	extension/direct.o \
 	extension/tariff.o \

@@ -131,9 +131,16 @@ static const char *conn_error(void)
 	return buf;
 }
 
+/* notice_receiver: a WARNING (readings refused, PY120 and PY121) is logged as one */
 static void notice_receiver(void *arg, const PGresult *res)
 {
-	log_info("database notice: %s", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+	const char *severity = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	if (severity && strcmp(severity, "WARNING") == 0)
+		log_warning("database warning %s: %s", sqlstate ? sqlstate : "", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+	else
+		log_info("database notice: %s", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 }
 
 static void drain_notifies(void)

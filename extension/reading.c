@@ -66,6 +66,7 @@
 #include "utils/tuplestore.h"
 
 #include "balance.h"
+#include "intake.h"
 #include "rating.h"
 #include "rollup.h"
 #include "tariff_def.h"
@@ -200,7 +201,8 @@ PG_FUNCTION_INFO_V1(prepay_reading_rate_batch);
 
 static void check_trigger_protocol(FunctionCallInfo fcinfo, const char *name,
 								   bool before, bool for_row);
-static bool reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at);
+static bool reading_exists(Relation rel, HeapTuple tuple, Datum site_id, Datum meter_id,
+						   Datum read_at, char **conflict);
 static Relation open_primary_key(Relation rel);
 static void batch_collect(Batch *batch, TriggerData *trigdata);
 static int	compare_readings(const void *a, const void *b);
@@ -265,10 +267,13 @@ check_trigger_protocol(FunctionCallInfo fcinfo, const char *name, bool before, b
  * reading_exists
  *		Whether a reading with this key is stored already, by a committed
  *		transaction or earlier in this one (including earlier rows of the
- *		same statement).  Probes the primary key index.
+ *		same statement).  Probes the primary key index.  If so, *conflict
+ *		is NULL when the stored reading has the registers of `tuple`, else
+ *		the detail naming both values (intake_conflict).
  */
 static bool
-reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at)
+reading_exists(Relation rel, HeapTuple tuple, Datum site_id, Datum meter_id, Datum read_at,
+			   char **conflict)
 {
 	Relation	index = open_primary_key(rel);
 	ScanKeyData keys[3];
@@ -282,6 +287,7 @@ reading_exists(Relation rel, Datum site_id, Datum meter_id, Datum read_at)
 	scan = index_beginscan(rel, index, SnapshotSelf, 3, 0);
 	index_rescan(scan, keys, 3, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	*conflict = found ? intake_conflict(rel, tuple, slot) : NULL;
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	RelationClose(index);
@@ -314,9 +320,12 @@ open_primary_key(Relation rel)
 
 /*
  * prepay_reading_skip_duplicate
- *		BEFORE INSERT row trigger: return NULL (skip the row) when the same
- *		(site, meter, read_at) is already stored.  A duplicate committed
- *		concurrently by another session still meets the primary key.
+ *		BEFORE INSERT row trigger: return NULL (skip the row) when its
+ *		writer may not write readings of its site (refused and recorded
+ *		before anything of that site is read: intake.c), or when the same
+ *		(site, meter, read_at) is already stored (recorded when its
+ *		registers differ).  A duplicate committed concurrently by another
+ *		session still meets the primary key.
  */
 Datum
 prepay_reading_skip_duplicate(PG_FUNCTION_ARGS)
@@ -330,6 +339,7 @@ prepay_reading_skip_duplicate(PG_FUNCTION_ARGS)
 	Datum		site_id,
 				meter_id,
 				read_at;
+	char	   *conflict;
 
 	check_trigger_protocol(fcinfo, "reading_skip_duplicate", true, true);
 	tuple = trigdata->tg_trigtuple;
@@ -337,9 +347,18 @@ prepay_reading_skip_duplicate(PG_FUNCTION_ARGS)
 	site_id = heap_getattr(tuple, 1, desc, &null1);
 	meter_id = heap_getattr(tuple, 2, desc, &null2);
 	read_at = heap_getattr(tuple, 3, desc, &null3);
-	if (!null1 && !null2 && !null3 &&
-		reading_exists(trigdata->tg_relation, site_id, meter_id, read_at))
+	if (!null1 && !intake_site_allowed(trigdata->tg_relation, DatumGetInt32(site_id)))
+	{
+		intake_refuse_foreign(trigdata->tg_relation, tuple);
 		return PointerGetDatum(NULL);
+	}
+	if (!null1 && !null2 && !null3 &&
+		reading_exists(trigdata->tg_relation, tuple, site_id, meter_id, read_at, &conflict))
+	{
+		if (conflict != NULL)
+			intake_refuse_conflict(trigdata->tg_relation, tuple, conflict);
+		return PointerGetDatum(NULL);
+	}
 	return PointerGetDatum(tuple);
 }
 
@@ -362,6 +381,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("reading_rate_batch: needs REFERENCING NEW TABLE")));
+	intake_report();			/* the rows reading_skip_duplicate refused */
 
 	batch_context = AllocSetContextCreate(CurrentMemoryContext, "prepay rating batch",
 										  ALLOCSET_DEFAULT_SIZES);

@@ -9,7 +9,8 @@
 --	  with their own SQLSTATEs; these constraints make the tables refuse
 --	  it too (23514, the constraint named <table>_<column>_not_nan).
 --	  prepay.reading is the exception: a NaN register is telemetry, stored
---	  and quarantined as invalid_value, never refused.  Infinity needs no
+--	  and quarantined as invalid_value, never refused; so are the bulk
+--	  intake that feeds it and the record of the readings it refused.  Infinity needs no
 --	  rule: every numeric column here has a precision, which refuses it.
 
 DO $$
@@ -22,7 +23,7 @@ BEGIN
           JOIN pg_catalog.pg_class cl ON cl.oid = a.attrelid
          WHERE cl.relnamespace = 'prepay'::pg_catalog.regnamespace AND cl.relkind IN ('r', 'p')
            AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'pg_catalog.numeric'::pg_catalog.regtype
-           AND cl.relname <> 'reading'
+           AND cl.relname NOT IN ('reading', 'reading_intake', 'reading_refused')
          ORDER BY cl.relname, a.attnum
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I OPERATOR(pg_catalog.<>) ''NaN''::pg_catalog.numeric)',

@@ -464,10 +464,10 @@ CREATE TABLE prepay.alarm (
 );
 CREATE UNIQUE INDEX alarm_one_active ON prepay.alarm (site_id, kind, coalesce(account_id, 0), coalesce(meter_id, 0)) WHERE cleared_at IS NULL;
 COMMENT ON INDEX prepay.alarm_one_active IS 'At most one active alarm of a kind per account and meter.';
-COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading.';
+COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading, conflicting_reading.';
 COMMENT ON COLUMN prepay.alarm.site_id IS 'Site the alarm belongs to.';
 COMMENT ON COLUMN prepay.alarm.alarm_id IS 'Alarm id.';
-COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder) or bad_reading.';
+COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder), bad_reading (a quarantined reading) or conflicting_reading (a second reading of a meter and time with other registers, see prepay.reading_refused).';
 COMMENT ON COLUMN prepay.alarm.account_id IS 'Account concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.meter_id IS 'Meter concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.raised_at IS 'When the alarm was raised.';
@@ -533,6 +533,87 @@ CREATE TRIGGER reading_skip_duplicate BEFORE INSERT ON prepay.reading
 CREATE TRIGGER reading_rate_batch AFTER INSERT ON prepay.reading
     REFERENCING NEW TABLE AS new_readings
     FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_rate_batch();
+
+-- readings that were not stored, and why: a conflicting duplicate, or a
+-- row naming a site its writer may not write (docs/SECURITY.md)
+CREATE SEQUENCE prepay.reading_refused_id_seq;
+COMMENT ON SEQUENCE prepay.reading_refused_id_seq IS 'Source of prepay.reading_refused ids.';
+
+CREATE TABLE prepay.reading_refused (
+    site_id      integer NOT NULL,
+    refused_id   bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.reading_refused_id_seq'),
+    meter_id     bigint NOT NULL,
+    read_at      timestamptz NOT NULL,
+    energy       numeric(15,3),
+    sharp        numeric(15,3),
+    peak         numeric(15,3),
+    flat         numeric(15,3),
+    valley       numeric(15,3),
+    power        numeric(12,3),
+    relay_state  prepay.relay_state,
+    reason       text NOT NULL CHECK (reason IN ('conflicting_duplicate', 'site_not_mapped')),
+    detail       text NOT NULL,
+    login        name NOT NULL DEFAULT SESSION_USER,
+    acting_role  name NOT NULL,
+    refused_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (site_id, refused_id)
+);
+COMMENT ON TABLE prepay.reading_refused IS 'Readings written to prepay.reading (directly or through prepay.reading_intake) that were not stored, with why: conflicting_duplicate (a reading of the same meter and time is stored with other register values; the stored one keeps its charge, and a conflicting_reading alarm is raised) or site_not_mapped (the writer may not write readings of that site; recorded under the site the row named, so that site''s staff see who tried, and the writer learns nothing of it).  Written by the BEFORE trigger reading_skip_duplicate, never by a role; an identical duplicate is not recorded (replays are silent).';
+COMMENT ON COLUMN prepay.reading_refused.site_id IS 'Site the refused row named (for site_not_mapped, a site the writer is not mapped to, perhaps none that exists).';
+COMMENT ON COLUMN prepay.reading_refused.refused_id IS 'Refusal id; increasing with time.';
+COMMENT ON COLUMN prepay.reading_refused.meter_id IS 'Meter the refused row named.';
+COMMENT ON COLUMN prepay.reading_refused.read_at IS 'Time the refused row named.';
+COMMENT ON COLUMN prepay.reading_refused.energy IS 'Total register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.sharp IS 'Sharp register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.peak IS 'Peak register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.flat IS 'Flat register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.valley IS 'Valley register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.power IS 'Power of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.relay_state IS 'Relay state of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.reason IS 'conflicting_duplicate or site_not_mapped.';
+COMMENT ON COLUMN prepay.reading_refused.detail IS 'Human explanation: for a conflict, the stored and the refused register values.';
+COMMENT ON COLUMN prepay.reading_refused.login IS 'The session user that wrote the row.';
+COMMENT ON COLUMN prepay.reading_refused.acting_role IS 'The role the row was written as (after SET ROLE).';
+COMMENT ON COLUMN prepay.reading_refused.refused_at IS 'Transaction time of the refusal.';
+
+-- the bulk path for every role: COPY (or INSERT) here, and the rows go on
+-- into prepay.reading in the same statement
+CREATE UNLOGGED TABLE prepay.reading_intake (
+    site_id      integer NOT NULL,
+    meter_id     bigint NOT NULL,
+    read_at      timestamptz NOT NULL,
+    energy       numeric(15,3),
+    sharp        numeric(15,3),
+    peak         numeric(15,3),
+    flat         numeric(15,3),
+    valley       numeric(15,3),
+    power        numeric(12,3),
+    relay_state  prepay.relay_state
+)
+-- each statement leaves its rows dead: vacuum often, so that the drain's
+-- scan for its own rows stays short
+WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
+COMMENT ON TABLE prepay.reading_intake IS 'Bulk intake of readings for roles that row-level security keeps from COPY into prepay.reading (COPY FROM is refused on a table with row security): COPY or INSERT here; at the end of the statement its rows are inserted into prepay.reading with the writer''s own rights (the same duplicate, conflict, foreign-site and quarantine rules, rated by the same trigger) and removed from here.  No row security, INSERT only: nobody but a superuser reads it, and it is empty after every statement.  Unlogged: its rows never outlive their statement.';
+COMMENT ON COLUMN prepay.reading_intake.site_id IS 'Site of the meter (as prepay.reading).';
+COMMENT ON COLUMN prepay.reading_intake.meter_id IS 'Meter read.';
+COMMENT ON COLUMN prepay.reading_intake.read_at IS 'When the meter was read.';
+COMMENT ON COLUMN prepay.reading_intake.energy IS 'Cumulative total register (before the multiplier).';
+COMMENT ON COLUMN prepay.reading_intake.sharp IS 'Cumulative sharp TOU register, if any.';
+COMMENT ON COLUMN prepay.reading_intake.peak IS 'Cumulative peak TOU register.';
+COMMENT ON COLUMN prepay.reading_intake.flat IS 'Cumulative flat TOU register.';
+COMMENT ON COLUMN prepay.reading_intake.valley IS 'Cumulative valley TOU register.';
+COMMENT ON COLUMN prepay.reading_intake.power IS 'Active power at read_at, kW.';
+COMMENT ON COLUMN prepay.reading_intake.relay_state IS 'Relay state the meter reported, if read.';
+
+CREATE FUNCTION prepay.reading_intake_drain() RETURNS trigger
+AS 'MODULE_PATHNAME', 'prepay_reading_intake_drain'
+LANGUAGE C SECURITY INVOKER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION prepay.reading_intake_drain() IS
+'AFTER INSERT statement trigger on prepay.reading_intake: inserts the statement''s rows (transition table intake_rows) into prepay.reading as the writer (its grants and row security; rows of sites it may not write are refused one by one), then deletes them from the intake.  SECURITY INVOKER on purpose: the writer''s rights are what decide.';
+CREATE TRIGGER reading_intake_drain AFTER INSERT ON prepay.reading_intake
+    REFERENCING NEW TABLE AS intake_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_intake_drain();
+COMMENT ON TRIGGER reading_intake_drain ON prepay.reading_intake IS 'Moves every statement''s rows on into prepay.reading, with the writer''s rights, and leaves the intake empty.';
 
 -- ---------------------------------------------------------------------
 -- append-only ledger
@@ -1338,8 +1419,9 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['site', 'no_cut_window', 'gateway', 'tariff', 'tariff_version', 'account',
-                             'meter', 'reading', 'ledger', 'command', 'alarm', 'notification',
-                             'site_id_seq', 'gateway_id_seq', 'tariff_id_seq', 'account_id_seq',
+                             'meter', 'reading', 'reading_refused', 'reading_intake', 'ledger', 'command', 'alarm',
+                             'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
+                             'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',
                              'notification_id_seq', 'no_cut_window_id_seq'] LOOP
         PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');

@@ -300,6 +300,22 @@ LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_ca
 $$;
 COMMENT ON FUNCTION prepay._is_agent(integer, text) IS 'Internal: whether the caller acts as this agent at this site (always for a superuser).';
 
+CREATE FUNCTION prepay._reading_sites() RETURNS integer[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(
+        SELECT s.site_id FROM pg_catalog.unnest(prepay._my_sites()) AS s (site_id)
+         WHERE pg_catalog.pg_has_role(CURRENT_USER, 'prepay_admin', 'USAGE')
+            OR pg_catalog.pg_has_role(CURRENT_USER, 'prepay_operator', 'USAGE')
+            OR pg_catalog.pg_has_role(CURRENT_USER, 'prepay_cashier', 'USAGE')
+            OR pg_catalog.pg_has_role(CURRENT_USER, 'prepay_reader', 'USAGE')
+        UNION
+        SELECT a.site_id FROM prepay._my_agents() AS a
+         WHERE pg_catalog.pg_has_role(CURRENT_USER, 'prepay_agent', 'USAGE')
+        ORDER BY 1)
+$$;
+COMMENT ON FUNCTION prepay._reading_sites() IS
+'Internal: the sites whose readings the current user may insert, as the INSERT policies of prepay.reading allow (site_staff: the staff roles'' prepay._my_sites(); agent_insert: an agent''s prepay._my_agents() sites), ascending.  reading_skip_duplicate asks it once per statement for a writer under row security and refuses the rows of other sites one by one (extension/intake.c); keep it in step with those policies.';
+
 CREATE FUNCTION prepay._site_creator_access() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
@@ -601,9 +617,11 @@ CREATE FUNCTION prepay._check_routines() RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     f record;
-    -- per-row trigger with no SPI (probes the primary key index directly):
-    -- stays SECURITY INVOKER so that COPY pays no per-row role switch
-    invoker_triggers constant text[] := '{reading_skip_duplicate}';
+    -- the per-row trigger probes the primary key index directly (SPI only
+    -- once per statement, and as the owner for the rare rows it refuses):
+    -- SECURITY INVOKER so that COPY pays no per-row role switch; the bulk
+    -- intake's drain must insert with its writer's own rights
+    invoker_triggers constant text[] := '{reading_skip_duplicate,reading_intake_drain}';
     -- SECURITY DEFINER helpers the policies and authorizing functions use
     helpers constant text[] := '{_my_sites,_my_accounts,_my_agents,_is_agent,_authorize,_authorize_account,'
                                '_authorize_agent,_authorize_agent_id}';
@@ -629,13 +647,13 @@ BEGIN
                                                              CASE WHEN f.prosecdef THEN 'DEFINER' ELSE 'INVOKER' END),
                 CASE WHEN f.prosecdef
                      THEN 'Only trigger functions, the authorization helpers and public functions that call prepay._authorize* first are SECURITY DEFINER.'
-                     ELSE 'A public function that calls prepay._authorize*, and a trigger function other than reading_skip_duplicate, is SECURITY DEFINER.' END,
+                     ELSE 'A public function that calls prepay._authorize*, and a trigger function other than reading_skip_duplicate and reading_intake_drain, is SECURITY DEFINER.' END,
                 'Declare the mode in its CREATE FUNCTION as docs/SECURITY.md ("What a new SQL file must do") says.');
         END IF;
     END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay._check_routines() IS
-'Internal: raise PY204, naming the function, if a function of schema prepay has no pinned search_path (pg_catalog, pg_temp) or declares a security mode the rule does not give it: SECURITY DEFINER for trigger functions (but the per-row reading_skip_duplicate), the authorization helpers and the public functions that call prepay._authorize*; SECURITY INVOKER for the rest.  The install runs it after every file''s functions exist.';
+'Internal: raise PY204, naming the function, if a function of schema prepay has no pinned search_path (pg_catalog, pg_temp) or declares a security mode the rule does not give it: SECURITY DEFINER for trigger functions (but reading_skip_duplicate, per row, and reading_intake_drain, which must insert with the writer''s own rights), the authorization helpers and the public functions that call prepay._authorize*; SECURITY INVOKER for the rest.  The install runs it after every file''s functions exist.';
 
 -- EXECUTE for the prepay roles only, never for PUBLIC, none on triggers
 DO $$
@@ -673,7 +691,7 @@ DECLARE
     -- notifications an outbox, the ledger is audited by audit_money; what
     -- the billing jobs and batch runners derive is read-only and kept with
     -- its inputs (period_charge.inputs, apportionment, batch_item results)
-    not_audited constant text[] := '{reading,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
+    not_audited constant text[] := '{reading,reading_refused,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
                                    'bill_entry,bill_payment,batch_item,energy_day_folded,energy_month_folded,energy_pending,consumption_posting_day,'
                                    'cut_reminder,multiplier_change,notify_secret,notification_delivery}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
@@ -682,6 +700,9 @@ DECLARE
                                   'device_profile, tariff_id';
     reading_input constant text := 'site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state';
     config_dml constant text := 'SELECT, INSERT, UPDATE, DELETE';
+    -- COPY FROM is refused on a table with row security: the bulk intake
+    -- has none, and no role may read it (INSERT only; extension/intake.c)
+    no_row_security constant text[] := '{reading_intake}';
     grants text[];
     grant_row text[];
     granted boolean;
@@ -718,6 +739,11 @@ BEGIN
         ['reading', 'prepay_operator', 'SELECT, INSERT (' || reading_input || ')'],
         ['reading', 'prepay_reader', 'SELECT'], ['reading', 'prepay_tenant', 'SELECT'],
         ['reading', 'prepay_agent', 'INSERT (' || reading_input || ')'],
+        ['reading_intake', 'prepay_admin', 'INSERT (' || reading_input || ')'],
+        ['reading_intake', 'prepay_operator', 'INSERT (' || reading_input || ')'],
+        ['reading_intake', 'prepay_agent', 'INSERT (' || reading_input || ')'],
+        ['reading_refused', 'prepay_admin', 'SELECT'], ['reading_refused', 'prepay_operator', 'SELECT'],
+        ['reading_refused', 'prepay_reader', 'SELECT'],
         ['ledger', 'prepay_admin', 'SELECT'], ['ledger', 'prepay_operator', 'SELECT'],
         ['ledger', 'prepay_cashier', 'SELECT'], ['ledger', 'prepay_reader', 'SELECT'],
         ['command', 'prepay_admin', 'SELECT'], ['command', 'prepay_operator', 'SELECT'],
@@ -817,6 +843,7 @@ BEGIN
         END IF;
 
         CONTINUE WHEN NOT t.has_site;       -- 12_security lists such a table as a defect
+        CONTINUE WHEN t.relname = ANY (no_row_security);
 
         -- row-level security: staff see and write the rows of their sites
         EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);

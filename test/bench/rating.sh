@@ -29,6 +29,19 @@
 #   account-index    drop the ledger's index by account (statements, bills
 #                    and trails would scan the ledger)
 #
+# BENCH_INTAKE=1 also loads, interval by interval, two more blocks of METERS
+# flat meters as a non-superuser agent login (bench_agent: prepay_agent,
+# mapped to every site, with pg_read_server_files to read the same files):
+# one by COPY into prepay.reading_intake (the bulk path for roles under row
+# security, which refuses their COPY into prepay.reading), one by the
+# agent's own statement (agent/delivery.c: INSERT ... SELECT FROM unnest of
+# array literals).  BENCH_INTAKE_BATCH=B (default: the whole interval)
+# splits each into statements of B rows, as the agent's batches of 500.
+# The machine-readable line is
+#   bench intake: superuser_copy_per_s=N intake_copy_per_s=M agent_insert_per_s=K batch=B
+# (the fold then also folds the two extra blocks' deltas, so the
+# "rating+fold" line is not comparable with a run without BENCH_INTAKE).
+#
 # BENCH_BARE_WRITES=1 also times, interval by interval, the bare writes the data
 # model asks of a flat rated reading, done by SQL with no rating logic:
 # after each rated COPY, the ledger rows it wrote are copied out and loaded
@@ -42,6 +55,10 @@ work=$1
 meters=${BENCH_METERS:-100000}
 intervals=${BENCH_INTERVALS:-10}
 sites=${BENCH_SITES:-1}
+intake=${BENCH_INTAKE:-0}
+intake_batch=${BENCH_INTAKE_BATCH:-$meters}
+blocks=2
+[ "$intake" = 1 ] && blocks=4
 cd "$work"
 . test/lib/cluster.sh
 cluster_start "$work/cluster" "shared_buffers = 1GB" "max_wal_size = 8GB" \
@@ -69,10 +86,12 @@ SELECT s, 2 * s, '2026-01-01', '{
                               ["13:00", "peak"], ["18:00", "flat"], ["21:00", "peak"], ["23:00", "valley"]]}],
   "tiers": {"cycle": "monthly", "blocks": [{"upto": 0.5, "add": 0}, {"upto": 1, "add": 0.05}, {"add": 0.3}]}}'
   FROM generate_series(1, $sites) s;
--- meters 1..N on the flat tariff, N+1..2N on time-of-use x tiers; each
--- kind in S blocks of consecutive ids, block s in site s
+-- meters 1..N on the flat tariff, N+1..2N on time-of-use x tiers (and,
+-- with BENCH_INTAKE, 2N+1..3N and 3N+1..4N flat); each kind in S blocks of
+-- consecutive ids, block s in site s
 CREATE TEMP TABLE m AS
-SELECT i, 1 + ((i - 1) % $meters) * $sites / $meters AS s, i > $meters AS tou FROM generate_series(1, 2 * $meters) i;
+SELECT i, 1 + ((i - 1) % $meters) * $sites / $meters AS s, (i - 1) / $meters = 1 AS tou
+  FROM generate_series(1, $blocks * $meters) i;
 INSERT INTO prepay.account (site_id, account_id, code, name, tariff_id, balance)
 SELECT s, i, 'A' || i, 'tenant ' || i, CASE WHEN tou THEN 2 * s ELSE 2 * s - 1 END, 0 FROM m;
 INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, channel, external_ref)
@@ -108,18 +127,51 @@ END $$;
 ALTER TABLE bench.bare_ledger ALTER pieces TYPE text;
 SQL
 fi
-# one file per kind, interval and site: k.s.csv (flat) and tou-k.s.csv
+if [ "$intake" = 1 ]; then
+	psql -d bench <<SQL
+CREATE ROLE bench_agent LOGIN IN ROLE prepay_agent, pg_read_server_files;
+INSERT INTO prepay.agent_access (site_id, agent_id, grantee) SELECT s, 'bench', 'bench_agent' FROM generate_series(1, $sites) s;
+SQL
+fi
+# one file per kind, interval and site: k.s.csv (flat) and tou-k.s.csv; with
+# BENCH_INTAKE, intake-k.s.N.csv and insert-k.s.N.sql in statements of
+# BENCH_INTAKE_BATCH rows (N = 1, 2, ...) and the scripts that load them
+kinds="'', 'tou-'"
+[ "$intake" = 1 ] && kinds="'', 'tou-', 'intake-', 'insert-'"
 for k in $(seq 1 "$intervals"); do
 	for s in $(seq 1 "$sites"); do
-		for kind in "" tou-; do
-			psql -d bench -c "COPY (SELECT m.site_id, m.meter_id,
-			                              timestamptz '2026-03-01 00:00+08' + interval '15 min' * $k,
-			                              1000 + $k * (0.05 + ((m.meter_id - 1) % $meters + 1) % 7 * 0.013)
-			                         FROM prepay.meter m
-			                        WHERE m.site_id = $s AND (m.meter_id > $meters) = ('$kind' = 'tou-')
-			                        ORDER BY m.meter_id)
-			                  TO '$data/$kind$k.$s.csv' (FORMAT csv)"
-		done
+		psql -d bench -At <<SQL
+CREATE TEMP TABLE f AS
+SELECT b.kind, CASE WHEN b.kind IN ('intake-', 'insert-')
+                    THEN (row_number() OVER (PARTITION BY b.kind ORDER BY m.meter_id) - 1) / $intake_batch + 1
+                    ELSE 1 END AS chunk,
+       m.site_id, m.meter_id, timestamptz '2026-03-01 00:00+08' + interval '15 min' * $k AS read_at,
+       1000 + $k * (0.05 + ((m.meter_id - 1) % $meters + 1) % 7 * 0.013) AS energy
+  FROM prepay.meter m JOIN unnest(ARRAY[$kinds]) WITH ORDINALITY AS b (kind, block) ON (m.meter_id - 1) / $meters = b.block - 1
+ WHERE m.site_id = $s;
+DO \$\$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT DISTINCT kind, chunk FROM f WHERE kind IN ('', 'tou-', 'intake-') ORDER BY 1, 2 LOOP
+        EXECUTE format('COPY (SELECT site_id, meter_id, read_at, energy FROM f WHERE kind = %L AND chunk = %s ORDER BY meter_id) TO %L (FORMAT csv)',
+                       c.kind, c.chunk, '$data/' || c.kind || '$k.$s' || CASE WHEN c.kind = 'intake-' THEN '.' || c.chunk ELSE '' END || '.csv');
+    END LOOP;
+END \$\$;
+COPY (SELECT format('COPY prepay.reading_intake (site_id, meter_id, read_at, energy) FROM %L (FORMAT csv);',
+                    '$data/intake-$k.$s.' || chunk || '.csv')
+        FROM f WHERE kind = 'intake-' GROUP BY chunk ORDER BY chunk) TO '$data/intake-$k.$s.sql';
+COPY (SELECT format('INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state) '
+                    'SELECT * FROM ROWS FROM (pg_catalog.unnest(%L::integer[]), pg_catalog.unnest(%L::bigint[]), '
+                    'pg_catalog.unnest(%L::timestamptz[]), pg_catalog.unnest(%L::numeric[]), pg_catalog.unnest(%L::numeric[]), '
+                    'pg_catalog.unnest(%L::numeric[]), pg_catalog.unnest(%L::numeric[]), pg_catalog.unnest(%L::numeric[]), '
+                    'pg_catalog.unnest(%L::numeric[]), pg_catalog.unnest(%L::prepay.relay_state[]));',
+                    array_agg(site_id ORDER BY meter_id), array_agg(meter_id ORDER BY meter_id),
+                    array_agg(read_at ORDER BY meter_id), array_agg(energy ORDER BY meter_id),
+                    array_agg(NULL::numeric), array_agg(NULL::numeric), array_agg(NULL::numeric), array_agg(NULL::numeric),
+                    array_agg(NULL::numeric), array_agg(NULL::text))
+        FROM f WHERE kind = 'insert-' GROUP BY chunk ORDER BY chunk) TO '$data/insert-$k.$s.sql' (FORMAT text);
+SQL
 	done
 done
 relaxed=${BENCH_RELAX:-}
@@ -141,6 +193,16 @@ copy_sites() {
 	local pids=() s
 	for s in $(seq 1 "$sites"); do
 		psql -d bench -c "COPY $1 (site_id, meter_id, read_at, energy) FROM '$2.$s.csv' (FORMAT csv)" &
+		pids+=($!)
+	done
+	for s in "${pids[@]}"; do wait "$s"; done
+}
+# agent_sites PREFIX: the scripts PREFIX.1.sql .. PREFIX.S.sql as bench_agent,
+# one session per site, all at once
+agent_sites() {
+	local pids=() s
+	for s in $(seq 1 "$sites"); do
+		psql -U bench_agent -d bench -f "$1.$s.sql" &
 		pids+=($!)
 	done
 	for s in "${pids[@]}"; do wait "$s"; done
@@ -167,6 +229,8 @@ rated_ns=0
 tou_ns=0
 ledger_ns=0
 update_ns=0
+intake_ns=0
+insert_ns=0
 for k in $(seq 1 "$intervals"); do
 	t0=$(now_ns)
 	copy_sites bench.reading_plain "$data/$k"
@@ -178,6 +242,14 @@ for k in $(seq 1 "$intervals"); do
 	plain_ns=$((plain_ns + t1 - t0))
 	rated_ns=$((rated_ns + t2 - t1))
 	tou_ns=$((tou_ns + t3 - t2))
+	if [ "$intake" = 1 ]; then
+		agent_sites "$data/intake-$k"
+		t4=$(now_ns)
+		agent_sites "$data/insert-$k"
+		t5=$(now_ns)
+		intake_ns=$((intake_ns + t4 - t3))
+		insert_ns=$((insert_ns + t5 - t4))
+	fi
 	if [ "$bare" = 1 ]; then bare_writes "$k"; fi
 done
 
@@ -205,6 +277,13 @@ SELECT 'tou x tier pieces: ' || count(*) || ' in ' || count(DISTINCT l.entry_id)
 SELECT 'quarantined readings: ' || count(*) FROM prepay.reading WHERE quarantine_reason IS NOT NULL;
 SELECT 'ledger check problems: ' || count(*) FROM prepay.check_ledger();
 SQL
+if [ "$intake" = 1 ]; then
+	psql -d bench -At -c "SELECT 'intake: consumption entries ' || count(*) FILTER (WHERE meter_id BETWEEN 2 * $meters + 1 AND 3 * $meters)
+	                             || ' (intake COPY), ' || count(*) FILTER (WHERE meter_id > 3 * $meters) || ' (agent INSERT), '
+	                             || count(*) FILTER (WHERE meter_id <= $meters) || ' (superuser COPY); rows left in the intake: '
+	                             || (SELECT count(*) FROM prepay.reading_intake)
+	                        FROM prepay.ledger WHERE kind = 'consumption'"
+fi
 if [ "$bare" = 1 ]; then
 	psql -d bench -At -c "SELECT 'bare writes, ledger rows loaded: ' || count(*) || ' (the flat readings: ' || $rows || ')'
 	                        FROM bench.bare_ledger WHERE kind = 'consumption'" \
@@ -212,7 +291,8 @@ if [ "$bare" = 1 ]; then
 		      FROM pg_catalog.pg_class c WHERE c.oid IN ('bench.bare_meter'::regclass, 'bench.bare_account'::regclass)"
 fi
 awk -v rows="$rows" -v p="$plain_ns" -v r="$rated_ns" -v t="$tou_ns" -v m="$meters" -v k="$intervals" \
-	-v f="$fold_ns" -v d="$pending" -v sites="$sites" -v bare="$bare" -v l="$ledger_ns" -v u="$update_ns" 'BEGIN {
+	-v f="$fold_ns" -v d="$pending" -v sites="$sites" -v bare="$bare" -v l="$ledger_ns" -v u="$update_ns" \
+	-v intake="$intake" -v i="$intake_ns" -v n="$insert_ns" -v batch="$intake_batch" 'BEGIN {
 	printf "readings: %d meters x %d intervals = %d rows per kind, one COPY per interval", m, k, rows
 	printf (sites > 1 ? " and site, %d sites at once\n" : "\n"), sites
 	printf "plain COPY (no triggers): %.2f s\n", p / 1e9
@@ -224,6 +304,12 @@ awk -v rows="$rows" -v p="$plain_ns" -v r="$rated_ns" -v t="$tou_ns" -v m="$mete
 		printf "bare writes, meter and account row versions by UPDATE: %.2f s\n", u / 1e9
 		printf "bench bare writes: reading_and_ledger_per_s=%d ratio=%.3f with_updates_per_s=%d ratio=%.3f\n",
 			rows / ((p + l) / 1e9), p / (p + l), rows / ((p + l + u) / 1e9), p / (p + l + u)
+	}
+	if (intake == 1) {
+		printf "intake COPY as bench_agent (prepay.reading_intake, %d rows a statement): %.2f s\n", batch, i / 1e9
+		printf "agent INSERT as bench_agent (unnest of arrays, %d rows a statement): %.2f s\n", batch, n / 1e9
+		printf "bench intake: superuser_copy_per_s=%d intake_copy_per_s=%d agent_insert_per_s=%d batch=%d\n",
+			rows / (r / 1e9), rows / (i / 1e9), rows / (n / 1e9), batch
 	}
 	printf "bench rating+fold: flat and TOU readings with their fold, per s=%d\n", 2 * rows / ((r + t + f) / 1e9)
 	printf "bench rating: rated_per_s=%d copy_per_s=%d ratio=%.3f\n", rows / (r / 1e9), rows / (p / 1e9), p / r

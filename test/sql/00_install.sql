@@ -21,19 +21,21 @@ SELECT t.typname AS uncommented_type
  WHERE n.nspname = 'prepay' AND t.typtype = 'e' AND obj_description(t.oid, 'pg_type') IS NULL;
 
 -- every table carries site_id as the first column of its primary key; the
--- one append-only table without a key (the rollup deltas, no index by
--- design) still carries site_id
+-- two tables without a key (the rollup deltas, append-only with no index by
+-- design; the reading intake, empty after every statement) still carry site_id
 SELECT c.relname AS table_without_site_key
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.contype = 'p'
  WHERE n.nspname = 'prepay' AND c.relkind = 'r'
    AND (k.conkey IS NULL OR (SELECT attname FROM pg_attribute WHERE attrelid = c.oid AND attnum = k.conkey[1]) <> 'site_id')
-   AND NOT (c.relname = 'energy_pending' AND k.conkey IS NULL
+   AND NOT (c.relname IN ('energy_pending', 'reading_intake') AND k.conkey IS NULL
             AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'site_id' AND a.attnotnull));
--- every numeric column but a reading's refuses NaN (sql/integrity.sql)
+-- every numeric column but a reading's (stored, refused or in the intake)
+-- refuses NaN (sql/integrity.sql)
 SELECT c.relname, a.attname AS numeric_column_taking_nan
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
- WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind = 'r' AND c.relname <> 'reading'
+ WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind = 'r'
+   AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused')
    AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'numeric'::regtype
    AND NOT EXISTS (SELECT 1 FROM pg_constraint k
                     WHERE k.conrelid = c.oid AND k.contype = 'c' AND k.conkey = ARRAY[a.attnum]

@@ -79,7 +79,8 @@ INSERT INTO regress.operation (op, statement)
 SELECT 'read ' || t, format('SELECT * FROM prepay.%I', t)
   FROM unnest(ARRAY['site', 'no_cut_window', 'gateway', 'tariff', 'tariff_version', 'holiday', 'device_profile',
                     'profile_register', 'account', 'meter', 'reading', 'ledger', 'command', 'alarm', 'notification',
-                    'audit', 'audit_trail', 'site_access', 'tenant_access', 'agent_access']) AS t;
+                    'audit', 'audit_trail', 'site_access', 'tenant_access', 'agent_access', 'reading_refused',
+                    'reading_intake']) AS t;
 INSERT INTO regress.operation (op, statement) VALUES
     ('read meter config', 'SELECT meter_id, gateway_id, unit_id, device_profile FROM prepay.meter'),
     ('create a site', $$INSERT INTO prepay.site (name) VALUES ('West')$$),
@@ -94,6 +95,7 @@ INSERT INTO regress.operation (op, statement) VALUES
     ('change a balance', 'UPDATE prepay.account SET balance = 1000 WHERE site_id = 1 AND account_id = 1'),
     ('set protect directly', 'UPDATE prepay.account SET protect = true WHERE site_id = 1 AND account_id = 1'),
     ('insert a reading', $$INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-01 07:00+00', 111)$$),
+    ('copy a reading in bulk', $$INSERT INTO prepay.reading_intake (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-01 07:00+00', 111)$$),
     ('change a reading', 'UPDATE prepay.reading SET energy = 0 WHERE site_id = 1'),
     ('delete readings', 'DELETE FROM prepay.reading WHERE site_id = 1'),
     ('insert a ledger entry', $$INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after) VALUES (1, 1, 'adjustment', 5, 5)$$),
@@ -206,6 +208,7 @@ SELECT count(*) AS other_agent FROM prepay.agent_catalog('north-2');
 INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, relay_state)
 VALUES (1, 1, '2026-03-01 08:00+00', 130, 'closed'), (1, 3, '2026-03-01 08:00+00', 5, 'closed'), (1, 99, '2026-03-01 08:00+00', 5, NULL);
 RESET SESSION AUTHORIZATION;
+-- a reading of another site is refused alone, with a warning (19_intake)
 SELECT regress.probe('regress_sec_agent', $$INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (2, 4, '2026-03-01 08:00+00', 320)$$,
                      NULL, true) AS reading_of_site_2;
 SET SESSION AUTHORIZATION regress_sec_agent;
@@ -377,7 +380,16 @@ SELECT c.relname AS table_without_forced_rls
   FROM pg_class c
  WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p')
    AND NOT (c.relrowsecurity AND c.relforcerowsecurity
-            AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'site_staff'));
+            AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'site_staff'))
+   AND c.relname <> 'reading_intake';
+-- ... but the bulk intake, which COPY needs without row security: no role
+-- may read, change or delete its rows (it is empty after every statement)
+SELECT c.relname AS intake_privilege, r, p
+  FROM pg_class c, unnest(ARRAY['prepay_admin', 'prepay_operator', 'prepay_cashier', 'prepay_reader',
+                                'prepay_tenant', 'prepay_agent']) AS r,
+       unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AS p
+ WHERE c.oid = 'prepay.reading_intake'::regclass AND has_table_privilege(r, c.oid, p)
+ ORDER BY 2, 3;
 SELECT c.relname AS view_not_security_invoker
   FROM pg_class c
  WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind = 'v'
@@ -416,7 +428,7 @@ SELECT c.relname AS truncatable_by_a_role, r
 SELECT c.relname AS configuration_table_not_audited
   FROM pg_class c
  WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p')
-   AND c.relname NOT IN ('reading', 'ledger', 'alarm', 'notification', 'audit',
+   AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused', 'ledger', 'alarm', 'notification', 'audit',
                          -- derived by jobs, read-only for every role, kept with their inputs
                          'period_charge', 'apportionment', 'bill_line', 'bill_entry', 'bill_payment', 'batch_item',
                          'energy_day_folded', 'energy_month_folded', 'energy_pending', 'consumption_posting_day', 'cut_reminder',

@@ -67,7 +67,7 @@ SELECT p.oid::regprocedure AS function_without_pinned_search_path
 SELECT p.oid::regprocedure AS security_mode_against_the_rule, p.prosecdef
   FROM pg_proc p
  WHERE p.pronamespace = 'prepay'::regnamespace AND p.prokind <> 'a'
-   AND p.prosecdef <> ((p.prorettype = 'trigger'::regtype AND p.proname <> 'reading_skip_duplicate')
+   AND p.prosecdef <> ((p.prorettype = 'trigger'::regtype AND p.proname NOT IN ('reading_skip_duplicate', 'reading_intake_drain'))
                        OR p.proname IN ('_my_sites', '_my_accounts', '_my_agents', '_is_agent', '_authorize',
                                         '_authorize_account', '_authorize_agent', '_authorize_agent_id')
                        OR (p.prosrc ~ 'prepay\._authorize' AND p.proname !~ '^_'));
