@@ -464,10 +464,10 @@ CREATE TABLE prepay.alarm (
 );
 CREATE UNIQUE INDEX alarm_one_active ON prepay.alarm (site_id, kind, coalesce(account_id, 0), coalesce(meter_id, 0)) WHERE cleared_at IS NULL;
 COMMENT ON INDEX prepay.alarm_one_active IS 'At most one active alarm of a kind per account and meter.';
-COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading.';
+COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading, split_fallback, ...';
 COMMENT ON COLUMN prepay.alarm.site_id IS 'Site the alarm belongs to.';
 COMMENT ON COLUMN prepay.alarm.alarm_id IS 'Alarm id.';
-COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder) or bad_reading.';
+COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder), bad_reading (a quarantined reading), split_fallback (a charge of a tariff that splits by registers split uniformly), meter_lost, gateway_lost (the agent), or a billing alarm.';
 COMMENT ON COLUMN prepay.alarm.account_id IS 'Account concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.meter_id IS 'Meter concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.raised_at IS 'When the alarm was raised.';
