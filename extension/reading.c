@@ -126,6 +126,7 @@ typedef struct BatchMeter
 	bool		active;
 	int32		multiplier;
 	int64		max_per_hour;	/* milli-units per hour */
+	const char *derived_from;	/* kind whose default max_per_hour is, or NULL if set */
 	bool		billable;		/* attached to an open account */
 	int64		account_id;
 	int64		tariff_id;
@@ -166,6 +167,8 @@ typedef struct Batch
 	Snapshot	snapshot;		/* direct path: taken after the site locks */
 	Oid			relay_oids[2];	/* relay_label's cache */
 	const char *relay_labels[2];
+	Oid			kind_oids[3];	/* the meter kinds' labels, cached alike */
+	const char *kind_labels[3];
 } Batch;
 
 /* The meter columns the rating state is written to. */
@@ -183,6 +186,7 @@ typedef struct MeterColumns
 	int			active;
 	int			multiplier;
 	int			max_per_hour;
+	int			kind;
 	int			account_id;
 	int			tariff_id;
 	int			relay_state;
@@ -226,6 +230,8 @@ static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
 static const char *relay_label(Datum value, Oid *oids, const char **labels);
+static const char *enum_label(Datum value, Oid *oids, const char **labels, int n);
+static void meter_limit(BatchMeter *m, bool isnull, int64 max_per_hour, const char *kind);
 static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
 static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
 									const BatchReading *r, int64 *deltas);
@@ -494,9 +500,20 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 static const char *
 relay_label(Datum value, Oid *oids, const char **labels)
 {
+	return enum_label(value, oids, labels, 2);
+}
+
+/*
+ * enum_label
+ *		The label of an enum value, remembering the first n labels seen in
+ *		the n slots (relay_label, and the meter kinds for meter_limit).
+ */
+static const char *
+enum_label(Datum value, Oid *oids, const char **labels, int n)
+{
 	Oid			oid = DatumGetObjectId(value);
 
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < n; i++)
 	{
 		if (oids[i] == oid)
 			return labels[i];
@@ -683,6 +700,7 @@ meter_columns(Batch *batch, MeterColumns *cols)
 	cols->active = direct_attnum(meter, "active");
 	cols->multiplier = direct_attnum(meter, "multiplier");
 	cols->max_per_hour = direct_attnum(meter, "max_per_hour");
+	cols->kind = direct_attnum(meter, "kind");
 	cols->account_id = direct_attnum(meter, "account_id");
 	cols->tariff_id = direct_attnum(meter, "tariff_id");
 	for (int k = 0; meter_state_columns[k] != NULL; k++)
@@ -705,7 +723,10 @@ meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *val
 	m->found = true;
 	m->active = DatumGetBool(values[cols->active - 1]);
 	m->multiplier = DatumGetInt32(values[cols->multiplier - 1]);
-	m->max_per_hour = fixed_from_numeric(values[cols->max_per_hour - 1], ENERGY_SCALE);
+	meter_limit(m, nulls[cols->max_per_hour - 1],
+				nulls[cols->max_per_hour - 1] ? 0 : fixed_from_numeric(values[cols->max_per_hour - 1], ENERGY_SCALE),
+				nulls[cols->max_per_hour - 1] ?
+				enum_label(values[cols->kind - 1], batch->kind_oids, batch->kind_labels, 3) : NULL);
 	m->has_state = !nulls[att[S_LAST_READ_AT] - 1];
 	m->last_read_at = DatumGetTimestampTz(values[att[S_LAST_READ_AT] - 1]);
 	if (!nulls[att[S_LAST_ENERGY] - 1])
@@ -748,6 +769,18 @@ meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m)
 		m->tariff_id = DatumGetInt64(direct_getattr(m->account_row, t, cols->account_tariff_id, &isnull));
 		m->billable = m->billable && !isnull;
 	}
+}
+
+/*
+ * meter_limit
+ *		The meter's plausibility limit: its max_per_hour, or when that is
+ *		NULL the limit derived from its kind and multiplier (rating.c).
+ */
+static void
+meter_limit(BatchMeter *m, bool isnull, int64 max_per_hour, const char *kind)
+{
+	m->max_per_hour = isnull ? rating_default_max_per_hour(kind, m->multiplier) : max_per_hour;
+	m->derived_from = isnull ? kind : NULL;
 }
 
 /* A (site, id) pair, for sorting keys. */
@@ -857,7 +890,7 @@ batch_load_meters(Batch *batch)
 			"       (m.charge_carry * 1000000000)::int8, m.relay_state::text,"
 			"       m.cycle_start, (m.cycle_used * 1000)::int8,"
 			"       (m.last_sharp * 1000)::int8, (m.last_peak * 1000)::int8,"
-			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8"
+			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8, m.kind::text"
 			"  FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[]))"
 			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
 			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
@@ -887,6 +920,7 @@ batch_load_meters(Batch *batch)
 		m->active = DatumGetBool(SPI_getbinval(tuple, desc, 2, &isnull));
 		m->multiplier = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		m->max_per_hour = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
+		meter_limit(m, isnull, m->max_per_hour, isnull ? SPI_getvalue(tuple, desc, 18) : NULL);
 		m->account_id = DatumGetInt64(SPI_getbinval(tuple, desc, 5, &isnull));
 		m->billable = !isnull && DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
 		m->tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 7, &isnull));
@@ -1015,10 +1049,15 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 				   timestamptz_to_str(meter->last_read_at)));
 	else if (meter->has_state &&
 			 rating_exceeds_rate(consumption, r->read_at - meter->last_read_at, meter->max_per_hour))
-		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s consumed since %s exceeds %s per hour",
+		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s consumed since %s exceeds %s per hour%s",
 				   fixed_format(consumption, ENERGY_SCALE),
 				   timestamptz_to_str(meter->last_read_at),
-				   fixed_format(meter->max_per_hour, ENERGY_SCALE)));
+				   fixed_format(meter->max_per_hour, ENERGY_SCALE),
+				   meter->derived_from == NULL ? "" :
+				   psprintf(" (max_per_hour not set: %s per hour for a%s %s meter x multiplier %d)",
+							fixed_format(rating_register_per_hour(meter->derived_from), ENERGY_SCALE),
+							strchr("aeiou", meter->derived_from[0]) ? "n" : "",
+							meter->derived_from, meter->multiplier)));
 	return r->reason == Q_NONE;
 }
 

@@ -251,7 +251,7 @@ CREATE TABLE prepay.meter (
     code           text NOT NULL,
     kind           prepay.meter_kind NOT NULL DEFAULT 'electricity',
     multiplier     integer NOT NULL DEFAULT 1 CHECK (multiplier >= 1),
-    max_per_hour   numeric(12,3) NOT NULL DEFAULT 100 CHECK (max_per_hour > 0),
+    max_per_hour   numeric(12,3) CHECK (max_per_hour > 0),
     building       text,
     floor          text,
     room           text,
@@ -293,7 +293,7 @@ COMMENT ON COLUMN prepay.meter.meter_id IS 'Meter id.';
 COMMENT ON COLUMN prepay.meter.code IS 'Unique meter number within the site (nameplate or asset number).';
 COMMENT ON COLUMN prepay.meter.kind IS 'electricity, water or heat.';
 COMMENT ON COLUMN prepay.meter.multiplier IS 'CT ratio times PT ratio: consumption = register difference times multiplier.';
-COMMENT ON COLUMN prepay.meter.max_per_hour IS 'Largest plausible consumption per hour after the multiplier (kW for electricity, m3/h for water); a larger jump is quarantined as impossible_jump.';
+COMMENT ON COLUMN prepay.meter.max_per_hour IS 'Largest plausible consumption per hour after the multiplier (kW for electricity, m3/h for water); a larger jump is quarantined as impossible_jump.  NULL (the default): derived from what the meter can deliver, its register''s limit for its kind (electricity 100 kWh/h, water 100 m3/h, heat 1,000 kWh/h) times the multiplier; see docs/ARCHITECTURE.md, "Bad readings".';
 COMMENT ON COLUMN prepay.meter.building IS 'Building of the metered unit.';
 COMMENT ON COLUMN prepay.meter.floor IS 'Floor of the metered unit.';
 COMMENT ON COLUMN prepay.meter.room IS 'Room or shop number of the metered unit.';
