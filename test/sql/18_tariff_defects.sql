@@ -8,7 +8,7 @@
 -- ends with the ledger check.
 SET client_min_messages = warning;
 DROP ROLE IF EXISTS regress_td_operator, regress_td_agent, regress_td_cashier, regress_td_reader,
-    regress_td_other;
+    regress_td_other, regress_td_admin, regress_td_tenant;
 RESET client_min_messages;
 DROP EXTENSION prepay CASCADE;
 CREATE EXTENSION prepay;
@@ -31,8 +31,11 @@ CREATE ROLE regress_td_agent LOGIN IN ROLE prepay_agent;
 CREATE ROLE regress_td_cashier LOGIN IN ROLE prepay_cashier;
 CREATE ROLE regress_td_reader LOGIN IN ROLE prepay_reader;
 CREATE ROLE regress_td_other LOGIN IN ROLE prepay_operator;
+CREATE ROLE regress_td_admin LOGIN IN ROLE prepay_admin;
+CREATE ROLE regress_td_tenant LOGIN IN ROLE prepay_tenant;
 INSERT INTO prepay.site_access (site_id, grantee) VALUES
-    (1, 'regress_td_operator'), (1, 'regress_td_cashier'), (1, 'regress_td_reader'), (2, 'regress_td_other');
+    (1, 'regress_td_operator'), (1, 'regress_td_cashier'), (1, 'regress_td_reader'), (2, 'regress_td_other'),
+    (1, 'regress_td_admin');
 INSERT INTO prepay.agent_access (site_id, agent_id, grantee) VALUES (1, 'td-1', 'regress_td_agent');
 
 -- meters 1-3 on the register tariff (a limit of 1,000 kWh/h set, so that only
@@ -44,6 +47,7 @@ INSERT INTO prepay.meter (site_id, code, multiplier, gateway_id, unit_id) VALUES
 INSERT INTO prepay.meter (site_id, code, multiplier, max_per_hour, gateway_id, unit_id) VALUES (1, 'CT-BIG', 40, 100, 1, 5);
 SELECT prepay.open_account(1, 'A' || n, 'Shop ' || n, CASE WHEN n <= 3 THEN 1 ELSE 2 END) FROM generate_series(1, 5) AS n;
 SELECT prepay.recharge(1, n, 5000.00, 'bank', 'R-' || n) FROM generate_series(1, 5) AS n;
+INSERT INTO prepay.tenant_access (site_id, account_id, grantee) VALUES (1, 5, 'regress_td_tenant');
 
 -- ---------------------------------------------------------------------
 -- item 5: peak and valley registers only (sharp and flat NULL)
@@ -141,9 +145,11 @@ RESET SESSION AUTHORIZATION;
 SELECT read_at, energy, quarantine_reason FROM prepay.reading WHERE meter_id = 5 ORDER BY read_at;
 SELECT prepay.balance(1, 5), (SELECT count(*) FROM prepay.ledger WHERE meter_id = 5) AS charges;
 
--- who may release: operators and administrators of the site only
-SELECT regress.probe(login, 'SELECT count(*) FROM prepay.release_quarantined(1, 5)', NULL, true) AS refused
-  FROM unnest(ARRAY['regress_td_cashier', 'regress_td_reader', 'regress_td_agent', 'regress_td_other']) AS login;
+-- who may release: operators and administrators of the site only (a probe
+-- is rolled back)
+SELECT login, regress.probe(login, 'SELECT count(*) FROM prepay.release_quarantined(1, 5)', NULL, true) AS outcome
+  FROM unnest(ARRAY['regress_td_admin', 'regress_td_cashier', 'regress_td_reader', 'regress_td_tenant',
+                    'regress_td_agent', 'regress_td_other']) AS login;
 SELECT regress.try('SELECT * FROM prepay.release_quarantined(1, 999)');
 SELECT regress.try('SELECT * FROM prepay.release_quarantined(1, NULL)');
 SELECT read_at, quarantine_reason FROM prepay.reading WHERE meter_id = 5 ORDER BY read_at;
@@ -194,5 +200,6 @@ SELECT meter_id, code, multiplier, max_per_hour FROM prepay.meter WHERE code LIK
 SELECT * FROM prepay.check_ledger();
 
 SET client_min_messages = warning;
-DROP ROLE regress_td_operator, regress_td_agent, regress_td_cashier, regress_td_reader, regress_td_other;
+DROP ROLE regress_td_operator, regress_td_agent, regress_td_cashier, regress_td_reader, regress_td_other,
+    regress_td_admin, regress_td_tenant;
 RESET client_min_messages;
