@@ -200,7 +200,7 @@ rate_interval(TariffBook *book, int32 site_id, int64 tariff_id, TimestampTz from
 	if (before.start == INT64_MIN && pieces.n > 0 && cycle->start != INT64_MIN)
 		before.start = cycle->start;	/* the cycle `from` lies in */
 	initStringInfo(&json);
-	tariff_pieces_json(&json, tariff_id, versions, &pieces, 1, &before, cycle);
+	tariff_pieces_json(&json, tariff_id, versions, &pieces, 1, &before, cycle, NULL);
 	return json.data;
 }
 

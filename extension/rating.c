@@ -12,6 +12,16 @@
  * tenant never pays for a fraction of a cent not yet consumed, and is
  * never under-billed by more than one cent in total.
  *
+ * Plausibility.  A reading whose consumption since the last rated one
+ * exceeds the meter's limit per hour is quarantined as an impossible jump.
+ * A meter with no limit set gets one derived from what it can physically
+ * deliver: its register cannot advance faster than a direct-connected
+ * meter of its kind measures at full load (100 kWh/h covers 3 x 230 V x
+ * 145 A; a CT-operated meter's x/5 A secondary measures far less), and
+ * the consumption is the register's advance times the multiplier.  So a
+ * 150 kW shop behind a 200/5 CT (multiplier 40, limit 4,000 kWh/h) is
+ * rated, and a register that leaps by orders of magnitude is not.
+ *
  * Copyright (c) 2026, the prepay authors
  *
  * IDENTIFICATION
@@ -20,6 +30,8 @@
  *-------------------------------------------------------------------------
  */
 #include "rating.h"
+
+#include <string.h>
 
 #define NANO_PER_CENT INT64_C(10000000)
 #define MICROS_PER_HOUR INT64_C(3600000000)
@@ -40,4 +52,21 @@ bool
 rating_exceeds_rate(int64_t energy, int64_t elapsed_us, int64_t max_per_hour)
 {
 	return (__int128) energy * MICROS_PER_HOUR > (__int128) max_per_hour * elapsed_us;
+}
+
+int64_t
+rating_register_per_hour(const char *kind)
+{
+	if (strcmp(kind, "heat") == 0)
+		return RATING_REGISTER_PER_HOUR_HEAT;
+	if (strcmp(kind, "water") == 0)
+		return RATING_REGISTER_PER_HOUR_WATER;
+	return RATING_REGISTER_PER_HOUR_ELECTRICITY;
+}
+
+int64_t
+rating_default_max_per_hour(const char *kind, int32_t multiplier)
+{
+	/* at most 10^6 x (2^31 - 1): no overflow */
+	return rating_register_per_hour(kind) * (multiplier > 0 ? multiplier : 1);
 }

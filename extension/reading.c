@@ -111,11 +111,12 @@ typedef struct BatchReading
 	bool		has_energy;
 	int64		energy;			/* register, milli-units */
 	const char *not_a_number;	/* the register that is NaN, or NULL */
-	bool		has_registers;	/* all four TOU registers reported */
+	uint8		register_mask;	/* bit k: TOU register k reported */
 	int64		registers[NREGISTERS];
 	const char *relay;			/* reported relay state label, or NULL */
 	Quarantine	reason;
 	char	   *detail;
+	char	   *fallback;		/* why its charge's register split fell back, or NULL */
 } BatchReading;
 
 typedef struct BatchMeter
@@ -126,6 +127,7 @@ typedef struct BatchMeter
 	bool		active;
 	int32		multiplier;
 	int64		max_per_hour;	/* milli-units per hour */
+	const char *derived_from;	/* kind whose default max_per_hour is, or NULL if set */
 	bool		billable;		/* attached to an open account */
 	int64		account_id;
 	int64		tariff_id;
@@ -134,7 +136,7 @@ typedef struct BatchMeter
 	int64		last_energy;
 	int64		carry;			/* nano-currency */
 	TariffCycleState cycle;		/* billing cycle and its consumption so far */
-	bool		has_registers;	/* TOU registers of the last rated reading */
+	uint8		register_mask;	/* TOU registers of the last rated reading (bit k) */
 	int64		registers[NREGISTERS];
 	const char *relay;			/* relay state known, or NULL */
 	TimestampTz relay_at;
@@ -160,11 +162,14 @@ typedef struct Batch
 	int			ncharges;
 	Rollup	   *rollup;			/* the charges' energy by local day */
 	int			nquarantined;
+	int			nfallbacks;		/* charges whose register split fell back */
 	DirectTable *meter_table;	/* direct path: both open, else both NULL */
 	DirectTable *account_table;
 	Snapshot	snapshot;		/* direct path: taken after the site locks */
 	Oid			relay_oids[2];	/* relay_label's cache */
 	const char *relay_labels[2];
+	Oid			kind_oids[3];	/* the meter kinds' labels, cached alike */
+	const char *kind_labels[3];
 } Batch;
 
 /* The meter columns the rating state is written to. */
@@ -182,6 +187,7 @@ typedef struct MeterColumns
 	int			active;
 	int			multiplier;
 	int			max_per_hour;
+	int			kind;
 	int			account_id;
 	int			tariff_id;
 	int			relay_state;
@@ -226,13 +232,19 @@ static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
 static const char *relay_label(Datum value, Oid *oids, const char **labels);
+static const char *enum_label(Datum value, Oid *oids, const char **labels, int n);
+static void meter_limit(BatchMeter *m, bool isnull, int64 max_per_hour, const char *kind);
 static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
 static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
 									const BatchReading *r, int64 *deltas);
+static char *register_fallback_detail(const TariffVersion *v, const BatchMeter *meter,
+									  const BatchReading *r, const TariffPieces *pieces,
+									  int64 consumption);
 static void batch_save_meters(Batch *batch);
 static void batch_refresh_meters(Batch *batch);
 static void batch_save_meters_direct(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
+static void batch_save_fallbacks(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, char *detail);
 
 /*
@@ -428,6 +440,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		batch_close_direct(&batch);
 		rollup_flush(batch.rollup);
 		batch_save_quarantine(&batch);
+		batch_save_fallbacks(&batch);
 		balance_apply_levels(posting);
 		SPI_finish();
 	}
@@ -479,11 +492,11 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 			r->not_a_number = "energy";
 		else if (!isnull)
 			r->energy = fixed_from_numeric(value, ENERGY_SCALE);
-		r->has_registers = true;
 		for (int k = 0; k < NREGISTERS; k++)
 		{
 			value = slot_getattr(slot, register_att[k], &isnull);
-			r->has_registers = r->has_registers && !isnull;
+			if (!isnull)
+				r->register_mask |= 1 << k;
 			if (!isnull && numeric_is_nan(DatumGetNumeric(value)))
 				r->not_a_number = r->not_a_number ? r->not_a_number : tariff_register_name[k];
 			else if (!isnull)
@@ -507,9 +520,20 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 static const char *
 relay_label(Datum value, Oid *oids, const char **labels)
 {
+	return enum_label(value, oids, labels, 2);
+}
+
+/*
+ * enum_label
+ *		The label of an enum value, remembering the first n labels seen in
+ *		the n slots (relay_label, and the meter kinds for meter_limit).
+ */
+static const char *
+enum_label(Datum value, Oid *oids, const char **labels, int n)
+{
 	Oid			oid = DatumGetObjectId(value);
 
-	for (int i = 0; i < 2; i++)
+	for (int i = 0; i < n; i++)
 	{
 		if (oids[i] == oid)
 			return labels[i];
@@ -696,6 +720,7 @@ meter_columns(Batch *batch, MeterColumns *cols)
 	cols->active = direct_attnum(meter, "active");
 	cols->multiplier = direct_attnum(meter, "multiplier");
 	cols->max_per_hour = direct_attnum(meter, "max_per_hour");
+	cols->kind = direct_attnum(meter, "kind");
 	cols->account_id = direct_attnum(meter, "account_id");
 	cols->tariff_id = direct_attnum(meter, "tariff_id");
 	for (int k = 0; meter_state_columns[k] != NULL; k++)
@@ -718,7 +743,10 @@ meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *val
 	m->found = true;
 	m->active = DatumGetBool(values[cols->active - 1]);
 	m->multiplier = DatumGetInt32(values[cols->multiplier - 1]);
-	m->max_per_hour = fixed_from_numeric(values[cols->max_per_hour - 1], ENERGY_SCALE);
+	meter_limit(m, nulls[cols->max_per_hour - 1],
+				nulls[cols->max_per_hour - 1] ? 0 : fixed_from_numeric(values[cols->max_per_hour - 1], ENERGY_SCALE),
+				nulls[cols->max_per_hour - 1] ?
+				enum_label(values[cols->kind - 1], batch->kind_oids, batch->kind_labels, 3) : NULL);
 	m->has_state = !nulls[att[S_LAST_READ_AT] - 1];
 	m->last_read_at = DatumGetTimestampTz(values[att[S_LAST_READ_AT] - 1]);
 	if (!nulls[att[S_LAST_ENERGY] - 1])
@@ -729,12 +757,12 @@ meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *val
 	m->cycle.start = nulls[att[S_CYCLE_START] - 1] ? INT64_MIN :
 		DatumGetTimestampTz(values[att[S_CYCLE_START] - 1]);
 	m->cycle.used = fixed_from_numeric(values[att[S_CYCLE_USED] - 1], ENERGY_SCALE);
-	m->has_registers = true;
 	for (int k = 0; k < NREGISTERS; k++)
 	{
-		m->has_registers = m->has_registers && !nulls[att[S_REGISTERS + k] - 1];
-		if (!nulls[att[S_REGISTERS + k] - 1])
-			m->registers[k] = fixed_from_numeric(values[att[S_REGISTERS + k] - 1], ENERGY_SCALE);
+		if (nulls[att[S_REGISTERS + k] - 1])
+			continue;
+		m->register_mask |= 1 << k;
+		m->registers[k] = fixed_from_numeric(values[att[S_REGISTERS + k] - 1], ENERGY_SCALE);
 	}
 	m->account_id = DatumGetInt64(values[cols->account_id - 1]);
 	m->has_account = !nulls[cols->account_id - 1];
@@ -761,6 +789,18 @@ meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m)
 		m->tariff_id = DatumGetInt64(direct_getattr(m->account_row, t, cols->account_tariff_id, &isnull));
 		m->billable = m->billable && !isnull;
 	}
+}
+
+/*
+ * meter_limit
+ *		The meter's plausibility limit: its max_per_hour, or when that is
+ *		NULL the limit derived from its kind and multiplier (rating.c).
+ */
+static void
+meter_limit(BatchMeter *m, bool isnull, int64 max_per_hour, const char *kind)
+{
+	m->max_per_hour = isnull ? rating_default_max_per_hour(kind, m->multiplier) : max_per_hour;
+	m->derived_from = isnull ? kind : NULL;
 }
 
 /* A (site, id) pair, for sorting keys. */
@@ -870,7 +910,7 @@ batch_load_meters(Batch *batch)
 			"       (m.charge_carry * 1000000000)::int8, m.relay_state::text,"
 			"       m.cycle_start, (m.cycle_used * 1000)::int8,"
 			"       (m.last_sharp * 1000)::int8, (m.last_peak * 1000)::int8,"
-			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8"
+			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8, m.kind::text"
 			"  FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[]))"
 			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
 			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
@@ -900,6 +940,7 @@ batch_load_meters(Batch *batch)
 		m->active = DatumGetBool(SPI_getbinval(tuple, desc, 2, &isnull));
 		m->multiplier = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		m->max_per_hour = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
+		meter_limit(m, isnull, m->max_per_hour, isnull ? SPI_getvalue(tuple, desc, 18) : NULL);
 		m->account_id = DatumGetInt64(SPI_getbinval(tuple, desc, 5, &isnull));
 		m->billable = !isnull && DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
 		m->tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 7, &isnull));
@@ -913,11 +954,11 @@ batch_load_meters(Batch *batch)
 		if (isnull)
 			m->cycle.start = INT64_MIN;
 		m->cycle.used = DatumGetInt64(SPI_getbinval(tuple, desc, 13, &isnull));
-		m->has_registers = true;
 		for (int k = 0; k < NREGISTERS; k++)
 		{
 			m->registers[k] = DatumGetInt64(SPI_getbinval(tuple, desc, 14 + k, &isnull));
-			m->has_registers = m->has_registers && !isnull;
+			if (!isnull)
+				m->register_mask |= 1 << k;
 		}
 	}
 }
@@ -971,7 +1012,7 @@ batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 		meter->has_state = true;
 		meter->last_read_at = r->read_at;
 		meter->last_energy = r->energy;
-		meter->has_registers = r->has_registers;
+		meter->register_mask = r->register_mask;
 		memcpy(meter->registers, r->registers, sizeof(r->registers));
 		meter->changed = true;
 		if (r->relay != NULL && (meter->relay == NULL || strcmp(meter->relay, r->relay) != 0))
@@ -1028,11 +1069,65 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 				   timestamptz_to_str(meter->last_read_at)));
 	else if (meter->has_state &&
 			 rating_exceeds_rate(consumption, r->read_at - meter->last_read_at, meter->max_per_hour))
-		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s consumed since %s exceeds %s per hour",
+		quarantine(r, Q_IMPOSSIBLE_JUMP, psprintf("%s consumed since %s exceeds %s per hour%s",
 				   fixed_format(consumption, ENERGY_SCALE),
 				   timestamptz_to_str(meter->last_read_at),
-				   fixed_format(meter->max_per_hour, ENERGY_SCALE)));
+				   fixed_format(meter->max_per_hour, ENERGY_SCALE),
+				   meter->derived_from == NULL ? "" :
+				   psprintf(" (max_per_hour not set: %s per hour for a%s %s meter x multiplier %d)",
+							fixed_format(rating_register_per_hour(meter->derived_from), ENERGY_SCALE),
+							strchr("aeiou", meter->derived_from[0]) ? "n" : "",
+							meter->derived_from, meter->multiplier)));
 	return r->reason == Q_NONE;
+}
+
+/*
+ * batch_save_fallbacks
+ *		Raise one active split_fallback alarm per meter whose charge was
+ *		split uniformly although its tariff splits by registers, naming the
+ *		first such reading of the batch and why.  The pricing record of
+ *		every such charge says so too ("split_fallback").
+ */
+static void
+batch_save_fallbacks(Batch *batch)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *cols[4];
+	Datum		args[4];
+	int			n = 0;
+
+	if (batch->nfallbacks == 0)
+		return;
+	for (int c = 0; c < 4; c++)
+		cols[c] = palloc(sizeof(Datum) * batch->nfallbacks);
+	for (int i = 0; i < batch->nreadings; i++)
+	{
+		BatchReading *r = &batch->readings[i];
+
+		if (r->fallback == NULL)
+			continue;
+		cols[0][n] = Int32GetDatum(r->site_id);
+		cols[1][n] = Int64GetDatum(r->meter_id);
+		cols[2][n] = TimestampTzGetDatum(r->read_at);
+		cols[3][n] = CStringGetTextDatum(r->fallback);
+		n++;
+	}
+	spi_kept_plan(&plan,
+			"INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)"
+			"SELECT DISTINCT ON (u.site_id, u.meter_id) u.site_id, 'split_fallback', u.meter_id,"
+			"       pg_catalog.format('charge up to the reading at %s split uniformly, not by the meter''s registers: %s',"
+			"                         u.read_at, u.detail)"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))"
+			"       AS u(site_id, meter_id, read_at, detail)"
+			" ORDER BY u.site_id, u.meter_id, u.read_at"
+			"    ON CONFLICT DO NOTHING", 4,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID});
+	args[0] = spi_array(cols[0], NULL, n, INT4OID);
+	args[1] = spi_array(cols[1], NULL, n, INT8OID);
+	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
+	args[3] = spi_array(cols[3], NULL, n, TEXTOID);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) < 0)
+		elog(ERROR, "reading_rate_batch: split fallback alarm failed");
 }
 
 /*
@@ -1062,6 +1157,7 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 	const TariffVersion *versions = tariff_book_versions(batch->book, meter->site_id,
 														 meter->tariff_id, &nversions);
 	TariffCycleState before = meter->cycle;
+	const TariffVersion *last;
 	int64		deltas[TARIFF_MAX_PERIODS];
 	const int64 *registers;
 	BalanceCharge *c;
@@ -1074,8 +1170,8 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 				   meter->tariff_id));
 		return false;
 	}
-	registers = register_deltas(&versions[tariff_version_at(versions, nversions, r->read_at)],
-								meter, r, deltas);
+	last = &versions[tariff_version_at(versions, nversions, r->read_at)];
+	registers = register_deltas(last, meter, r, deltas);
 	batch->pieces.n = 0;
 	ok = tariff_rate(versions, nversions, tariff_book_calendar(batch->book, meter->site_id),
 					 meter->last_read_at, r->read_at, consumption, registers,
@@ -1095,9 +1191,14 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 	c->read_to = r->read_at;
 	c->energy = consumption;
 	c->exact = exact;
+	if (batch->pieces.fallback != TARIFF_FALLBACK_NONE)
+	{
+		r->fallback = register_fallback_detail(last, meter, r, &batch->pieces, consumption);
+		batch->nfallbacks++;
+	}
 	resetStringInfo(&batch->json);
 	tariff_pieces_json(&batch->json, meter->tariff_id, versions, &batch->pieces, meter->multiplier,
-					   &before, &meter->cycle);
+					   &before, &meter->cycle, r->fallback);
 	c->pieces = cstring_to_text_with_len(batch->json.data, batch->json.len);
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
 	c->account_row = meter->account_row;
@@ -1110,23 +1211,69 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
  * register_deltas
  *		For a tariff that splits by the meter's TOU registers: the energy
  *		each of its periods consumed since the last rated reading, times
- *		the multiplier, in the version's period order.  NULL when the
- *		tariff splits uniformly or a register is missing.
+ *		the multiplier, in the version's period order.  Only the registers
+ *		of the tariff's own periods are needed (a peak/valley tariff on a
+ *		meter without sharp and flat registers splits by its peak and
+ *		valley).  NULL when the tariff splits uniformly or one of those
+ *		registers is missing in this reading or the last rated one.  A
+ *		difference beyond 64 bits is INT64_MAX, which cannot add up.
  */
 static const int64 *
 register_deltas(const TariffVersion *v, const BatchMeter *meter, const BatchReading *r, int64 *deltas)
 {
-	if (v->split != TARIFF_SPLIT_REGISTERS || !r->has_registers || !meter->has_registers)
+	if (v->split != TARIFF_SPLIT_REGISTERS)
 		return NULL;
 	for (int p = 0; p < v->nperiods; p++)
 	{
 		int			k = tariff_register_index(v->period_name[p]);
 
-		if (k < 0)
+		if (k < 0 || !(r->register_mask & meter->register_mask & (1 << k)))
 			return NULL;
-		deltas[p] = (r->registers[k] - meter->registers[k]) * meter->multiplier;
+		if (pg_mul_s64_overflow(r->registers[k] - meter->registers[k], meter->multiplier, &deltas[p]))
+			deltas[p] = PG_INT64_MAX;
 	}
 	return deltas;
+}
+
+/*
+ * register_fallback_detail
+ *		Why the charge of reading r, whose tariff version v splits by
+ *		registers, was split uniformly: which register was missing (in
+ *		this reading or the last rated one), went back, or how far the
+ *		registers' sum is from the total.  Kept in the pricing record
+ *		("split_fallback") and the split_fallback alarm.
+ */
+static char *
+register_fallback_detail(const TariffVersion *v, const BatchMeter *meter, const BatchReading *r,
+						 const TariffPieces *pieces, int64 consumption)
+{
+	StringInfoData names;
+	int64		sum = 0;
+
+	initStringInfo(&names);
+	for (int p = 0; p < v->nperiods; p++)
+	{
+		int			k = tariff_register_index(v->period_name[p]);
+		int64		delta = 0;
+
+		if (k < 0)
+			return psprintf("period %s is not a register", v->period_name[p]);
+		if (!(meter->register_mask & (1 << k)))
+			return psprintf("the last rated reading (%s) has no %s register",
+							timestamptz_to_str(meter->last_read_at), tariff_register_name[k]);
+		if (!(r->register_mask & (1 << k)))
+			return psprintf("this reading has no %s register", tariff_register_name[k]);
+		if (pieces->fallback == TARIFF_FALLBACK_NEGATIVE && r->registers[k] < meter->registers[k])
+			return psprintf("the %s register went back from %s to %s", tariff_register_name[k],
+							fixed_format(meter->registers[k], ENERGY_SCALE),
+							fixed_format(r->registers[k], ENERGY_SCALE));
+		if (pg_mul_s64_overflow(r->registers[k] - meter->registers[k], meter->multiplier, &delta) ||
+			pg_add_s64_overflow(sum, delta, &sum))
+			return pstrdup("the registers' advance is out of range");
+		appendStringInfo(&names, "%s%s", p > 0 ? " + " : "", tariff_register_name[k]);
+	}
+	return psprintf("%s advanced %s, the total register %s (after the multiplier)", names.data,
+					fixed_format(sum, ENERGY_SCALE), fixed_format(consumption, ENERGY_SCALE));
 }
 
 /*
@@ -1173,8 +1320,8 @@ batch_save_meters(Batch *batch)
 		cols[8][n] = fixed_to_numeric(m->cycle.used, ENERGY_SCALE);
 		for (int k = 0; k < NREGISTERS; k++)
 		{
-			cols[9 + k][n] = fixed_to_numeric(m->registers[k], ENERGY_SCALE);
-			nulls[9 + k][n] = !m->has_registers;
+			nulls[9 + k][n] = (m->register_mask & (1 << k)) == 0;
+			cols[9 + k][n] = nulls[9 + k][n] ? (Datum) 0 : fixed_to_numeric(m->registers[k], ENERGY_SCALE);
 		}
 		n++;
 	}
@@ -1303,7 +1450,7 @@ meter_set_state(DirectTable *t, Datum *values, bool *nulls, void *arg)
 	set_numeric(t, values, nulls, att[S_CYCLE_USED], m->cycle.used, ENERGY_SCALE);
 	for (int k = 0; k < NREGISTERS; k++)
 	{
-		if (m->has_registers)
+		if (m->register_mask & (1 << k))
 			set_numeric(t, values, nulls, att[S_REGISTERS + k], m->registers[k], ENERGY_SCALE);
 		else
 			nulls[att[S_REGISTERS + k] - 1] = true;

@@ -13,7 +13,10 @@
  * floor(E * (b - from) / (to - from)) - floor(E * (a - from) / (to -
  * from)), so segments always add up to E exactly.  When the tariff splits
  * by the meter's own TOU registers, each period's register energy is
- * spread the same way and the time-of-use cuts are not needed.
+ * spread the same way and the time-of-use cuts are not needed.  Registers
+ * that are missing, go back or do not add up to the total fall back to the
+ * uniform split, and the pieces say why (TariffPieces.fallback), so that
+ * the caller can make the fallback visible.
  *
  * Tiers.  Each segment's energy is then cut at the tier ceilings of the
  * cycle-to-date consumption (graduated: every unit is priced in the tier
@@ -55,8 +58,50 @@ static int64_t next_cut(const TariffVersion *versions, int nversions, const Tari
 static bool price_segment(const TariffVersion *v, const Segment *seg, int period,
 						  int64_t energy, TariffCycleState *cycle, TariffPieces *out);
 static bool append_piece(TariffPieces *out, const TariffPiece *piece);
+static TariffFallback register_fallback(const TariffVersion *v, const int64_t *registers,
+										int64_t energy);
 
 const char *const tariff_register_name[TARIFF_NREGISTERS] = {"sharp", "peak", "flat", "valley"};
+
+/* What a fallback means, in words (NULL for none). */
+const char *
+tariff_fallback_text(TariffFallback fallback)
+{
+	switch (fallback)
+	{
+		case TARIFF_FALLBACK_NONE:
+			break;
+		case TARIFF_FALLBACK_MISSING:
+			return "a register of the tariff's periods is missing";
+		case TARIFF_FALLBACK_NEGATIVE:
+			return "a register of the tariff's periods went back";
+		case TARIFF_FALLBACK_SUM:
+			return "the registers of the tariff's periods do not add up to the total";
+	}
+	return NULL;
+}
+
+/*
+ * register_fallback
+ *		Whether the register energies of a version that splits by registers
+ *		can be used as measured: given, none negative, adding up to the
+ *		energy charged.  TARIFF_FALLBACK_NONE if so, else why not.
+ */
+static TariffFallback
+register_fallback(const TariffVersion *v, const int64_t *registers, int64_t energy)
+{
+	int64_t		sum = 0;
+
+	if (registers == NULL)
+		return TARIFF_FALLBACK_MISSING;
+	for (int p = 0; p < v->nperiods; p++)
+		if (registers[p] < 0)
+			return TARIFF_FALLBACK_NEGATIVE;
+	for (int p = 0; p < v->nperiods; p++)
+		if (__builtin_add_overflow(sum, registers[p], &sum))
+			return TARIFF_FALLBACK_SUM;
+	return sum == energy ? TARIFF_FALLBACK_NONE : TARIFF_FALLBACK_SUM;
+}
 
 int
 tariff_register_index(const char *period_name)
@@ -188,18 +233,10 @@ tariff_rate(const TariffVersion *versions, int nversions, const TariffCalendar *
 	bool		by_register = false;
 	Segment		seg;
 
-	if (registers != NULL && last->split == TARIFF_SPLIT_REGISTERS)
-	{
-		int64_t		sum = 0;
-		bool		negative = false;
-
-		for (int p = 0; p < last->nperiods; p++)
-		{
-			sum += registers[p];
-			negative = negative || registers[p] < 0;
-		}
-		by_register = !negative && sum == energy;
-	}
+	out->fallback = TARIFF_FALLBACK_NONE;
+	if (last->split == TARIFF_SPLIT_REGISTERS)
+		out->fallback = register_fallback(last, registers, energy);
+	by_register = last->split == TARIFF_SPLIT_REGISTERS && out->fallback == TARIFF_FALLBACK_NONE;
 	out->by_register = by_register;
 
 	seg.to = from;

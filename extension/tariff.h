@@ -121,6 +121,18 @@ typedef struct TariffPiece
 	int64_t		exact;
 } TariffPiece;
 
+/*
+ * Why a charge whose version splits by registers was split uniformly: the
+ * register split's fallback, which the pricing record and an alarm show.
+ */
+typedef enum TariffFallback
+{
+	TARIFF_FALLBACK_NONE = 0,	/* split as the version says */
+	TARIFF_FALLBACK_MISSING,	/* a register of one of its periods is missing */
+	TARIFF_FALLBACK_NEGATIVE,	/* a register of one of its periods went back */
+	TARIFF_FALLBACK_SUM			/* its periods' registers do not add up to the total */
+} TariffFallback;
+
 /* A growable array of pieces; `grow` reallocates (realloc or repalloc). */
 typedef struct TariffPieces
 {
@@ -129,6 +141,7 @@ typedef struct TariffPieces
 	int			cap;
 	void	   *(*grow) (void *old, size_t size);
 	bool		by_register;	/* set by tariff_rate: registers were used */
+	TariffFallback fallback;	/* set by tariff_rate: why they were not */
 } TariffPieces;
 
 /*
@@ -137,8 +150,10 @@ typedef struct TariffPieces
  * `registers`, when not NULL, holds the energy per period of the version
  * in force at `to` as the meter's TOU registers measured it (used only
  * when that version splits by registers and they add up to `energy`).
- * Appends the pieces to `out` and advances `cycle`.  Returns false if an
- * amount overflows 64 bits.
+ * When that version splits by registers and they are missing (NULL),
+ * negative or do not add up, the split falls back to uniform and
+ * out->fallback says why.  Appends the pieces to `out` and advances
+ * `cycle`.  Returns false if an amount overflows 64 bits.
  */
 extern bool tariff_rate(const TariffVersion *versions, int nversions,
 						const TariffCalendar *calendar,
@@ -149,6 +164,9 @@ extern bool tariff_rate(const TariffVersion *versions, int nversions,
 /* The meter's TOU registers, in the order of prepay.reading's columns. */
 #define TARIFF_NREGISTERS 4
 extern const char *const tariff_register_name[TARIFF_NREGISTERS];
+
+/* What a fallback means, in words, for the pricing record. */
+extern const char *tariff_fallback_text(TariffFallback fallback);
 
 /* Index into tariff_register_name of a period named after a register, or -1. */
 extern int	tariff_register_index(const char *period_name);

@@ -27,6 +27,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/date.h"
+#include "utils/json.h"
 #include "miscadmin.h"
 #include "utils/datetime.h"
 
@@ -444,20 +445,27 @@ append_fixed(StringInfo buf, int64 value, int scale)
 /*
  * tariff_pieces_json
  *		How a charge was priced, as the JSON kept in prepay.ledger.pieces:
- *		the multiplier, how the interval was split, the billing cycle and
- *		its consumption before the charge, and one object per piece.
- *		Appended to buf, which a batch reuses for every charge.
+ *		the multiplier, how the interval was split (and, when a tariff that
+ *		splits by registers fell back to the uniform split, why:
+ *		"split_fallback"), the billing cycle and its consumption before the
+ *		charge, and one object per piece.  Appended to buf, which a batch
+ *		reuses for every charge.
  */
 void
 tariff_pieces_json(StringInfo buf, int64 tariff_id, const TariffVersion *versions,
 				   const TariffPieces *pieces, int32 multiplier, const TariffCycleState *before,
-				   const TariffCycleState *after)
+				   const TariffCycleState *after, const char *fallback)
 {
 	appendStringInfoString(buf, "{\"tariff_id\": ");
 	append_int(buf, tariff_id);
 	appendStringInfoString(buf, ", \"multiplier\": ");
 	append_int(buf, multiplier);
 	appendStringInfoString(buf, pieces->by_register ? ", \"split\": \"registers\"" : ", \"split\": \"uniform\"");
+	if (pieces->fallback != TARIFF_FALLBACK_NONE)
+	{
+		appendStringInfoString(buf, ", \"split_fallback\": ");
+		escape_json(buf, fallback != NULL ? fallback : tariff_fallback_text(pieces->fallback));
+	}
 	if (before->start != INT64_MIN)
 	{
 		appendStringInfoString(buf, ", \"cycle_start\": \"");

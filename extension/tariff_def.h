@@ -30,9 +30,14 @@ extern const TariffVersion *tariff_book_versions(TariffBook *book, int32 site_id
 extern const TariffCalendar *tariff_book_calendar(TariffBook *book, int32 site_id);
 extern void *tariff_book_grow(void *old, size_t size);
 
-/* tariff_book.c: the ledger's record of how a charge was priced, appended to buf */
+/*
+ * tariff_book.c: the ledger's record of how a charge was priced, appended to
+ * buf; `fallback` explains a register split's fallback (NULL: the core's
+ * words for pieces->fallback)
+ */
 extern void tariff_pieces_json(StringInfo buf, int64 tariff_id, const TariffVersion *versions,
 							   const TariffPieces *pieces, int32 multiplier,
-							   const TariffCycleState *before, const TariffCycleState *after);
+							   const TariffCycleState *before, const TariffCycleState *after,
+							   const char *fallback);
 
 #endif							/* PREPAY_TARIFF_DEF_H */

@@ -251,7 +251,7 @@ CREATE TABLE prepay.meter (
     code           text NOT NULL,
     kind           prepay.meter_kind NOT NULL DEFAULT 'electricity',
     multiplier     integer NOT NULL DEFAULT 1 CHECK (multiplier >= 1),
-    max_per_hour   numeric(12,3) NOT NULL DEFAULT 100 CHECK (max_per_hour > 0),
+    max_per_hour   numeric(12,3) CHECK (max_per_hour > 0),
     building       text,
     floor          text,
     room           text,
@@ -293,7 +293,7 @@ COMMENT ON COLUMN prepay.meter.meter_id IS 'Meter id.';
 COMMENT ON COLUMN prepay.meter.code IS 'Unique meter number within the site (nameplate or asset number).';
 COMMENT ON COLUMN prepay.meter.kind IS 'electricity, water or heat.';
 COMMENT ON COLUMN prepay.meter.multiplier IS 'CT ratio times PT ratio: consumption = register difference times multiplier.';
-COMMENT ON COLUMN prepay.meter.max_per_hour IS 'Largest plausible consumption per hour after the multiplier (kW for electricity, m3/h for water); a larger jump is quarantined as impossible_jump.';
+COMMENT ON COLUMN prepay.meter.max_per_hour IS 'Largest plausible consumption per hour after the multiplier (kW for electricity, m3/h for water); a larger jump is quarantined as impossible_jump.  NULL (the default): derived from what the meter can deliver, its register''s limit for its kind (electricity 100 kWh/h, water 100 m3/h, heat 1,000 kWh/h) times the multiplier; see docs/ARCHITECTURE.md, "Bad readings".';
 COMMENT ON COLUMN prepay.meter.building IS 'Building of the metered unit.';
 COMMENT ON COLUMN prepay.meter.floor IS 'Floor of the metered unit.';
 COMMENT ON COLUMN prepay.meter.room IS 'Room or shop number of the metered unit.';
@@ -464,10 +464,10 @@ CREATE TABLE prepay.alarm (
 );
 CREATE UNIQUE INDEX alarm_one_active ON prepay.alarm (site_id, kind, coalesce(account_id, 0), coalesce(meter_id, 0)) WHERE cleared_at IS NULL;
 COMMENT ON INDEX prepay.alarm_one_active IS 'At most one active alarm of a kind per account and meter.';
-COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading, conflicting_reading.';
+COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading, conflicting_reading, split_fallback, command_failing, ...';
 COMMENT ON COLUMN prepay.alarm.site_id IS 'Site the alarm belongs to.';
 COMMENT ON COLUMN prepay.alarm.alarm_id IS 'Alarm id.';
-COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder), bad_reading (a quarantined reading) or conflicting_reading (a second reading of a meter and time with other registers, see prepay.reading_refused).';
+COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder), bad_reading (a quarantined reading), conflicting_reading (a second reading of a meter and time with other registers, see prepay.reading_refused), split_fallback (a charge of a tariff that splits by registers split uniformly), command_failing (a relay command still called for keeps failing), notification_dead (a notification given up), meter_lost, gateway_lost (the agent), or a billing alarm.';
 COMMENT ON COLUMN prepay.alarm.account_id IS 'Account concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.meter_id IS 'Meter concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.raised_at IS 'When the alarm was raised.';

@@ -381,3 +381,89 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay.accrue_basic_charges(integer, date) IS
 'Post the day''s share of the basic charge of every open account on a two-part tariff: by capacity (account.capacity_kva x price per kVA per month) or by demand (the month''s maximum 15-minute demand up to the end of the day x price per kW per month).  Each day posts what brings the month''s total to floor(monthly x days open so far / days in month) in cents, so the month ends exactly at the monthly charge and a missed day is caught up; a day run late after a later one posts nothing (accruals never go back: prepay.settle_basic_charges reconciles the month).  Idempotent per account and day; a day with nothing to post posts nothing.  Returns the accounts that have a basic charge.  Schedule it daily after midnight for the day before (pg_cron).';
+
+-- ---------------------------------------------------------------------
+-- re-rating readings quarantined under a plausibility limit that was too
+-- low (docs/ARCHITECTURE.md, "Bad readings")
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.release_quarantined(p_site_id integer, p_meter_id bigint)
+RETURNS TABLE (read_at timestamptz, energy numeric, outcome text, detail text, charged numeric)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m prepay.meter;
+    released prepay.reading[];
+    mark bigint;
+    n_rated integer := 0;
+    n_skipped integer := 0;
+    total numeric := 0;
+BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
+    PERFORM prepay._lock_site_rating(p_site_id);
+    SELECT * INTO m FROM prepay.meter x WHERE x.site_id = p_site_id AND x.meter_id = p_meter_id;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY003', 'unknown meter',
+            pg_catalog.format('Site %s has no meter %s.', p_site_id, p_meter_id), 'prepay.meter lists the meters.');
+    END IF;
+    IF NOT m.active THEN
+        PERFORM prepay._raise('PY010', 'meter was removed',
+            pg_catalog.format('Meter %s was removed at %s; its readings are no longer rated.', p_meter_id, m.removed_at),
+            'Release the readings of the meter that replaced it.');
+    END IF;
+    SELECT pg_catalog.max(l.entry_id) INTO mark FROM prepay.ledger l
+     WHERE l.site_id = p_site_id AND l.account_id = m.account_id;
+
+    -- the impossible jumps after the meter's last rated reading are taken
+    -- out and stored again in time order, as one statement: the rating
+    -- trigger rates them as any batch, against the meter's state and limit
+    -- as they are now (each is rated or quarantined again, never both)
+    WITH gone AS (
+        DELETE FROM prepay.reading r
+         WHERE r.site_id = p_site_id AND r.meter_id = p_meter_id AND r.quarantine_reason = 'impossible_jump'
+           AND (m.last_read_at IS NULL OR r.read_at > m.last_read_at)
+        RETURNING r.*)
+    SELECT pg_catalog.array_agg(g ORDER BY g.read_at) INTO released FROM gone g;
+    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power,
+                                relay_state, received_at)
+    SELECT u.site_id, u.meter_id, u.read_at, u.energy, u.sharp, u.peak, u.flat, u.valley, u.power,
+           u.relay_state, u.received_at
+      FROM pg_catalog.unnest(coalesce(released, '{}')) AS u ORDER BY u.read_at;
+
+    -- what became of each, and the earlier impossible jumps left as they are
+    FOR read_at, energy, outcome, detail, charged IN
+        SELECT r.read_at, r.energy, coalesce(r.quarantine_reason::text, 'rated'), r.quarantine_detail, -l.amount
+          FROM pg_catalog.unnest(coalesce(released, '{}')) AS u
+          JOIN prepay.reading r ON r.site_id = u.site_id AND r.meter_id = u.meter_id AND r.read_at = u.read_at
+          LEFT JOIN prepay.ledger l ON l.site_id = p_site_id AND l.account_id = m.account_id
+                                   AND l.entry_id > coalesce(mark, 0) AND l.kind = 'consumption'
+                                   AND l.meter_id = p_meter_id AND l.read_to = r.read_at
+        UNION ALL
+        SELECT r.read_at, r.energy, 'skipped',
+               pg_catalog.format('at or before the meter''s last rated reading (%s), whose interval counts its consumption',
+                                 m.last_read_at), NULL
+          FROM prepay.reading r
+         WHERE r.site_id = p_site_id AND r.meter_id = p_meter_id AND r.quarantine_reason = 'impossible_jump'
+           AND r.read_at <= m.last_read_at
+         ORDER BY 1
+    LOOP
+        n_rated := n_rated + (outcome = 'rated')::integer;
+        n_skipped := n_skipped + (outcome = 'skipped')::integer;
+        total := total + coalesce(charged, 0);
+        RETURN NEXT;
+    END LOOP;
+
+    INSERT INTO prepay.audit (site_id, acting_role, application_name, action, object, object_key,
+                              before_values, after_values)
+    VALUES (p_site_id, prepay._caller_name(), pg_catalog.current_setting('application_name'), 'release_quarantined',
+            'reading', pg_catalog.jsonb_build_object('site_id', p_site_id, 'meter_id', p_meter_id),
+            pg_catalog.jsonb_build_object('max_per_hour', m.max_per_hour, 'multiplier', m.multiplier,
+                                          'last_read_at', m.last_read_at, 'last_energy', m.last_energy),
+            pg_catalog.jsonb_build_object(
+                'released', coalesce(pg_catalog.array_length(released, 1), 0), 'rated', n_rated,
+                'quarantined_again', coalesce(pg_catalog.array_length(released, 1), 0) - n_rated,
+                'skipped', n_skipped, 'charged', total,
+                'first_read_at', (released[1]).read_at,
+                'last_read_at', (released[pg_catalog.array_length(released, 1)]).read_at));
+END $$;
+COMMENT ON FUNCTION prepay.release_quarantined(integer, bigint) IS
+'Re-rate a meter''s readings quarantined as impossible_jump, after its plausibility limit (meter.max_per_hour) was raised: those after the meter''s last rated reading are stored again in time order through the rating trigger, so each is rated (and charged) or quarantined again with its new reason; readings quarantined for other reasons stay as they are, and impossible jumps at or before the last rated reading are skipped (a later reading''s interval counts their consumption).  Calling it again rates nothing twice.  One row per reading: its outcome (rated, skipped, or the quarantine reason), detail and the cents charged; the call is audited (action release_quarantined).  Needs the manage capability at the site; PY003 unknown meter, PY010 removed meter.';

@@ -3,7 +3,9 @@
  * test/unit/test_rating.c
  *	  Unit test of extension/rating.c, without a database: the
  *	  carry-forward rounding keeps posted + carry = exact, the plausibility
- *	  limit is exact at its boundary.  Run by test/suite.sh.
+ *	  limit is exact at its boundary, and the limit derived for a meter
+ *	  without one lets a 150 kW shop behind a 200/5 CT through.  Run by
+ *	  test/suite.sh.
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -56,11 +58,34 @@ test_rate_limit(void)
 	CHECK(!rating_exceeds_rate(200000, 2 * HOUR, 100000));
 }
 
+/*
+ * The derived limit: per kind, times the multiplier.  A 150 kW shop behind
+ * a 200/5 CT (multiplier 40) at full load for an hour, and a 200/5 CT at
+ * its full 3 x 230 V x 200 A (138 kW), pass; a register leaping 1,000 kWh
+ * in an hour on a direct meter does not (issue 17, item 6).
+ */
+static void
+test_default_limit(void)
+{
+	int64_t		ct = rating_default_max_per_hour("electricity", 40);
+
+	CHECK(ct == INT64_C(4000000));
+	CHECK(!rating_exceeds_rate(INT64_C(150000), HOUR, ct));
+	CHECK(!rating_exceeds_rate(INT64_C(138000), HOUR, ct));
+	CHECK(!rating_exceeds_rate(INT64_C(150000) / 4, HOUR / 4, ct));
+	CHECK(rating_exceeds_rate(INT64_C(1000000), HOUR, rating_default_max_per_hour("electricity", 1)));
+	CHECK(rating_default_max_per_hour("electricity", 1) == INT64_C(100000));	/* as before */
+	CHECK(rating_default_max_per_hour("water", 1) == INT64_C(100000));
+	CHECK(rating_default_max_per_hour("heat", 2) == INT64_C(2000000));
+	CHECK(rating_default_max_per_hour("electricity", INT32_MAX) == INT64_C(100000) * INT32_MAX);
+}
+
 int
 main(void)
 {
 	test_carry();
 	test_rate_limit();
+	test_default_limit();
 	printf("test_rating: %s\n", failures == 0 ? "all checks passed" : "FAILED");
 	return failures == 0 ? 0 : 1;
 }

@@ -96,7 +96,7 @@ tou(TariffVersion *v)
 static TariffPieces
 pieces_new(void)
 {
-	TariffPieces p = {NULL, 0, 0, realloc, false};
+	TariffPieces p = {NULL, 0, 0, realloc, false, TARIFF_FALLBACK_NONE};
 
 	return p;
 }
@@ -245,17 +245,84 @@ test_registers(void)
 	TariffCycleState cycle = {INT64_MIN, 0};
 	int64_t		good[3] = {3000, 5000, 2000};
 	int64_t		bad[3] = {3000, 5000, 1000};
+	int64_t		back[3] = {3000, 8000, -1000};
+	int64_t		huge[3] = {INT64_MAX, INT64_MAX, 10000};
 
 	tou(&v);
 	v.split = TARIFF_SPLIT_REGISTERS;
 	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
 					  10000, good, &cycle, &p));
-	CHECK(p.by_register && p.n == 3);
+	CHECK(p.by_register && p.n == 3 && p.fallback == TARIFF_FALLBACK_NONE);
 	CHECK(total_exact(&p) == INT64_C(3000) * 1000000 + INT64_C(5000) * 700000 + INT64_C(2000) * 400000);
 	p.n = 0;
 	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
 					  10000, bad, &cycle, &p));
 	CHECK(!p.by_register && p.n == 1 && p.items[0].period == 2);
+	CHECK(p.fallback == TARIFF_FALLBACK_SUM && tariff_fallback_text(p.fallback) != NULL);
+	/* no registers: uniform, and the fallback says so */
+	p.n = 0;
+	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
+					  10000, NULL, &cycle, &p));
+	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_MISSING);
+	/* a register that went back: uniform, even if the sum matches */
+	p.n = 0;
+	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
+					  10000, back, &cycle, &p));
+	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_NEGATIVE);
+	/* registers beyond 64 bits do not add up (no overflow) */
+	p.n = 0;
+	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
+					  10000, huge, &cycle, &p));
+	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_SUM);
+	/* a tariff that splits uniformly has no fallback, registers or not */
+	v.split = TARIFF_SPLIT_UNIFORM;
+	p.n = 0;
+	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
+					  10000, NULL, &cycle, &p));
+	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_NONE && tariff_fallback_text(p.fallback) == NULL);
+	free(p.items);
+}
+
+/*
+ * Only the tariff's own periods' registers are needed: peak and valley
+ * (issue 17, item 5: 2,000 kWh peak + 1,000 valley at 0.617 / 0.307 is
+ * 1,541.00, although the clock says half and half, 1,386.00).
+ */
+static void
+test_registers_two_periods(void)
+{
+	TariffVersion v;
+	TariffPieces p = pieces_new();
+	TariffCycleState cycle = {INT64_MIN, 0};
+	int64_t		measured[2] = {INT64_C(2000000), INT64_C(1000000)};
+
+	memset(&v, 0, sizeof(v));
+	v.nperiods = 2;
+	strcpy(v.period_name[0], "peak");
+	strcpy(v.period_name[1], "valley");
+	v.price[0][0] = 617000;
+	v.price[0][1] = 307000;
+	v.ntiers = 1;
+	v.nschedules = 1;
+	v.schedules[0].months = 0x1ffe;
+	v.schedules[0].days = TARIFF_WEEKDAY | TARIFF_WEEKEND | TARIFF_HOLIDAY;
+	v.schedules[0].nswitches = 3;
+	v.schedules[0].minute[0] = 0;
+	v.schedules[0].period[0] = 1;
+	v.schedules[0].minute[1] = 8 * 60;
+	v.schedules[0].period[1] = 0;
+	v.schedules[0].minute[2] = 20 * 60;
+	v.schedules[0].period[2] = 1;
+	v.split = TARIFF_SPLIT_REGISTERS;
+	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 0, 0), local(2026, 3, 4, 0, 0),
+					  INT64_C(3000000), measured, &cycle, &p));
+	CHECK(p.by_register && p.fallback == TARIFF_FALLBACK_NONE);
+	CHECK(total_exact(&p) == INT64_C(1541000000000));
+	p.n = 0;
+	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 0, 0), local(2026, 3, 4, 0, 0),
+					  INT64_C(3000000), NULL, &cycle, &p));
+	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_MISSING);
+	CHECK(total_exact(&p) == INT64_C(1386000000000));
 	free(p.items);
 }
 
@@ -281,6 +348,7 @@ main(void)
 	test_time_of_use();
 	test_tiers_and_cycle();
 	test_registers();
+	test_registers_two_periods();
 	test_overflow();
 	printf("test_tariff: %s\n", failures == 0 ? "all checks passed" : "FAILED");
 	return failures == 0 ? 0 : 1;
