@@ -33,9 +33,10 @@
 #include <unistd.h>
 
 #include "bus.h"
+#include "alloc.h"
 #include "log.h"
 
-#define BLOCK_MAX 125            /* registers per FC03 request */
+#define BLOCK_MAX 125 /* registers per FC03 request */
 
 struct bus {
 	struct gateway *gw;
@@ -48,8 +49,8 @@ struct bus {
 	modbus_t *ctx;
 	int connected;
 	int last_errno;
-	int *failures;           /* consecutive failures per meter */
-	int *lost;               /* per meter */
+	int *failures; /* consecutive failures per meter */
+	int *lost;     /* per meter */
 	int gw_failed_sweeps;
 	int gw_lost;
 };
@@ -112,7 +113,7 @@ void bus_teardown(void)
 
 static struct bus_event *new_event(struct bus *b, enum bus_event_kind kind)
 {
-	struct bus_event *ev = calloc(1, sizeof(*ev));
+	struct bus_event *ev = xcalloc(1, sizeof(*ev));
 
 	ev->kind = kind;
 	ev->site_id = b->gw->site_id;
@@ -234,8 +235,8 @@ static int bus_open(struct bus *b, char *err, size_t errsz)
 	}
 	b->connected = 1;
 	if (strcmp(b->gw->transport, "rtu") == 0 && modbus_rtu_set_serial_mode(b->ctx, MODBUS_RTU_RS485) == -1)
-		log_debug("gateway=%s RS-485 mode not available (%s): using the line as it is",
-		          b->gw->name, modbus_strerror(errno));
+		log_debug("gateway=%s RS-485 mode not available (%s): using the line as it is", b->gw->name,
+		          modbus_strerror(errno));
 	return 0;
 }
 
@@ -261,7 +262,7 @@ static int read_values(struct bus *b, const struct profile *p, uint16_t raw[M_CO
 	for (int i = 0; i < M_COUNT; i++)
 		if (p->regs[i].present)
 			order[n++] = i;
-	for (int i = 1; i < n; i++)       /* by address (insertion sort) */
+	for (int i = 1; i < n; i++) /* by address (insertion sort) */
 		for (int j = i; j > 0 && p->regs[order[j]].address < p->regs[order[j - 1]].address; j--) {
 			int t = order[j];
 			order[j] = order[j - 1];
@@ -272,8 +273,8 @@ static int read_values(struct bus *b, const struct profile *p, uint16_t raw[M_CO
 		int start = p->regs[order[i]].address, end = i, len;
 
 		len = profile_reg_count(p->regs[order[i]].type);
-		while (end + 1 < n && p->regs[order[end + 1]].address == start + len
-		       && len + profile_reg_count(p->regs[order[end + 1]].type) <= BLOCK_MAX)
+		while (end + 1 < n && p->regs[order[end + 1]].address == start + len &&
+		       len + profile_reg_count(p->regs[order[end + 1]].type) <= BLOCK_MAX)
 			len += profile_reg_count(p->regs[order[++end]].type);
 		if (bus_read(b, start, len, block, err, errsz) < 0)
 			return -1;
@@ -471,7 +472,8 @@ static int relay_command(struct bus *b, const struct meter *m, int trip, char *r
 			continue;
 		if (p->relay_read_address < 0 || strcmp(relay, want) == 0)
 			return 0;
-		snprintf(err, errsz, "relay reads %s after %s", relay[0] ? relay : "an unknown state", trip ? "trip" : "close");
+		snprintf(err, errsz, "relay reads %s after %s", relay[0] ? relay : "an unknown state",
+		         trip ? "trip" : "close");
 	}
 	return -1;
 }
@@ -562,14 +564,14 @@ static void *bus_main(void *arg)
 /* bus_start: start a thread for gw (ownership passes to the bus) */
 struct bus *bus_start(struct gateway *gw, int once)
 {
-	struct bus *b = calloc(1, sizeof(*b));
+	struct bus *b = xcalloc(1, sizeof(*b));
 	pthread_condattr_t attr;
 
 	b->gw = gw;
 	b->once = once;
 	b->gw_lost = gw->lost;
-	b->failures = calloc(gw->n_meters + 1, sizeof(int));
-	b->lost = calloc(gw->n_meters + 1, sizeof(int));
+	b->failures = xcalloc(gw->n_meters + 1, sizeof(int));
+	b->lost = xcalloc(gw->n_meters + 1, sizeof(int));
 	for (int i = 0; i < gw->n_meters; i++)
 		b->lost[i] = gw->meters[i].lost;
 	pthread_mutex_init(&b->mu, NULL);
@@ -611,7 +613,10 @@ void bus_stop(struct bus *b)
 	free(b);
 }
 
-const struct gateway *bus_gateway(const struct bus *b) { return b->gw; }
+const struct gateway *bus_gateway(const struct bus *b)
+{
+	return b->gw;
+}
 
 /* bus_submit: queue a command job for the bus thread (loop thread) */
 void bus_submit(struct bus *b, struct command_job *job)

@@ -17,11 +17,17 @@
 #include "catalog.h"
 #include "reading.h"
 
-#define BUS_LOST_AFTER 3         /* consecutive failures before "lost" */
+#define BUS_LOST_AFTER 3 /* consecutive failures before "lost" */
 
 enum bus_event_kind {
-	BE_READING, BE_READ_FAILED, BE_METER_LOST, BE_METER_FOUND,
-	BE_GATEWAY_LOST, BE_GATEWAY_FOUND, BE_SWEEP_DONE, BE_COMMAND_DONE,
+	BE_READING,
+	BE_READ_FAILED,
+	BE_METER_LOST,
+	BE_METER_FOUND,
+	BE_GATEWAY_LOST,
+	BE_GATEWAY_FOUND,
+	BE_SWEEP_DONE,
+	BE_COMMAND_DONE,
 };
 
 struct bus_event {
@@ -32,7 +38,7 @@ struct bus_event {
 	int64_t command_id;
 	int ok;
 	int failures;
-	const char *err_kind;    /* timeout, exception, corrupt, connection, protocol */
+	const char *err_kind; /* timeout, exception, corrupt, connection, protocol */
 	char error[256];
 	char relay[8];
 	int64_t duration_us;
@@ -44,7 +50,7 @@ struct command_job {
 	int site_id;
 	int64_t command_id;
 	int64_t meter_id;
-	int trip;                /* 1 trip, 0 close */
+	int trip; /* 1 trip, 0 close */
 	struct command_job *next;
 };
 

@@ -11,14 +11,43 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "alloc.h"
 #include "log.h"
 
 /* result columns of prepay.agent_catalog() */
 enum {
-	C_SITE, C_GW, C_GWNAME, C_TRANSPORT, C_HOST, C_PORT, C_SERIAL, C_BAUD, C_PARITY, C_DATA, C_STOP,
-	C_POLL_MS, C_GWLOST, C_METER, C_UNIT, C_KIND, C_PROFILE, C_METERLOST,
-	C_RW_ADDR, C_TRIP, C_CLOSE, C_RR_ADDR, C_RR_COUNT, C_MASK, C_TRIPPED, C_CLOSED,
-	C_MEANING, C_ADDRESS, C_TYPE, C_WORDS, C_SCALE, C_NCOLS
+	C_SITE,
+	C_GW,
+	C_GWNAME,
+	C_TRANSPORT,
+	C_HOST,
+	C_PORT,
+	C_SERIAL,
+	C_BAUD,
+	C_PARITY,
+	C_DATA,
+	C_STOP,
+	C_POLL_MS,
+	C_GWLOST,
+	C_METER,
+	C_UNIT,
+	C_KIND,
+	C_PROFILE,
+	C_METERLOST,
+	C_RW_ADDR,
+	C_TRIP,
+	C_CLOSE,
+	C_RR_ADDR,
+	C_RR_COUNT,
+	C_MASK,
+	C_TRIPPED,
+	C_CLOSED,
+	C_MEANING,
+	C_ADDRESS,
+	C_TYPE,
+	C_WORDS,
+	C_SCALE,
+	C_NCOLS
 };
 
 static const char *val(const PGresult *res, int row, int col)
@@ -69,8 +98,12 @@ static void fill_relay(struct profile *p, const PGresult *res, int row)
 	p->tripped_value = val(res, row, C_TRIPPED) ? atoll(val(res, row, C_TRIPPED)) : -1;
 	p->closed_value = val(res, row, C_CLOSED) ? atoll(val(res, row, C_CLOSED)) : -1;
 	if (p->relay_write_address >= 0) {
-		p->trip_n = val(res, row, C_TRIP) ? profile_parse_values(val(res, row, C_TRIP), p->trip, RELAY_MAX_VALUES) : -1;
-		p->close_n = val(res, row, C_CLOSE) ? profile_parse_values(val(res, row, C_CLOSE), p->close, RELAY_MAX_VALUES) : -1;
+		p->trip_n = val(res, row, C_TRIP)
+		                    ? profile_parse_values(val(res, row, C_TRIP), p->trip, RELAY_MAX_VALUES)
+		                    : -1;
+		p->close_n = val(res, row, C_CLOSE)
+		                     ? profile_parse_values(val(res, row, C_CLOSE), p->close, RELAY_MAX_VALUES)
+		                     : -1;
 		if (p->trip_n <= 0 || p->close_n <= 0)
 			p->relay_write_address = -1;
 	}
@@ -104,8 +137,8 @@ static void fill_meter(struct meter *m, const PGresult *res, int row)
 	if (m->has_profile)
 		fill_relay(&m->profile, res, row);
 	else
-		log_warning("gateway=%s meter=%lld profile \"%s\" is unknown: meter skipped",
-		            val(res, row, C_GWNAME), (long long)m->meter_id, m->profile.name);
+		log_warning("gateway=%s meter=%lld profile \"%s\" is unknown: meter skipped", val(res, row, C_GWNAME),
+		            (long long)m->meter_id, m->profile.name);
 }
 
 /* catalog_from_result: see catalog.h; NULL if the result has the wrong shape */
@@ -121,7 +154,7 @@ struct catalog *catalog_from_result(const PGresult *res)
 		log_error("catalog: prepay.agent_catalog returned %d columns, expected %d", PQnfields(res), C_NCOLS);
 		return NULL;
 	}
-	cat = calloc(1, sizeof(*cat));
+	cat = xcalloc(1, sizeof(*cat));
 	for (int r = 0; r < rows; r++) {
 		int64_t gid = atoll(val(res, r, C_GW));
 		int site = ival(res, r, C_SITE, 0);
@@ -129,7 +162,7 @@ struct catalog *catalog_from_result(const PGresult *res)
 		if (!gw || gw->gateway_id != gid || gw->site_id != site) {
 			if (cat->n_gateways == gw_cap) {
 				gw_cap = gw_cap ? 2 * gw_cap : 8;
-				cat->gateways = realloc(cat->gateways, gw_cap * sizeof(struct gateway));
+				cat->gateways = xrealloc_array(cat->gateways, gw_cap, sizeof(struct gateway));
 			}
 			gw = &cat->gateways[cat->n_gateways++];
 			fill_gateway(gw, res, r);
@@ -141,7 +174,7 @@ struct catalog *catalog_from_result(const PGresult *res)
 		if (!m || m->meter_id != atoll(val(res, r, C_METER))) {
 			if (gw->n_meters == m_cap) {
 				m_cap = m_cap ? 2 * m_cap : 8;
-				gw->meters = realloc(gw->meters, m_cap * sizeof(struct meter));
+				gw->meters = xrealloc_array(gw->meters, m_cap, sizeof(struct meter));
 			}
 			m = &gw->meters[gw->n_meters++];
 			fill_meter(m, res, r);
@@ -173,11 +206,11 @@ void catalog_free(struct catalog *cat)
 /* catalog_copy_gateway: a deep copy a bus thread can own */
 struct gateway *catalog_copy_gateway(const struct gateway *gw)
 {
-	struct gateway *copy = malloc(sizeof(*copy));
+	struct gateway *copy = xmalloc(sizeof(*copy));
 
 	*copy = *gw;
-	copy->meters = calloc(gw->n_meters ? gw->n_meters : 1, sizeof(struct meter));
-	if (gw->n_meters)   /* a gateway without meters yet has meters == NULL */
+	copy->meters = xcalloc(gw->n_meters ? gw->n_meters : 1, sizeof(struct meter));
+	if (gw->n_meters) /* a gateway without meters yet has meters == NULL */
 		memcpy(copy->meters, gw->meters, gw->n_meters * sizeof(struct meter));
 	return copy;
 }

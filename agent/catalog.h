@@ -20,16 +20,16 @@ struct meter {
 	int site_id;
 	int64_t meter_id;
 	int unit_id;
-	int has_profile;         /* 0: unknown profile, skipped */
+	int has_profile; /* 0: unknown profile, skipped */
 	struct profile profile;
-	int lost;                /* lost_since set in the database */
+	int lost; /* lost_since set in the database */
 };
 
 struct gateway {
 	int site_id;
 	int64_t gateway_id;
 	char name[128];
-	char transport[16];      /* tcp, rtu, rtu_over_tcp */
+	char transport[16]; /* tcp, rtu, rtu_over_tcp */
 	char host[256];
 	int port;
 	char serial_device[256];

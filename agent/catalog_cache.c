@@ -32,7 +32,7 @@
 #include "catalog_cache.h"
 #include "log.h"
 
-#define CACHE_FORMAT "prepay-agent catalog cache 1"
+#define CACHE_FORMAT      "prepay-agent catalog cache 1"
 #define CACHE_MAX_COLUMNS 64
 
 /* write_field: one value in COPY text escaping (NULL is \N) */
@@ -44,11 +44,20 @@ static void write_field(FILE *f, const char *v)
 	}
 	for (; *v; v++)
 		switch (*v) {
-		case '\\': fputs("\\\\", f); break;
-		case '\t': fputs("\\t", f); break;
-		case '\n': fputs("\\n", f); break;
-		case '\r': fputs("\\r", f); break;
-		default: fputc(*v, f);
+		case '\\':
+			fputs("\\\\", f);
+			break;
+		case '\t':
+			fputs("\\t", f);
+			break;
+		case '\n':
+			fputs("\\n", f);
+			break;
+		case '\r':
+			fputs("\\r", f);
+			break;
+		default:
+			fputc(*v, f);
 		}
 }
 
@@ -150,7 +159,7 @@ static int read_columns(PGresult *res, char *line)
 	for (int c = 0; c < n; c++) {
 		unescape(name[c]);
 		att[c].name = name[c];
-		att[c].typid = 25;   /* text: the catalog parser reads every value as text */
+		att[c].typid = 25; /* text: the catalog parser reads every value as text */
 		att[c].typlen = -1;
 		att[c].atttypmod = -1;
 	}

@@ -37,6 +37,7 @@
 #include <time.h>
 
 #include "command.h"
+#include "alloc.h"
 #include "db.h"
 #include "log.h"
 #include "metrics.h"
@@ -107,7 +108,8 @@ static void report_failed(int site_id, int64_t command_id, int attempts, const c
 	snprintf(site, sizeof(site), "%d", site_id);
 	snprintf(id, sizeof(id), "%lld", (long long)command_id);
 	snprintf(retry, sizeof(retry), "%d seconds", delay);
-	if (db_query("SELECT prepay.agent_command_failed($1, $2, $3, $4::interval)", 4, params, failed_reported, NULL) < 0)
+	if (db_query("SELECT prepay.agent_command_failed($1, $2, $3, $4::interval)", 4, params, failed_reported, NULL) <
+	    0)
 		log_warning("site=%d command=%lld result not reported (database down): it will be claimed again",
 		            site_id, (long long)command_id);
 }
@@ -130,12 +132,12 @@ static void dispatch(PGresult *res, int row)
 		report_failed(site_id, command_id, atoi(PQgetvalue(res, row, 5)), "gateway not running in the agent");
 		return;
 	}
-	job = calloc(1, sizeof(*job));
+	job = xcalloc(1, sizeof(*job));
 	job->site_id = site_id;
 	job->command_id = command_id;
 	job->meter_id = atoll(PQgetvalue(res, row, 2));
 	job->trip = strcmp(PQgetvalue(res, row, 4), "trip") == 0;
-	f = calloc(1, sizeof(*f));
+	f = xcalloc(1, sizeof(*f));
 	f->site_id = site_id;
 	f->command_id = command_id;
 	f->gateway_id = gateway_id;
@@ -195,13 +197,14 @@ void command_result(const struct bus_event *ev)
 		char site[16], id[24];
 		const char *params[3] = { site, id, ev->relay };
 
-		log_info("site=%d command=%lld meter=%lld done: relay %s, %lld ms", ev->site_id, (long long)ev->command_id,
-		         (long long)ev->meter_id, ev->relay, (long long)(latency / 1000));
+		log_info("site=%d command=%lld meter=%lld done: relay %s, %lld ms", ev->site_id,
+		         (long long)ev->command_id, (long long)ev->meter_id, ev->relay, (long long)(latency / 1000));
 		snprintf(site, sizeof(site), "%d", ev->site_id);
 		snprintf(id, sizeof(id), "%lld", (long long)ev->command_id);
 		if (db_query("SELECT prepay.agent_command_done($1, $2, $3)", 3, params, report_done, NULL) < 0)
-			log_warning("site=%d command=%lld result not reported (database down): it will be claimed again",
-			            ev->site_id, (long long)ev->command_id);
+			log_warning(
+			        "site=%d command=%lld result not reported (database down): it will be claimed again",
+			        ev->site_id, (long long)ev->command_id);
 		return;
 	}
 	log_warning("site=%d command=%lld meter=%lld failed: %s", ev->site_id, (long long)ev->command_id,

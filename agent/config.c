@@ -24,7 +24,7 @@
 #endif
 
 struct config_key {
-	const char *name;        /* file key; flag is --name with _ -> - */
+	const char *name; /* file key; flag is --name with _ -> - */
 	const char *env;
 	size_t offset;
 	size_t size;
@@ -33,12 +33,18 @@ struct config_key {
 
 /* sorted by name */
 static const struct config_key keys[] = {
-	{ "agent_id", "PREPAY_AGENT_ID", offsetof(struct config, agent_id), sizeof(((struct config *)0)->agent_id), "" },
-	{ "conninfo", "PREPAY_CONNINFO", offsetof(struct config, conninfo), sizeof(((struct config *)0)->conninfo), "" },
-	{ "log_level", "PREPAY_LOG_LEVEL", offsetof(struct config, log_level), sizeof(((struct config *)0)->log_level), "info" },
-	{ "metrics", "PREPAY_METRICS", offsetof(struct config, metrics), sizeof(((struct config *)0)->metrics), "127.0.0.1:9187" },
-	{ "notifications", "PREPAY_NOTIFICATIONS", offsetof(struct config, notifications), sizeof(((struct config *)0)->notifications), "off" },
-	{ "spool_dir", "PREPAY_SPOOL_DIR", offsetof(struct config, spool_dir), sizeof(((struct config *)0)->spool_dir), "/var/lib/prepay/spool" },
+	{ "agent_id", "PREPAY_AGENT_ID", offsetof(struct config, agent_id), sizeof(((struct config *)0)->agent_id),
+	  "" },
+	{ "conninfo", "PREPAY_CONNINFO", offsetof(struct config, conninfo), sizeof(((struct config *)0)->conninfo),
+	  "" },
+	{ "log_level", "PREPAY_LOG_LEVEL", offsetof(struct config, log_level), sizeof(((struct config *)0)->log_level),
+	  "info" },
+	{ "metrics", "PREPAY_METRICS", offsetof(struct config, metrics), sizeof(((struct config *)0)->metrics),
+	  "127.0.0.1:9187" },
+	{ "notifications", "PREPAY_NOTIFICATIONS", offsetof(struct config, notifications),
+	  sizeof(((struct config *)0)->notifications), "off" },
+	{ "spool_dir", "PREPAY_SPOOL_DIR", offsetof(struct config, spool_dir), sizeof(((struct config *)0)->spool_dir),
+	  "/var/lib/prepay/spool" },
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -127,19 +133,26 @@ static void usage(const char *prog)
 	       "  --notifications deliver|off  deliver the notification outbox (PREPAY_NOTIFICATIONS)\n"
 	       "  --check-config       validate and print the effective configuration, then exit\n"
 	       "  --once               poll every gateway once, deliver, exit\n"
-	       "  --help, --version\n", prog, CONFIG_DEFAULT_FILE);
+	       "  --help, --version\n",
+	       prog, CONFIG_DEFAULT_FILE);
 }
 
 /* config_load: see config.h */
 int config_load(struct config *cfg, int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "config", required_argument, NULL, 'c' }, { "conninfo", required_argument, NULL, 'C' },
-		{ "agent-id", required_argument, NULL, 'a' }, { "spool-dir", required_argument, NULL, 's' },
-		{ "metrics", required_argument, NULL, 'm' }, { "log-level", required_argument, NULL, 'l' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "conninfo", required_argument, NULL, 'C' },
+		{ "agent-id", required_argument, NULL, 'a' },
+		{ "spool-dir", required_argument, NULL, 's' },
+		{ "metrics", required_argument, NULL, 'm' },
+		{ "log-level", required_argument, NULL, 'l' },
 		{ "notifications", required_argument, NULL, 'n' },
-		{ "check-config", no_argument, NULL, 'k' }, { "once", no_argument, NULL, 'o' },
-		{ "help", no_argument, NULL, 'h' }, { "version", no_argument, NULL, 'V' }, { NULL, 0, NULL, 0 },
+		{ "check-config", no_argument, NULL, 'k' },
+		{ "once", no_argument, NULL, 'o' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
 	};
 	const char *flag_value[NKEYS] = { 0 };
 	const char *file = NULL;
@@ -151,18 +164,42 @@ int config_load(struct config *cfg, int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c': file = optarg; break;
-		case 'C': flag_value[1] = optarg; break;
-		case 'a': flag_value[0] = optarg; break;
-		case 's': flag_value[5] = optarg; break;
-		case 'n': flag_value[4] = optarg; break;
-		case 'm': flag_value[3] = optarg; break;
-		case 'l': flag_value[2] = optarg; break;
-		case 'k': cfg->check_only = 1; break;
-		case 'o': cfg->once = 1; break;
-		case 'h': usage(argv[0]); return 1;
-		case 'V': printf("prepay-agent %s\n", AGENT_VERSION); return 1;
-		default: usage(argv[0]); return -1;
+		case 'c':
+			file = optarg;
+			break;
+		case 'C':
+			flag_value[1] = optarg;
+			break;
+		case 'a':
+			flag_value[0] = optarg;
+			break;
+		case 's':
+			flag_value[5] = optarg;
+			break;
+		case 'n':
+			flag_value[4] = optarg;
+			break;
+		case 'm':
+			flag_value[3] = optarg;
+			break;
+		case 'l':
+			flag_value[2] = optarg;
+			break;
+		case 'k':
+			cfg->check_only = 1;
+			break;
+		case 'o':
+			cfg->once = 1;
+			break;
+		case 'h':
+			usage(argv[0]);
+			return 1;
+		case 'V':
+			printf("prepay-agent %s\n", AGENT_VERSION);
+			return 1;
+		default:
+			usage(argv[0]);
+			return -1;
 		}
 	}
 	if (optind < argc) {

@@ -16,12 +16,12 @@ struct config {
 	char conninfo[1024];
 	char agent_id[128];
 	char spool_dir[512];
-	char metrics[128];       /* ADDR:PORT, empty = no HTTP endpoint */
+	char metrics[128]; /* ADDR:PORT, empty = no HTTP endpoint */
 	char log_level[16];
-	char notifications[16];  /* deliver: run the delivery role; off */
-	char file[512];          /* the config file read */
-	int once;                /* --once: one sweep, deliver, exit */
-	int check_only;          /* --check-config */
+	char notifications[16]; /* deliver: run the delivery role; off */
+	char file[512];         /* the config file read */
+	int once;               /* --once: one sweep, deliver, exit */
+	int check_only;         /* --check-config */
 };
 
 /* config_load: defaults, file, environment, flags (later wins).

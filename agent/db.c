@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "alloc.h"
 #include "log.h"
 
 enum db_state { DB_DOWN, DB_CONNECTING, DB_READY };
@@ -49,8 +50,8 @@ static struct {
 	db_state_fn on_state;
 	db_notify_fn on_notify;
 	void *arg;
-	int ever_ready;          /* connected at least once */
-	int told_unreachable;    /* on_state(0) sent for a failed first attempt */
+	int ever_ready;       /* connected at least once */
+	int told_unreachable; /* on_state(0) sent for a failed first attempt */
 } db;
 
 static void start_connect(void);
@@ -104,8 +105,8 @@ static void lost(const char *why)
 	int was_ready = db.state == DB_READY;
 	struct timeval tv = { db.backoff_ms / 1000, (db.backoff_ms % 1000) * 1000 };
 
-	log_warning("database %s: %s; retrying in %d ms", was_ready ? "connection lost" : "unreachable",
-	            why, db.backoff_ms);
+	log_warning("database %s: %s; retrying in %d ms", was_ready ? "connection lost" : "unreachable", why,
+	            db.backoff_ms);
 	clear_sock_events();
 	if (db.conn)
 		PQfinish(db.conn);
@@ -138,7 +139,8 @@ static void notice_receiver(void *arg, const PGresult *res)
 	const char *sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
 	if (severity && strcmp(severity, "WARNING") == 0)
-		log_warning("database warning %s: %s", sqlstate ? sqlstate : "", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+		log_warning("database warning %s: %s", sqlstate ? sqlstate : "",
+		            PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 	else
 		log_info("database notice: %s", PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 }
@@ -288,7 +290,7 @@ static void retry_cb(evutil_socket_t fd, short what, void *arg)
 int db_setup(struct event_base *base, const char *conninfo, db_state_fn on_state, db_notify_fn on_notify, void *arg)
 {
 	db.base = base;
-	db.conninfo = strdup(conninfo);
+	db.conninfo = xstrdup(conninfo);
 	db.on_state = on_state;
 	db.on_notify = on_notify;
 	db.arg = arg;
@@ -305,12 +307,12 @@ int db_query(const char *sql, int nparams, const char *const *params, db_result_
 
 	if (db.state != DB_READY)
 		return -1;
-	q = calloc(1, sizeof(*q));
-	q->sql = strdup(sql);
+	q = xcalloc(1, sizeof(*q));
+	q->sql = xstrdup(sql);
 	q->nparams = nparams;
-	q->params = calloc(nparams + 1, sizeof(char *));
+	q->params = xcalloc(nparams + 1, sizeof(char *));
 	for (int i = 0; i < nparams; i++)
-		q->params[i] = params[i] ? strdup(params[i]) : NULL;
+		q->params[i] = params[i] ? xstrdup(params[i]) : NULL;
 	q->fn = fn;
 	q->arg = arg;
 	if (db.tail)
@@ -322,9 +324,15 @@ int db_query(const char *sql, int nparams, const char *const *params, db_result_
 	return 0;
 }
 
-int db_connected(void) { return db.state == DB_READY; }
+int db_connected(void)
+{
+	return db.state == DB_READY;
+}
 
-int db_pending(void) { return db.inflight != NULL || db.head != NULL; }
+int db_pending(void)
+{
+	return db.inflight != NULL || db.head != NULL;
+}
 
 /* db_teardown: close; waiting queries get NULL */
 void db_teardown(void)

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "db.h"
 #include "delivery.h"
 #include "log.h"
@@ -26,18 +27,19 @@
 #include "spool.h"
 
 static const char insert_sql[] =
-	"INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state) "
-	"SELECT * FROM ROWS FROM (pg_catalog.unnest($1::integer[]), pg_catalog.unnest($2::bigint[]), "
-	"pg_catalog.unnest($3::timestamptz[]), pg_catalog.unnest($4::numeric[]), pg_catalog.unnest($5::numeric[]), "
-	"pg_catalog.unnest($6::numeric[]), pg_catalog.unnest($7::numeric[]), pg_catalog.unnest($8::numeric[]), "
-	"pg_catalog.unnest($9::numeric[]), pg_catalog.unnest($10::prepay.relay_state[]))";
+        "INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, "
+        "relay_state) "
+        "SELECT * FROM ROWS FROM (pg_catalog.unnest($1::integer[]), pg_catalog.unnest($2::bigint[]), "
+        "pg_catalog.unnest($3::timestamptz[]), pg_catalog.unnest($4::numeric[]), pg_catalog.unnest($5::numeric[]), "
+        "pg_catalog.unnest($6::numeric[]), pg_catalog.unnest($7::numeric[]), pg_catalog.unnest($8::numeric[]), "
+        "pg_catalog.unnest($9::numeric[]), pg_catalog.unnest($10::prepay.relay_state[]))";
 
 static struct {
-	struct reading *q;       /* memory queue: q[head .. head+n) */
+	struct reading *q; /* memory queue: q[head .. head+n) */
 	int head, n, cap;
-	int inflight;            /* readings of the batch in flight, 0 if none */
-	int from_spool;          /* the batch in flight came from the spool */
-	size_t spool_bytes;      /* ... and spans these bytes of it */
+	int inflight;       /* readings of the batch in flight, 0 if none */
+	int from_spool;     /* the batch in flight came from the spool */
+	size_t spool_bytes; /* ... and spans these bytes of it */
 	struct reading *batch;
 	struct event *kick_ev, *retry_ev;
 } dv;
@@ -46,7 +48,7 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg);
 
 int delivery_setup(struct event_base *base)
 {
-	dv.batch = calloc(DELIVERY_BATCH, sizeof(struct reading));
+	dv.batch = xcalloc(DELIVERY_BATCH, sizeof(struct reading));
 	dv.kick_ev = event_new(base, -1, 0, kick_cb, NULL);
 	dv.retry_ev = evtimer_new(base, kick_cb, NULL);
 	return 0;
@@ -61,7 +63,7 @@ void delivery_add(const struct reading *r)
 			dv.head = 0;
 		} else {
 			dv.cap = dv.cap ? 2 * dv.cap : 256;
-			dv.q = realloc(dv.q, dv.cap * sizeof(*dv.q));
+			dv.q = xrealloc_array(dv.q, dv.cap, sizeof(*dv.q));
 		}
 	}
 	dv.q[dv.head + dv.n++] = *r;
@@ -105,7 +107,7 @@ static char *array_literal(const struct reading *r, int n, int col)
 	}
 	evbuffer_add(buf, "}", 1);
 	len = evbuffer_get_length(buf);
-	out = malloc(len + 1);
+	out = xmalloc(len + 1);
 	evbuffer_remove(buf, out, len);
 	out[len] = '\0';
 	evbuffer_free(buf);
@@ -140,10 +142,10 @@ static void insert_done(PGresult *res, void *arg)
 		log_error("delivery: INSERT of %d readings failed (%s): %s; retrying in 1 s", n,
 		          PQresultErrorField(res, PG_DIAG_SQLSTATE), PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 		{
-		struct timeval tv = { 1, 0 };
+			struct timeval tv = { 1, 0 };
 
-		evtimer_add(dv.retry_ev, &tv);
-	}
+			evtimer_add(dv.retry_ev, &tv);
+		}
 		return;
 	} else {
 		metrics.readings_delivered += n;
@@ -192,9 +194,15 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 /* delivery_idle: nothing waits in memory and nothing is in flight */
-int delivery_idle(void) { return dv.n == 0 && dv.inflight == 0; }
+int delivery_idle(void)
+{
+	return dv.n == 0 && dv.inflight == 0;
+}
 
-int delivery_queued(void) { return dv.n; }
+int delivery_queued(void)
+{
+	return dv.n;
+}
 
 /* delivery_teardown: whatever is not known to be committed goes to the spool */
 void delivery_teardown(void)

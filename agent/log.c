@@ -17,8 +17,14 @@
 
 static int current_level = LOG_INFO;
 
-static const struct { const char *name; int level; } level_names[] = {
-	{ "error", LOG_ERR }, { "warning", LOG_WARNING }, { "info", LOG_INFO }, { "debug", LOG_DEBUG },
+static const struct {
+	const char *name;
+	int level;
+} level_names[] = {
+	{ "error", LOG_ERR },
+	{ "warning", LOG_WARNING },
+	{ "info", LOG_INFO },
+	{ "debug", LOG_DEBUG },
 };
 
 /* log_parse_level: the level called name, or -1 */
@@ -39,9 +45,15 @@ const char *log_level_name(int level)
 	return "info";
 }
 
-void log_set_level(int level) { current_level = level; }
+void log_set_level(int level)
+{
+	current_level = level;
+}
 
-int log_enabled(int level) { return level <= current_level; }
+int log_enabled(int level)
+{
+	return level <= current_level;
+}
 
 /* log_msg: write one line if level is enabled */
 void log_msg(int level, const char *fmt, ...)

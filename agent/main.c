@@ -24,6 +24,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "alloc.h"
 #include "bus.h"
 #include "catalog.h"
 #include "catalog_cache.h"
@@ -44,7 +45,7 @@ static struct {
 	struct bus **buses;
 	int n_buses;
 	int catalog_loaded, catalog_loading, catalog_again;
-	int cache_tried;         /* the cached catalog was looked for */
+	int cache_tried; /* the cached catalog was looked for */
 	int once_sweeps;
 	int stopping;
 	int exit_code;
@@ -91,7 +92,7 @@ static void stop_all_buses(void)
  * others, start the new ones; source names where the catalog came from */
 static void apply_catalog(struct catalog *cat, const char *source)
 {
-	struct bus **next = calloc(cat->n_gateways + 1, sizeof(*next));
+	struct bus **next = xcalloc(cat->n_gateways + 1, sizeof(*next));
 	int n = 0, kept, started = 0;
 
 	for (int i = 0; i < ag.n_buses; i++) {
@@ -112,7 +113,8 @@ static void apply_catalog(struct catalog *cat, const char *source)
 		int running = 0;
 
 		for (int i = 0; i < n && !running; i++)
-			running = bus_gateway(next[i])->site_id == g->site_id && bus_gateway(next[i])->gateway_id == g->gateway_id;
+			running = bus_gateway(next[i])->site_id == g->site_id &&
+			          bus_gateway(next[i])->gateway_id == g->gateway_id;
 		if (running)
 			continue;
 		metrics_gateway_name(g->site_id, g->gateway_id, g->name);
@@ -121,8 +123,8 @@ static void apply_catalog(struct catalog *cat, const char *source)
 			next[n++] = b;
 		started += b != NULL;
 	}
-	log_info("catalog: %d gateways for agent %s from the %s: %d buses kept, %d started, %d stopped", cat->n_gateways,
-	         ag.cfg.agent_id, source, kept, started, ag.n_buses - kept);
+	log_info("catalog: %d gateways for agent %s from the %s: %d buses kept, %d started, %d stopped",
+	         cat->n_gateways, ag.cfg.agent_id, source, kept, started, ag.n_buses - kept);
 	free(ag.buses);
 	ag.buses = next;
 	ag.n_buses = n;
@@ -183,13 +185,16 @@ static void start_from_cache(void)
 	ag.cache_tried = 1;
 	cat = catalog_cache_load(ag.cfg.spool_dir, ag.cfg.agent_id, &saved_at);
 	if (!cat) {
-		log_warning("catalog: the database is unreachable at start and %s/catalog.cache has no catalog for agent %s: "
-		            "nothing to poll until the database answers", ag.cfg.spool_dir, ag.cfg.agent_id);
+		log_warning("catalog: the database is unreachable at start and %s/catalog.cache has no catalog for "
+		            "agent %s: "
+		            "nothing to poll until the database answers",
+		            ag.cfg.spool_dir, ag.cfg.agent_id);
 		return;
 	}
 	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", gmtime(&saved_at));
 	log_warning("catalog: the database is unreachable at start: polling from the catalog cached at %s "
-	            "until it answers", when);
+	            "until it answers",
+	            when);
 	apply_catalog(cat, "cache");
 	catalog_free(cat);
 }
@@ -247,7 +252,8 @@ static void mark(const char *sql, const struct bus_event *ev, int64_t id, int wi
 	if (with_error == 2)
 		params[2] = ev->error;
 	if (db_query(sql, with_error ? (with_error == 2 ? 3 : 4) : 2, params, ignore_result, "lost-contact mark") < 0)
-		log_warning("site=%d id=%lld lost-contact mark not recorded: database down", ev->site_id, (long long)id);
+		log_warning("site=%d id=%lld lost-contact mark not recorded: database down", ev->site_id,
+		            (long long)id);
 }
 
 /* ---------------------------------------------------------------------
@@ -276,7 +282,8 @@ static void on_bus_event(struct bus_event *ev, void *arg)
 		            (long long)ev->gateway_id, (long long)ev->meter_id, ev->err_kind, ev->failures, ev->error);
 		break;
 	case BE_METER_LOST:
-		log_warning("site=%d meter=%lld lost after %d failures", ev->site_id, (long long)ev->meter_id, ev->failures);
+		log_warning("site=%d meter=%lld lost after %d failures", ev->site_id, (long long)ev->meter_id,
+		            ev->failures);
 		mark("SELECT prepay.agent_meter_lost($1, $2, $3, $4)", ev, ev->meter_id, 1);
 		break;
 	case BE_METER_FOUND:
@@ -352,16 +359,18 @@ static int setup_signals(void)
 	ag.sig_term = evsignal_new(ag.base, SIGTERM, signal_cb, NULL);
 	ag.sig_int = evsignal_new(ag.base, SIGINT, signal_cb, NULL);
 	ag.sig_hup = evsignal_new(ag.base, SIGHUP, signal_cb, NULL);
-	return (evsignal_add(ag.sig_term, NULL) || evsignal_add(ag.sig_int, NULL) || evsignal_add(ag.sig_hup, NULL)) ? -1 : 0;
+	return (evsignal_add(ag.sig_term, NULL) || evsignal_add(ag.sig_int, NULL) || evsignal_add(ag.sig_hup, NULL))
+	               ? -1
+	               : 0;
 }
 
 static void teardown(void)
 {
 	stop_all_buses();
-	bus_teardown();            /* the last events: readings into the queue */
-	delivery_teardown();       /* what was not committed goes to the spool */
+	bus_teardown();      /* the last events: readings into the queue */
+	delivery_teardown(); /* what was not committed goes to the spool */
 	command_teardown();
-	notify_teardown();         /* unfinished deliveries stay leased */
+	notify_teardown(); /* unfinished deliveries stay leased */
 	db_teardown();
 	metrics_teardown();
 	spool_close();
@@ -399,10 +408,10 @@ static int setup(void)
 	if (ag.cfg.once) {
 		ag.once_timer = evtimer_new(ag.base, once_timeout_cb, NULL);
 		{
-		struct timeval tv = { 30, 0 };
+			struct timeval tv = { 30, 0 };
 
-		evtimer_add(ag.once_timer, &tv);
-	}
+			evtimer_add(ag.once_timer, &tv);
+		}
 	}
 	return db_setup(ag.base, ag.cfg.conninfo, on_db_state, on_notify, NULL);
 }

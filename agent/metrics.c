@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "db.h"
 #include "delivery.h"
 #include "log.h"
@@ -49,7 +50,7 @@ static struct gw_metrics *gw(int site_id, int64_t gateway_id)
 	for (g = gateways; g; g = g->next)
 		if (g->site_id == site_id && g->gateway_id == gateway_id)
 			return g;
-	g = calloc(1, sizeof(*g));
+	g = xcalloc(1, sizeof(*g));
 	g->site_id = site_id;
 	g->gateway_id = gateway_id;
 	snprintf(g->name, sizeof(g->name), "%lld", (long long)gateway_id);
@@ -114,24 +115,25 @@ static void gateway_metrics(struct evbuffer *b)
 	evbuffer_add_printf(b, "# HELP prepay_agent_reads_total Meter reads that succeeded, per gateway.\n"
 	                       "# TYPE prepay_agent_reads_total counter\n");
 	for (g = gateways; g; g = g->next)
-		evbuffer_add_printf(b, "prepay_agent_reads_total{site=\"%d\",gateway=\"%s\"} %llu\n", g->site_id, g->name,
-		                    (unsigned long long)g->reads_ok);
+		evbuffer_add_printf(b, "prepay_agent_reads_total{site=\"%d\",gateway=\"%s\"} %llu\n", g->site_id,
+		                    g->name, (unsigned long long)g->reads_ok);
 	evbuffer_add_printf(b, "# HELP prepay_agent_read_failures_total Failed meter reads, per gateway and kind.\n"
 	                       "# TYPE prepay_agent_read_failures_total counter\n");
 	for (g = gateways; g; g = g->next)
 		for (int i = 0; i < NKINDS; i++)
-			evbuffer_add_printf(b, "prepay_agent_read_failures_total{site=\"%d\",gateway=\"%s\",kind=\"%s\"} %llu\n",
-			                    g->site_id, g->name, kinds[i], (unsigned long long)g->failures[i]);
+			evbuffer_add_printf(
+			        b, "prepay_agent_read_failures_total{site=\"%d\",gateway=\"%s\",kind=\"%s\"} %llu\n",
+			        g->site_id, g->name, kinds[i], (unsigned long long)g->failures[i]);
 	evbuffer_add_printf(b, "# HELP prepay_agent_sweep_seconds Duration of the last sweep of a gateway.\n"
 	                       "# TYPE prepay_agent_sweep_seconds gauge\n");
 	for (g = gateways; g; g = g->next)
-		evbuffer_add_printf(b, "prepay_agent_sweep_seconds{site=\"%d\",gateway=\"%s\"} %.6f\n", g->site_id, g->name,
-		                    g->last_sweep_seconds);
+		evbuffer_add_printf(b, "prepay_agent_sweep_seconds{site=\"%d\",gateway=\"%s\"} %.6f\n", g->site_id,
+		                    g->name, g->last_sweep_seconds);
 	evbuffer_add_printf(b, "# HELP prepay_agent_sweeps_total Sweeps completed, per gateway.\n"
 	                       "# TYPE prepay_agent_sweeps_total counter\n");
 	for (g = gateways; g; g = g->next)
-		evbuffer_add_printf(b, "prepay_agent_sweeps_total{site=\"%d\",gateway=\"%s\"} %llu\n", g->site_id, g->name,
-		                    (unsigned long long)g->sweeps);
+		evbuffer_add_printf(b, "prepay_agent_sweeps_total{site=\"%d\",gateway=\"%s\"} %llu\n", g->site_id,
+		                    g->name, (unsigned long long)g->sweeps);
 }
 
 static void latency_metrics(struct evbuffer *b)
@@ -176,13 +178,15 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	struct evbuffer *b = evbuffer_new();
 
 	counter(b, "prepay_agent_readings_polled_total", "Readings taken from meters.", metrics.readings_polled);
-	counter(b, "prepay_agent_readings_delivered_total", "Readings committed to the database.", metrics.readings_delivered);
+	counter(b, "prepay_agent_readings_delivered_total", "Readings committed to the database.",
+	        metrics.readings_delivered);
 	counter(b, "prepay_agent_readings_spooled_total", "Readings written to the spool.", metrics.readings_spooled);
 	counter(b, "prepay_agent_readings_replayed_total", "Spooled readings committed.", metrics.readings_replayed);
 	counter(b, "prepay_agent_readings_dropped_total",
 	        "Readings lost: the spool could not take them (full after thinning, or an I/O error).",
 	        metrics.readings_dropped);
-	counter(b, "prepay_agent_delivery_errors_total", "Reading batches the database refused.", metrics.delivery_errors);
+	counter(b, "prepay_agent_delivery_errors_total", "Reading batches the database refused.",
+	        metrics.delivery_errors);
 	counter(b, "prepay_agent_commands_done_total", "Relay commands done.", metrics.commands_done);
 	counter(b, "prepay_agent_commands_failed_total", "Relay command attempts failed.", metrics.commands_failed);
 	counter(b, "prepay_agent_command_retries_total",
@@ -196,10 +200,16 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	      metrics.commands_failing);
 	counter(b, "prepay_agent_catalog_loads_total", "Catalog loads.", metrics.catalog_loads);
 	spool_metrics(b);
-	evbuffer_add_printf(b, "# HELP prepay_agent_queue_readings Readings waiting in memory.\n# TYPE prepay_agent_queue_readings gauge\n"
-	                       "prepay_agent_queue_readings %d\n", delivery_queued());
-	evbuffer_add_printf(b, "# HELP prepay_agent_db_connected 1 when connected to the database.\n# TYPE prepay_agent_db_connected gauge\n"
-	                       "prepay_agent_db_connected %d\n", db_connected());
+	evbuffer_add_printf(b,
+	                    "# HELP prepay_agent_queue_readings Readings waiting in memory.\n# TYPE "
+	                    "prepay_agent_queue_readings gauge\n"
+	                    "prepay_agent_queue_readings %d\n",
+	                    delivery_queued());
+	evbuffer_add_printf(b,
+	                    "# HELP prepay_agent_db_connected 1 when connected to the database.\n# TYPE "
+	                    "prepay_agent_db_connected gauge\n"
+	                    "prepay_agent_db_connected %d\n",
+	                    db_connected());
 	gateway_metrics(b);
 	latency_metrics(b);
 	notify_metrics(b);

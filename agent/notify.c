@@ -35,6 +35,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "alloc.h"
 #include "db.h"
 #include "log.h"
 #include "notify.h"
@@ -63,7 +64,7 @@ struct job {
 };
 
 /* successes waiting to be reported together (one round trip for many) */
-#define DONE_BATCH 64
+#define DONE_BATCH    64
 #define DONE_FLUSH_MS 20
 struct done_rec {
 	int site_id;
@@ -174,7 +175,7 @@ static void flush_done(void)
 	if (nt.n_done == 0)
 		return;
 	for (int a = 0; a < 5; a++) {
-		arr[a] = malloc(size);
+		arr[a] = xmalloc(size);
 		arr[a][len[a]++] = '{';
 	}
 	for (int i = 0; i < nt.n_done; i++) {
@@ -195,10 +196,13 @@ static void flush_done(void)
 		params[a + 1] = arr[a];
 	}
 	if (db_query("SELECT count(*) FROM (SELECT prepay.agent_delivery_done($1, u.s, u.n, u.c, u.a, u.st) "
-	             "FROM ROWS FROM (pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::bigint[]), pg_catalog.unnest($4::text[]), "
+	             "FROM ROWS FROM (pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::bigint[]), "
+	             "pg_catalog.unnest($4::text[]), "
 	             "pg_catalog.unnest($5::integer[]), pg_catalog.unnest($6::integer[])) "
-	             "AS u (s, n, c, a, st)) x", 6, params, report_done_cb, NULL) < 0)
-		log_warning("notify: %d deliveries not reported (database down): they are sent again when their lease runs out",
+	             "AS u (s, n, c, a, st)) x",
+	             6, params, report_done_cb, NULL) < 0)
+		log_warning("notify: %d deliveries not reported (database down): they are sent again when their lease "
+		            "runs out",
 		            nt.n_done);
 	nt.n_done = 0;
 	for (int a = 0; a < 5; a++)
@@ -213,10 +217,13 @@ static void flush_timer_cb(evutil_socket_t fd, short what, void *arg)
 static void report(struct job *j, int ok, long status, const char *error)
 {
 	char site[16], id[24], attempt[16], st[24];
-	const char *params[7] = { nt.agent_id, site, id, channel_names[j->channel], attempt, error, status ? st : NULL };
+	const char *params[7] = {
+		nt.agent_id, site, id, channel_names[j->channel], attempt, error, status ? st : NULL
+	};
 
 	if (ok) {
-		nt.done[nt.n_done++] = (struct done_rec){ j->site_id, j->notification_id, j->channel, j->attempt, status };
+		nt.done[nt.n_done++] =
+		        (struct done_rec){ j->site_id, j->notification_id, j->channel, j->attempt, status };
 		if (nt.n_done == DONE_BATCH)
 			flush_done();
 		else if (!evtimer_pending(nt.flush_timer, NULL)) {
@@ -230,8 +237,8 @@ static void report(struct job *j, int ok, long status, const char *error)
 	snprintf(id, sizeof(id), "%lld", j->notification_id);
 	snprintf(attempt, sizeof(attempt), "%d", j->attempt);
 	snprintf(st, sizeof(st), "%ld", status);
-	if (db_query("SELECT prepay.agent_delivery_failed($1, $2, $3, $4, $5, $6, $7)", 7, params,
-	             report_failed_cb, (void *)(intptr_t)j->channel) < 0)
+	if (db_query("SELECT prepay.agent_delivery_failed($1, $2, $3, $4, $5, $6, $7)", 7, params, report_failed_cb,
+	             (void *)(intptr_t)j->channel) < 0)
 		log_warning("notify: %s outcome not reported (database down): it is sent again when its lease runs out",
 		            j->key);
 }
@@ -275,7 +282,7 @@ static void transfer_done(CURL *easy, CURLcode result, long status, void *arg)
 	}
 	free_job(j);
 	if (nt.again && nt.inflight <= NOTIFY_MAX_INFLIGHT / 2)
-		notify_kick();    /* refill in batches, not one claim per answer */
+		notify_kick(); /* refill in batches, not one claim per answer */
 }
 
 /* ---------------------------------------------------------------------
@@ -323,7 +330,7 @@ static void sign(struct job *j, const char *secret)
 
 	snprintf(ts, sizeof(ts), "%lld", (long long)time(NULL));
 	msg_len = strlen(ts) + 1 + j->body_len;
-	msg = malloc(msg_len + 1);
+	msg = xmalloc(msg_len + 1);
 	snprintf(msg, msg_len + 1, "%s.%s", ts, j->body);
 	HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)msg, msg_len, mac, &mac_len);
 	free(msg);
@@ -403,14 +410,14 @@ static void start(PGresult *res, int row)
 	ch = channel_index(v[2]);
 	if (ch < 0 || in_flight(atoi(v[0]), atoll(v[1]), ch))
 		return;
-	j = calloc(1, sizeof(*j));
+	j = xcalloc(1, sizeof(*j));
 	j->site_id = atoi(v[0]);
 	j->notification_id = atoll(v[1]);
 	j->channel = ch;
 	j->attempt = atoi(v[3]);
 	snprintf(j->key, sizeof(j->key), "%s", v[4]);
 	j->created_epoch = strtod(v[5], NULL);
-	j->body = strdup(v[9] ? v[9] : "");
+	j->body = xstrdup(v[9] ? v[9] : "");
 	j->body_len = strlen(j->body);
 	j->next = nt.jobs;
 	nt.jobs = j;
@@ -446,7 +453,7 @@ static void claimed(PGresult *res, void *arg)
 		for (int i = 0; i < PQntuples(res) && !nt.stopping; i++)
 			start(res, i);
 		if (PQntuples(res) >= limit)
-			nt.again = 1;    /* a full batch: there may be more */
+			nt.again = 1; /* a full batch: there may be more */
 	} else if (res)
 		log_error("notify: claim failed (%s): %s", PQresultErrorField(res, PG_DIAG_SQLSTATE),
 		          PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
@@ -469,7 +476,8 @@ void notify_kick(void)
 	}
 	nt.again = 0;
 	snprintf(limit_text, sizeof(limit_text), "%d", limit);
-	if (db_query("SELECT * FROM prepay.agent_claim_deliveries($1, $2)", 2, params, claimed, (void *)(intptr_t)limit) == 0)
+	if (db_query("SELECT * FROM prepay.agent_claim_deliveries($1, $2)", 2, params, claimed,
+	             (void *)(intptr_t)limit) == 0)
 		nt.claiming = 1;
 }
 
@@ -488,13 +496,20 @@ int notify_setup(struct event_base *base, const char *agent_id, int enabled)
 		return -1;
 	nt.timer = event_new(base, -1, EV_PERSIST, timer_cb, NULL);
 	nt.flush_timer = evtimer_new(base, flush_timer_cb, NULL);
-	log_info("notify: delivering notifications as agent %s (libcurl %s)", agent_id, curl_version_info(CURLVERSION_NOW)->version);
+	log_info("notify: delivering notifications as agent %s (libcurl %s)", agent_id,
+	         curl_version_info(CURLVERSION_NOW)->version);
 	return event_add(nt.timer, &(struct timeval){ NOTIFY_SWEEP_SECONDS, 0 });
 }
 
-int notify_enabled(void) { return nt.enabled; }
+int notify_enabled(void)
+{
+	return nt.enabled;
+}
 
-int notify_idle(void) { return nt.inflight == 0 && nt.n_done == 0; }
+int notify_idle(void)
+{
+	return nt.inflight == 0 && nt.n_done == 0;
+}
 
 static void family(struct evbuffer *b, const char *name, const char *help, const uint64_t *v)
 {
@@ -508,13 +523,18 @@ void notify_metrics(struct evbuffer *b)
 {
 	if (!nt.enabled)
 		return;
-	family(b, "prepay_agent_notifications_sent_total", "Notifications delivered (2xx, or the SMTP server took them).", nt.sent);
+	family(b, "prepay_agent_notifications_sent_total",
+	       "Notifications delivered (2xx, or the SMTP server took them).", nt.sent);
 	family(b, "prepay_agent_notifications_failed_total", "Delivery attempts that failed.", nt.failed);
-	family(b, "prepay_agent_notifications_retried_total", "Failed attempts the database scheduled again (backoff).", nt.retried);
-	family(b, "prepay_agent_notifications_dead_total", "Deliveries given up (dead letter, alarm notification_dead).", nt.dead);
-	evbuffer_add_printf(b, "# HELP prepay_agent_notifications_in_flight Deliveries being sent now.\n"
-	                       "# TYPE prepay_agent_notifications_in_flight gauge\nprepay_agent_notifications_in_flight %d\n",
-	                    nt.inflight);
+	family(b, "prepay_agent_notifications_retried_total", "Failed attempts the database scheduled again (backoff).",
+	       nt.retried);
+	family(b, "prepay_agent_notifications_dead_total",
+	       "Deliveries given up (dead letter, alarm notification_dead).", nt.dead);
+	evbuffer_add_printf(
+	        b,
+	        "# HELP prepay_agent_notifications_in_flight Deliveries being sent now.\n"
+	        "# TYPE prepay_agent_notifications_in_flight gauge\nprepay_agent_notifications_in_flight %d\n",
+	        nt.inflight);
 	evbuffer_add_printf(b, "# HELP prepay_agent_notification_latency_seconds Notification written to delivered.\n"
 	                       "# TYPE prepay_agent_notification_latency_seconds histogram\n");
 	for (int c = 0; c < NCHANNELS; c++) {
@@ -523,14 +543,18 @@ void notify_metrics(struct evbuffer *b)
 		for (int i = 0; i <= LATENCY_BUCKETS; i++) {
 			cum += nt.latency_bucket[c][i];
 			if (i < LATENCY_BUCKETS)
-				evbuffer_add_printf(b, "prepay_agent_notification_latency_seconds_bucket{channel=\"%s\",le=\"%g\"} %llu\n",
+				evbuffer_add_printf(b,
+				                    "prepay_agent_notification_latency_seconds_bucket{channel=\"%s\","
+				                    "le=\"%g\"} %llu\n",
 				                    channel_names[c], latency_bounds[i], (unsigned long long)cum);
 		}
-		evbuffer_add_printf(b, "prepay_agent_notification_latency_seconds_bucket{channel=\"%s\",le=\"+Inf\"} %llu\n"
-		                       "prepay_agent_notification_latency_seconds_sum{channel=\"%s\"} %.6f\n"
-		                       "prepay_agent_notification_latency_seconds_count{channel=\"%s\"} %llu\n",
-		                    channel_names[c], (unsigned long long)cum, channel_names[c], nt.latency_sum[c],
-		                    channel_names[c], (unsigned long long)cum);
+		evbuffer_add_printf(
+		        b,
+		        "prepay_agent_notification_latency_seconds_bucket{channel=\"%s\",le=\"+Inf\"} %llu\n"
+		        "prepay_agent_notification_latency_seconds_sum{channel=\"%s\"} %.6f\n"
+		        "prepay_agent_notification_latency_seconds_count{channel=\"%s\"} %llu\n",
+		        channel_names[c], (unsigned long long)cum, channel_names[c], nt.latency_sum[c],
+		        channel_names[c], (unsigned long long)cum);
 	}
 }
 

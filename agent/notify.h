@@ -15,7 +15,7 @@
 
 /* how many deliveries run at the same time, and how often the outbox is
  * swept for retries that came due (besides NOTIFY and every reconnect) */
-#define NOTIFY_MAX_INFLIGHT 32
+#define NOTIFY_MAX_INFLIGHT  32
 #define NOTIFY_SWEEP_SECONDS 2
 
 int notify_setup(struct event_base *base, const char *agent_id, int enabled);

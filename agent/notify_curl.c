@@ -13,6 +13,7 @@
 #include <event2/event_struct.h>
 #include <stdlib.h>
 
+#include "alloc.h"
 #include "log.h"
 #include "notify_curl.h"
 
@@ -32,8 +33,8 @@ static struct {
 	struct event_base *base;
 	CURLM *multi;
 	struct event *timer;
-	int running;             /* curl's count of running transfers */
-	int active;              /* transfers added and not yet called back */
+	int running; /* curl's count of running transfers */
+	int active;  /* transfers added and not yet called back */
 	struct transfer *list;
 } nc;
 
@@ -105,7 +106,7 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
 		return 0;
 	}
 	if (!w) {
-		w = calloc(1, sizeof(*w));
+		w = xcalloc(1, sizeof(*w));
 		curl_multi_assign(nc.multi, s, w);
 	} else if (w->added) {
 		event_del(&w->ev);
@@ -146,7 +147,7 @@ int ncurl_setup(struct event_base *base)
 /* ncurl_start: run a prepared easy handle; fn is called once when it ends */
 int ncurl_start(CURL *easy, ncurl_done_fn fn, void *arg)
 {
-	struct transfer *t = calloc(1, sizeof(*t));
+	struct transfer *t = xcalloc(1, sizeof(*t));
 
 	t->easy = easy;
 	t->fn = fn;
@@ -164,7 +165,10 @@ int ncurl_start(CURL *easy, ncurl_done_fn fn, void *arg)
 	return 0;
 }
 
-int ncurl_running(void) { return nc.active; }
+int ncurl_running(void)
+{
+	return nc.active;
+}
 
 /* ncurl_teardown: abandon the transfers still running; their callbacks get
  * CURLE_ABORTED_BY_CALLBACK (the deliveries stay leased and are claimed

@@ -97,10 +97,14 @@ static uint32_t raw32(const struct reg_def *r, const uint16_t *regs)
 int profile_decode(const struct reg_def *r, const uint16_t *regs, char *out, size_t outsz)
 {
 	switch (r->type) {
-	case RT_U16: return profile_format_scaled(regs[0], r->scale, out, outsz);
-	case RT_I16: return profile_format_scaled((int16_t)regs[0], r->scale, out, outsz);
-	case RT_U32: return profile_format_scaled(raw32(r, regs), r->scale, out, outsz);
-	case RT_I32: return profile_format_scaled((int32_t)raw32(r, regs), r->scale, out, outsz);
+	case RT_U16:
+		return profile_format_scaled(regs[0], r->scale, out, outsz);
+	case RT_I16:
+		return profile_format_scaled((int16_t)regs[0], r->scale, out, outsz);
+	case RT_U32:
+		return profile_format_scaled(raw32(r, regs), r->scale, out, outsz);
+	case RT_I32:
+		return profile_format_scaled((int32_t)raw32(r, regs), r->scale, out, outsz);
 	case RT_FLOAT: {
 		uint32_t bits = raw32(r, regs);
 		float f;
@@ -132,8 +136,8 @@ static int reg_def_equal(const struct reg_def *a, const struct reg_def *b)
 {
 	if (a->present != b->present)
 		return 0;
-	return !a->present || (a->address == b->address && a->type == b->type && a->low_first == b->low_first &&
-	                       a->scale == b->scale);
+	return !a->present ||
+	       (a->address == b->address && a->type == b->type && a->low_first == b->low_first && a->scale == b->scale);
 }
 
 /* values_equal: the first n values of two relay value lists (n < 0: none) */
@@ -154,9 +158,9 @@ int profile_equal(const struct profile *a, const struct profile *b)
 	for (int m = 0; m < M_COUNT; m++)
 		if (!reg_def_equal(&a->regs[m], &b->regs[m]))
 			return 0;
-	return a->relay_write_address == b->relay_write_address && a->trip_n == b->trip_n &&
-	       a->close_n == b->close_n && values_equal(a->trip, b->trip, a->trip_n) &&
-	       values_equal(a->close, b->close, a->close_n) && a->relay_read_address == b->relay_read_address &&
-	       a->relay_read_count == b->relay_read_count && a->relay_mask == b->relay_mask &&
-	       a->tripped_value == b->tripped_value && a->closed_value == b->closed_value;
+	return a->relay_write_address == b->relay_write_address && a->trip_n == b->trip_n && a->close_n == b->close_n &&
+	       values_equal(a->trip, b->trip, a->trip_n) && values_equal(a->close, b->close, a->close_n) &&
+	       a->relay_read_address == b->relay_read_address && a->relay_read_count == b->relay_read_count &&
+	       a->relay_mask == b->relay_mask && a->tripped_value == b->tripped_value &&
+	       a->closed_value == b->closed_value;
 }

@@ -17,14 +17,14 @@ enum meaning { M_ENERGY, M_SHARP, M_PEAK, M_FLAT, M_VALLEY, M_POWER, M_COUNT };
 enum reg_type { RT_U16, RT_I16, RT_U32, RT_I32, RT_FLOAT };
 
 #define RELAY_MAX_VALUES 8
-#define VALUE_LEN 32
+#define VALUE_LEN        32
 
 struct reg_def {
 	int present;
 	int address;
 	enum reg_type type;
-	int low_first;           /* word order of 32-bit values */
-	int scale;               /* value = integer x 10^scale */
+	int low_first; /* word order of 32-bit values */
+	int scale;     /* value = integer x 10^scale */
 };
 
 struct profile {
@@ -33,7 +33,7 @@ struct profile {
 	int relay_write_address; /* -1: no remote relay */
 	int trip_n, close_n;
 	uint16_t trip[RELAY_MAX_VALUES], close[RELAY_MAX_VALUES];
-	int relay_read_address;  /* -1: relay state cannot be read */
+	int relay_read_address; /* -1: relay state cannot be read */
 	int relay_read_count;
 	uint32_t relay_mask;
 	int64_t tripped_value, closed_value;

@@ -17,9 +17,9 @@
 struct reading {
 	int site_id;
 	int64_t meter_id;
-	char read_at[40];        /* "YYYY-MM-DD HH:MM:SS.uuuuuu+00" */
+	char read_at[40]; /* "YYYY-MM-DD HH:MM:SS.uuuuuu+00" */
 	char value[M_COUNT][VALUE_LEN];
-	char relay[8];           /* closed, tripped or empty */
+	char relay[8]; /* closed, tripped or empty */
 };
 
 #endif

@@ -35,6 +35,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "log.h"
 #include "spool.h"
 #include "spool_thin.h"
@@ -43,7 +44,7 @@ static struct {
 	char dir[512], log_path[600], pos_path[600], tmp_path[600], thin_path[600];
 	int fd;
 	int64_t size, pos, max;
-	int warned;              /* crossed SPOOL_WARN_PERCENT since last empty */
+	int warned; /* crossed SPOOL_WARN_PERCENT since last empty */
 	uint64_t thinned, thinnings;
 } sp = { .fd = -1 };
 
@@ -117,7 +118,8 @@ int spool_open(const char *dir, int64_t max_bytes)
 		sp.pos = sp.size;
 	sp.max = max_bytes;
 	if (spool_pending())
-		log_warning("spool: %" PRId64 " bytes of readings from an earlier run wait for the database", sp.size - sp.pos);
+		log_warning("spool: %" PRId64 " bytes of readings from an earlier run wait for the database",
+		            sp.size - sp.pos);
 	check_warning();
 	return 0;
 }
@@ -182,7 +184,7 @@ static int replace_log(const struct thin_result *res)
 	int fd;
 
 	if (sp.pos != 0) {
-		sp.pos = 0;          /* first: a crash before the rename replays duplicates, never skips */
+		sp.pos = 0; /* first: a crash before the rename replays duplicates, never skips */
 		if (write_pos() != 0)
 			return -1;
 	}
@@ -235,12 +237,13 @@ static int make_room(int64_t len)
 int spool_append(const struct reading *r, int n)
 {
 	size_t cap = (size_t)n * 400 + 1, len = 0;
-	char *buf = malloc(cap);
+	char *buf = xmalloc(cap);
 
 	for (int i = 0; i < n; i++)
 		len += format_line(&r[i], buf + len, cap - len);
 	if (make_room((int64_t)len) < 0) {
-		log_error("spool: full (%" PRId64 " of %" PRId64 " bytes) and cannot be thinned further: %d readings refused",
+		log_error("spool: full (%" PRId64 " of %" PRId64
+		          " bytes) and cannot be thinned further: %d readings refused",
 		          sp.size, sp.max, n);
 		free(buf);
 		return -1;
@@ -284,7 +287,7 @@ static int parse_line(char *line, struct reading *r)
 int spool_peek(struct reading *out, int max, size_t *bytes)
 {
 	size_t cap = (size_t)max * 400, got;
-	char *buf = malloc(cap + 1), *p, *nl;
+	char *buf = xmalloc(cap + 1), *p, *nl;
 	ssize_t rd = pread(sp.fd, buf, cap, sp.pos);
 	int n = 0;
 
@@ -321,7 +324,10 @@ int spool_consume(size_t bytes)
 	return write_pos();
 }
 
-int64_t spool_bytes(void) { return sp.size - sp.pos; }
+int64_t spool_bytes(void)
+{
+	return sp.size - sp.pos;
+}
 
 /* spool_stats: the spool's figures for /metrics */
 void spool_stats(struct spool_stats *out)
@@ -333,4 +339,7 @@ void spool_stats(struct spool_stats *out)
 	out->thinnings = sp.thinnings;
 }
 
-int spool_pending(void) { return sp.size > sp.pos; }
+int spool_pending(void)
+{
+	return sp.size > sp.pos;
+}

@@ -24,11 +24,11 @@
 #define SPOOL_WARN_PERCENT 80
 
 struct spool_stats {
-	int64_t bytes;           /* waiting to be replayed */
-	int64_t max_bytes;       /* the bound */
-	int warning;             /* passed SPOOL_WARN_PERCENT since it was last empty */
-	uint64_t thinned;        /* readings dropped by thinning */
-	uint64_t thinnings;      /* thinning passes */
+	int64_t bytes;      /* waiting to be replayed */
+	int64_t max_bytes;  /* the bound */
+	int warning;        /* passed SPOOL_WARN_PERCENT since it was last empty */
+	uint64_t thinned;   /* readings dropped by thinning */
+	uint64_t thinnings; /* thinning passes */
 };
 
 int spool_open(const char *dir, int64_t max_bytes);

@@ -26,20 +26,21 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "alloc.h"
 #include "log.h"
 #include "spool_thin.h"
 
 struct meter_count {
 	int site_id;
 	int64_t meter_id;
-	int64_t count;           /* readings of the meter in the spool */
-	int64_t seen;            /* readings of it copied or dropped so far */
+	int64_t count; /* readings of the meter in the spool */
+	int64_t seen;  /* readings of it copied or dropped so far */
 	int used;
 };
 
 struct meter_table {
 	struct meter_count *slot;
-	size_t cap, n;           /* cap is a power of two */
+	size_t cap, n; /* cap is a power of two */
 };
 
 static size_t hash_key(int site_id, int64_t meter_id)
@@ -54,8 +55,8 @@ static struct meter_count *table_find(struct meter_table *t, int site_id, int64_
 /* table_grow: double the table (rehash every entry) */
 static void table_grow(struct meter_table *t)
 {
-	struct meter_table bigger = { calloc(t->cap ? 2 * t->cap : 1024, sizeof(struct meter_count)),
-	                              t->cap ? 2 * t->cap : 1024, 0 };
+	struct meter_table bigger = { xcalloc(t->cap ? 2 * t->cap : 1024, sizeof(struct meter_count)),
+		                      t->cap ? 2 * t->cap : 1024, 0 };
 
 	for (size_t i = 0; i < t->cap; i++)
 		if (t->slot[i].used)

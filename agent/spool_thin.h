@@ -14,9 +14,9 @@
 #include <stdio.h>
 
 struct thin_result {
-	int64_t kept_bytes;      /* bytes written to out */
-	int64_t dropped;         /* readings dropped */
-	int meters;              /* distinct meters seen */
+	int64_t kept_bytes; /* bytes written to out */
+	int64_t dropped;    /* readings dropped */
+	int meters;         /* distinct meters seen */
 };
 
 /* spool_thin: copy the spool lines of in from offset from to out, thinned;

@@ -6,6 +6,7 @@ set -euo pipefail
 
 packages=(
 	make gcc
+	clang-format             # the agent's and the simulator's layout, checked by test/suite.sh
 	postgresql-15            # the server the tests run
 	postgresql-server-dev-15 # PGXS, pg_regress, isolation tester, TAP modules
 	libpq-dev

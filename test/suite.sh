@@ -23,17 +23,20 @@ subset=()
 tap_tests=${PREPAY_TAP-$(ls test/t/*.pl 2>/dev/null)}
 
 if [ "${PREPAY_UNIT:-1}" != 0 ]; then
+echo "== layout of the agent and the simulator (.clang-format)"
+clang-format --dry-run -Werror agent/*.c agent/*.h test/sim/*.c test/sim/*.h || status=1
+
 echo "== unit tests of the pure cores"
 for unit in rating tariff; do
 	cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iextension -o "$work/test_$unit" \
 		"test/unit/test_$unit.c" "extension/$unit.c" && "$work/test_$unit" || status=1
 done
 cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent $(pkg-config --cflags libpq) \
-	-o "$work/test_agent_catalog" test/unit/test_agent_catalog.c agent/catalog.c agent/catalog_cache.c agent/profile.c \
+	-o "$work/test_agent_catalog" test/unit/test_agent_catalog.c agent/catalog.c agent/catalog_cache.c agent/profile.c agent/alloc.c \
 		agent/log.c -lpq &&
 	"$work/test_agent_catalog" || status=1
 cc -Wall -Wextra -Werror -Wno-unused-parameter -O1 -fsanitize=address,undefined -Iagent \
-	-o "$work/test_agent_spool" test/unit/test_agent_spool.c agent/spool.c agent/spool_thin.c agent/log.c &&
+	-o "$work/test_agent_spool" test/unit/test_agent_spool.c agent/spool.c agent/spool_thin.c agent/alloc.c agent/log.c &&
 	"$work/test_agent_spool" 2>"$work/test_agent_spool.log" || { status=1; cat "$work/test_agent_spool.log"; }
 fi
 

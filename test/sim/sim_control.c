@@ -34,16 +34,13 @@ static struct evhttp *control_http;
 /*
  * reply_text: send a plain-text answer.
  */
-static void
-reply_text(struct evhttp_request *req, int code, const char *reason, struct evbuffer *body)
+static void reply_text(struct evhttp_request *req, int code, const char *reason, struct evbuffer *body)
 {
-	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
-					  "text/plain; charset=utf-8");
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain; charset=utf-8");
 	evhttp_send_reply(req, code, reason, body);
 }
 
-static void
-reply_line(struct evhttp_request *req, int code, const char *reason, const char *line)
+static void reply_line(struct evhttp_request *req, int code, const char *reason, const char *line)
 {
 	struct evbuffer *body = evbuffer_new();
 
@@ -52,8 +49,7 @@ reply_line(struct evhttp_request *req, int code, const char *reason, const char 
 	evbuffer_free(body);
 }
 
-static void
-bad_request(struct evhttp_request *req, const char *why)
+static void bad_request(struct evhttp_request *req, const char *why)
 {
 	reply_line(req, HTTP_BADREQUEST, "Bad Request", why);
 }
@@ -61,11 +57,10 @@ bad_request(struct evhttp_request *req, const char *why)
 /*
  * query_int: integer parameter `name` within [lo, hi]; false if missing or bad.
  */
-static bool
-query_int(struct evkeyvalq *q, const char *name, long lo, long hi, long *out)
+static bool query_int(struct evkeyvalq *q, const char *name, long lo, long hi, long *out)
 {
 	const char *text = evhttp_find_header(q, name);
-	char	   *end;
+	char *end;
 
 	if (text == NULL || *text == '\0')
 		return false;
@@ -77,8 +72,7 @@ query_int(struct evkeyvalq *q, const char *name, long lo, long hi, long *out)
  * parse_query: the request's query parameters into q (freed by the caller
  * with evhttp_clear_headers).
  */
-static void
-parse_query(struct evhttp_request *req, struct evkeyvalq *q)
+static void parse_query(struct evhttp_request *req, struct evkeyvalq *q)
 {
 	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
 
@@ -89,47 +83,40 @@ parse_query(struct evhttp_request *req, struct evkeyvalq *q)
  * find_meter: the gateway (locked on success) and meter named by the
  * request's gateway= and unit= parameters.
  */
-static struct sim_meter *
-find_meter(struct sim *sim, struct evkeyvalq *q, struct sim_gateway **gw)
+static struct sim_meter *find_meter(struct sim *sim, struct evkeyvalq *q, struct sim_gateway **gw)
 {
-	long		g,
-				u;
+	long g, u;
 
 	if (!query_int(q, "gateway", 0, sim->n_gateways - 1, &g) ||
-		!query_int(q, "unit", 1, sim->config.meters_per_gateway, &u))
+	    !query_int(q, "unit", 1, sim->config.meters_per_gateway, &u))
 		return NULL;
 	*gw = &sim->gateways[g];
 	pthread_mutex_lock(&(*gw)->lock);
 	return &(*gw)->meters[u - 1];
 }
 
-static void
-print_gateway(struct evbuffer *body, struct sim_gateway *gw)
+static void print_gateway(struct evbuffer *body, struct sim_gateway *gw)
 {
-	int64_t		now = sim_now_ms();
+	int64_t now = sim_now_ms();
 
 	pthread_mutex_lock(&gw->lock);
-	for (int u = 1; u <= gw->n_meters; u++)
-	{
+	for (int u = 1; u <= gw->n_meters; u++) {
 		struct sim_meter *m = &gw->meters[u - 1];
 
 		meter_advance(m, now);
-		evbuffer_add_printf(body, "%d %d %" PRId64 " %s %" PRIu64 " %" PRIu64 " %" PRIu64 "\n",
-							gw->index, u, m->energy_ck, m->tripped ? "tripped" : "closed",
-							m->trips, m->closes, m->reads);
+		evbuffer_add_printf(body, "%d %d %" PRId64 " %s %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", gw->index, u,
+		                    m->energy_ck, m->tripped ? "tripped" : "closed", m->trips, m->closes, m->reads);
 	}
 	pthread_mutex_unlock(&gw->lock);
 }
 
-static void
-get_meters(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
+static void get_meters(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 {
 	struct evbuffer *body = evbuffer_new();
-	long		only;
-	bool		one = evhttp_find_header(q, "gateway") != NULL;
+	long only;
+	bool one = evhttp_find_header(q, "gateway") != NULL;
 
-	if (one && !query_int(q, "gateway", 0, sim->n_gateways - 1, &only))
-	{
+	if (one && !query_int(q, "gateway", 0, sim->n_gateways - 1, &only)) {
 		evbuffer_free(body);
 		bad_request(req, "gateway out of range");
 		return;
@@ -145,18 +132,16 @@ get_meters(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
  * get_hostile: the hostile generators as JSON, one object per gateway whose
  * fault is hostile; done once the frame budget is spent.
  */
-static void
-get_hostile(struct evhttp_request *req, struct sim *sim)
+static void get_hostile(struct evhttp_request *req, struct sim *sim)
 {
 	struct evbuffer *body = evbuffer_new();
 	const char *sep = "";
 
 	evbuffer_add_printf(body, "{\"gateways\": [");
-	for (int g = 0; g < sim->n_gateways; g++)
-	{
+	for (int g = 0; g < sim->n_gateways; g++) {
 		struct sim_gateway *gw = &sim->gateways[g];
 		struct sim_hostile h;
-		bool		hostile;
+		bool hostile;
 
 		pthread_mutex_lock(&gw->lock);
 		hostile = gw->fault.mode == FAULT_HOSTILE;
@@ -164,13 +149,14 @@ get_hostile(struct evhttp_request *req, struct sim *sim)
 		pthread_mutex_unlock(&gw->lock);
 		if (!hostile)
 			continue;
-		evbuffer_add_printf(body, "%s\n  {\"gateway\": %d, \"seed\": %" PRIu64 ", \"budget\": %" PRIu64
-							", \"frames\": %" PRIu64 ", \"done\": %s, \"served\": {",
-							sep, g, h.seed, h.budget, h.frames,
-							h.budget > 0 && h.frames >= h.budget ? "true" : "false");
+		evbuffer_add_printf(body,
+		                    "%s\n  {\"gateway\": %d, \"seed\": %" PRIu64 ", \"budget\": %" PRIu64
+		                    ", \"frames\": %" PRIu64 ", \"done\": %s, \"served\": {",
+		                    sep, g, h.seed, h.budget, h.frames,
+		                    h.budget > 0 && h.frames >= h.budget ? "true" : "false");
 		for (int k = 0; k < HOSTILE_KINDS; k++)
 			evbuffer_add_printf(body, "%s\"%s\": %" PRIu64, k ? ", " : "", hostile_kind_name(k),
-								h.served[k]);
+			                    h.served[k]);
 		evbuffer_add_printf(body, "}}");
 		sep = ",";
 	}
@@ -180,36 +166,31 @@ get_hostile(struct evhttp_request *req, struct sim *sim)
 	evbuffer_free(body);
 }
 
-static void
-post_fault(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
+static void post_fault(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 {
 	const char *mode = evhttp_find_header(q, "mode");
 	const char *ms = evhttp_find_header(q, "ms");
-	char		spec[64];
+	char spec[64];
 	struct sim_fault fault;
-	long		g;
+	long g;
 
-	if (!query_int(q, "gateway", 0, sim->n_gateways - 1, &g) || mode == NULL)
-	{
+	if (!query_int(q, "gateway", 0, sim->n_gateways - 1, &g) || mode == NULL) {
 		bad_request(req, "need gateway=G (in range) and mode=");
 		return;
 	}
 	if (strcmp(mode, "slow") == 0)
 		snprintf(spec, sizeof(spec), "slow=%s", ms ? ms : "");
-	else if (strcmp(mode, "hostile") == 0)
-	{
+	else if (strcmp(mode, "hostile") == 0) {
 		const char *seed = evhttp_find_header(q, "seed");
 		const char *frames = evhttp_find_header(q, "frames");
 
 		snprintf(spec, sizeof(spec), "hostile=%s%s%s", seed ? seed : "0", frames ? ":" : "",
-				 frames ? frames : "");
-	}
-	else
+		         frames ? frames : "");
+	} else
 		snprintf(spec, sizeof(spec), "%s", mode);
-	if (!fault_parse(spec, &fault))
-	{
+	if (!fault_parse(spec, &fault)) {
 		bad_request(req, "mode must be none, dead, silent, exception, corrupt, slow (with ms=N) "
-					"or hostile (with seed=S and frames=N, both optional)");
+		                 "or hostile (with seed=S and frames=N, both optional)");
 		return;
 	}
 	pthread_mutex_lock(&sim->gateways[g].lock);
@@ -219,44 +200,38 @@ post_fault(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 	reply_line(req, HTTP_OK, "OK", "ok");
 }
 
-static void
-post_load(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
+static void post_load(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 {
 	struct sim_gateway *gw;
 	struct sim_meter *m;
-	long		w;
+	long w;
 
-	if (!query_int(q, "w", 0, 10000000, &w))
-	{
+	if (!query_int(q, "w", 0, 10000000, &w)) {
 		bad_request(req, "need w=WATTS (0..10000000)");
 		return;
 	}
-	if ((m = find_meter(sim, q, &gw)) == NULL)
-	{
+	if ((m = find_meter(sim, q, &gw)) == NULL) {
 		bad_request(req, "need gateway=G and unit=U in range");
 		return;
 	}
-	meter_set_load(m, (int32_t) w);
+	meter_set_load(m, (int32_t)w);
 	pthread_mutex_unlock(&gw->lock);
 	reply_line(req, HTTP_OK, "OK", "ok");
 }
 
-static void
-post_relay(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
+static void post_relay(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 {
 	const char *state = evhttp_find_header(q, "state");
 	struct sim_gateway *gw;
 	struct sim_meter *m;
-	bool		trip;
+	bool trip;
 
-	if (state == NULL || (strcmp(state, "closed") != 0 && strcmp(state, "tripped") != 0))
-	{
+	if (state == NULL || (strcmp(state, "closed") != 0 && strcmp(state, "tripped") != 0)) {
 		bad_request(req, "need state=closed|tripped");
 		return;
 	}
 	trip = strcmp(state, "tripped") == 0;
-	if ((m = find_meter(sim, q, &gw)) == NULL)
-	{
+	if ((m = find_meter(sim, q, &gw)) == NULL) {
 		bad_request(req, "need gateway=G and unit=U in range");
 		return;
 	}
@@ -273,12 +248,11 @@ post_relay(struct evhttp_request *req, struct sim *sim, struct evkeyvalq *q)
 /*
  * route: dispatch on method and path.
  */
-static void
-route(struct evhttp_request *req, void *arg)
+static void route(struct evhttp_request *req, void *arg)
 {
 	struct sim *sim = arg;
 	const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
-	bool		post = evhttp_request_get_command(req) == EVHTTP_REQ_POST;
+	bool post = evhttp_request_get_command(req) == EVHTTP_REQ_POST;
 	struct evkeyvalq q;
 
 	parse_query(req, &q);
@@ -290,8 +264,7 @@ route(struct evhttp_request *req, void *arg)
 		get_meters(req, sim, &q);
 	else if (strcmp(path, "/hostile") == 0)
 		get_hostile(req, sim);
-	else if (!post && (strcmp(path, "/fault") == 0 || strcmp(path, "/load") == 0 ||
-					   strcmp(path, "/relay") == 0))
+	else if (!post && (strcmp(path, "/fault") == 0 || strcmp(path, "/load") == 0 || strcmp(path, "/relay") == 0))
 		reply_line(req, 405, "Method Not Allowed", "use POST");
 	else if (strcmp(path, "/fault") == 0)
 		post_fault(req, sim, &q);
@@ -307,17 +280,16 @@ route(struct evhttp_request *req, void *arg)
 /*
  * control_start: listen on "127.0.0.1:PORT".
  */
-int
-control_start(struct sim *sim, struct event_base *base, const char *listen)
+int control_start(struct sim *sim, struct event_base *base, const char *listen)
 {
-	char		host[256];
+	char host[256];
 	const char *colon = strrchr(listen, ':');
-	long		port;
-	char	   *end;
+	long port;
+	char *end;
 
-	if (colon == NULL || colon == listen || (size_t) (colon - listen) >= sizeof(host))
+	if (colon == NULL || colon == listen || (size_t)(colon - listen) >= sizeof(host))
 		return -1;
-	memcpy(host, listen, (size_t) (colon - listen));
+	memcpy(host, listen, (size_t)(colon - listen));
 	host[colon - listen] = '\0';
 	port = strtol(colon + 1, &end, 10);
 	if (*end != '\0' || port < 1 || port > 65535)
@@ -327,11 +299,10 @@ control_start(struct sim *sim, struct event_base *base, const char *listen)
 		return -1;
 	evhttp_set_allowed_methods(control_http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
 	evhttp_set_gencb(control_http, route, sim);
-	return evhttp_bind_socket(control_http, host, (uint16_t) port);
+	return evhttp_bind_socket(control_http, host, (uint16_t)port);
 }
 
-void
-control_stop(void)
+void control_stop(void)
 {
 	if (control_http)
 		evhttp_free(control_http);
