@@ -25,7 +25,7 @@ cp -a "$(dirname "$pgbin")/." "$work/pg$(dirname "$pgbin")/"
 cp -a "$pgshare" "$work/pg$(dirname "$pgshare")/"
 make -C "$top" -s install DESTDIR="$work/pg" >/dev/null
 for d in agent; do [ -d "$top/$d" ] && cp -a "$top/$d" "$work/"; done
-cp -a "$top/Makefile" "$top/prepay.control" "$top/sql" "$top/extension" "$top/test" "$work/"
+cp -a "$top/Makefile" "$top/.clang-format" "$top/prepay.control" "$top/sql" "$top/extension" "$top/test" "$work/"
 if [ "$(id -u)" -eq 0 ]; then
 	chown -R postgres: "$work"
 	runner=(runuser -u postgres --)
