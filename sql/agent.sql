@@ -155,6 +155,8 @@ END $$;
 COMMENT ON FUNCTION prepay._site_device_profiles() IS 'Internal: AFTER INSERT row trigger on prepay.site installing the shipped device profiles.';
 CREATE TRIGGER site_device_profiles AFTER INSERT ON prepay.site
     FOR EACH ROW EXECUTE FUNCTION prepay._site_device_profiles();
+COMMENT ON TRIGGER site_device_profiles ON prepay.site IS
+'A new site gets its own copies of the shipped device profiles (prepay._site_device_profiles).';
 -- shipped profiles are not dumped, so a restore must recreate them, also in
 -- session_replication_role = replica (the documented restore procedure)
 ALTER TABLE prepay.site ENABLE ALWAYS TRIGGER site_device_profiles;
@@ -182,6 +184,14 @@ CREATE TRIGGER device_profile_config AFTER INSERT OR DELETE OR UPDATE ON prepay.
     FOR EACH STATEMENT EXECUTE FUNCTION prepay._notify_config();
 CREATE TRIGGER profile_register_config AFTER INSERT OR DELETE OR UPDATE ON prepay.profile_register
     FOR EACH STATEMENT EXECUTE FUNCTION prepay._notify_config();
+COMMENT ON TRIGGER gateway_config ON prepay.gateway IS
+'A change of what the agent polls (transport, address, serial settings, agent, interval) tells the agents to re-read their catalog (NOTIFY prepay_config).';
+COMMENT ON TRIGGER meter_config ON prepay.meter IS
+'A change of what the agent polls (gateway, unit, profile, kind, active) tells the agents to re-read their catalog (NOTIFY prepay_config).';
+COMMENT ON TRIGGER device_profile_config ON prepay.device_profile IS
+'A changed device profile tells the agents to re-read their catalog (NOTIFY prepay_config).';
+COMMENT ON TRIGGER profile_register_config ON prepay.profile_register IS
+'A changed register map tells the agents to re-read their catalog (NOTIFY prepay_config).';
 
 -- ---------------------------------------------------------------------
 -- the agent's catalog

@@ -374,6 +374,8 @@ END $$;
 COMMENT ON FUNCTION prepay._charge_item_check() IS 'Internal: refuse (PY020) a deducted fee at a site that does not let fees cut supply, and a fixed fee with fractions of a cent.';
 CREATE TRIGGER charge_item_check BEFORE INSERT OR UPDATE ON prepay.charge_item
     FOR EACH ROW EXECUTE FUNCTION prepay._charge_item_check();
+COMMENT ON TRIGGER charge_item_check ON prepay.charge_item IS
+'Refuses a deducted fee at a site whose fees may not cut supply, and a fixed fee with fractions of a cent (prepay._charge_item_check, PY020).';
 
 CREATE FUNCTION prepay._fee_period(p_item prepay.charge_item, p_day date, OUT period_start date, OUT period_end date)
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$

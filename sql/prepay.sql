@@ -533,6 +533,10 @@ CREATE TRIGGER reading_skip_duplicate BEFORE INSERT ON prepay.reading
 CREATE TRIGGER reading_rate_batch AFTER INSERT ON prepay.reading
     REFERENCING NEW TABLE AS new_readings
     FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_rate_batch();
+COMMENT ON TRIGGER reading_skip_duplicate ON prepay.reading IS
+'Skips a reading whose (site, meter, read_at) is already stored, so that a reading delivered again is neither stored nor charged twice.';
+COMMENT ON TRIGGER reading_rate_batch ON prepay.reading IS
+'Rates the statement''s readings as one batch (extension/reading.c): charges, ledger entries, wallets, meter state, rollups, alarms.';
 
 -- readings that were not stored, and why: a conflicting duplicate, or a
 -- row naming a site its writer may not write (docs/SECURITY.md)
@@ -630,6 +634,8 @@ END $$;
 COMMENT ON FUNCTION prepay.ledger_refuse_change() IS 'Refuses UPDATE, DELETE and TRUNCATE on the ledger.';
 CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.ledger
     FOR EACH STATEMENT EXECUTE FUNCTION prepay.ledger_refuse_change();
+COMMENT ON TRIGGER ledger_append_only ON prepay.ledger IS
+'The ledger is append-only: UPDATE, DELETE and TRUNCATE are refused (prepay.ledger_refuse_change).';
 
 -- ---------------------------------------------------------------------
 -- internal helpers (not part of the public API)

@@ -2,7 +2,7 @@
 -- is commented and every table is keyed by site_id first.
 SELECT extname, extversion FROM pg_extension WHERE extname = 'prepay';
 
--- every table, column, function, type, sequence and index has a COMMENT
+-- every table, column, function, type, trigger, sequence and index has a COMMENT
 SELECT c.relname AS uncommented_relation
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'prepay' AND c.relkind IN ('r', 'S', 'v', 'i')
@@ -19,6 +19,10 @@ SELECT p.proname AS uncommented_function
 SELECT t.typname AS uncommented_type
   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
  WHERE n.nspname = 'prepay' AND t.typtype = 'e' AND obj_description(t.oid, 'pg_type') IS NULL;
+SELECT c.relname, t.tgname AS uncommented_trigger
+  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'prepay' AND NOT t.tgisinternal AND obj_description(t.oid, 'pg_trigger') IS NULL;
 
 -- every table carries site_id as the first column of its primary key; the
 -- two tables without a key (the rollup deltas, append-only with no index by
