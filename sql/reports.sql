@@ -392,55 +392,73 @@ COMMENT ON COLUMN prepay.room_status.last_read_at IS 'Time of the meter''s last 
 -- energy reports
 -- ---------------------------------------------------------------------
 
+-- One base view, energy_rollup, joins the rollups to their meters and
+-- accounts at both grains; the six report views pick a grain and group.
+-- The joins are LEFT JOINs on primary keys, so a view that does not read a
+-- meter's or an account's columns does not join it (PostgreSQL removes the
+-- join), and a filter on grain leaves the other grain's rollup unread.
+CREATE VIEW prepay.energy_rollup AS
+SELECT r.site_id, r.grain, r.starts, r.meter_id, m.code AS meter_code, m.building, m.floor, m.room,
+       r.account_id, a.code AS account_code, a.name AS account_name, r.period, r.tier,
+       r.energy, r.cost, r.charged, r.charges
+  FROM (SELECT d.site_id, 'day'::text AS grain, d.day AS starts, d.meter_id, d.account_id, d.period, d.tier,
+               d.energy, d.cost, d.charged, d.charges
+          FROM prepay.energy_day d
+        UNION ALL
+        SELECT mo.site_id, 'month'::text, mo.month, mo.meter_id, mo.account_id, mo.period, mo.tier,
+               mo.energy, mo.cost, mo.charged, mo.charges
+          FROM prepay.energy_month mo) AS r
+  LEFT JOIN prepay.meter m ON m.site_id = r.site_id AND m.meter_id = r.meter_id
+  LEFT JOIN prepay.account a ON a.site_id = r.site_id AND a.account_id = r.account_id;
+COMMENT ON VIEW prepay.energy_rollup IS 'Base of the energy report views: the rollups energy_day (grain ''day'') and energy_month (grain ''month'', starts = the first of the local month) with their meters'' and accounts'' codes and places.';
+
 CREATE VIEW prepay.energy_meter_daily AS
-SELECT e.site_id, e.day, e.meter_id, m.code AS meter_code, m.building, m.floor, m.room,
-       e.account_id, a.code AS account_code, e.period, e.tier, e.energy, e.cost, e.charged, e.charges
-  FROM prepay.energy_day e
-  JOIN prepay.meter m ON m.site_id = e.site_id AND m.meter_id = e.meter_id
-  JOIN prepay.account a ON a.site_id = e.site_id AND a.account_id = e.account_id;
+SELECT r.site_id, r.starts AS day, r.meter_id, r.meter_code, r.building, r.floor, r.room,
+       r.account_id, r.account_code, r.period, r.tier, r.energy, r.cost, r.charged, r.charges
+  FROM prepay.energy_rollup r
+ WHERE r.grain = 'day';
 COMMENT ON VIEW prepay.energy_meter_daily IS 'Energy and cost per meter, account, local day, time-of-use period and tier (rollup energy_day).';
 
 CREATE VIEW prepay.energy_meter_monthly AS
-SELECT e.site_id, e.month, e.meter_id, m.code AS meter_code, m.building, m.floor, m.room,
-       e.account_id, a.code AS account_code, e.period, e.tier, e.energy, e.cost, e.charged, e.charges
-  FROM prepay.energy_month e
-  JOIN prepay.meter m ON m.site_id = e.site_id AND m.meter_id = e.meter_id
-  JOIN prepay.account a ON a.site_id = e.site_id AND a.account_id = e.account_id;
+SELECT r.site_id, r.starts AS month, r.meter_id, r.meter_code, r.building, r.floor, r.room,
+       r.account_id, r.account_code, r.period, r.tier, r.energy, r.cost, r.charged, r.charges
+  FROM prepay.energy_rollup r
+ WHERE r.grain = 'month';
 COMMENT ON VIEW prepay.energy_meter_monthly IS 'Energy and cost per meter, account, local month, time-of-use period and tier (rollup energy_month).';
 
 CREATE VIEW prepay.energy_meter_yearly AS
-SELECT e.site_id, pg_catalog.date_part('year', e.month)::integer AS year, e.meter_id, m.code AS meter_code,
-       m.building, m.floor, m.room, e.account_id, a.code AS account_code, e.period, e.tier,
-       sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged, sum(e.charges) AS charges
-  FROM prepay.energy_month e
-  JOIN prepay.meter m ON m.site_id = e.site_id AND m.meter_id = e.meter_id
-  JOIN prepay.account a ON a.site_id = e.site_id AND a.account_id = e.account_id
- GROUP BY e.site_id, 2, e.meter_id, m.code, m.building, m.floor, m.room, e.account_id, a.code, e.period, e.tier;
+SELECT r.site_id, pg_catalog.date_part('year', r.starts)::integer AS year, r.meter_id, r.meter_code,
+       r.building, r.floor, r.room, r.account_id, r.account_code, r.period, r.tier,
+       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
+  FROM prepay.energy_rollup r
+ WHERE r.grain = 'month'
+ GROUP BY r.site_id, 2, r.meter_id, r.meter_code, r.building, r.floor, r.room, r.account_id, r.account_code,
+          r.period, r.tier;
 COMMENT ON VIEW prepay.energy_meter_yearly IS 'Energy and cost per meter, account, local calendar year, time-of-use period and tier (from energy_month).';
 
 CREATE VIEW prepay.energy_account_daily AS
-SELECT e.site_id, e.day, e.account_id, a.code AS account_code, a.name AS account_name, e.period, e.tier,
-       sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged, sum(e.charges) AS charges
-  FROM prepay.energy_day e
-  JOIN prepay.account a ON a.site_id = e.site_id AND a.account_id = e.account_id
- GROUP BY e.site_id, e.day, e.account_id, a.code, a.name, e.period, e.tier;
+SELECT r.site_id, r.starts AS day, r.account_id, r.account_code, r.account_name, r.period, r.tier,
+       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
+  FROM prepay.energy_rollup r
+ WHERE r.grain = 'day'
+ GROUP BY r.site_id, r.starts, r.account_id, r.account_code, r.account_name, r.period, r.tier;
 COMMENT ON VIEW prepay.energy_account_daily IS 'Energy and cost per account (all its meters), local day, time-of-use period and tier.';
 
 CREATE VIEW prepay.energy_account_monthly AS
-SELECT e.site_id, e.month, e.account_id, a.code AS account_code, a.name AS account_name, e.period, e.tier,
-       sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged, sum(e.charges) AS charges
-  FROM prepay.energy_month e
-  JOIN prepay.account a ON a.site_id = e.site_id AND a.account_id = e.account_id
- GROUP BY e.site_id, e.month, e.account_id, a.code, a.name, e.period, e.tier;
+SELECT r.site_id, r.starts AS month, r.account_id, r.account_code, r.account_name, r.period, r.tier,
+       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
+  FROM prepay.energy_rollup r
+ WHERE r.grain = 'month'
+ GROUP BY r.site_id, r.starts, r.account_id, r.account_code, r.account_name, r.period, r.tier;
 COMMENT ON VIEW prepay.energy_account_monthly IS 'Energy and cost per account (all its meters), local month, time-of-use period and tier: the monthly energy-and-cost report.';
 
 CREATE VIEW prepay.energy_account_yearly AS
-SELECT e.site_id, pg_catalog.date_part('year', e.month)::integer AS year, e.account_id, a.code AS account_code,
-       a.name AS account_name, e.period, e.tier,
-       sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged, sum(e.charges) AS charges
-  FROM prepay.energy_month e
-  JOIN prepay.account a ON a.site_id = e.site_id AND a.account_id = e.account_id
- GROUP BY e.site_id, 2, e.account_id, a.code, a.name, e.period, e.tier;
+SELECT r.site_id, pg_catalog.date_part('year', r.starts)::integer AS year, r.account_id, r.account_code,
+       r.account_name, r.period, r.tier,
+       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
+  FROM prepay.energy_rollup r
+ WHERE r.grain = 'month'
+ GROUP BY r.site_id, 2, r.account_id, r.account_code, r.account_name, r.period, r.tier;
 COMMENT ON VIEW prepay.energy_account_yearly IS 'Energy and cost per account, local calendar year, time-of-use period and tier.';
 
 CREATE VIEW prepay.energy_yoy_account AS
@@ -1040,6 +1058,8 @@ BEGIN
         ('*', 'room', 'Room or shop number.'),
         ('*', 'day', 'Local date (site time zone).'),
         ('*', 'month', 'First day of the local month.'),
+        ('energy_rollup', 'grain', 'day: a row of energy_day; month: a row of energy_month.'),
+        ('energy_rollup', 'starts', 'The local day (grain day), or the first day of the local month (grain month).'),
         ('*', 'year', 'Local calendar year.'),
         ('*', 'period', 'Time-of-use period (or register) the energy was priced in; "all" for a single-price tariff.'),
         ('*', 'tier', 'Tier (1 = first block) the energy was priced in.'),
