@@ -8,7 +8,7 @@
 #                      you already run (PGHOST/PGPORT)
 
 EXTENSION  = prepay
-EXTVERSION = 0.1
+EXTVERSION = 0.2
 
 MODULE_big = prepay
 OBJS = \
@@ -28,10 +28,13 @@ OBJS = \
 	extension/security.o
 
 # The install script is the concatenation of the domain scripts, in order.
+# Earlier releases' install scripts are kept, frozen, in sql/releases/; each
+# release ships an upgrade script sql/prepay--OLD--NEW.sql (docs/ARCHITECTURE.md,
+# "Cutting a release"; test/t/200_upgrade.pl checks every upgrade path).
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/batch.sql \
 	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/security.sql)
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
-DATA = $(wildcard sql/$(EXTENSION)--*--*.sql)
+DATA = $(wildcard sql/$(EXTENSION)--*--*.sql sql/releases/$(EXTENSION)--*.sql)
 
 # The agent and the simulator are ordinary programs; the *-asan builds
 # (AddressSanitizer and UBSan) are the ones the end-to-end tests run, and

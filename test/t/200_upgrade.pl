@@ -1,0 +1,70 @@
+# test/t/200_upgrade.pl
+#
+# An operator upgrades with ALTER EXTENSION prepay UPDATE, never by dropping
+# the extension that holds the money.  For each earlier release kept in
+# sql/releases/, this test installs that release, fills it with
+# test/upgrade/fill.sql, updates to the current version, and checks that
+# the result equals a fresh install of the current version fed the same
+# scenario: the same schema (test/upgrade/schema.sql: every table, column,
+# constraint, index, trigger, view, function with its body and settings,
+# policy, grant and comment), the same output of test/upgrade/exercise.sql
+# (more readings and money after the upgrade, balances, the ledger,
+# explained charges, reports, commands, alarms) and an empty check_ledger().
+
+use strict;
+use warnings;
+use File::Basename;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $top = $ENV{TESTDIR};
+my ($current) = slurp_file("$top/prepay.control") =~ /default_version\s*=\s*'([^']+)'/;
+my @releases = sort map { /prepay--([0-9.]+)\.sql$/ ? $1 : () } glob("$top/sql/releases/prepay--*.sql");
+ok(@releases > 0, "earlier releases to upgrade from: @releases");
+
+my $node = PostgreSQL::Test::Cluster->new('upgrade');
+$node->init;
+$node->start;
+
+# what a database says after the scenario: the schema, then the exercise
+sub describe
+{
+	my ($db) = @_;
+	my $schema = $node->safe_psql($db, slurp_file("$top/test/upgrade/schema.sql"));
+	my ($rc, $out, $err) = $node->psql($db, slurp_file("$top/test/upgrade/exercise.sql"),
+		extra_params => [ '-a', '-v', 'ON_ERROR_STOP=1' ]);
+	is($rc, 0, "$db: exercise ran") or diag($err);
+	is($node->safe_psql($db, 'SELECT count(*) FROM prepay.check_ledger()'), '0', "$db: check_ledger() is empty");
+	return ($schema, $out);
+}
+
+$node->safe_psql('postgres', 'CREATE DATABASE fresh');
+$node->safe_psql('fresh', 'CREATE EXTENSION prepay');
+is($node->safe_psql('fresh', "SELECT extversion FROM pg_extension WHERE extname = 'prepay'"),
+	$current, "a fresh install is version $current");
+$node->safe_psql('fresh', slurp_file("$top/test/upgrade/fill.sql"));
+my ($fresh_schema, $fresh_out) = describe('fresh');
+
+foreach my $from (@releases)
+{
+	my $db = "from_" . ($from =~ s/\./_/gr);
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, "CREATE EXTENSION prepay VERSION '$from'");
+	$node->safe_psql($db, slurp_file("$top/test/upgrade/fill.sql"));
+	$node->safe_psql($db, 'ALTER EXTENSION prepay UPDATE');
+	is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'prepay'"),
+		$current, "$from updates to $current");
+	my ($schema, $out) = describe($db);
+	is($schema, $fresh_schema, "$from updated: the schema equals a fresh $current");
+	is($out, $fresh_out, "$from updated: the scenario's results equal a fresh $current");
+	unless ($schema eq $fresh_schema)
+	{
+		my %fresh = map { $_ => 1 } split /\n/, $fresh_schema;
+		my %upgraded = map { $_ => 1 } split /\n/, $schema;
+		diag("only after the upgrade: $_") for grep { !$fresh{$_} } sort keys %upgraded;
+		diag("only in a fresh install: $_") for grep { !$upgraded{$_} } sort keys %fresh;
+	}
+}
+
+done_testing();
