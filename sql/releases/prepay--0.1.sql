@@ -239,14 +239,14 @@ COMMENT ON COLUMN prepay.account.floor_area IS 'Floor area in m2, for fees and a
 COMMENT ON COLUMN prepay.account.capacity_kva IS 'Contracted transformer capacity in kVA: the basis of a two-part tariff''s basic charge by capacity.';
 COMMENT ON COLUMN prepay.account.mode IS 'prepaid or postpaid.';
 COMMENT ON COLUMN prepay.account.tariff_id IS 'Tariff of the account''s meters unless a meter has its own.';
-COMMENT ON COLUMN prepay.account.credit_limit IS 'How far below zero the balance may fall before arrears (alarm level 3) and the trip.';
+COMMENT ON COLUMN prepay.account.credit_limit IS 'Credit below zero: arrears (alarm level 3) and the trip come when the balance is at or below -credit_limit.  With 0 (the default) a balance of exactly 0.00 is arrears: supply is cut when the money runs out.';
 COMMENT ON COLUMN prepay.account.protect IS 'Keep power: never trip this account''s meters, whatever the balance.';
 COMMENT ON COLUMN prepay.account.low_balance_threshold IS 'Overrides the site''s low-balance threshold when set.';
 COMMENT ON COLUMN prepay.account.pretrip_threshold IS 'Overrides the site''s pre-trip threshold when set.';
 COMMENT ON COLUMN prepay.account.balance IS 'Wallet balance; always the sum of the account''s ledger amounts.';
 COMMENT ON COLUMN prepay.account.allowance_left IS 'Unspent allowance in the wallet as of ledger entry allowance_as_of; read it with prepay.allowance_left(), which also counts the spending since (docs/BILLING.md, "Allowances").';
 COMMENT ON COLUMN prepay.account.allowance_as_of IS 'Ledger entry up to which allowance_left is counted.';
-COMMENT ON COLUMN prepay.account.alarm_level IS '0 none, 1 low balance, 2 pre-trip, 3 arrears.';
+COMMENT ON COLUMN prepay.account.alarm_level IS '0 none, 1 low balance, 2 pre-trip, 3 arrears (balance at or below -credit_limit, so 0.00 with no credit limit).  Only open prepaid accounts are on the ladder; closing an account sets it to 0.';
 COMMENT ON COLUMN prepay.account.opened_at IS 'When the account was opened.';
 COMMENT ON COLUMN prepay.account.closed_at IS 'When the account was closed and settled; NULL while open.';
 
@@ -256,7 +256,7 @@ CREATE TABLE prepay.meter (
     code           text NOT NULL,
     kind           prepay.meter_kind NOT NULL DEFAULT 'electricity',
     multiplier     integer NOT NULL DEFAULT 1 CHECK (multiplier >= 1),
-    max_per_hour   numeric(12,3) NOT NULL DEFAULT 100 CHECK (max_per_hour > 0),
+    max_per_hour   numeric(12,3) CHECK (max_per_hour > 0),
     building       text,
     floor          text,
     room           text,
@@ -298,7 +298,7 @@ COMMENT ON COLUMN prepay.meter.meter_id IS 'Meter id.';
 COMMENT ON COLUMN prepay.meter.code IS 'Unique meter number within the site (nameplate or asset number).';
 COMMENT ON COLUMN prepay.meter.kind IS 'electricity, water or heat.';
 COMMENT ON COLUMN prepay.meter.multiplier IS 'CT ratio times PT ratio: consumption = register difference times multiplier.';
-COMMENT ON COLUMN prepay.meter.max_per_hour IS 'Largest plausible consumption per hour after the multiplier (kW for electricity, m3/h for water); a larger jump is quarantined as impossible_jump.';
+COMMENT ON COLUMN prepay.meter.max_per_hour IS 'Largest plausible consumption per hour after the multiplier (kW for electricity, m3/h for water); a larger jump is quarantined as impossible_jump.  NULL (the default): derived from what the meter can deliver, its register''s limit for its kind (electricity 100 kWh/h, water 100 m3/h, heat 1,000 kWh/h) times the multiplier; see docs/ARCHITECTURE.md, "Bad readings".';
 COMMENT ON COLUMN prepay.meter.building IS 'Building of the metered unit.';
 COMMENT ON COLUMN prepay.meter.floor IS 'Floor of the metered unit.';
 COMMENT ON COLUMN prepay.meter.room IS 'Room or shop number of the metered unit.';
@@ -469,10 +469,10 @@ CREATE TABLE prepay.alarm (
 );
 CREATE UNIQUE INDEX alarm_one_active ON prepay.alarm (site_id, kind, coalesce(account_id, 0), coalesce(meter_id, 0)) WHERE cleared_at IS NULL;
 COMMENT ON INDEX prepay.alarm_one_active IS 'At most one active alarm of a kind per account and meter.';
-COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading.';
+COMMENT ON TABLE prepay.alarm IS 'Alarms, active (cleared_at NULL) and historical: low_balance, pretrip, arrears, bad_reading, conflicting_reading, split_fallback, command_failing, ...';
 COMMENT ON COLUMN prepay.alarm.site_id IS 'Site the alarm belongs to.';
 COMMENT ON COLUMN prepay.alarm.alarm_id IS 'Alarm id.';
-COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder) or bad_reading.';
+COMMENT ON COLUMN prepay.alarm.kind IS 'low_balance, pretrip, arrears (the balance ladder), bad_reading (a quarantined reading), conflicting_reading (a second reading of a meter and time with other registers, see prepay.reading_refused), split_fallback (a charge of a tariff that splits by registers split uniformly), command_failing (a relay command still called for keeps failing), notification_dead (a notification given up), meter_lost, gateway_lost (the agent), or a billing alarm.';
 COMMENT ON COLUMN prepay.alarm.account_id IS 'Account concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.meter_id IS 'Meter concerned, if any.';
 COMMENT ON COLUMN prepay.alarm.raised_at IS 'When the alarm was raised.';
@@ -517,19 +517,19 @@ CREATE FUNCTION prepay.alarm_level(balance numeric, low_balance_threshold numeri
                                    pretrip_threshold numeric, credit_limit numeric)
 RETURNS smallint
 AS 'MODULE_PATHNAME', 'prepay_alarm_level'
-LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay.alarm_level(numeric, numeric, numeric, numeric) IS
-'The alarm ladder: 3 (arrears) when balance <= -credit_limit, else 2 (pre-trip) when balance <= pretrip_threshold, else 1 (low balance) when balance <= low_balance_threshold, else 0.  The rating trigger uses the same C code.';
+'The alarm ladder: 3 (arrears) when balance <= -credit_limit (with no credit limit a balance of exactly 0.00 is arrears: the money has run out), else 2 (pre-trip) when balance <= pretrip_threshold, else 1 (low balance) when balance <= low_balance_threshold, else 0.  The rating trigger uses the same C code.  It applies to open prepaid accounts only.';
 
 CREATE FUNCTION prepay.reading_skip_duplicate() RETURNS trigger
 AS 'MODULE_PATHNAME', 'prepay_reading_skip_duplicate'
-LANGUAGE C;
+LANGUAGE C SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay.reading_skip_duplicate() IS
 'BEFORE INSERT row trigger on prepay.reading: skips a reading whose (site, meter, read_at) is already stored, so INSERT and COPY of duplicates charge nothing and fail nothing.';
 
 CREATE FUNCTION prepay.reading_rate_batch() RETURNS trigger
 AS 'MODULE_PATHNAME', 'prepay_reading_rate_batch'
-LANGUAGE C;
+LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay.reading_rate_batch() IS
 'AFTER INSERT statement trigger on prepay.reading: rates every new reading of the statement in one pass (consumption, price, ledger entry, wallet, alarm ladder, relay commands) and quarantines the bad ones.';
 
@@ -539,12 +539,93 @@ CREATE TRIGGER reading_rate_batch AFTER INSERT ON prepay.reading
     REFERENCING NEW TABLE AS new_readings
     FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_rate_batch();
 
+-- readings that were not stored, and why: a conflicting duplicate, or a
+-- row naming a site its writer may not write (docs/SECURITY.md)
+CREATE SEQUENCE prepay.reading_refused_id_seq;
+COMMENT ON SEQUENCE prepay.reading_refused_id_seq IS 'Source of prepay.reading_refused ids.';
+
+CREATE TABLE prepay.reading_refused (
+    site_id      integer NOT NULL,
+    refused_id   bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.reading_refused_id_seq'),
+    meter_id     bigint NOT NULL,
+    read_at      timestamptz NOT NULL,
+    energy       numeric(15,3),
+    sharp        numeric(15,3),
+    peak         numeric(15,3),
+    flat         numeric(15,3),
+    valley       numeric(15,3),
+    power        numeric(12,3),
+    relay_state  prepay.relay_state,
+    reason       text NOT NULL CHECK (reason IN ('conflicting_duplicate', 'site_not_mapped')),
+    detail       text NOT NULL,
+    login        name NOT NULL DEFAULT SESSION_USER,
+    acting_role  name NOT NULL,
+    refused_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (site_id, refused_id)
+);
+COMMENT ON TABLE prepay.reading_refused IS 'Readings written to prepay.reading (directly or through prepay.reading_intake) that were not stored, with why: conflicting_duplicate (a reading of the same meter and time is stored with other register values; the stored one keeps its charge, and a conflicting_reading alarm is raised) or site_not_mapped (the writer may not write readings of that site; recorded under the site the row named, so that site''s staff see who tried, and the writer learns nothing of it).  Written by the BEFORE trigger reading_skip_duplicate, never by a role; an identical duplicate is not recorded (replays are silent).';
+COMMENT ON COLUMN prepay.reading_refused.site_id IS 'Site the refused row named (for site_not_mapped, a site the writer is not mapped to, perhaps none that exists).';
+COMMENT ON COLUMN prepay.reading_refused.refused_id IS 'Refusal id; increasing with time.';
+COMMENT ON COLUMN prepay.reading_refused.meter_id IS 'Meter the refused row named.';
+COMMENT ON COLUMN prepay.reading_refused.read_at IS 'Time the refused row named.';
+COMMENT ON COLUMN prepay.reading_refused.energy IS 'Total register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.sharp IS 'Sharp register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.peak IS 'Peak register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.flat IS 'Flat register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.valley IS 'Valley register of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.power IS 'Power of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.relay_state IS 'Relay state of the refused row.';
+COMMENT ON COLUMN prepay.reading_refused.reason IS 'conflicting_duplicate or site_not_mapped.';
+COMMENT ON COLUMN prepay.reading_refused.detail IS 'Human explanation: for a conflict, the stored and the refused register values.';
+COMMENT ON COLUMN prepay.reading_refused.login IS 'The session user that wrote the row.';
+COMMENT ON COLUMN prepay.reading_refused.acting_role IS 'The role the row was written as (after SET ROLE).';
+COMMENT ON COLUMN prepay.reading_refused.refused_at IS 'Transaction time of the refusal.';
+
+-- the bulk path for every role: COPY (or INSERT) here, and the rows go on
+-- into prepay.reading in the same statement
+CREATE UNLOGGED TABLE prepay.reading_intake (
+    site_id      integer NOT NULL,
+    meter_id     bigint NOT NULL,
+    read_at      timestamptz NOT NULL,
+    energy       numeric(15,3),
+    sharp        numeric(15,3),
+    peak         numeric(15,3),
+    flat         numeric(15,3),
+    valley       numeric(15,3),
+    power        numeric(12,3),
+    relay_state  prepay.relay_state
+)
+-- each statement leaves its rows dead: vacuum often, so that the drain's
+-- scan for its own rows stays short
+WITH (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000);
+COMMENT ON TABLE prepay.reading_intake IS 'Bulk intake of readings for roles that row-level security keeps from COPY into prepay.reading (COPY FROM is refused on a table with row security): COPY or INSERT here; at the end of the statement its rows are inserted into prepay.reading with the writer''s own rights (the same duplicate, conflict, foreign-site and quarantine rules, rated by the same trigger) and removed from here.  No row security, INSERT only: nobody but a superuser reads it, and it is empty after every statement.  Unlogged: its rows never outlive their statement.';
+COMMENT ON COLUMN prepay.reading_intake.site_id IS 'Site of the meter (as prepay.reading).';
+COMMENT ON COLUMN prepay.reading_intake.meter_id IS 'Meter read.';
+COMMENT ON COLUMN prepay.reading_intake.read_at IS 'When the meter was read.';
+COMMENT ON COLUMN prepay.reading_intake.energy IS 'Cumulative total register (before the multiplier).';
+COMMENT ON COLUMN prepay.reading_intake.sharp IS 'Cumulative sharp TOU register, if any.';
+COMMENT ON COLUMN prepay.reading_intake.peak IS 'Cumulative peak TOU register.';
+COMMENT ON COLUMN prepay.reading_intake.flat IS 'Cumulative flat TOU register.';
+COMMENT ON COLUMN prepay.reading_intake.valley IS 'Cumulative valley TOU register.';
+COMMENT ON COLUMN prepay.reading_intake.power IS 'Active power at read_at, kW.';
+COMMENT ON COLUMN prepay.reading_intake.relay_state IS 'Relay state the meter reported, if read.';
+
+CREATE FUNCTION prepay.reading_intake_drain() RETURNS trigger
+AS 'MODULE_PATHNAME', 'prepay_reading_intake_drain'
+LANGUAGE C SECURITY INVOKER SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION prepay.reading_intake_drain() IS
+'AFTER INSERT statement trigger on prepay.reading_intake: inserts the statement''s rows (transition table intake_rows) into prepay.reading as the writer (its grants and row security; rows of sites it may not write are refused one by one), then deletes them from the intake.  SECURITY INVOKER on purpose: the writer''s rights are what decide.';
+CREATE TRIGGER reading_intake_drain AFTER INSERT ON prepay.reading_intake
+    REFERENCING NEW TABLE AS intake_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_intake_drain();
+COMMENT ON TRIGGER reading_intake_drain ON prepay.reading_intake IS 'Moves every statement''s rows on into prepay.reading, with the writer''s rights, and leaves the intake empty.';
+
 -- ---------------------------------------------------------------------
 -- append-only ledger
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.ledger_refuse_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'the prepay ledger is append-only'
         USING ERRCODE = 'PY013',
@@ -560,7 +641,7 @@ CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._raise(sqlstate text, message text, detail text, hint text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF detail IS NOT NULL AND hint IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail, HINT = hint;
@@ -575,7 +656,7 @@ END $$;
 COMMENT ON FUNCTION prepay._raise(text, text, text, text) IS 'Internal: raise an error with a SQLSTATE, message, detail and hint.';
 
 CREATE FUNCTION prepay._check_cents(p_amount numeric, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_amount <> pg_catalog.round(p_amount, 2) THEN
         PERFORM prepay._raise('22023', pg_catalog.format('%s has more than two decimal places', p_what),
@@ -589,7 +670,7 @@ END $$;
 COMMENT ON FUNCTION prepay._check_cents(numeric, text) IS 'Internal: refuse an amount with fractions of a cent (22023) or absurdly large (22003); the checks every money input shares.';
 
 CREATE FUNCTION prepay._check_amount(p_amount numeric, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_amount = 'NaN'::numeric THEN
         PERFORM prepay._raise('22023', pg_catalog.format('%s amount is not a number', p_what), NULL,
@@ -605,7 +686,7 @@ END $$;
 COMMENT ON FUNCTION prepay._check_amount(numeric, text) IS 'Internal: refuse a money amount that is not positive, has fractions of a cent or is absurdly large (SQLSTATE 22023 or 22003).';
 
 CREATE FUNCTION prepay._check_text(p_value text, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_value IS NULL OR pg_catalog.btrim(p_value) = '' THEN
         PERFORM prepay._raise('22023', pg_catalog.format('%s must not be empty', p_what), NULL,
@@ -614,15 +695,31 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._check_text(text, text) IS 'Internal: refuse a NULL or blank required text argument (SQLSTATE 22023).';
 
+CREATE FUNCTION prepay._check_reference(p_value text, p_what text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    at integer := pg_catalog.regexp_instr(p_value, '[\x01-\x1f\x7f-\x9f]');
+BEGIN
+    PERFORM prepay._check_text(p_value, p_what);
+    IF at > 0 THEN
+        PERFORM prepay._raise('PY017', pg_catalog.format('%s contains a control character', p_what),
+            pg_catalog.format('Character %s of the %s is U+%s.', at, p_what,
+                              pg_catalog.upper(pg_catalog.lpad(pg_catalog.to_hex(pg_catalog.ascii(pg_catalog.substr(p_value, at, 1))), 4, '0'))),
+            pg_catalog.format('Pass the %s as printable text: control characters (tabs, line breaks, escapes) '
+                              'are refused in payment channels and references.', p_what));
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._check_reference(text, text) IS 'Internal: refuse a payment channel or reference (external id) that is NULL or blank (22023) or contains a control character, U+0001-U+001F or U+007F-U+009F (PY017).  Every public function that stores a channel or reference with money calls it.';
+
 CREATE FUNCTION prepay._lock_site_rating(p_site_id integer)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.pg_advisory_xact_lock(1886545264, p_site_id);  -- 1886545264 = 'prep'
 $$;
 COMMENT ON FUNCTION prepay._lock_site_rating(integer) IS
 'Internal: the site''s rating lock (a transaction-level advisory lock).  The rating trigger takes it before reading meter state, and so do the functions that change a meter''s account or readings, before any row lock: see the locking protocol in extension/reading.c.';
 
 CREATE FUNCTION prepay._lock_account(p_site_id integer, p_account_id bigint, p_must_be_open boolean DEFAULT true)
-RETURNS prepay.account LANGUAGE plpgsql AS $$
+RETURNS prepay.account LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
 BEGIN
@@ -643,7 +740,7 @@ END $$;
 COMMENT ON FUNCTION prepay._lock_account(integer, bigint, boolean) IS 'Internal: lock an account row for a wallet movement (the one lock every money path takes), raising PY001 if unknown and PY002 if closed.';
 
 CREATE FUNCTION prepay._lock_meter(p_site_id integer, p_meter_id bigint)
-RETURNS prepay.meter LANGUAGE plpgsql AS $$
+RETURNS prepay.meter LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
 BEGIN
@@ -659,7 +756,7 @@ END $$;
 COMMENT ON FUNCTION prepay._lock_meter(integer, bigint) IS 'Internal: lock a meter row, raising PY003 if it does not exist.';
 
 CREATE FUNCTION prepay.cut_allowed_at(p_site_id integer, p_at timestamptz)
-RETURNS timestamptz LANGUAGE plpgsql STABLE AS $$
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tz text;
     t timestamptz := p_at;
@@ -712,32 +809,40 @@ COMMENT ON FUNCTION prepay.cut_allowed_at(integer, timestamptz) IS
 CREATE FUNCTION prepay._queue_command(p_site_id integer, p_meter_id bigint, p_action prepay.command_action,
                                       p_reason text, p_account_id bigint DEFAULT NULL,
                                       p_not_before timestamptz DEFAULT pg_catalog.now())
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queued prepay.command;
     new_id bigint;
 BEGIN
-    SELECT * INTO queued FROM prepay.command
-     WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' FOR UPDATE;
-    IF FOUND THEN
-        IF queued.action = p_action THEN
-            RETURN queued.command_id;          -- the same order is already waiting
+    LOOP
+        SELECT * INTO queued FROM prepay.command
+         WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' FOR UPDATE;
+        IF FOUND THEN
+            IF queued.action = p_action THEN
+                RETURN queued.command_id;          -- the same order is already waiting
+            END IF;
+            UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(),
+                   last_error = pg_catalog.format('superseded by a %s command', p_action)
+             WHERE site_id = p_site_id AND command_id = queued.command_id;
         END IF;
-        UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(),
-               last_error = pg_catalog.format('superseded by a %s command', p_action)
-         WHERE site_id = p_site_id AND command_id = queued.command_id;
-    END IF;
-    INSERT INTO prepay.command (site_id, meter_id, account_id, action, reason, not_before)
-    VALUES (p_site_id, p_meter_id, p_account_id, p_action, p_reason, p_not_before)
-    RETURNING command_id INTO new_id;
+        BEGIN
+            INSERT INTO prepay.command (site_id, meter_id, account_id, action, reason, not_before)
+            VALUES (p_site_id, p_meter_id, p_account_id, p_action, p_reason, p_not_before)
+            RETURNING command_id INTO new_id;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            -- a failed command of the meter was queued again for a retry
+            -- (prepay.agent_command_failed) after our look: look again
+        END;
+    END LOOP;
     PERFORM pg_catalog.pg_notify('prepay_command', p_site_id || '/' || new_id);
     RETURN new_id;
 END $$;
 COMMENT ON FUNCTION prepay._queue_command(integer, bigint, prepay.command_action, text, bigint, timestamptz) IS
-'Internal: queue a relay command unless the same one is already queued; an opposite queued command is cancelled.  Sends NOTIFY prepay_command with "site_id/command_id".';
+'Internal: queue a relay command unless the same one is already queued; an opposite queued command is cancelled.  A failed command queued again for a retry by a concurrent transaction is seen by looking again (test/specs/command_retry_race.spec).  Sends NOTIFY prepay_command with "site_id/command_id".';
 
 CREATE FUNCTION prepay._cancel_queued(p_site_id integer, p_meter_id bigint, p_action prepay.command_action, p_why text)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     UPDATE prepay.command SET state = 'cancelled', updated_at = pg_catalog.now(), last_error = p_why
      WHERE site_id = p_site_id AND meter_id = p_meter_id AND state = 'queued' AND action = p_action;
@@ -746,7 +851,7 @@ END $$;
 COMMENT ON FUNCTION prepay._cancel_queued(integer, bigint, prepay.command_action, text) IS 'Internal: cancel a queued command of the given action for a meter; true if one was cancelled.';
 
 CREATE FUNCTION prepay._trip_account(p_site_id integer, p_account_id bigint, p_reason text)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -768,7 +873,7 @@ END $$;
 COMMENT ON FUNCTION prepay._trip_account(integer, bigint, text) IS 'Internal: queue a trip for each unprotected active meter of an unprotected prepaid account, deferred to the end of any no-cut window.  Returns how many.';
 
 CREATE FUNCTION prepay._restore_account(p_site_id integer, p_account_id bigint, p_reason text)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
     n integer := 0;
@@ -791,7 +896,7 @@ COMMENT ON FUNCTION prepay._restore_account(integer, bigint, text) IS 'Internal:
 
 CREATE FUNCTION prepay._alarm_level_changed(p_site_id integer, p_account_id bigint,
                                             p_old smallint, p_new smallint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     kinds constant text[] := ARRAY['low_balance', 'pretrip', 'arrears'];
     a prepay.account;
@@ -800,8 +905,11 @@ DECLARE
     msg text;
 BEGIN
     UPDATE prepay.account SET alarm_level = p_new
-     WHERE site_id = p_site_id AND account_id = p_account_id
+     WHERE site_id = p_site_id AND account_id = p_account_id AND mode = 'prepaid' AND closed_at IS NULL
     RETURNING * INTO a;
+    IF NOT FOUND THEN
+        RETURN;             -- a closed or closing (or postpaid) account is outside the ladder
+    END IF;
     SELECT * INTO s FROM prepay.site WHERE site_id = p_site_id;
 
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
@@ -819,10 +927,10 @@ BEGIN
         WHEN 0 THEN pg_catalog.format('Account %s: balance is %s %s, thank you.', a.code, a.balance, s.currency)
         WHEN 1 THEN pg_catalog.format('Account %s: balance is low (%s %s). Please recharge.', a.code, a.balance, s.currency)
         WHEN 2 THEN pg_catalog.format('Account %s: balance %s %s; supply will be cut soon. Please recharge now.', a.code, a.balance, s.currency)
-        ELSE CASE WHEN a.protect
-                  THEN pg_catalog.format('Account %s is in arrears (%s %s). Please recharge.', a.code, a.balance, s.currency)
-                  ELSE pg_catalog.format('Account %s is in arrears (%s %s); supply is being cut. It is restored automatically when you recharge.', a.code, a.balance, s.currency)
-             END
+        ELSE pg_catalog.format(CASE WHEN a.protect THEN 'Account %s %s (%s %s). Please recharge.'
+                                    ELSE 'Account %s %s (%s %s); supply is being cut. It is restored automatically when you recharge.' END,
+                               a.code, CASE WHEN a.balance < 0 THEN 'is in arrears' ELSE 'has no credit left' END,
+                               a.balance, s.currency)
     END;
     INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email, message)
     VALUES (p_site_id, p_account_id, 'alarm_level', p_new, a.balance, a.phone, a.email, msg)
@@ -836,13 +944,13 @@ BEGIN
     END IF;
 END $$;
 COMMENT ON FUNCTION prepay._alarm_level_changed(integer, bigint, smallint, smallint) IS
-'Internal: the consequences of an alarm level change: store the level, swap the active ladder alarm, write a notification (NOTIFY prepay_notification), trip on entering arrears and restore on leaving them.  Called by the rating trigger and by every wallet movement.';
+'Internal: the consequences of an alarm level change of an open prepaid account (any other is outside the ladder: nothing happens): store the level, swap the active ladder alarm, write a notification (NOTIFY prepay_notification), trip on entering arrears and restore on leaving them.  Called by the rating trigger and by every wallet movement.';
 
 CREATE FUNCTION prepay._post_entry(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
                                    p_amount numeric, p_channel text DEFAULT NULL, p_external_ref text DEFAULT NULL,
                                    p_reason text DEFAULT NULL, p_reverses bigint DEFAULT NULL,
                                    p_exact numeric DEFAULT NULL, p_pieces json DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     s prepay.site;
@@ -876,7 +984,7 @@ COMMENT ON FUNCTION prepay._post_entry(integer, bigint, prepay.ledger_kind, nume
 
 CREATE FUNCTION prepay._payment_replay(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
                                        p_amount numeric, p_channel text, p_external_ref text)
-RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
 BEGIN
@@ -902,7 +1010,7 @@ COMMENT ON FUNCTION prepay._payment_replay(integer, bigint, prepay.ledger_kind, 
 
 CREATE FUNCTION prepay._record_reading(p_site_id integer, p_meter_id bigint, p_at timestamptz,
                                        p_energy numeric, p_what text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     why text;
 BEGIN
@@ -922,7 +1030,7 @@ CREATE FUNCTION prepay.open_account(p_site_id integer, p_code text, p_name text,
                                     p_mode prepay.account_mode DEFAULT 'prepaid',
                                     p_phone text DEFAULT NULL, p_email text DEFAULT NULL,
                                     p_floor_area numeric DEFAULT NULL, p_credit_limit numeric DEFAULT 0)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id bigint;
 BEGIN
@@ -940,7 +1048,7 @@ BEGIN
     IF p_credit_limit IS NULL OR p_credit_limit = 'NaN'::numeric OR p_credit_limit < 0 THEN
         PERFORM prepay._raise('22023', 'credit limit must be a number at or above zero',
             pg_catalog.format('The credit limit given was %s.', coalesce(p_credit_limit::text, 'NULL')),
-            'A credit limit of 100 lets the balance fall to -100 before the trip.');
+            'With a credit limit of 100 the trip comes when the balance reaches -100.00; with 0, when it reaches 0.00.');
     END IF;
     PERFORM prepay._check_cents(p_credit_limit, 'credit limit');
     IF p_floor_area = 'NaN'::numeric OR p_floor_area < 0 THEN
@@ -963,7 +1071,7 @@ COMMENT ON FUNCTION prepay.open_account(integer, text, text, bigint, prepay.acco
 CREATE FUNCTION prepay.attach_meter(p_site_id integer, p_account_id bigint, p_meter_id bigint,
                                     p_initial_energy numeric DEFAULT NULL,
                                     p_at timestamptz DEFAULT pg_catalog.now())
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -996,7 +1104,7 @@ COMMENT ON FUNCTION prepay.attach_meter(integer, bigint, bigint, numeric, timest
 CREATE FUNCTION prepay.replace_meter(p_site_id integer, p_old_meter_id bigint, p_final_energy numeric,
                                      p_new_code text, p_initial_energy numeric,
                                      p_at timestamptz DEFAULT pg_catalog.now())
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
     new_id bigint;
@@ -1048,13 +1156,13 @@ COMMENT ON FUNCTION prepay.replace_meter(integer, bigint, numeric, text, numeric
 CREATE FUNCTION prepay.close_account(p_site_id integer, p_account_id bigint,
                                      p_channel text DEFAULT 'closing', p_reason text DEFAULT 'account closed',
                                      p_moved_out_at timestamptz DEFAULT pg_catalog.now())
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
-    PERFORM prepay._check_text(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_channel, 'channel');
     PERFORM prepay._lock_site_rating(p_site_id);
     a := prepay._lock_account(p_site_id, p_account_id);
     IF p_moved_out_at IS NULL OR p_moved_out_at > pg_catalog.now() OR p_moved_out_at < a.opened_at THEN
@@ -1063,13 +1171,18 @@ BEGIN
                               a.opened_at, coalesce(p_moved_out_at::text, 'NULL')),
             'Pass when the tenant left, or omit it for now.');
     END IF;
+    -- from here on the account is closing, so outside the alarm ladder: its
+    -- settlement and refund take the balance to 0.00, which the ladder would
+    -- read as arrears (a notification, trips, NOTIFY prepay_command)
+    UPDATE prepay.account SET closed_at = p_moved_out_at
+     WHERE site_id = p_site_id AND account_id = p_account_id;
     -- credit the unused days of fees charged in advance, forfeit the allowance
     PERFORM prepay._settle_at_close(p_site_id, p_account_id, prepay._local_day(p_site_id, p_moved_out_at));
     SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
     IF a.balance < 0 THEN
-        PERFORM prepay._raise('PY012', 'account is in arrears',
+        PERFORM prepay._raise('PY012', 'account owes money',
             pg_catalog.format('Account %s owes %s.', p_account_id, -a.balance),
-            'Settle the arrears with prepay.recharge before closing the account.');
+            'Recharge at least what it owes (prepay.recharge) before closing the account.');
     END IF;
     IF a.balance > 0 THEN
         entry := prepay._post_entry(p_site_id, p_account_id, 'closing_refund', -a.balance,
@@ -1081,12 +1194,12 @@ BEGIN
      WHERE site_id = p_site_id AND account_id = p_account_id AND cleared_at IS NULL;
     UPDATE prepay.meter SET account_id = NULL, charge_carry = 0
      WHERE site_id = p_site_id AND account_id = p_account_id;
-    UPDATE prepay.account SET closed_at = p_moved_out_at, alarm_level = 0
+    UPDATE prepay.account SET alarm_level = 0
      WHERE site_id = p_site_id AND account_id = p_account_id;
     RETURN entry;
 END $$;
 COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text, timestamptz) IS
-'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry on p_channel (returned; NULL when the balance is zero), meters are detached, queued commands cancelled.  Insert the final readings first.  Refused (PY012) while in arrears; a blank channel is refused (22023).';
+'Close an account with final settlement as of the move-out time (default now): fees charged in advance are credited for the days from the move-out day on, unspent allowance expires, the remaining balance is refunded by a closing_refund ledger entry on p_channel (returned; NULL when the balance is zero), meters are detached, queued commands cancelled, alarms cleared.  A closing account is outside the alarm ladder: closing notifies nobody and queues no relay command.  Insert the final readings first.  Refused (PY012) while the account owes money (balance below zero); a blank channel is refused (22023).';
 
 -- ---------------------------------------------------------------------
 -- public API: money
@@ -1094,14 +1207,14 @@ COMMENT ON FUNCTION prepay.close_account(integer, bigint, text, text, timestampt
 
 CREATE FUNCTION prepay.recharge(p_site_id integer, p_account_id bigint, p_amount numeric,
                                 p_channel text, p_external_ref text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'recharge');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     PERFORM prepay._lock_account(p_site_id, p_account_id);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN
@@ -1119,15 +1232,15 @@ COMMENT ON FUNCTION prepay.recharge(integer, bigint, numeric, text, text) IS
 
 CREATE FUNCTION prepay.refund(p_site_id integer, p_account_id bigint, p_amount numeric,
                               p_channel text, p_external_ref text, p_reason text DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'refund');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     a := prepay._lock_account(p_site_id, p_account_id);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN
@@ -1149,7 +1262,7 @@ COMMENT ON FUNCTION prepay.refund(integer, bigint, numeric, text, text, text) IS
 'Pay money back out of a wallet (at most the balance less the unspent allowance, which is never paid out) and return the ledger entry.  Idempotent per (channel, external_ref) like recharge.';
 
 CREATE FUNCTION prepay.reverse(p_site_id integer, p_entry_id bigint, p_reason text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
     existing bigint;
@@ -1178,7 +1291,7 @@ COMMENT ON FUNCTION prepay.reverse(integer, bigint, text) IS
 'Cancel a wrong entry by posting its exact opposite, once: calling it again returns the same reversal.  Reversals and closing refunds cannot be reversed (PY006).';
 
 CREATE FUNCTION prepay.balance(p_site_id integer, p_account_id bigint)
-RETURNS numeric LANGUAGE plpgsql STABLE AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b numeric;
 BEGIN
@@ -1198,7 +1311,7 @@ COMMENT ON FUNCTION prepay.balance(integer, bigint) IS 'Current wallet balance o
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.trip(p_site_id integer, p_meter_id bigint, p_reason text DEFAULT 'manual')
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
     a prepay.account;
@@ -1221,7 +1334,7 @@ END $$;
 COMMENT ON FUNCTION prepay.trip(integer, bigint, text) IS 'Queue a manual trip (cut supply) for a meter and return the command id; refused for protected meters (PY014).';
 
 CREATE FUNCTION prepay.close(p_site_id integer, p_meter_id bigint, p_reason text DEFAULT 'manual')
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
 BEGIN
@@ -1237,7 +1350,7 @@ COMMENT ON FUNCTION prepay.close(integer, bigint, text) IS 'Queue a manual close
 
 CREATE FUNCTION prepay.protect(p_site_id integer, p_on boolean,
                                p_meter_id bigint DEFAULT NULL, p_account_id bigint DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -1280,7 +1393,7 @@ COMMENT ON FUNCTION prepay.protect(integer, boolean, bigint, bigint) IS
 CREATE FUNCTION prepay.check_ledger()
 RETURNS TABLE (site_id integer, account_id bigint, balance numeric, ledger_total numeric,
                last_balance_after numeric, problem text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH totals AS (
         SELECT l.site_id, l.account_id, sum(l.amount) AS total,
                (array_agg(l.balance_after ORDER BY l.entry_id DESC))[1] AS last_after
@@ -1311,8 +1424,9 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['site', 'no_cut_window', 'gateway', 'tariff', 'tariff_version', 'account',
-                             'meter', 'reading', 'ledger', 'command', 'alarm', 'notification',
-                             'site_id_seq', 'gateway_id_seq', 'tariff_id_seq', 'account_id_seq',
+                             'meter', 'reading', 'reading_refused', 'reading_intake', 'ledger', 'command', 'alarm',
+                             'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
+                             'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',
                              'notification_id_seq', 'no_cut_window_id_seq'] LOOP
         PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');
@@ -1346,11 +1460,12 @@ SELECT pg_catalog.pg_extension_config_dump('prepay.holiday', '');
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.tariff_check(p_definition jsonb) RETURNS void
-LANGUAGE C STRICT STABLE AS 'MODULE_PATHNAME', 'prepay_tariff_check';
+LANGUAGE C STRICT STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prepay_tariff_check';
 COMMENT ON FUNCTION prepay.tariff_check(jsonb) IS
 'Validate a tariff definition (docs/TARIFFS.md): returns nothing if it is valid, else raises PY015 with a message naming what is wrong.';
 
-CREATE FUNCTION prepay._tariff_version_check() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._tariff_version_check() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NEW.definition IS NOT NULL THEN
         PERFORM prepay.tariff_check(NEW.definition);
@@ -1370,21 +1485,21 @@ COMMENT ON TRIGGER tariff_version_check ON prepay.tariff_version IS 'Validates e
 CREATE FUNCTION prepay._rate(p_site_id integer, p_tariff_id bigint, p_from timestamptz, p_to timestamptz,
                              p_energy numeric, p_cycle_used numeric, p_cycle_start timestamptz,
                              p_registers numeric[])
-RETURNS json LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'prepay_rate';
+RETURNS json LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prepay_rate';
 COMMENT ON FUNCTION prepay._rate(integer, bigint, timestamptz, timestamptz, numeric, numeric, timestamptz, numeric[]) IS
 'Internal: rate energy over (from, to] with a tariff, given the billing cycle''s start (NULL: the cycle containing from) and its consumption so far, and optionally the {sharp, peak, flat, valley} register energies; returns the pieces in the format of prepay.ledger.pieces.  The rating trigger uses the same C core.';
 
 CREATE FUNCTION prepay._rate_many(p_site_id integer, p_tariff_id bigint[], p_from timestamptz[], p_to timestamptz[],
                                   p_energy numeric[], p_cycle_used numeric[], p_cycle_start timestamptz[],
                                   p_registers numeric[])
-RETURNS SETOF json LANGUAGE C STABLE AS 'MODULE_PATHNAME', 'prepay_rate_many';
+RETURNS SETOF json LANGUAGE C STABLE SET search_path = pg_catalog, pg_temp AS 'MODULE_PATHNAME', 'prepay_rate_many';
 COMMENT ON FUNCTION prepay._rate_many(integer, bigint[], timestamptz[], timestamptz[], numeric[], numeric[], timestamptz[], numeric[]) IS
 'Internal: prepay._rate() of a series of intervals of one site (the i-th elements of the arrays), in order, with the site''s tariffs loaded once.  A NULL cycle_used continues the billing cycle the previous interval left; p_registers is NULL or has one row {sharp, peak, flat, valley} per interval (a row with a NULL: none).';
 
 CREATE FUNCTION prepay._pieces(p_pieces json)
 RETURNS TABLE (piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
                tier integer, energy numeric, unit_price numeric, amount numeric)
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (p->>'from')::timestamptz, (p->>'to')::timestamptz, (p->>'version')::timestamptz, p->>'period',
            (p->>'tier')::integer, (p->>'energy')::numeric(15,3), (p->>'price')::numeric(12,6),
            (p->>'amount')::numeric(18,9)
@@ -1396,7 +1511,7 @@ CREATE FUNCTION prepay.rate(p_site_id integer, p_tariff_id bigint, p_from timest
                             p_energy numeric, p_cycle_used numeric DEFAULT 0)
 RETURNS TABLE (piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
                tier integer, energy numeric, unit_price numeric, amount numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_site_id IS NULL OR p_tariff_id IS NULL OR p_from IS NULL OR p_to IS NULL OR p_energy IS NULL THEN
         PERFORM prepay._raise('22004', 'rate needs a site, a tariff, an interval and an energy', NULL, NULL);
@@ -1418,7 +1533,7 @@ RETURNS TABLE (entry_id bigint, meter_id bigint, read_from timestamptz, register
                read_to timestamptz, register_to numeric, multiplier integer, energy numeric,
                piece_from timestamptz, piece_to timestamptz, version_from timestamptz, period text,
                tier integer, piece_energy numeric, unit_price numeric, amount numeric, charged numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
 BEGIN
@@ -1447,7 +1562,7 @@ COMMENT ON FUNCTION prepay.explain_charge(integer, bigint) IS
 'What is behind a consumption charge: the two readings (register values), the multiplier, the energy, and each priced piece (time span, tariff version, period, tier, energy, unit price, exact amount), with the whole cents charged.  PY006 unknown entry; PY016 not a consumption charge.';
 
 CREATE FUNCTION prepay._register_energy(p_pieces json) RETURNS numeric[]
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN p_pieces->>'split' = 'registers' THEN
            ARRAY(SELECT coalesce(sum(p.energy) FILTER (WHERE p.period = r.name), 0)
                    FROM unnest(ARRAY['sharp', 'peak', 'flat', 'valley']) WITH ORDINALITY AS r(name, ord)
@@ -1460,7 +1575,7 @@ COMMENT ON FUNCTION prepay._register_energy(json) IS 'Internal: the {sharp, peak
 CREATE FUNCTION prepay.simulate_bill(p_site_id integer, p_account_id bigint, p_tariff_id bigint,
                                      p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (period text, tier integer, unit_price numeric, energy numeric, amount numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM prepay.account a WHERE a.site_id = p_site_id AND a.account_id = p_account_id) THEN
         PERFORM prepay._raise('PY001', 'unknown account',
@@ -1502,7 +1617,7 @@ COMMENT ON FUNCTION prepay.simulate_bill(integer, bigint, bigint, timestamptz, t
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._charged_exact(p_site_id integer, p_account_id bigint, p_entry prepay.ledger)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_entry.exact_charge + coalesce(sum((x->>'exact_delta')::numeric), 0)
       FROM prepay.ledger a, pg_catalog.json_array_elements(a.pieces->'rerate') AS x
      WHERE a.site_id = p_site_id AND a.account_id = p_account_id AND a.kind = 'adjustment'
@@ -1514,7 +1629,7 @@ COMMENT ON FUNCTION prepay._charged_exact(integer, bigint, prepay.ledger) IS
 CREATE FUNCTION prepay.rerate(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
 RETURNS TABLE (account_id bigint, charges integer, charged numeric, repriced numeric,
                adjustment numeric, entry_id bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     acc bigint;
     deltas json[];
@@ -1598,7 +1713,7 @@ COMMENT ON FUNCTION prepay.rerate(integer, bigint, timestamptz, timestamptz) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.max_demand(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(round(max(w.kw), 3), 0)
       FROM (SELECT sum(l.energy * extract(epoch FROM least(l.read_to, g + interval '15 minutes') - greatest(l.read_from, g))
                                 / extract(epoch FROM l.read_to - l.read_from)) * 4 AS kw
@@ -1614,7 +1729,7 @@ COMMENT ON FUNCTION prepay.max_demand(integer, bigint, timestamptz, timestamptz)
 'An account''s maximum demand in kW over [from, to): the largest consumption in any 15-minute window (aligned on from), times 4, with each charge''s energy spread uniformly over its interval.';
 
 CREATE FUNCTION prepay._pro_rata(p_full numeric, p_days integer, p_days_in_period integer)
-RETURNS numeric LANGUAGE sql IMMUTABLE AS $$
+RETURNS numeric LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (pg_catalog.div(p_full * p_days * 100, p_days_in_period) / 100)::numeric(14,2)
 $$;
 COMMENT ON FUNCTION prepay._pro_rata(numeric, integer, integer) IS 'Internal: full x days / days in period, rounded down to the cent (the tenant never pays a fraction of a cent more).';
@@ -1622,7 +1737,7 @@ COMMENT ON FUNCTION prepay._pro_rata(numeric, integer, integer) IS 'Internal: fu
 CREATE FUNCTION prepay._basic_terms(p_account prepay.account, p_version_at timestamptz,
                                     p_month_start timestamptz, p_until timestamptz,
                                     OUT basic jsonb, OUT basis numeric, OUT monthly numeric)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     SELECT v.definition->'basic' INTO basic FROM prepay.tariff_version v
      WHERE v.site_id = p_account.site_id AND v.tariff_id = p_account.tariff_id AND v.valid_from <= p_version_at
@@ -1638,7 +1753,7 @@ COMMENT ON FUNCTION prepay._basic_terms(prepay.account, timestamptz, timestamptz
 'Internal: the two-part basic charge of an account''s tariff version in force at p_version_at (NULL when it has none), its basis (contracted kVA, or the maximum 15-minute demand over [p_month_start, p_until)) and the monthly amount.  The daily accrual and the month''s settlement both use it.';
 
 CREATE FUNCTION prepay._basic_accrued(p_site_id integer, p_account_id bigint, p_month date)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(-sum(l.amount), 0) FROM prepay.ledger l
      WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'basic_charge'
        AND l.channel = 'basic_charge' AND l.external_ref LIKE p_account_id || '/' || to_char(p_month, 'YYYY-MM') || '-%'
@@ -1647,7 +1762,7 @@ COMMENT ON FUNCTION prepay._basic_accrued(integer, bigint, date) IS 'Internal: w
 
 CREATE FUNCTION prepay.accrue_basic_charges(p_site_id integer, p_day date)
 RETURNS TABLE (account_id bigint, basis numeric, monthly numeric, accrued numeric, posted numeric)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tz text;
     day_start timestamptz;
@@ -1700,6 +1815,92 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay.accrue_basic_charges(integer, date) IS
 'Post the day''s share of the basic charge of every open account on a two-part tariff: by capacity (account.capacity_kva x price per kVA per month) or by demand (the month''s maximum 15-minute demand up to the end of the day x price per kW per month).  Each day posts what brings the month''s total to floor(monthly x days open so far / days in month) in cents, so the month ends exactly at the monthly charge and a missed day is caught up; a day run late after a later one posts nothing (accruals never go back: prepay.settle_basic_charges reconciles the month).  Idempotent per account and day; a day with nothing to post posts nothing.  Returns the accounts that have a basic charge.  Schedule it daily after midnight for the day before (pg_cron).';
+
+-- ---------------------------------------------------------------------
+-- re-rating readings quarantined under a plausibility limit that was too
+-- low (docs/ARCHITECTURE.md, "Bad readings")
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.release_quarantined(p_site_id integer, p_meter_id bigint)
+RETURNS TABLE (read_at timestamptz, energy numeric, outcome text, detail text, charged numeric)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m prepay.meter;
+    released prepay.reading[];
+    mark bigint;
+    n_rated integer := 0;
+    n_skipped integer := 0;
+    total numeric := 0;
+BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
+    PERFORM prepay._lock_site_rating(p_site_id);
+    SELECT * INTO m FROM prepay.meter x WHERE x.site_id = p_site_id AND x.meter_id = p_meter_id;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY003', 'unknown meter',
+            pg_catalog.format('Site %s has no meter %s.', p_site_id, p_meter_id), 'prepay.meter lists the meters.');
+    END IF;
+    IF NOT m.active THEN
+        PERFORM prepay._raise('PY010', 'meter was removed',
+            pg_catalog.format('Meter %s was removed at %s; its readings are no longer rated.', p_meter_id, m.removed_at),
+            'Release the readings of the meter that replaced it.');
+    END IF;
+    SELECT pg_catalog.max(l.entry_id) INTO mark FROM prepay.ledger l
+     WHERE l.site_id = p_site_id AND l.account_id = m.account_id;
+
+    -- the impossible jumps after the meter's last rated reading are taken
+    -- out and stored again in time order, as one statement: the rating
+    -- trigger rates them as any batch, against the meter's state and limit
+    -- as they are now (each is rated or quarantined again, never both)
+    WITH gone AS (
+        DELETE FROM prepay.reading r
+         WHERE r.site_id = p_site_id AND r.meter_id = p_meter_id AND r.quarantine_reason = 'impossible_jump'
+           AND (m.last_read_at IS NULL OR r.read_at > m.last_read_at)
+        RETURNING r.*)
+    SELECT pg_catalog.array_agg(g ORDER BY g.read_at) INTO released FROM gone g;
+    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power,
+                                relay_state, received_at)
+    SELECT u.site_id, u.meter_id, u.read_at, u.energy, u.sharp, u.peak, u.flat, u.valley, u.power,
+           u.relay_state, u.received_at
+      FROM pg_catalog.unnest(coalesce(released, '{}')) AS u ORDER BY u.read_at;
+
+    -- what became of each, and the earlier impossible jumps left as they are
+    FOR read_at, energy, outcome, detail, charged IN
+        SELECT r.read_at, r.energy, coalesce(r.quarantine_reason::text, 'rated'), r.quarantine_detail, -l.amount
+          FROM pg_catalog.unnest(coalesce(released, '{}')) AS u
+          JOIN prepay.reading r ON r.site_id = u.site_id AND r.meter_id = u.meter_id AND r.read_at = u.read_at
+          LEFT JOIN prepay.ledger l ON l.site_id = p_site_id AND l.account_id = m.account_id
+                                   AND l.entry_id > coalesce(mark, 0) AND l.kind = 'consumption'
+                                   AND l.meter_id = p_meter_id AND l.read_to = r.read_at
+        UNION ALL
+        SELECT r.read_at, r.energy, 'skipped',
+               pg_catalog.format('at or before the meter''s last rated reading (%s), whose interval counts its consumption',
+                                 m.last_read_at), NULL
+          FROM prepay.reading r
+         WHERE r.site_id = p_site_id AND r.meter_id = p_meter_id AND r.quarantine_reason = 'impossible_jump'
+           AND r.read_at <= m.last_read_at
+         ORDER BY 1
+    LOOP
+        n_rated := n_rated + (outcome = 'rated')::integer;
+        n_skipped := n_skipped + (outcome = 'skipped')::integer;
+        total := total + coalesce(charged, 0);
+        RETURN NEXT;
+    END LOOP;
+
+    INSERT INTO prepay.audit (site_id, acting_role, application_name, action, object, object_key,
+                              before_values, after_values)
+    VALUES (p_site_id, prepay._caller_name(), pg_catalog.current_setting('application_name'), 'release_quarantined',
+            'reading', pg_catalog.jsonb_build_object('site_id', p_site_id, 'meter_id', p_meter_id),
+            pg_catalog.jsonb_build_object('max_per_hour', m.max_per_hour, 'multiplier', m.multiplier,
+                                          'last_read_at', m.last_read_at, 'last_energy', m.last_energy),
+            pg_catalog.jsonb_build_object(
+                'released', coalesce(pg_catalog.array_length(released, 1), 0), 'rated', n_rated,
+                'quarantined_again', coalesce(pg_catalog.array_length(released, 1), 0) - n_rated,
+                'skipped', n_skipped, 'charged', total,
+                'first_read_at', (released[1]).read_at,
+                'last_read_at', (released[pg_catalog.array_length(released, 1)]).read_at));
+END $$;
+COMMENT ON FUNCTION prepay.release_quarantined(integer, bigint) IS
+'Re-rate a meter''s readings quarantined as impossible_jump, after its plausibility limit (meter.max_per_hour) was raised: those after the meter''s last rated reading are stored again in time order through the rating trigger, so each is rated (and charged) or quarantined again with its new reason; readings quarantined for other reasons stay as they are, and impossible jumps at or before the last rated reading are skipped (a later reading''s interval counts their consumption).  Calling it again rates nothing twice.  One row per reading: its outcome (rated, skipped, or the quarantine reason), detail and the cents charged; the call is audited (action release_quarantined).  Needs the manage capability at the site; PY003 unknown meter, PY010 removed meter.';
 /*-------------------------------------------------------------------------
  * sql/agent.sql
  *     Everything prepay-agent needs from the database: device profiles
@@ -1720,7 +1921,15 @@ COMMENT ON FUNCTION prepay.accrue_basic_charges(integer, date) IS
  * Command life as the agent sees it (see docs/AGENT.md):
  *     queued --agent_claim_commands--> sent --agent_command_done--> done
  *                                           --agent_command_failed--> queued
- *                                             (retry after a backoff) or failed
+ *                                             (retry after a backoff of at most
+ *                                             60 s, as long as the command is
+ *                                             still called for; a command_failing
+ *                                             alarm from the 5th attempt) or
+ *                                             failed (superseded, no longer
+ *                                             called for, or impossible)
+ *     A queued retry becomes due at once when contact with its meter or
+ *     gateway returns (agent_meter_found, agent_gateway_found) and when the
+ *     agent (re)connects (agent_claim_commands with p_include_sent).
  *
  * Errors raised here use SQLSTATEs PY1xx (docs/API.md).
  *-------------------------------------------------------------------------
@@ -1800,7 +2009,7 @@ COMMENT ON COLUMN prepay.profile_register.shipped IS 'true for registers of ship
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.install_device_profiles(p_site_id integer)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     n integer;
 BEGIN
@@ -1841,7 +2050,7 @@ COMMENT ON FUNCTION prepay.install_device_profiles(integer) IS
 'Install the shipped device profiles (ddsy1352, dtsy1352, adf400l, generic) into a site, keeping any that exist; returns how many profiles were added.  Runs for every new site (trigger site_device_profiles) and for the existing sites at install time.';
 
 CREATE FUNCTION prepay._site_device_profiles() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay.install_device_profiles(NEW.site_id);
     RETURN NULL;
@@ -1860,7 +2069,7 @@ SELECT prepay.install_device_profiles(site_id) FROM prepay.site;
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._notify_config() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_catalog.pg_notify('prepay_config', TG_TABLE_NAME);
     RETURN NULL;
@@ -1890,7 +2099,7 @@ RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport 
                relay_read_address integer, relay_read_count smallint, relay_state_mask bigint,
                relay_tripped_value bigint, relay_closed_value bigint,
                meaning text, address integer, type text, word_order text, scale smallint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT g.site_id, g.gateway_id, g.name, g.transport, g.host, g.port,
            g.serial_device, g.baud, g.parity, g.data_bits, g.stop_bits,
            (pg_catalog.date_part('epoch', g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
@@ -1916,7 +2125,7 @@ COMMENT ON FUNCTION prepay.agent_catalog(text) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._raise_alarm_once(p_site_id integer, p_kind text, p_meter_id bigint, p_detail text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
     SELECT p_site_id, p_kind, p_meter_id, p_detail
@@ -1927,7 +2136,7 @@ END $$;
 COMMENT ON FUNCTION prepay._raise_alarm_once(integer, text, bigint, text) IS 'Internal: raise an alarm of a kind for a meter (or for nothing) unless one is already active.';
 
 CREATE FUNCTION prepay.agent_meter_lost(p_site_id integer, p_meter_id bigint, p_failures integer, p_error text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
                                                  WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
@@ -1945,19 +2154,20 @@ COMMENT ON FUNCTION prepay.agent_meter_lost(integer, bigint, integer, text) IS
 'Called by the agent after a meter failed p_failures consecutive polls: sets meter.lost_since (if not yet set) and raises one meter_lost alarm.  Idempotent.  PY101 for an unknown meter.';
 
 CREATE FUNCTION prepay.agent_meter_found(p_site_id integer, p_meter_id bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.meter m
                                                  WHERE m.site_id = p_site_id AND m.meter_id = p_meter_id));
     UPDATE prepay.meter SET lost_since = NULL WHERE site_id = p_site_id AND meter_id = p_meter_id;
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
      WHERE site_id = p_site_id AND kind = 'meter_lost' AND meter_id = p_meter_id AND cleared_at IS NULL;
+    PERFORM prepay._wake_commands(p_site_id, NULL, p_meter_id);
 END $$;
 COMMENT ON FUNCTION prepay.agent_meter_found(integer, bigint) IS
-'Called by the agent on the first good read of a lost meter: clears meter.lost_since and its meter_lost alarm.  Idempotent.';
+'Called by the agent on the first good read of a lost meter: clears meter.lost_since and its meter_lost alarm, and makes the meter''s commands waiting for a retry due at once (prepay._wake_commands).  Idempotent.';
 
 CREATE FUNCTION prepay.agent_gateway_lost(p_site_id integer, p_gateway_id bigint, p_error text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = pg_catalog.now()
@@ -1977,16 +2187,17 @@ COMMENT ON FUNCTION prepay.agent_gateway_lost(integer, bigint, text) IS
 'Called by the agent when no meter of a gateway answered a whole sweep (or it cannot connect): sets gateway.lost_since and raises one gateway_lost alarm (its detail starts with "Gateway <id>:").  Idempotent.  PY102 for an unknown gateway.';
 
 CREATE FUNCTION prepay.agent_gateway_found(p_site_id integer, p_gateway_id bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, p_gateway_id);
     UPDATE prepay.gateway SET lost_since = NULL WHERE site_id = p_site_id AND gateway_id = p_gateway_id;
     UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
      WHERE site_id = p_site_id AND kind = 'gateway_lost' AND cleared_at IS NULL
        AND detail LIKE pg_catalog.format('Gateway %s:%%', p_gateway_id);
+    PERFORM prepay._wake_commands(p_site_id, p_gateway_id, NULL);
 END $$;
 COMMENT ON FUNCTION prepay.agent_gateway_found(integer, bigint) IS
-'Called by the agent on the first good read through a lost gateway: clears gateway.lost_since and its gateway_lost alarm.  Idempotent.';
+'Called by the agent on the first good read through a lost gateway: clears gateway.lost_since and its gateway_lost alarm, and makes the commands of its meters waiting for a retry due at once (prepay._wake_commands).  Idempotent.';
 
 -- ---------------------------------------------------------------------
 -- relay commands
@@ -1995,7 +2206,7 @@ COMMENT ON FUNCTION prepay.agent_gateway_found(integer, bigint) IS
 CREATE FUNCTION prepay.agent_claim_commands(p_agent_id text, p_include_sent boolean DEFAULT false)
 RETURNS TABLE (site_id integer, command_id bigint, meter_id bigint, gateway_id bigint,
                action prepay.command_action, attempts integer, created_at timestamptz)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM prepay._authorize_agent_id(p_agent_id);
     RETURN QUERY
@@ -2006,7 +2217,10 @@ BEGIN
           JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
          WHERE g.agent_id = p_agent_id AND prepay._is_agent(g.site_id, g.agent_id)
            AND (c.state = 'queued' AND c.not_before <= pg_catalog.now()
-                OR p_include_sent AND c.state = 'sent')
+                OR p_include_sent AND c.state = 'sent'
+                OR p_include_sent AND c.state = 'queued' AND c.attempts > 0
+                   AND (c.action = 'close' OR c.reason <> 'arrears'
+                        OR prepay.cut_allowed_at(c.site_id, pg_catalog.now()) <= pg_catalog.now()))
          ORDER BY c.site_id, c.command_id
            FOR UPDATE OF c SKIP LOCKED
     )
@@ -2018,10 +2232,10 @@ BEGIN
     RETURNING c.site_id, c.command_id, c.meter_id, m.gateway_id, c.action, c.attempts, c.created_at;
 END $$;
 COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
-'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at agent start) it also takes back its sent commands, which a crash may have left in flight: relay commands are idempotent.  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
+'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at every (re)connect of the agent) it also takes back its sent commands, which a crash may have left in flight (relay commands are idempotent), and the queued commands waiting for a retry, at once (an arrears trip not inside a no-cut window).  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
 
 CREATE FUNCTION prepay._agent_command(p_site_id integer, p_command_id bigint)
-RETURNS prepay.command LANGUAGE plpgsql AS $$
+RETURNS prepay.command LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
 BEGIN
@@ -2040,7 +2254,7 @@ END $$;
 COMMENT ON FUNCTION prepay._agent_command(integer, bigint) IS 'Internal: lock a command the agent reports on; PY103 if unknown, PY104 if it is not sent.';
 
 CREATE FUNCTION prepay.agent_command_done(p_site_id integer, p_command_id bigint, p_relay_state prepay.relay_state)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
 BEGIN
@@ -2062,34 +2276,158 @@ END $$;
 COMMENT ON FUNCTION prepay.agent_command_done(integer, bigint, prepay.relay_state) IS
 'The agent carried out a command and read the relay state back: the command is done and meter.relay_state is set.  PY105 if the state read back is not what the command asked for; PY103, PY104.';
 
+CREATE FUNCTION prepay._command_moot(c prepay.command)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE
+        WHEN n.command_id IS NOT NULL THEN pg_catalog.format('superseded by command %s', n.command_id)
+        WHEN m.meter_id IS NULL OR NOT m.active THEN 'meter removed'
+        WHEN c.action = 'trip' AND m.protect THEN 'meter protected'
+        WHEN c.action = 'trip' AND a.protect THEN 'account protected'
+        WHEN c.action = 'trip' AND c.reason = 'arrears' AND a.closed_at IS NOT NULL THEN 'account closed'
+        WHEN c.action = 'trip' AND c.reason = 'arrears' AND m.account_id IS DISTINCT FROM c.account_id
+            THEN 'meter no longer on the account'
+        WHEN c.action = 'trip' AND c.reason = 'arrears' AND (a.mode <> 'prepaid' OR a.alarm_level < 3)
+            THEN 'account no longer in arrears'
+    END
+      FROM (SELECT 1) one
+      LEFT JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
+      LEFT JOIN prepay.account a ON a.site_id = c.site_id AND a.account_id = c.account_id
+      LEFT JOIN LATERAL (SELECT q.command_id FROM prepay.command q
+                          WHERE q.site_id = c.site_id AND q.meter_id = c.meter_id AND q.command_id > c.command_id
+                            AND q.state IN ('queued', 'sent', 'done')
+                          ORDER BY q.command_id DESC LIMIT 1) n ON true;
+$$;
+COMMENT ON FUNCTION prepay._command_moot(prepay.command) IS
+'Internal: why the account''s or the operator''s state no longer calls for a command (NULL while it still does): a newer command of the meter (queued, sent or done) supersedes it; the meter was removed; a trip of a protected meter or account; an arrears trip of an account closed, detached from the meter, postpaid or out of arrears.  A close is called for until superseded.';
+
+CREATE FUNCTION prepay._command_impossible(c prepay.command)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.format('impossible: device profile %s has no remote relay', d.profile)
+      FROM prepay.meter m
+      JOIN prepay.device_profile d ON d.site_id = m.site_id AND d.profile = m.device_profile
+     WHERE m.site_id = c.site_id AND m.meter_id = c.meter_id AND d.relay_write_address IS NULL;
+$$;
+COMMENT ON FUNCTION prepay._command_impossible(prepay.command) IS
+'Internal: why a command can never be carried out (NULL when it can): the meter''s device profile has no remote relay.  Retrying would not help; the operator changes the profile or the installation.';
+
+CREATE FUNCTION prepay._command_alarm(c prepay.command, p_error text)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
+    VALUES (c.site_id, 'command_failing', c.meter_id,
+            pg_catalog.format('Command %s: %s of meter %s (account %s, reason %s) not done after %s attempt(s); last error: %s',
+                              c.command_id, c.action, c.meter_id, coalesce(c.account_id::text, 'none'), c.reason,
+                              c.attempts, p_error))
+    ON CONFLICT (site_id, kind, (coalesce(account_id, 0)), (coalesce(meter_id, 0))) WHERE cleared_at IS NULL
+    DO UPDATE SET detail = EXCLUDED.detail;
+$$;
+COMMENT ON FUNCTION prepay._command_alarm(prepay.command, text) IS
+'Internal: raise the meter''s command_failing alarm for a command (detail "Command <id>: <action> of meter <id> (account, reason) not done after <n> attempt(s); last error: ..."), or bring the detail of the active one up to date: one alarm per meter, raised once.';
+
+CREATE FUNCTION prepay._command_alarm_clear() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+     WHERE site_id = NEW.site_id AND kind = 'command_failing' AND meter_id = NEW.meter_id AND cleared_at IS NULL
+       AND (NEW.state = 'done' OR detail LIKE pg_catalog.format('Command %s:%%', NEW.command_id));
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._command_alarm_clear() IS
+'Internal trigger function: a command done clears its meter''s command_failing alarm (the relay follows the latest order); a command cancelled (superseded before it was sent again) clears the alarm naming it.';
+CREATE TRIGGER command_alarm_clear AFTER UPDATE OF state ON prepay.command
+    FOR EACH ROW WHEN (NEW.state IN ('done', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION prepay._command_alarm_clear();
+COMMENT ON TRIGGER command_alarm_clear ON prepay.command IS
+'Clears command_failing alarms when a command is done or cancelled (prepay._command_alarm_clear).';
+
+CREATE FUNCTION prepay._wake_commands(p_site_id integer, p_gateway_id bigint, p_meter_id bigint)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    woken bigint;
+    n integer := 0;
+BEGIN
+    FOR woken IN
+        UPDATE prepay.command c
+           SET not_before = LEAST(c.not_before,
+                   CASE WHEN c.action = 'trip' AND c.reason = 'arrears'
+                        THEN prepay.cut_allowed_at(c.site_id, pg_catalog.now()) ELSE pg_catalog.now() END)
+          FROM prepay.meter m
+         WHERE c.site_id = p_site_id AND c.state = 'queued' AND c.attempts > 0
+           AND c.not_before > pg_catalog.now()
+           AND m.site_id = c.site_id AND m.meter_id = c.meter_id
+           AND (m.meter_id = p_meter_id OR m.gateway_id = p_gateway_id)
+        RETURNING c.command_id
+    LOOP
+        PERFORM pg_catalog.pg_notify('prepay_command', p_site_id || '/' || woken);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay._wake_commands(integer, bigint, bigint) IS
+'Internal: contact with a meter (p_meter_id) or a gateway (p_gateway_id) returned: its queued commands waiting for a retry become due now (an arrears trip at the end of any no-cut window in force), with NOTIFY prepay_command.  Returns how many.';
+
 CREATE FUNCTION prepay.agent_command_failed(p_site_id integer, p_command_id bigint, p_error text,
                                             p_retry_after interval DEFAULT '10 seconds',
-                                            p_max_attempts integer DEFAULT 5)
-RETURNS prepay.command_state LANGUAGE plpgsql AS $$
+                                            p_alarm_after integer DEFAULT 5)
+RETURNS prepay.command_state LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c prepay.command;
-    newer bigint;
-    next_state prepay.command_state := 'failed';
+    why text;
+    retry_at timestamptz;
 BEGIN
     PERFORM prepay._authorize_agent(p_site_id, (SELECT m.gateway_id FROM prepay.command q
                                                   JOIN prepay.meter m ON m.site_id = q.site_id AND m.meter_id = q.meter_id
                                                  WHERE q.site_id = p_site_id AND q.command_id = p_command_id));
     c := prepay._agent_command(p_site_id, p_command_id);
-    SELECT q.command_id INTO newer FROM prepay.command q
-     WHERE q.site_id = p_site_id AND q.meter_id = c.meter_id AND q.state = 'queued';
-    IF newer IS NULL AND c.attempts < p_max_attempts THEN
-        next_state := 'queued';
+    why := coalesce(prepay._command_moot(c), prepay._command_impossible(c));
+    IF why IS NULL THEN
+        retry_at := pg_catalog.now() + LEAST(GREATEST(coalesce(p_retry_after, '0 seconds'),
+                                                                            '0 seconds'), '60 seconds');
+        IF c.action = 'trip' AND c.reason = 'arrears' THEN
+            retry_at := prepay.cut_allowed_at(p_site_id, retry_at);
+        END IF;
+        BEGIN
+            UPDATE prepay.command SET state = 'queued', updated_at = pg_catalog.now(), not_before = retry_at,
+                   last_error = p_error
+             WHERE site_id = p_site_id AND command_id = p_command_id;
+        EXCEPTION WHEN unique_violation THEN
+            -- a newer command was queued for the meter meanwhile
+            why := 'superseded by a newer queued command';
+        END;
     END IF;
-    UPDATE prepay.command
-       SET state = next_state, updated_at = pg_catalog.now(),
-           not_before = CASE WHEN next_state = 'queued' THEN pg_catalog.now() + p_retry_after ELSE not_before END,
-           last_error = CASE WHEN newer IS NULL THEN p_error
-                             ELSE pg_catalog.format('%s; superseded by command %s', p_error, newer) END
+    IF why IS NULL THEN
+        IF c.attempts >= p_alarm_after THEN
+            PERFORM prepay._command_alarm(c, p_error);
+        END IF;
+        RETURN 'queued';
+    END IF;
+    UPDATE prepay.command SET state = 'failed', updated_at = pg_catalog.now(),
+           last_error = pg_catalog.format('%s; %s', p_error, why)
      WHERE site_id = p_site_id AND command_id = p_command_id;
-    RETURN next_state;
+    IF why LIKE 'impossible:%' THEN
+        PERFORM prepay._command_alarm(c, pg_catalog.format('%s; %s', p_error, why));
+    ELSE
+        UPDATE prepay.alarm SET cleared_at = pg_catalog.now()
+         WHERE site_id = p_site_id AND kind = 'command_failing' AND meter_id = c.meter_id AND cleared_at IS NULL
+           AND detail LIKE pg_catalog.format('Command %s:%%', p_command_id);
+    END IF;
+    RETURN 'failed';
 END $$;
 COMMENT ON FUNCTION prepay.agent_command_failed(integer, bigint, text, interval, integer) IS
-'The agent could not carry out a command (no answer, exception, wrong read-back): it is queued again after p_retry_after while attempts < p_max_attempts and no newer command waits for the meter, else failed.  Returns the new state.  PY103, PY104.';
+'The agent could not carry out a command (no answer, exception, wrong read-back).  A command still called for is never abandoned: it is queued again after p_retry_after (capped to 0..60 s; an arrears trip not before the end of a no-cut window, as when it was queued), and from attempt p_alarm_after on the meter''s command_failing alarm is raised once (its detail kept current).  It is failed only when it is no longer called for (prepay._command_moot: superseded by a newer command, meter removed, trip of a protected meter or account, arrears trip of an account no longer in arrears) or impossible (prepay._command_impossible: no remote relay, which raises the alarm); last_error says why.  Returns the new state (queued or failed).  PY103, PY104.';
+
+CREATE FUNCTION prepay.agent_commands_failing(p_agent_id text)
+RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM prepay._authorize_agent_id(p_agent_id);
+    RETURN (SELECT pg_catalog.count(*)
+              FROM prepay.command c
+              JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
+              JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
+             WHERE g.agent_id = p_agent_id AND prepay._is_agent(g.site_id, g.agent_id)
+               AND c.state IN ('queued', 'sent') AND c.attempts > 0 AND c.last_error IS NOT NULL);
+END $$;
+COMMENT ON FUNCTION prepay.agent_commands_failing(text) IS
+'How many commands of one agent''s meters failed their last attempt and are still to be carried out (queued for a retry, or sent again): the agent''s prepay_agent_commands_failing gauge.  Only the sites where the caller is mapped as this agent are counted.';
 
 -- ---------------------------------------------------------------------
 -- pg_dump: user rows only (shipped profiles are recreated by the trigger)
@@ -2122,7 +2460,7 @@ SELECT pg_catalog.pg_extension_config_dump('prepay.profile_register', 'WHERE NOT
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._period(p_kind text, p_day date, OUT period_start date, OUT period_end date)
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_kind NOT IN ('month', 'quarter', 'year') OR p_day IS NULL THEN
         PERFORM prepay._raise('22023', pg_catalog.format('unknown period %L', p_kind), NULL,
@@ -2134,19 +2472,19 @@ END $$;
 COMMENT ON FUNCTION prepay._period(text, date) IS 'Internal: the calendar month, quarter or year containing a day, as [period_start, period_end).';
 
 CREATE FUNCTION prepay._local_day(p_site_id integer, p_at timestamptz)
-RETURNS date LANGUAGE sql STABLE AS $$
+RETURNS date LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (p_at AT TIME ZONE s.time_zone)::date FROM prepay.site s WHERE s.site_id = p_site_id
 $$;
 COMMENT ON FUNCTION prepay._local_day(integer, timestamptz) IS 'Internal: the site''s local date of an instant.';
 
 CREATE FUNCTION prepay._local_start(p_site_id integer, p_day date)
-RETURNS timestamptz LANGUAGE sql STABLE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_day::timestamp AT TIME ZONE s.time_zone FROM prepay.site s WHERE s.site_id = p_site_id
 $$;
 COMMENT ON FUNCTION prepay._local_start(integer, date) IS 'Internal: the instant a local date of the site begins (local midnight).';
 
 CREATE FUNCTION prepay._days_open(p_site_id integer, p_account prepay.account, p_from date, p_to date)
-RETURNS integer LANGUAGE sql STABLE AS $$
+RETURNS integer LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT greatest(0, least(p_to, coalesce(prepay._local_day(p_site_id, p_account.closed_at), p_to))
                        - greatest(p_from, prepay._local_day(p_site_id, p_account.opened_at)))
 $$;
@@ -2188,7 +2526,7 @@ COMMENT ON COLUMN prepay.account_group_member.account_id IS 'Member account.';
 COMMENT ON COLUMN prepay.account_group_member.ratio IS 'The member''s share weight for apportionment by custom ratios (ignored by the other methods).';
 
 CREATE FUNCTION prepay._members(p_site_id integer, p_group_id bigint)
-RETURNS SETOF prepay.account LANGUAGE sql STABLE AS $$
+RETURNS SETOF prepay.account LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT a.* FROM prepay.account a
      WHERE a.site_id = p_site_id
        AND (p_group_id IS NULL
@@ -2240,7 +2578,7 @@ COMMENT ON COLUMN prepay.period_charge.inputs IS 'The figures the amount was com
 COMMENT ON COLUMN prepay.period_charge.created_at IS 'When it was charged.';
 
 CREATE FUNCTION prepay._ledger_kind(p_source text)
-RETURNS prepay.ledger_kind LANGUAGE sql IMMUTABLE AS $$
+RETURNS prepay.ledger_kind LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE p_source WHEN 'basic_settlement' THEN 'basic_charge' ELSE p_source END::prepay.ledger_kind
 $$;
 COMMENT ON FUNCTION prepay._ledger_kind(text) IS 'Internal: the ledger kind a periodic charge is posted as.';
@@ -2248,7 +2586,7 @@ COMMENT ON FUNCTION prepay._ledger_kind(text) IS 'Internal: the ledger kind a pe
 CREATE FUNCTION prepay._charge(p_site_id integer, p_source text, p_rule_id bigint, p_account_id bigint,
                                p_period_start date, p_period_end date, p_amount numeric, p_settle text,
                                p_inputs jsonb, p_reason text)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     settle text := p_settle;
@@ -2256,7 +2594,9 @@ DECLARE
     pot numeric;
 BEGIN
     a := prepay._lock_account(p_site_id, p_account_id, false);
-    IF a.closed_at IS NOT NULL THEN
+    IF a.closed_at IS NOT NULL AND p_source NOT IN ('fee_credit', 'allowance_expiry') THEN
+        -- a closed account is charged nothing more; only close_account's own
+        -- settlement (fee credits, the allowance forfeited) is posted to it
         settle := 'none';
     ELSIF a.mode = 'postpaid' AND settle = 'bill' THEN
         settle := 'deduct';          -- a postpaid wallet is the running account: its bill asks for it
@@ -2290,14 +2630,14 @@ BEGIN
     RETURN true;
 END $$;
 COMMENT ON FUNCTION prepay._charge(integer, text, bigint, bigint, date, date, numeric, text, jsonb, text) IS
-'Internal: record a periodic charge once per (source, rule, account, period) and post it to the wallet when it is deducted.  Postpaid accounts always have it posted (their bill asks for the wallet''s charges); closed accounts never (settle none).  Returns false when it was already charged.';
+'Internal: record a periodic charge once per (source, rule, account, period) and post it to the wallet when it is deducted.  Postpaid accounts always have it posted (their bill asks for the wallet''s charges); closed accounts never (settle none), except for the settlement close_account makes as it closes them (fee_credit, allowance_expiry).  Returns false when it was already charged.';
 
 -- ---------------------------------------------------------------------
 -- allowances
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.allowance_left(p_site_id integer, p_account_id bigint)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT greatest(0.00, a.allowance_left + coalesce(
                (SELECT sum(l.amount) FROM prepay.ledger l
                  WHERE l.site_id = a.site_id AND l.account_id = a.account_id
@@ -2344,7 +2684,7 @@ COMMENT ON COLUMN prepay.allowance_rule.active_from IS 'First day the rule credi
 COMMENT ON COLUMN prepay.allowance_rule.active_to IS 'Last day the rule credits; NULL while in force.';
 
 CREATE FUNCTION prepay.grant_allowances(p_site_id integer, p_day date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r prepay.allowance_rule;
     a prepay.account;
@@ -2377,7 +2717,7 @@ COMMENT ON FUNCTION prepay.grant_allowances(integer, date) IS
 'Credit every allowance due on a local day: for each rule in force, each open member account gets the allowance of the period containing the day once (pro-rated by the days it is open in the period).  Idempotent per (rule, account, period).  Returns how many were credited.';
 
 CREATE FUNCTION prepay.expire_allowances(p_site_id integer, p_day date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     g prepay.period_charge;
     later numeric;
@@ -2453,7 +2793,8 @@ COMMENT ON COLUMN prepay.charge_item.group_id IS 'Accounts charged; NULL for eve
 COMMENT ON COLUMN prepay.charge_item.active_from IS 'First day the item is charged.';
 COMMENT ON COLUMN prepay.charge_item.active_to IS 'Last day the item is charged; NULL while in force.';
 
-CREATE FUNCTION prepay._charge_item_check() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._charge_item_check() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NEW.settle = 'deduct' AND NOT (SELECT s.fees_may_cut FROM prepay.site s WHERE s.site_id = NEW.site_id) THEN
         PERFORM prepay._raise('PY020', 'this site does not deduct fees from wallets',
@@ -2472,7 +2813,7 @@ CREATE TRIGGER charge_item_check BEFORE INSERT OR UPDATE ON prepay.charge_item
     FOR EACH ROW EXECUTE FUNCTION prepay._charge_item_check();
 
 CREATE FUNCTION prepay._fee_period(p_item prepay.charge_item, p_day date, OUT period_start date, OUT period_end date)
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_item.recurrence = 'once' THEN
         period_start := p_item.due_on;
@@ -2488,7 +2829,7 @@ COMMENT ON FUNCTION prepay._fee_period(prepay.charge_item, date) IS 'Internal: t
 CREATE FUNCTION prepay._fee_amount(p_site_id integer, p_item prepay.charge_item, p_account prepay.account,
                                    p_period_start date, p_period_end date, p_until date,
                                    OUT amount numeric, OUT inputs jsonb)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     basis numeric := CASE p_item.basis WHEN 'fixed' THEN 1 ELSE coalesce(p_account.floor_area, 0) END;
     full_amount numeric := p_item.price * basis;
@@ -2507,7 +2848,7 @@ COMMENT ON FUNCTION prepay._fee_amount(integer, prepay.charge_item, prepay.accou
 'Internal: a fee for the days from the later of the period start and the move-in day up to p_until (exclusive), pro-rated and rounded down to the cent, with its inputs.';
 
 CREATE FUNCTION prepay.charge_fees(p_site_id integer, p_day date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     it prepay.charge_item;
     a prepay.account;
@@ -2537,7 +2878,7 @@ COMMENT ON FUNCTION prepay.charge_fees(integer, date) IS
 'Charge every fee due on a local day: a periodic fee from its charge day on, in advance for the whole period (pro-rated from the move-in day for a tenant who moves in during the period: the daily run charges them on the next run); a one-off fee from its due day on.  Idempotent per (item, account, period).  Returns how many were charged.';
 
 CREATE FUNCTION prepay._settle_at_close(p_site_id integer, p_account_id bigint, p_moved_out_on date)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     today date := p_moved_out_on;
@@ -2577,7 +2918,7 @@ COMMENT ON FUNCTION prepay._settle_at_close(integer, bigint, date) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.meter_register_at(p_site_id integer, p_meter_id bigint, p_at timestamptz)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.energy * m.multiplier
       FROM prepay.reading r
       JOIN prepay.meter m ON m.site_id = r.site_id AND m.meter_id = r.meter_id
@@ -2589,7 +2930,7 @@ COMMENT ON FUNCTION prepay.meter_register_at(integer, bigint, timestamptz) IS
 'A meter''s register at an instant, times its multiplier: that of its last accepted reading at or before the instant; NULL when it has none.';
 
 CREATE FUNCTION prepay.meter_consumption(p_site_id integer, p_meter_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE plpgsql STABLE AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     at_from numeric := prepay.meter_register_at(p_site_id, p_meter_id, p_from);
     at_to numeric := prepay.meter_register_at(p_site_id, p_meter_id, p_to);
@@ -2606,7 +2947,7 @@ COMMENT ON FUNCTION prepay.meter_consumption(integer, bigint, timestamptz, times
 'A meter''s consumption over [from, to]: its register at to less its register at from (prepay.meter_register_at), after the multiplier.  PY024 when a boundary has no reading.';
 
 CREATE FUNCTION prepay.account_consumption(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE sql STABLE AS $$
+RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(l.energy), 0) FROM prepay.ledger l
      WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'consumption'
        AND l.read_to > p_from AND l.read_to <= p_to
@@ -2615,7 +2956,7 @@ COMMENT ON FUNCTION prepay.account_consumption(integer, bigint, timestamptz, tim
 'Energy charged to an account for readings taken in (from, to], after multipliers: the same measure as prepay.meter_consumption, over every meter the account had.';
 
 CREATE FUNCTION prepay.record_master_reading(p_site_id integer, p_meter_id bigint, p_at timestamptz, p_energy numeric)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m prepay.meter;
 BEGIN
@@ -2734,7 +3075,7 @@ COMMENT ON COLUMN prepay.loss_period.loss_energy IS 'master_energy - downstream_
 COMMENT ON COLUMN prepay.loss_period.loss_pct IS 'Loss in percent of the master energy.';
 
 CREATE FUNCTION prepay._allocate(p_total numeric, p_weights numeric[], p_keys bigint[])
-RETURNS TABLE (key bigint, amount numeric) LANGUAGE sql IMMUTABLE AS $$
+RETURNS TABLE (key bigint, amount numeric) LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH w AS (
         SELECT k, wt, p_total * 100 * wt / sum(wt) OVER () AS exact_cents
           FROM unnest(p_keys, p_weights) AS u(k, wt)
@@ -2750,7 +3091,7 @@ COMMENT ON FUNCTION prepay._allocate(numeric, numeric[], bigint[]) IS
 'Internal: split an amount in cents by weights, largest remainder first: each key gets its share rounded down to the cent, and the cents left over go one each to the largest remainders (ties to the smaller key), so the shares add up to the amount exactly.';
 
 CREATE FUNCTION prepay._alarm(p_site_id integer, p_kind text, p_meter_id bigint, p_detail text)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
     VALUES (p_site_id, p_kind, p_meter_id, p_detail)
     ON CONFLICT DO NOTHING
@@ -2758,7 +3099,7 @@ $$;
 COMMENT ON FUNCTION prepay._alarm(integer, text, bigint, text) IS 'Internal: raise an alarm on a meter unless the same kind is already active there.';
 
 CREATE FUNCTION prepay.apportion(p_site_id integer, p_rule_id bigint, p_period_start date)
-RETURNS prepay.apportionment LANGUAGE plpgsql AS $$
+RETURNS prepay.apportionment LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r prepay.apportion_rule;
     s prepay.site;
@@ -2892,7 +3233,7 @@ COMMENT ON FUNCTION prepay.apportion(integer, bigint, date) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.settle_basic_charges(p_site_id integer, p_month date)
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     month_start date := pg_catalog.date_trunc('month', p_month)::date;
     month_end date := (pg_catalog.date_trunc('month', p_month) + interval '1 month')::date;
@@ -2902,6 +3243,7 @@ DECLARE
     days integer;
     target numeric;
     accrued numeric;
+    settled boolean;
     n integer := 0;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
@@ -2921,21 +3263,24 @@ BEGIN
         CONTINUE WHEN days = 0;
         target := prepay._pro_rata(terms.monthly, days, month_end - month_start);
         accrued := prepay._basic_accrued(p_site_id, ac.account_id, month_start);
-        IF prepay._charge(p_site_id, 'basic_settlement', 0, ac.account_id, month_start, month_end,
+        settled := prepay._charge(p_site_id, 'basic_settlement', 0, ac.account_id, month_start, month_end,
                           accrued - target, 'deduct',
                           pg_catalog.jsonb_build_object('by', terms.basic->>'by', 'basis', terms.basis,
                               'price', terms.basic->>'price', 'monthly', terms.monthly, 'days', days,
                               'days_in_month', month_end - month_start, 'target', target, 'accrued', accrued),
                           pg_catalog.format('basic charge %s: %s x %s per month for %s of %s days, %s accrued',
                                             to_char(month_start, 'YYYY-MM'), terms.basis, terms.basic->>'price', days,
-                                            month_end - month_start, accrued)) THEN
+                                            month_end - month_start, accrued));
+        -- count postings, not settlement rows: a month whose accruals were
+        -- complete records its zero settlement but posts nothing
+        IF settled AND accrued <> target THEN
             n := n + 1;
         END IF;
     END LOOP;
     RETURN n;
 END $$;
 COMMENT ON FUNCTION prepay.settle_basic_charges(integer, date) IS
-'Settle the month of every open account on a two-part tariff once the month is over: the monthly basic charge (capacity, or the month''s maximum demand, times the price) pro-rated by the days the account was open, less what the daily accruals posted; the difference (usually zero, a catch-up for missed days or a credit) is posted once per account and month.';
+'Settle the month of every open account on a two-part tariff once the month is over: the monthly basic charge (capacity, or the month''s maximum demand, times the price) pro-rated by the days the account was open, less what the daily accruals posted; the difference (usually zero, a catch-up for missed days or a credit) is posted once per account and month, and a zero difference is recorded in period_charge all the same.  Returns how many ledger entries it posted: 0 when the accruals were complete, or when the month was settled already.';
 
 -- ---------------------------------------------------------------------
 -- bills and statements
@@ -3041,7 +3386,7 @@ COMMENT ON COLUMN prepay.bill_payment.bill_id IS 'Bill settled.';
 COMMENT ON COLUMN prepay.bill_payment.amount IS 'Part of the payment that went to this bill.';
 
 CREATE FUNCTION prepay._service_at(p_site_id integer, p_entry prepay.ledger)
-RETURNS timestamptz LANGUAGE sql STABLE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN p_entry.kind = 'consumption' THEN p_entry.read_to
         WHEN p_entry.channel = 'basic_charge' THEN
@@ -3054,7 +3399,7 @@ COMMENT ON FUNCTION prepay._service_at(integer, prepay.ledger) IS
 'Internal: the instant a charge is for, which decides its bill: a consumption''s reading time, a basic charge''s day, a periodic charge''s period start, else when it was posted.';
 
 CREATE FUNCTION prepay._is_charge(p_site_id integer, p_entry prepay.ledger)
-RETURNS boolean LANGUAGE sql STABLE AS $$
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_entry.kind NOT IN ('recharge', 'refund', 'closing_refund', 'bill_payment', 'bill_charge')
        AND (p_entry.kind <> 'reversal'
             OR (SELECT r.kind FROM prepay.ledger r WHERE r.site_id = p_site_id AND r.entry_id = p_entry.reverses_entry)
@@ -3063,7 +3408,7 @@ $$;
 COMMENT ON FUNCTION prepay._is_charge(integer, prepay.ledger) IS 'Internal: whether a ledger entry is something billed (a charge, a credit against charges or its reversal) rather than a payment.';
 
 CREATE FUNCTION prepay._rule_name(p_charge prepay.period_charge)
-RETURNS text LANGUAGE sql STABLE AS $$
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN p_charge.source IN ('fee', 'fee_credit') THEN
             (SELECT it.name FROM prepay.charge_item it WHERE it.site_id = p_charge.site_id AND it.item_id = p_charge.rule_id)
@@ -3076,7 +3421,7 @@ $$;
 COMMENT ON FUNCTION prepay._rule_name(prepay.period_charge) IS 'Internal: the name of the fee or rule a periodic charge comes from (NULL for basic settlements and move-out expiry).';
 
 CREATE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH entries AS (
         SELECT l.* FROM prepay.bill_entry be
           JOIN prepay.ledger l ON l.site_id = be.site_id AND l.entry_id = be.entry_id
@@ -3123,7 +3468,7 @@ $$;
 COMMENT ON FUNCTION prepay._bill_lines(integer, prepay.bill) IS 'Internal: write the lines of a bill from its ledger entries and its periodic charges settled by bill.';
 
 CREATE FUNCTION prepay.draft_bill(p_site_id integer, p_account_id bigint, p_period_start date, p_period_end date)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     b prepay.bill;
@@ -3174,7 +3519,7 @@ COMMENT ON FUNCTION prepay.draft_bill(integer, bigint, date, date) IS
 'Draft (or redraft, while still a draft) an account''s bill for [start, end): every ledger charge not yet billed whose service time is before the end (so a late charge lands on the next bill, never on two), and the fees and shares settled by bill.  A confirmed or issued bill is returned unchanged.  22023 for a missing, empty or infinite period.';
 
 CREATE FUNCTION prepay.draft_bills(p_site_id integer, p_period_start date, p_period_end date DEFAULT NULL)
-RETURNS SETOF prepay.bill LANGUAGE plpgsql AS $$
+RETURNS SETOF prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     period_end date := coalesce(p_period_end, (p_period_start + interval '1 month')::date);
     a prepay.account;
@@ -3194,7 +3539,7 @@ END $$;
 COMMENT ON FUNCTION prepay.draft_bills(integer, date, date) IS 'Draft the bill of every account open during [start, end) (end defaults to a month after start), postpaid and prepaid alike.';
 
 CREATE FUNCTION prepay._bill_for_update(p_site_id integer, p_bill_id bigint)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.bill;
 BEGIN
@@ -3208,7 +3553,7 @@ END $$;
 COMMENT ON FUNCTION prepay._bill_for_update(integer, bigint) IS 'Internal: lock a bill, PY021 if unknown.';
 
 CREATE FUNCTION prepay.confirm_bill(p_site_id integer, p_bill_id bigint)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.bill;
 BEGIN
@@ -3228,7 +3573,7 @@ END $$;
 COMMENT ON FUNCTION prepay.confirm_bill(integer, bigint) IS 'Staff confirm a drafted bill (recording who and when); it is never redrafted after.  Confirming twice is harmless; PY022 for an issued bill.';
 
 CREATE FUNCTION prepay.issue_bill(p_site_id integer, p_bill_id bigint)
-RETURNS prepay.bill LANGUAGE plpgsql AS $$
+RETURNS prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.bill;
 BEGIN
@@ -3253,7 +3598,7 @@ COMMENT ON FUNCTION prepay.issue_bill(integer, bigint) IS 'Issue a confirmed bil
 
 CREATE FUNCTION prepay.pay_bills(p_site_id integer, p_account_id bigint, p_amount numeric,
                                  p_channel text, p_external_ref text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     entry bigint;
@@ -3264,8 +3609,8 @@ DECLARE
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'bill payment');
-    PERFORM prepay._check_text(p_channel, 'channel');
-    PERFORM prepay._check_text(p_external_ref, 'external reference');
+    PERFORM prepay._check_reference(p_channel, 'channel');
+    PERFORM prepay._check_reference(p_external_ref, 'external reference');
     a := prepay._lock_account(p_site_id, p_account_id, false);
     entry := prepay._payment_replay(p_site_id, p_account_id, 'bill_payment', p_amount, p_channel, p_external_ref);
     IF entry IS NOT NULL THEN
@@ -3342,7 +3687,7 @@ COMMENT ON COLUMN prepay.bill_arrears.ageing IS 'Ageing bucket: not due, 1-30, 3
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.run_periodic(p_site_id integer, p_day date)
-RETURNS jsonb LANGUAGE plpgsql AS $$
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     done jsonb := '{}';
     previous_month date := (pg_catalog.date_trunc('month', p_day) - interval '1 month')::date;
@@ -3398,7 +3743,7 @@ COMMENT ON FUNCTION prepay.run_periodic(integer, date) IS
 'The site''s daily billing run for a local day, in order: accrue the previous day''s basic charges; on the first day of a month settle the previous month''s basic charges and apportion every rule in force whose period just ended (a rule whose master readings are missing raises an apportionment_failed alarm and is listed; the others go on; run it again once the readings are in) ; then expire the allowances of periods ended, credit the period''s allowances, charge the fees due, and on the first day of a month draft the previous month''s bills.  The period that ended is charged before its allowance expires, and spends it first.  Every step is idempotent, so running it twice, late, or from two sessions at once charges once.  Returns what it did.';
 
 CREATE FUNCTION prepay.run_periodic_all()
-RETURNS TABLE (site_id integer, local_day date, done jsonb) LANGUAGE plpgsql AS $$
+RETURNS TABLE (site_id integer, local_day date, done jsonb) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s prepay.site;
 BEGIN
@@ -3475,7 +3820,7 @@ END $$;
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._check_threshold(p_value numeric, p_what text)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_value IS NULL THEN
         RETURN;
@@ -3493,7 +3838,7 @@ COMMENT ON FUNCTION prepay._check_threshold(numeric, text) IS
 CREATE FUNCTION prepay.set_thresholds(p_site_id integer, p_account_id bigint,
                                       p_low_balance numeric, p_pretrip numeric,
                                       p_credit_limit numeric DEFAULT NULL)
-RETURNS smallint LANGUAGE plpgsql AS $$
+RETURNS smallint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     s prepay.site;
@@ -3533,7 +3878,7 @@ COMMENT ON FUNCTION prepay.set_thresholds(integer, bigint, numeric, numeric, num
 
 CREATE FUNCTION prepay.set_tariff(p_site_id integer, p_tariff_id bigint,
                                   p_account_id bigint DEFAULT NULL, p_meter_id bigint DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
     m prepay.meter;
@@ -3756,7 +4101,7 @@ COMMENT ON COLUMN prepay.batch_result.finished_at IS 'When the item ran.';
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._batch_check_keys(p_params jsonb, p_allowed text[], p_required text[])
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k text;
 BEGIN
@@ -3778,7 +4123,7 @@ END $$;
 COMMENT ON FUNCTION prepay._batch_check_keys(jsonb, text[], text[]) IS 'Internal: refuse (22023) a parameter object with a key not in p_allowed or without a key of p_required.';
 
 CREATE FUNCTION prepay._batch_number(p_params jsonb, p_key text)
-RETURNS numeric LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS numeric LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_params->p_key IS NULL OR jsonb_typeof(p_params->p_key) = 'null' THEN
         RETURN NULL;
@@ -3792,7 +4137,7 @@ COMMENT ON FUNCTION prepay._batch_number(jsonb, text) IS 'Internal: a numeric ba
 
 CREATE FUNCTION prepay._batch_check_params(p_site_id integer, p_action prepay.batch_action,
                                            p_target prepay.batch_target, p_params jsonb)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s prepay.site;
 BEGIN
@@ -3852,7 +4197,7 @@ BEGIN
         END IF;
     WHEN 'recharge' THEN
         PERFORM prepay._batch_check_keys(p_params, '{channel,amount}', '{channel}');
-        PERFORM prepay._check_text(p_params->>'channel', 'channel');
+        PERFORM prepay._check_reference(p_params->>'channel', 'channel');
         IF p_params ? 'amount' THEN
             PERFORM prepay._check_amount(prepay._batch_number(p_params, 'amount'), 'recharge');
         END IF;
@@ -3862,7 +4207,7 @@ COMMENT ON FUNCTION prepay._batch_check_params(integer, prepay.batch_action, pre
 'Internal: refuse a batch whose action does not fit its target or whose parameters are unknown, missing or invalid (22023, 22003, PY009).  Per-item values (amounts, references) are checked when each item runs.';
 
 CREATE FUNCTION prepay._batch_resolve(p_site_id integer, p_target prepay.batch_target, p_element jsonb)
-RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e jsonb := p_element;
     n numeric;
@@ -3886,7 +4231,7 @@ COMMENT ON FUNCTION prepay._batch_resolve(integer, prepay.batch_target, jsonb) I
 'Internal: the account or meter id a list element names: a whole number is an id (unchecked: an unknown id fails when its item runs), a string is a code, an object has "id" or "code".  NULL when it names none.';
 
 CREATE FUNCTION prepay._batch_check_selector(p_selector jsonb)
-RETURNS void LANGUAGE plpgsql IMMUTABLE AS $$
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     k text;
 BEGIN
@@ -3916,7 +4261,7 @@ COMMENT ON FUNCTION prepay._batch_check_selector(jsonb) IS
 'Internal: refuse (22023) a selector that is empty, has an unknown key or a value of the wrong type, or uses "all" other than alone as {"all": true}.';
 
 CREATE FUNCTION prepay._batch_select(p_site_id integer, p_target prepay.batch_target, p_selector jsonb)
-RETURNS SETOF bigint LANGUAGE plpgsql STABLE AS $$
+RETURNS SETOF bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF p_target = 'meter' THEN
         RETURN QUERY
@@ -3950,7 +4295,7 @@ CREATE FUNCTION prepay.create_batch(p_site_id integer, p_client_ref text, p_acti
                                     p_target prepay.batch_target, p_targets jsonb,
                                     p_params jsonb DEFAULT '{}', p_run_at timestamptz DEFAULT NULL,
                                     p_note text DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.batch;
     id bigint;
@@ -4032,7 +4377,7 @@ COMMENT ON FUNCTION prepay.create_batch(integer, text, prepay.batch_action, prep
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._batch_target_error(b prepay.batch, it prepay.batch_item)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     named jsonb := CASE WHEN jsonb_typeof(it.input) = 'object' THEN coalesce(it.input->'id', it.input->'code')
                         ELSE it.input END;
@@ -4054,7 +4399,7 @@ COMMENT ON FUNCTION prepay._batch_target_error(prepay.batch, prepay.batch_item) 
 
 CREATE FUNCTION prepay._batch_run_item(b prepay.batch, it prepay.batch_item,
                                        OUT state prepay.batch_item_state, OUT result jsonb, OUT message text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target_id bigint := coalesce(it.account_id, it.meter_id);
     earlier integer;
@@ -4144,7 +4489,7 @@ COMMENT ON FUNCTION prepay._batch_run_item(prepay.batch, prepay.batch_item) IS
 'Internal: carry out one item through the public single-target function (set_tariff, set_thresholds, protect, trip/close, recharge) and say what it did; raises the function''s error for a failed item.  The caller runs it in a subtransaction.';
 
 CREATE FUNCTION prepay._batch_relay(b prepay.batch, p_meter_id bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     reason text := coalesce(b.params->>'reason', 'batch ' || b.client_ref);
 BEGIN
@@ -4156,7 +4501,7 @@ END $$;
 COMMENT ON FUNCTION prepay._batch_relay(prepay.batch, bigint) IS 'Internal: queue a batch''s trip or close for one meter (prepay.trip / prepay.close) with the batch''s reason (default "batch <client_ref>"); returns the command id.';
 
 CREATE FUNCTION prepay._batch_run(b prepay.batch, p_max_items bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     it prepay.batch_item;
     r record;
@@ -4204,7 +4549,7 @@ COMMENT ON FUNCTION prepay._batch_run(prepay.batch, bigint) IS
 'Internal: run up to p_max_items (NULL: all) pending items of a batch the caller has locked, in item order, each in its own subtransaction: a failing item is recorded as failed with its SQLSTATE, message, detail and hint, and the others go on.  Errors of classes 40, 53-58 and XX (deadlock, serialization, resources, operator intervention, internal) are re-raised.  Marks the batch done when no item is pending.  Returns how many items ran.';
 
 CREATE FUNCTION prepay._batch_run_safely(b prepay.batch, p_max_items bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e_state text;
     e_message text;
@@ -4220,7 +4565,7 @@ COMMENT ON FUNCTION prepay._batch_run_safely(prepay.batch, bigint) IS
 'Internal: run a batch in a subtransaction; if the run stops on an error that is not an item''s (deadlock, lack of resources, ...), undo the whole run of this batch (its items stay pending), note the error in batch.last_error and return 0, so other batches still run.';
 
 CREATE FUNCTION prepay._batch_lock_site(b prepay.batch, p_wait boolean)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF b.action <> 'set_tariff' THEN
         RETURN true;
@@ -4238,7 +4583,7 @@ CREATE FUNCTION prepay.run_due_batches(p_max_items bigint DEFAULT NULL)
 RETURNS TABLE (site_id integer, batch_id bigint, client_ref text, action prepay.batch_action,
                state prepay.batch_state, items_run bigint, pending bigint, done bigint, failed bigint,
                skipped bigint, last_error text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     b prepay.batch;
@@ -4277,7 +4622,7 @@ CREATE FUNCTION prepay.run_batch(p_site_id integer, p_batch_id bigint)
 RETURNS TABLE (site_id integer, batch_id bigint, client_ref text, action prepay.batch_action,
                state prepay.batch_state, items_run bigint, pending bigint, done bigint, failed bigint,
                skipped bigint, last_error text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     b prepay.batch;
@@ -4310,7 +4655,7 @@ COMMENT ON FUNCTION prepay.run_batch(integer, bigint) IS
 'Run one due batch now, in the calling transaction (after prepay.create_batch for "immediately"), and return its counts.  A batch that is done or cancelled is not run again: its counts are returned with items_run 0; a runner holding it is waited for.  PY301 unknown batch; PY303 run_at still ahead.';
 
 CREATE FUNCTION prepay.cancel_batch(p_site_id integer, p_batch_id bigint, p_reason text)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.batch;
     n bigint;
@@ -4340,7 +4685,7 @@ COMMENT ON FUNCTION prepay.cancel_batch(integer, bigint, text) IS
 'Cancel a batch that has not finished: its pending items are skipped ("batch cancelled: reason"); items already run stay as they are.  Returns how many items were skipped.  Waits for a runner holding the batch.  PY301 unknown batch; PY303 already done or cancelled; 22023 blank reason.';
 
 CREATE FUNCTION prepay.reschedule_batch(p_site_id integer, p_batch_id bigint, p_run_at timestamptz)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.batch;
 BEGIN
@@ -4566,14 +4911,14 @@ COMMENT ON INDEX prepay.ledger_money IS 'Every money movement that is not a cons
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._local_day(p_at timestamptz, p_tz text)
-RETURNS date LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+RETURNS date LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ((p_at OPERATOR(pg_catalog.-) interval '1 microsecond') AT TIME ZONE p_tz)::date
 $$;
 COMMENT ON FUNCTION prepay._local_day(timestamptz, text) IS 'Internal: the local date an interval ending at p_at belongs to ((a, b] ends on the day of b minus one microsecond, so an interval ending at midnight belongs to the day before).';
 
 CREATE FUNCTION prepay._entry_parts(p_amount numeric, p_pieces json, p_tz text)
 RETURNS TABLE (day date, period text, tier integer, energy numeric, cost numeric, charged numeric, charges integer)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT q.day, q.period, q.tier,
            CASE WHEN q.first_day = q.last_day THEN q.energy ELSE q.part END,
            CASE WHEN q.first_day = q.last_day THEN q.amount ELSE q.part * q.price END,
@@ -4605,7 +4950,7 @@ COMMENT ON FUNCTION prepay._entry_parts(numeric, json, text) IS
 CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to date)
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
                energy numeric, cost numeric, charged numeric, charges bigint)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier,
            sum(x.energy), sum(x.cost), sum(x.charged), sum(x.charges)
       FROM prepay.site s
@@ -4622,7 +4967,7 @@ COMMENT ON FUNCTION prepay.energy_from_ledger(integer, date, date) IS
 
 CREATE FUNCTION prepay.rebuild_rollups(p_site_id integer)
 RETURNS TABLE (days bigint, months bigint, posting_days bigint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM prepay.site s WHERE s.site_id = p_site_id) THEN
         PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id),
@@ -4654,7 +4999,7 @@ COMMENT ON FUNCTION prepay.rebuild_rollups(integer) IS
 'Recompute a site''s rollups from its ledger (after loading ledger rows with triggers disabled, or to prove them): returns the rows written.  Takes the site''s rating lock.  PY007 unknown site.';
 
 CREATE FUNCTION prepay.fold_rollups(p_site_id integer DEFAULT NULL)
-RETURNS bigint LANGUAGE plpgsql AS $$
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s integer;
     moved_rows bigint;
@@ -4711,7 +5056,7 @@ RETURNS TABLE (site_id integer, building text, floor text, room text, meter_id b
                alarm_colour text, relay_state prepay.relay_state, relay_state_at timestamptz, protected boolean,
                online boolean, lost_since timestamptz, today date, today_energy numeric, today_cost numeric,
                today_charged numeric, last_read_at timestamptz)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code, a.account_id, a.code, a.name, a.balance,
            a.alarm_level,
            CASE a.alarm_level WHEN 0 THEN 'green' WHEN 1 THEN 'yellow' WHEN 2 THEN 'orange' WHEN 3 THEN 'red' END,
@@ -4901,7 +5246,7 @@ CREATE FUNCTION prepay.account_trail(p_site_id integer, p_account_id bigint, p_f
 RETURNS TABLE (line bigint, at timestamptz, kind text, entry_id bigint, amount numeric, balance numeric,
                energy numeric, meter_id bigint, read_from timestamptz, read_to timestamptz, channel text,
                external_ref text, operator text, reason text)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     tz text;
     opening numeric;
@@ -5027,7 +5372,7 @@ RETURNS TABLE (site_id integer, account_id bigint, account_code text, account_na
                meters_to_cut bigint, recent_energy_per_day numeric, recent_cost_per_day numeric,
                last_read_at timestamptz, run_out_at timestamptz, method text, cut_at timestamptz, status text,
                reason text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH s AS (
         SELECT st.site_id, st.time_zone, st.currency,
                ((p_at AT TIME ZONE st.time_zone)::date
@@ -5053,8 +5398,15 @@ LANGUAGE sql STABLE AS $$
                a.protect, a.opened_at,
                count(mt.meter_id) AS meters, count(mt.meter_id) FILTER (WHERE mt.cuttable) AS meters_to_cut,
                count(mt.meter_id) FILTER (WHERE mt.cuttable AND mt.relay_state = 'tripped') AS meters_cut,
-               sum(mt.energy * 24 / mt.hours) FILTER (WHERE mt.hours > 0) AS energy_per_day,
-               sum(mt.cost * 24 / mt.hours) FILTER (WHERE mt.hours > 0) AS cost_per_day,
+               -- a rate needs a minute (the agent's usual poll interval) of consumption: over
+               -- milliseconds (a back-dated attach with back-filled readings) it is noise
+               sum(mt.energy * 24 / mt.hours) FILTER (WHERE mt.hours >= 1.0 / 60) AS energy_per_day,
+               sum(mt.cost * 24 / mt.hours) FILTER (WHERE mt.hours >= 1.0 / 60) AS cost_per_day,
+               coalesce(bool_or(mt.energy > 0 AND mt.hours < 1.0 / 60), false) AS short_history,
+               -- 48 hours at that rate must stay far inside the tariff engine's range (about 9.2e9
+               -- per charge), else the account keeps the recent-average estimate
+               coalesce(bool_or(mt.hours >= 1.0 / 60 AND (mt.cost * 48 / mt.hours > 1e8
+                                                     OR mt.energy * 48 / mt.hours >= 1e12)), false) AS beyond_pricing,
                max(mt.last_read_at) AS last_read_at,
                (SELECT min(c.not_before) FROM prepay.command c
                  WHERE c.site_id = a.site_id AND c.account_id = a.account_id AND c.action = 'trip'
@@ -5067,7 +5419,7 @@ LANGUAGE sql STABLE AS $$
         -- accounts worth pricing ahead: money left, consumption, and (with p_within) a rough runway
         -- at most four times p_within, so that a price peak cannot hide a cut
         SELECT ac.* FROM ac
-         WHERE ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0
+         WHERE ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0 AND NOT ac.beyond_pricing
            AND (p_within IS NULL
                 OR ac.available / ac.cost_per_day * 86400 <= 4 * EXTRACT(epoch FROM p_within))
     ), pieces AS (
@@ -5078,7 +5430,7 @@ LANGUAGE sql STABLE AS $$
                                                         mt.last_read_at + interval '48 hours',
                                                         round(mt.energy * 48 / mt.hours, 3),
                                                         mt.cycle_used, mt.cycle_start, NULL)) AS p
-         WHERE mt.hours > 0 AND mt.energy > 0
+         WHERE mt.hours >= 1.0 / 60 AND mt.energy > 0
     ), walk AS (
         SELECT pc.account_id, pc.piece_from, pc.piece_to, pc.amount,
                sum(pc.amount) OVER (PARTITION BY pc.account_id ORDER BY pc.piece_to, pc.piece_from
@@ -5092,20 +5444,32 @@ LANGUAGE sql STABLE AS $$
                  ORDER BY w.spent LIMIT 1) AS crossing,
                (SELECT sum(w.amount) FROM walk w WHERE w.account_id = todo.account_id) AS cost_48h
           FROM todo
-    ), f AS (
-        SELECT ac.*,
-               CASE WHEN pr.crossing IS NOT NULL THEN pr.crossing
-                    WHEN pr.cost_48h > 0 THEN pg_catalog.date_trunc('second', ac.last_read_at
-                         + interval '48 hours' * (ac.available / pr.cost_48h)::double precision)
-                    WHEN ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0 THEN
-                         pg_catalog.date_trunc('second', ac.last_read_at
-                         + interval '1 day' * (ac.available / ac.cost_per_day)::double precision)
-               END AS run_out_at,
+    ), ahead AS (
+        -- beyond 48 hours: days of money left at the 48-hour cost, else at the recent average
+        SELECT ac.*, pr.crossing,
+               CASE WHEN pr.crossing IS NOT NULL THEN NULL
+                    WHEN pr.cost_48h > 0 THEN ac.available / pr.cost_48h * 2
+                    WHEN ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0
+                         THEN ac.available / ac.cost_per_day
+               END AS days_left,
                CASE WHEN pr.crossing IS NOT NULL THEN 'tariff, 48 hours ahead'
                     WHEN pr.cost_48h > 0 THEN 'tariff, 48 hours extrapolated'
                     WHEN ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0 THEN 'recent average cost'
                END AS method
           FROM ac LEFT JOIN priced pr ON pr.account_id = ac.account_id
+    ), f AS (
+        -- no forecast rather than an error: a rate over less than a minute, or money for
+        -- more than 100 years (a time that far ahead is out of the timestamp's range)
+        SELECT ah.*,
+               CASE WHEN ah.crossing IS NOT NULL THEN ah.crossing
+                    WHEN ah.days_left <= 36500 THEN pg_catalog.date_trunc('second', ah.last_read_at
+                         + interval '1 day' * ah.days_left::double precision)
+               END AS run_out_at,
+               CASE WHEN ah.days_left > 36500 THEN 'money for more than 100 years at the recent rate'
+                    WHEN ah.crossing IS NULL AND ah.days_left IS NULL AND ah.short_history
+                         THEN 'less than a minute of consumption since the account opened'
+               END AS no_forecast
+          FROM ahead ah
     ), st AS (
         SELECT f.*,
                CASE WHEN f.mode = 'postpaid' THEN 'postpaid'
@@ -5114,13 +5478,14 @@ LANGUAGE sql STABLE AS $$
                     WHEN f.protect OR f.meters_to_cut = 0 THEN 'protected'
                     WHEN f.available <= 0 AND f.meters_cut = f.meters_to_cut THEN 'cut'
                     WHEN f.available <= 0 THEN 'in arrears'
+                    WHEN f.no_forecast IS NOT NULL THEN 'no forecast'
                     WHEN f.run_out_at IS NULL THEN 'no recent consumption'
                     ELSE 'forecast' END AS status
           FROM f
     )
     SELECT p_site_id, st.account_id, st.code, st.name, st.mode, st.balance, st.credit_limit, st.available,
            st.protect, st.meters, st.meters_to_cut, round(st.energy_per_day, 3), round(st.cost_per_day, 2),
-           st.last_read_at, st.run_out_at, st.method,
+           st.last_read_at, st.run_out_at, CASE WHEN st.run_out_at IS NOT NULL THEN st.method END,
            CASE st.status WHEN 'trip queued' THEN st.trip_queued_for
                           WHEN 'forecast' THEN prepay.cut_allowed_at(p_site_id, st.run_out_at) END,
            st.status,
@@ -5138,6 +5503,7 @@ LANGUAGE sql STABLE AS $$
                WHEN 'cut' THEN pg_catalog.format('in arrears (%s %s); supply is cut', st.balance, s.currency)
                WHEN 'in arrears' THEN pg_catalog.format('in arrears (%s %s); the trip is under way', st.balance, s.currency)
                WHEN 'no recent consumption' THEN 'no consumption in the forecast window'
+               WHEN 'no forecast' THEN pg_catalog.format('no forecast: %s', st.no_forecast)
                ELSE pg_catalog.format('%s %s left (balance %s + credit %s) at %s per day: arrears about %s (%s)%s',
                         st.available, s.currency, st.balance, st.credit_limit, round(st.cost_per_day, 2),
                         pg_catalog.to_char(st.run_out_at AT TIME ZONE s.time_zone, 'YYYY-MM-DD HH24:MI'), st.method,
@@ -5150,7 +5516,7 @@ LANGUAGE sql STABLE AS $$
       FROM st CROSS JOIN s
 $$;
 COMMENT ON FUNCTION prepay.balance_forecast_at(integer, timestamptz, interval) IS
-'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).';
+'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).  A meter''s rate needs a minute of consumption since the account opened; an account without a usable rate (or with money for more than 100 years) gets status no forecast and NULL run_out_at and cut_at, never an error, so one degenerate account cannot break the forecast of the others.';
 
 CREATE VIEW prepay.balance_forecast AS
 SELECT f.* FROM prepay.site s CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
@@ -5161,7 +5527,7 @@ CREATE FUNCTION prepay.cut_forecast(p_site_id integer, p_horizon interval DEFAUL
 RETURNS TABLE (site_id integer, account_id bigint, account_code text, account_name text, balance numeric,
                available numeric, run_out_at timestamptz, cut_at timestamptz, will_be_cut boolean,
                meters_to_cut bigint, status text, why text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT f.site_id, f.account_id, f.account_code, f.account_name, f.balance, f.available, f.run_out_at, f.cut_at,
            f.cut_at IS NOT NULL, f.meters_to_cut, f.status, f.reason
       FROM prepay.balance_forecast_at(p_site_id, p_at, p_horizon) AS f
@@ -5200,7 +5566,7 @@ COMMENT ON COLUMN prepay.cut_reminder.notification_id IS 'The notification writt
 COMMENT ON COLUMN prepay.cut_reminder.sent_at IS 'When the reminder was written.';
 
 CREATE FUNCTION prepay.send_cut_reminders(p_site_id integer DEFAULT NULL, p_at timestamptz DEFAULT pg_catalog.now())
-RETURNS integer LANGUAGE plpgsql AS $$
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
     n integer := 0;
@@ -5269,7 +5635,7 @@ COMMENT ON COLUMN prepay.multiplier_change.changed_at IS 'When (transaction time
 COMMENT ON COLUMN prepay.multiplier_change.changed_by IS 'Database user who changed it.';
 
 CREATE FUNCTION prepay._log_multiplier_change() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO prepay.multiplier_change (site_id, meter_id, old_multiplier, new_multiplier)
     VALUES (NEW.site_id, NEW.meter_id, OLD.multiplier, NEW.multiplier);
@@ -5283,7 +5649,7 @@ COMMENT ON TRIGGER meter_multiplier_change ON prepay.meter IS 'Logs multiplier c
 
 CREATE FUNCTION prepay.loss_jumps(p_site_id integer, p_min_points numeric DEFAULT 5)
 RETURNS TABLE (site_id integer, rule_id bigint, period_start date, loss_pct numeric, previous_pct numeric)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT x.site_id, x.rule_id, x.period_start, x.loss_pct, x.previous_pct
       FROM (SELECT l.site_id, l.rule_id, l.period_start, l.loss_pct,
                    pg_catalog.lag(l.loss_pct) OVER (PARTITION BY l.rule_id ORDER BY l.period_start) AS previous_pct
@@ -5298,7 +5664,7 @@ CREATE FUNCTION prepay.suspicious_consumption_at(p_site_id integer, p_at timesta
                                                  p_drop numeric DEFAULT 0.3)
 RETURNS TABLE (site_id integer, kind text, account_id bigint, account_code text, meter_id bigint, meter_code text,
                building text, floor text, room text, since timestamptz, recent numeric, usual numeric, detail text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH s AS (
         SELECT st.site_id, st.time_zone, (p_at AT TIME ZONE st.time_zone)::date AS today
           FROM prepay.site st WHERE st.site_id = p_site_id
@@ -5454,17 +5820,17 @@ BEGIN
         ('*', 'meters_to_cut', 'Active meters not on keep-power: what a cut trips.'),
         ('*', 'recent_energy_per_day', 'Recent consumption per day (all active meters, over the site''s forecast_window).'),
         ('*', 'recent_cost_per_day', 'Recent exact cost per day, rounded to cents.'),
-        ('*', 'run_out_at', 'When the available money is expected to run out (balance reaches minus the credit limit).'),
+        ('*', 'run_out_at', 'When the available money is expected to run out (balance reaches minus the credit limit); NULL without a forecast (status no forecast: less than a minute of consumption, or money for more than 100 years).'),
         ('*', 'method', 'How run_out_at was found: tariff, 48 hours ahead; tariff, 48 hours extrapolated; recent average cost.'),
         ('*', 'cut_at', 'When supply is expected to be cut: run_out_at moved past no-cut windows, or the queued trip''s time; NULL when no cut is expected.'),
-        ('*', 'status', 'forecast, trip queued, in arrears, cut, protected, postpaid, no meter or no recent consumption.'),
+        ('*', 'status', 'forecast, trip queued, in arrears, cut, protected, postpaid, no meter, no recent consumption or no forecast (the rate is not usable: see why).'),
         ('*', 'will_be_cut', 'false for keep-power accounts that reach arrears but are never cut.'),
         ('*', 'why', 'Why: money left, rate, expected run-out and cut, no-cut windows, keep-power.'),
         ('*', 'since', 'Since when the suspicion holds.'),
         ('*', 'recent', 'zero_use, sudden_drop: energy per day in the recent days; reverse_energy: quarantined readings; multiplier_changed: new multiplier; loss_jump: loss percentage.'),
         ('*', 'usual', 'zero_use, sudden_drop: energy per day in the days before; multiplier_changed: old multiplier; loss_jump: previous loss percentage.'),
-        ('alarm_history', 'kind', 'Alarm kind: low_balance, pretrip, arrears, bad_reading, meter_lost, gateway_lost.'),
-        ('active_alarms', 'kind', 'Alarm kind: low_balance, pretrip, arrears, bad_reading, meter_lost, gateway_lost.'),
+        ('alarm_history', 'kind', 'Alarm kind: low_balance, pretrip, arrears, bad_reading, conflicting_reading, split_fallback, command_failing, notification_dead, meter_lost, gateway_lost, or a billing alarm.'),
+        ('active_alarms', 'kind', 'Alarm kind: low_balance, pretrip, arrears, bad_reading, conflicting_reading, split_fallback, command_failing, notification_dead, meter_lost, gateway_lost, or a billing alarm.'),
         ('alarm_history', 'day', 'Local date the alarm was raised.'),
         ('suspicious_consumption', 'kind', 'zero_use, sudden_drop, reverse_energy, multiplier_changed or loss_jump.'),
         ('balance_forecast', 'reason', 'Why: money left, rate, expected run-out and cut, no-cut windows, keep-power.'),
@@ -5518,7 +5884,8 @@ END $$;
 --	  with their own SQLSTATEs; these constraints make the tables refuse
 --	  it too (23514, the constraint named <table>_<column>_not_nan).
 --	  prepay.reading is the exception: a NaN register is telemetry, stored
---	  and quarantined as invalid_value, never refused.  Infinity needs no
+--	  and quarantined as invalid_value, never refused; so are the bulk
+--	  intake that feeds it and the record of the readings it refused.  Infinity needs no
 --	  rule: every numeric column here has a precision, which refuses it.
 
 DO $$
@@ -5531,7 +5898,7 @@ BEGIN
           JOIN pg_catalog.pg_class cl ON cl.oid = a.attrelid
          WHERE cl.relnamespace = 'prepay'::pg_catalog.regnamespace AND cl.relkind IN ('r', 'p')
            AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'pg_catalog.numeric'::pg_catalog.regtype
-           AND cl.relname <> 'reading'
+           AND cl.relname NOT IN ('reading', 'reading_intake', 'reading_refused')
          ORDER BY cl.relname, a.attnum
     LOOP
         EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I CHECK (%I OPERATOR(pg_catalog.<>) ''NaN''::pg_catalog.numeric)',
@@ -5540,6 +5907,1152 @@ BEGIN
                                   pg_catalog.format('%s is a number: NaN is refused (sql/integrity.sql).', c.attname));
     END LOOP;
 END $$;
+/*-------------------------------------------------------------------------
+ * sql/notify.sql
+ *     Delivery of the notification outbox (prepay.notification) by webhook,
+ *     e-mail and SMS: the per-site channels and their secrets, the text
+ *     templates per site and language, the events that write notifications
+ *     besides the balance ladder and the cut reminders (payment received,
+ *     supply restored, bill issued), and the delivery state machine a
+ *     delivering prepay-agent drives.  Appended after reports.sql and
+ *     before security.sql into prepay--<version>.sql.
+ *
+ * Vocabulary
+ *     channel     webhook, email or sms; configured per site in
+ *                 prepay.notify_channel, its secret in prepay.notify_secret
+ *                 (readable by prepay_admin, handed to the agent only by
+ *                 prepay.agent_claim_deliveries).
+ *     delivery    one notification on one channel (prepay.notification_delivery),
+ *                 written by a trigger when the notification is written.
+ *     lease       a claimed delivery belongs to the claiming agent until
+ *                 lease_until; an agent that dies mid-delivery loses it and
+ *                 another claim sends it again with the same idempotency key.
+ *
+ * Delivery life (see docs/AGENT.md):
+ *     pending --agent_claim_deliveries--> leased --agent_delivery_done--> delivered
+ *                                            |--agent_delivery_failed--> pending (backoff) or dead
+ *                                            +--lease expires----------> pending (claimed again)
+ *     dead: a permanent failure, max_attempts reached or max_age passed;
+ *     raises an alarm of kind notification_dead for the account.
+ *
+ * Errors raised here use SQLSTATEs PY5xx (docs/API.md).
+ *-------------------------------------------------------------------------
+ */
+
+-- ---------------------------------------------------------------------
+-- configuration: channels, secrets, site settings, languages, templates
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.notify_site (
+    site_id           integer PRIMARY KEY REFERENCES prepay.site,
+    language          text NOT NULL DEFAULT 'en' CHECK (language IN ('zh', 'en')),
+    payment_received  boolean NOT NULL DEFAULT true,
+    supply_restored   boolean NOT NULL DEFAULT true,
+    bill_issued       boolean NOT NULL DEFAULT true
+);
+COMMENT ON TABLE prepay.notify_site IS 'A site''s notification settings.  With a row here the site''s notifications are written from its templates in the tenant''s language (prepay.notify_template), and the events switched on below write notifications too; without one, notifications keep the built-in English text.';
+COMMENT ON COLUMN prepay.notify_site.site_id IS 'Site.';
+COMMENT ON COLUMN prepay.notify_site.language IS 'Default language of the site''s messages (zh or en); prepay.account_language overrides it per account.';
+COMMENT ON COLUMN prepay.notify_site.payment_received IS 'Write a payment_received notification (with the new balance) for every recharge.';
+COMMENT ON COLUMN prepay.notify_site.supply_restored IS 'Write a supply_restored notification when a close command of an account''s meter is done.';
+COMMENT ON COLUMN prepay.notify_site.bill_issued IS 'Write a bill_issued notification when a bill is issued.';
+
+CREATE TABLE prepay.account_language (
+    site_id     integer NOT NULL,
+    account_id  bigint NOT NULL,
+    language    text NOT NULL CHECK (language IN ('zh', 'en')),
+    PRIMARY KEY (site_id, account_id),
+    FOREIGN KEY (site_id, account_id) REFERENCES prepay.account ON DELETE CASCADE
+);
+COMMENT ON TABLE prepay.account_language IS 'The language a tenant is written to in, when it is not the site''s (prepay.notify_site.language).';
+COMMENT ON COLUMN prepay.account_language.site_id IS 'Site of the account.';
+COMMENT ON COLUMN prepay.account_language.account_id IS 'Account.';
+COMMENT ON COLUMN prepay.account_language.language IS 'zh or en.';
+
+CREATE TABLE prepay.notify_channel (
+    site_id         integer NOT NULL REFERENCES prepay.site,
+    channel         text NOT NULL CHECK (channel IN ('webhook', 'email', 'sms')),
+    enabled         boolean NOT NULL DEFAULT true,
+    url             text NOT NULL,
+    method          text NOT NULL DEFAULT 'POST' CHECK (method IN ('GET', 'POST', 'PUT')),
+    headers         text[] NOT NULL DEFAULT '{}',
+    body            text,
+    smtp_tls        text NOT NULL DEFAULT 'starttls' CHECK (smtp_tls IN ('starttls', 'implicit', 'none')),
+    smtp_user       text,
+    mail_from       text,
+    max_per_minute  integer NOT NULL DEFAULT 60 CHECK (max_per_minute > 0),
+    max_attempts    integer NOT NULL DEFAULT 12 CHECK (max_attempts BETWEEN 1 AND 100),
+    max_age         interval NOT NULL DEFAULT '2 days' CHECK (max_age > '0'),
+    backoff_base    interval NOT NULL DEFAULT '10 seconds' CHECK (backoff_base > '0'),
+    backoff_max     interval NOT NULL DEFAULT '1 hour' CHECK (backoff_max >= backoff_base),
+    lease           interval NOT NULL DEFAULT '60 seconds' CHECK (lease BETWEEN '5 seconds' AND '1 hour'),
+    PRIMARY KEY (site_id, channel),
+    -- plain http and unencrypted SMTP only to this host (tests, a local relay)
+    CHECK (channel = 'email' OR url ~ '^https://' OR url ~ '^http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$)'),
+    CHECK (channel <> 'email' OR url ~ '^smtps?://[^/]+/?$'),
+    CHECK (channel <> 'email' OR smtp_tls <> 'none' OR url ~ '^smtp://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?/?$'),
+    CHECK (channel <> 'email' OR mail_from IS NOT NULL),
+    CHECK (channel <> 'sms' OR body IS NOT NULL OR method = 'GET')
+);
+COMMENT ON TABLE prepay.notify_channel IS 'How a site''s notifications leave: one row per channel (webhook, email, sms).  A notification gets one delivery per enabled channel it has an address for (webhook always, email when it has an e-mail address, sms when it has a phone).  Secrets are in prepay.notify_secret.  Plain http:// and unencrypted SMTP are accepted only to the loopback host.';
+COMMENT ON COLUMN prepay.notify_channel.site_id IS 'Site.';
+COMMENT ON COLUMN prepay.notify_channel.channel IS 'webhook, email or sms.';
+COMMENT ON COLUMN prepay.notify_channel.enabled IS 'false: no new deliveries are written and pending ones are not claimed (they wait).';
+COMMENT ON COLUMN prepay.notify_channel.url IS 'webhook: the https:// URL POSTed to; email: the SMTP server, smtp://host:port (STARTTLS or none) or smtps://host:port (implicit TLS); sms: the provider''s request URL, a template (placeholders as in body).';
+COMMENT ON COLUMN prepay.notify_channel.method IS 'sms: the HTTP method of the provider request (GET, POST, PUT); webhook: always POST.';
+COMMENT ON COLUMN prepay.notify_channel.headers IS 'sms: request headers, "Name: value" templates (placeholders as in body); webhook: extra headers sent as they are.';
+COMMENT ON COLUMN prepay.notify_channel.body IS 'sms: the request body template.  Placeholders: {phone}, {text}, {key} (idempotency key), {secret} (prepay.notify_secret), and {phone_url}, {text_url} (percent-encoded), {phone_json}, {text_json} (JSON strings with their quotes).';
+COMMENT ON COLUMN prepay.notify_channel.smtp_tls IS 'email: starttls (smtp://, TLS required), implicit (smtps://) or none (loopback only).';
+COMMENT ON COLUMN prepay.notify_channel.smtp_user IS 'email: SMTP login; NULL for no authentication.  The password is prepay.notify_secret.secret.';
+COMMENT ON COLUMN prepay.notify_channel.mail_from IS 'email: the sender address.';
+COMMENT ON COLUMN prepay.notify_channel.max_per_minute IS 'Rate limit: at most this many attempts per minute on this channel of this site; the rest wait for the next claim.';
+COMMENT ON COLUMN prepay.notify_channel.max_attempts IS 'A delivery is dead-lettered when this attempt fails.';
+COMMENT ON COLUMN prepay.notify_channel.max_age IS 'A delivery still undelivered this long after it was written (with its notification) is dead-lettered.';
+COMMENT ON COLUMN prepay.notify_channel.backoff_base IS 'Retry delay after the first failed attempt; it doubles with each attempt, with jitter (between half and all of it).';
+COMMENT ON COLUMN prepay.notify_channel.backoff_max IS 'Longest retry delay.';
+COMMENT ON COLUMN prepay.notify_channel.lease IS 'How long a claimed delivery belongs to the claiming agent; the agent gives up a request after half of it.  Unreported at the end, it is claimed again.';
+
+CREATE TABLE prepay.notify_secret (
+    site_id  integer NOT NULL,
+    channel  text NOT NULL,
+    secret   text NOT NULL,
+    PRIMARY KEY (site_id, channel),
+    FOREIGN KEY (site_id, channel) REFERENCES prepay.notify_channel ON DELETE CASCADE
+);
+COMMENT ON TABLE prepay.notify_secret IS 'The secret of a channel: readable and writable by prepay_admin only; the delivering agent receives it from prepay.agent_claim_deliveries.  Not in the audit trail (which readers see); changes are not audited.';
+COMMENT ON COLUMN prepay.notify_secret.site_id IS 'Site.';
+COMMENT ON COLUMN prepay.notify_secret.channel IS 'Channel the secret belongs to.';
+COMMENT ON COLUMN prepay.notify_secret.secret IS 'webhook: the HMAC-SHA256 key of the signature header; email: the SMTP password; sms: the value of the {secret} placeholder (an API key or token).';
+
+CREATE TABLE prepay.notify_template (
+    site_id   integer NOT NULL REFERENCES prepay.site,
+    template  text NOT NULL CHECK (template IN ('balance_ok', 'low_balance', 'pretrip', 'arrears', 'cut_reminder',
+                                                'supply_restored', 'payment_received', 'bill_issued')),
+    language  text NOT NULL CHECK (language IN ('zh', 'en')),
+    subject   text NOT NULL,
+    body      text NOT NULL,
+    PRIMARY KEY (site_id, template, language)
+);
+COMMENT ON TABLE prepay.notify_template IS 'A site''s own wording of a message, replacing the built-in one (prepay._notify_default_template).  Placeholders: {site}, {account}, {name}, {balance}, {amount}, {cut_at}, {due_on} (amounts in the site''s currency).';
+COMMENT ON COLUMN prepay.notify_template.site_id IS 'Site.';
+COMMENT ON COLUMN prepay.notify_template.template IS 'Which message: balance_ok, low_balance, pretrip, arrears (the alarm ladder), cut_reminder, supply_restored, payment_received, bill_issued.';
+COMMENT ON COLUMN prepay.notify_template.language IS 'zh or en.';
+COMMENT ON COLUMN prepay.notify_template.subject IS 'E-mail subject.';
+COMMENT ON COLUMN prepay.notify_template.body IS 'Message text (SMS, e-mail body, webhook message).';
+
+-- ---------------------------------------------------------------------
+-- deliveries
+-- ---------------------------------------------------------------------
+
+CREATE TABLE prepay.notification_delivery (
+    site_id          integer NOT NULL,
+    notification_id  bigint NOT NULL,
+    channel          text NOT NULL CHECK (channel IN ('webhook', 'email', 'sms')),
+    account_id       bigint NOT NULL,
+    attempts         integer NOT NULL DEFAULT 0,
+    next_attempt_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    lease_until      timestamptz,
+    leased_by        text,
+    last_attempt_at  timestamptz,
+    last_status      integer,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    delivered_at     timestamptz,
+    dead_at          timestamptz,
+    PRIMARY KEY (site_id, notification_id, channel),
+    FOREIGN KEY (site_id, notification_id) REFERENCES prepay.notification ON DELETE CASCADE,
+    CHECK (delivered_at IS NULL OR dead_at IS NULL)
+);
+CREATE INDEX notification_delivery_due ON prepay.notification_delivery (site_id, channel, next_attempt_at)
+    WHERE delivered_at IS NULL AND dead_at IS NULL;
+CREATE INDEX notification_delivery_recent ON prepay.notification_delivery (site_id, channel, last_attempt_at);
+COMMENT ON INDEX prepay.notification_delivery_due IS 'Deliveries still to make, per channel, by when they are due.';
+COMMENT ON INDEX prepay.notification_delivery_recent IS 'The attempts of the last minute per channel (the rate limit).';
+COMMENT ON TABLE prepay.notification_delivery IS 'One notification on one channel, and how its delivery went.  Written by a trigger with the notification; changed only by the agent functions (agent_claim_deliveries, agent_delivery_done, agent_delivery_failed).  Read it through prepay.notification_delivery_status.';
+COMMENT ON COLUMN prepay.notification_delivery.site_id IS 'Site.';
+COMMENT ON COLUMN prepay.notification_delivery.notification_id IS 'The notification delivered.';
+COMMENT ON COLUMN prepay.notification_delivery.channel IS 'webhook, email or sms.';
+COMMENT ON COLUMN prepay.notification_delivery.account_id IS 'The notification''s account (so that a tenant sees the deliveries of its notifications).';
+COMMENT ON COLUMN prepay.notification_delivery.attempts IS 'Attempts so far (a claim is an attempt).';
+COMMENT ON COLUMN prepay.notification_delivery.next_attempt_at IS 'Not claimed before this time (the backoff after a failure).';
+COMMENT ON COLUMN prepay.notification_delivery.lease_until IS 'While in the future, the delivery belongs to leased_by.';
+COMMENT ON COLUMN prepay.notification_delivery.leased_by IS 'Agent id of the last claim.';
+COMMENT ON COLUMN prepay.notification_delivery.last_attempt_at IS 'When it was last claimed.';
+COMMENT ON COLUMN prepay.notification_delivery.last_status IS 'HTTP status or SMTP reply code of the last attempt; NULL for a transport error (no answer).';
+COMMENT ON COLUMN prepay.notification_delivery.last_error IS 'Error of the last failed attempt.';
+COMMENT ON COLUMN prepay.notification_delivery.created_at IS 'When the delivery was written (with its notification).';
+COMMENT ON COLUMN prepay.notification_delivery.delivered_at IS 'When the receiver accepted it; NULL until then.';
+COMMENT ON COLUMN prepay.notification_delivery.dead_at IS 'When it was given up (dead letter); an alarm notification_dead was raised.';
+
+CREATE VIEW prepay.notification_delivery_status AS
+SELECT d.site_id, d.notification_id, d.channel, d.account_id, n.kind, n.alarm_level,
+       CASE WHEN d.delivered_at IS NOT NULL THEN 'delivered'
+            WHEN d.dead_at IS NOT NULL THEN 'dead'
+            WHEN d.lease_until > pg_catalog.now() THEN 'in_flight'
+            ELSE 'pending' END AS state,
+       d.attempts, d.last_attempt_at, d.next_attempt_at, d.last_status, d.last_error,
+       n.created_at, d.delivered_at, d.dead_at, d.delivered_at - n.created_at AS latency
+  FROM prepay.notification_delivery d
+  JOIN prepay.notification n ON n.site_id = d.site_id AND n.notification_id = d.notification_id;
+COMMENT ON VIEW prepay.notification_delivery_status IS 'Per notification and channel: state (pending, in_flight, delivered, dead), attempts, last error, delivered time and latency.';
+COMMENT ON COLUMN prepay.notification_delivery_status.site_id IS 'Site.';
+COMMENT ON COLUMN prepay.notification_delivery_status.notification_id IS 'Notification.';
+COMMENT ON COLUMN prepay.notification_delivery_status.channel IS 'webhook, email or sms.';
+COMMENT ON COLUMN prepay.notification_delivery_status.account_id IS 'Account notified.';
+COMMENT ON COLUMN prepay.notification_delivery_status.kind IS 'The notification''s kind.';
+COMMENT ON COLUMN prepay.notification_delivery_status.alarm_level IS 'The notification''s alarm level.';
+COMMENT ON COLUMN prepay.notification_delivery_status.state IS 'pending (due at next_attempt_at), in_flight (leased to an agent), delivered or dead.';
+COMMENT ON COLUMN prepay.notification_delivery_status.attempts IS 'Attempts so far.';
+COMMENT ON COLUMN prepay.notification_delivery_status.last_attempt_at IS 'When it was last claimed.';
+COMMENT ON COLUMN prepay.notification_delivery_status.next_attempt_at IS 'When it is due again.';
+COMMENT ON COLUMN prepay.notification_delivery_status.last_status IS 'HTTP status or SMTP code of the last attempt.';
+COMMENT ON COLUMN prepay.notification_delivery_status.last_error IS 'Error of the last failed attempt.';
+COMMENT ON COLUMN prepay.notification_delivery_status.created_at IS 'When the notification was written.';
+COMMENT ON COLUMN prepay.notification_delivery_status.delivered_at IS 'When it was delivered.';
+COMMENT ON COLUMN prepay.notification_delivery_status.dead_at IS 'When it was given up.';
+COMMENT ON COLUMN prepay.notification_delivery_status.latency IS 'delivered_at - created_at.';
+
+-- ---------------------------------------------------------------------
+-- texts
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._notify_default_template(p_template text, p_language text,
+                                               OUT subject text, OUT body text)
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.subject, t.body FROM (VALUES
+        ('balance_ok', 'en', 'Balance restored', 'Account {account}: balance is {balance}, thank you.'),
+        ('balance_ok', 'zh', '余额已恢复', '账户{account}：当前余额{balance}，谢谢。'),
+        ('low_balance', 'en', 'Low balance', 'Account {account}: balance is low ({balance}). Please recharge.'),
+        ('low_balance', 'zh', '余额不足', '账户{account}：余额不足（{balance}），请及时充值。'),
+        ('pretrip', 'en', 'Supply will be cut soon', 'Account {account}: balance {balance}; supply will be cut soon. Please recharge now.'),
+        ('pretrip', 'zh', '即将停电', '账户{account}：余额{balance}，即将停止供电，请立即充值。'),
+        ('arrears', 'en', 'Account in arrears', 'Account {account} is in arrears ({balance}). Supply is restored automatically when you recharge.'),
+        ('arrears', 'zh', '账户已欠费', '账户{account}已欠费（{balance}），充值后自动恢复供电。'),
+        ('cut_reminder', 'en', 'Supply cut reminder', 'Account {account}: supply will be cut at about {cut_at} (balance {balance}). Please recharge now.'),
+        ('cut_reminder', 'zh', '停电提醒', '账户{account}：预计{cut_at}停止供电（余额{balance}），请立即充值。'),
+        ('supply_restored', 'en', 'Supply restored', 'Account {account}: supply is restored (balance {balance}).'),
+        ('supply_restored', 'zh', '已恢复供电', '账户{account}：已恢复供电（余额{balance}）。'),
+        ('payment_received', 'en', 'Payment received', 'Account {account}: payment of {amount} received, new balance {balance}.'),
+        ('payment_received', 'zh', '充值成功', '账户{account}：充值{amount}已到账，当前余额{balance}。'),
+        ('bill_issued', 'en', 'New bill', 'Account {account}: your bill of {amount} is due on {due_on}.'),
+        ('bill_issued', 'zh', '账单通知', '账户{account}：本期账单{amount}，请于{due_on}前缴纳。'))
+        AS t (template, language, subject, body)
+     WHERE t.template = p_template AND t.language = p_language
+$$;
+COMMENT ON FUNCTION prepay._notify_default_template(text, text) IS
+'The built-in subject and text of a message in a language (zh, en), used when the site has no prepay.notify_template row for it.';
+
+CREATE FUNCTION prepay._notify_money(p_amount numeric, p_currency text, p_language text)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_amount IS NULL THEN ''
+                WHEN p_language = 'zh' AND p_currency = 'CNY' THEN pg_catalog.round(p_amount, 2)::text || '元'
+                ELSE pg_catalog.round(p_amount, 2)::text || ' ' || p_currency END
+$$;
+COMMENT ON FUNCTION prepay._notify_money(numeric, text, text) IS
+'An amount as a message shows it: two decimals and the currency (12.50 CNY; in Chinese 12.50元 for CNY).  Exact: no floating point.';
+
+CREATE FUNCTION prepay._notify_language(p_site_id integer, p_account_id bigint)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT l.language FROM prepay.account_language l
+                      WHERE l.site_id = p_site_id AND l.account_id = p_account_id),
+                    (SELECT s.language FROM prepay.notify_site s WHERE s.site_id = p_site_id), 'en')
+$$;
+COMMENT ON FUNCTION prepay._notify_language(integer, bigint) IS 'The language an account is written to in: prepay.account_language, else the site''s, else en.';
+
+CREATE FUNCTION prepay._notify_text(p_site_id integer, p_template text, p_language text, p_values jsonb,
+                                   OUT subject text, OUT body text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    k text;
+    v text;
+BEGIN
+    SELECT t.subject, t.body INTO subject, body FROM prepay.notify_template t
+     WHERE t.site_id = p_site_id AND t.template = p_template AND t.language = p_language;
+    IF NOT FOUND THEN
+        SELECT d.subject, d.body INTO subject, body FROM prepay._notify_default_template(p_template, p_language) d;
+    END IF;
+    FOR k, v IN SELECT e.key, e.value FROM pg_catalog.jsonb_each_text(p_values) e LOOP
+        subject := pg_catalog.replace(subject, '{' || k || '}', coalesce(v, ''));
+        body := pg_catalog.replace(body, '{' || k || '}', coalesce(v, ''));
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._notify_text(integer, text, text, jsonb) IS
+'A message of a site in a language: its template (the site''s, else the built-in one) with each {key} of p_values replaced by its value.';
+
+CREATE FUNCTION prepay._notify_values(p_site_id integer, p_account_id bigint, p_language text, p_balance numeric,
+                                      p_amount numeric DEFAULT NULL, p_extra jsonb DEFAULT '{}')
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.jsonb_build_object(
+               'site', s.name, 'account', a.code, 'name', a.name,
+               'balance', prepay._notify_money(p_balance, s.currency, p_language),
+               'amount', prepay._notify_money(p_amount, s.currency, p_language)) || p_extra
+      FROM prepay.site s JOIN prepay.account a ON a.site_id = s.site_id
+     WHERE s.site_id = p_site_id AND a.account_id = p_account_id
+$$;
+COMMENT ON FUNCTION prepay._notify_values(integer, bigint, text, numeric, numeric, jsonb) IS
+'Internal: the placeholder values of a message to an account (site, account, name, balance, amount in the site''s currency) plus p_extra.';
+
+CREATE FUNCTION prepay._notify_template_of(p_kind text, p_alarm_level smallint)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_kind = 'alarm_level'
+                THEN (ARRAY['balance_ok', 'low_balance', 'pretrip', 'arrears'])[p_alarm_level + 1]
+                ELSE p_kind END
+$$;
+COMMENT ON FUNCTION prepay._notify_template_of(text, smallint) IS 'Internal: the template of a notification: the alarm level''s for kind alarm_level, else the kind.';
+
+-- ---------------------------------------------------------------------
+-- notifications: written in the tenant's language, one delivery per channel
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._notification_text() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lang text;
+    extra jsonb := '{}';
+    t record;
+BEGIN
+    IF NEW.kind NOT IN ('alarm_level', 'cut_reminder')
+       OR NOT EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id) THEN
+        RETURN NEW;
+    END IF;
+    lang := prepay._notify_language(NEW.site_id, NEW.account_id);
+    IF NEW.kind = 'cut_reminder' THEN
+        SELECT pg_catalog.jsonb_build_object('cut_at', pg_catalog.to_char(r.predicted_cut AT TIME ZONE s.time_zone,
+                                                                          'YYYY-MM-DD HH24:MI'))
+          INTO extra
+          FROM prepay.cut_reminder r JOIN prepay.site s ON s.site_id = r.site_id
+         WHERE r.site_id = NEW.site_id AND r.notification_id = NEW.notification_id;
+    END IF;
+    SELECT * INTO t FROM prepay._notify_text(NEW.site_id, prepay._notify_template_of(NEW.kind, NEW.alarm_level), lang,
+        prepay._notify_values(NEW.site_id, NEW.account_id, lang, NEW.balance, NULL, coalesce(extra, '{}')));
+    NEW.message := coalesce(t.body, NEW.message);
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION prepay._notification_text() IS
+'Internal: BEFORE INSERT trigger on prepay.notification: at a site with prepay.notify_site, the text of an alarm level or cut reminder notification is the site''s template in the tenant''s language.';
+CREATE TRIGGER notification_text BEFORE INSERT ON prepay.notification
+    FOR EACH ROW EXECUTE FUNCTION prepay._notification_text();
+COMMENT ON TRIGGER notification_text ON prepay.notification IS 'Writes the message from the site''s templates in the tenant''s language (sites with prepay.notify_site only).';
+
+CREATE FUNCTION prepay._notification_deliveries() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    INSERT INTO prepay.notification_delivery (site_id, notification_id, channel, account_id)
+    SELECT NEW.site_id, NEW.notification_id, c.channel, NEW.account_id
+      FROM prepay.notify_channel c
+     WHERE c.site_id = NEW.site_id AND c.enabled
+       AND (c.channel = 'webhook' OR c.channel = 'email' AND NEW.email IS NOT NULL AND NEW.email <> ''
+            OR c.channel = 'sms' AND NEW.phone IS NOT NULL AND NEW.phone <> '');
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._notification_deliveries() IS
+'Internal: AFTER INSERT trigger on prepay.notification: one delivery per enabled channel of the site the notification has an address for (webhook always; email with an e-mail address; sms with a phone).';
+CREATE TRIGGER notification_deliveries AFTER INSERT ON prepay.notification
+    FOR EACH ROW EXECUTE FUNCTION prepay._notification_deliveries();
+COMMENT ON TRIGGER notification_deliveries ON prepay.notification IS 'Queues the notification on each channel of its site.';
+
+CREATE FUNCTION prepay._notify_event(p_site_id integer, p_account_id bigint, p_kind text,
+                                     p_amount numeric, p_extra jsonb DEFAULT '{}')
+RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    a prepay.account;
+    lang text := prepay._notify_language(p_site_id, p_account_id);
+    t record;
+    id bigint;
+BEGIN
+    SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
+    SELECT * INTO t FROM prepay._notify_text(p_site_id, p_kind, lang,
+        prepay._notify_values(p_site_id, p_account_id, lang, a.balance, p_amount, p_extra));
+    INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email, message)
+    VALUES (p_site_id, p_account_id, p_kind, a.alarm_level, a.balance, a.phone, a.email, t.body)
+    RETURNING notification.notification_id INTO id;
+    PERFORM pg_catalog.pg_notify('prepay_notification', p_site_id || '/' || id);
+    RETURN id;
+END $$;
+COMMENT ON FUNCTION prepay._notify_event(integer, bigint, text, numeric, jsonb) IS
+'Internal: write a notification of an event (payment_received, supply_restored, bill_issued) to an account in its language, and NOTIFY prepay_notification.';
+
+CREATE FUNCTION prepay._notify_payment() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id AND s.payment_received) THEN
+        PERFORM prepay._notify_event(NEW.site_id, NEW.account_id, 'payment_received', NEW.amount);
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._notify_payment() IS 'Internal: AFTER INSERT trigger on prepay.ledger for recharges: a payment_received notification (the amount and the new balance) where the site asks for it.';
+CREATE TRIGGER notify_payment AFTER INSERT ON prepay.ledger
+    FOR EACH ROW WHEN (NEW.kind = 'recharge') EXECUTE FUNCTION prepay._notify_payment();
+COMMENT ON TRIGGER notify_payment ON prepay.ledger IS 'Tells the tenant a recharge arrived (sites with prepay.notify_site.payment_received).  Never fires for consumption entries.';
+
+CREATE FUNCTION prepay._notify_restored() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.account_id IS NOT NULL
+       AND EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id AND s.supply_restored) THEN
+        PERFORM prepay._notify_event(NEW.site_id, NEW.account_id, 'supply_restored', NULL);
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._notify_restored() IS 'Internal: AFTER UPDATE trigger on prepay.command: a supply_restored notification when a close command of an account is done, where the site asks for it.';
+CREATE TRIGGER notify_restored AFTER UPDATE OF state ON prepay.command
+    FOR EACH ROW WHEN (NEW.state = 'done' AND OLD.state <> 'done' AND NEW.action = 'close')
+    EXECUTE FUNCTION prepay._notify_restored();
+COMMENT ON TRIGGER notify_restored ON prepay.command IS 'Tells the tenant the supply is back (sites with prepay.notify_site.supply_restored).';
+
+CREATE FUNCTION prepay._notify_bill() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id AND s.bill_issued)
+       AND NEW.amount_due > 0 THEN
+        PERFORM prepay._notify_event(NEW.site_id, NEW.account_id, 'bill_issued', NEW.amount_due,
+                                     pg_catalog.jsonb_build_object('due_on', NEW.due_on::text));
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._notify_bill() IS 'Internal: AFTER UPDATE trigger on prepay.bill: a bill_issued notification (amount due, due date) when a bill with something to pay is issued, where the site asks for it.';
+CREATE TRIGGER notify_bill AFTER UPDATE OF state ON prepay.bill
+    FOR EACH ROW WHEN (NEW.state = 'issued' AND OLD.state <> 'issued')
+    EXECUTE FUNCTION prepay._notify_bill();
+COMMENT ON TRIGGER notify_bill ON prepay.bill IS 'Tells the tenant a bill was issued (sites with prepay.notify_site.bill_issued).';
+
+-- ---------------------------------------------------------------------
+-- the agent's side
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._url_encode(p_text text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(pg_catalog.string_agg(
+               CASE WHEN b BETWEEN 48 AND 57 OR b BETWEEN 65 AND 90 OR b BETWEEN 97 AND 122 OR b IN (45, 46, 95, 126)
+                    THEN pg_catalog.chr(b)
+                    ELSE '%' || pg_catalog.upper(pg_catalog.lpad(pg_catalog.to_hex(b), 2, '0')) END, '' ORDER BY i), '')
+      FROM (SELECT i, pg_catalog.get_byte(x.bytes, i) AS b
+              FROM (SELECT pg_catalog.convert_to(p_text, 'UTF8') AS bytes) x,
+                   pg_catalog.generate_series(0, pg_catalog.length(x.bytes) - 1) AS i) y
+$$;
+COMMENT ON FUNCTION prepay._url_encode(text) IS 'Internal: percent-encode UTF-8 text for a URL or a form body (RFC 3986 unreserved characters kept).';
+
+CREATE FUNCTION prepay._sms_fill(p_template text, p_phone text, p_text text, p_key text, p_secret text)
+RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(
+           pg_catalog.replace(pg_catalog.replace(pg_catalog.replace(p_template,
+               '{phone_url}', prepay._url_encode(coalesce(p_phone, ''))),
+               '{text_url}', prepay._url_encode(coalesce(p_text, ''))),
+               '{phone_json}', pg_catalog.to_json(coalesce(p_phone, ''))::text),
+               '{text_json}', pg_catalog.to_json(coalesce(p_text, ''))::text),
+               '{phone}', coalesce(p_phone, '')),
+               '{text}', coalesce(p_text, '')),
+               '{key}', coalesce(p_key, '')),
+               '{secret}', coalesce(p_secret, ''))
+$$;
+COMMENT ON FUNCTION prepay._sms_fill(text, text, text, text, text) IS 'Internal: fill an SMS request template (URL, header or body) with the phone, the text, the idempotency key and the secret.';
+
+CREATE FUNCTION prepay._mail_message(p_from text, p_to text, p_subject text, p_body text, p_key text)
+RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'From: ' || p_from || E'\r\n'
+        || 'To: ' || p_to || E'\r\n'
+        || 'Subject: =?UTF-8?B?' || pg_catalog.translate(pg_catalog.encode(pg_catalog.convert_to(p_subject, 'UTF8'), 'base64'), E'\n', '') || E'?=\r\n'
+        || 'Date: ' || pg_catalog.to_char(pg_catalog.now() AT TIME ZONE 'UTC', 'Dy, DD Mon YYYY HH24:MI:SS') || E' +0000\r\n'
+        || 'Message-ID: <' || p_key || E'@prepay>\r\n'
+        || E'MIME-Version: 1.0\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n'
+        || 'X-Prepay-Idempotency-Key: ' || p_key || E'\r\n\r\n'
+        || pg_catalog.replace(p_body, E'\n', E'\r\n') || E'\r\n'
+$$;
+COMMENT ON FUNCTION prepay._mail_message(text, text, text, text, text) IS 'Internal: the RFC 5322 text of a notification e-mail (UTF-8 plain text, the subject RFC 2047 encoded, the idempotency key as Message-ID).';
+
+CREATE FUNCTION prepay._delivery_request(p_site_id integer, p_notification_id bigint, p_channel text)
+RETURNS TABLE (idempotency_key text, created_epoch numeric, url text, method text, headers text,
+               body text, secret text, username text, mail_from text, mail_to text, timeout_s integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT k.key, pg_catalog.date_part('epoch', n.created_at)::numeric,
+           CASE c.channel WHEN 'sms' THEN prepay._sms_fill(c.url, n.phone, n.message, k.key, x.secret) ELSE c.url END,
+           CASE c.channel WHEN 'email' THEN c.smtp_tls WHEN 'webhook' THEN 'POST' ELSE c.method END,
+           CASE c.channel WHEN 'webhook' THEN pg_catalog.array_to_string(ARRAY['Content-Type: application/json'] || c.headers, E'\n')
+                          WHEN 'sms' THEN pg_catalog.array_to_string(ARRAY(SELECT prepay._sms_fill(h, n.phone, n.message, k.key, x.secret)
+                                                                               FROM pg_catalog.unnest(c.headers) AS h), E'\n')
+                          ELSE '' END,
+           CASE c.channel
+               WHEN 'webhook' THEN pg_catalog.json_build_object(
+                   'notification_id', n.notification_id, 'idempotency_key', k.key,
+                   'site_id', n.site_id, 'site', s.name, 'account_id', n.account_id, 'account', a.code,
+                   'meters', (SELECT coalesce(pg_catalog.json_agg(m.code ORDER BY m.meter_id), '[]')
+                                FROM prepay.meter m WHERE m.site_id = n.site_id AND m.account_id = n.account_id),
+                   'kind', n.kind, 'level', n.alarm_level, 'balance', n.balance, 'currency', s.currency,
+                   'message', n.message, 'created_at', n.created_at)::text
+               WHEN 'sms' THEN prepay._sms_fill(c.body, n.phone, n.message, k.key, x.secret)
+               ELSE prepay._mail_message(c.mail_from, n.email,
+                        (prepay._notify_text(n.site_id, prepay._notify_template_of(n.kind, n.alarm_level),
+                                            prepay._notify_language(n.site_id, n.account_id), '{}')).subject,
+                        n.message, k.key) END,
+           CASE c.channel WHEN 'sms' THEN NULL ELSE x.secret END,
+           c.smtp_user, c.mail_from, CASE c.channel WHEN 'email' THEN n.email END,
+           greatest(1, (pg_catalog.date_part('epoch', c.lease) / 2)::integer)
+      FROM prepay.notification n
+      JOIN prepay.site s ON s.site_id = n.site_id
+      JOIN prepay.account a ON a.site_id = n.site_id AND a.account_id = n.account_id
+      JOIN prepay.notify_channel c ON c.site_id = n.site_id AND c.channel = p_channel
+      LEFT JOIN prepay.notify_secret x ON x.site_id = c.site_id AND x.channel = c.channel
+     CROSS JOIN LATERAL (SELECT pg_catalog.format('prepay-%s-%s-%s', n.site_id, n.notification_id, p_channel) AS key) k
+     WHERE n.site_id = p_site_id AND n.notification_id = p_notification_id
+$$;
+COMMENT ON FUNCTION prepay._delivery_request(integer, bigint, text) IS
+'Internal: what the agent sends for a delivery: the idempotency key (prepay-<site>-<notification>-<channel>), the creation time, and per channel the URL, method (for email the TLS mode), headers, body (webhook: the JSON document; sms: the filled template; email: the message), the secret (webhook HMAC key, SMTP password), SMTP login and addresses, and the request timeout.  Reads the secrets: callable with effect only by their readers.';
+
+CREATE FUNCTION prepay._delivery_dead(d prepay.notification_delivery, p_error text)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE prepay.notification_delivery
+       SET dead_at = pg_catalog.now(), lease_until = NULL, last_error = p_error
+     WHERE site_id = d.site_id AND notification_id = d.notification_id AND channel = d.channel;
+    INSERT INTO prepay.alarm (site_id, kind, account_id, detail)
+    VALUES (d.site_id, 'notification_dead', d.account_id,
+            pg_catalog.format('notification %s by %s given up after %s attempts: %s',
+                              d.notification_id, d.channel, d.attempts, p_error))
+    ON CONFLICT DO NOTHING;
+END $$;
+COMMENT ON FUNCTION prepay._delivery_dead(prepay.notification_delivery, text) IS
+'Internal: dead-letter a delivery with its last error and raise an alarm notification_dead for the account (one active alarm per account; the deliveries are in prepay.notification_delivery_status).';
+
+CREATE FUNCTION prepay._deliveries_expire(p_sites integer[])
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    n integer := 0;
+BEGIN
+    FOR r IN
+        SELECT x AS dl, CASE WHEN x.attempts >= c.max_attempts
+                             THEN pg_catalog.format('no result reported within the lease of attempt %s (%s)', x.attempts,
+                                                    coalesce(x.last_error, 'agent gone'))
+                             ELSE pg_catalog.format('older than max_age %s; last error: %s', c.max_age,
+                                                    coalesce(x.last_error, 'none')) END AS why
+          FROM prepay.notify_channel c
+          JOIN prepay.notification_delivery x ON x.site_id = c.site_id AND x.channel = c.channel
+         WHERE c.site_id = ANY (p_sites)
+           AND x.delivered_at IS NULL AND x.dead_at IS NULL AND x.next_attempt_at <= pg_catalog.now()
+           AND coalesce(x.lease_until, '-infinity') <= pg_catalog.now()
+           AND (x.attempts >= c.max_attempts OR x.created_at + c.max_age < pg_catalog.now())
+           FOR UPDATE OF x SKIP LOCKED
+    LOOP
+        PERFORM prepay._delivery_dead(r.dl, r.why);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay._deliveries_expire(integer[]) IS
+'Internal: dead-letter the due deliveries of these sites that are too old (max_age after they were written) or whose last attempt (max_attempts) was never reported.';
+
+CREATE FUNCTION prepay.agent_claim_deliveries(p_agent_id text, p_limit integer DEFAULT 50)
+RETURNS TABLE (site_id integer, notification_id bigint, channel text, attempt integer,
+               idempotency_key text, created_epoch numeric, url text, method text, headers text, body text,
+               secret text, username text, mail_from text, mail_to text, timeout_s integer)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    sites integer[];
+BEGIN
+    PERFORM prepay._authorize_agent_id(p_agent_id);
+    sites := ARRAY(SELECT s.site_id FROM prepay.site s WHERE prepay._is_agent(s.site_id, p_agent_id));
+    PERFORM prepay._deliveries_expire(sites);
+    RETURN QUERY
+    WITH due AS (
+        SELECT d.site_id, d.notification_id, d.channel
+          FROM prepay.notify_channel c
+         CROSS JOIN LATERAL (
+               SELECT c.max_per_minute - pg_catalog.count(*) AS room
+                 FROM prepay.notification_delivery r
+                WHERE r.site_id = c.site_id AND r.channel = c.channel
+                  AND r.last_attempt_at > pg_catalog.now() - interval '1 minute') q
+         CROSS JOIN LATERAL (
+               SELECT x.site_id, x.notification_id, x.channel
+                 FROM prepay.notification_delivery x
+                WHERE x.site_id = c.site_id AND x.channel = c.channel
+                  AND x.delivered_at IS NULL AND x.dead_at IS NULL AND x.next_attempt_at <= pg_catalog.now()
+                  AND coalesce(x.lease_until, '-infinity') <= pg_catalog.now()
+                ORDER BY x.next_attempt_at, x.notification_id
+                LIMIT greatest(least(q.room, p_limit), 0)
+                  FOR UPDATE SKIP LOCKED) d
+         WHERE c.site_id = ANY (sites) AND c.enabled
+         LIMIT greatest(p_limit, 1)
+    ), claimed AS (
+        UPDATE prepay.notification_delivery d
+           SET attempts = d.attempts + 1, lease_until = pg_catalog.now() + c.lease, leased_by = p_agent_id,
+               last_attempt_at = pg_catalog.now()
+          FROM due, prepay.notify_channel c
+         WHERE d.site_id = due.site_id AND d.notification_id = due.notification_id AND d.channel = due.channel
+           AND c.site_id = d.site_id AND c.channel = d.channel
+        RETURNING d.site_id, d.notification_id, d.channel, d.attempts
+    )
+    SELECT k.site_id, k.notification_id, k.channel, k.attempts, r.*
+      FROM claimed k CROSS JOIN LATERAL prepay._delivery_request(k.site_id, k.notification_id, k.channel) r
+     ORDER BY k.site_id, k.notification_id, k.channel;
+END $$;
+COMMENT ON FUNCTION prepay.agent_claim_deliveries(text, integer) IS
+'The delivering agent takes up to p_limit due deliveries of the sites it is an agent of (FOR UPDATE SKIP LOCKED, so that two agents never take the same one): each gets attempts + 1 and a lease (notify_channel.lease) and is returned with everything needed to send it, secrets included (see prepay._delivery_request).  At most max_per_minute attempts per site and channel in any minute.  First dead-letters what is too old or was never reported.';
+
+CREATE FUNCTION prepay._agent_delivery(p_agent_id text, p_site_id integer, p_notification_id bigint, p_channel text)
+RETURNS prepay.notification_delivery LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d prepay.notification_delivery;
+BEGIN
+    IF NOT prepay._is_agent(p_site_id, p_agent_id) THEN
+        PERFORM prepay._raise('42501', pg_catalog.format('permission denied for site %s', p_site_id),
+            pg_catalog.format('Agent %s does not deliver for site %s.', pg_catalog.quote_literal(p_agent_id), p_site_id),
+            'Map the agent''s login in prepay.agent_access.');
+    END IF;
+    SELECT * INTO d FROM prepay.notification_delivery
+     WHERE site_id = p_site_id AND notification_id = p_notification_id AND channel = p_channel FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY501', 'unknown delivery',
+            pg_catalog.format('Site %s has no delivery of notification %s by %s.', p_site_id, p_notification_id, p_channel),
+            'Report only deliveries returned by prepay.agent_claim_deliveries.');
+    END IF;
+    RETURN d;
+END $$;
+COMMENT ON FUNCTION prepay._agent_delivery(text, integer, bigint, text) IS 'Internal: lock a delivery an agent reports on; 42501 if the agent does not serve the site, PY501 if unknown.';
+
+CREATE FUNCTION prepay.agent_delivery_done(p_agent_id text, p_site_id integer, p_notification_id bigint,
+                                           p_channel text, p_attempt integer, p_status integer DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d prepay.notification_delivery;
+BEGIN
+    PERFORM prepay._authorize_agent_id(p_agent_id);
+    d := prepay._agent_delivery(p_agent_id, p_site_id, p_notification_id, p_channel);
+    IF d.delivered_at IS NOT NULL THEN
+        RETURN 'already delivered';
+    END IF;
+    UPDATE prepay.notification_delivery
+       SET delivered_at = pg_catalog.now(), dead_at = NULL, lease_until = NULL, last_status = p_status
+     WHERE site_id = p_site_id AND notification_id = p_notification_id AND channel = p_channel;
+    UPDATE prepay.notification n SET delivered_at = pg_catalog.now()
+     WHERE n.site_id = p_site_id AND n.notification_id = p_notification_id AND n.delivered_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM prepay.notification_delivery x
+                        WHERE x.site_id = n.site_id AND x.notification_id = n.notification_id AND x.delivered_at IS NULL);
+    RETURN 'delivered';
+END $$;
+COMMENT ON FUNCTION prepay.agent_delivery_done(text, integer, bigint, text, integer, integer) IS
+'The agent delivered a claimed delivery (the receiver answered 2xx, the SMTP server accepted the message): delivered_at is set, and the notification''s delivered_at once every channel of it is delivered.  Accepted from any attempt, even after the lease ran out or after a dead letter (the message did arrive).  Returns delivered or already delivered.  42501, PY501.';
+
+CREATE FUNCTION prepay._delivery_permanent(p_channel text, p_status integer) RETURNS boolean
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(CASE p_channel WHEN 'email' THEN p_status BETWEEN 500 AND 599
+                                   ELSE p_status BETWEEN 400 AND 499 AND p_status NOT IN (408, 429) END, false)
+$$;
+COMMENT ON FUNCTION prepay._delivery_permanent(text, integer) IS
+'Whether an answer is a permanent failure, not worth retrying: for webhook and sms an HTTP 4xx other than 408 (timeout) and 429 (too many requests); for email an SMTP 5xx reply (a refused address or message).  A transport error (NULL status) is never permanent.';
+
+CREATE FUNCTION prepay.agent_delivery_failed(p_agent_id text, p_site_id integer, p_notification_id bigint,
+                                             p_channel text, p_attempt integer, p_error text, p_status integer DEFAULT NULL)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d prepay.notification_delivery;
+    c prepay.notify_channel;
+    delay interval;
+    why text := coalesce(p_status::text || ': ', '') || coalesce(p_error, 'unknown error');
+BEGIN
+    PERFORM prepay._authorize_agent_id(p_agent_id);
+    d := prepay._agent_delivery(p_agent_id, p_site_id, p_notification_id, p_channel);
+    IF d.delivered_at IS NOT NULL OR d.dead_at IS NOT NULL OR d.attempts IS DISTINCT FROM p_attempt THEN
+        RETURN 'stale';       -- another attempt has taken over, or it is settled
+    END IF;
+    SELECT * INTO c FROM prepay.notify_channel WHERE site_id = p_site_id AND channel = p_channel;
+    UPDATE prepay.notification_delivery SET last_status = p_status, last_error = why
+     WHERE site_id = p_site_id AND notification_id = p_notification_id AND channel = p_channel;
+    IF prepay._delivery_permanent(p_channel, p_status) OR d.attempts >= c.max_attempts THEN
+        d.last_status := p_status;
+        PERFORM prepay._delivery_dead(d, CASE WHEN prepay._delivery_permanent(p_channel, p_status)
+                                              THEN 'permanent failure: ' ELSE '' END || why);
+        RETURN 'dead';
+    END IF;
+    delay := least(c.backoff_max, c.backoff_base * pg_catalog.power(2, least(d.attempts - 1, 30))::integer);
+    UPDATE prepay.notification_delivery
+       SET lease_until = NULL, next_attempt_at = pg_catalog.now() + delay * (0.5 + 0.5 * pg_catalog.random())
+     WHERE site_id = p_site_id AND notification_id = p_notification_id AND channel = p_channel;
+    RETURN 'retry';
+END $$;
+COMMENT ON FUNCTION prepay.agent_delivery_failed(text, integer, bigint, text, integer, text, integer) IS
+'The agent failed a claimed delivery (p_status: the HTTP status or SMTP reply code, NULL for a transport error).  A permanent failure (prepay._delivery_permanent) or the channel''s max_attempts-th attempt dead-letters it with an alarm notification_dead (returns dead); otherwise it is due again after backoff_base x 2^(attempts-1), at most backoff_max, times a random factor between 0.5 and 1 (returns retry).  A report of an attempt that is no longer the current one changes nothing (returns stale).  42501, PY501.';
+
+-- ---------------------------------------------------------------------
+-- pg_dump: configuration and delivery state are user data
+-- ---------------------------------------------------------------------
+
+SELECT pg_catalog.pg_extension_config_dump('prepay.notify_site', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.account_language', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.notify_channel', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.notify_secret', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.notify_template', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.notification_delivery', '');
+
+/*-------------------------------------------------------------------------
+ * sql/schedule.sql
+ *     The periodic jobs prepay needs, registered with pg_cron in one call:
+ *     prepay.schedule_jobs() schedules them (idempotently: a second call
+ *     leaves one of each and updates a changed schedule or command),
+ *     prepay.scheduled_jobs() shows them with pg_cron's state and last
+ *     run, prepay.unschedule_jobs() removes them, prepay.periodic_jobs()
+ *     lists what they are.  docs/BILLING.md ("The daily run and pg_cron")
+ *     explains the server settings pg_cron needs.
+ *
+ * Who: scheduling and removing need a superuser.  pg_cron runs a job as
+ * the role that scheduled it (cron.job.username: current_user), and the
+ * jobs do every site's bookkeeping (the billing run, batches, rollups,
+ * reminders), which no site-mapped role may; a superuser's job passes
+ * every prepay check.  The functions are SECURITY INVOKER, so that the job
+ * belongs to the caller, never to the extension's owner by surprise.
+ *
+ * pg_cron is optional: without it (not installed in this database) the
+ * scheduling functions refuse with 55000, a message and a hint, and
+ * prepay.scheduled_jobs() still lists the jobs with that state.  pg_cron
+ * can only be created in its cron.database_name, so prepay and pg_cron
+ * share a database.  Queries on schema cron are reached only after the
+ * extension was found (PL/pgSQL plans a statement when it first runs).
+ *
+ * Appended before security.sql, whose generic loop grants EXECUTE on these
+ * functions to the prepay roles (they check the caller themselves).
+ *-------------------------------------------------------------------------
+ */
+
+CREATE FUNCTION prepay.periodic_jobs()
+RETURNS TABLE (jobname text, schedule text, command text, purpose text)
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    VALUES
+        ('prepay-daily', '5 * * * *', 'SELECT count(*) FROM prepay.run_periodic_all()',
+         'the daily billing run of every site on its local day (basic charges, settlement, apportionment, '
+         'allowances, fees, bills; docs/BILLING.md); hourly, since every step is idempotent and the first '
+         'run after local midnight does the day''s work'),
+        ('prepay-batches', '* * * * *', 'SELECT count(*) FROM prepay.run_due_batches(1000)',
+         'the batch runner: scheduled batch operations whose time has come (docs/BATCH.md)'),
+        ('prepay-fold', '* * * * *', 'SELECT prepay.fold_rollups()',
+         'fold the energy rollups'' deltas, so that the report views stay fast (docs/REPORTS.md)'),
+        ('prepay-cut-reminders', '*/5 * * * *', 'SELECT prepay.send_cut_reminders()',
+         'the reminder before a predicted cut, cut_reminder_lead ahead (docs/REPORTS.md)')
+$$;
+COMMENT ON FUNCTION prepay.periodic_jobs() IS
+'The periodic jobs prepay needs: pg_cron job name, default schedule (cron format, the server''s time zone), the command, and what it is for.  prepay.schedule_jobs() registers exactly these.';
+
+CREATE FUNCTION prepay._cron_installed() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'pg_cron')
+$$;
+COMMENT ON FUNCTION prepay._cron_installed() IS 'Internal: whether pg_cron is installed in this database.';
+
+CREATE FUNCTION prepay._cron_prerequisites(p_what text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        PERFORM prepay._raise('42501', pg_catalog.format('permission denied: prepay.%s needs a superuser', p_what),
+            pg_catalog.format('Role %s is not a superuser.  pg_cron runs a job as the role that scheduled it, and '
+                              'prepay''s jobs do the bookkeeping of every site.', current_user),
+            'Connect as a superuser (for example postgres) and call it again.');
+    END IF;
+    IF NOT prepay._cron_installed() THEN
+        PERFORM prepay._raise('55000', pg_catalog.format('pg_cron is not installed in database %s', pg_catalog.current_database()),
+            'prepay''s periodic jobs (the billing run, the batch runner, the rollup fold, the cut reminders) are '
+            'scheduled with pg_cron; without them no fees are charged, no scheduled batch runs, no reminder is sent.',
+            pg_catalog.format('Install postgresql-15-cron; in postgresql.conf set shared_preload_libraries = ''pg_cron'', '
+                              'cron.database_name = %L and, on a server without TCP (listen_addresses = ''''), '
+                              'cron.use_background_workers = on; restart; then CREATE EXTENSION pg_cron; (docs/BILLING.md).',
+                              pg_catalog.current_database()));
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._cron_prerequisites(text) IS
+'Internal: refuse to schedule or unschedule unless the caller (current_user, whom pg_cron runs the jobs as) is a superuser (42501) and pg_cron is installed in this database (55000, with a hint naming the settings).';
+
+CREATE FUNCTION prepay._cron_reachable() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- without background workers pg_cron runs a job over libpq to cron.host
+    -- (localhost by default), which a socket-only server does not listen on
+    IF pg_catalog.current_setting('listen_addresses') = ''
+       AND coalesce(pg_catalog.current_setting('cron.use_background_workers', true), 'off') <> 'on'
+       AND coalesce(pg_catalog.current_setting('cron.host', true), 'localhost') !~ '^/' THEN
+        RAISE WARNING USING
+            MESSAGE = 'pg_cron cannot reach this server: it listens on no TCP address and cron.use_background_workers is off',
+            DETAIL = pg_catalog.format('pg_cron connects to cron.host = %s; every job run will fail to connect '
+                                       '(prepay.scheduled_jobs() shows the failures).',
+                                       coalesce(pg_catalog.current_setting('cron.host', true), 'localhost')),
+            HINT = 'Set cron.use_background_workers = on in postgresql.conf (or cron.host to the socket directory) and restart.';
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._cron_reachable() IS
+'Internal: warn when pg_cron''s job runs cannot connect: a server without TCP (listen_addresses empty) while cron.use_background_workers is off and cron.host is not a socket directory.';
+
+CREATE FUNCTION prepay._job_schedules(p_schedules jsonb)
+RETURNS TABLE (jobname text, schedule text, command text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unknown text;
+BEGIN
+    IF p_schedules IS NOT NULL AND pg_catalog.jsonb_typeof(p_schedules) <> 'object' THEN
+        PERFORM prepay._raise('22023', 'schedules must be a JSON object of job name to cron schedule',
+            pg_catalog.format('Given: %s.', pg_catalog.left(p_schedules::text, 200)),
+            'For example {"prepay-cut-reminders": "*/2 * * * *"}; prepay.periodic_jobs() lists the job names.');
+    END IF;
+    SELECT pg_catalog.string_agg(k, ', ' ORDER BY k) INTO unknown
+      FROM pg_catalog.jsonb_each(coalesce(p_schedules, '{}')) AS e (k, v)
+     WHERE k NOT IN (SELECT j.jobname FROM prepay.periodic_jobs() j) OR pg_catalog.jsonb_typeof(v) <> 'string';
+    IF unknown IS NOT NULL THEN
+        PERFORM prepay._raise('22023', 'schedules name unknown jobs or give a schedule that is not a string',
+            pg_catalog.format('Not a prepay job, or not a string: %s.', pg_catalog.left(unknown, 200)),
+            pg_catalog.format('The jobs are %s; a schedule is a cron string such as "*/5 * * * *".',
+                              (SELECT pg_catalog.string_agg(j.jobname, ', ') FROM prepay.periodic_jobs() j)));
+    END IF;
+    RETURN QUERY
+    SELECT j.jobname, coalesce(p_schedules ->> j.jobname, j.schedule), j.command FROM prepay.periodic_jobs() j;
+END $$;
+COMMENT ON FUNCTION prepay._job_schedules(jsonb) IS
+'Internal: the jobs with their schedules, the defaults overridden by p_schedules ({"job name": "cron schedule"}); 22023 for anything but an object of known job names to strings.';
+
+CREATE FUNCTION prepay.scheduled_jobs()
+RETURNS TABLE (jobname text, jobid bigint, schedule text, command text, active boolean, run_as text,
+               last_run_at timestamptz, last_status text, last_message text, state text, purpose text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT prepay._cron_installed() THEN
+        RETURN QUERY SELECT j.jobname, NULL::bigint, j.schedule, j.command, NULL::boolean, NULL::text,
+                            NULL::timestamptz, NULL::text, NULL::text, 'pg_cron is not installed'::text, j.purpose
+                       FROM prepay.periodic_jobs() j ORDER BY j.jobname;
+        RETURN;
+    END IF;
+    IF NOT pg_catalog.has_schema_privilege('cron', 'USAGE') THEN
+        RETURN QUERY SELECT j.jobname, NULL::bigint, j.schedule, j.command, NULL::boolean, NULL::text,
+                            NULL::timestamptz, NULL::text, NULL::text,
+                            pg_catalog.format('pg_cron''s jobs are not visible to %s', current_user), j.purpose
+                       FROM prepay.periodic_jobs() j ORDER BY j.jobname;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT j.jobname, c.jobid, coalesce(c.schedule, j.schedule), coalesce(c.command, j.command), c.active,
+           c.username::text, r.start_time, r.status, r.return_message,
+           CASE WHEN c.jobid IS NULL THEN 'not scheduled'
+                WHEN NOT c.active THEN 'inactive'
+                WHEN c.command <> j.command THEN 'scheduled with another command'
+                ELSE 'scheduled' END,
+           j.purpose
+      FROM prepay.periodic_jobs() j
+      LEFT JOIN cron.job c ON c.jobname = j.jobname
+      LEFT JOIN LATERAL (SELECT d.start_time, d.status, d.return_message FROM cron.job_run_details d
+                          WHERE d.jobid = c.jobid ORDER BY d.runid DESC LIMIT 1) AS r ON true
+     ORDER BY j.jobname, c.jobid;
+END $$;
+COMMENT ON FUNCTION prepay.scheduled_jobs() IS
+'prepay''s periodic jobs as pg_cron has them: job id, schedule, command, whether active, the role a run acts as, the last run (start, status, pg_cron''s message) and a state (scheduled, not scheduled, inactive, scheduled with another command, pg_cron is not installed, not visible to the caller).  Works without pg_cron.';
+
+CREATE FUNCTION prepay.schedule_jobs(p_schedules jsonb DEFAULT '{}')
+RETURNS TABLE (jobname text, jobid bigint, schedule text, command text, active boolean, run_as text,
+               last_run_at timestamptz, last_status text, last_message text, state text, purpose text)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    j record;
+    other bigint;
+BEGIN
+    PERFORM prepay._cron_prerequisites('schedule_jobs');
+    PERFORM prepay._cron_reachable();
+    FOR j IN SELECT * FROM prepay._job_schedules(p_schedules) LOOP
+        -- one of each: the same job scheduled by another role would run twice
+        FOR other IN SELECT c.jobid FROM cron.job c WHERE c.jobname = j.jobname AND c.username <> current_user LOOP
+            PERFORM cron.unschedule(other);
+        END LOOP;
+        -- pg_cron updates the caller's job of that name in place (same job id)
+        PERFORM cron.schedule(j.jobname, j.schedule, j.command);
+    END LOOP;
+    RETURN QUERY SELECT * FROM prepay.scheduled_jobs();
+END $$;
+COMMENT ON FUNCTION prepay.schedule_jobs(jsonb) IS
+'Register every periodic job prepay needs (prepay.periodic_jobs()) with pg_cron, to run as the caller, and return them as prepay.scheduled_jobs() shows them.  Idempotent: calling it again leaves one job of each name (a same-named job of another role is removed) and updates a changed schedule or command in place.  p_schedules overrides default schedules, e.g. {"prepay-cut-reminders": "*/2 * * * *"} (22023 for an unknown job name or a non-string; pg_cron refuses an invalid schedule).  Needs a superuser (42501) and pg_cron in this database (55000, with a hint naming the postgresql.conf settings); warns when pg_cron cannot reach a socket-only server.';
+
+CREATE FUNCTION prepay.unschedule_jobs()
+RETURNS integer LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id bigint;
+    n integer := 0;
+BEGIN
+    PERFORM prepay._cron_prerequisites('unschedule_jobs');
+    FOR id IN SELECT c.jobid FROM cron.job c
+               WHERE c.jobname IN (SELECT j.jobname FROM prepay.periodic_jobs() j) ORDER BY c.jobid LOOP
+        PERFORM cron.unschedule(id);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay.unschedule_jobs() IS
+'Remove prepay''s periodic jobs (the names prepay.periodic_jobs() lists, whoever scheduled them) from pg_cron; returns how many were removed.  Jobs scheduled by hand under other names are left alone.  Needs a superuser (42501) and pg_cron in this database (55000).';
+/*-------------------------------------------------------------------------
+ * sql/api.sql
+ *     The tenant's and the payment service's API, shaped for a REST
+ *     gateway (PostgREST exposes each function as POST /rpc/<name> with
+ *     the parameter names as JSON keys): a tenant reads its balance,
+ *     meters, recent charges with their pricing, bills, payments and
+ *     forecast; a payment service (a cashier role) credits a provider's
+ *     payment and refund idempotently by the provider's id and gets the
+ *     new balance back in the same call.  Appended before security.sql
+ *     into prepay--<version>.sql.  docs/INTEGRATION.md is the deployment
+ *     (authenticator, claims, pooling) and the table of SQLSTATEs and HTTP
+ *     statuses; docs/SECURITY.md the identity model.
+ *
+ * Vocabulary
+ *     my accounts the accounts the role a request acts as may see as a
+ *                 tenant: mapped to it in prepay.tenant_access, or named
+ *                 by the verified claims its authenticator passed
+ *                 (prepay._my_accounts()).  Every tenant function takes an
+ *                 optional p_account_id that narrows them to one.
+ *     provider    the payment provider; its name is the ledger's channel
+ *                 and its transaction (or refund) id the external_ref, so
+ *                 one id credits once (prepay.recharge's idempotency).
+ *
+ * Rows are JSON-friendly: enums as text, amounts as numeric (exact in
+ * JSON), explanations and bill lines as jsonb arrays.
+ *
+ * Errors: 42501 not a tenant, or no such account of the caller's, or no
+ * money capability at the site; 22023 a bad amount, limit or empty
+ * provider id; PY001 unknown account, PY002 closed account, PY004 a
+ * provider id already used for a different payment, PY005 a refund above
+ * the refundable balance, PY203 claims an authenticator passed that name
+ * no valid account.
+ *-------------------------------------------------------------------------
+ */
+
+-- ---------------------------------------------------------------------
+-- the tenant: which accounts a request may read
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._authorize_tenant(p_account_id bigint)
+RETURNS TABLE (site_id integer, account_id bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT pg_catalog.pg_has_role(prepay._caller(), 'prepay_tenant', 'USAGE') THEN
+        PERFORM prepay._raise('42501', pg_catalog.format('permission denied: %s is not a tenant', prepay._caller_name()),
+            pg_catalog.format('Role %s does not have the privileges of prepay_tenant.', prepay._caller_name()),
+            'The tenant API answers tenant roles (GRANT prepay_tenant TO the role the gateway switches to).');
+    END IF;
+    IF prepay._caller_is_superuser() THEN       -- superusers pass every check: any account
+        RETURN QUERY SELECT a.site_id, a.account_id FROM prepay.account a
+                      WHERE p_account_id IS NULL OR a.account_id = p_account_id
+                      ORDER BY 1, 2;
+    ELSE
+        RETURN QUERY SELECT t.site_id, t.account_id FROM prepay._my_accounts() t
+                      WHERE p_account_id IS NULL OR t.account_id = p_account_id
+                      ORDER BY 1, 2;
+    END IF;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('42501', CASE WHEN p_account_id IS NULL
+                                            THEN pg_catalog.format('permission denied: %s has no account', prepay._caller_name())
+                                            ELSE pg_catalog.format('permission denied for account %s', p_account_id) END,
+            pg_catalog.format('Role %s is mapped to no such account (prepay.tenant_access) and the request carries no claims '
+                              'its login may vouch for (prepay.api_authenticator).', prepay._caller_name()),
+            'Map the tenant role to its account, or have the gateway''s authenticator pass the verified claims {"site_id", "account_id"}.');
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._authorize_tenant(bigint) IS
+'Internal: the accounts (site_id, account_id) the calling tenant may read (prepay._my_accounts(): mapped, or named by verified claims; every account for a superuser), narrowed to p_account_id if given.  Raises 42501 if the caller is not a tenant or has no such account.  Every tenant function of sql/api.sql starts with it.';
+
+CREATE FUNCTION prepay._api_limit(p_limit integer)
+RETURNS integer LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 1000 THEN
+        PERFORM prepay._raise('22023', 'limit must be between 1 and 1000',
+            pg_catalog.format('The limit given was %s.', coalesce(p_limit::text, 'NULL')),
+            'Ask for at most 1000 rows at a time.');
+    END IF;
+    RETURN p_limit;
+END $$;
+COMMENT ON FUNCTION prepay._api_limit(integer) IS 'Internal: refuse a row limit outside 1 .. 1000 (22023).';
+
+-- ---------------------------------------------------------------------
+-- the tenant's reads
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay.my_balance(p_account_id bigint DEFAULT NULL)
+RETURNS TABLE (site_id integer, account_id bigint, account_code text, account_name text, mode text, currency text,
+               balance numeric, credit_limit numeric, available numeric, allowance_left numeric, alarm_level smallint,
+               closed boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT a.site_id, a.account_id, a.code, a.name, a.mode::text, s.currency::text,
+           a.balance, a.credit_limit, a.balance + a.credit_limit, a.allowance_left, a.alarm_level,
+           a.closed_at IS NOT NULL
+      FROM prepay._authorize_tenant(p_account_id) t
+      JOIN prepay.account a ON a.site_id = t.site_id AND a.account_id = t.account_id
+      JOIN prepay.site s ON s.site_id = a.site_id
+     ORDER BY a.site_id, a.account_id;
+END $$;
+COMMENT ON FUNCTION prepay.my_balance(bigint) IS
+'Tenant API: the balance of each of the caller''s accounts (or of p_account_id): balance, credit limit, available (balance + credit limit), unspent allowance, alarm level (0 ok, 1 low, 2 pre-trip, 3 arrears), in the site''s currency.  42501 for a caller that is not a tenant or has no such account.';
+
+CREATE FUNCTION prepay.my_meters(p_account_id bigint DEFAULT NULL)
+RETURNS TABLE (site_id integer, account_id bigint, meter_id bigint, meter_code text, kind text, building text,
+               floor text, room text, relay_state text, last_read_at timestamptz, last_energy numeric, lost boolean)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT m.site_id, m.account_id, m.meter_id, m.code, m.kind::text, m.building, m.floor, m.room,
+           m.relay_state::text, m.last_read_at, m.last_energy, m.lost_since IS NOT NULL
+      FROM prepay._authorize_tenant(p_account_id) t
+      JOIN prepay.meter m ON m.site_id = t.site_id AND m.account_id = t.account_id AND m.active
+     ORDER BY m.site_id, m.account_id, m.meter_id;
+END $$;
+COMMENT ON FUNCTION prepay.my_meters(bigint) IS
+'Tenant API: the active meters of the caller''s accounts (or of p_account_id): where they are, the relay state, the last reading (time and register) and whether contact is lost.  42501 as prepay.my_balance.';
+
+CREATE FUNCTION prepay.my_charges(p_account_id bigint DEFAULT NULL, p_limit integer DEFAULT 20)
+RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, created_at timestamptz, amount numeric,
+               balance_after numeric, meter_id bigint, read_from timestamptz, read_to timestamptz, energy numeric,
+               explanation jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM prepay._api_limit(p_limit);
+    RETURN QUERY
+    SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.created_at, l.amount, l.balance_after,
+           l.meter_id, l.read_from, l.read_to, l.energy,
+           CASE WHEN l.kind = 'consumption' AND l.pieces IS NOT NULL THEN
+               (SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x) - 'entry_id' - 'meter_id' - 'read_from' - 'read_to'
+                                            ORDER BY x.piece_from, x.tier)
+                  FROM prepay.explain_charge(l.site_id, l.entry_id) AS x) END
+      FROM prepay._authorize_tenant(p_account_id) t
+     CROSS JOIN LATERAL (SELECT e.* FROM prepay.ledger e
+                          WHERE e.site_id = t.site_id AND e.account_id = t.account_id
+                            AND e.kind NOT IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
+                          ORDER BY e.entry_id DESC LIMIT p_limit) AS l
+     ORDER BY l.site_id, l.account_id, l.entry_id DESC;
+END $$;
+COMMENT ON FUNCTION prepay.my_charges(bigint, integer) IS
+'Tenant API: the p_limit (1 .. 1000, default 20) most recent charges and corrections of each of the caller''s accounts (everything but payments, refunds and bill payments), newest first; a consumption charge carries its explanation (prepay.explain_charge: the two register values, the multiplier and each priced piece with its period, tier, energy, unit price and exact amount) as a jsonb array.  42501 as prepay.my_balance; 22023 for a bad limit.';
+
+CREATE FUNCTION prepay.my_payments(p_account_id bigint DEFAULT NULL, p_limit integer DEFAULT 20)
+RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, created_at timestamptz, amount numeric,
+               balance_after numeric, channel text, reference text, reverses_entry bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM prepay._api_limit(p_limit);
+    RETURN QUERY
+    SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.created_at, l.amount, l.balance_after,
+           l.channel, l.external_ref, l.reverses_entry
+      FROM prepay._authorize_tenant(p_account_id) t
+     CROSS JOIN LATERAL (SELECT e.* FROM prepay.ledger e
+                          WHERE e.site_id = t.site_id AND e.account_id = t.account_id
+                            AND (e.kind IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
+                                 OR e.kind = 'reversal' AND EXISTS (
+                                        SELECT 1 FROM prepay.ledger r
+                                         WHERE r.site_id = e.site_id AND r.entry_id = e.reverses_entry
+                                           AND r.kind IN ('recharge', 'refund')))
+                          ORDER BY e.entry_id DESC LIMIT p_limit) AS l
+     ORDER BY l.site_id, l.account_id, l.entry_id DESC;
+END $$;
+COMMENT ON FUNCTION prepay.my_payments(bigint, integer) IS
+'Tenant API: the p_limit (1 .. 1000, default 20) most recent payments of each of the caller''s accounts, newest first: recharges, refunds, their reversals, the closing refund and bill payments, with the channel and its reference (the receipt or the provider''s transaction id).  42501 as prepay.my_balance; 22023 for a bad limit.';
+
+CREATE FUNCTION prepay.my_bills(p_account_id bigint DEFAULT NULL, p_limit integer DEFAULT 12)
+RETURNS TABLE (site_id integer, account_id bigint, bill_id bigint, period_start date, period_end date, state text,
+               energy numeric, charges numeric, amount_due numeric, paid numeric, outstanding numeric, due_on date,
+               issued_at timestamptz, lines jsonb)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM prepay._api_limit(p_limit);
+    RETURN QUERY
+    SELECT b.site_id, b.account_id, b.bill_id, b.period_start, b.period_end, b.state, b.energy, b.charges,
+           b.amount_due, b.paid, b.amount_due - b.paid, b.due_on, b.issued_at,
+           (SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(bl) - 'site_id' - 'bill_id' ORDER BY bl.line_no)
+              FROM prepay.bill_line bl WHERE bl.site_id = b.site_id AND bl.bill_id = b.bill_id)
+      FROM prepay._authorize_tenant(p_account_id) t
+     CROSS JOIN LATERAL (SELECT x.* FROM prepay.bill x
+                          WHERE x.site_id = t.site_id AND x.account_id = t.account_id AND x.state IN ('issued', 'paid')
+                          ORDER BY x.period_start DESC LIMIT p_limit) AS b
+     ORDER BY b.site_id, b.account_id, b.period_start DESC;
+END $$;
+COMMENT ON FUNCTION prepay.my_bills(bigint, integer) IS
+'Tenant API: the p_limit (1 .. 1000, default 12) latest issued or paid bills of each of the caller''s accounts (drafts stay with the back office), newest period first, with what is outstanding and the bill lines as a jsonb array.  42501 as prepay.my_balance; 22023 for a bad limit.';
+
+CREATE FUNCTION prepay.my_forecast(p_account_id bigint DEFAULT NULL)
+RETURNS TABLE (site_id integer, account_id bigint, balance numeric, available numeric, cost_per_day numeric,
+               run_out_at timestamptz, days_left integer, status text, message text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+    SELECT f.site_id, f.account_id, f.balance, f.available, f.recent_cost_per_day, f.run_out_at, d.days,
+           f.status,
+           CASE WHEN f.status <> 'forecast' THEN f.reason
+                WHEN d.days < 1 THEN 'less than a day left'
+                WHEN d.days = 1 THEN 'about 1 day left'
+                ELSE pg_catalog.format('about %s days left', d.days) END
+      FROM (SELECT DISTINCT t.site_id FROM prepay._authorize_tenant(p_account_id) t) AS ts
+     CROSS JOIN LATERAL prepay.balance_forecast_at(ts.site_id, pg_catalog.now()) AS f
+     CROSS JOIN LATERAL (SELECT greatest(pg_catalog.floor(EXTRACT(epoch FROM f.run_out_at - pg_catalog.now()) / 86400),
+                                         0)::integer AS days) AS d
+     WHERE (f.site_id, f.account_id) IN (SELECT t.site_id, t.account_id FROM prepay._authorize_tenant(p_account_id) t)
+     ORDER BY f.site_id, f.account_id;
+END $$;
+COMMENT ON FUNCTION prepay.my_forecast(bigint) IS
+'Tenant API: for each of the caller''s open accounts (or p_account_id) the balance forecast of prepay.balance_forecast_at as of now: recent cost per day, when the money runs out, the whole days left and a message ("about 3 days left", or the forecast''s reason when there is no forecast: postpaid, no recent consumption, in arrears, ...).  42501 as prepay.my_balance.';
+
+-- ---------------------------------------------------------------------
+-- the payment service: a provider's payments and refunds
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._api_payment(p_site_id integer, p_entry_id bigint, p_replayed boolean)
+RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, amount numeric, balance numeric,
+               currency text, posted_at timestamptz, replayed boolean)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.amount, a.balance, s.currency::text, l.created_at,
+           p_replayed
+      FROM prepay.ledger l
+      JOIN prepay.account a ON a.site_id = l.site_id AND a.account_id = l.account_id
+      JOIN prepay.site s ON s.site_id = l.site_id
+     WHERE l.site_id = p_site_id AND l.entry_id = p_entry_id
+$$;
+COMMENT ON FUNCTION prepay._api_payment(integer, bigint, boolean) IS
+'Internal: the answer of prepay.credit_payment and prepay.refund_payment: the ledger entry, the account''s balance now, the currency and whether the call was a replay of an id already posted.';
+
+CREATE FUNCTION prepay.credit_payment(p_site_id integer, p_account_id bigint, p_amount numeric,
+                                      p_provider text, p_transaction_id text)
+RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, amount numeric, balance numeric,
+               currency text, posted_at timestamptz, replayed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    existing bigint;
+    entry bigint;
+BEGIN
+    PERFORM prepay._authorize(p_site_id, 'money');
+    PERFORM prepay._check_amount(p_amount, 'payment');
+    PERFORM prepay._check_text(p_provider, 'provider');
+    PERFORM prepay._check_text(p_transaction_id, 'provider transaction id');
+    -- under the account lock a second delivery of the same callback waits
+    -- for the first and then finds its entry
+    PERFORM prepay._lock_account(p_site_id, p_account_id);
+    existing := prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_provider, p_transaction_id);
+    IF existing IS NULL THEN
+        entry := prepay.recharge(p_site_id, p_account_id, p_amount, p_provider, p_transaction_id);
+    END IF;
+    -- a statement of its own, so that its snapshot sees the new entry
+    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id, coalesce(existing, entry), existing IS NOT NULL);
+END $$;
+COMMENT ON FUNCTION prepay.credit_payment(integer, bigint, numeric, text, text) IS
+'Payment service API: credit a provider''s payment to an account (prepay.recharge with the provider as channel and its transaction id as reference) and return the entry and the new balance in one row.  Idempotent: the same (provider, transaction id) credits once; a repeated or concurrent delivery returns the same entry with replayed = true; the same id for a different payment is refused (PY004).  Needs the money capability at the site (a cashier role): 42501.  PY001, PY002, 22023 as recharge.';
+
+CREATE FUNCTION prepay.refund_payment(p_site_id integer, p_account_id bigint, p_amount numeric,
+                                      p_provider text, p_refund_id text, p_reason text DEFAULT NULL)
+RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, amount numeric, balance numeric,
+               currency text, posted_at timestamptz, replayed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    existing bigint;
+    entry bigint;
+BEGIN
+    PERFORM prepay._authorize(p_site_id, 'money');
+    PERFORM prepay._check_amount(p_amount, 'refund');
+    PERFORM prepay._check_text(p_provider, 'provider');
+    PERFORM prepay._check_text(p_refund_id, 'provider refund id');
+    PERFORM prepay._lock_account(p_site_id, p_account_id);
+    existing := prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_provider, p_refund_id);
+    IF existing IS NULL THEN
+        entry := prepay.refund(p_site_id, p_account_id, p_amount, p_provider, p_refund_id, p_reason);
+    END IF;
+    -- a statement of its own, so that its snapshot sees the new entry
+    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id, coalesce(existing, entry), existing IS NOT NULL);
+END $$;
+COMMENT ON FUNCTION prepay.refund_payment(integer, bigint, numeric, text, text, text) IS
+'Payment service API: record a provider''s refund (money paid back out of the wallet: prepay.refund with the provider as channel and the provider''s refund id as reference) and return the entry and the new balance.  Idempotent per (provider, refund id) like credit_payment (replayed = true on a repeat); PY005 if it exceeds the balance less the unspent allowance, PY004 for an id used for a different payment; 42501 without the money capability at the site.';
 
 /*-------------------------------------------------------------------------
  * sql/security.sql
@@ -5563,8 +7076,15 @@ END $$;
  *                 accounts), prepay.agent_access (agent logins to an
  *                 agent id at a site).  A row names a role; its members
  *                 are mapped too, so a group role is a site group.
- *                 Mappings follow the login (session_user), capabilities
- *                 the caller: SET ROLE narrows what, never where.
+ *                 Mappings follow the caller too (prepay._mapping_role):
+ *                 the role an authenticator switched to has that role's
+ *                 mappings, not the authenticator's.  Only a login that
+ *                 switches to one of the six prepay_* group roles keeps
+ *                 its own mappings (SET ROLE narrows what, not where).
+ *     authenticator  a login a pooler or REST gateway connects as and
+ *                 switches roles from (prepay.api_authenticator); the
+ *                 claims it passes in request.jwt.claims name a tenant's
+ *                 account, and nobody else's claims are trusted.
  *
  * The model in one paragraph: GRANTs decide what kind of object a role
  * may touch; row-level security (FORCE'd, on every table with a site_id)
@@ -5576,7 +7096,10 @@ END $$;
  * Errors raised here: 42501 (permission denied, with the role and what
  * is missing), 42704 (mapping of a role that does not exist), PY201
  * (the audit trail is append-only), PY202 (a prepay_* role exists with
- * superuser or bypassrls).
+ * superuser or bypassrls), PY203 (an authenticator passed claims that are
+ * not a JSON object with integer site_id and account_id), PY204 (a
+ * function of schema prepay without its pinned search_path or with a
+ * security mode the rule does not give it: prepay._check_routines).
  *-------------------------------------------------------------------------
  */
 
@@ -5615,7 +7138,7 @@ END $$;
 
 CREATE FUNCTION prepay._caller() RETURNS oid
 AS 'MODULE_PATHNAME', 'prepay_caller'
-LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+LANGUAGE C STABLE STRICT PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay._caller() IS
 'Internal: OID of the role the current call acts for (the session user, or the role set with SET ROLE), unchanged inside SECURITY DEFINER functions.  extension/security.c.';
 
@@ -5630,18 +7153,6 @@ LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS
     SELECT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = prepay._caller()), false)
 $$;
 COMMENT ON FUNCTION prepay._caller_is_superuser() IS 'Internal: whether the role the current call acts for is a superuser (superusers pass every check).';
-
-CREATE FUNCTION prepay._my_roles() RETURNS name[]
-LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE member_of (oid) AS (
-        SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = SESSION_USER
-        UNION
-        SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid
-    )
-    SELECT pg_catalog.array_agg(r.rolname) FROM pg_catalog.pg_roles r JOIN member_of ON r.oid = member_of.oid
-$$;
-COMMENT ON FUNCTION prepay._my_roles() IS
-'Internal: the login (session user) and every role it is a member of, directly or through groups: the names a mapping row may name to cover the login.  Mappings follow the login, capabilities the caller: SET ROLE narrows what a login may do, never where.';
 
 -- ---------------------------------------------------------------------
 -- mappings: which sites, accounts and agents a role acts on
@@ -5697,7 +7208,100 @@ COMMENT ON COLUMN prepay.agent_access.granted_at IS 'When the mapping was made.'
 COMMENT ON COLUMN prepay.agent_access.granted_by IS 'Database user who made it (session_user).';
 COMMENT ON INDEX prepay.agent_access_grantee IS 'The agent mappings of a role: what prepay._my_agents() looks up.';
 
-CREATE FUNCTION prepay._check_grantee() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE TABLE prepay.api_authenticator (
+    site_id    integer NOT NULL REFERENCES prepay.site,
+    grantee    name NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    granted_by name NOT NULL DEFAULT SESSION_USER,
+    PRIMARY KEY (site_id, grantee)
+);
+CREATE INDEX api_authenticator_grantee ON prepay.api_authenticator (grantee);
+COMMENT ON TABLE prepay.api_authenticator IS 'Which logins are authenticators at a site: the login a connection pooler or REST gateway (PostgREST) connects as before it switches to the request''s role with SET LOCAL ROLE.  The claims such a login passes in request.jwt.claims identify a tenant''s account of that site; claims set by any other login are ignored.  A registered authenticator that switches to a prepay_* group role gets that role''s (empty) mappings, never its own.  docs/INTEGRATION.md.';
+COMMENT ON COLUMN prepay.api_authenticator.site_id IS 'Site whose tenants the authenticator''s claims may name.';
+COMMENT ON COLUMN prepay.api_authenticator.grantee IS 'The authenticator login (session user of the gateway''s or pooler''s connections); must exist.';
+COMMENT ON COLUMN prepay.api_authenticator.granted_at IS 'When the authenticator was registered.';
+COMMENT ON COLUMN prepay.api_authenticator.granted_by IS 'Database user who registered it (session_user).';
+COMMENT ON INDEX prepay.api_authenticator_grantee IS 'Whether the session user is an authenticator: what prepay._mapping_role() and prepay._authenticated_claims() look up.';
+
+CREATE FUNCTION prepay._mapping_role() RETURNS oid
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN c.oid <> s.oid AND s.rolinherit
+                     AND c.rolname IN ('prepay_admin', 'prepay_operator', 'prepay_cashier', 'prepay_reader',
+                                       'prepay_tenant', 'prepay_agent')
+                     AND NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a WHERE a.grantee = s.rolname)
+                THEN s.oid ELSE c.oid END
+      FROM pg_catalog.pg_roles c, pg_catalog.pg_roles s
+     WHERE c.oid = prepay._caller() AND s.rolname = SESSION_USER
+$$;
+COMMENT ON FUNCTION prepay._mapping_role() IS
+'Internal: OID of the role whose mappings apply to the current call: the caller (prepay._caller(): the login, or the role it switched to with SET ROLE), so that a pooler''s or gateway''s authenticator that switches to a role gets that role''s mappings and not its own.  One exception keeps direct logins as they were: a login that switches to one of the six prepay_* group roles (which are never mapped) keeps its own mappings, SET ROLE narrowing what it may do, not where; not for an authenticator (prepay.api_authenticator) nor for a NOINHERIT login (as PostgREST''s authenticator is).  Called from the SECURITY DEFINER helpers.';
+
+CREATE FUNCTION prepay._my_roles() RETURNS name[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE member_of (oid) AS (
+        SELECT prepay._mapping_role()
+        UNION
+        SELECT m.roleid FROM pg_catalog.pg_auth_members m JOIN member_of ON m.member = member_of.oid
+    )
+    SELECT pg_catalog.array_agg(r.rolname) FROM pg_catalog.pg_roles r JOIN member_of ON r.oid = member_of.oid
+$$;
+COMMENT ON FUNCTION prepay._my_roles() IS
+'Internal: the role whose mappings apply (prepay._mapping_role(): the caller, after SET ROLE) and every role it is a member of, directly or through groups: the names a mapping row may name to cover the call.  Not the memberships of the session user: an authenticator that is a member of many roles lends none of their mappings to the role it switched to.  Called from the SECURITY DEFINER helpers.';
+
+CREATE FUNCTION prepay._authenticated_claims() RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    raw text := pg_catalog.current_setting('request.jwt.claims', true);
+    claims jsonb;
+BEGIN
+    IF raw IS NULL OR raw = ''
+       OR NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a WHERE a.grantee = SESSION_USER) THEN
+        RETURN NULL;                        -- no claims, or claims nobody vouches for
+    END IF;
+    BEGIN
+        claims := raw::jsonb;
+    EXCEPTION WHEN invalid_text_representation THEN
+        claims := NULL;
+    END;
+    IF claims IS NULL OR pg_catalog.jsonb_typeof(claims) <> 'object' THEN
+        PERFORM prepay._raise('PY203', 'request.jwt.claims is not a JSON object',
+            pg_catalog.format('Authenticator %s passed %s.', SESSION_USER, pg_catalog.left(raw, 200)),
+            'The gateway sets request.jwt.claims to the verified token''s claims, a JSON object.');
+    END IF;
+    RETURN claims;
+END $$;
+COMMENT ON FUNCTION prepay._authenticated_claims() IS
+'Internal: the request''s claims (setting request.jwt.claims, as PostgREST sets it per transaction) when the session user is an authenticator (prepay.api_authenticator), else NULL: claims set by any other login are ignored.  PY203 if an authenticator''s claims are not a JSON object.  The audit trail records them.';
+
+CREATE FUNCTION prepay._claimed_accounts() RETURNS TABLE (site_id integer, account_id bigint)
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claims jsonb := prepay._authenticated_claims();
+BEGIN
+    IF claims IS NULL OR NOT claims ? 'account_id' THEN
+        RETURN;
+    END IF;
+    IF pg_catalog.jsonb_typeof(claims -> 'site_id') IS DISTINCT FROM 'number'
+       OR pg_catalog.jsonb_typeof(claims -> 'account_id') IS DISTINCT FROM 'number'
+       OR (claims ->> 'site_id') !~ '^[0-9]{1,9}$' OR (claims ->> 'account_id') !~ '^[0-9]{1,18}$' THEN
+        PERFORM prepay._raise('PY203', 'request.jwt.claims names no valid account',
+            pg_catalog.format('Authenticator %s passed site_id %s and account_id %s.', SESSION_USER,
+                              coalesce(claims ->> 'site_id', 'none'), claims ->> 'account_id'),
+            'A tenant''s claims carry the integer site_id and account_id of its account.');
+    END IF;
+    -- the authenticator vouches for its own sites only, and for the role it switched to
+    IF NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a
+                    WHERE a.grantee = SESSION_USER AND a.site_id = (claims ->> 'site_id')::integer)
+       OR (claims ? 'role' AND (claims ->> 'role') IS DISTINCT FROM prepay._caller_name()::text) THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT (claims ->> 'site_id')::integer, (claims ->> 'account_id')::bigint;
+END $$;
+COMMENT ON FUNCTION prepay._claimed_accounts() IS
+'Internal: the tenant account named by the request''s verified claims (site_id, account_id): only when the session user is an authenticator of that site (prepay.api_authenticator) and the claims'' role, if any, is the role the request acts as.  No row otherwise; PY203 for claims an authenticator passed without integer ids.  prepay._my_accounts() adds it to the mapped accounts.';
+
+CREATE FUNCTION prepay._check_grantee() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = NEW.grantee) THEN
         PERFORM prepay._raise('42704', pg_catalog.format('role %s does not exist', NEW.grantee),
@@ -5716,6 +7320,9 @@ CREATE TRIGGER agent_access_grantee BEFORE INSERT OR UPDATE ON prepay.agent_acce
 COMMENT ON TRIGGER site_access_grantee ON prepay.site_access IS 'Refuses a mapping of a role that does not exist.';
 COMMENT ON TRIGGER tenant_access_grantee ON prepay.tenant_access IS 'Refuses a mapping of a role that does not exist.';
 COMMENT ON TRIGGER agent_access_grantee ON prepay.agent_access IS 'Refuses a mapping of a role that does not exist.';
+CREATE TRIGGER api_authenticator_grantee BEFORE INSERT OR UPDATE ON prepay.api_authenticator
+    FOR EACH ROW EXECUTE FUNCTION prepay._check_grantee();
+COMMENT ON TRIGGER api_authenticator_grantee ON prepay.api_authenticator IS 'Refuses registering a role that does not exist.';
 
 CREATE FUNCTION prepay._my_sites() RETURNS integer[]
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -5729,9 +7336,11 @@ COMMENT ON FUNCTION prepay._my_sites() IS
 
 CREATE FUNCTION prepay._my_accounts() RETURNS TABLE (site_id integer, account_id bigint)
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT DISTINCT t.site_id, t.account_id FROM prepay.tenant_access t WHERE t.grantee = ANY (prepay._my_roles())
+    SELECT t.site_id, t.account_id FROM prepay.tenant_access t WHERE t.grantee = ANY (prepay._my_roles())
+    UNION
+    SELECT c.site_id, c.account_id FROM prepay._claimed_accounts() c
 $$;
-COMMENT ON FUNCTION prepay._my_accounts() IS 'Internal: the accounts the caller sees as a tenant (prepay.tenant_access).';
+COMMENT ON FUNCTION prepay._my_accounts() IS 'Internal: the accounts the caller sees as a tenant: those mapped to it (prepay.tenant_access) and the one its verified claims name (prepay._claimed_accounts()).';
 
 CREATE FUNCTION prepay._my_agents() RETURNS TABLE (site_id integer, agent_id text)
 LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -5746,15 +7355,33 @@ LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_ca
 $$;
 COMMENT ON FUNCTION prepay._is_agent(integer, text) IS 'Internal: whether the caller acts as this agent at this site (always for a superuser).';
 
-CREATE FUNCTION prepay._site_creator_access() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._reading_sites() RETURNS integer[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(
+        SELECT s.site_id FROM pg_catalog.unnest(prepay._my_sites()) AS s (site_id)
+         WHERE pg_catalog.pg_has_role(CURRENT_USER, 'prepay_admin', 'USAGE')
+            OR pg_catalog.pg_has_role(CURRENT_USER, 'prepay_operator', 'USAGE')
+            OR pg_catalog.pg_has_role(CURRENT_USER, 'prepay_cashier', 'USAGE')
+            OR pg_catalog.pg_has_role(CURRENT_USER, 'prepay_reader', 'USAGE')
+        UNION
+        SELECT a.site_id FROM prepay._my_agents() AS a
+         WHERE pg_catalog.pg_has_role(CURRENT_USER, 'prepay_agent', 'USAGE')
+        ORDER BY 1)
+$$;
+COMMENT ON FUNCTION prepay._reading_sites() IS
+'Internal: the sites whose readings the current user may insert, as the INSERT policies of prepay.reading allow (site_staff: the staff roles'' prepay._my_sites(); agent_insert: an agent''s prepay._my_agents() sites), ascending.  reading_skip_duplicate asks it once per statement for a writer under row security and refuses the rows of other sites one by one (extension/intake.c); keep it in step with those policies.';
+
+CREATE FUNCTION prepay._site_creator_access() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     IF NOT prepay._caller_is_superuser() THEN
-        INSERT INTO prepay.site_access (site_id, grantee) VALUES (NEW.site_id, SESSION_USER)
+        INSERT INTO prepay.site_access (site_id, grantee)
+        SELECT NEW.site_id, r.rolname FROM pg_catalog.pg_roles r WHERE r.oid = prepay._mapping_role()
             ON CONFLICT DO NOTHING;
     END IF;
     RETURN NULL;
 END $$;
-COMMENT ON FUNCTION prepay._site_creator_access() IS 'Internal: AFTER INSERT trigger on prepay.site mapping the administrator who created a site to it (a superuser maps logins explicitly).';
+COMMENT ON FUNCTION prepay._site_creator_access() IS 'Internal: AFTER INSERT trigger on prepay.site mapping the administrator who created a site to it (the role whose mappings apply to the call, prepay._mapping_role(); a superuser maps logins explicitly).';
 CREATE TRIGGER site_creator_access AFTER INSERT ON prepay.site
     FOR EACH ROW EXECUTE FUNCTION prepay._site_creator_access();
 COMMENT ON TRIGGER site_creator_access ON prepay.site IS 'An administrator who creates a site is mapped to it.';
@@ -5904,6 +7531,7 @@ CREATE TABLE prepay.audit (
     object_key       jsonb NOT NULL,
     before_values    jsonb,
     after_values     jsonb,
+    claims           jsonb DEFAULT prepay._authenticated_claims(),
     PRIMARY KEY (site_id, audit_id)
 );
 COMMENT ON TABLE prepay.audit IS 'Append-only audit trail: every money movement other than consumption charges (from the ledger), and every direct change to a configuration table (tariffs, thresholds, protect flags, meters, accounts, gateways, mappings, ...) and to relay commands, with who, when, what and the values before and after.  UPDATE, DELETE and TRUNCATE are refused (PY201).  Read it through prepay.audit_trail.';
@@ -5911,7 +7539,7 @@ COMMENT ON COLUMN prepay.audit.site_id IS 'Site of the changed row.';
 COMMENT ON COLUMN prepay.audit.audit_id IS 'Entry id; increasing with time.';
 COMMENT ON COLUMN prepay.audit.logged_at IS 'Transaction time of the change.';
 COMMENT ON COLUMN prepay.audit.login IS 'The session user (the login that connected).';
-COMMENT ON COLUMN prepay.audit.acting_role IS 'The role the change was made as: the login, or the role it switched to with SET ROLE.';
+COMMENT ON COLUMN prepay.audit.acting_role IS 'The role the change was made as (prepay._caller()): the login, or the role it switched to with SET ROLE or SET LOCAL ROLE (behind a pooler or REST gateway, the request''s role while login is the authenticator).';
 COMMENT ON COLUMN prepay.audit.application_name IS 'The client''s application_name (set by the client: informative, not proof).';
 COMMENT ON COLUMN prepay.audit.client_addr IS 'The client''s address; NULL over a Unix socket.';
 COMMENT ON COLUMN prepay.audit.transaction_id IS 'The changing transaction: entries of one call share it.';
@@ -5920,8 +7548,10 @@ COMMENT ON COLUMN prepay.audit.object IS 'Table changed (ledger for a money move
 COMMENT ON COLUMN prepay.audit.object_key IS 'Primary key of the changed row.';
 COMMENT ON COLUMN prepay.audit.before_values IS 'The row before the change (NULL for an insert); for a money movement the account''s balance before.';
 COMMENT ON COLUMN prepay.audit.after_values IS 'The row after the change (NULL for a delete); for a money movement the ledger entry and the balance after.';
+COMMENT ON COLUMN prepay.audit.claims IS 'The request''s verified claims (request.jwt.claims) when the login is an authenticator (prepay.api_authenticator): which end user a REST gateway acted for.  NULL for any other login, whose claims are not trusted.';
 
-CREATE FUNCTION prepay._audit_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_refuse_change() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     PERFORM prepay._raise('PY201', 'the prepay audit trail is append-only',
         pg_catalog.format('%s on prepay.audit was refused.', TG_OP),
@@ -5933,7 +7563,8 @@ CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.a
     FOR EACH STATEMENT EXECUTE FUNCTION prepay._audit_refuse_change();
 COMMENT ON TRIGGER audit_append_only ON prepay.audit IS 'The audit trail is append-only.';
 
-CREATE FUNCTION prepay._audit_free_id() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_free_id() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     WHILE EXISTS (SELECT 1 FROM prepay.audit a WHERE a.site_id = NEW.site_id AND a.audit_id = NEW.audit_id) LOOP
         NEW.audit_id := pg_catalog.nextval('prepay.audit_id_seq');
@@ -5946,7 +7577,8 @@ CREATE TRIGGER audit_free_id BEFORE INSERT ON prepay.audit
     FOR EACH ROW EXECUTE FUNCTION prepay._audit_free_id();
 COMMENT ON TRIGGER audit_free_id ON prepay.audit IS 'Renumbers an entry whose id is taken (a restore outside replica mode), so that no entry is lost.';
 
-CREATE FUNCTION prepay._audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_row() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 DECLARE
     old_values jsonb;
     new_values jsonb;
@@ -5974,7 +7606,8 @@ END $$;
 COMMENT ON FUNCTION prepay._audit_row() IS
 'Internal: AFTER row trigger writing one audit entry per inserted, updated or deleted row (its arguments name the primary key columns).  Attached to every configuration table by sql/security.sql.';
 
-CREATE FUNCTION prepay._audit_money() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION prepay._audit_money() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
 BEGIN
     INSERT INTO prepay.audit (site_id, acting_role, application_name, action, object, object_key,
                               before_values, after_values)
@@ -6000,7 +7633,8 @@ SELECT a.site_id, a.audit_id, a.logged_at, a.login, a.acting_role, a.application
             ELSE a.before_values END AS before_values,
        CASE WHEN a.action = 'update'
             THEN (SELECT pg_catalog.jsonb_object_agg(k, a.after_values -> k) FROM pg_catalog.unnest(c.changed) AS k)
-            ELSE a.after_values END AS after_values
+            ELSE a.after_values END AS after_values,
+       a.claims
   FROM prepay.audit a
   LEFT JOIN LATERAL (
         SELECT pg_catalog.array_agg(k ORDER BY k) AS changed
@@ -6021,6 +7655,7 @@ COMMENT ON COLUMN prepay.audit_trail.object_key IS 'Primary key of the changed r
 COMMENT ON COLUMN prepay.audit_trail.changed IS 'For an update, the columns that changed; NULL otherwise.';
 COMMENT ON COLUMN prepay.audit_trail.before_values IS 'Values before: the changed columns of an update, the whole deleted row, the balance before a money movement.';
 COMMENT ON COLUMN prepay.audit_trail.after_values IS 'Values after: the changed columns of an update, the whole inserted row, the entry and balance after a money movement.';
+COMMENT ON COLUMN prepay.audit_trail.claims IS 'The verified claims of a request through an authenticator (REST gateway); NULL otherwise.';
 
 -- ---------------------------------------------------------------------
 -- The generic part.  Everything below loops over the catalog, so that
@@ -6029,48 +7664,72 @@ COMMENT ON COLUMN prepay.audit_trail.after_values IS 'Values after: the changed 
 -- docs/SECURITY.md says when a new file must add to them.
 -- ---------------------------------------------------------------------
 
--- functions: SECURITY DEFINER with a pinned search_path for the public
--- functions that authorize their caller and for trigger functions;
--- EXECUTE for the prepay roles only, never for PUBLIC
-DO $$
+-- functions: the check (prepay._check_routines), then the grants.  Each
+-- function declares its security mode and its pinned search_path in its own
+-- CREATE FUNCTION; the check refuses the install (PY204, naming the
+-- function) when a function of any earlier file breaks the rule.
+CREATE FUNCTION prepay._check_routines() RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     f record;
-    -- per-row trigger with no SPI (probes the primary key index directly):
-    -- stays SECURITY INVOKER so that COPY pays no per-row role switch
-    invoker_triggers constant text[] := '{reading_skip_duplicate}';
+    -- the per-row trigger probes the primary key index directly (SPI only
+    -- once per statement, and as the owner for the rare rows it refuses):
+    -- SECURITY INVOKER so that COPY pays no per-row role switch; the bulk
+    -- intake's drain must insert with its writer's own rights
+    invoker_triggers constant text[] := '{reading_skip_duplicate,reading_intake_drain}';
     -- SECURITY DEFINER helpers the policies and authorizing functions use
     helpers constant text[] := '{_my_sites,_my_accounts,_my_agents,_is_agent,_authorize,_authorize_account,'
                                '_authorize_agent,_authorize_agent_id}';
-    roles constant text := 'prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent';
+    pinned constant text := 'search_path=pg_catalog, pg_temp';
 BEGIN
     FOR f IN
-        SELECT p.oid::regprocedure AS sig, p.proname, p.prokind, p.prosecdef,
+        SELECT p.oid::regprocedure AS sig, p.proname, p.prosecdef, p.proconfig,
                p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype AS is_trigger,
                p.prosrc ~ 'prepay\._authorize' AS authorizes
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'prepay'::pg_catalog.regnamespace
+           AND p.prokind <> 'a'              -- an aggregate has no SET clause; its support functions are checked
+         ORDER BY p.oid
+    LOOP
+        IF NOT pinned = ANY (coalesce(f.proconfig, '{}')) THEN
+            PERFORM prepay._raise('PY204', pg_catalog.format('function %s has no pinned search_path', f.sig),
+                'Every function of schema prepay runs with search_path = pg_catalog, pg_temp, whatever its security mode, so that no object of a caller''s schema (public, "$user") can stand in for a built-in.',
+                'Add SET search_path = pg_catalog, pg_temp to its CREATE FUNCTION and qualify what its body names (prepay.x).');
+        END IF;
+        IF f.prosecdef <> ((f.is_trigger AND NOT f.proname = ANY (invoker_triggers)) OR f.proname = ANY (helpers)
+                           OR (f.authorizes AND f.proname !~ '^_')) THEN
+            PERFORM prepay._raise('PY204', pg_catalog.format('function %s is declared SECURITY %s', f.sig,
+                                                             CASE WHEN f.prosecdef THEN 'DEFINER' ELSE 'INVOKER' END),
+                CASE WHEN f.prosecdef
+                     THEN 'Only trigger functions, the authorization helpers and public functions that call prepay._authorize* first are SECURITY DEFINER.'
+                     ELSE 'A public function that calls prepay._authorize*, and a trigger function other than reading_skip_duplicate and reading_intake_drain, is SECURITY DEFINER.' END,
+                'Declare the mode in its CREATE FUNCTION as docs/SECURITY.md ("What a new SQL file must do") says.');
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._check_routines() IS
+'Internal: raise PY204, naming the function, if a function of schema prepay has no pinned search_path (pg_catalog, pg_temp) or declares a security mode the rule does not give it: SECURITY DEFINER for trigger functions (but reading_skip_duplicate, per row, and reading_intake_drain, which must insert with the writer''s own rights), the authorization helpers and the public functions that call prepay._authorize*; SECURITY INVOKER for the rest.  The install runs it after every file''s functions exist.';
+
+-- EXECUTE for the prepay roles only, never for PUBLIC, none on triggers
+DO $$
+DECLARE
+    f record;
+    roles constant text := 'prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent';
+BEGIN
+    PERFORM prepay._check_routines();
+    FOR f IN
+        SELECT p.oid::regprocedure AS sig, p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype AS is_trigger
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'prepay'::pg_catalog.regnamespace
          ORDER BY p.oid
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f.sig);
-        IF f.is_trigger THEN
-            -- triggers do prepay's bookkeeping with the owner's rights; nobody
-            -- may attach them to a table of their own (CREATE TRIGGER needs EXECUTE)
-            IF NOT f.proname = ANY (invoker_triggers) THEN
-                EXECUTE pg_catalog.format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.sig);
-            END IF;
-        ELSIF f.prokind = 'a' THEN
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        ELSIF f.proname = ANY (helpers) THEN
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        ELSIF f.authorizes AND f.proname !~ '^_' THEN
-            EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY DEFINER SET search_path = pg_catalog, pg_temp', f.sig);
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        ELSIF NOT f.prosecdef THEN
-            -- SECURITY INVOKER: runs with the caller's own grants and policies
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
-        END IF;
-        -- a SECURITY DEFINER function that does not authorize its caller is
-        -- left to superusers (12_security lists any such function as a defect)
+        -- triggers do prepay's bookkeeping with the owner's rights; nobody
+        -- may attach them to a table of their own (CREATE TRIGGER needs EXECUTE)
+        CONTINUE WHEN f.is_trigger;
+        -- SECURITY INVOKER functions run with the caller's own grants and
+        -- policies; SECURITY DEFINER ones authorize their caller
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
     END LOOP;
 END $$;
 
@@ -6087,15 +7746,18 @@ DECLARE
     -- notifications an outbox, the ledger is audited by audit_money; what
     -- the billing jobs and batch runners derive is read-only and kept with
     -- its inputs (period_charge.inputs, apportionment, batch_item results)
-    not_audited constant text[] := '{reading,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
+    not_audited constant text[] := '{reading,reading_refused,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
                                    'bill_entry,bill_payment,batch_item,energy_day_folded,energy_month_folded,energy_pending,consumption_posting_day,'
-                                   'cut_reminder,multiplier_change}';
+                                   'cut_reminder,multiplier_change,notify_secret,notification_delivery}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
                                     'low_balance_threshold, pretrip_threshold';
     meter_config constant text := 'code, kind, multiplier, max_per_hour, building, floor, room, gateway_id, unit_id, '
                                   'device_profile, tariff_id';
     reading_input constant text := 'site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state';
     config_dml constant text := 'SELECT, INSERT, UPDATE, DELETE';
+    -- COPY FROM is refused on a table with row security: the bulk intake
+    -- has none, and no role may read it (INSERT only; extension/intake.c)
+    no_row_security constant text[] := '{reading_intake}';
     grants text[];
     grant_row text[];
     granted boolean;
@@ -6132,6 +7794,11 @@ BEGIN
         ['reading', 'prepay_operator', 'SELECT, INSERT (' || reading_input || ')'],
         ['reading', 'prepay_reader', 'SELECT'], ['reading', 'prepay_tenant', 'SELECT'],
         ['reading', 'prepay_agent', 'INSERT (' || reading_input || ')'],
+        ['reading_intake', 'prepay_admin', 'INSERT (' || reading_input || ')'],
+        ['reading_intake', 'prepay_operator', 'INSERT (' || reading_input || ')'],
+        ['reading_intake', 'prepay_agent', 'INSERT (' || reading_input || ')'],
+        ['reading_refused', 'prepay_admin', 'SELECT'], ['reading_refused', 'prepay_operator', 'SELECT'],
+        ['reading_refused', 'prepay_reader', 'SELECT'],
         ['ledger', 'prepay_admin', 'SELECT'], ['ledger', 'prepay_operator', 'SELECT'],
         ['ledger', 'prepay_cashier', 'SELECT'], ['ledger', 'prepay_reader', 'SELECT'],
         ['command', 'prepay_admin', 'SELECT'], ['command', 'prepay_operator', 'SELECT'],
@@ -6145,6 +7812,7 @@ BEGIN
         ['site_access', 'prepay_admin', config_dml],
         ['tenant_access', 'prepay_admin', config_dml],
         ['agent_access', 'prepay_admin', config_dml],
+        ['api_authenticator', 'prepay_admin', config_dml],
         -- billing (billing.sql): rules are configuration; what the jobs and
         -- the bill functions write is read-only for everyone
         ['account_group', 'prepay_admin', config_dml], ['account_group', 'prepay_operator', config_dml],
@@ -6187,7 +7855,21 @@ BEGIN
         ['cut_reminder', 'prepay_admin', 'SELECT'], ['cut_reminder', 'prepay_operator', 'SELECT'],
         ['cut_reminder', 'prepay_reader', 'SELECT'],
         ['multiplier_change', 'prepay_admin', 'SELECT'], ['multiplier_change', 'prepay_operator', 'SELECT'],
-        ['multiplier_change', 'prepay_reader', 'SELECT']];
+        ['multiplier_change', 'prepay_reader', 'SELECT'],
+        -- notification delivery (notify.sql): secrets for administrators only
+        -- (the agent gets them from agent_claim_deliveries); deliveries are
+        -- written by triggers and the agent functions
+        ['notify_site', 'prepay_admin', config_dml], ['notify_site', 'prepay_operator', config_dml],
+        ['notify_site', 'prepay_reader', 'SELECT'],
+        ['account_language', 'prepay_admin', config_dml], ['account_language', 'prepay_operator', config_dml],
+        ['account_language', 'prepay_reader', 'SELECT'],
+        ['notify_channel', 'prepay_admin', config_dml], ['notify_channel', 'prepay_operator', 'SELECT'],
+        ['notify_channel', 'prepay_reader', 'SELECT'],
+        ['notify_secret', 'prepay_admin', config_dml],
+        ['notify_template', 'prepay_admin', config_dml], ['notify_template', 'prepay_operator', config_dml],
+        ['notify_template', 'prepay_reader', 'SELECT'],
+        ['notification_delivery', 'prepay_admin', 'SELECT'], ['notification_delivery', 'prepay_operator', 'SELECT'],
+        ['notification_delivery', 'prepay_reader', 'SELECT']];
 
     FOR t IN
         SELECT c.oid::regclass AS rel, c.relname,
@@ -6216,6 +7898,7 @@ BEGIN
         END IF;
 
         CONTINUE WHEN NOT t.has_site;       -- 12_security lists such a table as a defect
+        CONTINUE WHEN t.relname = ANY (no_row_security);
 
         -- row-level security: staff see and write the rows of their sites
         EXECUTE pg_catalog.format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', t.rel);
@@ -6329,5 +8012,6 @@ GRANT USAGE ON ALL SEQUENCES IN SCHEMA prepay TO prepay_admin, prepay_operator;
 SELECT pg_catalog.pg_extension_config_dump('prepay.site_access', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.tenant_access', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.agent_access', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.api_authenticator', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.audit', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.audit_id_seq', '');
