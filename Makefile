@@ -31,7 +31,7 @@ OBJS = \
 # Earlier releases' install scripts are kept, frozen, in sql/releases/; each
 # release ships an upgrade script sql/prepay--OLD--NEW.sql (docs/ARCHITECTURE.md,
 # "Cutting a release"; test/t/200_upgrade.pl checks every upgrade path).
-SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/batch.sql \
+SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/bill.sql sql/batch.sql \
 	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/security.sql)
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
 DATA = $(wildcard sql/$(EXTENSION)--*--*.sql sql/releases/$(EXTENSION)--*.sql)
