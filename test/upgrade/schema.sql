@@ -3,7 +3,8 @@
 -- between an upgraded and a freshly installed database.  Columns are
 -- compared by name, not position: ALTER TABLE ADD COLUMN appends, so an
 -- upgraded table may order its columns differently from a fresh one.
--- Object identifiers and other per-database numbers are left out.
+-- Object identifiers and other per-database numbers are left out; the
+-- tables pg_dump keeps (pg_extension_config_dump) are included.
 WITH ext AS (
     SELECT d.classid, d.objid
       FROM pg_depend d
@@ -52,6 +53,9 @@ WITH ext AS (
                   (SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = t.oid),
                   obj_description(t.oid, 'pg_type'))
       FROM pg_type t WHERE t.typnamespace = 'prepay'::regnamespace AND t.typtype IN ('e', 'd', 'c')
+    UNION ALL
+    SELECT format('dumped with pg_dump: %s', c::regclass)
+      FROM pg_extension e, unnest(e.extconfig) AS c WHERE e.extname = 'prepay'
     UNION ALL
     SELECT format('schema prepay acl %s comment %s', n.nspacl, obj_description(n.oid, 'pg_namespace'))
       FROM pg_namespace n WHERE n.nspname = 'prepay'
