@@ -18,7 +18,7 @@
  *
  * How an entry is split is the rule of prepay._entry_parts
  * (sql/reports.sql), which prepay.energy_from_ledger and
- * prepay.rebuild_rollups use; test/sql/11_reports.sql checks that the two
+ * prepay.rebuild_rollups use; test/sql/13_reports.sql checks that the two
  * agree:
  *
  *	  - each piece goes to the local day(s) of its interval (from, to]: a

@@ -842,7 +842,7 @@ BEGIN
             EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO prepay_operator, prepay_reader', t.rel);
         END IF;
 
-        CONTINUE WHEN NOT t.has_site;       -- 12_security lists such a table as a defect
+        CONTINUE WHEN NOT t.has_site;       -- 14_security lists such a table as a defect
         CONTINUE WHEN t.relname = ANY (no_row_security);
 
         -- row-level security: staff see and write the rows of their sites

@@ -4,7 +4,7 @@
 # the cluster.  Runs as an unprivileged user; test/run.sh arranges that.
 #
 # While developing, a subset runs faster (all three default to everything):
-#   PREPAY_REGRESS="03_rating 12_security"  the pg_regress tests to run
+#   PREPAY_REGRESS="03_rating 14_security"  the pg_regress tests to run
 #   PREPAY_ISOLATION="same_reference"       the isolation specs ("" for none)
 #   PREPAY_TAP="test/t/100_agent_e2e.pl"    the TAP tests ("" for none)
 #   PREPAY_UNIT=0                           skip the C unit tests

@@ -395,7 +395,7 @@ SELECT fname AS function, arg, string_agg(label, ', ' ORDER BY label) AS accepte
 --     refund, pay_bills, close_account channel and reference; replace_meter
 --     p_new_code; credit_payment, refund_payment provider, transaction
 --     and refund ids and reason: free text kept verbatim, NULL where
---     optional (SQL injection is 12_security's business).  A unique text
+--     optional (SQL injection is 14_security's business).  A unique text
 --     too long for its index (10240 hex chars) is refused with 54000.
 --   create_batch, reschedule_batch p_run_at: a finite time (1900 runs at
 --     the next run, 4000 waits); NULL is now in create_batch.
@@ -572,6 +572,6 @@ SELECT split_part(regress.try(q), ' | ', 1) AS nan_written_directly
 
 SELECT * FROM prepay.check_ledger();
 DROP FUNCTION regress.h_call_text(regprocedure, integer, text), regress.h_outcome(regress.h_reading);
--- regress.h_call stays: 15_search_path makes the same calls again, as every role, with
+-- regress.h_call stays: 17_search_path makes the same calls again, as every role, with
 -- shadowing objects in the callers' schemas, and drops it
 DROP TABLE regress.h_value, regress.h_valid, regress.h_arg, regress.h_reading;

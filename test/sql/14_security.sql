@@ -208,7 +208,7 @@ SELECT count(*) AS other_agent FROM prepay.agent_catalog('north-2');
 INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, relay_state)
 VALUES (1, 1, '2026-03-01 08:00+00', 130, 'closed'), (1, 3, '2026-03-01 08:00+00', 5, 'closed'), (1, 99, '2026-03-01 08:00+00', 5, NULL);
 RESET SESSION AUTHORIZATION;
--- a reading of another site is refused alone, with a warning (19_intake)
+-- a reading of another site is refused alone, with a warning (21_intake)
 SELECT regress.probe('regress_sec_agent', $$INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (2, 4, '2026-03-01 08:00+00', 320)$$,
                      NULL, true) AS reading_of_site_2;
 SET SESSION AUTHORIZATION regress_sec_agent;
@@ -312,7 +312,7 @@ DECLARE
 BEGIN
     FOR p IN SELECT * FROM regress.payload ORDER BY n LOOP
         -- channels and references refuse control characters (PY017,
-        -- 15_search_path): they get the payload with those made spaces
+        -- 17_search_path): they get the payload with those made spaces
         ref := regexp_replace(p.s, '[\x01-\x1f]', ' ', 'g');
         acc := prepay.open_account(1, p.s, p.s, 1, p_phone => p.s, p_email => p.s);
         INSERT INTO regress.stored SELECT 'open_account code', p.n, code FROM prepay.account WHERE site_id = 1 AND account_id = acc;

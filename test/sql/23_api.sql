@@ -161,7 +161,7 @@ RESET SESSION AUTHORIZATION;
 -- ---------------------------------------------------------------------
 -- direct logins: without SET ROLE the login's mappings and those of its
 -- groups (as before); SET ROLE to a prepay_* group role keeps the login's
--- mappings (12_security); SET ROLE to a mapped role: that role's only
+-- mappings (14_security); SET ROLE to a mapped role: that role's only
 -- ---------------------------------------------------------------------
 SELECT regress.seen('regress_api_alice', 'SELECT string_agg(site_id::text, $$,$$ ORDER BY site_id) FROM prepay.site') AS alice,
        regress.seen('regress_api_alice', 'SELECT string_agg(site_id::text, $$,$$ ORDER BY site_id) FROM prepay.site', 'regress_api_pay2') AS as_pay2,
