@@ -223,20 +223,49 @@ LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
                                           energy numeric, price numeric, amount numeric)) WITH ORDINALITY
                                AS p("from", "to", period, tier, energy, price, amount, n)
                      CROSS JOIN LATERAL (SELECT (p."from" AT TIME ZONE p_tz)::date AS first_day,
-                                                prepay._local_day(p."to", p_tz) AS last_day) AS d) AS r) AS q
+                                                -- prepay._local_day(p."to", p_tz), written out
+                                                ((p."to" OPERATOR(pg_catalog.-) interval '1 microsecond')
+                                                 AT TIME ZONE p_tz)::date AS last_day) AS d) AS r) AS q
 $$;
 COMMENT ON FUNCTION prepay._entry_parts(numeric, json, text) IS
-'Internal: how one consumption entry is rolled up: each priced piece of its pricing record on the local day it lies in (a piece crossing local midnights is split uniformly: the part up to instant t gets floor(E x (t - from) / (to - from)) Wh, so the parts add up to the piece and each part costs its energy x the piece''s price), and the entry''s posted cents (and a count of 1) on its first piece''s first day, period and tier.  prepay.energy_from_ledger and prepay.rebuild_rollups use it; the rating batch applies the same rule in C (extension/rollup.c).';
+'Internal: how one consumption entry is rolled up: each priced piece of its pricing record on the local day it lies in (a piece crossing local midnights is split uniformly: the part up to instant t gets floor(E x (t - from) / (to - from)) Wh, so the parts add up to the piece and each part costs its energy x the piece''s price), and the entry''s posted cents (and a count of 1) on its first piece''s first day, period and tier.  prepay.energy_from_ledger (and so prepay.rebuild_rollups) writes the same query out per entry, because a function with a pinned search_path is not inlined; the rating batch applies the same rule in C (extension/rollup.c).';
 
 CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to date)
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
                energy numeric, cost numeric, charged numeric, charges bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    -- x is prepay._entry_parts(l.amount, l.pieces, s.time_zone) written out:
+    -- a call per entry would cost a search_path save and restore and no
+    -- inlining (keep the two the same)
     SELECT l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier,
            sum(x.energy), sum(x.cost), sum(x.charged), sum(x.charges)
       FROM prepay.site s
       JOIN prepay.ledger l ON l.site_id = s.site_id
-     CROSS JOIN LATERAL prepay._entry_parts(l.amount, l.pieces, s.time_zone) AS x
+     CROSS JOIN LATERAL (
+        SELECT q.day, q.period, q.tier,
+               CASE WHEN q.first_day = q.last_day THEN q.energy ELSE q.part END AS energy,
+               CASE WHEN q.first_day = q.last_day THEN q.amount ELSE q.part * q.price END AS cost,
+               CASE WHEN q.n = 1 AND q.day = q.first_day THEN -l.amount ELSE 0 END AS charged,
+               CASE WHEN q.n = 1 AND q.day = q.first_day THEN 1 ELSE 0 END AS charges
+          FROM (SELECT r.*,
+                       CASE WHEN r.first_day <> r.last_day THEN
+                           (pg_catalog.div(r.energy * 1000
+                                * EXTRACT(epoch FROM least(r."to", (r.day + 1)::timestamp AT TIME ZONE s.time_zone) - r."from") * 1000000,
+                                EXTRACT(epoch FROM r."to" - r."from") * 1000000)
+                            - pg_catalog.div(r.energy * 1000
+                                * EXTRACT(epoch FROM greatest(r."from", r.day::timestamp AT TIME ZONE s.time_zone) - r."from") * 1000000,
+                                EXTRACT(epoch FROM r."to" - r."from") * 1000000)) / 1000 END AS part
+                  FROM (SELECT p.*, d.first_day, d.last_day,
+                               pg_catalog.generate_series(d.first_day::timestamp, d.last_day::timestamp,
+                                                          interval '1 day')::date AS day
+                          FROM ROWS FROM (pg_catalog.json_to_recordset(l.pieces->'pieces')
+                                          AS ("from" timestamptz, "to" timestamptz, period text, tier integer,
+                                              energy numeric, price numeric, amount numeric)) WITH ORDINALITY
+                                   AS p("from", "to", period, tier, energy, price, amount, n)
+                         CROSS JOIN LATERAL (SELECT (p."from" AT TIME ZONE s.time_zone)::date AS first_day,
+                                                    ((p."to" OPERATOR(pg_catalog.-) interval '1 microsecond')
+                                                     AT TIME ZONE s.time_zone)::date AS last_day) AS d) AS r) AS q
+     ) AS x
      WHERE s.site_id = p_site_id AND l.kind = 'consumption'
        AND l.read_to > p_from::timestamp AT TIME ZONE s.time_zone
        AND l.read_from < p_to::timestamp AT TIME ZONE s.time_zone
@@ -331,39 +360,33 @@ COMMENT ON FUNCTION prepay.fold_rollups(integer) IS
 -- the room status board
 -- ---------------------------------------------------------------------
 
-CREATE FUNCTION prepay.room_status_at(p_site_id integer, p_at timestamptz)
-RETURNS TABLE (site_id integer, building text, floor text, room text, meter_id bigint, meter_code text,
-               account_id bigint, account_code text, account_name text, balance numeric, alarm_level smallint,
-               alarm_colour text, relay_state prepay.relay_state, relay_state_at timestamptz, protected boolean,
-               online boolean, lost_since timestamptz, today date, today_energy numeric, today_cost numeric,
-               today_charged numeric, last_read_at timestamptz)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code, a.account_id, a.code, a.name, a.balance,
-           a.alarm_level,
-           CASE a.alarm_level WHEN 0 THEN 'green' WHEN 1 THEN 'yellow' WHEN 2 THEN 'orange' WHEN 3 THEN 'red' END,
-           m.relay_state, m.relay_state_at, m.protect OR coalesce(a.protect, false),
-           m.lost_since IS NULL AND g.lost_since IS NULL, least(m.lost_since, g.lost_since),
-           (p_at AT TIME ZONE s.time_zone)::date,
-           CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.energy, 0) END,
-           CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.cost, 0) END,
-           CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.charged, 0) END,
-           m.last_read_at
-      FROM prepay.site s
-      JOIN prepay.meter m ON m.site_id = s.site_id AND m.active
-      LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
-      LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
-      LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
-                           FROM prepay.energy_day e
-                          WHERE e.site_id = m.site_id AND e.meter_id = m.meter_id
-                            AND e.day = (p_at AT TIME ZONE s.time_zone)::date
-                            AND e.account_id = m.account_id) AS t ON true
-     WHERE s.site_id = p_site_id
-$$;
-COMMENT ON FUNCTION prepay.room_status_at(integer, timestamptz) IS
-'The room status board of a site as seen at p_at (its local day is "today"): one row per active meter; prepay.room_status is the same at now() for every site.';
-
+-- The board is written twice, keep the two the same: in the view (a view
+-- is parsed once, needs no search_path and is planned inside the caller's
+-- query, so a filter on site_id reaches the meter scan) and as the text
+-- room_status_at plans for each call with its actual site and instant (a
+-- SQL function with a pinned search_path is neither inlined nor planned
+-- for its arguments: it got a generic plan scanning energy_pending once per
+-- meter).
 CREATE VIEW prepay.room_status AS
-SELECT b.* FROM prepay.site s CROSS JOIN LATERAL prepay.room_status_at(s.site_id, pg_catalog.now()) AS b;
+SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code AS meter_code, a.account_id, a.code AS account_code,
+       a.name AS account_name, a.balance::numeric AS balance, a.alarm_level,
+       CASE a.alarm_level WHEN 0 THEN 'green' WHEN 1 THEN 'yellow' WHEN 2 THEN 'orange' WHEN 3 THEN 'red' END AS alarm_colour,
+       m.relay_state, m.relay_state_at, m.protect OR coalesce(a.protect, false) AS protected,
+       m.lost_since IS NULL AND g.lost_since IS NULL AS online, least(m.lost_since, g.lost_since) AS lost_since,
+       (pg_catalog.now() AT TIME ZONE s.time_zone)::date AS today,
+       CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.energy, 0) END AS today_energy,
+       CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.cost, 0) END AS today_cost,
+       CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.charged, 0) END AS today_charged,
+       m.last_read_at
+  FROM prepay.site s
+  JOIN prepay.meter m ON m.site_id = s.site_id AND m.active
+  LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
+  LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
+  LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
+                       FROM prepay.energy_day e
+                      WHERE e.site_id = m.site_id AND e.meter_id = m.meter_id
+                        AND e.day = (pg_catalog.now() AT TIME ZONE s.time_zone)::date
+                        AND e.account_id = m.account_id) AS t ON true;
 COMMENT ON VIEW prepay.room_status IS 'Room status board: one row per active meter (room) with its account, balance, alarm colour, relay, online state and today''s usage.  Filter by site_id.';
 COMMENT ON COLUMN prepay.room_status.site_id IS 'Site.';
 COMMENT ON COLUMN prepay.room_status.building IS 'Building of the room.';
@@ -387,6 +410,40 @@ COMMENT ON COLUMN prepay.room_status.today_energy IS 'Energy charged to the acco
 COMMENT ON COLUMN prepay.room_status.today_cost IS 'Exact cost of today''s energy.';
 COMMENT ON COLUMN prepay.room_status.today_charged IS 'Whole cents posted for this meter by charges whose interval starts today.';
 COMMENT ON COLUMN prepay.room_status.last_read_at IS 'Time of the meter''s last rated reading.';
+
+CREATE FUNCTION prepay.room_status_at(p_site_id integer, p_at timestamptz)
+RETURNS TABLE (site_id integer, building text, floor text, room text, meter_id bigint, meter_code text,
+               account_id bigint, account_code text, account_name text, balance numeric, alarm_level smallint,
+               alarm_colour text, relay_state prepay.relay_state, relay_state_at timestamptz, protected boolean,
+               online boolean, lost_since timestamptz, today date, today_energy numeric, today_cost numeric,
+               today_charged numeric, last_read_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    -- the view prepay.room_status at $2 instead of now(), for site $1
+    RETURN QUERY EXECUTE $q$
+    SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code, a.account_id, a.code, a.name, a.balance,
+           a.alarm_level,
+           CASE a.alarm_level WHEN 0 THEN 'green' WHEN 1 THEN 'yellow' WHEN 2 THEN 'orange' WHEN 3 THEN 'red' END,
+           m.relay_state, m.relay_state_at, m.protect OR coalesce(a.protect, false),
+           m.lost_since IS NULL AND g.lost_since IS NULL, least(m.lost_since, g.lost_since),
+           ($2 AT TIME ZONE s.time_zone)::date,
+           CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.energy, 0) END,
+           CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.cost, 0) END,
+           CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.charged, 0) END,
+           m.last_read_at
+      FROM prepay.site s
+      JOIN prepay.meter m ON m.site_id = s.site_id AND m.active
+      LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
+      LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
+      LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
+                           FROM prepay.energy_day e
+                          WHERE e.site_id = m.site_id AND e.meter_id = m.meter_id
+                            AND e.day = ($2 AT TIME ZONE s.time_zone)::date
+                            AND e.account_id = m.account_id) AS t ON true
+     WHERE s.site_id = $1$q$ USING p_site_id, p_at;
+END $f$;
+COMMENT ON FUNCTION prepay.room_status_at(integer, timestamptz) IS
+'The room status board of a site as seen at p_at (its local day is "today"): one row per active meter; prepay.room_status is the same at now() for every site.  Planned for each call with its arguments.';
 
 -- ---------------------------------------------------------------------
 -- energy reports
@@ -671,13 +728,17 @@ RETURNS TABLE (site_id integer, account_id bigint, account_code text, account_na
                meters_to_cut bigint, recent_energy_per_day numeric, recent_cost_per_day numeric,
                last_read_at timestamptz, run_out_at timestamptz, method text, cut_at timestamptz, status text,
                reason text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+BEGIN
+    -- planned for each call with the actual site, instant and horizon ($1, $2, $3):
+    -- a SQL function with a pinned search_path would get a generic plan
+    RETURN QUERY EXECUTE $q$
     WITH s AS (
         SELECT st.site_id, st.time_zone, st.currency,
-               ((p_at AT TIME ZONE st.time_zone)::date
+               (($2 AT TIME ZONE st.time_zone)::date
                 - pg_catalog.floor(EXTRACT(epoch FROM st.forecast_window) / 86400)::integer) AS first_day,
-               (p_at AT TIME ZONE st.time_zone)::date AS today
-          FROM prepay.site st WHERE st.site_id = p_site_id
+               ($2 AT TIME ZONE st.time_zone)::date AS today
+          FROM prepay.site st WHERE st.site_id = $1
     ), mt AS (
         -- each active meter of an open account: its recent consumption rate
         SELECT a.account_id, m.meter_id, coalesce(m.tariff_id, a.tariff_id) AS tariff_id, m.last_read_at,
@@ -715,17 +776,17 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           LEFT JOIN mt ON mt.account_id = a.account_id
          GROUP BY a.site_id, a.account_id
     ), todo AS (
-        -- accounts worth pricing ahead: money left, consumption, and (with p_within) a rough runway
+        -- accounts worth pricing ahead: money left, consumption, and (with p_within, $3) a rough runway
         -- at most four times p_within, so that a price peak cannot hide a cut
         SELECT ac.* FROM ac
          WHERE ac.mode = 'prepaid' AND ac.available > 0 AND ac.cost_per_day > 0 AND NOT ac.beyond_pricing
-           AND (p_within IS NULL
-                OR ac.available / ac.cost_per_day * 86400 <= 4 * EXTRACT(epoch FROM p_within))
+           AND ($3 IS NULL
+                OR ac.available / ac.cost_per_day * 86400 <= 4 * EXTRACT(epoch FROM $3))
     ), pieces AS (
         -- the next 48 hours of each meter at its recent rate, priced with its tariff as it stands
         SELECT mt.account_id, p.piece_from, p.piece_to, p.amount
           FROM todo JOIN mt ON mt.account_id = todo.account_id
-         CROSS JOIN LATERAL prepay._pieces(prepay._rate(p_site_id, mt.tariff_id, mt.last_read_at,
+         CROSS JOIN LATERAL prepay._pieces(prepay._rate($1, mt.tariff_id, mt.last_read_at,
                                                         mt.last_read_at + interval '48 hours',
                                                         round(mt.energy * 48 / mt.hours, 3),
                                                         mt.cycle_used, mt.cycle_start, NULL)) AS p
@@ -782,11 +843,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                     ELSE 'forecast' END AS status
           FROM f
     )
-    SELECT p_site_id, st.account_id, st.code, st.name, st.mode, st.balance, st.credit_limit, st.available,
+    SELECT $1, st.account_id, st.code, st.name, st.mode, st.balance, st.credit_limit, st.available,
            st.protect, st.meters, st.meters_to_cut, round(st.energy_per_day, 3), round(st.cost_per_day, 2),
            st.last_read_at, st.run_out_at, CASE WHEN st.run_out_at IS NOT NULL THEN st.method END,
            CASE st.status WHEN 'trip queued' THEN st.trip_queued_for
-                          WHEN 'forecast' THEN prepay.cut_allowed_at(p_site_id, st.run_out_at) END,
+                          WHEN 'forecast' THEN prepay.cut_allowed_at($1, st.run_out_at) END,
            st.status,
            CASE st.status
                WHEN 'postpaid' THEN 'postpaid accounts are billed, never cut'
@@ -806,14 +867,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                ELSE pg_catalog.format('%s %s left (balance %s + credit %s) at %s per day: arrears about %s (%s)%s',
                         st.available, s.currency, st.balance, st.credit_limit, round(st.cost_per_day, 2),
                         pg_catalog.to_char(st.run_out_at AT TIME ZONE s.time_zone, 'YYYY-MM-DD HH24:MI'), st.method,
-                        CASE WHEN prepay.cut_allowed_at(p_site_id, st.run_out_at) > st.run_out_at
+                        CASE WHEN prepay.cut_allowed_at($1, st.run_out_at) > st.run_out_at
                              THEN pg_catalog.format('; a no-cut window defers the cut to %s',
-                                  pg_catalog.to_char(prepay.cut_allowed_at(p_site_id, st.run_out_at) AT TIME ZONE s.time_zone,
+                                  pg_catalog.to_char(prepay.cut_allowed_at($1, st.run_out_at) AT TIME ZONE s.time_zone,
                                                      'YYYY-MM-DD HH24:MI'))
                              ELSE '' END)
            END
-      FROM st CROSS JOIN s
-$$;
+      FROM st CROSS JOIN s$q$ USING p_site_id, p_at, p_within;
+END $f$;
 COMMENT ON FUNCTION prepay.balance_forecast_at(integer, timestamptz, interval) IS
 'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).  A meter''s rate needs a minute of consumption since the account opened; an account without a usable rate (or with money for more than 100 years) gets status no forecast and NULL run_out_at and cut_at, never an error, so one degenerate account cannot break the forecast of the others.';
 
