@@ -382,11 +382,15 @@ SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code AS meter_code,
   JOIN prepay.meter m ON m.site_id = s.site_id AND m.active
   LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
   LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
-  LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
-                       FROM prepay.energy_day e
-                      WHERE e.site_id = m.site_id AND e.meter_id = m.meter_id
-                        AND e.day = (pg_catalog.now() AT TIME ZONE s.time_zone)::date
-                        AND e.account_id = m.account_id) AS t ON true;
+  -- today's rollup rows of the site summed per meter and account in one
+  -- pass, not an aggregate per meter (energy_pending has no index)
+  LEFT JOIN (SELECT e.site_id, e.meter_id, e.account_id,
+                    sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
+               FROM prepay.energy_day e
+               JOIN prepay.site x ON x.site_id = e.site_id
+              WHERE e.day = (pg_catalog.now() AT TIME ZONE x.time_zone)::date
+              GROUP BY e.site_id, e.meter_id, e.account_id) AS t
+         ON t.site_id = m.site_id AND t.meter_id = m.meter_id AND t.account_id = m.account_id;
 COMMENT ON VIEW prepay.room_status IS 'Room status board: one row per active meter (room) with its account, balance, alarm colour, relay, online state and today''s usage.  Filter by site_id.';
 COMMENT ON COLUMN prepay.room_status.site_id IS 'Site.';
 COMMENT ON COLUMN prepay.room_status.building IS 'Building of the room.';
@@ -435,11 +439,13 @@ BEGIN
       JOIN prepay.meter m ON m.site_id = s.site_id AND m.active
       LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
       LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
-      LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
-                           FROM prepay.energy_day e
-                          WHERE e.site_id = m.site_id AND e.meter_id = m.meter_id
-                            AND e.day = ($2 AT TIME ZONE s.time_zone)::date
-                            AND e.account_id = m.account_id) AS t ON true
+      LEFT JOIN (SELECT e.site_id, e.meter_id, e.account_id,
+                        sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
+                   FROM prepay.energy_day e
+                   JOIN prepay.site x ON x.site_id = e.site_id
+                  WHERE e.day = ($2 AT TIME ZONE x.time_zone)::date
+                  GROUP BY e.site_id, e.meter_id, e.account_id) AS t
+             ON t.site_id = m.site_id AND t.meter_id = m.meter_id AND t.account_id = m.account_id
      WHERE s.site_id = $1$q$ USING p_site_id, p_at;
 END $f$;
 COMMENT ON FUNCTION prepay.room_status_at(integer, timestamptz) IS
