@@ -755,10 +755,14 @@ BEGIN
           FROM s
           JOIN prepay.account a ON a.site_id = s.site_id AND a.closed_at IS NULL
           JOIN prepay.meter m ON m.site_id = a.site_id AND m.account_id = a.account_id AND m.active
-          LEFT JOIN LATERAL (SELECT sum(e.energy) AS energy, sum(e.cost) AS cost, min(e.day) AS first_day
-                               FROM prepay.energy_day e
-                              WHERE e.site_id = m.site_id AND e.meter_id = m.meter_id AND e.account_id = a.account_id
-                                AND e.day >= s.first_day AND e.day <= s.today) AS r ON true
+          -- the window's rollup rows summed per meter and account in one pass, not an
+          -- aggregate per meter (energy_pending has no index: each was a scan, and the
+          -- estimate of those scans switched JIT compilation on)
+          LEFT JOIN (SELECT e.meter_id, e.account_id, sum(e.energy) AS energy, sum(e.cost) AS cost,
+                            min(e.day) AS first_day
+                       FROM s JOIN prepay.energy_day e ON e.site_id = s.site_id
+                      WHERE e.day >= s.first_day AND e.day <= s.today
+                      GROUP BY e.meter_id, e.account_id) AS r ON r.meter_id = m.meter_id AND r.account_id = a.account_id
     ), ac AS (
         SELECT a.account_id, a.code, a.name, a.mode, a.balance, a.credit_limit, a.balance + a.credit_limit AS available,
                a.protect, a.opened_at,
