@@ -231,13 +231,18 @@ SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code AS meter_code,
   JOIN prepay.meter m ON m.site_id = s.site_id AND m.active
   LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
   LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
-  -- today's rollup rows of the site summed per meter and account in one
-  -- pass, not an aggregate per meter (energy_pending has no index)
+  -- today's rollup rows of the site (energy_day's two parts, read directly
+  -- so that the site and its local day reach the index) summed per meter
+  -- and account in one pass, not an aggregate per meter (energy_pending
+  -- has no index)
   LEFT JOIN (SELECT e.site_id, e.meter_id, e.account_id,
                     sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
-               FROM prepay.energy_day e
-               JOIN prepay.site x ON x.site_id = e.site_id
-              WHERE e.day = (pg_catalog.now() AT TIME ZONE x.time_zone)::date
+               FROM (SELECT f.site_id, f.meter_id, f.day, f.account_id, f.energy, f.cost, f.charged
+                       FROM prepay.energy_day_folded f
+                     UNION ALL
+                     SELECT p.site_id, p.meter_id, p.day, p.account_id, p.energy, p.cost, p.charged
+                       FROM prepay.energy_pending p) AS e
+               JOIN prepay.site x ON x.site_id = e.site_id AND e.day = (pg_catalog.now() AT TIME ZONE x.time_zone)::date
               GROUP BY e.site_id, e.meter_id, e.account_id) AS t
          ON t.site_id = m.site_id AND t.meter_id = m.meter_id AND t.account_id = m.account_id;
 
@@ -267,9 +272,12 @@ BEGIN
       LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
       LEFT JOIN (SELECT e.site_id, e.meter_id, e.account_id,
                         sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
-                   FROM prepay.energy_day e
-                   JOIN prepay.site x ON x.site_id = e.site_id
-                  WHERE e.day = ($2 AT TIME ZONE x.time_zone)::date
+                   FROM (SELECT f.site_id, f.meter_id, f.day, f.account_id, f.energy, f.cost, f.charged
+                           FROM prepay.energy_day_folded f
+                         UNION ALL
+                         SELECT p.site_id, p.meter_id, p.day, p.account_id, p.energy, p.cost, p.charged
+                           FROM prepay.energy_pending p) AS e
+                   JOIN prepay.site x ON x.site_id = e.site_id AND e.day = ($2 AT TIME ZONE x.time_zone)::date
                   GROUP BY e.site_id, e.meter_id, e.account_id) AS t
              ON t.site_id = m.site_id AND t.meter_id = m.meter_id AND t.account_id = m.account_id
      WHERE s.site_id = $1$q$ USING p_site_id, p_at;
@@ -304,13 +312,18 @@ BEGIN
           FROM s
           JOIN prepay.account a ON a.site_id = s.site_id AND a.closed_at IS NULL
           JOIN prepay.meter m ON m.site_id = a.site_id AND m.account_id = a.account_id AND m.active
-          -- the window's rollup rows summed per meter and account in one pass, not an
-          -- aggregate per meter (energy_pending has no index: each was a scan, and the
-          -- estimate of those scans switched JIT compilation on)
+          -- the window's rollup rows (energy_day's two parts, read directly so that the
+          -- site and the window reach the index) summed per meter and account in one pass,
+          -- not an aggregate per meter (energy_pending has no index: each was a scan, and
+          -- the estimate of those scans switched JIT compilation on)
           LEFT JOIN (SELECT e.meter_id, e.account_id, sum(e.energy) AS energy, sum(e.cost) AS cost,
                             min(e.day) AS first_day
-                       FROM s JOIN prepay.energy_day e ON e.site_id = s.site_id
-                      WHERE e.day >= s.first_day AND e.day <= s.today
+                       FROM s JOIN (SELECT f.site_id, f.meter_id, f.day, f.account_id, f.energy, f.cost
+                                      FROM prepay.energy_day_folded f
+                                    UNION ALL
+                                    SELECT p.site_id, p.meter_id, p.day, p.account_id, p.energy, p.cost
+                                      FROM prepay.energy_pending p) AS e
+                         ON e.site_id = s.site_id AND e.day >= s.first_day AND e.day <= s.today
                       GROUP BY e.meter_id, e.account_id) AS r ON r.meter_id = m.meter_id AND r.account_id = a.account_id
     ), ac AS (
         SELECT a.account_id, a.code, a.name, a.mode, a.balance, a.credit_limit, a.balance + a.credit_limit AS available,
