@@ -29,7 +29,7 @@
 #include "balance.h"
 #include "direct.h"
 #include "rollup.h"
-#include "tariff_def.h"
+#include "tariff_book.h"
 
 #define NREGISTERS TARIFF_NREGISTERS
 

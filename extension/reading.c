@@ -70,7 +70,7 @@
 #include "rating_batch.h"
 #include "rollup.h"
 #include "site_key.h"
-#include "tariff_def.h"
+#include "tariff_book.h"
 
 /* a reading more than this far ahead of the database clock is refused */
 #define CLOCK_AHEAD_LIMIT_US (INT64CONST(10) * 60 * 1000000)
