@@ -17,6 +17,8 @@ OBJS = \
 	extension/spi_util.o \
 	extension/rating.o \
 	extension/reading.o \
+	extension/meter_state.o \
+	extension/site_key.o \
 	extension/intake.o \
 	extension/balance.o \
 	extension/direct.o \

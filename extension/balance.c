@@ -41,6 +41,7 @@
  *-------------------------------------------------------------------------
  */
 #include "balance.h"
+#include "site_key.h"
 
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
@@ -184,11 +185,10 @@ compare_charges(const void *a, const void *b)
 {
 	const BalanceCharge *x = a;
 	const BalanceCharge *y = b;
+	int			c = site_key_compare(x->site_id, x->account_id, y->site_id, y->account_id);
 
-	if (x->site_id != y->site_id)
-		return x->site_id < y->site_id ? -1 : 1;
-	if (x->account_id != y->account_id)
-		return x->account_id < y->account_id ? -1 : 1;
+	if (c != 0)
+		return c;
 	if (x->read_to != y->read_to)
 		return x->read_to < y->read_to ? -1 : 1;
 	if (x->meter_id != y->meter_id)
@@ -206,11 +206,7 @@ compare_accounts(const void *a, const void *b)
 	const BalanceAccount *x = a;
 	const BalanceAccount *y = b;
 
-	if (x->site_id != y->site_id)
-		return x->site_id < y->site_id ? -1 : 1;
-	if (x->account_id != y->account_id)
-		return x->account_id < y->account_id ? -1 : 1;
-	return 0;
+	return site_key_compare(x->site_id, x->account_id, y->site_id, y->account_id);
 }
 
 /*

@@ -78,6 +78,8 @@
 #include "utils/rls.h"
 #include "utils/syscache.h"
 
+#include "site_key.h"
+
 #define DIRECT_SCHEMA "prepay"
 #define INSERT_BUFFER_ROWS 1000	/* rows per table_multi_insert, as COPY */
 
@@ -652,22 +654,12 @@ scan_for_keys(DirectTable *t, int n, const int32 *sites, const int64 *ids, HeapT
 		bool		isnull;
 		int32		site = DatumGetInt32(slot_getattr(slot, site_att, &isnull));
 		int64		id = DatumGetInt64(slot_getattr(slot, id_att, &isnull));
-		int			lo = 0,
-					hi = n;
+		int			k = site_key_find(sites, ids, n, site, id);
 
-		while (lo < hi)
+		if (k >= 0)
 		{
-			int			mid = lo + (hi - lo) / 2;
-
-			if (sites[mid] < site || (sites[mid] == site && ids[mid] < id))
-				lo = mid + 1;
-			else
-				hi = mid;
-		}
-		if (lo < n && sites[lo] == site && ids[lo] == id)
-		{
-			rows[lo] = ExecCopySlotHeapTuple(slot);
-			rows[lo]->t_self = slot->tts_tid;
+			rows[k] = ExecCopySlotHeapTuple(slot);
+			rows[k]->t_self = slot->tts_tid;
 		}
 	}
 	ExecClearTuple(slot);

@@ -63,9 +63,6 @@
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
 
-#define ERRCODE_PREPAY_SITE_NOT_MAPPED MAKE_SQLSTATE('P','Y','1','2','0')
-#define ERRCODE_PREPAY_CONFLICTING_READING MAKE_SQLSTATE('P','Y','1','2','1')
-
 /* the register columns a conflict compares, in prepay.reading */
 static const char *const register_columns[] = {"energy", "sharp", "peak", "flat", "valley", NULL};
 

@@ -25,6 +25,15 @@
 #include "postgres.h"
 #include "utils/timestamp.h"
 
+/*
+ * The SQLSTATEs the C code raises, class PY (docs/API.md lists every one,
+ * including those only the SQL functions raise).
+ */
+#define ERRCODE_PREPAY_UNKNOWN_TARIFF MAKE_SQLSTATE('P','Y','0','0','9')	/* rate.c */
+#define ERRCODE_PREPAY_BAD_TARIFF MAKE_SQLSTATE('P','Y','0','1','5')	/* tariff_def.c */
+#define ERRCODE_PREPAY_SITE_NOT_MAPPED MAKE_SQLSTATE('P','Y','1','2','0')	/* intake.c */
+#define ERRCODE_PREPAY_CONFLICTING_READING MAKE_SQLSTATE('P','Y','1','2','1')	/* intake.c */
+
 #define ENERGY_SCALE 3
 #define PRICE_SCALE 6
 #define MONEY_SCALE 2

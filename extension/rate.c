@@ -16,7 +16,7 @@
  *-------------------------------------------------------------------------
  */
 #include "prepay.h"
-#include "tariff_def.h"
+#include "tariff_book.h"
 
 #include "fmgr.h"
 #include "funcapi.h"
@@ -24,8 +24,6 @@
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
-
-#define ERRCODE_PREPAY_UNKNOWN_TARIFF MAKE_SQLSTATE('P','Y','0','0','9')
 
 PG_FUNCTION_INFO_V1(prepay_rate);
 PG_FUNCTION_INFO_V1(prepay_rate_many);

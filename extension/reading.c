@@ -8,8 +8,8 @@
  * AFTER ... FOR EACH STATEMENT trigger, which reads the statement's
  * transition table: readings are sorted by (site, meter, read_at), every
  * meter involved is looked up and locked once, each reading is checked
- * against the meter's last rated reading, the valid ones are priced by the
- * rating core, and balance.c posts the charges.  Bad readings are marked
+ * against the meter's last rated reading, the valid ones are priced (the
+ * tariff core, tariff.c), and balance.c posts the charges.  Bad readings are marked
  * with a quarantine reason and raise an alarm; they never stop the batch.
  *
  * Locking protocol (shared with balance.c and the SQL API):
@@ -27,12 +27,12 @@
  *	  READ a batch that waited for the site lock meets a serialization
  *	  failure at its meter UPDATE rather than rating from a stale state.
  *
- * Meters and accounts are read and written directly (direct.c) when both
- * tables allow it, with one snapshot taken after the site locks (and a new
- * one before the meter updates when triggers on the ledger may have
- * written meters); else by SQL statements that take the batch as arrays.
- * The rows, the locks and their order are the same either way: a direct
- * update takes the row lock its UPDATE would, at the same step.
+ * A batch runs in this order, as this file reads: collect the readings,
+ * lock the sites, load the meters' state (meter_state.c) and the tariffs
+ * (tariff_book.c), price each meter's readings (tariff.c, rating.c), post
+ * the charges (balance.c), save the meters' state (meter_state.c) and the
+ * day's energy (rollup.c), then the alarms: quarantined readings, register
+ * splits that fell back, and the balance ladder's levels (balance.c).
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -46,7 +46,6 @@
 #include "access/genam.h"
 #include "access/table.h"
 #include "access/tableam.h"
-#include "access/xact.h"
 #include "common/int.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -58,7 +57,6 @@
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
@@ -67,11 +65,12 @@
 
 #include "balance.h"
 #include "intake.h"
+#include "meter_state.h"
 #include "rating.h"
+#include "rating_batch.h"
 #include "rollup.h"
-#include "tariff_def.h"
-
-#define NREGISTERS TARIFF_NREGISTERS
+#include "site_key.h"
+#include "tariff_book.h"
 
 /* a reading more than this far ahead of the database clock is refused */
 #define CLOCK_AHEAD_LIMIT_US (INT64CONST(10) * 60 * 1000000)
@@ -83,123 +82,10 @@
  */
 #define CLOCK_BEHIND_LIMIT 0		/* TimestampTz of 2000-01-01 00:00 UTC */
 
-typedef enum Quarantine
-{
-	Q_NONE = 0,
-	Q_UNKNOWN_METER,
-	Q_METER_REMOVED,
-	Q_INVALID_VALUE,
-	Q_CLOCK_AHEAD,
-	Q_CLOCK_BEHIND,
-	Q_OUT_OF_ORDER,
-	Q_COUNTER_BACKWARDS,
-	Q_IMPOSSIBLE_JUMP,
-	Q_NO_PRICE
-} Quarantine;
-
 /* labels of prepay.quarantine_reason, indexed by Quarantine */
 static const char *const quarantine_label[] = {
 	NULL, "unknown_meter", "meter_removed", "invalid_value", "clock_ahead", "clock_behind",
 	"out_of_order", "counter_backwards", "impossible_jump", "no_price"
-};
-
-typedef struct BatchReading
-{
-	int32		site_id;
-	int64		meter_id;
-	TimestampTz read_at;
-	bool		has_energy;
-	int64		energy;			/* register, milli-units */
-	const char *not_a_number;	/* the register that is NaN, or NULL */
-	uint8		register_mask;	/* bit k: TOU register k reported */
-	int64		registers[NREGISTERS];
-	const char *relay;			/* reported relay state label, or NULL */
-	Quarantine	reason;
-	char	   *detail;
-	char	   *fallback;		/* why its charge's register split fell back, or NULL */
-} BatchReading;
-
-typedef struct BatchMeter
-{
-	int32		site_id;
-	int64		meter_id;
-	bool		found;
-	bool		active;
-	int32		multiplier;
-	int64		max_per_hour;	/* milli-units per hour */
-	const char *derived_from;	/* kind whose default max_per_hour is, or NULL if set */
-	bool		billable;		/* attached to an open account */
-	int64		account_id;
-	int64		tariff_id;
-	bool		has_state;
-	TimestampTz last_read_at;
-	int64		last_energy;
-	int64		carry;			/* nano-currency */
-	TariffCycleState cycle;		/* billing cycle and its consumption so far */
-	uint8		register_mask;	/* TOU registers of the last rated reading (bit k) */
-	int64		registers[NREGISTERS];
-	const char *relay;			/* relay state known, or NULL */
-	TimestampTz relay_at;
-	bool		relay_changed;	/* a reading reported a new relay state */
-	bool		changed;
-	HeapTuple	row;			/* direct path: the meter row read */
-	bool		has_account;	/* direct path: account_id is not NULL */
-	bool		has_tariff;		/* direct path: the meter's own tariff_id */
-	HeapTuple	account_row;	/* direct path: its account's row, or NULL */
-} BatchMeter;
-
-typedef struct Batch
-{
-	TimestampTz now;			/* the database clock, read once */
-	BatchReading *readings;
-	int			nreadings;
-	BatchMeter *meters;
-	int			nmeters;
-	TariffBook *book;			/* the sites' tariffs and calendars */
-	TariffPieces pieces;		/* scratch for tariff_rate */
-	StringInfoData json;		/* scratch for tariff_pieces_json */
-	BalanceCharge *charges;
-	int			ncharges;
-	Rollup	   *rollup;			/* the charges' energy by local day */
-	int			nquarantined;
-	int			nfallbacks;		/* charges whose register split fell back */
-	DirectTable *meter_table;	/* direct path: both open, else both NULL */
-	DirectTable *account_table;
-	Snapshot	snapshot;		/* direct path: taken after the site locks */
-	Oid			relay_oids[2];	/* relay_label's cache */
-	const char *relay_labels[2];
-	Oid			kind_oids[3];	/* the meter kinds' labels, cached alike */
-	const char *kind_labels[3];
-} Batch;
-
-/* The meter columns the rating state is written to. */
-static const char *const meter_state_columns[] = {
-	"last_read_at", "last_energy", "charge_carry", "relay_state", "relay_state_at",
-	"cycle_start", "cycle_used", "last_sharp", "last_peak", "last_flat", "last_valley", NULL
-};
-static const char *const account_balance_columns[] = {"balance", NULL};
-
-/* Column numbers of prepay.meter and prepay.account the direct path uses. */
-typedef struct MeterColumns
-{
-	int			site_id;
-	int			meter_id;
-	int			active;
-	int			multiplier;
-	int			max_per_hour;
-	int			kind;
-	int			account_id;
-	int			tariff_id;
-	int			relay_state;
-	int			state[lengthof(meter_state_columns) - 1];	/* in that order */
-	int			account_tariff_id;
-	int			account_closed_at;
-} MeterColumns;
-
-enum
-{
-	S_LAST_READ_AT, S_LAST_ENERGY, S_CHARGE_CARRY, S_RELAY_STATE, S_RELAY_STATE_AT,
-	S_CYCLE_START, S_CYCLE_USED, S_REGISTERS
 };
 
 PG_FUNCTION_INFO_V1(prepay_reading_skip_duplicate);
@@ -213,36 +99,15 @@ static Relation open_primary_key(Relation rel);
 static void batch_collect(Batch *batch, TriggerData *trigdata);
 static int	compare_readings(const void *a, const void *b);
 static void batch_lock_sites(Batch *batch);
-static void batch_open_direct(Batch *batch);
-static void batch_close_direct(Batch *batch);
-static void batch_load_meters(Batch *batch);
-static void batch_load_meters_direct(Batch *batch);
-static void meter_columns(Batch *batch, MeterColumns *cols);
-static void meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *values,
-						   bool *nulls);
-static void batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites,
-									   int64 *ids, HeapTuple *rows);
-static void meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m);
-static int	sort_keys(int32 *sites, int64 *ids, int n);
-static int	find_key(const int32 *sites, const int64 *ids, int n, int32 site_id, int64 id);
-static bool meter_set_state(DirectTable *table, Datum *values, bool *nulls, void *arg);
-static void set_numeric(DirectTable *t, Datum *values, bool *nulls, int attnum, int64 value,
-						int scale);
 static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
-static const char *relay_label(Datum value, Oid *oids, const char **labels);
-static const char *enum_label(Datum value, Oid *oids, const char **labels, int n);
-static void meter_limit(BatchMeter *m, bool isnull, int64 max_per_hour, const char *kind);
 static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
 static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
 									const BatchReading *r, int64 *deltas);
 static char *register_fallback_detail(const TariffVersion *v, const BatchMeter *meter,
 									  const BatchReading *r, const TariffPieces *pieces,
 									  int64 consumption);
-static void batch_save_meters(Batch *batch);
-static void batch_refresh_meters(Batch *batch);
-static void batch_save_meters_direct(Batch *batch);
 static void batch_save_quarantine(Batch *batch);
 static void batch_save_fallbacks(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, char *detail);
@@ -406,11 +271,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "reading_rate_batch: SPI_connect failed");
 		batch_lock_sites(&batch);
-		batch_open_direct(&batch);
-		if (batch.meter_table != NULL)
-			batch_load_meters_direct(&batch);
-		else
-			batch_load_meters(&batch);
+		meter_state_load(&batch);
 		batch_load_tariffs(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
 		initStringInfo(&batch.json);
@@ -429,15 +290,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		}
 
 		posting = balance_post_charges(batch.charges, batch.ncharges, batch.account_table);
-		if (batch.meter_table != NULL)
-		{
-			if (direct_insert_fires_triggers("ledger", "kind", "consumption"))
-				batch_refresh_meters(&batch);
-			batch_save_meters_direct(&batch);
-		}
-		else
-			batch_save_meters(&batch);
-		batch_close_direct(&batch);
+		meter_state_save(&batch);
 		rollup_flush(batch.rollup);
 		batch_save_quarantine(&batch);
 		batch_save_fallbacks(&batch);
@@ -504,47 +357,11 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 		}
 		value = slot_getattr(slot, relay_att, &isnull);
 		if (!isnull)
-			r->relay = relay_label(value, batch->relay_oids, batch->relay_labels);
+			r->relay = meter_state_relay_label(batch, value);
 	}
 	ExecDropSingleTupleTableSlot(slot);
 	if (batch->nreadings > 1)
 		qsort(batch->readings, batch->nreadings, sizeof(BatchReading), compare_readings);
-}
-
-/*
- * relay_label
- *		The label of a prepay.relay_state value.  The type has two labels, so
- *		the two slots remember both and the catalog is read twice per batch
- *		at most, not once per reading.
- */
-static const char *
-relay_label(Datum value, Oid *oids, const char **labels)
-{
-	return enum_label(value, oids, labels, 2);
-}
-
-/*
- * enum_label
- *		The label of an enum value, remembering the first n labels seen in
- *		the n slots (relay_label, and the meter kinds for meter_limit).
- */
-static const char *
-enum_label(Datum value, Oid *oids, const char **labels, int n)
-{
-	Oid			oid = DatumGetObjectId(value);
-
-	for (int i = 0; i < n; i++)
-	{
-		if (oids[i] == oid)
-			return labels[i];
-		if (oids[i] == InvalidOid)
-		{
-			oids[i] = oid;
-			labels[i] = DatumGetCString(DirectFunctionCall1(enum_out, value));
-			return labels[i];
-		}
-	}
-	return DatumGetCString(DirectFunctionCall1(enum_out, value));
 }
 
 /*
@@ -556,11 +373,10 @@ compare_readings(const void *a, const void *b)
 {
 	const BatchReading *x = a;
 	const BatchReading *y = b;
+	int			c = site_key_compare(x->site_id, x->meter_id, y->site_id, y->meter_id);
 
-	if (x->site_id != y->site_id)
-		return x->site_id < y->site_id ? -1 : 1;
-	if (x->meter_id != y->meter_id)
-		return x->meter_id < y->meter_id ? -1 : 1;
+	if (c != 0)
+		return c;
 	if (x->read_at != y->read_at)
 		return x->read_at < y->read_at ? -1 : 1;
 	return 0;
@@ -586,380 +402,6 @@ batch_lock_sites(Batch *batch)
 		args[0] = Int32GetDatum(batch->readings[i].site_id);
 		if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "reading_rate_batch: site lock failed");
-	}
-}
-
-/*
- * batch_open_direct
- *		Open prepay.meter and prepay.account for direct access if both allow
- *		it (direct.c), with a snapshot taken now, after the site locks were
- *		granted (like the SQL path's statements; see batch_load_meters),
- *		that sees everything this transaction did so far.
- */
-static void
-batch_open_direct(Batch *batch)
-{
-	CommandCounterIncrement();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	UpdateActiveSnapshotCommandId();
-	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
-	batch->account_table = direct_open("account", CMD_UPDATE, account_balance_columns,
-									   batch->snapshot);
-	batch->meter_table = direct_open("meter", CMD_UPDATE, meter_state_columns, batch->snapshot);
-	if (batch->account_table == NULL || batch->meter_table == NULL)
-		batch_close_direct(batch);
-}
-
-/* Close the direct tables and release the snapshot. */
-static void
-batch_close_direct(Batch *batch)
-{
-	if (batch->snapshot == NULL)
-		return;
-	if (batch->account_table != NULL)
-		direct_close(batch->account_table);
-	if (batch->meter_table != NULL)
-		direct_close(batch->meter_table);
-	batch->account_table = NULL;
-	batch->meter_table = NULL;
-	PopActiveSnapshot();
-	UnregisterSnapshot(batch->snapshot);
-	batch->snapshot = NULL;
-}
-
-/*
- * batch_load_meters_direct
- *		batch_load_meters by direct lookups of the meters and then of their
- *		accounts (direct_fetch_keys), keeping the rows for the updates.
- */
-static void
-batch_load_meters_direct(Batch *batch)
-{
-	MeterColumns cols;
-	int32	   *sites = palloc(sizeof(int32) * batch->nreadings);
-	int64	   *ids = palloc(sizeof(int64) * batch->nreadings);
-	HeapTuple  *rows = palloc(sizeof(HeapTuple) * batch->nreadings);
-	Datum	   *values;
-	bool	   *nulls;
-	int			n = 0;
-
-	meter_columns(batch, &cols);
-	for (int i = 0; i < batch->nreadings; i++)
-	{
-		BatchReading *r = &batch->readings[i];
-
-		if (n > 0 && sites[n - 1] == r->site_id && ids[n - 1] == r->meter_id)
-			continue;
-		sites[n] = r->site_id;
-		ids[n] = r->meter_id;
-		n++;
-	}
-	direct_fetch_keys(batch->meter_table, n, sites, ids, rows);
-	batch->meters = palloc0(sizeof(BatchMeter) * n);
-	batch->nmeters = n;
-	values = palloc(sizeof(Datum) * direct_desc(batch->meter_table)->natts);
-	nulls = palloc(sizeof(bool) * direct_desc(batch->meter_table)->natts);
-	for (int i = 0; i < n; i++)
-	{
-		BatchMeter *m = &batch->meters[i];
-
-		m->site_id = sites[i];
-		m->meter_id = ids[i];
-		m->row = rows[i];
-		if (m->row != NULL)
-			meter_read_row(batch, &cols, m, values, nulls);
-	}
-	batch_load_accounts_direct(batch, &cols, sites, ids, rows);
-}
-
-/*
- * batch_load_accounts_direct
- *		The account of each meter found (billable if it exists and is open)
- *		and its tariff (the meter's own, else the account's), as
- *		batch_load_meters joins them.  The arrays are scratch space.
- */
-static void
-batch_load_accounts_direct(Batch *batch, const MeterColumns *cols, int32 *sites, int64 *ids,
-						   HeapTuple *rows)
-{
-	int			n = 0;
-
-	for (int i = 0; i < batch->nmeters; i++)
-	{
-		BatchMeter *m = &batch->meters[i];
-
-		if (m->row == NULL || !m->has_account)
-			continue;
-		sites[n] = m->site_id;
-		ids[n] = m->account_id;
-		n++;
-	}
-	n = sort_keys(sites, ids, n);
-	direct_fetch_keys(batch->account_table, n, sites, ids, rows);
-	for (int i = 0; i < batch->nmeters; i++)
-	{
-		BatchMeter *m = &batch->meters[i];
-		int			k = m->row == NULL || !m->has_account ? -1 :
-			find_key(sites, ids, n, m->site_id, m->account_id);
-
-		if (k >= 0)
-			m->account_row = rows[k];
-		if (m->row != NULL)
-			meter_read_account(batch, cols, m);
-	}
-}
-
-/* The column numbers batch_load_meters_direct reads and writes. */
-static void
-meter_columns(Batch *batch, MeterColumns *cols)
-{
-	DirectTable *meter = batch->meter_table;
-
-	cols->site_id = direct_attnum(meter, "site_id");
-	cols->meter_id = direct_attnum(meter, "meter_id");
-	cols->active = direct_attnum(meter, "active");
-	cols->multiplier = direct_attnum(meter, "multiplier");
-	cols->max_per_hour = direct_attnum(meter, "max_per_hour");
-	cols->kind = direct_attnum(meter, "kind");
-	cols->account_id = direct_attnum(meter, "account_id");
-	cols->tariff_id = direct_attnum(meter, "tariff_id");
-	for (int k = 0; meter_state_columns[k] != NULL; k++)
-		cols->state[k] = direct_attnum(meter, meter_state_columns[k]);
-	cols->account_tariff_id = direct_attnum(batch->account_table, "tariff_id");
-	cols->account_closed_at = direct_attnum(batch->account_table, "closed_at");
-}
-
-/*
- * meter_read_row
- *		The meter's rating state from its row, as batch_load_meters reads it
- *		(the row is deformed once into the scratch arrays).
- */
-static void
-meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *values, bool *nulls)
-{
-	const int  *att = cols->state;
-
-	heap_deform_tuple(m->row, direct_desc(batch->meter_table), values, nulls);
-	m->found = true;
-	m->active = DatumGetBool(values[cols->active - 1]);
-	m->multiplier = DatumGetInt32(values[cols->multiplier - 1]);
-	meter_limit(m, nulls[cols->max_per_hour - 1],
-				nulls[cols->max_per_hour - 1] ? 0 : fixed_from_numeric(values[cols->max_per_hour - 1], ENERGY_SCALE),
-				nulls[cols->max_per_hour - 1] ?
-				enum_label(values[cols->kind - 1], batch->kind_oids, batch->kind_labels, 3) : NULL);
-	m->has_state = !nulls[att[S_LAST_READ_AT] - 1];
-	m->last_read_at = DatumGetTimestampTz(values[att[S_LAST_READ_AT] - 1]);
-	if (!nulls[att[S_LAST_ENERGY] - 1])
-		m->last_energy = fixed_from_numeric(values[att[S_LAST_ENERGY] - 1], ENERGY_SCALE);
-	m->carry = fixed_from_numeric(values[att[S_CHARGE_CARRY] - 1], EXACT_SCALE);
-	if (!nulls[att[S_RELAY_STATE] - 1])
-		m->relay = relay_label(values[att[S_RELAY_STATE] - 1], batch->relay_oids, batch->relay_labels);
-	m->cycle.start = nulls[att[S_CYCLE_START] - 1] ? INT64_MIN :
-		DatumGetTimestampTz(values[att[S_CYCLE_START] - 1]);
-	m->cycle.used = fixed_from_numeric(values[att[S_CYCLE_USED] - 1], ENERGY_SCALE);
-	for (int k = 0; k < NREGISTERS; k++)
-	{
-		if (nulls[att[S_REGISTERS + k] - 1])
-			continue;
-		m->register_mask |= 1 << k;
-		m->registers[k] = fixed_from_numeric(values[att[S_REGISTERS + k] - 1], ENERGY_SCALE);
-	}
-	m->account_id = DatumGetInt64(values[cols->account_id - 1]);
-	m->has_account = !nulls[cols->account_id - 1];
-	m->tariff_id = DatumGetInt64(values[cols->tariff_id - 1]);
-	m->has_tariff = !nulls[cols->tariff_id - 1];
-}
-
-/*
- * meter_read_account
- *		Billable and tariff of a meter from its account row (NULL when it
- *		has no account or the account does not exist).
- */
-static void
-meter_read_account(Batch *batch, const MeterColumns *cols, BatchMeter *m)
-{
-	DirectTable *t = batch->account_table;
-	bool		isnull;
-
-	if (m->account_row == NULL)
-		return;
-	(void) direct_getattr(m->account_row, t, cols->account_closed_at, &m->billable);
-	if (!m->has_tariff)
-	{
-		m->tariff_id = DatumGetInt64(direct_getattr(m->account_row, t, cols->account_tariff_id, &isnull));
-		m->billable = m->billable && !isnull;
-	}
-}
-
-/*
- * meter_limit
- *		The meter's plausibility limit: its max_per_hour, or when that is
- *		NULL the limit derived from its kind and multiplier (rating.c).
- */
-static void
-meter_limit(BatchMeter *m, bool isnull, int64 max_per_hour, const char *kind)
-{
-	m->max_per_hour = isnull ? rating_default_max_per_hour(kind, m->multiplier) : max_per_hour;
-	m->derived_from = isnull ? kind : NULL;
-}
-
-/* A (site, id) pair, for sorting keys. */
-typedef struct Key
-{
-	int32		site_id;
-	int64		id;
-} Key;
-
-static int
-compare_keys(const void *a, const void *b)
-{
-	const Key  *x = a;
-	const Key  *y = b;
-
-	if (x->site_id != y->site_id)
-		return x->site_id < y->site_id ? -1 : 1;
-	if (x->id != y->id)
-		return x->id < y->id ? -1 : 1;
-	return 0;
-}
-
-/*
- * sort_keys
- *		Sort the n keys (sites[i], ids[i]) and drop repeats; returns how
- *		many are left.
- */
-static int
-sort_keys(int32 *sites, int64 *ids, int n)
-{
-	Key		   *keys = palloc(sizeof(Key) * Max(n, 1));
-	int			m = 0;
-
-	for (int i = 0; i < n; i++)
-	{
-		keys[i].site_id = sites[i];
-		keys[i].id = ids[i];
-	}
-	qsort(keys, n, sizeof(Key), compare_keys);
-	for (int i = 0; i < n; i++)
-	{
-		if (m > 0 && compare_keys(&keys[i], &keys[m - 1]) == 0)
-			continue;
-		sites[m] = keys[i].site_id;
-		ids[m] = keys[i].id;
-		m++;
-	}
-	pfree(keys);
-	return m;
-}
-
-/* The index of a key among n sorted keys, or -1. */
-static int
-find_key(const int32 *sites, const int64 *ids, int n, int32 site_id, int64 id)
-{
-	int			lo = 0,
-				hi = n;
-
-	while (lo < hi)
-	{
-		int			mid = lo + (hi - lo) / 2;
-
-		if (sites[mid] < site_id || (sites[mid] == site_id && ids[mid] < id))
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo < n && sites[lo] == site_id && ids[lo] == id ? lo : -1;
-}
-
-/*
- * batch_load_meters
- *		Look up every meter the batch names, with its rating state and its
- *		account's tariff (the site lock protects the state).  Meters that do
- *		not exist are kept with found = false.  Runs with read_only = false
- *		so that SPI takes a new snapshot after the site lock was granted: the
- *		statement's own snapshot predates the wait and would miss the state
- *		a concurrent batch committed (isolation spec concurrent_batches).
- */
-static void
-batch_load_meters(Batch *batch)
-{
-	static SPIPlanPtr plan = NULL;
-	Datum	   *sites = palloc(sizeof(Datum) * batch->nreadings);
-	Datum	   *meters = palloc(sizeof(Datum) * batch->nreadings);
-	Datum		args[2];
-	int			n = 0;
-
-	for (int i = 0; i < batch->nreadings; i++)
-	{
-		BatchReading *r = &batch->readings[i];
-
-		if (n > 0 && DatumGetInt32(sites[n - 1]) == r->site_id &&
-			DatumGetInt64(meters[n - 1]) == r->meter_id)
-			continue;
-		sites[n] = Int32GetDatum(r->site_id);
-		meters[n] = Int64GetDatum(r->meter_id);
-		n++;
-	}
-
-	spi_kept_plan(&plan,
-			"SELECT u.ord, m.active, m.multiplier,"
-			"       (m.max_per_hour * 1000)::int8,"
-			"       m.account_id, a.closed_at IS NULL AND a.account_id IS NOT NULL,"
-			"       coalesce(m.tariff_id, a.tariff_id),"
-			"       m.last_read_at, (m.last_energy * 1000)::int8,"
-			"       (m.charge_carry * 1000000000)::int8, m.relay_state::text,"
-			"       m.cycle_start, (m.cycle_used * 1000)::int8,"
-			"       (m.last_sharp * 1000)::int8, (m.last_peak * 1000)::int8,"
-			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8, m.kind::text"
-			"  FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[]))"
-			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
-			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
-			"  LEFT JOIN prepay.account a"
-			"    ON a.site_id = m.site_id AND a.account_id = m.account_id", 2,
-					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID});
-	args[0] = spi_array(sites, NULL, n, INT4OID);
-	args[1] = spi_array(meters, NULL, n, INT8OID);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "reading_rate_batch: meter query failed");
-
-	batch->meters = palloc0(sizeof(BatchMeter) * n);
-	batch->nmeters = n;
-	for (int i = 0; i < n; i++)
-	{
-		batch->meters[i].site_id = DatumGetInt32(sites[i]);
-		batch->meters[i].meter_id = DatumGetInt64(meters[i]);
-	}
-	for (uint64 row = 0; row < SPI_processed; row++)
-	{
-		HeapTuple	tuple = SPI_tuptable->vals[row];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		BatchMeter *m = &batch->meters[DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull)) - 1];
-
-		m->found = true;
-		m->active = DatumGetBool(SPI_getbinval(tuple, desc, 2, &isnull));
-		m->multiplier = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-		m->max_per_hour = DatumGetInt64(SPI_getbinval(tuple, desc, 4, &isnull));
-		meter_limit(m, isnull, m->max_per_hour, isnull ? SPI_getvalue(tuple, desc, 18) : NULL);
-		m->account_id = DatumGetInt64(SPI_getbinval(tuple, desc, 5, &isnull));
-		m->billable = !isnull && DatumGetBool(SPI_getbinval(tuple, desc, 6, &isnull));
-		m->tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 7, &isnull));
-		m->billable = m->billable && !isnull;
-		m->last_read_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 8, &isnull));
-		m->has_state = !isnull;
-		m->last_energy = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
-		m->carry = DatumGetInt64(SPI_getbinval(tuple, desc, 10, &isnull));
-		m->relay = SPI_getvalue(tuple, desc, 11);
-		m->cycle.start = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 12, &isnull));
-		if (isnull)
-			m->cycle.start = INT64_MIN;
-		m->cycle.used = DatumGetInt64(SPI_getbinval(tuple, desc, 13, &isnull));
-		for (int k = 0; k < NREGISTERS; k++)
-		{
-			m->registers[k] = DatumGetInt64(SPI_getbinval(tuple, desc, 14 + k, &isnull));
-			if (!isnull)
-				m->register_mask |= 1 << k;
-		}
 	}
 }
 
@@ -1079,55 +521,6 @@ reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now)
 							strchr("aeiou", meter->derived_from[0]) ? "n" : "",
 							meter->derived_from, meter->multiplier)));
 	return r->reason == Q_NONE;
-}
-
-/*
- * batch_save_fallbacks
- *		Raise one active split_fallback alarm per meter whose charge was
- *		split uniformly although its tariff splits by registers, naming the
- *		first such reading of the batch and why.  The pricing record of
- *		every such charge says so too ("split_fallback").
- */
-static void
-batch_save_fallbacks(Batch *batch)
-{
-	static SPIPlanPtr plan = NULL;
-	Datum	   *cols[4];
-	Datum		args[4];
-	int			n = 0;
-
-	if (batch->nfallbacks == 0)
-		return;
-	for (int c = 0; c < 4; c++)
-		cols[c] = palloc(sizeof(Datum) * batch->nfallbacks);
-	for (int i = 0; i < batch->nreadings; i++)
-	{
-		BatchReading *r = &batch->readings[i];
-
-		if (r->fallback == NULL)
-			continue;
-		cols[0][n] = Int32GetDatum(r->site_id);
-		cols[1][n] = Int64GetDatum(r->meter_id);
-		cols[2][n] = TimestampTzGetDatum(r->read_at);
-		cols[3][n] = CStringGetTextDatum(r->fallback);
-		n++;
-	}
-	spi_kept_plan(&plan,
-			"INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)"
-			"SELECT DISTINCT ON (u.site_id, u.meter_id) u.site_id, 'split_fallback', u.meter_id,"
-			"       pg_catalog.format('charge up to the reading at %s split uniformly, not by the meter''s registers: %s',"
-			"                         u.read_at, u.detail)"
-			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))"
-			"       AS u(site_id, meter_id, read_at, detail)"
-			" ORDER BY u.site_id, u.meter_id, u.read_at"
-			"    ON CONFLICT DO NOTHING", 4,
-					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID});
-	args[0] = spi_array(cols[0], NULL, n, INT4OID);
-	args[1] = spi_array(cols[1], NULL, n, INT8OID);
-	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
-	args[3] = spi_array(cols[3], NULL, n, TEXTOID);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) < 0)
-		elog(ERROR, "reading_rate_batch: split fallback alarm failed");
 }
 
 /*
@@ -1277,196 +670,6 @@ register_fallback_detail(const TariffVersion *v, const BatchMeter *meter, const 
 }
 
 /*
- * batch_save_meters
- *		Write back the rating state (last reading and its TOU registers,
- *		carry, billing cycle, reported relay state) of every meter whose
- *		state moved.
- */
-#define SAVE_COLUMNS 13
-static void
-batch_save_meters(Batch *batch)
-{
-	static SPIPlanPtr plan = NULL;
-	static const Oid types[SAVE_COLUMNS] = {
-		INT4OID, INT8OID, TIMESTAMPTZOID, NUMERICOID, NUMERICOID, TEXTOID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, NUMERICOID, NUMERICOID, NUMERICOID, NUMERICOID, NUMERICOID
-	};
-	Datum	   *cols[SAVE_COLUMNS];
-	bool	   *nulls[SAVE_COLUMNS];
-	Datum		args[SAVE_COLUMNS];
-	int			n = 0;
-
-	for (int c = 0; c < SAVE_COLUMNS; c++)
-	{
-		cols[c] = palloc(sizeof(Datum) * batch->nmeters);
-		nulls[c] = palloc0(sizeof(bool) * batch->nmeters);
-	}
-	for (int i = 0; i < batch->nmeters; i++)
-	{
-		BatchMeter *m = &batch->meters[i];
-
-		if (!m->changed)
-			continue;
-		cols[0][n] = Int32GetDatum(m->site_id);
-		cols[1][n] = Int64GetDatum(m->meter_id);
-		cols[2][n] = TimestampTzGetDatum(m->last_read_at);
-		cols[3][n] = fixed_to_numeric(m->last_energy, ENERGY_SCALE);
-		cols[4][n] = fixed_to_numeric(m->carry, EXACT_SCALE);
-		cols[5][n] = m->relay_changed ? CStringGetTextDatum(m->relay) : (Datum) 0;
-		nulls[5][n] = !m->relay_changed;
-		cols[6][n] = TimestampTzGetDatum(m->relay_at);
-		cols[7][n] = TimestampTzGetDatum(m->cycle.start);
-		nulls[7][n] = m->cycle.start == INT64_MIN;
-		cols[8][n] = fixed_to_numeric(m->cycle.used, ENERGY_SCALE);
-		for (int k = 0; k < NREGISTERS; k++)
-		{
-			nulls[9 + k][n] = (m->register_mask & (1 << k)) == 0;
-			cols[9 + k][n] = nulls[9 + k][n] ? (Datum) 0 : fixed_to_numeric(m->registers[k], ENERGY_SCALE);
-		}
-		n++;
-	}
-	if (n == 0)
-		return;
-
-	if (plan == NULL)
-	{
-		Oid			array_types[SAVE_COLUMNS];
-
-		for (int c = 0; c < SAVE_COLUMNS; c++)
-			array_types[c] = get_array_type(types[c]);
-		spi_kept_plan(&plan,
-				"UPDATE prepay.meter m"
-				"   SET last_read_at = u.read_at, last_energy = u.energy, charge_carry = u.carry,"
-				"       relay_state = coalesce(u.relay::prepay.relay_state, m.relay_state),"
-				"       relay_state_at = CASE WHEN u.relay IS NULL THEN m.relay_state_at ELSE u.relay_at END,"
-				"       cycle_start = u.cycle_start, cycle_used = u.cycle_used,"
-				"       last_sharp = u.sharp, last_peak = u.peak, last_flat = u.flat, last_valley = u.valley"
-				"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-				"                  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
-				"                  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
-				"                  pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12),"
-				"                  pg_catalog.unnest($13))"
-				"       AS u(site_id, meter_id, read_at, energy, carry, relay, relay_at,"
-				"            cycle_start, cycle_used, sharp, peak, flat, valley)"
-				" WHERE m.site_id = u.site_id AND m.meter_id = u.meter_id", SAVE_COLUMNS, array_types);
-	}
-	for (int c = 0; c < SAVE_COLUMNS; c++)
-		args[c] = spi_array(cols[c], nulls[c], n, types[c]);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "reading_rate_batch: meter update failed");
-}
-
-/*
- * batch_refresh_meters
- *		Triggers on the ledger may have written meters: read the moved
- *		meters again with a new snapshot, as the SQL path's UPDATE statement
- *		does, so their updates apply to what the triggers left.  A meter
- *		gone meanwhile is not updated, as the UPDATE would not find it.
- */
-static void
-batch_refresh_meters(Batch *batch)
-{
-	int32	   *sites = palloc(sizeof(int32) * batch->nmeters);
-	int64	   *ids = palloc(sizeof(int64) * batch->nmeters);
-	HeapTuple  *rows = palloc(sizeof(HeapTuple) * batch->nmeters);
-
-	CommandCounterIncrement();
-	PopActiveSnapshot();
-	UnregisterSnapshot(batch->snapshot);
-	PushActiveSnapshot(GetTransactionSnapshot());
-	UpdateActiveSnapshotCommandId();
-	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
-	direct_refresh(batch->meter_table, batch->snapshot);
-	direct_refresh(batch->account_table, batch->snapshot);
-	for (int i = 0; i < batch->nmeters; i++)
-	{
-		sites[i] = batch->meters[i].site_id;
-		ids[i] = batch->meters[i].meter_id;
-	}
-	direct_fetch_keys(batch->meter_table, batch->nmeters, sites, ids, rows);
-	for (int i = 0; i < batch->nmeters; i++)
-	{
-		BatchMeter *m = &batch->meters[i];
-
-		if (m->changed && rows[i] == NULL)
-			m->changed = false;
-		m->row = rows[i];
-	}
-}
-
-/*
- * batch_save_meters_direct
- *		batch_save_meters by updating each moved meter's row in place.  A
- *		meter deleted meanwhile is left alone, as the UPDATE would.
- */
-static void
-batch_save_meters_direct(Batch *batch)
-{
-	MeterColumns cols;
-
-	meter_columns(batch, &cols);
-	for (int i = 0; i < batch->nmeters; i++)
-	{
-		BatchMeter *m = &batch->meters[i];
-		void	   *arg[2] = {&cols, m};
-
-		if (m->changed)
-			(void) direct_update(batch->meter_table, m->row, meter_set_state, arg);
-	}
-}
-
-/*
- * meter_set_state
- *		DirectModify for batch_save_meters_direct: the columns of the
- *		meter's rating state, on the version being replaced if it is still
- *		the meter.  The relay state is only set when a reading reported a
- *		new one.
- */
-static bool
-meter_set_state(DirectTable *t, Datum *values, bool *nulls, void *arg)
-{
-	const MeterColumns *cols = ((void **) arg)[0];
-	const BatchMeter *m = ((void **) arg)[1];
-	const int  *att = cols->state;
-
-	if (DatumGetInt32(values[cols->site_id - 1]) != m->site_id ||
-		DatumGetInt64(values[cols->meter_id - 1]) != m->meter_id)
-		return false;
-	values[att[S_LAST_READ_AT] - 1] = TimestampTzGetDatum(m->last_read_at);
-	nulls[att[S_LAST_READ_AT] - 1] = false;
-	set_numeric(t, values, nulls, att[S_LAST_ENERGY], m->last_energy, ENERGY_SCALE);
-	set_numeric(t, values, nulls, att[S_CHARGE_CARRY], m->carry, EXACT_SCALE);
-	if (m->relay_changed)
-	{
-		values[att[S_RELAY_STATE] - 1] =
-			DirectFunctionCall2(enum_in, CStringGetDatum(m->relay),
-								ObjectIdGetDatum(TupleDescAttr(direct_desc(t), att[S_RELAY_STATE] - 1)->atttypid));
-		nulls[att[S_RELAY_STATE] - 1] = false;
-		values[att[S_RELAY_STATE_AT] - 1] = TimestampTzGetDatum(m->relay_at);
-		nulls[att[S_RELAY_STATE_AT] - 1] = false;
-	}
-	values[att[S_CYCLE_START] - 1] = TimestampTzGetDatum(m->cycle.start);
-	nulls[att[S_CYCLE_START] - 1] = m->cycle.start == INT64_MIN;
-	set_numeric(t, values, nulls, att[S_CYCLE_USED], m->cycle.used, ENERGY_SCALE);
-	for (int k = 0; k < NREGISTERS; k++)
-	{
-		if (m->register_mask & (1 << k))
-			set_numeric(t, values, nulls, att[S_REGISTERS + k], m->registers[k], ENERGY_SCALE);
-		else
-			nulls[att[S_REGISTERS + k] - 1] = true;
-	}
-	return true;
-}
-
-/* Set a NUMERIC column of a row being built to a fixed-point value. */
-static void
-set_numeric(DirectTable *t, Datum *values, bool *nulls, int attnum, int64 value, int scale)
-{
-	values[attnum - 1] = direct_numeric(t, attnum, value, scale);
-	nulls[attnum - 1] = false;
-}
-
-/*
  * batch_save_quarantine
  *		Store the reason on every quarantined reading and raise one active
  *		bad_reading alarm per meter.
@@ -1519,4 +722,53 @@ batch_save_quarantine(Batch *batch)
 	args[4] = spi_array(cols[4], NULL, n, TEXTOID);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) < 0)
 		elog(ERROR, "reading_rate_batch: quarantine failed");
+}
+
+/*
+ * batch_save_fallbacks
+ *		Raise one active split_fallback alarm per meter whose charge was
+ *		split uniformly although its tariff splits by registers, naming the
+ *		first such reading of the batch and why.  The pricing record of
+ *		every such charge says so too ("split_fallback").
+ */
+static void
+batch_save_fallbacks(Batch *batch)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *cols[4];
+	Datum		args[4];
+	int			n = 0;
+
+	if (batch->nfallbacks == 0)
+		return;
+	for (int c = 0; c < 4; c++)
+		cols[c] = palloc(sizeof(Datum) * batch->nfallbacks);
+	for (int i = 0; i < batch->nreadings; i++)
+	{
+		BatchReading *r = &batch->readings[i];
+
+		if (r->fallback == NULL)
+			continue;
+		cols[0][n] = Int32GetDatum(r->site_id);
+		cols[1][n] = Int64GetDatum(r->meter_id);
+		cols[2][n] = TimestampTzGetDatum(r->read_at);
+		cols[3][n] = CStringGetTextDatum(r->fallback);
+		n++;
+	}
+	spi_kept_plan(&plan,
+			"INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)"
+			"SELECT DISTINCT ON (u.site_id, u.meter_id) u.site_id, 'split_fallback', u.meter_id,"
+			"       pg_catalog.format('charge up to the reading at %s split uniformly, not by the meter''s registers: %s',"
+			"                         u.read_at, u.detail)"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))"
+			"       AS u(site_id, meter_id, read_at, detail)"
+			" ORDER BY u.site_id, u.meter_id, u.read_at"
+			"    ON CONFLICT DO NOTHING", 4,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID});
+	args[0] = spi_array(cols[0], NULL, n, INT4OID);
+	args[1] = spi_array(cols[1], NULL, n, INT8OID);
+	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
+	args[3] = spi_array(cols[3], NULL, n, TEXTOID);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) < 0)
+		elog(ERROR, "reading_rate_batch: split fallback alarm failed");
 }

@@ -48,6 +48,7 @@
  */
 #include "rollup.h"
 #include "direct.h"
+#include "site_key.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -441,12 +442,10 @@ compare_energy_keys(const void *a, const void *b)
 {
 	const EnergyKey *x = &((const EnergySums *) a)->key;
 	const EnergyKey *y = &((const EnergySums *) b)->key;
-	int			c;
+	int			c = site_key_compare(x->site_id, x->meter_id, y->site_id, y->meter_id);
 
-	if (x->site_id != y->site_id)
-		return x->site_id < y->site_id ? -1 : 1;
-	if (x->meter_id != y->meter_id)
-		return x->meter_id < y->meter_id ? -1 : 1;
+	if (c != 0)
+		return c;
 	if (x->day != y->day)
 		return x->day < y->day ? -1 : 1;
 	if (x->account_id != y->account_id)

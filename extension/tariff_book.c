@@ -18,6 +18,7 @@
  *-------------------------------------------------------------------------
  */
 #include "prepay.h"
+#include "tariff_book.h"
 #include "tariff_def.h"
 
 #include "catalog/pg_type.h"

@@ -26,8 +26,6 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
-#define ERRCODE_PREPAY_BAD_TARIFF MAKE_SQLSTATE('P','Y','0','1','5')
-
 PG_FUNCTION_INFO_V1(prepay_tariff_check);
 
 /* Refuse the definition: PY015 with a message naming the problem. */

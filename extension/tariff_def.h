@@ -1,8 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * extension/tariff_def.h
- *	  Tariff definitions (tariff_def.c) and the per-batch book of compiled
- *	  tariffs and site calendars (tariff_book.c).
+ *	  Tariff definitions: validate and compile a definition (tariff_def.c).
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -20,24 +19,5 @@
 
 /* tariff_def.c: validate a definition (PY015) and compile it */
 extern void tariff_compile(Jsonb *definition, TariffVersion *v);
-
-/* tariff_book.c: every version of the tariffs of some sites, compiled */
-typedef struct TariffBook TariffBook;
-
-extern TariffBook *tariff_book_load(const int32 *site_ids, int nsites);
-extern const TariffVersion *tariff_book_versions(TariffBook *book, int32 site_id,
-												 int64 tariff_id, int *nversions);
-extern const TariffCalendar *tariff_book_calendar(TariffBook *book, int32 site_id);
-extern void *tariff_book_grow(void *old, size_t size);
-
-/*
- * tariff_book.c: the ledger's record of how a charge was priced, appended to
- * buf; `fallback` explains a register split's fallback (NULL: the core's
- * words for pieces->fallback)
- */
-extern void tariff_pieces_json(StringInfo buf, int64 tariff_id, const TariffVersion *versions,
-							   const TariffPieces *pieces, int32 multiplier,
-							   const TariffCycleState *before, const TariffCycleState *after,
-							   const char *fallback);
 
 #endif							/* PREPAY_TARIFF_DEF_H */
