@@ -31,12 +31,16 @@ OBJS = \
 
 # The install script is the concatenation of the domain scripts, in order.
 # Earlier releases' install scripts are kept, frozen, in sql/releases/; each
-# release ships an upgrade script sql/prepay--OLD--NEW.sql (docs/ARCHITECTURE.md,
-# "Cutting a release"; test/t/200_upgrade.pl checks every upgrade path).
+# release ships an upgrade script sql/prepay--OLD--NEW.sql, the concatenation
+# of the files of sql/upgrade/OLD--NEW/ in name order, one file per change
+# (docs/ARCHITECTURE.md, "Cutting a release"; test/t/200_upgrade.pl checks
+# every upgrade path).
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/bill.sql sql/batch.sql \
 	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/security.sql)
-DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql
-DATA = $(wildcard sql/$(EXTENSION)--*--*.sql sql/releases/$(EXTENSION)--*.sql)
+UPGRADE_DIRS = $(wildcard sql/upgrade/*--*)
+UPGRADE_SCRIPTS = $(patsubst sql/upgrade/%,sql/$(EXTENSION)--%.sql,$(UPGRADE_DIRS))
+DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPTS)
+DATA = $(wildcard sql/releases/$(EXTENSION)--*.sql)
 
 # The agent and the simulator are ordinary programs; the *-asan builds
 # (AddressSanitizer and UBSan) are the ones the end-to-end tests run, and
@@ -82,6 +86,10 @@ endif
 $(OBJS): $(wildcard extension/*.h)
 
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
+	cat $^ >$@
+
+.SECONDEXPANSION:
+$(UPGRADE_SCRIPTS): sql/$(EXTENSION)--%.sql: $$(sort $$(wildcard sql/upgrade/%/*.sql))
 	cat $^ >$@
 
 all: $(PROGRAMS)
