@@ -902,10 +902,14 @@ BEGIN
         SELECT count(*) INTO n FROM prepay.draft_bills(p_site_id, previous_month, p_day);
         done := done || pg_catalog.jsonb_build_object('bills_drafted', n);
     END IF;
+    n := prepay.send_overdue_notices(p_site_id, p_day);
+    IF n > 0 THEN
+        done := done || pg_catalog.jsonb_build_object('overdue_notices', n);
+    END IF;
     RETURN done;
 END $$;
 COMMENT ON FUNCTION prepay.run_periodic(integer, date) IS
-'The site''s daily billing run for a local day, in order: accrue the previous day''s basic charges; on the first day of a month settle the previous month''s basic charges and apportion every rule in force whose period just ended (a rule whose master readings are missing raises an apportionment_failed alarm and is listed; the others go on; run it again once the readings are in) ; then expire the allowances of periods ended, credit the period''s allowances, charge the fees due, and on the first day of a month draft the previous month''s bills.  The period that ended is charged before its allowance expires, and spends it first.  Every step is idempotent, so running it twice, late, or from two sessions at once charges once.  Returns what it did.';
+'The site''s daily billing run for a local day, in order: accrue the previous day''s basic charges; on the first day of a month settle the previous month''s basic charges and apportion every rule in force whose period just ended (a rule whose master readings are missing raises an apportionment_failed alarm and is listed; the others go on; run it again once the readings are in) ; then expire the allowances of periods ended, credit the period''s allowances, charge the fees due, and on the first day of a month draft the previous month''s bills; last, tell the tenants of issued bills overdue on that day (prepay.send_overdue_notices; listed as overdue_notices when it wrote any).  The period that ended is charged before its allowance expires, and spends it first.  Every step is idempotent, so running it twice, late, or from two sessions at once charges once.  Returns what it did.';
 
 CREATE FUNCTION prepay.run_periodic_all()
 RETURNS TABLE (site_id integer, local_day date, done jsonb) LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$

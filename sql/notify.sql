@@ -39,7 +39,8 @@ CREATE TABLE prepay.notify_site (
     language          text NOT NULL DEFAULT 'en' CHECK (language IN ('zh', 'en')),
     payment_received  boolean NOT NULL DEFAULT true,
     supply_restored   boolean NOT NULL DEFAULT true,
-    bill_issued       boolean NOT NULL DEFAULT true
+    bill_issued       boolean NOT NULL DEFAULT true,
+    bill_overdue      boolean NOT NULL DEFAULT true
 );
 COMMENT ON TABLE prepay.notify_site IS 'A site''s notification settings.  With a row here the site''s notifications are written from its templates in the tenant''s language (prepay.notify_template), and the events switched on below write notifications too; without one, notifications keep the built-in English text.';
 COMMENT ON COLUMN prepay.notify_site.site_id IS 'Site.';
@@ -47,6 +48,7 @@ COMMENT ON COLUMN prepay.notify_site.language IS 'Default language of the site''
 COMMENT ON COLUMN prepay.notify_site.payment_received IS 'Write a payment_received notification (with the new balance) for every recharge.';
 COMMENT ON COLUMN prepay.notify_site.supply_restored IS 'Write a supply_restored notification when a close command of an account''s meter is done.';
 COMMENT ON COLUMN prepay.notify_site.bill_issued IS 'Write a bill_issued notification when a bill is issued.';
+COMMENT ON COLUMN prepay.notify_site.bill_overdue IS 'Write one bill_overdue notification for every issued bill still unpaid after its due date (prepay.send_overdue_notices, run by prepay.run_periodic).';
 
 CREATE TABLE prepay.account_language (
     site_id     integer NOT NULL,
@@ -77,6 +79,7 @@ CREATE TABLE prepay.notify_channel (
     backoff_base    interval NOT NULL DEFAULT '10 seconds' CHECK (backoff_base > '0'),
     backoff_max     interval NOT NULL DEFAULT '1 hour' CHECK (backoff_max >= backoff_base),
     lease           interval NOT NULL DEFAULT '60 seconds' CHECK (lease BETWEEN '5 seconds' AND '1 hour'),
+    ca_certificate  text CHECK (ca_certificate ~ '^\s*-----BEGIN CERTIFICATE-----'),
     PRIMARY KEY (site_id, channel),
     -- plain http and unencrypted SMTP only to this host (tests, a local relay)
     CHECK (channel = 'email' OR url ~ '^https://' OR url ~ '^http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$)'),
@@ -101,6 +104,7 @@ COMMENT ON COLUMN prepay.notify_channel.max_attempts IS 'A delivery is dead-lett
 COMMENT ON COLUMN prepay.notify_channel.max_age IS 'A delivery still undelivered this long after it was written (with its notification) is dead-lettered.';
 COMMENT ON COLUMN prepay.notify_channel.backoff_base IS 'Retry delay after the first failed attempt; it doubles with each attempt, with jitter (between half and all of it).';
 COMMENT ON COLUMN prepay.notify_channel.backoff_max IS 'Longest retry delay.';
+COMMENT ON COLUMN prepay.notify_channel.ca_certificate IS 'webhook, sms, email over TLS: the certificate authorities (PEM, one or more BEGIN CERTIFICATE blocks) the server''s certificate must chain to, instead of the system''s trust store; for a receiver or SMTP server with a certificate of a private CA.  NULL: the system''s trust store.  The certificate and host name are always verified.';
 COMMENT ON COLUMN prepay.notify_channel.lease IS 'How long a claimed delivery belongs to the claiming agent; the agent gives up a request after half of it.  Unreported at the end, it is claimed again.';
 
 CREATE TABLE prepay.notify_secret (
@@ -118,15 +122,15 @@ COMMENT ON COLUMN prepay.notify_secret.secret IS 'webhook: the HMAC-SHA256 key o
 CREATE TABLE prepay.notify_template (
     site_id   integer NOT NULL REFERENCES prepay.site,
     template  text NOT NULL CHECK (template IN ('balance_ok', 'low_balance', 'pretrip', 'arrears', 'cut_reminder',
-                                                'supply_restored', 'payment_received', 'bill_issued')),
+                                                'supply_restored', 'payment_received', 'bill_issued', 'bill_overdue')),
     language  text NOT NULL CHECK (language IN ('zh', 'en')),
     subject   text NOT NULL,
     body      text NOT NULL,
     PRIMARY KEY (site_id, template, language)
 );
-COMMENT ON TABLE prepay.notify_template IS 'A site''s own wording of a message, replacing the built-in one (prepay._notify_default_template).  Placeholders: {site}, {account}, {name}, {balance}, {amount}, {cut_at}, {due_on} (amounts in the site''s currency).';
+COMMENT ON TABLE prepay.notify_template IS 'A site''s own wording of a message, replacing the built-in one (prepay._notify_default_template).  Placeholders: {site}, {account}, {name}, {balance}, {amount}, {cut_at}, {due_on}, {days_overdue} (amounts in the site''s currency).';
 COMMENT ON COLUMN prepay.notify_template.site_id IS 'Site.';
-COMMENT ON COLUMN prepay.notify_template.template IS 'Which message: balance_ok, low_balance, pretrip, arrears (the alarm ladder), cut_reminder, supply_restored, payment_received, bill_issued.';
+COMMENT ON COLUMN prepay.notify_template.template IS 'Which message: balance_ok, low_balance, pretrip, arrears (the alarm ladder), cut_reminder, supply_restored, payment_received, bill_issued, bill_overdue.';
 COMMENT ON COLUMN prepay.notify_template.language IS 'zh or en.';
 COMMENT ON COLUMN prepay.notify_template.subject IS 'E-mail subject.';
 COMMENT ON COLUMN prepay.notify_template.body IS 'Message text (SMS, e-mail body, webhook message).';
@@ -204,6 +208,15 @@ COMMENT ON COLUMN prepay.notification_delivery_status.dead_at IS 'When it was gi
 COMMENT ON COLUMN prepay.notification_delivery_status.latency IS 'delivered_at - created_at.';
 
 -- ---------------------------------------------------------------------
+-- the bill a notification is about (bill_issued, bill_overdue)
+-- ---------------------------------------------------------------------
+
+ALTER TABLE prepay.notification ADD COLUMN bill_id bigint;
+COMMENT ON COLUMN prepay.notification.bill_id IS 'The bill the notification is about (kinds bill_issued and bill_overdue); NULL for the others.';
+CREATE UNIQUE INDEX notification_bill_overdue ON prepay.notification (site_id, bill_id) WHERE kind = 'bill_overdue';
+COMMENT ON INDEX prepay.notification_bill_overdue IS 'At most one overdue notice per bill, whoever writes it and however often prepay.send_overdue_notices runs.';
+
+-- ---------------------------------------------------------------------
 -- texts
 -- ---------------------------------------------------------------------
 
@@ -226,7 +239,9 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
         ('payment_received', 'en', 'Payment received', 'Account {account}: payment of {amount} received, new balance {balance}.'),
         ('payment_received', 'zh', '充值成功', '账户{account}：充值{amount}已到账，当前余额{balance}。'),
         ('bill_issued', 'en', 'New bill', 'Account {account}: your bill of {amount} is due on {due_on}.'),
-        ('bill_issued', 'zh', '账单通知', '账户{account}：本期账单{amount}，请于{due_on}前缴纳。'))
+        ('bill_issued', 'zh', '账单通知', '账户{account}：本期账单{amount}，请于{due_on}前缴纳。'),
+        ('bill_overdue', 'en', 'Bill overdue', 'Account {account}: your bill was due on {due_on}; {amount} is still unpaid ({days_overdue} days overdue). Please pay now.'),
+        ('bill_overdue', 'zh', '账单逾期', '账户{account}：账单已于{due_on}到期，尚欠{amount}（逾期{days_overdue}天），请尽快缴纳。'))
         AS t (template, language, subject, body)
      WHERE t.template = p_template AND t.language = p_language
 $$;
@@ -343,7 +358,7 @@ CREATE TRIGGER notification_deliveries AFTER INSERT ON prepay.notification
 COMMENT ON TRIGGER notification_deliveries ON prepay.notification IS 'Queues the notification on each channel of its site.';
 
 CREATE FUNCTION prepay._notify_event(p_site_id integer, p_account_id bigint, p_kind text,
-                                     p_amount numeric, p_extra jsonb DEFAULT '{}')
+                                     p_amount numeric, p_extra jsonb DEFAULT '{}', p_bill_id bigint DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a prepay.account;
@@ -354,14 +369,19 @@ BEGIN
     SELECT * INTO a FROM prepay.account WHERE site_id = p_site_id AND account_id = p_account_id;
     SELECT * INTO t FROM prepay._notify_text(p_site_id, p_kind, lang,
         prepay._notify_values(p_site_id, p_account_id, lang, a.balance, p_amount, p_extra));
-    INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email, message)
-    VALUES (p_site_id, p_account_id, p_kind, a.alarm_level, a.balance, a.phone, a.email, t.body)
+    -- DO NOTHING: a second overdue notice of a bill (unique index
+    -- notification_bill_overdue) is not written
+    INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email, message, bill_id)
+    VALUES (p_site_id, p_account_id, p_kind, a.alarm_level, a.balance, a.phone, a.email, t.body, p_bill_id)
+    ON CONFLICT DO NOTHING
     RETURNING notification.notification_id INTO id;
-    PERFORM pg_catalog.pg_notify('prepay_notification', p_site_id || '/' || id);
+    IF id IS NOT NULL THEN
+        PERFORM pg_catalog.pg_notify('prepay_notification', p_site_id || '/' || id);
+    END IF;
     RETURN id;
 END $$;
-COMMENT ON FUNCTION prepay._notify_event(integer, bigint, text, numeric, jsonb) IS
-'Internal: write a notification of an event (payment_received, supply_restored, bill_issued) to an account in its language, and NOTIFY prepay_notification.';
+COMMENT ON FUNCTION prepay._notify_event(integer, bigint, text, numeric, jsonb, bigint) IS
+'Internal: write a notification of an event (payment_received, supply_restored, bill_issued, bill_overdue) to an account in its language, about a bill if given, and NOTIFY prepay_notification.  Returns its id, or NULL when it would be a second overdue notice of the bill (nothing written).';
 
 CREATE FUNCTION prepay._notify_payment() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -397,7 +417,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = NEW.site_id AND s.bill_issued)
        AND NEW.amount_due > 0 THEN
         PERFORM prepay._notify_event(NEW.site_id, NEW.account_id, 'bill_issued', NEW.amount_due,
-                                     pg_catalog.jsonb_build_object('due_on', NEW.due_on::text));
+                                     pg_catalog.jsonb_build_object('due_on', NEW.due_on::text), NEW.bill_id);
     END IF;
     RETURN NULL;
 END $$;
@@ -406,6 +426,38 @@ CREATE TRIGGER notify_bill AFTER UPDATE OF state ON prepay.bill
     FOR EACH ROW WHEN (NEW.state = 'issued' AND OLD.state <> 'issued')
     EXECUTE FUNCTION prepay._notify_bill();
 COMMENT ON TRIGGER notify_bill ON prepay.bill IS 'Tells the tenant a bill was issued (sites with prepay.notify_site.bill_issued).';
+
+CREATE FUNCTION prepay.send_overdue_notices(p_site_id integer, p_day date DEFAULT NULL)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    today date;
+    b prepay.bill;
+    n integer := 0;
+BEGIN
+    PERFORM prepay._authorize(p_site_id, 'manage');
+    IF NOT EXISTS (SELECT 1 FROM prepay.notify_site s WHERE s.site_id = p_site_id AND s.bill_overdue) THEN
+        RETURN 0;
+    END IF;
+    -- never ahead of the site's calendar: a run for a later day tells nobody early
+    today := prepay._local_day(p_site_id, pg_catalog.now());
+    today := least(coalesce(p_day, today), today);
+    -- a bill being paid right now is locked: skipped, and looked at again next run
+    FOR b IN SELECT * FROM prepay.bill x
+              WHERE x.site_id = p_site_id AND x.state = 'issued' AND x.paid < x.amount_due AND x.due_on < today
+                AND NOT EXISTS (SELECT 1 FROM prepay.notification o
+                                 WHERE o.site_id = x.site_id AND o.bill_id = x.bill_id AND o.kind = 'bill_overdue')
+              ORDER BY x.bill_id
+                FOR UPDATE SKIP LOCKED LOOP
+        IF prepay._notify_event(p_site_id, b.account_id, 'bill_overdue', b.amount_due - b.paid,
+                                pg_catalog.jsonb_build_object('due_on', b.due_on::text, 'days_overdue', today - b.due_on),
+                                b.bill_id) IS NOT NULL THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay.send_overdue_notices(integer, date) IS
+'Tell the tenants of a site whose issued bills are still unpaid after their due date: one bill_overdue notification per bill (the amount still owed, the due date, the days overdue), in the tenant''s language, NOTIFY prepay_notification; never a second one for the same bill (unique index notification_bill_overdue).  Overdue means due_on before p_day, the site''s local day (default and at most its local today, so a run for a later day tells nobody early).  Only at sites with prepay.notify_site.bill_overdue.  Idempotent: prepay.run_periodic calls it on every run.  Needs the manage capability at the site (42501).  Returns how many it wrote.';
 
 -- ---------------------------------------------------------------------
 -- the agent's side
@@ -453,7 +505,8 @@ COMMENT ON FUNCTION prepay._mail_message(text, text, text, text, text) IS 'Inter
 
 CREATE FUNCTION prepay._delivery_request(p_site_id integer, p_notification_id bigint, p_channel text)
 RETURNS TABLE (idempotency_key text, created_epoch numeric, url text, method text, headers text,
-               body text, secret text, username text, mail_from text, mail_to text, timeout_s integer)
+               body text, secret text, username text, mail_from text, mail_to text, timeout_s integer,
+               ca_certificate text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT k.key, pg_catalog.date_part('epoch', n.created_at)::numeric,
            CASE c.channel WHEN 'sms' THEN prepay._sms_fill(c.url, n.phone, n.message, k.key, x.secret) ELSE c.url END,
@@ -469,7 +522,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                    'meters', (SELECT coalesce(pg_catalog.json_agg(m.code ORDER BY m.meter_id), '[]')
                                 FROM prepay.meter m WHERE m.site_id = n.site_id AND m.account_id = n.account_id),
                    'kind', n.kind, 'level', n.alarm_level, 'balance', n.balance, 'currency', s.currency,
-                   'message', n.message, 'created_at', n.created_at)::text
+                   'message', n.message, 'created_at', n.created_at, 'bill_id', n.bill_id)::text
                WHEN 'sms' THEN prepay._sms_fill(c.body, n.phone, n.message, k.key, x.secret)
                ELSE prepay._mail_message(c.mail_from, n.email,
                         (prepay._notify_text(n.site_id, prepay._notify_template_of(n.kind, n.alarm_level),
@@ -477,7 +530,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                         n.message, k.key) END,
            CASE c.channel WHEN 'sms' THEN NULL ELSE x.secret END,
            c.smtp_user, c.mail_from, CASE c.channel WHEN 'email' THEN n.email END,
-           greatest(1, (pg_catalog.date_part('epoch', c.lease) / 2)::integer)
+           greatest(1, (pg_catalog.date_part('epoch', c.lease) / 2)::integer), c.ca_certificate
       FROM prepay.notification n
       JOIN prepay.site s ON s.site_id = n.site_id
       JOIN prepay.account a ON a.site_id = n.site_id AND a.account_id = n.account_id
@@ -487,7 +540,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE n.site_id = p_site_id AND n.notification_id = p_notification_id
 $$;
 COMMENT ON FUNCTION prepay._delivery_request(integer, bigint, text) IS
-'Internal: what the agent sends for a delivery: the idempotency key (prepay-<site>-<notification>-<channel>), the creation time, and per channel the URL, method (for email the TLS mode), headers, body (webhook: the JSON document; sms: the filled template; email: the message), the secret (webhook HMAC key, SMTP password), SMTP login and addresses, and the request timeout.  Reads the secrets: callable with effect only by their readers.';
+'Internal: what the agent sends for a delivery: the idempotency key (prepay-<site>-<notification>-<channel>), the creation time, and per channel the URL, method (for email the TLS mode), headers, body (webhook: the JSON document; sms: the filled template; email: the message), the secret (webhook HMAC key, SMTP password), SMTP login and addresses, the request timeout, and the certificate authorities the server must chain to (NULL: the system''s).  Reads the secrets: callable with effect only by their readers.';
 
 CREATE FUNCTION prepay._delivery_dead(d prepay.notification_delivery, p_error text)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -535,7 +588,8 @@ COMMENT ON FUNCTION prepay._deliveries_expire(integer[]) IS
 CREATE FUNCTION prepay.agent_claim_deliveries(p_agent_id text, p_limit integer DEFAULT 50)
 RETURNS TABLE (site_id integer, notification_id bigint, channel text, attempt integer,
                idempotency_key text, created_epoch numeric, url text, method text, headers text, body text,
-               secret text, username text, mail_from text, mail_to text, timeout_s integer)
+               secret text, username text, mail_from text, mail_to text, timeout_s integer,
+               ca_certificate text)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE

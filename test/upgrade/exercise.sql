@@ -2,8 +2,8 @@
 -- database upgraded from the previous release and a fresh install, both
 -- filled by test/upgrade/fill.sql: more readings and money after the
 -- upgrade, then balances, the ledger, charges explained, reports, alarms,
--- commands and the auditor's check.  Prints only what does not depend on
--- when it ran.
+-- commands, a bill's overdue notice and the auditor's check.  Prints only
+-- what does not depend on when it ran.
 SET timezone = 'Asia/Shanghai';
 SET datestyle = 'ISO';
 \pset footer off
@@ -32,4 +32,14 @@ SELECT line, kind, entry_id, amount, balance, energy, meter_id, channel, externa
   FROM prepay.account_trail(1, 1, '2026-03-01 00:00+08', '2026-03-03 00:00+08') ORDER BY line;
 SELECT * FROM prepay.rate(1, 2, '2026-03-02 20:00+08', '2026-03-03 08:00+08', 12);
 SELECT * FROM prepay.simulate_bill(1, 1, 2, '2026-03-01 00:00+08', '2026-04-01 00:00+08');
+-- the bill overdue notice: an issued bill unpaid after its due date is told once
+INSERT INTO prepay.notify_site (site_id, language) VALUES (1, 'zh');
+SELECT bill_id AS overdue_bill FROM prepay.draft_bill(1, 3, '2026-03-01', '2026-04-01') \gset
+SELECT state FROM prepay.confirm_bill(1, :overdue_bill);
+SELECT state, amount_due FROM prepay.issue_bill(1, :overdue_bill);
+UPDATE prepay.bill SET due_on = prepay._local_day(1, now()) - 2 WHERE bill_id = :overdue_bill;
+SELECT prepay.send_overdue_notices(1) AS told;
+SELECT prepay.send_overdue_notices(1) AS told_again;
+SELECT kind, bill_id, regexp_replace(message, '\d{4}-\d{2}-\d{2}', 'YYYY-MM-DD') AS message
+  FROM prepay.notification WHERE kind IN ('bill_issued', 'bill_overdue') ORDER BY notification_id;
 SELECT * FROM prepay.check_ledger();
