@@ -397,16 +397,31 @@ static void mail_request(CURL *e, struct job *j, const char *tls, const char *us
 	curl_easy_setopt(e, CURLOPT_INFILESIZE, (long)j->body_len);
 }
 
-/* start: one claimed row (columns of prepay.agent_claim_deliveries) */
+/* trust: the channel's own certificate authorities (PEM), if it has them,
+ * instead of the system's trust store; verification is never turned off */
+static void trust(CURL *e, const char *ca_pem)
+{
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+	if (ca_pem && *ca_pem) {
+		struct curl_blob blob = { (void *)ca_pem, strlen(ca_pem), CURL_BLOB_COPY };
+
+		curl_easy_setopt(e, CURLOPT_CAINFO_BLOB, &blob);
+		curl_easy_setopt(e, CURLOPT_CAPATH, NULL); /* only these, not /etc/ssl/certs too */
+	}
+}
+
+/* start: one claimed row (columns of prepay.agent_claim_deliveries; a
+ * database before ca_certificate has 15) */
 static void start(PGresult *res, int row)
 {
-	const char *v[15];
+	const char *v[16];
 	struct job *j;
 	CURL *e;
 	int ch;
 
-	for (int c = 0; c < 15; c++)
-		v[c] = PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
+	for (int c = 0; c < 16; c++)
+		v[c] = c >= PQnfields(res) || PQgetisnull(res, row, c) ? NULL : PQgetvalue(res, row, c);
 	ch = channel_index(v[2]);
 	if (ch < 0 || in_flight(atoi(v[0]), atoll(v[1]), ch))
 		return;
@@ -426,6 +441,7 @@ static void start(PGresult *res, int row)
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_TIMEOUT, atol(v[14]));
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, j->errbuf);
+	trust(e, v[15]);
 	if (ch == CH_EMAIL)
 		mail_request(e, j, v[7], v[11], v[10], v[12], v[13] ? v[13] : "");
 	else

@@ -17,10 +17,10 @@ packages=(
 	curl                     # the demo and the agent benchmark talk to HTTP endpoints
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 	postgresql-15-cron       # pg_cron: schedules the daily billing run and the batch runner
-	openssl                  # the TLS certificates of the SCRAM/TLS role test (test/t/140_scram_roles.pl)
+	openssl                  # test TLS certificates: the SCRAM/TLS role test, notification delivery over TLS (test/t/140, 191)
 	libcurl4-openssl-dev     # the agent's notification delivery: HTTP(S) and SMTP (agent/notify*.c)
 	libssl-dev               # the agent's webhook signatures (HMAC-SHA256)
-	python3 python3-aiosmtpd # the notification test's webhook receiver and SMTP sink (test/t/190_notify.pl)
+	python3 python3-aiosmtpd # the notification tests' webhook receiver and SMTP sinks, plain and TLS (test/t/190, 191)
 	pgbouncer                # transaction pooling in front of the identity test (test/t/210_pooled_identity.pl)
 )
 

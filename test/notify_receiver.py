@@ -3,6 +3,7 @@
 # the notification tests and the demo, on the loopback only.
 #
 #   notify_receiver.py --port P --secret S --log FILE [--status N] [--delay SECONDS]
+#                      [--tls-cert FILE --tls-key FILE]
 #
 # Every request is logged as one JSON line in FILE: a "begin" line when it
 # arrives, then one with the outcome: path, query, Idempotency-Key, whether
@@ -13,12 +14,15 @@
 # --status (default 200) after --delay seconds; a bad signature gets 401.
 # A key counts as accepted when it was answered 2xx; the accepted keys of
 # an existing log are loaded at start, so a restarted receiver still
-# deduplicates, as a real receiver honouring the key would.
+# deduplicates, as a real receiver honouring the key would.  With
+# --tls-cert and --tls-key it speaks HTTPS (the certificate chain in PEM);
+# a client that refuses the certificate never gets as far as a request.
 import argparse
 import hashlib
 import hmac
 import http.server
 import json
+import ssl
 import threading
 import time
 import urllib.parse
@@ -87,6 +91,8 @@ def main():
     p.add_argument('--log', required=True)
     p.add_argument('--status', type=int, default=200)
     p.add_argument('--delay', type=float, default=0)
+    p.add_argument('--tls-cert')
+    p.add_argument('--tls-key')
     args = p.parse_args()
     try:
         with open(args.log, encoding='utf-8') as f:
@@ -98,6 +104,10 @@ def main():
         pass
     server = http.server.ThreadingHTTPServer(('127.0.0.1', args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     print('listening', flush=True)
     server.serve_forever()
 

@@ -47,6 +47,8 @@ SELECT count(*) AS deliveries FROM prepay.notification_delivery;
 SELECT regress.try($$INSERT INTO prepay.notify_channel (site_id, channel, url) VALUES (1, 'webhook', 'http://example.com/hook') RETURNING 1$$);
 SELECT regress.try($$INSERT INTO prepay.notify_channel (site_id, channel, url, smtp_tls, mail_from) VALUES (1, 'email', 'smtp://mail.example.com:25', 'none', 'x@example.com') RETURNING 1$$);
 SELECT regress.try($$INSERT INTO prepay.notify_channel (site_id, channel, url) VALUES (1, 'email', 'smtps://mail.example.com') RETURNING 1$$);
+-- a channel's own CA is the PEM text, not a file name
+SELECT regress.try($$INSERT INTO prepay.notify_channel (site_id, channel, url, ca_certificate) VALUES (1, 'webhook', 'https://127.0.0.1/hook', '/etc/ssl/private-ca.pem') RETURNING 1$$);
 
 -- the site's channels, configured by its administrator; A1 reads Chinese
 SET SESSION AUTHORIZATION regress_notify_admin;
@@ -93,10 +95,12 @@ CREATE TEMP TABLE claim1 AS SELECT * FROM prepay.agent_claim_deliveries('mailer'
 RESET SESSION AUTHORIZATION;
 SELECT notification_id, channel, attempt, idempotency_key, url, method, headers, secret, username, mail_from, mail_to, timeout_s
   FROM claim1 ORDER BY notification_id, channel;
+SELECT DISTINCT ca_certificate IS NULL AS system_trust_store FROM claim1;
 -- the webhook's JSON document
 SELECT b->>'notification_id' AS id, b->>'idempotency_key' AS key, b->>'site' AS site, b->>'account' AS account,
        b->'meters' AS meters, b->>'kind' AS kind, b->>'level' AS level, b->>'balance' AS balance,
-       b->>'currency' AS currency, b->>'message' AS message, (b->>'created_at')::timestamptz IS NOT NULL AS has_created
+       b->>'currency' AS currency, b->>'message' AS message, (b->>'created_at')::timestamptz IS NOT NULL AS has_created,
+       json_typeof(b->'bill_id') AS bill_id
   FROM (SELECT body::json AS b FROM claim1 WHERE channel = 'webhook') x ORDER BY 1::bigint;
 -- the SMS request: the template filled, encoded per placeholder
 SELECT notification_id, body FROM claim1 WHERE channel = 'sms' ORDER BY 1;
@@ -219,7 +223,7 @@ SELECT pg_temp.use(3, '2026-03-10 00:00+00', 123.4);
 SELECT (prepay.draft_bill(1, :p3, '2026-03-01', '2026-04-01')).bill_id AS b \gset
 SELECT state FROM prepay.confirm_bill(1, :b);
 SELECT state, amount_due, due_on IS NOT NULL AS has_due FROM prepay.issue_bill(1, :b);
-SELECT kind, regexp_replace(message, '\d{4}-\d{2}-\d{2}', 'YYYY-MM-DD') AS message FROM prepay.notification WHERE kind = 'bill_issued';
+SELECT kind, bill_id = :b AS about_the_bill, regexp_replace(message, '\d{4}-\d{2}-\d{2}', 'YYYY-MM-DD') AS message FROM prepay.notification WHERE kind = 'bill_issued';
 -- events switched off write nothing
 UPDATE prepay.notify_site SET payment_received = false;
 SELECT count(*) AS before FROM prepay.notification \gset
