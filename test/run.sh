@@ -24,6 +24,8 @@ pgshare=$(pg_config --sharedir)
 mkdir -p "$work/pg$(dirname "$pgbin")" "$work/pg$(dirname "$pgshare")"
 cp -a "$(dirname "$pgbin")/." "$work/pg$(dirname "$pgbin")/"
 cp -a "$pgshare" "$work/pg$(dirname "$pgshare")/"
+# only this tree's prepay: not the scripts of a build installed on the system
+rm -f "$work/pg$pgshare/extension/prepay"[.-]*
 make -C "$top" -s install DESTDIR="$work/pg" >/dev/null
 # the earlier releases' install scripts, built from their git tags here, in
 # the checkout (the scratch copy has no .git), for test/t/200_upgrade.pl;
