@@ -30,17 +30,23 @@ OBJS = \
 	extension/security.o
 
 # The install script is the concatenation of the domain scripts, in order.
-# Earlier releases' install scripts are kept, frozen, in sql/releases/; each
-# release ships an upgrade script sql/prepay--OLD--NEW.sql, the concatenation
-# of the files of sql/upgrade/OLD--NEW/ in name order, one file per change
-# (docs/ARCHITECTURE.md, "Cutting a release"; test/t/200_upgrade.pl checks
-# every upgrade path).
+# Each release ships an upgrade script sql/prepay--OLD--NEW.sql, the
+# concatenation of the files of sql/upgrade/OLD--NEW/ in name order, one
+# file per change (docs/ARCHITECTURE.md, "Cutting a release").
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/bill.sql sql/batch.sql \
 	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/security.sql)
 UPGRADE_DIRS = $(wildcard sql/upgrade/*--*)
 UPGRADE_SCRIPTS = $(patsubst sql/upgrade/%,sql/$(EXTENSION)--%.sql,$(UPGRADE_DIRS))
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPTS)
-DATA = $(wildcard sql/releases/$(EXTENSION)--*.sql)
+
+# The earlier releases, those an upgrade path starts from: release OLD is
+# git tag vOLD, and `make releases` builds its install script from the tag
+# (as that release's own Makefile built it) into sql/releases/, which git
+# ignores.  Only test/t/200_upgrade.pl needs them (test/run.sh runs `make
+# install-releases` into its private installation); `make install` leaves
+# them out, since an installed database upgrades with the upgrade scripts.
+RELEASES = $(sort $(foreach d,$(UPGRADE_DIRS),$(firstword $(subst --, ,$(notdir $(d))))))
+RELEASE_SCRIPTS = $(patsubst %,sql/releases/$(EXTENSION)--%.sql,$(RELEASES))
 
 # The agent and the simulator are ordinary programs; the *-asan builds
 # (AddressSanitizer and UBSan) are the ones the end-to-end tests run, and
@@ -55,7 +61,7 @@ PROGRAM_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
 PROGRAM_LIBS = $(shell pkg-config --libs libmodbus libevent_pthreads libevent libcurl openssl 2>/dev/null) -lpq -lpthread
 ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 
-EXTRA_CLEAN = $(DATA_built) $(PROGRAMS) results output_iso regression.diffs regression.out
+EXTRA_CLEAN = $(DATA_built) sql/releases $(PROGRAMS) results output_iso regression.diffs regression.out
 
 TESTS = $(wildcard test/sql/*.sql)
 REGRESS = $(sort $(patsubst test/sql/%.sql,%,$(TESTS)))
@@ -92,6 +98,21 @@ sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
 $(UPGRADE_SCRIPTS): sql/$(EXTENSION)--%.sql: $$(sort $$(wildcard sql/upgrade/%/*.sql))
 	cat $^ >$@
 
+sql/releases/$(EXTENSION)--%.sql:
+	@git rev-parse -q --verify 'refs/tags/v$*^{commit}' >/dev/null || { \
+		echo "prepay: RELEASE $* NOT BUILT: its install script is built from git tag v$*, which this checkout lacks." >&2; \
+		echo "prepay: fetch the tags (git fetch --tags) and run 'make releases'; test/t/200_upgrade.pl fails without it." >&2; \
+		exit 1; }
+	rm -rf $@.tree && mkdir -p $@.tree
+	git archive 'v$*' | tar -x -C $@.tree
+	$(MAKE) -s -C $@.tree sql/$(EXTENSION)--$*.sql
+	mv $@.tree/sql/$(EXTENSION)--$*.sql $@ && rm -rf $@.tree
+
+releases: $(RELEASE_SCRIPTS)
+
+install-releases: releases
+	$(INSTALL_DATA) $(RELEASE_SCRIPTS) '$(DESTDIR)$(datadir)/extension/'
+
 all: $(PROGRAMS)
 
 $(AGENT): $(AGENT_SOURCES) $(wildcard agent/*.h)
@@ -108,7 +129,7 @@ $(SIM): $(SIM_SOURCES) $(wildcard test/sim/*.h)
 $(SIM)-asan: $(SIM_SOURCES) $(wildcard test/sim/*.h)
 	$(CC) $(PROGRAM_CFLAGS) $(ASAN_FLAGS) -o $@ $(SIM_SOURCES) $(PROGRAM_LIBS)
 
-.PHONY: test bench deps demo
+.PHONY: test bench deps demo releases install-releases
 
 deps:
 	test/install-deps.sh

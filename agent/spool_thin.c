@@ -93,22 +93,33 @@ static int line_key(const char *line, int *site_id, int64_t *meter_id)
 	return end != line && *end == '\t';
 }
 
-/* count_readings: pass 1, readings per meter from offset from */
-static int count_readings(FILE *in, int64_t from, struct meter_table *t)
+/* each_line: call fn for every line from offset from on, with its length
+ * (a last line cut short has no newline), until fn returns nonzero; -1 on
+ * a read error */
+static int each_line(FILE *in, int64_t from, int (*fn)(const char *line, ssize_t len, void *arg), void *arg)
 {
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t len;
-	int site_id;
-	int64_t meter_id;
 
 	if (fseeko(in, from, SEEK_SET) != 0)
 		return -1;
 	while ((len = getline(&line, &cap, in)) > 0)
-		if (line[len - 1] == '\n' && line_key(line, &site_id, &meter_id))
-			table_find(t, site_id, meter_id)->count++;
+		if (fn(line, len, arg) != 0)
+			break;
 	free(line);
 	return ferror(in) ? -1 : 0;
+}
+
+/* count_line: pass 1, one more reading for the meter of a whole line */
+static int count_line(const char *line, ssize_t len, void *arg)
+{
+	int site_id;
+	int64_t meter_id;
+
+	if (line[len - 1] == '\n' && line_key(line, &site_id, &meter_id))
+		table_find(arg, site_id, meter_id)->count++;
+	return 0;
 }
 
 /* keep: whether a meter's idx-th reading (of count) survives this pass */
@@ -117,36 +128,35 @@ static int keep(int64_t idx, int64_t count)
 	return idx % 2 == 0 || idx == count - 1;
 }
 
-/* copy_kept: pass 2, copy the lines kept to out; count what goes */
-static int copy_kept(FILE *in, int64_t from, FILE *out, struct meter_table *t, struct thin_result *res)
+struct copy_pass {
+	FILE *out;
+	struct meter_table *t;
+	struct thin_result *res;
+};
+
+/* copy_line: pass 2, copy a line to out if it is kept; count what goes */
+static int copy_line(const char *line, ssize_t len, void *arg)
 {
-	char *line = NULL;
-	size_t cap = 0;
-	ssize_t len;
+	struct copy_pass *c = arg;
 	int site_id;
 	int64_t meter_id;
 
-	if (fseeko(in, from, SEEK_SET) != 0)
-		return -1;
-	while ((len = getline(&line, &cap, in)) > 0) {
-		if (line[len - 1] != '\n') {
-			log_error("spool: dropping a last line cut short (%zd bytes, no newline)", len);
-			continue;
-		}
-		if (line_key(line, &site_id, &meter_id)) {
-			struct meter_count *m = table_find(t, site_id, meter_id);
-
-			if (!keep(m->seen++, m->count)) {
-				res->dropped++;
-				continue;
-			}
-		}
-		if (fwrite(line, 1, len, out) != (size_t)len)
-			break;
-		res->kept_bytes += len;
+	if (line[len - 1] != '\n') {
+		log_error("spool: dropping a last line cut short (%zd bytes, no newline)", len);
+		return 0;
 	}
-	free(line);
-	return ferror(in) || ferror(out) ? -1 : 0;
+	if (line_key(line, &site_id, &meter_id)) {
+		struct meter_count *m = table_find(c->t, site_id, meter_id);
+
+		if (!keep(m->seen++, m->count)) {
+			c->res->dropped++;
+			return 0;
+		}
+	}
+	if (fwrite(line, 1, len, c->out) != (size_t)len)
+		return 1;
+	c->res->kept_bytes += len;
+	return 0;
 }
 
 /* spool_thin: see spool_thin.h */
@@ -156,9 +166,14 @@ int spool_thin(FILE *in, int64_t from, FILE *out, struct thin_result *res)
 	int rc;
 
 	memset(res, 0, sizeof(*res));
-	rc = count_readings(in, from, &t);
-	if (rc == 0)
-		rc = copy_kept(in, from, out, &t, res);
+	rc = each_line(in, from, count_line, &t);
+	if (rc == 0) {
+		struct copy_pass c = { out, &t, res };
+
+		rc = each_line(in, from, copy_line, &c);
+		if (ferror(out))
+			rc = -1;
+	}
 	res->meters = (int)t.n;
 	free(t.slot);
 	return rc;

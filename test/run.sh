@@ -5,7 +5,8 @@
 # `make bench` and `make demo`.
 #
 # The private installation is a copy of the system's PostgreSQL 15 with
-# the extension installed into it (make install DESTDIR=...).  PostgreSQL
+# the extension installed into it (make install DESTDIR=...), and the
+# install scripts of the earlier releases (make install-releases).  PostgreSQL
 # finds its share and lib directories relative to its own binaries, so the
 # copy is self-contained: tests never touch the system installation, need
 # no sudo, and several checkouts can run their tests at the same time.
@@ -23,7 +24,14 @@ pgshare=$(pg_config --sharedir)
 mkdir -p "$work/pg$(dirname "$pgbin")" "$work/pg$(dirname "$pgshare")"
 cp -a "$(dirname "$pgbin")/." "$work/pg$(dirname "$pgbin")/"
 cp -a "$pgshare" "$work/pg$(dirname "$pgshare")/"
+# only this tree's prepay: not the scripts of a build installed on the system
+rm -f "$work/pg$pgshare/extension/prepay"[.-]*
 make -C "$top" -s install DESTDIR="$work/pg" >/dev/null
+# the earlier releases' install scripts, built from their git tags here, in
+# the checkout (the scratch copy has no .git), for test/t/200_upgrade.pl;
+# without them that test fails, the others run
+make -C "$top" -s install-releases DESTDIR="$work/pg" >/dev/null ||
+	echo "prepay: WARNING: earlier releases not installed (above): test/t/200_upgrade.pl will fail" >&2
 for d in agent; do [ -d "$top/$d" ] && cp -a "$top/$d" "$work/"; done
 cp -a "$top/Makefile" "$top/.clang-format" "$top/prepay.control" "$top/sql" "$top/extension" "$top/test" "$work/"
 if [ "$(id -u)" -eq 0 ]; then

@@ -38,15 +38,8 @@ fi
 . test/lib/ports.sh
 cluster_start "$work/cluster" "shared_buffers = 512MB" "synchronous_commit = off" \
 	"max_wal_size = 4GB" || exit 1
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	cluster_stop
-}
-trap cleanup EXIT
+. test/lib/background.sh
 psql() { command psql -X -q -v ON_ERROR_STOP=1 -d bench "$@"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 base=$(free_port "$gateways")
 control=$(free_port 1)
 metrics=$(free_port 1)

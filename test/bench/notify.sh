@@ -34,15 +34,8 @@ fi
 . test/lib/cluster.sh
 . test/lib/ports.sh
 cluster_start "$work/cluster" "synchronous_commit = off" || exit 1
-pids=()
-cleanup() {
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-	cluster_stop
-}
-trap cleanup EXIT
+. test/lib/background.sh
 psql() { command psql -X -q -v ON_ERROR_STOP=1 -d bench "$@"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
 receiver=$(free_port 1)
 metrics=$(free_port 1)
 

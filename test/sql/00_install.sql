@@ -89,6 +89,15 @@ EXCEPTION WHEN OTHERS THEN
     RETURN state || ': ' || message || coalesce(nullif(' | ' || detail, ' | '), '')
            || coalesce(nullif(' | ' || hint, ' | '), '');
 END $$;
+-- regress.become(login [, role]): the rest of the (sub)transaction as the
+-- login, and as the role if one is named
+CREATE FUNCTION regress.become(login text, as_role text DEFAULT NULL) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('session_authorization', login, true);
+    IF as_role IS NOT NULL THEN
+        PERFORM set_config('role', as_role, true);
+    END IF;
+END $$;
 -- regress.probe(login, statement [, role [, verbose]]): run the statement
 -- as the login (and role) and roll it back; 'ok', 'denied' (42501), or the
 -- SQLSTATE of another error (with its message if asked)
@@ -99,10 +108,7 @@ DECLARE
     message text;
 BEGIN
     BEGIN
-        PERFORM set_config('session_authorization', login, true);
-        IF as_role IS NOT NULL THEN
-            PERFORM set_config('role', as_role, true);
-        END IF;
+        PERFORM regress.become(login, as_role);
         EXECUTE statement;
         RAISE EXCEPTION USING ERRCODE = 'ZX000';     -- undo the probe
     EXCEPTION WHEN OTHERS THEN
@@ -123,10 +129,7 @@ DECLARE
     state text;
 BEGIN
     BEGIN
-        PERFORM set_config('session_authorization', login, true);
-        IF as_role IS NOT NULL THEN
-            PERFORM set_config('role', as_role, true);
-        END IF;
+        PERFORM regress.become(login, as_role);
         EXECUTE query INTO result;
         RAISE EXCEPTION USING ERRCODE = 'ZX000', MESSAGE = coalesce(result, 'NULL');
     EXCEPTION WHEN OTHERS THEN
@@ -134,5 +137,33 @@ BEGIN
         RETURN CASE state WHEN 'ZX000' THEN result ELSE state || ': ' || result END;
     END;
 END $$;
+-- regress.create_logins(prefix, role, ...): for each ROLE, a login
+-- PREFIX_ROLE member of prepay_ROLE; the logins created
+CREATE FUNCTION regress.create_logins(prefix text, VARIADIC roles text[]) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    role text;
+BEGIN
+    FOREACH role IN ARRAY roles LOOP
+        EXECUTE format('CREATE ROLE %I LOGIN IN ROLE %I', prefix || '_' || role, 'prepay_' || role);
+    END LOOP;
+    RETURN prefix || '_' || array_to_string(roles, ', ' || prefix || '_');
+END $$;
+-- regress.drop_logins(prefix): drop the logins PREFIX_* (role names are
+-- cluster-wide: a test drops those a failed earlier run left)
+CREATE FUNCTION regress.drop_logins(prefix text) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    login name;
+BEGIN
+    FOR login IN SELECT rolname FROM pg_roles WHERE starts_with(rolname, prefix || '_') ORDER BY 1 LOOP
+        EXECUTE format('DROP ROLE %I', login);
+    END LOOP;
+END $$;
+-- regress.use(meter, at, kwh): a reading of site 1's meter at AT, KWH more
+-- than its last good one
+CREATE FUNCTION regress.use(meter bigint, at text, kwh numeric) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+    SELECT 1, meter, at::timestamptz, coalesce(max(energy), 0) + kwh
+      FROM prepay.reading WHERE site_id = 1 AND meter_id = meter AND quarantine_reason IS NULL;
+$$;
 SELECT regress.try('SELECT 1/0');
 SELECT regress.try('SELECT 42');

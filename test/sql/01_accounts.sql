@@ -1,8 +1,6 @@
 -- Sites, accounts and meters: open, attach, replace, close, and their errors.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 
 INSERT INTO prepay.site (name, time_zone) VALUES ('Plaza', 'Asia/Shanghai');
 SELECT regress.try($$INSERT INTO prepay.site (name, time_zone) VALUES ('Nowhere', 'Mars/Olympus')$$);

@@ -1,11 +1,7 @@
 -- Money: recharge, refund, reverse, balance; idempotency and every error.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
-INSERT INTO prepay.site (name) VALUES ('Campus');
-INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'dorm');
-INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 0.55);
+\set site Campus \set low DEFAULT \set pretrip DEFAULT \set tariff dorm \set price 0.55
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/site.psql
 SELECT prepay.open_account(1, 'S1', 'Room 101', 1);
 SELECT prepay.open_account(1, 'S2', 'Room 102', 1);
 

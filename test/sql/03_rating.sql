@@ -1,10 +1,8 @@
 -- Rating: consumption x multiplier x flat price, split at price changes,
 -- carry-forward rounding to cents, duplicates ignored, batches of any shape.
 -- Every amount below is computed by hand in the comments.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('Plaza', 0, 0);
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'shops'), (1, 'cold store');
 INSERT INTO prepay.tariff_version VALUES

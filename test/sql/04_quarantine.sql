@@ -1,12 +1,8 @@
 -- Bad readings are stored with a reason, raise an alarm, are never charged
 -- and never fail the rest of their batch.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
-INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('Park', 0, 0);
-INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'industrial');
-INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 1.0);
+\set site Park \set low 0 \set pretrip 0 \set tariff industrial \set price 1.0
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/site.psql
 INSERT INTO prepay.meter (site_id, code, multiplier, max_per_hour) VALUES
     (1, 'M1', 1, 100), (1, 'CT1', 40, 100), (1, 'M3', 1, 100);
 SELECT prepay.open_account(1, 'F1', 'Factory', 1);

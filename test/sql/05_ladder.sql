@@ -1,12 +1,8 @@
 -- The alarm ladder, notifications, trips, automatic restore, protect and
 -- no-cut windows.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
-INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('Apartments', 50, 10);
-INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'home');
-INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 1.0);
+\set site Apartments \set low 50 \set pretrip 10 \set tariff home \set price 1.0
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/site.psql
 INSERT INTO prepay.meter (site_id, code) SELECT 1, 'M' || i FROM generate_series(1, 6) i;
 SELECT prepay.open_account(1, 'R1', 'Flat 1', 1, p_phone => '13900000001', p_email => 'flat1@example.com');
 SELECT prepay.open_account(1, 'R2', 'Flat 2 (clinic)', 1);
@@ -18,23 +14,18 @@ SELECT prepay.attach_meter(1, 3, 4, 0, '2026-03-01 00:00+00');
 
 -- R1: 100 -> 60 (0) -> 45 (1, low) -> 8 (2, pre-trip) -> -2 (3, arrears: both meters tripped)
 SELECT prepay.recharge(1, 1, 100, 'cash', 'C-1');
-CREATE FUNCTION pg_temp.use(meter bigint, at text, kwh numeric) RETURNS void LANGUAGE sql AS $$
-    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
-    SELECT 1, meter, at::timestamptz, coalesce(max(energy), 0) + kwh
-      FROM prepay.reading WHERE site_id = 1 AND meter_id = meter AND quarantine_reason IS NULL;
-$$;
-SELECT pg_temp.use(1, '2026-03-01 01:00+00', 40);
+SELECT regress.use(1, '2026-03-01 01:00+00', 40);
 SELECT alarm_level FROM prepay.account WHERE account_id = 1;
-SELECT pg_temp.use(1, '2026-03-01 02:00+00', 15);
-SELECT pg_temp.use(2, '2026-03-01 03:00+00', 37);
-SELECT pg_temp.use(1, '2026-03-01 04:00+00', 10);
+SELECT regress.use(1, '2026-03-01 02:00+00', 15);
+SELECT regress.use(2, '2026-03-01 03:00+00', 37);
+SELECT regress.use(1, '2026-03-01 04:00+00', 10);
 SELECT account_id, balance, alarm_level FROM prepay.account WHERE account_id = 1;
 SELECT notification_id, account_id, alarm_level, balance, phone, email, message FROM prepay.notification ORDER BY 1;
 SELECT alarm_id, kind, account_id, cleared_at IS NULL AS active FROM prepay.alarm ORDER BY 1;
 SELECT command_id, meter_id, account_id, action, state, reason FROM prepay.command ORDER BY 1;
 
 -- more consumption in arrears, a manual trip: no duplicate commands pile up
-SELECT pg_temp.use(1, '2026-03-01 05:00+00', 1);
+SELECT regress.use(1, '2026-03-01 05:00+00', 1);
 SELECT prepay.trip(1, 1);
 SELECT count(*) AS queued FROM prepay.command WHERE state = 'queued';
 
@@ -47,7 +38,7 @@ SELECT prepay.recharge(1, 1, 5.00, 'wechat', 'W-1');    -- -3 + 5 = 2: still pre
 SELECT account_id, balance, alarm_level FROM prepay.account WHERE account_id = 1;
 SELECT command_id, meter_id, action, state, reason FROM prepay.command ORDER BY 1;
 -- back into arrears while the closes are still queued: they are replaced by trips
-SELECT pg_temp.use(1, '2026-03-01 06:00+00', 3);
+SELECT regress.use(1, '2026-03-01 06:00+00', 3);
 SELECT command_id, meter_id, action, state, last_error FROM prepay.command ORDER BY 1;
 -- a recharge again: M2's queued trip is cancelled and its relay is known
 -- closed, so it needs no close; M1's first trip is still in flight (sent),
@@ -58,7 +49,7 @@ SELECT command_id, meter_id, action, state FROM prepay.command WHERE state = 'qu
 
 -- protect: R2 is a clinic on keep-power; in arrears it is notified, never tripped
 SELECT prepay.protect(1, true, p_account_id => 2);
-SELECT pg_temp.use(3, '2026-03-01 01:00+00', 5);
+SELECT regress.use(3, '2026-03-01 01:00+00', 5);
 SELECT account_id, balance, alarm_level FROM prepay.account WHERE account_id = 2;
 SELECT message FROM prepay.notification WHERE account_id = 2;
 SELECT count(*) AS r2_commands FROM prepay.command WHERE account_id = 2;
@@ -76,9 +67,9 @@ SELECT regress.try($$SELECT prepay.protect(1, true, p_meter_id => 1, p_account_i
 SELECT regress.try($$SELECT prepay.protect(1, true, p_meter_id => 99)$$);
 
 -- credit limit: R3 may go to -20 before arrears
-SELECT pg_temp.use(4, '2026-03-01 01:00+00', 15);
+SELECT regress.use(4, '2026-03-01 01:00+00', 15);
 SELECT account_id, balance, alarm_level FROM prepay.account WHERE account_id = 3;
-SELECT pg_temp.use(4, '2026-03-01 02:00+00', 5);
+SELECT regress.use(4, '2026-03-01 02:00+00', 5);
 SELECT account_id, balance, alarm_level FROM prepay.account WHERE account_id = 3;
 -- per-account thresholds override the site's
 UPDATE prepay.account SET low_balance_threshold = 500, pretrip_threshold = 300 WHERE account_id = 3;
@@ -108,7 +99,7 @@ VALUES (1, tstzrange(now() - interval '1 hour', '2099-01-01'), 'moratorium');
 -- (the moratorium ends at 2099-01-01 00:00 UTC, inside the Berlin night
 -- window: the trip waits until 07:00 Berlin time)
 SELECT prepay.recharge(1, 3, 10.00, 'cash', 'C-4');
-SELECT pg_temp.use(4, '2026-03-01 08:00+00', 480);    -- 410 - 480 = -70: arrears
+SELECT regress.use(4, '2026-03-01 08:00+00', 480);    -- 410 - 480 = -70: arrears
 SELECT meter_id, action, state, not_before FROM prepay.command WHERE account_id = 3 AND state = 'queued';
 SELECT regress.try($$INSERT INTO prepay.no_cut_window (site_id, daily_from, daily_to) VALUES (1, '10:00', '10:00')$$);
 

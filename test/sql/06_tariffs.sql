@@ -2,10 +2,8 @@
 -- every kind of tariff, cut at midnight, period switches, day types,
 -- seasons, tier thresholds, cycle starts, price changes and a DST change.
 -- Every amount is computed by hand in the comments.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 -- New York changes to daylight time on Sunday 2026-03-08 at 02:00 local.
 INSERT INTO prepay.site (name, time_zone) VALUES ('Harbor Mall', 'America/New_York');
 INSERT INTO prepay.site (name, time_zone) VALUES ('Campus', 'Asia/Shanghai');

@@ -3,10 +3,8 @@
 -- simulate_bill, rerate after a back-dated price, water and heat, and the
 -- daily basic charge of two-part tariffs.  Amounts are computed by hand in
 -- the comments; the ledger check ends the file.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 -- Berlin leaves summer time on Sunday 2026-10-25 at 03:00 CEST -> 02:00 CET.
 INSERT INTO prepay.site (name, time_zone, low_balance_threshold, pretrip_threshold) VALUES ('Works', 'Europe/Berlin', 0, 0);
 INSERT INTO prepay.tariff (site_id, name, unit) VALUES

@@ -6,10 +6,9 @@
 -- basic charge settled for the month, a postpaid bill and a prepaid
 -- statement.  Every amount is computed by hand in the comments.  The
 -- month is then run a second time: nothing more is charged.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 SET timezone = 'Asia/Shanghai';
-SET datestyle = 'ISO';
 INSERT INTO prepay.site (name, time_zone, low_balance_threshold, pretrip_threshold, fees_may_cut, loss_alarm_pct)
 VALUES ('Plaza', 'Asia/Shanghai', 0, 0, true, 5);
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat'), (1, 'two-part');

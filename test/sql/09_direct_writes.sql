@@ -4,10 +4,8 @@
 -- SQL statements instead (group 2 here: triggers).  Either way the rows
 -- are the same, and triggers on the ledger fire as for an INSERT.  Group 3
 -- is an operator's batch under the roles' forced row-level security.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('Twins', 15, 5);
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
 INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 0.583), (1, 1, '2026-03-01 12:00+00', 0.61);

@@ -30,11 +30,6 @@ SELECT prepay.attach_meter(1, 4, 5, 0, '2026-03-01 00:00+00');
 UPDATE prepay.meter SET tariff_id = 3 WHERE meter_id = 6;
 SELECT prepay.attach_meter(1, 4, 6, 0, '2026-03-01 00:00+00');
 SELECT prepay.close_account(1, 5);
-CREATE FUNCTION pg_temp.use(meter bigint, at text, kwh numeric) RETURNS void LANGUAGE sql AS $$
-    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
-    SELECT 1, meter, at::timestamptz, coalesce(max(energy), 0) + kwh
-      FROM prepay.reading WHERE site_id = 1 AND meter_id = meter AND quarantine_reason IS NULL;
-$$;
 CREATE FUNCTION pg_temp.accounts() RETURNS TABLE (account_id bigint, tariff_id bigint, balance numeric,
     alarm_level smallint, low numeric, pretrip numeric, credit_limit numeric, protect boolean)
 LANGUAGE sql AS $$
@@ -86,13 +81,13 @@ SELECT regress.try($$SELECT prepay.set_thresholds(1, 5, NULL, NULL)$$);
 -- ---------------------------------------------------------------------
 -- prepay.set_tariff on its own: the next reading is priced with it
 -- ---------------------------------------------------------------------
-SELECT pg_temp.use(2, '2026-03-01 01:00+00', 10);              -- S2: 10 kWh x 1.0 = 10.00
+SELECT regress.use(2, '2026-03-01 01:00+00', 10);              -- S2: 10 kWh x 1.0 = 10.00
 SELECT prepay.set_tariff(1, 2, p_account_id => 2);             -- returns the previous tariff: 1
-SELECT pg_temp.use(2, '2026-03-01 02:00+00', 10);              -- 10 kWh x 0.5 = 5.00
+SELECT regress.use(2, '2026-03-01 02:00+00', 10);              -- 10 kWh x 0.5 = 5.00
 SELECT prepay.set_tariff(1, 1, p_meter_id => 2);               -- meter's own tariff; previous NULL
-SELECT pg_temp.use(2, '2026-03-01 03:00+00', 10);              -- 10 kWh x 1.0 = 10.00
+SELECT regress.use(2, '2026-03-01 03:00+00', 10);              -- 10 kWh x 1.0 = 10.00
 SELECT prepay.set_tariff(1, NULL, p_meter_id => 2);            -- back to the account's; previous 1
-SELECT pg_temp.use(2, '2026-03-01 04:00+00', 10);              -- 10 kWh x 0.5 = 5.00
+SELECT regress.use(2, '2026-03-01 04:00+00', 10);              -- 10 kWh x 0.5 = 5.00
 SELECT entry_id, account_id, meter_id, amount, balance_after FROM prepay.ledger WHERE kind = 'consumption' ORDER BY 1;
 SELECT prepay.set_tariff(1, 1, p_account_id => 2);            -- back to standard for the batches below
 -- errors
@@ -145,7 +140,7 @@ SELECT count(*) AS batches FROM prepay.batch;
 -- recharge: per-item amounts and references, failures mixed in
 -- ---------------------------------------------------------------------
 -- balances now: S1 40.00, S2 100 - 30 = 70.00, S3 0, S4 0
-SELECT prepay.create_batch(1, 'PAY-2026-03', 'recharge', 'account', $$[
+SELECT $$[
     {"id": 3, "amount": 25.50, "external_ref": "BANK-1"},
     {"code": "S4", "amount": 60, "external_ref": "BANK-2"},
     {"id": 99, "amount": 10, "external_ref": "BANK-3"},
@@ -161,7 +156,9 @@ SELECT prepay.create_batch(1, 'PAY-2026-03', 'recharge', 'account', $$[
     true,
     3,
     "S1"
-  ]$$, '{"channel": "bank", "amount": 5}', p_note => 'March transfers');
+  ]$$ AS march_items \gset
+SELECT prepay.create_batch(1, 'PAY-2026-03', 'recharge', 'account', :'march_items', '{"channel": "bank", "amount": 5}',
+    p_note => 'March transfers');
 -- not run yet: created "now" but nothing runs until a runner or run_batch
 SELECT * FROM pg_temp.summary();
 SELECT batch_id, state, items_run, pending, done, failed, skipped FROM prepay.run_batch(1, 1);
@@ -171,24 +168,9 @@ SELECT * FROM pg_temp.items(1);
 -- S3 25.50 (BANK-1) + 5 (BANK-9) + 5 (batch:1:14) = 35.50, level 1; S4 60
 SELECT entry_id, account_id, amount, channel, external_ref FROM prepay.ledger WHERE channel = 'bank' ORDER BY 1;
 SELECT account_id, balance, alarm_level FROM pg_temp.accounts();
--- creating it again returns the same batch and runs nothing again
-SELECT prepay.create_batch(1, 'PAY-2026-03', 'recharge', 'account', $$[
-    {"id": 3, "amount": 25.50, "external_ref": "BANK-1"},
-    {"code": "S4", "amount": 60, "external_ref": "BANK-2"},
-    {"id": 99, "amount": 10, "external_ref": "BANK-3"},
-    {"id": 5, "amount": 10, "external_ref": "BANK-4"},
-    {"id": 3, "amount": -5, "external_ref": "BANK-5"},
-    {"id": 3, "amount": "abc", "external_ref": "BANK-6"},
-    {"id": 3, "amount": 1.005, "external_ref": "BANK-7"},
-    {"code": "ZZ", "amount": 10, "external_ref": "BANK-8"},
-    {"id": 1, "amount": 40.00, "external_ref": "R-1"},
-    {"id": 2, "amount": 99, "external_ref": "BANK-1"},
-    {"id": 3, "external_ref": "BANK-9"},
-    {"id": 1.5, "amount": 1},
-    true,
-    3,
-    "S1"
-  ]$$, '{"amount": 5, "channel": "bank"}');
+-- creating it again (the same items, the defaults written in another order)
+-- returns the same batch and runs nothing again
+SELECT prepay.create_batch(1, 'PAY-2026-03', 'recharge', 'account', :'march_items', '{"amount": 5, "channel": "bank"}');
 SELECT batch_id, state, items_run, pending, done, failed, skipped FROM prepay.run_batch(1, 1);
 SELECT * FROM prepay.run_due_batches();
 SELECT count(*) AS bank_entries FROM prepay.ledger WHERE channel = 'bank';
@@ -216,7 +198,7 @@ SELECT account_id, alarm_level, message FROM prepay.notification WHERE notificat
 
 -- out of arrears by a credit limit: S4 falls to -5 (arrears, both meters tripped);
 -- a batch raises its credit limit to 10: pre-trip, and supply is restored
-SELECT pg_temp.use(5, '2026-03-01 01:00+00', 65);             -- S4: 60 - 65 = -5
+SELECT regress.use(5, '2026-03-01 01:00+00', 65);             -- S4: 60 - 65 = -5
 SELECT account_id, balance, alarm_level FROM pg_temp.accounts() WHERE account_id = 4;
 SELECT command_id, meter_id, action, state, reason FROM prepay.command ORDER BY 1;
 SELECT prepay.create_batch(1, 'THR-S4', 'set_thresholds', 'account', '["S4", "S4", 5]',
@@ -233,7 +215,7 @@ SELECT prepay.create_batch(1, 'TAR-B', 'set_tariff', 'meter', '{"building": "B"}
 SELECT batch_id, state, items_run, done, failed, skipped FROM prepay.run_due_batches();
 SELECT * FROM pg_temp.items(5);
 -- M5's next reading is priced at 0.5: 4 kWh = 2.00 (S4: -5 - 2 = -7, still above -10)
-SELECT pg_temp.use(5, '2026-03-01 02:00+00', 4);
+SELECT regress.use(5, '2026-03-01 02:00+00', 4);
 SELECT entry_id, account_id, meter_id, amount, balance_after FROM prepay.ledger WHERE meter_id = 5 ORDER BY 1;
 -- set_tariff of accounts by tariff: everyone still on "standard" (S1, S2, S3, S4, S6) moves to "discount"
 SELECT prepay.create_batch(1, 'TAR-ALL', 'set_tariff', 'account', '{"tariff_id": 1}', '{"tariff_id": 2}');

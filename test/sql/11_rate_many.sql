@@ -1,10 +1,8 @@
 -- prepay._rate_many: a series of intervals rated with one loaded book, the
 -- same pricing records as prepay._rate one by one; a NULL cycle_used
 -- continues the billing cycle the previous interval left.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 INSERT INTO prepay.site (name) VALUES ('Series');
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat'), (1, 'tiers');
 INSERT INTO prepay.tariff_version (site_id, tariff_id, valid_from, price) VALUES

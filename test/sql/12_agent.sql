@@ -1,9 +1,7 @@
 -- The agent's SQL: shipped device profiles per site, the catalog, lost
 -- contact marks, and the command state machine with its errors.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 CREATE SCHEMA agent_t;
 INSERT INTO prepay.site (name) VALUES ('Agent site');
 SELECT site_id AS s FROM prepay.site WHERE name = 'Agent site' \gset

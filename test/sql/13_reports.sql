@@ -6,10 +6,8 @@
 -- Every figure is computed by hand in the comments.  Functions that take an
 -- instant (the _at variants) are called with fixed instants; the views are
 -- the same at now().  Postings happen "now", so their times are not shown.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 INSERT INTO prepay.site (name, time_zone, low_balance_threshold, pretrip_threshold)
 VALUES ('Plaza', 'Asia/Shanghai', 20, 5);
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat'), (1, 'tou');

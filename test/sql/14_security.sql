@@ -7,10 +7,7 @@
 -- AUTHORIZATION.  Role names are cluster-wide: the logins are created here
 -- (regress_sec_*) and dropped at the end; the prepay_* group roles belong to
 -- the extension and stay.
-SET client_min_messages = warning;
-DROP ROLE IF EXISTS regress_sec_admin, regress_sec_operator, regress_sec_cashier, regress_sec_reader,
-    regress_sec_tenant_a, regress_sec_tenant_b, regress_sec_agent, regress_sec_nobody, regress_sec_multi;
-RESET client_min_messages;
+SELECT regress.drop_logins('regress_sec');
 
 -- a prepay role that could bypass row-level security is refused at install
 DROP EXTENSION prepay CASCADE;
@@ -51,10 +48,7 @@ SELECT command_id, meter_id, gateway_id FROM prepay.agent_claim_commands('north-
 UNION ALL SELECT command_id, meter_id, gateway_id FROM prepay.agent_claim_commands('north-2');
 
 -- the logins and their mappings
-CREATE ROLE regress_sec_admin LOGIN IN ROLE prepay_admin;
-CREATE ROLE regress_sec_operator LOGIN IN ROLE prepay_operator;
-CREATE ROLE regress_sec_cashier LOGIN IN ROLE prepay_cashier;
-CREATE ROLE regress_sec_reader LOGIN IN ROLE prepay_reader;
+SELECT regress.create_logins('regress_sec', 'admin', 'operator', 'cashier', 'reader');
 CREATE ROLE regress_sec_tenant_a LOGIN IN ROLE prepay_tenant;
 CREATE ROLE regress_sec_tenant_b LOGIN IN ROLE prepay_tenant;
 CREATE ROLE regress_sec_agent LOGIN IN ROLE prepay_agent;

@@ -3,13 +3,9 @@
 -- their own sites; cashiers take bill payments; tenants see their own
 -- bills and lines; nobody writes charges, bills or batch results directly.
 -- regress.probe (00_install) runs a statement as a login and rolls it back.
-SET client_min_messages = warning;
-DROP ROLE IF EXISTS regress_bill_operator, regress_bill_cashier, regress_bill_tenant, regress_bill_south;
-RESET client_min_messages;
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\set logins regress_bill
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 
 INSERT INTO prepay.site (name, fees_may_cut) VALUES ('North', true), ('South', true);
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat'), (2, 'flat');
@@ -25,9 +21,7 @@ SELECT prepay.run_periodic(s, '2026-10-01') IS NOT NULL FROM generate_series(1, 
 SELECT prepay.run_periodic(s, '2026-11-01') IS NOT NULL FROM generate_series(1, 2) AS s;
 SELECT account_id, period_start, amount_due FROM prepay.bill WHERE period_start = '2026-10-01' ORDER BY account_id;
 
-CREATE ROLE regress_bill_operator LOGIN IN ROLE prepay_operator;
-CREATE ROLE regress_bill_cashier LOGIN IN ROLE prepay_cashier;
-CREATE ROLE regress_bill_tenant LOGIN IN ROLE prepay_tenant;
+SELECT regress.create_logins('regress_bill', 'operator', 'cashier', 'tenant');
 CREATE ROLE regress_bill_south LOGIN IN ROLE prepay_operator;
 INSERT INTO prepay.site_access (site_id, grantee) VALUES
     (1, 'regress_bill_operator'), (1, 'regress_bill_cashier'), (2, 'regress_bill_south');

@@ -14,10 +14,8 @@
 -- the output does not depend on the order of the calls.  A call that
 -- succeeds is checked before the rollback: how many ledger rows it
 -- posted, and whether prepay.check_ledger() was still empty.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 
 -- ---------------------------------------------------------------------
 -- the fixture: two sites; site 1 has a flat and a time-of-use tariff, a

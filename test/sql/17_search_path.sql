@@ -102,12 +102,7 @@ SELECT prepay._check_routines();
 -- ---------------------------------------------------------------------
 -- the callers: a superuser (this session) and a login per prepay role,
 -- mapped to site 1 (the tenant to account 1, the agent as agent-h)
-CREATE ROLE regress_sp_admin LOGIN IN ROLE prepay_admin;
-CREATE ROLE regress_sp_operator LOGIN IN ROLE prepay_operator;
-CREATE ROLE regress_sp_cashier LOGIN IN ROLE prepay_cashier;
-CREATE ROLE regress_sp_reader LOGIN IN ROLE prepay_reader;
-CREATE ROLE regress_sp_tenant LOGIN IN ROLE prepay_tenant;
-CREATE ROLE regress_sp_agent LOGIN IN ROLE prepay_agent;
+SELECT regress.create_logins('regress_sp', 'admin', 'operator', 'cashier', 'reader', 'tenant', 'agent');
 INSERT INTO prepay.site_access (site_id, grantee)
 VALUES (1, 'regress_sp_admin'), (1, 'regress_sp_operator'), (1, 'regress_sp_cashier'), (1, 'regress_sp_reader');
 INSERT INTO prepay.tenant_access (site_id, account_id, grantee) VALUES (1, 1, 'regress_sp_tenant');

@@ -8,13 +8,9 @@
 -- or the agent reconnects (agent_claim_commands with p_include_sent), a
 -- trip never inside a no-cut window.  Everything is done as the logins of
 -- the real roles: an agent, a cashier and an operator.
-SET client_min_messages = warning;
-DROP ROLE IF EXISTS regress_retry_agent, regress_retry_other_agent, regress_retry_cashier, regress_retry_operator;
-RESET client_min_messages;
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\set logins regress_retry
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 
 -- one site: meter 1 on account 1, meter 2 without an account, meter 3 of a
 -- model without a remote relay; all on one gateway of agent retry-1
@@ -30,10 +26,8 @@ UPDATE prepay.account SET opened_at = '2026-02-01 00:00+00';
 SELECT prepay.attach_meter(1, 1, 1, 100, '2026-03-01 00:00+00');
 SELECT prepay.recharge(1, 1, 10, 'cash', 'R-1');
 
-CREATE ROLE regress_retry_agent LOGIN IN ROLE prepay_agent;
+SELECT regress.create_logins('regress_retry', 'agent', 'cashier', 'operator');
 CREATE ROLE regress_retry_other_agent LOGIN IN ROLE prepay_agent;
-CREATE ROLE regress_retry_cashier LOGIN IN ROLE prepay_cashier;
-CREATE ROLE regress_retry_operator LOGIN IN ROLE prepay_operator;
 INSERT INTO prepay.agent_access (site_id, agent_id, grantee) VALUES
     (1, 'retry-1', 'regress_retry_agent'), (1, 'retry-2', 'regress_retry_other_agent');
 INSERT INTO prepay.site_access (site_id, grantee) VALUES (1, 'regress_retry_cashier'), (1, 'regress_retry_operator');

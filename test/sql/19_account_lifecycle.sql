@@ -6,17 +6,10 @@
 -- without pg_cron (pg_cron needs shared_preload_libraries, so scheduling
 -- itself is tested by test/t/130_pg_cron.pl).  Every scenario runs as the
 -- role that would run it (operator, cashier, agent, reader logins).
-SET client_min_messages = warning;
-DROP ROLE IF EXISTS regress_life_operator, regress_life_cashier, regress_life_agent, regress_life_reader;
-RESET client_min_messages;
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
-CREATE ROLE regress_life_operator LOGIN IN ROLE prepay_operator;
-CREATE ROLE regress_life_cashier LOGIN IN ROLE prepay_cashier;
-CREATE ROLE regress_life_agent LOGIN IN ROLE prepay_agent;
-CREATE ROLE regress_life_reader LOGIN IN ROLE prepay_reader;
+\set logins regress_life
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
+SELECT regress.create_logins('regress_life', 'operator', 'cashier', 'agent', 'reader');
 GRANT USAGE ON SCHEMA regress TO PUBLIC;
 
 -- ---------------------------------------------------------------------

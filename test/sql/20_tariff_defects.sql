@@ -6,14 +6,9 @@
 -- once by prepay.release_quarantined.  Readings come from the agent's
 -- login, the limit and the release from an operator's; every scenario
 -- ends with the ledger check.
-SET client_min_messages = warning;
-DROP ROLE IF EXISTS regress_td_operator, regress_td_agent, regress_td_cashier, regress_td_reader,
-    regress_td_other, regress_td_admin, regress_td_tenant;
-RESET client_min_messages;
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\set logins regress_td
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 
 INSERT INTO prepay.site (name, time_zone, low_balance_threshold, pretrip_threshold) VALUES
     ('Plaza', 'Asia/Shanghai', 0, 0), ('Elsewhere', 'Asia/Shanghai', 0, 0);
@@ -26,13 +21,8 @@ INSERT INTO prepay.tariff_version (site_id, tariff_id, valid_from, price) VALUES
     (1, 2, '2026-01-01 00:00+08', 0.8), (2, 3, '2026-01-01 00:00+08', 0.8);
 INSERT INTO prepay.gateway (site_id, name, host, port, agent_id) VALUES (1, 'gw', '10.0.0.1', 502, 'td-1');
 
-CREATE ROLE regress_td_operator LOGIN IN ROLE prepay_operator;
-CREATE ROLE regress_td_agent LOGIN IN ROLE prepay_agent;
-CREATE ROLE regress_td_cashier LOGIN IN ROLE prepay_cashier;
-CREATE ROLE regress_td_reader LOGIN IN ROLE prepay_reader;
+SELECT regress.create_logins('regress_td', 'operator', 'agent', 'cashier', 'reader', 'admin', 'tenant');
 CREATE ROLE regress_td_other LOGIN IN ROLE prepay_operator;
-CREATE ROLE regress_td_admin LOGIN IN ROLE prepay_admin;
-CREATE ROLE regress_td_tenant LOGIN IN ROLE prepay_tenant;
 INSERT INTO prepay.site_access (site_id, grantee) VALUES
     (1, 'regress_td_operator'), (1, 'regress_td_cashier'), (1, 'regress_td_reader'), (2, 'regress_td_other'),
     (1, 'regress_td_admin');

@@ -10,10 +10,8 @@
 --     good rows are stored and rated, the writer gets a warning with a
 --     count, the site's staff a record, and the writer learns nothing of
 --     that site (its output is the same whether a reading exists there).
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('North', 0, 0), ('South', 0, 0);
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat'), (2, 'flat');
 INSERT INTO prepay.tariff_version (site_id, tariff_id, valid_from, price) VALUES (1, 1, '2026-01-01', 0.5), (2, 2, '2026-01-01', 0.5);

@@ -2,34 +2,17 @@
 -- language, deliveries written with each notification, the agent's claim
 -- with a lease, success, backoff, permanent failure, dead letters with an
 -- alarm, the rate limit, the events, and who may see the secrets.
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
-INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('Notify site', 50, 10);
-INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'home');
-INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 1.0);
+\set logins regress_notify \set site 'Notify site' \set low 50 \set pretrip 10 \set tariff home \set price 1.0
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/site.psql
 INSERT INTO prepay.meter (site_id, code) SELECT 1, 'N' || i FROM generate_series(1, 3) i;
 SELECT prepay.open_account(1, 'A1', 'Flat 1', 1, p_phone => '+8613900000001', p_email => 'a1@example.com');
 SELECT prepay.open_account(1, 'A2', 'Flat 2', 1, p_phone => '+8613900000002');
 SELECT prepay.attach_meter(1, 1, 1, 0, '2026-03-01 00:00+00');
 SELECT prepay.attach_meter(1, 2, 2, 0, '2026-03-01 00:00+00');
-CREATE FUNCTION pg_temp.use(meter bigint, at text, kwh numeric) RETURNS void LANGUAGE sql AS $$
-    INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
-    SELECT 1, meter, at::timestamptz, coalesce(max(energy), 0) + kwh
-      FROM prepay.reading WHERE site_id = 1 AND meter_id = meter AND quarantine_reason IS NULL;
-$$;
 
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'regress_notify_agent') THEN
-        CREATE ROLE regress_notify_agent LOGIN IN ROLE prepay_agent;
-        CREATE ROLE regress_notify_agent2 LOGIN IN ROLE prepay_agent;
-        CREATE ROLE regress_notify_admin LOGIN IN ROLE prepay_admin;
-        CREATE ROLE regress_notify_operator LOGIN IN ROLE prepay_operator;
-        CREATE ROLE regress_notify_reader LOGIN IN ROLE prepay_reader;
-        CREATE ROLE regress_notify_tenant LOGIN IN ROLE prepay_tenant;
-    END IF;
-END $$;
+SELECT regress.create_logins('regress_notify', 'agent', 'admin', 'operator', 'reader', 'tenant');
+CREATE ROLE regress_notify_agent2 LOGIN IN ROLE prepay_agent;
 INSERT INTO prepay.agent_access (site_id, agent_id, grantee) VALUES
     (1, 'mailer', 'regress_notify_agent'), (1, 'mailer-2', 'regress_notify_agent2');
 INSERT INTO prepay.site_access (site_id, grantee) VALUES
@@ -38,7 +21,7 @@ INSERT INTO prepay.tenant_access (site_id, account_id, grantee) VALUES (1, 1, 'r
 
 -- without notify_site and channels nothing changes: English text, no delivery
 SELECT prepay.recharge(1, 1, 100, 'cash', 'C-1');
-SELECT pg_temp.use(1, '2026-03-01 01:00+00', 55);
+SELECT regress.use(1, '2026-03-01 01:00+00', 55);
 SELECT kind, alarm_level, message FROM prepay.notification ORDER BY notification_id;
 SELECT count(*) AS deliveries FROM prepay.notification_delivery;
 
@@ -82,8 +65,8 @@ SELECT count(*) AS secrets_in_audit FROM prepay.audit_trail WHERE after_values::
 
 -- A1 falls through the ladder: each level in Chinese, A2's in English;
 -- each notification is queued on every channel it has an address for
-SELECT pg_temp.use(1, '2026-03-01 02:00+00', 40);    -- 5: pre-trip
-SELECT pg_temp.use(1, '2026-03-01 03:00+00', 10);    -- -5: arrears
+SELECT regress.use(1, '2026-03-01 02:00+00', 40);    -- 5: pre-trip
+SELECT regress.use(1, '2026-03-01 03:00+00', 10);    -- -5: arrears
 SELECT prepay.recharge(1, 2, 30, 'cash', 'C-2');
 SELECT notification_id, account_id, kind, alarm_level, message FROM prepay.notification ORDER BY notification_id;
 SELECT notification_id, channel, account_id, attempts, delivered_at IS NULL AS pending
@@ -219,7 +202,7 @@ SELECT kind, account_id, alarm_level, balance, message FROM prepay.notification
 -- a bill issued to a postpaid account, in the site's language (zh now)
 SELECT prepay.open_account(1, 'P3', 'Office 3', 1, 'postpaid', p_email => 'p3@example.com') AS p3 \gset
 SELECT prepay.attach_meter(1, :p3, 3, 0, '2026-03-01 00:00+00');
-SELECT pg_temp.use(3, '2026-03-10 00:00+00', 123.4);
+SELECT regress.use(3, '2026-03-10 00:00+00', 123.4);
 SELECT (prepay.draft_bill(1, :p3, '2026-03-01', '2026-04-01')).bill_id AS b \gset
 SELECT state FROM prepay.confirm_bill(1, :b);
 SELECT state, amount_due, due_on IS NOT NULL AS has_due FROM prepay.issue_bill(1, :b);
@@ -233,7 +216,7 @@ SELECT count(*) - :before AS written FROM prepay.notification;
 -- a site's own template replaces the built-in one
 INSERT INTO prepay.notify_template (site_id, template, language, subject, body)
 VALUES (1, 'pretrip', 'zh', '即将停电', '【物业】{name}（{account}）余额{balance}，即将停电，请充值。');
-SELECT pg_temp.use(1, '2026-03-02 01:00+00', 10);
+SELECT regress.use(1, '2026-03-02 01:00+00', 10);
 SELECT account_id, kind, alarm_level, message FROM prepay.notification ORDER BY notification_id DESC LIMIT 1;
 SELECT subject, body FROM prepay._notify_text(1, 'low_balance', 'en', '{"account": "A9", "balance": "1.00 CNY"}');
 SELECT prepay._notify_money(-3.5, 'CNY', 'zh') AS zh, prepay._notify_money(12, 'EUR', 'en') AS en,

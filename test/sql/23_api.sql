@@ -10,14 +10,9 @@
 -- pg_regress runs as a superuser; a request is BEGIN; SET LOCAL ROLE;
 -- set_config('request.jwt.claims', ..., true); the call; COMMIT, after
 -- SET SESSION AUTHORIZATION to the authenticator.
-SET client_min_messages = warning;
-DROP ROLE IF EXISTS regress_api_auth, regress_api_tenant, regress_api_ops1, regress_api_pay1, regress_api_pay2,
-    regress_api_shop_b, regress_api_mallory, regress_api_alice, regress_api_admin;
-RESET client_min_messages;
-DROP EXTENSION prepay CASCADE;
-CREATE EXTENSION prepay;
-SET timezone = 'UTC';
-SET datestyle = 'ISO';
+\set logins regress_api
+\getenv abs_srcdir PG_ABS_SRCDIR
+\i :abs_srcdir/sql/fixtures/fresh.psql
 GRANT USAGE ON SCHEMA regress TO PUBLIC;
 
 -- two sites: North (accounts 1 and 2), South (account 3)

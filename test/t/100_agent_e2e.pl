@@ -30,10 +30,7 @@ my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $http = HTTP::Tiny->new(timeout => 5);
 
 
-my $node = PostgreSQL::Test::Cluster->new('agent');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('agent');
 
 # the simulator: 3 TCP gateways x 2 ddsy1352 meters, 1 kW each, 360x: 0.1 kWh/s
 # the base port is taken last: get_free_port hands out ascending ports, so
@@ -162,11 +159,7 @@ sleep 3;
 ok(wait_for(sub { $http->get("$metrics_url/metrics")->{content} =~ /^prepay_agent_db_connected 1$/m }, 10),
 	'(d) the agent reconnected');
 sleep 1.5;
-$agent->signal('TERM');
-$agent->finish;
-is($agent->result(0), 0, 'agent exits 0 on SIGTERM');
-$log = slurp_file("$tmp/agent.err");
-unlike($log, qr/Sanitizer|runtime error/, 'no sanitizer report');
+$log = stop_agent($agent, $tmp);
 like($log, qr/database connection lost/, '(d) the agent saw the restart');
 
 # every energy value served on gateways 0 and 1 is in the database once, in order

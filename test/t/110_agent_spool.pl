@@ -54,10 +54,7 @@ close $fh;
 ok(!run([ $bin, '--config', "$tmp/bad.conf", '--check-config' ], '>', \$out, '2>', \$err), 'unknown key refused');
 like($err, qr/unknown key "colour"/, 'and named');
 
-my $node = PostgreSQL::Test::Cluster->new('spool');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('spool');
 
 my $control = PostgreSQL::Test::Cluster::get_free_port();
 my $base = PostgreSQL::Test::Cluster::get_free_port();
@@ -88,21 +85,12 @@ sub start_named_agent
 	return start(\@agent_cmd, '>', "$tmp/$name.out", '2>', "$tmp/$name.err");
 }
 
-sub stop_agent
-{
-	my ($name, $h) = @_;
-	$h->signal('TERM');
-	$h->finish;
-	is($h->result(0), 0, "$name: exits 0 on SIGTERM");
-	unlike(slurp_file("$tmp/$name.err"), qr/Sanitizer|runtime error/, "$name: no sanitizer report");
-}
-
 my $agent = start_named_agent('first');
 ok(wait_for(sub { $node->safe_psql('postgres', 'SELECT count(*) >= 6 FROM prepay.reading') eq 't' }, 10),
 	'readings flow');
 $node->stop('fast');
 sleep 2.5;
-stop_agent('first', $agent);
+stop_agent($agent, $tmp, 'first');
 ok(-s "$tmp/spool/spool.log", 'readings taken while the database was down are spooled');
 like(slurp_file("$tmp/first.err"), qr/database connection lost/, 'the agent saw the database go');
 
@@ -126,7 +114,7 @@ ok(wait_for(sub { slurp_file("$tmp/second.err") =~
 	/catalog: 1 gateways for agent spool from the database: 1 buses kept, 0 started, 0 stopped/ }, 10),
 	'the unchanged catalog from the database keeps the bus: no restart');
 sleep 1.5;
-stop_agent('second', $agent);
+stop_agent($agent, $tmp, 'second');
 my ($before_shutdown) = slurp_file("$tmp/second.err") =~ /^(.*?)shutting down/s;
 unlike($before_shutdown, qr/stopping its bus thread/, 'no bus stopped before the shutdown');
 
@@ -137,7 +125,7 @@ $agent = start(\@other_cmd, '>', "$tmp/other.out", '2>', "$tmp/other.err");
 ok(wait_for(sub { slurp_file("$tmp/other.err") =~ /nothing to poll until the database answers/ }, 10),
 	'another agent id: nothing to poll');
 like(slurp_file("$tmp/other.err"), qr/catalog\.cache ignored: written for another agent id/, 'and why');
-stop_agent('other', $agent);
+stop_agent($agent, $tmp, 'other');
 $node->start;
 
 my %served;

@@ -33,10 +33,7 @@ my $tmp = PostgreSQL::Test::Utils::tempdir;
 my ($gateways, $meters_per_gateway) = (2, 40);
 
 
-my $node = PostgreSQL::Test::Cluster->new('bound');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('bound');
 
 # ports: get_free_port hands out ascending ports, so the base port is taken
 # last and base + 1 is not given to the control or metrics server
@@ -94,18 +91,13 @@ is(metric($metrics_url, 'prepay_agent_readings_spooled_total'), $spooled, 'witho
 my $thinned = metric($metrics_url, 'prepay_agent_spool_dropped_total');
 my $refused = metric($metrics_url, 'prepay_agent_readings_dropped_total');
 
-$agent->signal('TERM');
-$agent->finish;
-is($agent->result(0), 0, 'agent exits 0 on SIGTERM');
-unlike(slurp_file("$tmp/agent.err"), qr/Sanitizer|runtime error/, 'agent: no sanitizer report');
+stop_agent($agent, $tmp);
 $sim->signal('TERM');
 $sim->finish;
 
 # what arrived, against what the simulator served
 my $served = served_history("$tmp/history");
-my %stored = map { split /\|/ } split /\n/, $node->safe_psql('postgres', q{
-	SELECT code || '|' || string_agg((energy * 100)::bigint::text, ' ' ORDER BY read_at)
-	  FROM prepay.reading JOIN prepay.meter USING (site_id, meter_id) GROUP BY code});
+my %stored = %{ stored_readings($node) };
 my ($missing, $bad) = (0, 0);
 for my $g (0 .. $gateways - 1)
 {

@@ -26,10 +26,7 @@ my ($gateways, $meters_per_gateway, $outage_readings) = (10, 100, 10_000);
 my $meters = $gateways * $meters_per_gateway;
 
 
-my $node = PostgreSQL::Test::Cluster->new('outage');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('outage');
 
 # the base port is taken last: base + 1 .. base + 9 are then free too
 my $control = PostgreSQL::Test::Cluster::get_free_port();
@@ -74,20 +71,14 @@ is(metric($metrics_url, 'prepay_agent_spool_dropped_total'), 0, 'nothing thinned
 is(metric($metrics_url, 'prepay_agent_readings_dropped_total'), 0, 'nothing refused');
 ok(!-s "$tmp/spool/spool.log", 'the spool file is empty');
 
-$agent->signal('TERM');
-$agent->finish;
-is($agent->result(0), 0, 'agent exits 0 on SIGTERM');
-my $log = slurp_file("$tmp/agent.err");
-unlike($log, qr/Sanitizer|runtime error/, 'agent: no sanitizer report');
+my $log = stop_agent($agent, $tmp);
 unlike($log, qr/spool: .*(full|over 80%)/, 'the spool stayed far from its bound');
 $sim->signal('TERM');
 $sim->finish;
 
 # every served reading stored exactly once, in order
 my $served = served_history("$tmp/history");
-my %stored = map { split /\|/ } split /\n/, $node->safe_psql('postgres', q{
-	SELECT code || '|' || string_agg((energy * 100)::bigint::text, ' ' ORDER BY read_at)
-	  FROM prepay.reading JOIN prepay.meter USING (site_id, meter_id) GROUP BY code});
+my %stored = %{ stored_readings($node) };
 my ($bad, $served_total) = (0, 0);
 for my $g (0 .. $gateways - 1)
 {

@@ -34,10 +34,7 @@ my ($socat, $sim, $agent);
 # on any exit (a failed test, a die): no process left behind
 
 
-my $node = PostgreSQL::Test::Cluster->new('reload');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('reload');
 
 # the RTU line: a pseudo-terminal pair, ttyA for the simulator, ttyB for the agent
 $socat = start([ 'socat', '-d', '-d', "pty,raw,echo=0,link=$tmp/ttyA", "pty,raw,echo=0,link=$tmp/ttyB" ],
@@ -148,11 +145,7 @@ is($node->safe_psql('postgres', q{
 ok((!grep { !rated($_) } qw(M01 M11 M02)), 'the TCP meters are rated too');
 
 # stop: the agent first, then the simulator and socat
-$agent->signal('TERM');
-$agent->finish;
-is($agent->result(0), 0, 'agent exits 0 on SIGTERM');
-my $log = slurp_file("$tmp/agent.err");
-unlike($log, qr/Sanitizer|runtime error/, 'agent: no sanitizer report');
+my $log = stop_agent($agent, $tmp);
 is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'ledger check');
 
 $sim->signal('TERM');

@@ -41,10 +41,7 @@ my $FRAMES = 1000;			# per hostile gateway
 my %is_hostile = map { $_ => 1 } @HOSTILE;
 my @KINDS = qw(valid corrupt wrong_unit exception partial endless oversized none);
 
-my $node = PostgreSQL::Test::Cluster->new('hostile');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('hostile');
 
 # ports as in 100_agent_e2e.pl: the base port last, so that base + 1 and
 # base + 2 are not the control or metrics port

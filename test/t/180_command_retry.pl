@@ -31,10 +31,7 @@ use PrepayTest;
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $http = HTTP::Tiny->new(timeout => 5);
 
-my $node = PostgreSQL::Test::Cluster->new('retry');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('retry');
 
 # the simulator: one TCP gateway, one ddsy1352 meter, 1 kW at 360x: 0.1 kWh/s
 my $control = PostgreSQL::Test::Cluster::get_free_port();
@@ -122,11 +119,7 @@ ok(wait_for(sub { (metric($metrics_url, 'prepay_agent_commands_failing') // -1) 
 is($node->safe_psql('postgres', q{SELECT count(*) FROM prepay.command WHERE state = 'failed'}), '0',
 	'no command failed');
 
-$agent->signal('TERM');
-$agent->finish;
-is($agent->result(0), 0, 'agent exits 0 on SIGTERM');
-my $log = slurp_file("$tmp/agent.err");
-unlike($log, qr/Sanitizer|runtime error/, 'no sanitizer report');
+my $log = stop_agent($agent, $tmp);
 unlike($log, qr/report refused|claim failed/, 'every report and claim was accepted');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'ledger check');
 

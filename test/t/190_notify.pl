@@ -35,10 +35,7 @@ my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 my $http = HTTP::Tiny->new(timeout => 5);
 
-my $node = PostgreSQL::Test::Cluster->new('notify');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+my $node = start_prepay_node('notify');
 $node->safe_psql('postgres', q{
 	CREATE ROLE notify_agent LOGIN IN ROLE prepay_agent;
 });

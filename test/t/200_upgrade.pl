@@ -1,8 +1,10 @@
 # test/t/200_upgrade.pl
 #
 # An operator upgrades with ALTER EXTENSION prepay UPDATE, never by dropping
-# the extension that holds the money.  For each earlier release kept in
-# sql/releases/, this test installs that release, fills it with
+# the extension that holds the money.  For each earlier release (each OLD
+# of an upgrade path sql/upgrade/OLD--NEW/; its install script is built from
+# git tag vOLD by `make releases`, which test/run.sh installs into the
+# private installation), this test installs that release, fills it with
 # test/upgrade/fill.sql, updates to the current version, and checks that
 # the result equals a fresh install of the current version fed the same
 # scenario: the same schema (test/upgrade/schema.sql: every table, column,
@@ -20,12 +22,13 @@ use Test::More;
 
 my $top = $ENV{TESTDIR};
 my ($current) = slurp_file("$top/prepay.control") =~ /default_version\s*=\s*'([^']+)'/;
-my @releases = sort map { /prepay--([0-9.]+)\.sql$/ ? $1 : () } glob("$top/sql/releases/prepay--*.sql");
+my @releases = sort map { m{/([0-9.]+)--[0-9.]+$} ? $1 : () } glob("$top/sql/upgrade/*--*");
 ok(@releases > 0, "earlier releases to upgrade from: @releases");
 
 my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
 $node->start;
+my $extdir = $node->config_data('--sharedir') . '/extension';
 
 # what a database says after the scenario: the schema, then the exercise
 sub describe
@@ -48,6 +51,12 @@ my ($fresh_schema, $fresh_out) = describe('fresh');
 
 foreach my $from (@releases)
 {
+	unless (ok(-f "$extdir/prepay--$from.sql", "release ${from}'s install script is installed"))
+	{
+		diag("release $from is built from git tag v$from (make releases, make install-releases):"
+			  . " in a clone without the tag, run git fetch --tags");
+		next;
+	}
 	my $db = "from_" . ($from =~ s/\./_/gr);
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
 	$node->safe_psql($db, "CREATE EXTENSION prepay VERSION '$from'");

@@ -21,11 +21,7 @@
 
 #include "catalog.h"
 #include "catalog_cache.h"
-
-static int	failures = 0;
-
-#define CHECK(cond) \
-	do { if (!(cond)) { failures++; fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); } } while (0)
+#include "check.h"
 
 /* sample_gateway: the same gateway with two meters, built in memory first
  * filled with the byte fill (padding and unused bytes keep it) */
@@ -229,6 +225,5 @@ main(void)
 	test_copy_equal();
 	test_fields_count();
 	test_cache_round_trip();
-	printf("test_agent_catalog: %s\n", failures == 0 ? "all checks passed" : "FAILED");
-	return failures == 0 ? 0 : 1;
+	return check_report("test_agent_catalog");
 }

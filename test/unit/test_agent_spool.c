@@ -20,14 +20,10 @@
 #include <unistd.h>
 
 #include "spool.h"
+#include "check.h"
 
 #define METERS 5
 #define MAX_READINGS 4000
-
-static int	failures = 0;
-
-#define CHECK(cond) \
-	do { if (!(cond)) { failures++; fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); } } while (0)
 
 /* reading: meter m's i-th reading (energy i, so order is visible) */
 static struct reading
@@ -184,6 +180,5 @@ main(void)
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "cannot remove %s\n", dir);
-	printf("test_agent_spool: %s\n", failures == 0 ? "all checks passed" : "FAILED");
-	return failures == 0 ? 0 : 1;
+	return check_report("test_agent_spool");
 }

@@ -16,13 +16,9 @@
 #include <stdlib.h>
 
 #include "rating.h"
+#include "check.h"
 
 #define HOUR INT64_C(3600000000)
-
-static int	failures = 0;
-
-#define CHECK(cond) \
-	do { if (!(cond)) { failures++; fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); } } while (0)
 
 /* Carry-forward rounding: posted + carry == exact, carry in [0, 1 cent) */
 static void
@@ -86,6 +82,5 @@ main(void)
 	test_carry();
 	test_rate_limit();
 	test_default_limit();
-	printf("test_rating: %s\n", failures == 0 ? "all checks passed" : "FAILED");
-	return failures == 0 ? 0 : 1;
+	return check_report("test_rating");
 }

@@ -19,16 +19,12 @@
 #include <string.h>
 
 #include "tariff.h"
+#include "check.h"
 
 #define MINUTE INT64_C(60000000)
 #define HOUR (60 * MINUTE)
 #define DAY (24 * HOUR)
 #define OFFSET (8 * HOUR)
-
-static int	failures = 0;
-
-#define CHECK(cond) \
-	do { if (!(cond)) { failures++; fprintf(stderr, "%s:%d: failed: %s\n", __FILE__, __LINE__, #cond); } } while (0)
 
 static int64_t
 fixed_local_to_utc(void *arg, int32_t day, int minute)
@@ -350,6 +346,5 @@ main(void)
 	test_registers();
 	test_registers_two_periods();
 	test_overflow();
-	printf("test_tariff: %s\n", failures == 0 ? "all checks passed" : "FAILED");
-	return failures == 0 ? 0 : 1;
+	return check_report("test_tariff");
 }

@@ -1,5 +1,8 @@
 # test/t/lib/PrepayTest.pm: helpers shared by the agent's TAP tests.
 #
+#   start_prepay_node(NAME) a new PostgreSQL::Test::Cluster NAME, initialised
+#                            and started, with prepay created in its
+#                            database postgres; returns the node
 #   wait_for(SUB, SECONDS)   poll SUB every 50 ms until it returns true or
 #                            SECONDS pass; returns its last value.  Tests
 #                            use it as a deadline, never as a measurement.
@@ -23,6 +26,15 @@
 #                            127.0.0.1:P and log level info, its output in
 #                            DIR/agent.out and DIR/agent.err.  Returns the
 #                            IPC::Run handle.
+#   stop_agent(AGENT, DIR[, NAME])
+#                            stop an agent (SIGTERM) whose output went to
+#                            DIR/NAME.out and DIR/NAME.err (NAME default
+#                            agent, as start_agent does) and pass the tests
+#                            "NAME exits 0 on SIGTERM" and "NAME: no
+#                            sanitizer report"; returns its log (NAME.err)
+#   stored_readings(NODE)    the readings stored in NODE's database as a hash
+#                            meter code => "energy_centikwh ..." in the
+#                            order read, to compare with served_history
 #   create_polled_site(NODE, NAME, AGENT_ID, BASE_PORT, GATEWAYS, METERS_PER_GATEWAY[, PRICE])
 #                            in NODE's database: site 1 called NAME on a
 #                            flat tariff of PRICE (default 0.01) per kWh; GATEWAYS gateways
@@ -42,10 +54,13 @@ use warnings;
 use Exporter 'import';
 use HTTP::Tiny;
 use IPC::Run ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils ();
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-our @EXPORT = qw(wait_for metric served_history start_simulator start_agent create_polled_site);
+our @EXPORT = qw(start_prepay_node wait_for metric served_history start_simulator start_agent stop_agent stored_readings
+  create_polled_site);
 
 my $top = $ENV{TESTDIR};
 
@@ -55,6 +70,16 @@ END
 {
 	local $?;    # keep the test's exit status
 	system('pkill', '-KILL', '-P', $test_pid) if $$ == $test_pid;
+}
+
+sub start_prepay_node
+{
+	my ($name) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
+	return $node;
 }
 
 sub wait_for
@@ -107,6 +132,26 @@ sub start_agent
 			'--agent-id', $opt{agent_id}, '--spool-dir', "$dir/spool",
 			'--metrics', "127.0.0.1:$opt{metrics_port}", '--log-level', 'info' ],
 		'>', "$dir/agent.out", '2>', "$dir/agent.err");
+}
+
+sub stop_agent
+{
+	my ($agent, $dir, $name) = @_;
+	$name //= 'agent';
+	$agent->signal('TERM');
+	$agent->finish;
+	is($agent->result(0), 0, "$name exits 0 on SIGTERM");
+	my $log = PostgreSQL::Test::Utils::slurp_file("$dir/$name.err");
+	unlike($log, qr/Sanitizer|runtime error/, "$name: no sanitizer report");
+	return $log;
+}
+
+sub stored_readings
+{
+	my ($node) = @_;
+	return { map { split /\|/ } split /\n/, $node->safe_psql('postgres', q{
+		SELECT code || '|' || string_agg((energy * 100)::bigint::text, ' ' ORDER BY read_at)
+		  FROM prepay.reading JOIN prepay.meter USING (site_id, meter_id) GROUP BY code}) };
 }
 
 sub create_polled_site
