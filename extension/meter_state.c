@@ -111,11 +111,7 @@ void
 meter_state_save(Batch *batch)
 {
 	if (batch->meter_table != NULL)
-	{
-		if (direct_insert_fires_triggers("ledger", "kind", "consumption"))
-			batch_refresh_meters(batch);
 		batch_save_meters_direct(batch);
-	}
 	else
 		batch_save_meters(batch);
 	batch_close_direct(batch);
@@ -142,16 +138,20 @@ batch_open_direct(Batch *batch)
 		batch_close_direct(batch);
 }
 
-/* Close the direct tables and release the snapshot. */
+/*
+ * batch_close_direct
+ *		Close the direct tables, in the reverse order of opening (direct.c),
+ *		and release the snapshot.
+ */
 static void
 batch_close_direct(Batch *batch)
 {
 	if (batch->snapshot == NULL)
 		return;
-	if (batch->account_table != NULL)
-		direct_close(batch->account_table);
 	if (batch->meter_table != NULL)
 		direct_close(batch->meter_table);
+	if (batch->account_table != NULL)
+		direct_close(batch->account_table);
 	batch->account_table = NULL;
 	batch->meter_table = NULL;
 	PopActiveSnapshot();
@@ -509,10 +509,11 @@ batch_save_meters(Batch *batch)
 
 /*
  * batch_refresh_meters
- *		Triggers on the ledger may have written meters: read the moved
- *		meters again with a new snapshot, as the SQL path's UPDATE statement
- *		does, so their updates apply to what the triggers left.  A meter
- *		gone meanwhile is not updated, as the UPDATE would not find it.
+ *		This transaction wrote a moved meter since the snapshot (triggers on
+ *		the ledger may): read the meters again with a new snapshot, as the
+ *		SQL path's UPDATE statement does, so their updates apply to what
+ *		the triggers left.  A meter gone meanwhile is not updated, as the
+ *		UPDATE would not find it.
  */
 static void
 batch_refresh_meters(Batch *batch)
@@ -548,7 +549,8 @@ batch_refresh_meters(Batch *batch)
 /*
  * batch_save_meters_direct
  *		batch_save_meters by updating each moved meter's row in place.  A
- *		meter deleted meanwhile is left alone, as the UPDATE would.
+ *		meter deleted meanwhile is left alone, as the UPDATE would; one this
+ *		transaction wrote since the snapshot is read again first.
  */
 static void
 batch_save_meters_direct(Batch *batch)
@@ -561,8 +563,12 @@ batch_save_meters_direct(Batch *batch)
 		BatchMeter *m = &batch->meters[i];
 		void	   *arg[2] = {&cols, m};
 
-		if (m->changed)
-			(void) direct_update(batch->meter_table, m->row, meter_set_state, arg);
+		if (m->changed &&
+			direct_update(batch->meter_table, m->row, meter_set_state, arg) == DIRECT_STALE)
+		{
+			batch_refresh_meters(batch);
+			i--;				/* again, on the row read now */
+		}
 	}
 }
 
