@@ -47,8 +47,8 @@
  * cannot be pruned away, and updates each row at most once per open.
  *
  * Tables are closed in the reverse order of opening: each open table is
- * a trigger query level (AfterTriggerBeginQuery), whose AFTER triggers
- * fire when the innermost open table closes.
+ * a trigger query level (AfterTriggerBeginQuery); the AFTER triggers its
+ * writes queue fire when the innermost table open then is closed.
  *
  * Copyright (c) 2026, the prepay authors
  *

@@ -11,8 +11,9 @@
  *
  * Meters and accounts are read and written directly (direct.c) when both
  * tables allow it, with one snapshot taken after the site locks (and a new
- * one before the meter updates when triggers on the ledger may have
- * written meters); else by SQL statements that take the batch as arrays.
+ * one when a meter to update was written by this transaction since, as
+ * triggers on the ledger may do); else by SQL statements that take the
+ * batch as arrays.
  * The rows, the locks and their order are the same either way: a direct
  * update takes the row lock its UPDATE would, at the same step (locking
  * protocol: reading.c).
