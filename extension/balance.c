@@ -370,7 +370,7 @@ move_balances_direct(BalanceCharge *charges, int ncharges, DirectTable *table, i
 		move.site_pretrip = pretrip;
 		if (row == NULL)
 			row = direct_fetch(table, Int32GetDatum(c->site_id), Int64GetDatum(c->account_id));
-		if (row == NULL || !direct_update(table, row, add_to_balance, &move))
+		if (row == NULL || direct_update(table, row, add_to_balance, &move) != DIRECT_UPDATED)
 			elog(ERROR, "balance: account " INT64_FORMAT " of site %d not found",
 				 c->account_id, c->site_id);
 	}

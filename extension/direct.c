@@ -3,41 +3,52 @@
  * extension/direct.c
  *	  Direct table access for the rating batch: look rows up by primary key
  *	  (or, for many keys, in one sequential scan), update them and
- *	  bulk-insert new ones from C, with the executor's own pieces (index
- *	  maintenance, constraints, column defaults, AFTER triggers and
- *	  transition tables), instead of SQL statements that take the batch as
- *	  arrays.  Per reading this saves the executor's per-row work on three
- *	  statements; see docs/BENCHMARKS.md.
+ *	  bulk-insert new ones from C, instead of SQL statements that take the
+ *	  batch as arrays.  Per reading this saves the executor's per-row work
+ *	  on three statements; see docs/BENCHMARKS.md.
  *
- * A direct write must do exactly what the SQL statement it replaces would
- * do, so a table is opened for direct access only when nothing of what the
- * statement would add applies (direct_open returns NULL and the caller
- * runs the SQL statement instead):
- *	  - the current user holds the table privileges (SELECT and UPDATE, or
- *	    INSERT) and USAGE on the schema, so the statement could not fail on
- *	    a permission check;
- *	  - no row-level security applies to the current user;
- *	  - it is a plain table without stored generated columns;
- *	  - inserts: no BEFORE or INSTEAD OF row triggers (AFTER row and
- *	    statement triggers, transition tables and foreign-key checks fire
- *	    as for INSERT, like COPY does);
- *	  - updates: no trigger that an UPDATE of the columns set would fire
- *	    (triggers limited to other columns, and foreign keys over other
- *	    columns, are not fired by it either).  Updates check NOT NULL on
- *	    the columns they set and the CHECK constraints that read them (see
- *	    open_update).
+ * The writes are PostgreSQL's own: an update is ExecSimpleRelationUpdate
+ * (the routine logical replication's apply worker updates rows with:
+ * constraints, index entries, AFTER ROW triggers and foreign keys, with
+ * the columns set as the UPDATE's target list, so column-limited triggers
+ * decide as for the statement) between the UPDATE's statement triggers;
+ * an insert is COPY's: column defaults, constraints, table_multi_insert,
+ * index entries, AFTER ROW and statement triggers and transition tables.
+ *
+ * A table is opened for direct access only when that does all the SQL
+ * statement would, and direct_open returns NULL (the caller runs the
+ * statement instead) otherwise:
+ *	  - Citus is installed in the database: a table may be distributed, and
+ *	    on a worker prepay.<name> is an empty shell whose rows live in
+ *	    shards only Citus's planner finds; the statements are planned by
+ *	    Citus instead.  (One rule for the whole database: cheaper to check
+ *	    than every table's distribution, and never wrong.);
+ *	  - the table is not a plain heap table that is not a partition (a
+ *	    partitioned table routes rows, a partition checks its bound), or it
+ *	    has rules, or stored generated columns;
+ *	  - the current user lacks the table privileges (SELECT and UPDATE, or
+ *	    INSERT) or USAGE on the schema, or row-level security applies;
+ *	  - updates: a BEFORE or INSTEAD OF row trigger on UPDATE (the caller
+ *	    reads the new row it built, not what a trigger made of it), or an
+ *	    UPDATE transition table;
+ *	  - inserts: a BEFORE or INSTEAD OF row trigger on INSERT.
  *
  * Locking protocol: tables are opened with RowExclusiveLock, like the
- * statements.  Updates follow UPDATE's rules: the row version found with
- * the caller's snapshot is updated, waiting for a concurrent writer of the
- * same row; if that writer committed a new version, READ COMMITTED locks
- * and updates the newest version (as EvalPlanQual does), and REPEATABLE
- * READ and SERIALIZABLE fail with a serialization failure (40001).  The
- * caller keeps its snapshot registered until it closes the table, so the
- * row versions it looked up cannot be pruned away.  When the transaction
- * may have written the table by other means since (SQL, triggers), the
- * caller moves to a new snapshot and command with direct_refresh and
- * looks the rows up again, as a new statement would.
+ * statements.  An update first locks the row version found with the
+ * caller's snapshot FOR NO KEY UPDATE, as the rating's SQL statements do
+ * and with the rules of ExecLockRows: it waits for a concurrent writer of
+ * the row; if that writer committed a new version, READ COMMITTED locks and
+ * updates the newest version, and REPEATABLE READ and SERIALIZABLE fail
+ * with a serialization failure (40001).  A row this transaction changed by
+ * other means (SQL, triggers) since the snapshot is reported stale: the
+ * caller moves to a new snapshot and command with direct_refresh and looks
+ * it up again, as a new statement would.  The caller keeps its snapshot
+ * registered until it closes the table, so the row versions it looked up
+ * cannot be pruned away, and updates each row at most once per open.
+ *
+ * Tables are closed in the reverse order of opening: each open table is
+ * a trigger query level (AfterTriggerBeginQuery); the AFTER triggers its
+ * writes queue fire when the innermost table open then is closed.
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -56,27 +67,21 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_constraint.h"
-#include "catalog/pg_trigger.h"
-#include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
-#include "nodes/readfuncs.h"
 #include "optimizer/optimizer.h"
-#include "rewrite/rewriteManip.h"
 #include "rewrite/rewriteHandler.h"
 #include "storage/bufmgr.h"
 #include "utils/acl.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
-#include "utils/syscache.h"
 
 #include "site_key.h"
 
@@ -101,7 +106,6 @@ struct DirectTable
 	CommandId	cid;
 	EState	   *estate;
 	ResultRelInfo *rri;
-	bool		has_constraints;
 
 	/* lookups by primary key */
 	Relation	pkey;
@@ -110,12 +114,9 @@ struct DirectTable
 	TupleTableSlot *fetch_slot;
 
 	/* updates */
-	List	   *update_checks;	/* CHECKs an update could break (ExprState) */
-	Bitmapset  *update_notnull; /* NOT NULL columns an update sets */
-	TupleTableSlot *update_slot;
-	TupleTableSlot *lock_slot;
-	Datum	   *values;
-	bool	   *nulls;
+	TupleTableSlot *lock_slot;	/* the locked version */
+	TupleTableSlot *update_slot;	/* the new version */
+	bool		updated;		/* the statement's BEFORE triggers fired */
 
 	/* inserts */
 	ExprState **default_expr;	/* volatile defaults, evaluated per row */
@@ -127,17 +128,14 @@ struct DirectTable
 	TransitionCaptureState *transition;
 };
 
-static bool direct_allowed(Relation rel, CmdType operation, Bitmapset *set_columns);
-static bool triggers_allow(Relation rel, CmdType operation, Bitmapset *set_columns);
-static bool constraint_touches(Oid conoid, Oid relid, Bitmapset *columns);
-static bool when_false_for(Relation rel, Trigger *trigger, const char *column, const char *value);
+static int	column_number(Relation rel, const char *column);
+static bool direct_allowed(Relation rel, CmdType operation);
+static bool triggers_allow(Relation rel, CmdType operation);
+static void open_executor(DirectTable *t, Bitmapset *set_columns);
 static void open_lookup(DirectTable *t);
-static void open_update(DirectTable *t, Bitmapset *set_columns);
 static void open_insert(DirectTable *t);
 static void flush_inserts(DirectTable *t);
-static bool update_row(DirectTable *t, HeapTuple current, DirectModify modify, void *arg);
-static HeapTuple lock_newest(DirectTable *t, ItemPointer tid, LockTupleMode lockmode);
-static void check_update(DirectTable *t, TupleTableSlot *slot);
+static DirectUpdate lock_row(DirectTable *t, ItemPointer tid);
 static void serialization_failure(const char *what);
 static void scan_for_keys(DirectTable *t, int n, const int32 *sites, const int64 *ids,
 						  HeapTuple *rows);
@@ -152,46 +150,40 @@ DirectTable *
 direct_open(const char *relname, CmdType operation, const char *const *set_columns,
 			Snapshot snapshot)
 {
-	Oid			relid = get_relname_relid(relname, get_namespace_oid(DIRECT_SCHEMA, false));
+	Oid			relid;
 	Relation	rel;
 	Bitmapset  *columns = NULL;
 	DirectTable *t;
 
+	if (OidIsValid(get_extension_oid("citus", true)))
+		return NULL;
+	relid = get_relname_relid(relname, get_namespace_oid(DIRECT_SCHEMA, false));
 	if (!OidIsValid(relid))
 		return NULL;
 	rel = table_open(relid, RowExclusiveLock);
-	for (int i = 0; set_columns != NULL && set_columns[i] != NULL; i++)
-	{
-		AttrNumber	attnum = get_attnum(relid, set_columns[i]);
-
-		if (attnum == InvalidAttrNumber)
-			elog(ERROR, "prepay: %s has no column %s", relname, set_columns[i]);
-		columns = bms_add_member(columns, attnum);
-	}
-	if (!direct_allowed(rel, operation, columns))
+	if (!direct_allowed(rel, operation))
 	{
 		table_close(rel, NoLock);	/* the statement takes the same lock */
 		return NULL;
 	}
+	for (int i = 0; set_columns != NULL && set_columns[i] != NULL; i++)
+		columns = bms_add_member(columns, column_number(rel, set_columns[i]) -
+								 FirstLowInvalidHeapAttributeNumber);
 
 	t = palloc0(sizeof(DirectTable));
 	t->rel = rel;
 	t->operation = operation;
 	t->snapshot = snapshot;
 	t->cid = GetCurrentCommandId(true);
-	t->estate = CreateExecutorState();
-	t->estate->es_snapshot = snapshot;
-	t->estate->es_output_cid = t->cid;
-	t->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(t->rri, rel, 0, NULL, 0);
-	t->estate->es_opened_result_relations = list_make1(t->rri);
-	ExecOpenIndices(t->rri, false);
-	t->has_constraints = rel->rd_att->constr != NULL;
+	open_executor(t, columns);
 	/* an insert-only table without a key (the rollup deltas) has no lookups */
 	if (operation != CMD_INSERT || OidIsValid(RelationGetPrimaryKeyIndex(rel)))
 		open_lookup(t);
 	if (operation == CMD_UPDATE)
-		open_update(t, columns);
+	{
+		t->lock_slot = table_slot_create(rel, &t->estate->es_tupleTable);
+		t->update_slot = ExecInitExtraTupleSlot(t->estate, RelationGetDescr(rel), &TTSOpsVirtual);
+	}
 	else
 		open_insert(t);
 	return t;
@@ -202,12 +194,13 @@ direct_open(const char *relname, CmdType operation, const char *const *set_colum
  *		Whether a direct write does all the statement would (file header).
  */
 static bool
-direct_allowed(Relation rel, CmdType operation, Bitmapset *set_columns)
+direct_allowed(Relation rel, CmdType operation)
 {
 	Oid			relid = RelationGetRelid(rel);
 	AclMode		needed = operation == CMD_UPDATE ? ACL_SELECT | ACL_UPDATE : ACL_INSERT;
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION)
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
+		rel->rd_rules != NULL)
 		return false;
 	if (rel->rd_att->constr != NULL && rel->rd_att->constr->has_generated_stored)
 		return false;
@@ -216,81 +209,54 @@ direct_allowed(Relation rel, CmdType operation, Bitmapset *set_columns)
 		return false;
 	if (check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED)
 		return false;
-	return triggers_allow(rel, operation, set_columns);
+	return triggers_allow(rel, operation);
 }
 
 /*
  * triggers_allow
- *		Inserts: no BEFORE or INSTEAD OF row trigger.  Updates: no trigger
- *		an UPDATE of set_columns would fire.
+ *		No row trigger that would change the row before it is written, and
+ *		for updates no transition table (ExecSimpleRelationUpdate captures
+ *		none); every other trigger fires as for the statement.
  */
 static bool
-triggers_allow(Relation rel, CmdType operation, Bitmapset *set_columns)
+triggers_allow(Relation rel, CmdType operation)
 {
-	TriggerDesc *trigdesc = rel->trigdesc;
+	TriggerDesc *d = rel->trigdesc;
 
-	for (int i = 0; trigdesc != NULL && i < trigdesc->numtriggers; i++)
-	{
-		Trigger    *trigger = &trigdesc->triggers[i];
-
-		if (operation == CMD_INSERT)
-		{
-			if (TRIGGER_FOR_INSERT(trigger->tgtype) && TRIGGER_FOR_ROW(trigger->tgtype) &&
-				!TRIGGER_FOR_AFTER(trigger->tgtype))
-				return false;
-			continue;
-		}
-		if (!TRIGGER_FOR_UPDATE(trigger->tgtype))
-			continue;
-		if (trigger->tgisinternal && OidIsValid(trigger->tgconstraint))
-		{
-			if (constraint_touches(trigger->tgconstraint, RelationGetRelid(rel), set_columns))
-				return false;
-			continue;
-		}
-		if (trigger->tgnattr == 0)
-			return false;
-		for (int k = 0; k < trigger->tgnattr; k++)
-			if (bms_is_member(trigger->tgattr[k], set_columns))
-				return false;
-	}
-	return true;
+	if (d == NULL)
+		return true;
+	if (operation == CMD_INSERT)
+		return !d->trig_insert_before_row && !d->trig_insert_instead_row;
+	return !d->trig_update_before_row && !d->trig_update_instead_row &&
+		!d->trig_update_old_table && !d->trig_update_new_table;
 }
 
 /*
- * constraint_touches
- *		Whether the constraint's columns on this relation (its key, or the
- *		referenced key of a foreign key pointing here) include any of
- *		`columns`: then its triggers could fire on the update.
+ * open_executor
+ *		The executor state of a one-table statement, as logical replication's
+ *		apply worker builds it: a range table whose entry names the columns
+ *		an update sets (for column-limited triggers), the result relation
+ *		with its indexes, and a trigger query level for AFTER triggers.
  */
-static bool
-constraint_touches(Oid conoid, Oid relid, Bitmapset *columns)
+static void
+open_executor(DirectTable *t, Bitmapset *set_columns)
 {
-	HeapTuple	tuple = SearchSysCache1(CONSTROID, ObjectIdGetDatum(conoid));
-	Form_pg_constraint con;
-	Datum	   *keys;
-	int			nkeys;
-	Datum		datum;
-	bool		isnull;
-	bool		touches = false;
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
 
-	if (!HeapTupleIsValid(tuple))
-		return true;
-	con = (Form_pg_constraint) GETSTRUCT(tuple);
-	datum = SysCacheGetAttr(CONSTROID, tuple,
-							con->conrelid == relid ? Anum_pg_constraint_conkey : Anum_pg_constraint_confkey,
-							&isnull);
-	if (isnull)
-		touches = true;
-	else
-	{
-		deconstruct_array(DatumGetArrayTypeP(datum), INT2OID, sizeof(int16), true, TYPALIGN_SHORT,
-						  &keys, NULL, &nkeys);
-		for (int k = 0; k < nkeys; k++)
-			touches = touches || bms_is_member(DatumGetInt16(keys[k]), columns);
-	}
-	ReleaseSysCache(tuple);
-	return touches;
+	t->estate = CreateExecutorState();
+	t->estate->es_snapshot = t->snapshot;
+	t->estate->es_output_cid = t->cid;
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(t->rel);
+	rte->relkind = t->rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	rte->updatedCols = set_columns;
+	ExecInitRangeTable(t->estate, list_make1(rte));
+	t->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
+	t->estate->es_opened_result_relations = list_make1(t->rri);
+	ExecOpenIndices(t->rri, false);
+	AfterTriggerBeginQuery();
 }
 
 /*
@@ -320,71 +286,6 @@ open_lookup(DirectTable *t)
 }
 
 /*
- * open_update
- *		Slots and column arrays for updates, and the constraints an update
- *		of set_columns has to check: NOT NULL on the columns it sets, and
- *		the CHECK constraints that read any of them (or the whole row), or
- *		were never validated.  A validated CHECK on other columns only
- *		holds for the new version as it held for the old one (CHECK
- *		expressions are immutable), so skipping it changes nothing;
- *		check_update raises the UPDATE's own error when one fails.
- */
-static void
-open_update(DirectTable *t, Bitmapset *set_columns)
-{
-	TupleDesc	desc = RelationGetDescr(t->rel);
-	TupleConstr *constr = desc->constr;
-	Bitmapset  *shifted = NULL;
-	int			attnum = -1;
-	MemoryContext old = MemoryContextSwitchTo(t->estate->es_query_cxt);
-
-	t->update_slot = MakeSingleTupleTableSlot(desc, &TTSOpsHeapTuple);
-	t->lock_slot = table_slot_create(t->rel, NULL);
-	t->values = palloc(sizeof(Datum) * desc->natts);
-	t->nulls = palloc(sizeof(bool) * desc->natts);
-	while ((attnum = bms_next_member(set_columns, attnum)) >= 0)
-	{
-		if (TupleDescAttr(desc, attnum - 1)->attnotnull)
-			t->update_notnull = bms_add_member(t->update_notnull, attnum);
-		shifted = bms_add_member(shifted, attnum - FirstLowInvalidHeapAttributeNumber);
-	}
-	for (int i = 0; constr != NULL && i < constr->num_check; i++)
-	{
-		Expr	   *expr = stringToNode(constr->check[i].ccbin);
-		Bitmapset  *reads = NULL;
-
-		pull_varattnos((Node *) expr, 1, &reads);
-		if (!constr->check[i].ccvalid || bms_overlap(reads, shifted) ||
-			bms_is_member(InvalidAttrNumber - FirstLowInvalidHeapAttributeNumber, reads))
-			t->update_checks = lappend(t->update_checks, ExecPrepareExpr(expr, t->estate));
-	}
-	MemoryContextSwitchTo(old);
-}
-
-/*
- * check_update
- *		The constraints open_update chose, on a new row version; if one
- *		fails, ExecConstraints raises the error the UPDATE would.
- */
-static void
-check_update(DirectTable *t, TupleTableSlot *slot)
-{
-	ExprContext *econtext = GetPerTupleExprContext(t->estate);
-	bool		ok = true;
-	int			attnum = -1;
-	ListCell   *lc;
-
-	slot_getallattrs(slot);
-	while ((attnum = bms_next_member(t->update_notnull, attnum)) >= 0)
-		ok = ok && !slot->tts_isnull[attnum - 1];
-	econtext->ecxt_scantuple = slot;
-	foreach(lc, t->update_checks)
-		ok = ok && ExecCheck((ExprState *) lfirst(lc), econtext);
-	if (!ok)
-		ExecConstraints(t->rri, slot, t->estate);
-}
-
-/*
  * open_insert
  *		Start an INSERT as COPY does: the statement's BEFORE triggers and
  *		transition tables, every column default (volatile ones are
@@ -395,7 +296,6 @@ open_insert(DirectTable *t)
 {
 	TupleDesc	desc = RelationGetDescr(t->rel);
 
-	AfterTriggerBeginQuery();
 	t->transition = MakeTransitionCaptureState(t->rel->trigdesc, RelationGetRelid(t->rel),
 											   CMD_INSERT);
 	ExecBSInsertTriggers(t->estate, t->rri);
@@ -429,9 +329,9 @@ open_insert(DirectTable *t)
 
 /*
  * direct_close
- *		Finish: flush buffered inserts and fire the statement's AFTER
- *		triggers, release the scan, indexes and executor state.  The table
- *		lock is kept to the end of the transaction.
+ *		Finish: flush buffered inserts, fire the statement's AFTER triggers
+ *		(and those the rows queued), release the scan, indexes and executor
+ *		state.  The table lock is kept to the end of the transaction.
  */
 void
 direct_close(DirectTable *t)
@@ -440,16 +340,13 @@ direct_close(DirectTable *t)
 	{
 		flush_inserts(t);
 		ExecASInsertTriggers(t->estate, t->rri, t->transition);
-		AfterTriggerEndQuery(t->estate);
 		for (int i = 0; i < INSERT_BUFFER_ROWS; i++)
 			ExecDropSingleTupleTableSlot(t->buffer[i]);
 		MemoryContextDelete(t->row_context);
 	}
-	else
-	{
-		ExecDropSingleTupleTableSlot(t->update_slot);
-		ExecDropSingleTupleTableSlot(t->lock_slot);
-	}
+	else if (t->updated)
+		ExecASUpdateTriggers(t->estate, t->rri, NULL);
+	AfterTriggerEndQuery(t->estate);
 	if (t->scan != NULL)
 	{
 		index_endscan(t->scan);
@@ -457,7 +354,7 @@ direct_close(DirectTable *t)
 	}
 	if (t->pkey != NULL)
 		index_close(t->pkey, AccessShareLock);
-	ExecResetTupleTable(t->estate->es_tupleTable, false);	/* trigger slots */
+	ExecResetTupleTable(t->estate->es_tupleTable, false);	/* trigger and update slots */
 	ExecCloseResultRelations(t->estate);	/* indexes, relations triggers opened */
 	FreeExecutorState(t->estate);
 	table_close(t->rel, NoLock);
@@ -485,94 +382,21 @@ direct_refresh(DirectTable *t, Snapshot snapshot)
 	}
 }
 
-/*
- * direct_insert_fires_triggers
- *		Whether inserting rows into prepay.<relname> whose `column` is
- *		`value` (in its text form) may fire one of its triggers, enabled or
- *		not.  A row trigger is ruled out only when its WHEN clause reads
- *		that column of NEW alone, calls no volatile function and is false
- *		for that value (the audit trigger on the ledger, WHEN (NEW.kind <>
- *		'consumption'), for the rating batch's entries); every other INSERT
- *		trigger may fire.
- */
-bool
-direct_insert_fires_triggers(const char *relname, const char *column, const char *value)
-{
-	Oid			relid = get_relname_relid(relname, get_namespace_oid(DIRECT_SCHEMA, false));
-	Relation	rel;
-	bool		fires = false;
-
-	if (!OidIsValid(relid))
-		return false;
-	rel = table_open(relid, AccessShareLock);
-	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers && !fires; i++)
-	{
-		Trigger    *trigger = &rel->trigdesc->triggers[i];
-
-		if ((trigger->tgtype & TRIGGER_TYPE_INSERT) != 0)
-			fires = !when_false_for(rel, trigger, column, value);
-	}
-	table_close(rel, AccessShareLock);
-	return fires;
-}
-
-/*
- * when_false_for
- *		Whether the trigger is a row trigger whose WHEN clause reads only
- *		NEW.<column> and is false when it is `value` (evaluated as
- *		TriggerEnabled does, with the other columns NULL: they are not read).
- */
-static bool
-when_false_for(Relation rel, Trigger *trigger, const char *column, const char *value)
-{
-	AttrNumber	attnum = get_attnum(RelationGetRelid(rel), column);
-	TupleDesc	desc = RelationGetDescr(rel);
-	Node	   *qual;
-	Bitmapset  *new_columns = NULL;
-	Bitmapset  *old_columns = NULL;
-	EState	   *estate;
-	ExprContext *econtext;
-	TupleTableSlot *slot;
-	Oid			input;
-	Oid			ioparam;
-	bool		result;
-
-	if (!TRIGGER_FOR_ROW(trigger->tgtype) || trigger->tgqual == NULL || attnum == InvalidAttrNumber)
-		return false;
-	qual = stringToNode(trigger->tgqual);
-	if (contain_volatile_functions(qual))
-		return false;
-	pull_varattnos(qual, PRS2_NEW_VARNO, &new_columns);
-	pull_varattnos(qual, PRS2_OLD_VARNO, &old_columns);
-	if (old_columns != NULL ||
-		!bms_equal(new_columns, bms_make_singleton(attnum - FirstLowInvalidHeapAttributeNumber)))
-		return false;
-
-	ChangeVarNodes(qual, PRS2_NEW_VARNO, OUTER_VAR, 0);
-	estate = CreateExecutorState();
-	econtext = GetPerTupleExprContext(estate);
-	slot = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
-	ExecClearTuple(slot);
-	memset(slot->tts_isnull, true, sizeof(bool) * desc->natts);
-	getTypeInputInfo(TupleDescAttr(desc, attnum - 1)->atttypid, &input, &ioparam);
-	slot->tts_values[attnum - 1] = OidInputFunctionCall(input, (char *) value, ioparam, -1);
-	slot->tts_isnull[attnum - 1] = false;
-	ExecStoreVirtualTuple(slot);
-	econtext->ecxt_outertuple = slot;
-	result = ExecQual(ExecPrepareQual(make_ands_implicit((Expr *) qual), estate), econtext);
-	ExecDropSingleTupleTableSlot(slot);
-	FreeExecutorState(estate);
-	return !result;
-}
-
 /* The number of a column of the table. */
 int
 direct_attnum(DirectTable *t, const char *column)
 {
-	AttrNumber	attnum = get_attnum(RelationGetRelid(t->rel), column);
+	return column_number(t->rel, column);
+}
+
+/* The number of a column of rel, which must exist. */
+static int
+column_number(Relation rel, const char *column)
+{
+	AttrNumber	attnum = get_attnum(RelationGetRelid(rel), column);
 
 	if (attnum == InvalidAttrNumber)
-		elog(ERROR, "prepay: %s has no column %s", RelationGetRelationName(t->rel), column);
+		elog(ERROR, "prepay: %s has no column %s", RelationGetRelationName(rel), column);
 	return attnum;
 }
 
@@ -669,93 +493,84 @@ scan_for_keys(DirectTable *t, int n, const int32 *sites, const int64 *ids, HeapT
 /*
  * direct_update
  *		Update `row` (as direct_fetch returned it) with the columns modify()
- *		sets, with UPDATE's concurrency rules (file header), constraints and
- *		index entries.  Returns false when the row was deleted or no longer
- *		matches, else true.
+ *		sets, locking it first (file header).  DIRECT_GONE when the row was
+ *		deleted or no longer matches; DIRECT_STALE when this transaction
+ *		changed it since the snapshot (nothing was written: refresh, look
+ *		it up again and retry).
  */
-bool
+DirectUpdate
 direct_update(DirectTable *t, HeapTuple row, DirectModify modify, void *arg)
 {
+	TupleTableSlot *locked = t->lock_slot;
+	TupleTableSlot *updated = t->update_slot;
+	int			natts = RelationGetDescr(t->rel)->natts;
 	MemoryContext old;
-	bool		done;
+	DirectUpdate result;
 
 	/* new versions are built in the per-row context, reset per update */
 	ResetPerTupleExprContext(t->estate);
 	old = MemoryContextSwitchTo(GetPerTupleMemoryContext(t->estate));
-	done = update_row(t, row, modify, arg);
-	MemoryContextSwitchTo(old);
-	return done;
-}
-
-/* direct_update's loop, in the per-row memory context. */
-static bool
-update_row(DirectTable *t, HeapTuple current, DirectModify modify, void *arg)
-{
-	TupleDesc	desc = RelationGetDescr(t->rel);
-
-	for (;;)
+	result = lock_row(t, &row->t_self);
+	if (result == DIRECT_UPDATED)
 	{
-		TM_FailureData tmfd;
-		LockTupleMode lockmode;
-		bool		update_indexes;
-		TM_Result	result;
-
-		heap_deform_tuple(current, desc, t->values, t->nulls);
-		if (!modify(t, t->values, t->nulls, arg))
-			return false;
-		ExecStoreHeapTuple(heap_form_tuple(desc, t->values, t->nulls), t->update_slot, false);
-		if (t->has_constraints)
-			check_update(t, t->update_slot);
-		result = table_tuple_update(t->rel, &current->t_self, t->update_slot, t->cid, t->snapshot,
-									InvalidSnapshot, true, &tmfd, &lockmode, &update_indexes);
-		if (result == TM_Ok)
+		slot_getallattrs(locked);
+		ExecClearTuple(updated);
+		memcpy(updated->tts_values, locked->tts_values, sizeof(Datum) * natts);
+		memcpy(updated->tts_isnull, locked->tts_isnull, sizeof(bool) * natts);
+		if (modify(t, updated->tts_values, updated->tts_isnull, arg))
 		{
-			if (update_indexes && t->rri->ri_NumIndices > 0)
-				ExecInsertIndexTuples(t->rri, t->update_slot, t->estate, true, false, NULL, NIL);
-			ExecClearTuple(t->update_slot);
-			return true;
+			if (!t->updated)
+				ExecBSUpdateTriggers(t->estate, t->rri);
+			t->updated = true;
+			ExecStoreVirtualTuple(updated);
+			/* no BEFORE row triggers (triggers_allow): no EPQ state needed */
+			ExecSimpleRelationUpdate(t->rri, t->estate, NULL, locked, updated);
 		}
-		ExecClearTuple(t->update_slot);
-		if (result == TM_Deleted)
-		{
-			if (IsolationUsesXactSnapshot())
-				serialization_failure("delete");
-			return false;
-		}
-		if (result != TM_Updated)
-			elog(ERROR, "prepay: unexpected table_tuple_update status %u", result);
-		if (IsolationUsesXactSnapshot())
-			serialization_failure("update");
-		current = lock_newest(t, &current->t_self, lockmode);
-		if (current == NULL)
-			return false;
+		else
+			result = DIRECT_GONE;
 	}
+	ExecClearTuple(updated);
+	ExecClearTuple(locked);
+	MemoryContextSwitchTo(old);
+	return result;
 }
 
 /*
- * lock_newest
- *		READ COMMITTED after a concurrent update: lock the newest version of
- *		the row (waiting for its writer) and return a copy, as EvalPlanQual
- *		does; NULL if it was deleted.
+ * lock_row
+ *		Lock the row version at tid FOR NO KEY UPDATE into lock_slot, with
+ *		ExecLockRows' rules: READ COMMITTED follows a concurrent update to
+ *		the newest version; the other levels fail on it.
  */
-static HeapTuple
-lock_newest(DirectTable *t, ItemPointer tid, LockTupleMode lockmode)
+static DirectUpdate
+lock_row(DirectTable *t, ItemPointer tid)
 {
-	ItemPointerData newest = *tid;
+	ItemPointerData target = *tid;
 	TM_FailureData tmfd;
 	TM_Result	result;
-	HeapTuple	tuple;
 
-	result = table_tuple_lock(t->rel, &newest, t->snapshot, t->lock_slot, t->cid, lockmode,
-							  LockWaitBlock, TUPLE_LOCK_FLAG_FIND_LAST_VERSION, &tmfd);
-	if (result == TM_Deleted)
-		return NULL;
-	if (result != TM_Ok)
-		elog(ERROR, "prepay: unexpected table_tuple_lock status %u", result);
-	tuple = ExecCopySlotHeapTuple(t->lock_slot);
-	tuple->t_self = t->lock_slot->tts_tid;
-	ExecClearTuple(t->lock_slot);
-	return tuple;
+	result = table_tuple_lock(t->rel, &target, t->snapshot, t->lock_slot, t->cid,
+							  LockTupleNoKeyExclusive, LockWaitBlock,
+							  IsolationUsesXactSnapshot() ? 0 : TUPLE_LOCK_FLAG_FIND_LAST_VERSION,
+							  &tmfd);
+	switch (result)
+	{
+		case TM_Ok:
+			return DIRECT_UPDATED;
+		case TM_SelfModified:
+			return DIRECT_STALE;
+		case TM_Updated:
+			if (IsolationUsesXactSnapshot())
+				serialization_failure("update");
+			break;
+		case TM_Deleted:
+			if (IsolationUsesXactSnapshot())
+				serialization_failure("delete");
+			return DIRECT_GONE;
+		default:
+			break;
+	}
+	elog(ERROR, "prepay: unexpected table_tuple_lock status %u", result);
+	return DIRECT_GONE;			/* keep the compiler quiet */
 }
 
 /* UPDATE's error when a concurrent transaction changed the row first. */
@@ -811,7 +626,7 @@ direct_insert(DirectTable *t, const Datum *values, const bool *isset)
 		}
 	}
 	ExecStoreVirtualTuple(slot);
-	if (t->has_constraints)
+	if (desc->constr != NULL)
 		ExecConstraints(t->rri, slot, t->estate);
 	MemoryContextSwitchTo(old);
 	if (++t->nbuffered == INSERT_BUFFER_ROWS)
@@ -852,29 +667,13 @@ flush_inserts(DirectTable *t)
 /*
  * direct_numeric
  *		A fixed-point value as a NUMERIC datum for a column, with the
- *		column's typmod applied (precision checked, scale adjusted) as an
- *		INSERT or UPDATE would.  When the column has the value's scale and
- *		the value has fewer digits than its precision, the typmod changes
- *		nothing; else numeric() applies it (and raises its own error).
+ *		column's typmod applied by numeric(), as the cast an INSERT or
+ *		UPDATE adds would (precision checked, scale adjusted).
  */
 Datum
 direct_numeric(DirectTable *t, int attnum, int64 value, int scale)
 {
 	int32		typmod = TupleDescAttr(RelationGetDescr(t->rel), attnum - 1)->atttypmod;
-	Datum		result = fixed_to_numeric(value, scale);
-	int			precision;
-	uint64		limit = 1;
 
-	if (typmod < (int32) VARHDRSZ)
-		return result;
-	/* the common case: the column's scale, and the value fits */
-	precision = ((typmod - VARHDRSZ) >> 16) & 0xffff;
-	if (((((typmod - VARHDRSZ) & 0x7ff) ^ 1024) - 1024) == scale && precision <= 18)
-	{
-		for (int i = 0; i < precision; i++)
-			limit *= 10;
-		if ((value < 0 ? -(uint64) value : (uint64) value) < limit)
-			return result;
-	}
-	return DirectFunctionCall2(numeric, result, Int32GetDatum(typmod));
+	return DirectFunctionCall2(numeric, fixed_to_numeric(value, scale), Int32GetDatum(typmod));
 }

@@ -11,8 +11,9 @@
  *
  * Meters and accounts are read and written directly (direct.c) when both
  * tables allow it, with one snapshot taken after the site locks (and a new
- * one before the meter updates when triggers on the ledger may have
- * written meters); else by SQL statements that take the batch as arrays.
+ * one when a meter to update was written by this transaction since, as
+ * triggers on the ledger may do); else by SQL statements that take the
+ * batch as arrays.
  * The rows, the locks and their order are the same either way: a direct
  * update takes the row lock its UPDATE would, at the same step (locking
  * protocol: reading.c).
@@ -111,11 +112,7 @@ void
 meter_state_save(Batch *batch)
 {
 	if (batch->meter_table != NULL)
-	{
-		if (direct_insert_fires_triggers("ledger", "kind", "consumption"))
-			batch_refresh_meters(batch);
 		batch_save_meters_direct(batch);
-	}
 	else
 		batch_save_meters(batch);
 	batch_close_direct(batch);
@@ -142,16 +139,20 @@ batch_open_direct(Batch *batch)
 		batch_close_direct(batch);
 }
 
-/* Close the direct tables and release the snapshot. */
+/*
+ * batch_close_direct
+ *		Close the direct tables, in the reverse order of opening (direct.c),
+ *		and release the snapshot.
+ */
 static void
 batch_close_direct(Batch *batch)
 {
 	if (batch->snapshot == NULL)
 		return;
-	if (batch->account_table != NULL)
-		direct_close(batch->account_table);
 	if (batch->meter_table != NULL)
 		direct_close(batch->meter_table);
+	if (batch->account_table != NULL)
+		direct_close(batch->account_table);
 	batch->account_table = NULL;
 	batch->meter_table = NULL;
 	PopActiveSnapshot();
@@ -509,10 +510,11 @@ batch_save_meters(Batch *batch)
 
 /*
  * batch_refresh_meters
- *		Triggers on the ledger may have written meters: read the moved
- *		meters again with a new snapshot, as the SQL path's UPDATE statement
- *		does, so their updates apply to what the triggers left.  A meter
- *		gone meanwhile is not updated, as the UPDATE would not find it.
+ *		This transaction wrote a moved meter since the snapshot (triggers on
+ *		the ledger may): read the meters again with a new snapshot, as the
+ *		SQL path's UPDATE statement does, so their updates apply to what
+ *		the triggers left.  A meter gone meanwhile is not updated, as the
+ *		UPDATE would not find it.
  */
 static void
 batch_refresh_meters(Batch *batch)
@@ -548,7 +550,8 @@ batch_refresh_meters(Batch *batch)
 /*
  * batch_save_meters_direct
  *		batch_save_meters by updating each moved meter's row in place.  A
- *		meter deleted meanwhile is left alone, as the UPDATE would.
+ *		meter deleted meanwhile is left alone, as the UPDATE would; one this
+ *		transaction wrote since the snapshot is read again first.
  */
 static void
 batch_save_meters_direct(Batch *batch)
@@ -561,8 +564,12 @@ batch_save_meters_direct(Batch *batch)
 		BatchMeter *m = &batch->meters[i];
 		void	   *arg[2] = {&cols, m};
 
-		if (m->changed)
-			(void) direct_update(batch->meter_table, m->row, meter_set_state, arg);
+		if (m->changed &&
+			direct_update(batch->meter_table, m->row, meter_set_state, arg) == DIRECT_STALE)
+		{
+			batch_refresh_meters(batch);
+			i--;				/* again, on the row read now */
+		}
 	}
 }
 

@@ -1,11 +1,15 @@
 -- The rating batch writes meters, accounts, ledger rows and rollup deltas
 -- directly when the SQL statements would do nothing more (extension/direct.c).  A
--- trigger, row security or a missing privilege sends a table through the
--- SQL statements instead (group 2 here: triggers).  Either way the rows
--- are the same, and triggers on the ledger fire as for an INSERT.  Group 3
--- is an operator's batch under the roles' forced row-level security.
-\getenv abs_srcdir PG_ABS_SRCDIR
-\i :abs_srcdir/sql/fixtures/fresh.psql
+-- BEFORE row trigger, row security or a missing privilege sends a table
+-- through the SQL statements instead (group 2 here: triggers).  Either way
+-- the rows are the same, and triggers fire as for the INSERT or UPDATE.
+-- Group 3 is an operator's batch under the roles' forced row-level
+-- security.  At the end, tables direct writes cannot honour: partitioned,
+-- a partition, with a rule.
+DROP EXTENSION prepay CASCADE;
+CREATE EXTENSION prepay;
+SET timezone = 'UTC';
+SET datestyle = 'ISO';
 INSERT INTO prepay.site (name, low_balance_threshold, pretrip_threshold) VALUES ('Twins', 15, 5);
 INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat');
 INSERT INTO prepay.tariff_version VALUES (1, 1, '2026-01-01', 0.583), (1, 1, '2026-03-01 12:00+00', 0.61);
@@ -33,8 +37,9 @@ $$;
 CREATE TABLE public.ledger_log (what text, entries int, total numeric);
 CREATE FUNCTION public.count_update() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO public.ledger_log VALUES (TG_TABLE_NAME || ' update', 1, NULL);
-    RETURN NULL;
+    INSERT INTO public.ledger_log
+    VALUES (TG_TABLE_NAME || ' update' || CASE WHEN TG_WHEN = 'BEFORE' THEN ' BEFORE row' ELSE '' END, 1, NULL);
+    RETURN NEW;
 END $$;
 CREATE FUNCTION public.log_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -59,21 +64,25 @@ CREATE TRIGGER log_row AFTER INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTI
 -- a trigger on meter columns rating does not set does not stop direct
 -- updates, and rating does not fire it (only the statement trigger does)
 CREATE TRIGGER meter_room AFTER UPDATE OF room ON prepay.meter FOR EACH ROW EXECUTE FUNCTION public.count_update();
+-- a statement trigger on accounts fires for the batch's direct updates as
+-- for its UPDATE statement (and for the ladder's)
+CREATE TRIGGER account_update AFTER UPDATE ON prepay.account FOR EACH STATEMENT EXECUTE FUNCTION public.count_update();
 SELECT public.read_group(1, k) FROM generate_series(1, 3) k;
 SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log GROUP BY what ORDER BY what;
 SELECT meter_id, room, last_read_at, last_energy FROM prepay.meter WHERE meter_id <= 4 ORDER BY meter_id;
 TRUNCATE public.ledger_log;
 
--- group 2 through the SQL statements: a BEFORE row trigger on the ledger
--- and on the rollup deltas, an UPDATE trigger on accounts
+-- group 2 through the SQL statements: a BEFORE row trigger on the ledger,
+-- on the rollup deltas and on accounts
 CREATE TRIGGER log_before BEFORE INSERT ON prepay.ledger FOR EACH ROW EXECUTE FUNCTION public.log_row();
 CREATE TRIGGER log_pending BEFORE INSERT ON prepay.energy_pending FOR EACH ROW EXECUTE FUNCTION public.log_pending();
-CREATE TRIGGER account_update AFTER UPDATE ON prepay.account FOR EACH STATEMENT EXECUTE FUNCTION public.count_update();
+CREATE TRIGGER account_before BEFORE UPDATE ON prepay.account FOR EACH ROW EXECUTE FUNCTION public.count_update();
 SELECT public.read_group(2, k) FROM generate_series(1, 3) k;
 SELECT what, sum(entries) AS entries, sum(total) AS total FROM public.ledger_log GROUP BY what ORDER BY what;
 DROP TRIGGER log_before ON prepay.ledger;
 DROP TRIGGER log_pending ON prepay.energy_pending;
 DROP TRIGGER account_update ON prepay.account;
+DROP TRIGGER account_before ON prepay.account;
 DROP TRIGGER log_statement ON prepay.ledger;
 DROP TRIGGER log_row ON prepay.ledger;
 DROP TRIGGER meter_room ON prepay.meter;
@@ -156,6 +165,39 @@ DROP TRIGGER volatile_row ON prepay.ledger;
 DROP TRIGGER never_consumption ON prepay.ledger;
 DROP FUNCTION public.mark_meter();
 SELECT meter_id, room, last_read_at, last_energy FROM prepay.meter WHERE meter_id <= 3 ORDER BY meter_id;
+SELECT * FROM prepay.check_ledger();
+
+-- tables direct writes cannot honour go through the statements: rollup
+-- deltas partitioned by day (the rows are routed to the partition)...
+ALTER TABLE prepay.energy_pending RENAME TO energy_pending_plain;
+CREATE TABLE prepay.energy_pending (LIKE prepay.energy_pending_plain) PARTITION BY RANGE (day);
+CREATE TABLE prepay.energy_pending_march PARTITION OF prepay.energy_pending
+    FOR VALUES FROM ('2026-03-01') TO ('2026-04-01');
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-03 00:00+00', 106);
+SELECT meter_id, day, energy, charged FROM prepay.energy_pending_march;
+DROP TABLE prepay.energy_pending;
+ALTER TABLE prepay.energy_pending_plain RENAME TO energy_pending;
+-- ... rollup deltas as a partition (its bound is checked: the second
+-- reading's day is outside, and the statement fails)...
+CREATE TABLE public.pending_by_day (LIKE prepay.energy_pending) PARTITION BY RANGE (day);
+ALTER TABLE public.pending_by_day ATTACH PARTITION prepay.energy_pending
+    FOR VALUES FROM ('2026-03-01') TO ('2026-03-05');
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-04 00:00+00', 107);
+\set VERBOSITY terse
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-06 00:00+00', 108);
+\set VERBOSITY default
+ALTER TABLE public.pending_by_day DETACH PARTITION prepay.energy_pending;
+DROP TABLE public.pending_by_day;
+-- ... and a ledger with a rule (it applies)
+CREATE RULE ledger_copy AS ON INSERT TO prepay.ledger
+    DO ALSO INSERT INTO public.ledger_log VALUES ('rule', 1, NEW.amount);
+TRUNCATE public.ledger_log;
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-06 00:00+00', 108);
+DROP RULE ledger_copy ON prepay.ledger;
+SELECT what, entries, total FROM public.ledger_log;
+SELECT read_from, read_to, energy, amount FROM prepay.ledger
+ WHERE kind = 'consumption' AND meter_id = 1 AND read_to > '2026-03-02' ORDER BY entry_id;
+SELECT meter_id, day, energy, charged FROM prepay.energy_pending WHERE day > '2026-03-02' ORDER BY day;
 SELECT * FROM prepay.check_ledger();
 DROP TABLE public.ledger_log;
 DROP FUNCTION public.log_statement();
