@@ -36,7 +36,7 @@ OBJS = \
 # (docs/ARCHITECTURE.md, "Cutting a release"; test/t/200_upgrade.pl checks
 # every upgrade path).
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/bill.sql sql/batch.sql \
-	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/security.sql)
+	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/distribute.sql sql/security.sql)
 UPGRADE_DIRS = $(wildcard sql/upgrade/*--*)
 UPGRADE_SCRIPTS = $(patsubst sql/upgrade/%,sql/$(EXTENSION)--%.sql,$(UPGRADE_DIRS))
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPTS)
