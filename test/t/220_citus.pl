@@ -216,6 +216,62 @@ is($as_op->('SELECT count(*) FROM prepay.reading WHERE site_id = 1'), 0, '... an
 is($as_op->("SELECT prepay.balance($other, $acc2)"), $coord->safe_psql('postgres', "SELECT balance FROM prepay.account WHERE site_id = $other"),
 	'... and reads its balance');
 
+# the agent, through the coordinator, polls a simulated meter of each site
+# (simulator gateway 0 for site 1, gateway 1 for the other); the other
+# site's tenant runs out of money, the trip reaches the meter, a recharge
+# closes it again
+my $control = PostgreSQL::Test::Cluster::get_free_port();
+my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
+my $base = PostgreSQL::Test::Cluster::get_free_port();
+my $sim_url = "http://127.0.0.1:$control";
+my $http = HTTP::Tiny->new(timeout => 5);
+my $sim = start_simulator($tmp, $control, '--tcp-gateways', 2, '--base-port', $base,
+	'--meters-per-gateway', 1, '--speedup', 360, '--initial-kwh', '100.00');
+my %polled;
+for my $site (1, $other)
+{
+	my $g = $site == 1 ? 0 : 1;
+	my $port = $base + $g;
+	my $tariff = $site == 1 ? 1 : $tariff2;
+	$coord->safe_psql('postgres', qq{
+		INSERT INTO prepay.gateway (site_id, name, host, port, agent_id, poll_interval)
+		VALUES ($site, 'sim$g', '127.0.0.1', $port, 'citus', '1 second')});
+	my $gw = $coord->safe_psql('postgres', "SELECT gateway_id FROM prepay.gateway WHERE site_id = $site AND name = 'sim$g'");
+	$coord->safe_psql('postgres', qq{
+		INSERT INTO prepay.meter (site_id, code, gateway_id, unit_id, device_profile, max_per_hour, tariff_id)
+		VALUES ($site, 'SIM-$g', $gw, 1, 'ddsy1352', 100000, $tariff)});
+	my $meter = $coord->safe_psql('postgres', "SELECT meter_id FROM prepay.meter WHERE site_id = $site AND code = 'SIM-$g'");
+	my $account = $coord->safe_psql('postgres', "SELECT prepay.open_account($site, 'SIM-$g', 'Polled $g', $tariff)");
+	$coord->safe_psql('postgres', "SELECT prepay.attach_meter($site, $account, $meter)");
+	# 0.1 kWh/s: site 1 at 0.583 runs a long time on 1000, the other at 0.5 on 0.30 trips within seconds
+	$coord->safe_psql('postgres', "SELECT prepay.recharge($site, $account, " . ($site == 1 ? 1000 : '0.30') . ", 'cash', 'SIM-R$g')");
+	$polled{$site} = [ $meter, $account ];
+}
+my $agent = start_agent($tmp, conninfo => $coord->connstr('postgres'), agent_id => 'citus', metrics_port => $metrics_port);
+my ($m1, $m2) = ($polled{1}[0], $polled{$other}[0]);
+ok(wait_for(sub { $coord->safe_psql('postgres', qq{
+	SELECT count(*) FILTER (WHERE site_id = 1 AND meter_id = $m1) > 2 AND count(*) FILTER (WHERE site_id = $other AND meter_id = $m2) > 2
+	  FROM prepay.reading WHERE read_at > now() - interval '1 hour'}) eq 't' }, 20),
+	'the agent delivers readings of both sites through the coordinator');
+sub sim_relay
+{
+	my ($g) = @_;
+	my ($line) = $http->get("$sim_url/meters")->{content} =~ /^($g 1 .*)$/m;
+	return (split / /, $line // '')[3] // '';
+}
+ok(wait_for(sub { $coord->safe_psql('postgres', qq{
+	SELECT count(*) FROM prepay.command WHERE site_id = $other AND meter_id = $m2 AND action = 'trip' AND state = 'done'}) eq '1' }, 20),
+	'arrears on a worker: the trip command is done');
+is(sim_relay(1), 'tripped', '... and the simulated relay is tripped');
+is(sim_relay(0), 'closed', '... the other site\'s meter is not');
+$coord->safe_psql('postgres', "SELECT prepay.recharge($other, $polled{$other}[1], 100, 'cash', 'SIM-R-restore')");
+ok(wait_for(sub { sim_relay(1) eq 'closed' }, 5), 'a recharge closes the relay again');
+ok(wait_for(sub { $coord->safe_psql('postgres', qq{
+	SELECT state FROM prepay.command WHERE site_id = $other AND meter_id = $m2 AND action = 'close'
+	 ORDER BY command_id DESC LIMIT 1}) eq 'done' }, 5), '... and the close command is done');
+$agent->kill_kill;
+$sim->kill_kill;
+
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), 0, 'check_ledger() is empty at the end');
 
 done_testing();

@@ -1,4 +1,4 @@
--- sql/upgrade/0.1--0.2/60_distribute.sql: running distributed on Citus (sql/distribute.sql): the site's rating lock becomes the site row's lock once distributed, announcements skip Citus workers, the rating trigger's relay label cast Citus accepts, the caller's roles computed where the call is, prepay.distribute() and the functions the distributed policies call.
+-- sql/upgrade/0.1--0.2/60_distribute.sql: running distributed on Citus (sql/distribute.sql): the site's rating lock becomes the site row's lock once distributed, announcements skip Citus workers, the rating trigger's relay label cast Citus accepts, the caller's roles computed where the call is, the agent's catalog and command claims site by site, prepay.distribute() and the functions the distributed policies call.
 
 CREATE OR REPLACE FUNCTION prepay._lock_site_rating(p_site_id integer)
 RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -148,6 +148,82 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._alarm_level_changed(integer, bigint, smallint, smallint) IS
 'Internal: the consequences of an alarm level change of an open prepaid account (any other is outside the ladder: nothing happens): store the level, swap the active ladder alarm, write a notification (NOTIFY prepay_notification), trip on entering arrears and restore on leaving them.  Called by the rating trigger and by every wallet movement.';
+
+-- agent.sql: the agent's catalog and command claims site by site (one shard group each on Citus)
+CREATE OR REPLACE FUNCTION prepay.agent_catalog(p_agent_id text)
+RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport text, host text, port integer,
+               serial_device text, baud integer, parity char(1), data_bits smallint, stop_bits smallint,
+               poll_interval_ms bigint, gateway_lost boolean,
+               meter_id bigint, unit_id smallint, kind prepay.meter_kind, device_profile text, meter_lost boolean,
+               relay_write_address integer, trip_values integer[], close_values integer[],
+               relay_read_address integer, relay_read_count smallint, relay_state_mask bigint,
+               relay_tripped_value bigint, relay_closed_value bigint,
+               meaning text, address integer, type text, word_order text, scale smallint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    site integer;
+BEGIN
+    -- site by site, each query on one site (one shard group on Citus)
+    FOR site IN SELECT DISTINCT x.site_id FROM prepay.gateway x WHERE x.agent_id = p_agent_id ORDER BY 1 LOOP
+    RETURN QUERY
+    SELECT g.site_id, g.gateway_id, g.name, g.transport, g.host, g.port,
+           g.serial_device, g.baud, g.parity, g.data_bits, g.stop_bits,
+           (pg_catalog.date_part('epoch', g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
+           m.meter_id, m.unit_id, m.kind, m.device_profile, m.lost_since IS NOT NULL,
+           d.relay_write_address, d.trip_values, d.close_values,
+           d.relay_read_address, d.relay_read_count, d.relay_state_mask,
+           d.relay_tripped_value, d.relay_closed_value,
+           r.meaning, r.address, r.type, r.word_order, r.scale
+      FROM prepay.gateway g
+      LEFT JOIN prepay.meter m ON m.site_id = g.site_id AND m.gateway_id = g.gateway_id
+                              AND m.active AND m.unit_id IS NOT NULL
+      LEFT JOIN prepay.device_profile d ON d.site_id = m.site_id AND d.profile = m.device_profile
+      LEFT JOIN prepay.profile_register r ON r.site_id = d.site_id AND r.profile = d.profile
+                                         AND r.meaning IN ('total_energy', 'sharp', 'peak', 'flat', 'valley', 'power')
+     WHERE g.agent_id = p_agent_id AND g.site_id = site
+     ORDER BY g.site_id, g.gateway_id, m.meter_id, r.address;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay.agent_catalog(text) IS
+'What one agent polls, in one consistent snapshot: one row per (gateway, active meter, register to read), ordered by gateway and meter.  A gateway without meters gives one row with a NULL meter; a meter without a known profile gives one row with NULL profile columns (the agent logs and skips it).';
+
+CREATE OR REPLACE FUNCTION prepay.agent_claim_commands(p_agent_id text, p_include_sent boolean DEFAULT false)
+RETURNS TABLE (site_id integer, command_id bigint, meter_id bigint, gateway_id bigint,
+               action prepay.command_action, attempts integer, created_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    site integer;
+BEGIN
+    PERFORM prepay._authorize_agent_id(p_agent_id);
+    -- site by site (FOR UPDATE on one shard group on Citus), in site order
+    FOR site IN SELECT DISTINCT x.site_id FROM prepay.gateway x WHERE x.agent_id = p_agent_id ORDER BY 1 LOOP
+    CONTINUE WHEN NOT prepay._is_agent(site, p_agent_id);  -- judged here, where the caller is known
+    RETURN QUERY
+    WITH due AS (
+        SELECT c.site_id, c.command_id
+          FROM prepay.command c
+          JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
+          JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
+         WHERE g.agent_id = p_agent_id AND prepay._is_agent(g.site_id, g.agent_id)
+           AND c.site_id = site AND m.site_id = site AND g.site_id = site
+           AND (c.state = 'queued' AND c.not_before <= pg_catalog.now()
+                OR p_include_sent AND c.state = 'sent'
+                OR p_include_sent AND c.state = 'queued' AND c.attempts > 0
+                   AND (c.action = 'close' OR c.reason <> 'arrears'
+                        OR prepay.cut_allowed_at(c.site_id, pg_catalog.now()) <= pg_catalog.now()))
+         ORDER BY c.site_id, c.command_id
+           FOR UPDATE OF c SKIP LOCKED
+    )
+    UPDATE prepay.command c
+       SET state = 'sent', attempts = c.attempts + 1, updated_at = pg_catalog.now()
+      FROM due, prepay.meter m
+     WHERE c.site_id = due.site_id AND c.command_id = due.command_id
+       AND m.site_id = c.site_id AND m.meter_id = c.meter_id AND c.site_id = site AND m.site_id = site
+    RETURNING c.site_id, c.command_id, c.meter_id, m.gateway_id, c.action, c.attempts, c.created_at;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
+'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at every (re)connect of the agent) it also takes back its sent commands, which a crash may have left in flight (relay commands are idempotent), and the queued commands waiting for a retry, at once (an arrears trip not inside a no-cut window).  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';
 
 -- security.sql: the mapping role without a correlated sub-query (Citus cannot plan one), the caller's roles computed here and passed on
 CREATE OR REPLACE FUNCTION prepay._mapping_role() RETURNS oid
