@@ -170,7 +170,7 @@ SELECT prepay.install_device_profiles(site_id) FROM prepay.site;
 CREATE FUNCTION prepay._notify_config() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM pg_catalog.pg_notify('prepay_config', TG_TABLE_NAME);
+    PERFORM prepay._announce('prepay_config', TG_TABLE_NAME);
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION prepay._notify_config() IS 'Internal: sends NOTIFY prepay_config (payload: the table changed) so that agents reload their catalog.';

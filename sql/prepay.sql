@@ -847,7 +847,7 @@ BEGIN
     PERFORM pg_catalog.pg_notify(p_channel, p_payload);
 END $$;
 COMMENT ON FUNCTION prepay._announce(text, text) IS
-'Internal: NOTIFY p_channel with p_payload (the relay commands and notifications of the rating path), except on a Citus worker, where no agent listens: there the agent''s re-read of its commands every second and of its notifications pick the rows up (docs/SCALE-OUT.md).';
+'Internal: NOTIFY p_channel with p_payload (relay commands, notifications, configuration changes), except on a Citus worker, where no agent listens: there the agent''s re-read of its commands every second and of its notifications pick the rows up (docs/SCALE-OUT.md).';
 
 CREATE FUNCTION prepay._citus_group() RETURNS integer
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$

@@ -272,6 +272,13 @@ ok(wait_for(sub { $coord->safe_psql('postgres', qq{
 $agent->kill_kill;
 $sim->kill_kill;
 
+# a statement writing to both workers commits in two phases: no NOTIFY on a worker stops it
+$coord->safe_psql('postgres', q{INSERT INTO prepay.site (name) SELECT 'Bulk ' || i FROM generate_series(1, 8) i});
+is($coord->safe_psql('postgres', q{
+	SELECT count(DISTINCT p.nodeport) FROM prepay.site s, pg_dist_shard_placement p
+	 WHERE s.name LIKE 'Bulk %' AND p.shardid = get_shard_id_for_distribution_column('prepay.site', s.site_id)}), 2,
+	'sites created on both workers in one INSERT (their device profiles announced nowhere on the workers)');
+
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), 0, 'check_ledger() is empty at the end');
 
 done_testing();

@@ -47,7 +47,7 @@ BEGIN
     PERFORM pg_catalog.pg_notify(p_channel, p_payload);
 END $$;
 COMMENT ON FUNCTION prepay._announce(text, text) IS
-'Internal: NOTIFY p_channel with p_payload (the relay commands and notifications of the rating path), except on a Citus worker, where no agent listens: there the agent''s re-read of its commands every second and of its notifications pick the rows up (docs/SCALE-OUT.md).';
+'Internal: NOTIFY p_channel with p_payload (relay commands, notifications, configuration changes), except on a Citus worker, where no agent listens: there the agent''s re-read of its commands every second and of its notifications pick the rows up (docs/SCALE-OUT.md).';
 
 CREATE FUNCTION prepay._citus_group() RETURNS integer
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -150,6 +150,14 @@ COMMENT ON FUNCTION prepay._alarm_level_changed(integer, bigint, smallint, small
 'Internal: the consequences of an alarm level change of an open prepaid account (any other is outside the ladder: nothing happens): store the level, swap the active ladder alarm, write a notification (NOTIFY prepay_notification), trip on entering arrears and restore on leaving them.  Called by the rating trigger and by every wallet movement.';
 
 -- agent.sql: the agent's catalog and command claims site by site (one shard group each on Citus)
+CREATE OR REPLACE FUNCTION prepay._notify_config() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM prepay._announce('prepay_config', TG_TABLE_NAME);
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._notify_config() IS 'Internal: sends NOTIFY prepay_config (payload: the table changed) so that agents reload their catalog.';
+
 CREATE OR REPLACE FUNCTION prepay.agent_catalog(p_agent_id text)
 RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport text, host text, port integer,
                serial_device text, baud integer, parity char(1), data_bits smallint, stop_bits smallint,
