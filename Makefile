@@ -34,7 +34,7 @@ OBJS = \
 # concatenation of the files of sql/upgrade/OLD--NEW/ in name order, one
 # file per change (docs/ARCHITECTURE.md, "Cutting a release").
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/bill.sql sql/batch.sql \
-	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/security.sql)
+	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/distribute.sql sql/security.sql)
 UPGRADE_DIRS = $(wildcard sql/upgrade/*--*)
 UPGRADE_SCRIPTS = $(patsubst sql/upgrade/%,sql/$(EXTENSION)--%.sql,$(UPGRADE_DIRS))
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPTS)

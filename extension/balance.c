@@ -163,7 +163,7 @@ balance_post_charges(BalanceCharge *charges, int ncharges, DirectTable *account_
 		accounts[a].balance -= c->amount;
 	}
 	/* accounts[].balance is now the balance before the batch */
-	ledger_table = direct_open("ledger", CMD_INSERT, NULL, GetActiveSnapshot());
+	ledger_table = spi_citus_present() ? NULL : direct_open("ledger", CMD_INSERT, NULL, GetActiveSnapshot());
 	if (ledger_table != NULL)
 	{
 		insert_ledger_direct(charges, ncharges, ledger_table);
@@ -272,7 +272,7 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 	spi_kept_plan(&lock_plan,
 				  "SELECT FROM prepay.account a,"
 				  "       ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(site_id, account_id)"
-				  " WHERE a.site_id = u.site_id AND a.account_id = u.account_id"
+				  " WHERE a.site_id = u.site_id AND a.account_id = u.account_id AND a.site_id = ANY ($1)"
 				  " ORDER BY a.site_id, a.account_id FOR NO KEY UPDATE OF a", 2,
 				  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID});
 	args[0] = spi_array(sites, NULL, n, INT4OID);
@@ -285,6 +285,7 @@ move_balances(BalanceCharge *charges, int ncharges, int *naccounts)
 			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
 			"       AS u(site_id, account_id, delta), prepay.site s"
 			" WHERE a.site_id = u.site_id AND a.account_id = u.account_id AND s.site_id = a.site_id"
+			"   AND a.site_id = ANY ($1) AND s.site_id = ANY ($1)"
 			" RETURNING a.site_id, a.account_id, (a.balance * 100)::int8, (u.delta * 100)::int8,"
 			"       a.alarm_level, a.mode = 'prepaid' AND a.closed_at IS NULL,"
 			"       (coalesce(a.low_balance_threshold, s.low_balance_threshold) * 100)::int8,"

@@ -132,9 +132,12 @@ batch_open_direct(Batch *batch)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	UpdateActiveSnapshotCommandId();
 	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
-	batch->account_table = direct_open("account", CMD_UPDATE, account_balance_columns,
-									   batch->snapshot);
-	batch->meter_table = direct_open("meter", CMD_UPDATE, meter_state_columns, batch->snapshot);
+	if (!spi_citus_present())
+	{
+		batch->account_table = direct_open("account", CMD_UPDATE, account_balance_columns,
+										   batch->snapshot);
+		batch->meter_table = direct_open("meter", CMD_UPDATE, meter_state_columns, batch->snapshot);
+	}
 	if (batch->account_table == NULL || batch->meter_table == NULL)
 		batch_close_direct(batch);
 }
@@ -380,7 +383,8 @@ batch_load_meters(Batch *batch)
 			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
 			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
 			"  LEFT JOIN prepay.account a"
-			"    ON a.site_id = m.site_id AND a.account_id = m.account_id", 2,
+			"    ON a.site_id = m.site_id AND a.account_id = m.account_id AND a.site_id = ANY ($1)"
+			" WHERE m.site_id = ANY ($1)", 2,
 					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID});
 	args[0] = spi_array(sites, NULL, n, INT4OID);
 	args[1] = spi_array(meters, NULL, n, INT8OID);
@@ -489,7 +493,7 @@ batch_save_meters(Batch *batch)
 		spi_kept_plan(&plan,
 				"UPDATE prepay.meter m"
 				"   SET last_read_at = u.read_at, last_energy = u.energy, charge_carry = u.carry,"
-				"       relay_state = coalesce(u.relay::prepay.relay_state, m.relay_state),"
+				"       relay_state = coalesce(prepay._relay_state(u.relay), m.relay_state),"
 				"       relay_state_at = CASE WHEN u.relay IS NULL THEN m.relay_state_at ELSE u.relay_at END,"
 				"       cycle_start = u.cycle_start, cycle_used = u.cycle_used,"
 				"       last_sharp = u.sharp, last_peak = u.peak, last_flat = u.flat, last_valley = u.valley"
@@ -500,7 +504,8 @@ batch_save_meters(Batch *batch)
 				"                  pg_catalog.unnest($13))"
 				"       AS u(site_id, meter_id, read_at, energy, carry, relay, relay_at,"
 				"            cycle_start, cycle_used, sharp, peak, flat, valley)"
-				" WHERE m.site_id = u.site_id AND m.meter_id = u.meter_id", SAVE_COLUMNS, array_types);
+				" WHERE m.site_id = u.site_id AND m.meter_id = u.meter_id AND m.site_id = ANY ($1)",
+				SAVE_COLUMNS, array_types);
 	}
 	for (int c = 0; c < SAVE_COLUMNS; c++)
 		args[c] = spi_array(cols[c], nulls[c], n, types[c]);

@@ -708,6 +708,7 @@ batch_save_quarantine(Batch *batch)
 			"    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
 			"         AS u(site_id, meter_id, read_at, reason, detail)"
 			"   WHERE r.site_id = u.site_id AND r.meter_id = u.meter_id AND r.read_at = u.read_at"
+			"     AND r.site_id = ANY ($1)"
 			"  RETURNING r.site_id, r.meter_id, r.read_at, u.reason, u.detail)"
 			"INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)"
 			"SELECT DISTINCT ON (site_id, meter_id) site_id, 'bad_reading', meter_id,"

@@ -170,7 +170,7 @@ SELECT prepay.install_device_profiles(site_id) FROM prepay.site;
 CREATE FUNCTION prepay._notify_config() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM pg_catalog.pg_notify('prepay_config', TG_TABLE_NAME);
+    PERFORM prepay._announce('prepay_config', TG_TABLE_NAME);
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION prepay._notify_config() IS 'Internal: sends NOTIFY prepay_config (payload: the table changed) so that agents reload their catalog.';
@@ -206,7 +206,13 @@ RETURNS TABLE (site_id integer, gateway_id bigint, gateway_name text, transport 
                relay_read_address integer, relay_read_count smallint, relay_state_mask bigint,
                relay_tripped_value bigint, relay_closed_value bigint,
                meaning text, address integer, type text, word_order text, scale smallint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    site integer;
+BEGIN
+    -- site by site, each query on one site (one shard group on Citus)
+    FOR site IN SELECT DISTINCT x.site_id FROM prepay.gateway x WHERE x.agent_id = p_agent_id ORDER BY 1 LOOP
+    RETURN QUERY
     SELECT g.site_id, g.gateway_id, g.name, g.transport, g.host, g.port,
            g.serial_device, g.baud, g.parity, g.data_bits, g.stop_bits,
            (pg_catalog.date_part('epoch', g.poll_interval) * 1000)::bigint, g.lost_since IS NOT NULL,
@@ -221,9 +227,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       LEFT JOIN prepay.device_profile d ON d.site_id = m.site_id AND d.profile = m.device_profile
       LEFT JOIN prepay.profile_register r ON r.site_id = d.site_id AND r.profile = d.profile
                                          AND r.meaning IN ('total_energy', 'sharp', 'peak', 'flat', 'valley', 'power')
-     WHERE g.agent_id = p_agent_id
+     WHERE g.agent_id = p_agent_id AND g.site_id = site
      ORDER BY g.site_id, g.gateway_id, m.meter_id, r.address;
-$$;
+    END LOOP;
+END $$;
 COMMENT ON FUNCTION prepay.agent_catalog(text) IS
 'What one agent polls, in one consistent snapshot: one row per (gateway, active meter, register to read), ordered by gateway and meter.  A gateway without meters gives one row with a NULL meter; a meter without a known profile gives one row with NULL profile columns (the agent logs and skips it).';
 
@@ -314,8 +321,13 @@ CREATE FUNCTION prepay.agent_claim_commands(p_agent_id text, p_include_sent bool
 RETURNS TABLE (site_id integer, command_id bigint, meter_id bigint, gateway_id bigint,
                action prepay.command_action, attempts integer, created_at timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    site integer;
 BEGIN
     PERFORM prepay._authorize_agent_id(p_agent_id);
+    -- site by site (FOR UPDATE on one shard group on Citus), in site order
+    FOR site IN SELECT DISTINCT x.site_id FROM prepay.gateway x WHERE x.agent_id = p_agent_id ORDER BY 1 LOOP
+    CONTINUE WHEN NOT prepay._is_agent(site, p_agent_id);  -- judged here, where the caller is known
     RETURN QUERY
     WITH due AS (
         SELECT c.site_id, c.command_id
@@ -323,6 +335,7 @@ BEGIN
           JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
           JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
          WHERE g.agent_id = p_agent_id AND prepay._is_agent(g.site_id, g.agent_id)
+           AND c.site_id = site AND m.site_id = site AND g.site_id = site
            AND (c.state = 'queued' AND c.not_before <= pg_catalog.now()
                 OR p_include_sent AND c.state = 'sent'
                 OR p_include_sent AND c.state = 'queued' AND c.attempts > 0
@@ -335,8 +348,9 @@ BEGIN
        SET state = 'sent', attempts = c.attempts + 1, updated_at = pg_catalog.now()
       FROM due, prepay.meter m
      WHERE c.site_id = due.site_id AND c.command_id = due.command_id
-       AND m.site_id = c.site_id AND m.meter_id = c.meter_id
+       AND m.site_id = c.site_id AND m.meter_id = c.meter_id AND c.site_id = site AND m.site_id = site
     RETURNING c.site_id, c.command_id, c.meter_id, m.gateway_id, c.action, c.attempts, c.created_at;
+    END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.agent_claim_commands(text, boolean) IS
 'The agent takes the commands it must carry out: every queued command due (not_before passed) of a meter on one of its gateways becomes sent, attempts + 1 (FOR UPDATE SKIP LOCKED).  With p_include_sent (at every (re)connect of the agent) it also takes back its sent commands, which a crash may have left in flight (relay commands are idempotent), and the queued commands waiting for a retry, at once (an arrears trip not inside a no-cut window).  Only the sites where the caller is mapped as this agent (prepay.agent_access) are served.';

@@ -713,11 +713,39 @@ END $$;
 COMMENT ON FUNCTION prepay._check_reference(text, text) IS 'Internal: refuse a payment channel or reference (external id) that is NULL or blank (22023) or contains a control character, U+0001-U+001F or U+007F-U+009F (PY017).  Every public function that stores a channel or reference with money calls it.';
 
 CREATE FUNCTION prepay._lock_site_rating(p_site_id integer)
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    SELECT pg_catalog.pg_advisory_xact_lock(1886545264, p_site_id);  -- 1886545264 = 'prep'
-$$;
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF prepay._distributed() THEN
+        -- on Citus the site's row, on the node holding the site's shards
+        PERFORM FROM prepay.site WHERE site_id = p_site_id FOR NO KEY UPDATE;
+    ELSE
+        PERFORM pg_catalog.pg_advisory_xact_lock(1886545264, p_site_id);  -- 1886545264 = 'prep'
+    END IF;
+END $$;
 COMMENT ON FUNCTION prepay._lock_site_rating(integer) IS
-'Internal: the site''s rating lock (a transaction-level advisory lock).  The rating trigger takes it before reading meter state, and so do the functions that change a meter''s account or readings, before any row lock: see the locking protocol in extension/reading.c.';
+'Internal: the site''s rating lock: a transaction-level advisory lock on one node; once prepay.distribute() ran, a FOR NO KEY UPDATE lock on the site''s row, which the node holding the site''s shards keeps for every session whichever node it came through (an advisory lock is local to one node).  The rating trigger takes it before reading meter state, and so do the functions that change a meter''s account or readings, before any row lock: see the locking protocol in extension/reading.c.';
+
+CREATE FUNCTION prepay._distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    distributed boolean;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;                       -- no Citus here
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ''prepay.site''::pg_catalog.regclass)'
+       INTO distributed;
+    RETURN distributed;
+END $$;
+COMMENT ON FUNCTION prepay._distributed() IS
+'Internal: whether prepay''s tables are distributed by Citus (prepay.distribute() ran), on whichever node asks: the coordinator and every worker keep Citus''s metadata.';
+
+CREATE FUNCTION prepay._relay_state(p_label text) RETURNS prepay.relay_state
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p_label::prepay.relay_state
+$$;
+COMMENT ON FUNCTION prepay._relay_state(text) IS
+'Internal: a relay state label as prepay.relay_state, for the rating trigger''s meter update.  Declared IMMUTABLE (the labels of the type never change), so that Citus evaluates it on the node holding the shard, where it refuses a STABLE cast inside COALESCE.';
 
 CREATE FUNCTION prepay._lock_account(p_site_id integer, p_account_id bigint, p_must_be_open boolean DEFAULT true)
 RETURNS prepay.account LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -807,6 +835,33 @@ END $$;
 COMMENT ON FUNCTION prepay.cut_allowed_at(integer, timestamptz) IS
 'Earliest instant at or after p_at when the site allows cutting supply: p_at itself unless a no-cut window is in force, else the end of the (chained) windows.';
 
+CREATE FUNCTION prepay._announce(p_channel text, p_payload text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- on a Citus worker nobody listens (agents connect to the coordinator and
+    -- re-read their commands every second), and a NOTIFY there would stop
+    -- the two-phase commit of a statement that wrote to several workers
+    IF prepay._citus_group() <> 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.pg_notify(p_channel, p_payload);
+END $$;
+COMMENT ON FUNCTION prepay._announce(text, text) IS
+'Internal: NOTIFY p_channel with p_payload (relay commands, notifications, configuration changes), except on a Citus worker, where no agent listens: there the agent''s re-read of its commands every second and of its notifications pick the rows up (docs/SCALE-OUT.md).';
+
+CREATE FUNCTION prepay._citus_group() RETURNS integer
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g integer := 0;
+BEGIN
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL THEN
+        EXECUTE 'SELECT groupid FROM pg_catalog.pg_dist_local_group' INTO g;
+    END IF;
+    RETURN coalesce(g, 0);
+END $$;
+COMMENT ON FUNCTION prepay._citus_group() IS
+'Internal: this node''s Citus group id: 0 on the coordinator and on a server without Citus.';
+
 CREATE FUNCTION prepay._queue_command(p_site_id integer, p_meter_id bigint, p_action prepay.command_action,
                                       p_reason text, p_account_id bigint DEFAULT NULL,
                                       p_not_before timestamptz DEFAULT pg_catalog.now())
@@ -836,7 +891,7 @@ BEGIN
             -- (prepay.agent_command_failed) after our look: look again
         END;
     END LOOP;
-    PERFORM pg_catalog.pg_notify('prepay_command', p_site_id || '/' || new_id);
+    PERFORM prepay._announce('prepay_command', p_site_id || '/' || new_id);
     RETURN new_id;
 END $$;
 COMMENT ON FUNCTION prepay._queue_command(integer, bigint, prepay.command_action, text, bigint, timestamptz) IS
@@ -936,7 +991,7 @@ BEGIN
     INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email, message)
     VALUES (p_site_id, p_account_id, 'alarm_level', p_new, a.balance, a.phone, a.email, msg)
     RETURNING notification.notification_id INTO notification_id;
-    PERFORM pg_catalog.pg_notify('prepay_notification', p_site_id || '/' || notification_id);
+    PERFORM prepay._announce('prepay_notification', p_site_id || '/' || notification_id);
 
     IF p_new = 3 AND p_old < 3 THEN
         PERFORM prepay._trip_account(p_site_id, p_account_id, 'arrears');

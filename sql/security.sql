@@ -173,7 +173,7 @@ LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS
     SELECT CASE WHEN c.oid <> s.oid AND s.rolinherit
                      AND c.rolname IN ('prepay_admin', 'prepay_operator', 'prepay_cashier', 'prepay_reader',
                                        'prepay_tenant', 'prepay_agent')
-                     AND NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a WHERE a.grantee = s.rolname)
+                     AND NOT EXISTS (SELECT 1 FROM prepay.api_authenticator a WHERE a.grantee = SESSION_USER)
                 THEN s.oid ELSE c.oid END
       FROM pg_catalog.pg_roles c, pg_catalog.pg_roles s
      WHERE c.oid = prepay._caller() AND s.rolname = SESSION_USER
@@ -270,27 +270,38 @@ CREATE TRIGGER api_authenticator_grantee BEFORE INSERT OR UPDATE ON prepay.api_a
 COMMENT ON TRIGGER api_authenticator_grantee ON prepay.api_authenticator IS 'Refuses registering a role that does not exist.';
 
 CREATE FUNCTION prepay._my_sites() RETURNS integer[]
-LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN prepay._caller_is_superuser()
-                THEN ARRAY(SELECT s.site_id FROM prepay.site s ORDER BY 1)
-                ELSE ARRAY(SELECT DISTINCT a.site_id FROM prepay.site_access a
-                            WHERE a.grantee = ANY (prepay._my_roles()) ORDER BY 1) END
-$$;
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    roles name[];
+BEGIN
+    IF prepay._caller_is_superuser() THEN
+        RETURN ARRAY(SELECT s.site_id FROM prepay.site s ORDER BY 1);
+    END IF;
+    roles := prepay._my_roles();            -- here, not where a distributed table's rows are
+    RETURN ARRAY(SELECT DISTINCT a.site_id FROM prepay.site_access a WHERE a.grantee = ANY (roles) ORDER BY 1);
+END $$;
 COMMENT ON FUNCTION prepay._my_sites() IS
 'Internal: the sites the caller acts on as staff (prepay.site_access, through any group it belongs to); every site for a superuser.  The site policies call it once per statement.';
 
 CREATE FUNCTION prepay._my_accounts() RETURNS TABLE (site_id integer, account_id bigint)
-LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t.site_id, t.account_id FROM prepay.tenant_access t WHERE t.grantee = ANY (prepay._my_roles())
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    roles name[] := prepay._my_roles();     -- here, not where a distributed table's rows are
+BEGIN
+    RETURN QUERY
+    SELECT t.site_id, t.account_id FROM prepay.tenant_access t WHERE t.grantee = ANY (roles)
     UNION
-    SELECT c.site_id, c.account_id FROM prepay._claimed_accounts() c
-$$;
+    SELECT c.site_id, c.account_id FROM prepay._claimed_accounts() c;
+END $$;
 COMMENT ON FUNCTION prepay._my_accounts() IS 'Internal: the accounts the caller sees as a tenant: those mapped to it (prepay.tenant_access) and the one its verified claims name (prepay._claimed_accounts()).';
 
 CREATE FUNCTION prepay._my_agents() RETURNS TABLE (site_id integer, agent_id text)
-LANGUAGE sql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT DISTINCT a.site_id, a.agent_id FROM prepay.agent_access a WHERE a.grantee = ANY (prepay._my_roles())
-$$;
+LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    roles name[] := prepay._my_roles();     -- here, not where a distributed table's rows are
+BEGIN
+    RETURN QUERY SELECT DISTINCT a.site_id, a.agent_id FROM prepay.agent_access a WHERE a.grantee = ANY (roles);
+END $$;
 COMMENT ON FUNCTION prepay._my_agents() IS 'Internal: the (site, agent id) pairs the caller acts as (prepay.agent_access).';
 
 CREATE FUNCTION prepay._is_agent(p_site_id integer, p_agent_id text) RETURNS boolean

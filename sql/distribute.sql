@@ -1,0 +1,251 @@
+
+/*-------------------------------------------------------------------------
+ * sql/distribute.sql
+ *     Running distributed on Citus, the site as the distribution key:
+ *     prepay.distribute(), called once on a Citus coordinator after
+ *     CREATE EXTENSION prepay, distributes every table of schema prepay by
+ *     site_id in one colocation group with prepay.site, so that all the
+ *     rows of a site (its meters, accounts, readings, ledger, alarms,
+ *     commands, and the site row itself, which carries the site's rating
+ *     lock) live in one shard group on one worker, and a reading is rated
+ *     there, by the rating trigger on the reading's shard, with
+ *     single-shard statements only.  docs/SCALE-OUT.md says when and how.
+ *
+ * What distributing changes, on every node (Citus does not carry these to
+ * the copies CREATE EXTENSION made on the workers, so prepay.distribute()
+ * runs prepay._prepare_distribution() on each node first):
+ *   - the row-security policies read the caller's sites and accounts
+ *     through STABLE functions instead of sub-SELECTs (Citus refuses
+ *     sub-queries in the policies of distributed tables);
+ *   - site.name is no longer unique (Citus cannot enforce a unique key
+ *     without the distribution column): site_id is the site's identity;
+ *   - profile_register's key to device_profile loses ON UPDATE CASCADE
+ *     (refused by Citus): rename a profile by inserting the new one;
+ *   - every prepay sequence draws ids from a range of its own on each
+ *     node (the node's group id times 2^48 upwards, as Citus does for
+ *     its own bigint sequences), so rows written on different nodes never
+ *     collide; a ledger entry's and an alarm's id are drawn again, by a
+ *     trigger on the shard, on the node that holds the site, so that the
+ *     ids of one site increase in the order they were written whichever
+ *     node a call came through.
+ * The single-node schema is unchanged until prepay.distribute() runs.
+ *
+ * Who: a superuser on the coordinator.  Not in the generic EXECUTE grant
+ * (security.sql revokes it from PUBLIC and the loop below it grants the
+ * prepay roles; the function refuses anyone else with 42501).
+ *-------------------------------------------------------------------------
+ */
+
+CREATE FUNCTION prepay._citus_installed() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension e WHERE e.extname = 'citus')
+$$;
+COMMENT ON FUNCTION prepay._citus_installed() IS 'Internal: whether the Citus extension is installed in this database.';
+
+-- what the policies call once distributed, one row at a time (no sub-SELECT)
+CREATE FUNCTION prepay._is_my_account(p_site_id integer, p_account_id bigint) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay._my_accounts() t WHERE t.site_id = p_site_id AND t.account_id = p_account_id)
+$$;
+COMMENT ON FUNCTION prepay._is_my_account(integer, bigint) IS 'Internal: whether the caller sees this account as a tenant (prepay._my_accounts()); the account_tenant policies once distributed.';
+
+CREATE FUNCTION prepay._tenant_sees_reading(p_site_id integer, p_meter_id bigint, p_read_at timestamptz) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay.meter m
+                     JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
+                    WHERE m.site_id = p_site_id AND a.site_id = p_site_id AND m.meter_id = p_meter_id
+                      AND p_read_at >= a.opened_at)
+$$;
+COMMENT ON FUNCTION prepay._tenant_sees_reading(integer, bigint, timestamptz) IS 'Internal: whether a tenant sees this reading (a meter of its account, since the account was opened); the reading_tenant policy once distributed.';
+
+CREATE FUNCTION prepay._tenant_sees_bill(p_site_id integer, p_bill_id bigint) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay.bill b WHERE b.site_id = p_site_id AND b.bill_id = p_bill_id)
+$$;
+COMMENT ON FUNCTION prepay._tenant_sees_bill(integer, bigint) IS 'Internal: whether a tenant sees this bill (its own accounts''); the bill_line_tenant policy once distributed.';
+
+CREATE FUNCTION prepay._is_my_agent(p_site_id integer, p_agent_id text) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay._my_agents() a WHERE a.site_id = p_site_id AND a.agent_id = p_agent_id)
+$$;
+COMMENT ON FUNCTION prepay._is_my_agent(integer, text) IS 'Internal: whether the caller acts as this agent of this site (prepay._my_agents()); the agent_gateway policy once distributed.';
+
+CREATE FUNCTION prepay._my_agent_sites() RETURNS integer[]
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ARRAY(SELECT DISTINCT a.site_id FROM prepay._my_agents() a ORDER BY 1)
+$$;
+COMMENT ON FUNCTION prepay._my_agent_sites() IS 'Internal: the sites the caller is an agent of (prepay._my_agents()); the agent_site and agent_insert policies once distributed.';
+
+CREATE FUNCTION prepay._agent_sees_gateway(p_site_id integer, p_gateway_id bigint) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay.gateway g WHERE g.site_id = p_site_id AND g.gateway_id = p_gateway_id)
+$$;
+COMMENT ON FUNCTION prepay._agent_sees_gateway(integer, bigint) IS 'Internal: whether an agent sees this gateway (its gateway policy); the agent_meter policy once distributed.';
+
+CREATE FUNCTION prepay._mapping_tables() RETURNS regclass[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '{prepay.site_access,prepay.tenant_access,prepay.agent_access,prepay.api_authenticator}'::pg_catalog.regclass[]
+$$;
+COMMENT ON FUNCTION prepay._mapping_tables() IS 'Internal: the tables that map roles to sites, accounts and agents: reference tables once distributed (prepay.distribute()), so that who a caller is can be read on every node.';
+
+CREATE FUNCTION prepay._redraw_id() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- TG_ARGV: the id column and its sequence; drawn on this node, the one holding the shard
+    RETURN pg_catalog.jsonb_populate_record(NEW,
+        pg_catalog.jsonb_build_object(TG_ARGV[0], pg_catalog.nextval(TG_ARGV[1]::pg_catalog.regclass)));
+END $$;
+COMMENT ON FUNCTION prepay._redraw_id() IS
+'Internal: BEFORE INSERT trigger that prepay.distribute() puts on the ledger and the alarms: the row''s id is drawn from the sequence of the node holding the site''s shard (Citus evaluates a column default on the node the statement came through), so that a site''s ids increase in the order its rows were written.  Unused on a single node.';
+
+CREATE FUNCTION prepay._prepare_distribution() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+    s record;
+    f record;
+    fk name;
+    group_id bigint := 0;
+BEGIN
+    -- policies without sub-SELECTs
+    FOR p IN
+        SELECT c.oid::regclass AS rel, pol.polname, pol.polcmd, pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) AS qual
+          FROM pg_catalog.pg_policy pol JOIN pg_catalog.pg_class c ON c.oid = pol.polrelid
+         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace
+           AND pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) ~ 'SELECT'
+    LOOP
+        IF p.polname = 'site_staff' THEN
+            EXECUTE pg_catalog.format('ALTER POLICY site_staff ON %s USING (site_id = ANY (prepay._my_sites())) '
+                                      'WITH CHECK (site_id = ANY (prepay._my_sites()))', p.rel);
+        ELSIF p.polname = 'account_tenant' THEN
+            EXECUTE pg_catalog.format('ALTER POLICY account_tenant ON %s USING (prepay._is_my_account(site_id, account_id))', p.rel);
+        ELSIF p.polname = 'reading_tenant' THEN
+            ALTER POLICY reading_tenant ON prepay.reading USING (prepay._tenant_sees_reading(site_id, meter_id, read_at));
+        ELSIF p.polname = 'bill_line_tenant' THEN
+            ALTER POLICY bill_line_tenant ON prepay.bill_line USING (prepay._tenant_sees_bill(site_id, bill_id));
+        ELSIF p.polname = 'agent_gateway' THEN
+            ALTER POLICY agent_gateway ON prepay.gateway USING (prepay._is_my_agent(site_id, agent_id));
+        ELSIF p.polname = 'agent_meter' THEN
+            ALTER POLICY agent_meter ON prepay.meter USING (prepay._agent_sees_gateway(site_id, gateway_id));
+        ELSIF p.polname = 'agent_site' THEN
+            EXECUTE pg_catalog.format('ALTER POLICY agent_site ON %s USING (site_id = ANY (prepay._my_agent_sites()))', p.rel);
+        END IF;
+    END LOOP;
+    FOR p IN
+        SELECT c.oid::regclass AS rel, pol.polname
+          FROM pg_catalog.pg_policy pol JOIN pg_catalog.pg_class c ON c.oid = pol.polrelid
+         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND pol.polname = 'agent_insert'
+           AND pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid) ~ 'SELECT'
+    LOOP
+        ALTER POLICY agent_insert ON prepay.reading WITH CHECK (site_id = ANY (prepay._my_agent_sites()));
+    END LOOP;
+
+    -- the mapping tables become reference tables (a copy on every node, read
+    -- where a policy asks who the caller is): no foreign keys to the sites'
+    -- and accounts' shards
+    FOR p IN
+        SELECT con.conrelid::regclass AS rel, con.conname AS polname, NULL::"char" AS polcmd, NULL::text AS qual
+          FROM pg_catalog.pg_constraint con
+         WHERE con.contype = 'f' AND con.conrelid = ANY (prepay._mapping_tables())
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', p.rel, p.polname);
+    END LOOP;
+    -- ... and no audit trigger: it would fire on each node's copy (docs/SCALE-OUT.md)
+    FOR p IN
+        SELECT tg.tgrelid::regclass AS rel, tg.tgname AS polname, NULL::"char" AS polcmd, NULL::text AS qual
+          FROM pg_catalog.pg_trigger tg
+         WHERE tg.tgname = 'audit' AND tg.tgrelid = ANY (prepay._mapping_tables())
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', p.polname, p.rel);
+    END LOOP;
+
+    -- site names: unique per coordinator no more (site_id is the identity)
+    ALTER TABLE prepay.site DROP CONSTRAINT IF EXISTS site_name_key;
+
+    -- profile_register: no ON UPDATE CASCADE
+    SELECT con.conname INTO fk FROM pg_catalog.pg_constraint con
+     WHERE con.conrelid = 'prepay.profile_register'::pg_catalog.regclass AND con.contype = 'f' AND con.confupdtype = 'c';
+    IF fk IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE prepay.profile_register DROP CONSTRAINT %I', fk);
+        ALTER TABLE prepay.profile_register ADD FOREIGN KEY (site_id, profile)
+            REFERENCES prepay.device_profile ON DELETE CASCADE;
+    END IF;
+
+    -- functions that read the site's own rows (or the caller's mappings) from
+    -- inside a statement Citus runs on a shard: Citus refuses such nested
+    -- statements unless told they are safe, which they are (the rows of one
+    -- site, or the small mapping tables)
+    FOR f IN
+        SELECT pr.oid::regprocedure AS sig FROM pg_catalog.pg_proc pr
+         WHERE pr.pronamespace = 'prepay'::pg_catalog.regnamespace
+           AND pr.proname IN ('_rate', '_rate_many', '_my_sites', '_my_accounts', '_my_agents', '_reading_sites',
+                              '_my_roles', '_mapping_role', '_authenticated_claims', '_claimed_accounts')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET citus.allow_nested_distributed_execution = on', f.sig);
+    END LOOP;
+
+    -- each node's own id range
+    group_id := prepay._citus_group();
+    FOR s IN
+        SELECT c.oid::regclass AS seq, sq.seqtypid = 'pg_catalog.int4'::pg_catalog.regtype AS small
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_sequence sq ON sq.seqrelid = c.oid
+         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind = 'S'
+    LOOP
+        CONTINUE WHEN s.small OR group_id = 0;   -- site ids are drawn on the coordinator only
+        IF pg_catalog.nextval(s.seq) < (group_id << 48) THEN
+            PERFORM pg_catalog.setval(s.seq, group_id << 48);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._prepare_distribution() IS
+'Internal: the schema changes Citus needs, on this node (prepay.distribute() runs it on every node): policies without sub-SELECTs, site.name no longer unique, profile_register''s key without ON UPDATE CASCADE, the node''s own id range of every bigint sequence.  Idempotent.';
+
+CREATE FUNCTION prepay.distribute() RETURNS TABLE (table_name regclass, distribution text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        PERFORM prepay._raise('42501', 'permission denied: prepay.distribute needs a superuser',
+            pg_catalog.format('Role %s is not a superuser.', current_user),
+            'Connect to the Citus coordinator as a superuser and call it again.');
+    END IF;
+    IF NOT prepay._citus_installed() THEN
+        PERFORM prepay._raise('55000', pg_catalog.format('Citus is not installed in database %s', pg_catalog.current_database()),
+            'prepay.distribute() distributes prepay''s tables by site over a Citus cluster; this server runs prepay on one node, which needs nothing more.',
+            'Install Citus from its packages on every node, set shared_preload_libraries = ''citus'', restart, CREATE EXTENSION citus; before CREATE EXTENSION prepay; add the workers (citus_add_node) and call it again on the coordinator (docs/SCALE-OUT.md).');
+    END IF;
+    IF NOT prepay._distributed() THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+        PERFORM prepay._prepare_distribution();
+        EXECUTE 'SELECT pg_catalog.bool_and(success) FROM pg_catalog.run_command_on_workers(''SELECT prepay._prepare_distribution()'')';
+        EXECUTE 'SELECT pg_catalog.create_distributed_table(''prepay.site'', ''site_id'')';
+        FOR t IN SELECT pg_catalog.unnest(prepay._mapping_tables()) AS rel LOOP
+            EXECUTE pg_catalog.format('SELECT pg_catalog.create_reference_table(%L)', t.rel);
+        END LOOP;
+        FOR t IN
+            SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind = 'r' AND c.relname <> 'site'
+               AND NOT c.oid = ANY (prepay._mapping_tables())
+             ORDER BY c.oid
+        LOOP
+            EXECUTE pg_catalog.format('SELECT pg_catalog.create_distributed_table(%L, ''site_id'', colocate_with => ''prepay.site'')', t.rel);
+        END LOOP;
+        CREATE TRIGGER redraw_entry_id BEFORE INSERT ON prepay.ledger
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('entry_id', 'prepay.ledger_entry_id_seq');
+        CREATE TRIGGER redraw_alarm_id BEFORE INSERT ON prepay.alarm
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('alarm_id', 'prepay.alarm_id_seq');
+        CREATE TRIGGER redraw_command_id BEFORE INSERT ON prepay.command
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('command_id', 'prepay.command_id_seq');
+        CREATE TRIGGER redraw_notification_id BEFORE INSERT ON prepay.notification
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('notification_id', 'prepay.notification_id_seq');
+    END IF;
+    RETURN QUERY EXECUTE
+        'SELECT p.logicalrelid::pg_catalog.regclass,
+                CASE WHEN p.partmethod = ''n'' THEN ''reference''
+                     ELSE pg_catalog.format(''by %s, colocation %s'', pg_catalog.column_to_column_name(p.logicalrelid, p.partkey), p.colocationid) END
+           FROM pg_catalog.pg_dist_partition p JOIN pg_catalog.pg_class c ON c.oid = p.logicalrelid
+          WHERE c.relnamespace = ''prepay''::pg_catalog.regnamespace ORDER BY 1::pg_catalog.text';
+END $$;
+COMMENT ON FUNCTION prepay.distribute() IS
+'On a Citus coordinator, after CREATE EXTENSION prepay: distribute every table of schema prepay by site_id in one colocation group with prepay.site (the schema changes Citus needs are made on every node first, see sql/distribute.sql), and list the distributed tables.  Run again, it changes nothing and lists them.  55000 without Citus, 42501 for a non-superuser.  docs/SCALE-OUT.md.';
