@@ -163,7 +163,7 @@ balance_post_charges(BalanceCharge *charges, int ncharges, DirectTable *account_
 		accounts[a].balance -= c->amount;
 	}
 	/* accounts[].balance is now the balance before the batch */
-	ledger_table = spi_citus_present() ? NULL : direct_open("ledger", CMD_INSERT, NULL, GetActiveSnapshot());
+	ledger_table = direct_open("ledger", CMD_INSERT, NULL, GetActiveSnapshot());
 	if (ledger_table != NULL)
 	{
 		insert_ledger_direct(charges, ncharges, ledger_table);

@@ -132,12 +132,9 @@ batch_open_direct(Batch *batch)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	UpdateActiveSnapshotCommandId();
 	batch->snapshot = RegisterSnapshot(GetActiveSnapshot());
-	if (!spi_citus_present())
-	{
-		batch->account_table = direct_open("account", CMD_UPDATE, account_balance_columns,
-										   batch->snapshot);
-		batch->meter_table = direct_open("meter", CMD_UPDATE, meter_state_columns, batch->snapshot);
-	}
+	batch->account_table = direct_open("account", CMD_UPDATE, account_balance_columns,
+									   batch->snapshot);
+	batch->meter_table = direct_open("meter", CMD_UPDATE, meter_state_columns, batch->snapshot);
 	if (batch->account_table == NULL || batch->meter_table == NULL)
 		batch_close_direct(batch);
 }

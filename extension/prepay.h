@@ -48,7 +48,6 @@ extern char *fixed_format(int64 value, int scale);
 #include "executor/spi.h"
 extern SPIPlanPtr spi_kept_plan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types);
 extern Datum spi_array(Datum *values, bool *nulls, int n, Oid element_type);
-extern bool spi_citus_present(void);
 
 /* balance.c */
 extern int	balance_alarm_level(int64 balance, int64 low_balance_threshold,

@@ -301,7 +301,7 @@ flush_days(Rollup *rollup)
 	if (rollup->nsums == 0)
 		return;
 	sort_groups(rollup);
-	pending = spi_citus_present() ? NULL : direct_open("energy_pending", CMD_INSERT, NULL, GetActiveSnapshot());
+	pending = direct_open("energy_pending", CMD_INSERT, NULL, GetActiveSnapshot());
 	if (pending != NULL)
 	{
 		insert_days_direct(rollup->sums, rollup->nsums, pending);

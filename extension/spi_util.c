@@ -15,7 +15,6 @@
 #include "prepay.h"
 
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 
@@ -78,17 +77,4 @@ spi_array(Datum *values, bool *nulls, int n, Oid element_type)
 	}
 	return PointerGetDatum(construct_md_array(values, nulls, 1, &n, &lbound,
 											  element_type, typlen, typbyval, typalign));
-}
-
-/*
- * spi_citus_present
- *		Whether Citus is installed in this database.  The rating batch then
- *		writes by SQL only: on a Citus node prepay's tables by name are the
- *		distributed tables' empty shells, and Citus routes each statement
- *		to the site's shard (docs/SCALE-OUT.md).
- */
-bool
-spi_citus_present(void)
-{
-	return OidIsValid(get_extension_oid("citus", true));
 }
