@@ -39,73 +39,32 @@ UPGRADE_DIRS = $(wildcard sql/upgrade/*--*)
 UPGRADE_SCRIPTS = $(patsubst sql/upgrade/%,sql/$(EXTENSION)--%.sql,$(UPGRADE_DIRS))
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPTS)
 
-# The earlier releases, those an upgrade path starts from: release OLD is
-# git tag vOLD, and `make releases` builds its install script from the tag
-# (as that release's own Makefile built it) into sql/releases/, which git
-# ignores.  Only test/t/200_upgrade.pl needs them (test/run.sh runs `make
+# The earlier releases, those an upgrade path starts from.  Release OLD is
+# the commit named in sql/releases.txt (and git tag vOLD, when the clone has
+# the tag: the two must agree); `make releases` builds its install script
+# from that commit (as that release's own Makefile built it) into
+# sql/releases/, which git ignores.  The commit is recorded in the tree
+# because a clone does not always bring tags along.  Only
+# test/t/200_upgrade.pl needs these scripts (test/run.sh runs `make
 # install-releases` into its private installation); `make install` leaves
 # them out, since an installed database upgrades with the upgrade scripts.
 RELEASES = $(sort $(foreach d,$(UPGRADE_DIRS),$(firstword $(subst --, ,$(notdir $(d))))))
 RELEASE_SCRIPTS = $(patsubst %,sql/releases/$(EXTENSION)--%.sql,$(RELEASES))
+release_commit = $(word 2,$(shell grep '^$(1) ' sql/releases.txt))
 
-# The agent and the simulator are ordinary programs; the *-asan builds
-# (AddressSanitizer and UBSan) are the ones the end-to-end tests run, and
-# agent/prepay-agent-small-spool is the ASan agent with a small spool bound.
-AGENT = agent/prepay-agent
-SIM = test/sim/prepay-sim
-AGENT_SOURCES = $(wildcard agent/*.c)
-SIM_SOURCES = $(wildcard test/sim/*.c)
-PROGRAMS = $(if $(AGENT_SOURCES),$(AGENT) $(AGENT)-asan $(AGENT)-small-spool) $(if $(SIM_SOURCES),$(SIM) $(SIM)-asan)
-PROGRAM_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
-	$(shell pkg-config --cflags libmodbus libevent libcurl openssl 2>/dev/null) -I$(shell $(PG_CONFIG) --includedir 2>/dev/null)
-PROGRAM_LIBS = $(shell pkg-config --libs libmodbus libevent_pthreads libevent libcurl openssl 2>/dev/null) -lpq -lpthread
-ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
-
-EXTRA_CLEAN = $(DATA_built) sql/releases $(PROGRAMS) results output_iso regression.diffs regression.out
-
-TESTS = $(wildcard test/sql/*.sql)
-REGRESS = $(sort $(patsubst test/sql/%.sql,%,$(TESTS)))
-REGRESS_OPTS = --inputdir=test --load-extension=$(EXTENSION) --dbname=prepay_regress
-ISOLATION = $(sort $(patsubst test/specs/%.spec,%,$(wildcard test/specs/*.spec)))
-ISOLATION_OPTS = --inputdir=test --load-extension=$(EXTENSION)
-
-PG_CPPFLAGS = -Iextension
-PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
-
-PG_CONFIG ?= pg_config
-PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
-
-.DEFAULT_GOAL := all
-
-# On a machine without the PostgreSQL server headers the PGXS makefile does
-# not exist yet; `make test` installs it first and then re-enters make.
-ifneq ($(wildcard $(PGXS)),)
-include $(PGXS)
-else
-all:
-	@echo "PostgreSQL server headers not found: run 'make test' (installs them) or test/install-deps.sh" >&2
-	@exit 1
-endif
-
-# PGXS tracks no header dependencies unless PostgreSQL was configured with
-# --enable-depend: rebuild every module when a header changes.
-$(OBJS): $(wildcard extension/*.h)
-
-sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
-	cat $^ >$@
-
-.SECONDEXPANSION:
-$(UPGRADE_SCRIPTS): sql/$(EXTENSION)--%.sql: $$(sort $$(wildcard sql/upgrade/%/*.sql))
-	cat $^ >$@
-
-sql/releases/$(EXTENSION)--%.sql:
-	@git rev-parse -q --verify 'refs/tags/v$*^{commit}' >/dev/null || { \
-		echo "prepay: RELEASE $* NOT BUILT: its install script is built from git tag v$*, which this checkout lacks." >&2; \
-		echo "prepay: fetch the tags (git fetch --tags) and run 'make releases'; test/t/200_upgrade.pl fails without it." >&2; \
-		exit 1; }
-	rm -rf $@.tree && mkdir -p $@.tree
-	git archive 'v$*' | tar -x -C $@.tree
-	$(MAKE) -s -C $@.tree sql/$(EXTENSION)--$*.sql
+sql/releases/$(EXTENSION)--%.sql: sql/releases.txt
+	@commit='$(call release_commit,$*)'; \
+	[ -n "$$commit" ] || { echo "prepay: RELEASE $* NOT BUILT: sql/releases.txt names no commit for it." >&2; exit 1; }; \
+	git cat-file -e "$$commit^{commit}" 2>/dev/null || { \
+		echo "prepay: RELEASE $* NOT BUILT: its commit $$commit is not in this clone (a shallow clone?)." >&2; \
+		echo "prepay: fetch the history (git fetch --unshallow) and run 'make releases'; test/t/200_upgrade.pl fails without it." >&2; \
+		exit 1; }; \
+	tag=$$(git rev-parse -q --verify 'refs/tags/v$*^{commit}' || true); \
+	[ -z "$$tag" ] || [ "$$tag" = "$$(git rev-parse "$$commit^{commit}")" ] || { \
+		echo "prepay: RELEASE $* NOT BUILT: git tag v$* is $$tag, sql/releases.txt says $$commit." >&2; exit 1; }; \
+	rm -rf $@.tree && mkdir -p $@.tree && \
+	git archive "$$commit" | tar -x -C $@.tree && \
+	$(MAKE) -s -C $@.tree sql/$(EXTENSION)--$*.sql && \
 	mv $@.tree/sql/$(EXTENSION)--$*.sql $@ && rm -rf $@.tree
 
 releases: $(RELEASE_SCRIPTS)

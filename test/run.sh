@@ -27,7 +27,7 @@ cp -a "$pgshare" "$work/pg$(dirname "$pgshare")/"
 # only this tree's prepay: not the scripts of a build installed on the system
 rm -f "$work/pg$pgshare/extension/prepay"[.-]*
 make -C "$top" -s install DESTDIR="$work/pg" >/dev/null
-# the earlier releases' install scripts, built from their git tags here, in
+# the earlier releases' install scripts, built from their commits here, in
 # the checkout (the scratch copy has no .git), for test/t/200_upgrade.pl;
 # without them that test fails, the others run
 make -C "$top" -s install-releases DESTDIR="$work/pg" >/dev/null ||

@@ -2,14 +2,15 @@
 #
 # An operator upgrades with ALTER EXTENSION prepay UPDATE, never by dropping
 # the extension that holds the money.  For each earlier release (each OLD
-# of an upgrade path sql/upgrade/OLD--NEW/; its install script is built from
-# git tag vOLD by `make releases`, which test/run.sh installs into the
-# private installation), this test installs that release, fills it with
-# test/upgrade/fill.sql, updates to the current version, and checks that
-# the result equals a fresh install of the current version fed the same
-# scenario: the same schema (test/upgrade/schema.sql: every table, column,
-# constraint, index, trigger, view, function with its body and settings,
-# policy, grant and comment), the same output of test/upgrade/exercise.sql
+# of an upgrade path sql/upgrade/OLD--NEW/; its install script is built
+# from the commit sql/releases.txt names by `make releases`, which
+# test/run.sh installs into the private installation), this test installs
+# that release, fills it with test/upgrade/fill.sql, updates to the
+# current version, and checks that the result equals a fresh install of the
+# current version fed the same scenario: the same schema
+# (test/upgrade/schema.sql: every table, column, constraint, index,
+# trigger, view, function with its body and settings, policy, grant and
+# comment), the same output of test/upgrade/exercise.sql
 # (more readings and money after the upgrade, balances, the ledger,
 # explained charges, reports, commands, alarms) and an empty check_ledger().
 
@@ -53,8 +54,8 @@ foreach my $from (@releases)
 {
 	unless (ok(-f "$extdir/prepay--$from.sql", "release ${from}'s install script is installed"))
 	{
-		diag("release $from is built from git tag v$from (make releases, make install-releases):"
-			  . " in a clone without the tag, run git fetch --tags");
+		diag("release $from is built from the commit sql/releases.txt names (make releases,"
+			  . " make install-releases): in a shallow clone, run git fetch --unshallow");
 		next;
 	}
 	my $db = "from_" . ($from =~ s/\./_/gr);
