@@ -8,69 +8,26 @@
 -- The joins are LEFT JOINs on primary keys, so a view that does not read a
 -- meter's or an account's columns does not join it (PostgreSQL removes the
 -- join), and a filter on grain leaves the other grain's rollup unread.
-CREATE VIEW prepay.energy_rollup WITH (security_invoker = true) AS
-SELECT r.site_id, r.grain, r.starts, r.meter_id, m.code AS meter_code, m.building, m.floor, m.room,
-       r.account_id, a.code AS account_code, a.name AS account_name, r.period, r.tier,
-       r.energy, r.cost, r.charged, r.charges
-  FROM (SELECT d.site_id, 'day'::text AS grain, d.day AS starts, d.meter_id, d.account_id, d.period, d.tier,
-               d.energy, d.cost, d.charged, d.charges
-          FROM prepay.energy_day d
-        UNION ALL
-        SELECT mo.site_id, 'month'::text, mo.month, mo.meter_id, mo.account_id, mo.period, mo.tier,
-               mo.energy, mo.cost, mo.charged, mo.charges
-          FROM prepay.energy_month mo) AS r
-  LEFT JOIN prepay.meter m ON m.site_id = r.site_id AND m.meter_id = r.meter_id
-  LEFT JOIN prepay.account a ON a.site_id = r.site_id AND a.account_id = r.account_id;
-COMMENT ON VIEW prepay.energy_rollup IS 'Base of the energy report views: the rollups energy_day (grain ''day'') and energy_month (grain ''month'', starts = the first of the local month) with their meters'' and accounts'' codes and places.';
+--@ copy view prepay.energy_rollup
+ALTER VIEW prepay.energy_rollup SET (security_invoker = true);
 
-CREATE OR REPLACE VIEW prepay.energy_meter_daily WITH (security_invoker = true) AS
-SELECT r.site_id, r.starts AS day, r.meter_id, r.meter_code, r.building, r.floor, r.room,
-       r.account_id, r.account_code, r.period, r.tier, r.energy, r.cost, r.charged, r.charges
-  FROM prepay.energy_rollup r
- WHERE r.grain = 'day';
-COMMENT ON VIEW prepay.energy_meter_daily IS 'Energy and cost per meter, account, local day, time-of-use period and tier (rollup energy_day).';
+--@ copy view prepay.energy_meter_daily
+ALTER VIEW prepay.energy_meter_daily SET (security_invoker = true);
 
-CREATE OR REPLACE VIEW prepay.energy_meter_monthly WITH (security_invoker = true) AS
-SELECT r.site_id, r.starts AS month, r.meter_id, r.meter_code, r.building, r.floor, r.room,
-       r.account_id, r.account_code, r.period, r.tier, r.energy, r.cost, r.charged, r.charges
-  FROM prepay.energy_rollup r
- WHERE r.grain = 'month';
-COMMENT ON VIEW prepay.energy_meter_monthly IS 'Energy and cost per meter, account, local month, time-of-use period and tier (rollup energy_month).';
+--@ copy view prepay.energy_meter_monthly
+ALTER VIEW prepay.energy_meter_monthly SET (security_invoker = true);
 
-CREATE OR REPLACE VIEW prepay.energy_meter_yearly WITH (security_invoker = true) AS
-SELECT r.site_id, pg_catalog.date_part('year', r.starts)::integer AS year, r.meter_id, r.meter_code,
-       r.building, r.floor, r.room, r.account_id, r.account_code, r.period, r.tier,
-       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
-  FROM prepay.energy_rollup r
- WHERE r.grain = 'month'
- GROUP BY r.site_id, 2, r.meter_id, r.meter_code, r.building, r.floor, r.room, r.account_id, r.account_code,
-          r.period, r.tier;
-COMMENT ON VIEW prepay.energy_meter_yearly IS 'Energy and cost per meter, account, local calendar year, time-of-use period and tier (from energy_month).';
+--@ copy view prepay.energy_meter_yearly
+ALTER VIEW prepay.energy_meter_yearly SET (security_invoker = true);
 
-CREATE OR REPLACE VIEW prepay.energy_account_daily WITH (security_invoker = true) AS
-SELECT r.site_id, r.starts AS day, r.account_id, r.account_code, r.account_name, r.period, r.tier,
-       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
-  FROM prepay.energy_rollup r
- WHERE r.grain = 'day'
- GROUP BY r.site_id, r.starts, r.account_id, r.account_code, r.account_name, r.period, r.tier;
-COMMENT ON VIEW prepay.energy_account_daily IS 'Energy and cost per account (all its meters), local day, time-of-use period and tier.';
+--@ copy view prepay.energy_account_daily
+ALTER VIEW prepay.energy_account_daily SET (security_invoker = true);
 
-CREATE OR REPLACE VIEW prepay.energy_account_monthly WITH (security_invoker = true) AS
-SELECT r.site_id, r.starts AS month, r.account_id, r.account_code, r.account_name, r.period, r.tier,
-       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
-  FROM prepay.energy_rollup r
- WHERE r.grain = 'month'
- GROUP BY r.site_id, r.starts, r.account_id, r.account_code, r.account_name, r.period, r.tier;
-COMMENT ON VIEW prepay.energy_account_monthly IS 'Energy and cost per account (all its meters), local month, time-of-use period and tier: the monthly energy-and-cost report.';
+--@ copy view prepay.energy_account_monthly
+ALTER VIEW prepay.energy_account_monthly SET (security_invoker = true);
 
-CREATE OR REPLACE VIEW prepay.energy_account_yearly WITH (security_invoker = true) AS
-SELECT r.site_id, pg_catalog.date_part('year', r.starts)::integer AS year, r.account_id, r.account_code,
-       r.account_name, r.period, r.tier,
-       sum(r.energy) AS energy, sum(r.cost) AS cost, sum(r.charged) AS charged, sum(r.charges) AS charges
-  FROM prepay.energy_rollup r
- WHERE r.grain = 'month'
- GROUP BY r.site_id, 2, r.account_id, r.account_code, r.account_name, r.period, r.tier;
-COMMENT ON VIEW prepay.energy_account_yearly IS 'Energy and cost per account, local calendar year, time-of-use period and tier.';
+--@ copy view prepay.energy_account_yearly
+ALTER VIEW prepay.energy_account_yearly SET (security_invoker = true);
 
 -- the base view's columns take the comments the report views' columns of
 -- the same name have (the dictionary in reports.sql gave both), its two
