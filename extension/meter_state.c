@@ -287,6 +287,8 @@ meter_read_row(Batch *batch, const MeterColumns *cols, BatchMeter *m, Datum *val
 	m->carry = fixed_from_numeric(values[att[S_CHARGE_CARRY] - 1], EXACT_SCALE);
 	if (!nulls[att[S_RELAY_STATE] - 1])
 		m->relay = meter_state_relay_label(batch, values[att[S_RELAY_STATE] - 1]);
+	m->relay_at = nulls[att[S_RELAY_STATE_AT] - 1] ? DT_NOBEGIN :
+		DatumGetTimestampTz(values[att[S_RELAY_STATE_AT] - 1]);
 	m->cycle.start = nulls[att[S_CYCLE_START] - 1] ? INT64_MIN :
 		DatumGetTimestampTz(values[att[S_CYCLE_START] - 1]);
 	m->cycle.used = fixed_from_numeric(values[att[S_CYCLE_USED] - 1], ENERGY_SCALE);
@@ -375,7 +377,8 @@ batch_load_meters(Batch *batch)
 			"       (m.charge_carry * 1000000000)::int8, m.relay_state::text,"
 			"       m.cycle_start, (m.cycle_used * 1000)::int8,"
 			"       (m.last_sharp * 1000)::int8, (m.last_peak * 1000)::int8,"
-			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8, m.kind::text"
+			"       (m.last_flat * 1000)::int8, (m.last_valley * 1000)::int8, m.kind::text,"
+			"       m.relay_state_at"
 			"  FROM ROWS FROM (pg_catalog.unnest($1::int4[]), pg_catalog.unnest($2::int8[]))"
 			"       WITH ORDINALITY AS u(site_id, meter_id, ord)"
 			"  JOIN prepay.meter m ON m.site_id = u.site_id AND m.meter_id = u.meter_id"
@@ -416,6 +419,9 @@ batch_load_meters(Batch *batch)
 		m->last_energy = DatumGetInt64(SPI_getbinval(tuple, desc, 9, &isnull));
 		m->carry = DatumGetInt64(SPI_getbinval(tuple, desc, 10, &isnull));
 		m->relay = SPI_getvalue(tuple, desc, 11);
+		m->relay_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 19, &isnull));
+		if (isnull)
+			m->relay_at = DT_NOBEGIN;
 		m->cycle.start = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 12, &isnull));
 		if (isnull)
 			m->cycle.start = INT64_MIN;

@@ -86,7 +86,7 @@ typedef struct BatchMeter
 	uint8		register_mask;	/* TOU registers of the last rated reading (bit k) */
 	int64		registers[NREGISTERS];
 	const char *relay;			/* relay state known, or NULL */
-	TimestampTz relay_at;
+	TimestampTz relay_at;		/* when it was learnt (DT_NOBEGIN: never) */
 	bool		relay_changed;	/* a reading reported a new relay state */
 	bool		changed;
 	HeapTuple	row;			/* direct path: the meter row read */

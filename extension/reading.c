@@ -457,7 +457,13 @@ batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n)
 		meter->register_mask = r->register_mask;
 		memcpy(meter->registers, r->registers, sizeof(r->registers));
 		meter->changed = true;
-		if (r->relay != NULL && (meter->relay == NULL || strcmp(meter->relay, r->relay) != 0))
+		/*
+		 * A relay state read before the one already known (a command the
+		 * agent confirmed after taking this reading) is stale: taking it
+		 * would forget a trip, and a recharge would then close nothing.
+		 */
+		if (r->relay != NULL && (meter->relay == NULL || strcmp(meter->relay, r->relay) != 0) &&
+			r->read_at > meter->relay_at)
 		{
 			meter->relay = r->relay;
 			meter->relay_at = r->read_at;

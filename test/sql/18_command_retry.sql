@@ -205,6 +205,31 @@ SELECT prepay.agent_command_done(1, 8, 'tripped');
 RESET SESSION AUTHORIZATION;
 SELECT * FROM regress.retry_state WHERE command_id = 8;
 
+-- ---------------------------------------------------------------------
+-- 7. a relay state read before a confirmed command is stale: a reading
+-- taken before the agent tripped the relay, delivered after the trip was
+-- confirmed, leaves the trip known, so the tenant's next payment closes
+-- the relay again
+-- ---------------------------------------------------------------------
+SELECT relay_state_at AS confirmed_at, last_energy AS energy FROM prepay.meter WHERE site_id = 1 AND meter_id = 1 \gset
+SELECT relay_state FROM prepay.meter WHERE site_id = 1 AND meter_id = 1;
+SET SESSION AUTHORIZATION regress_retry_agent;
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, relay_state)
+VALUES (1, 1, :'confirmed_at'::timestamptz - interval '2 seconds', :energy + 0.1, 'closed');
+RESET SESSION AUTHORIZATION;
+SELECT relay_state, relay_state_at = :'confirmed_at' AS still_the_confirmed_state
+  FROM prepay.meter WHERE site_id = 1 AND meter_id = 1;
+-- a reading taken after it tells the relay's state as it is now
+SET SESSION AUTHORIZATION regress_retry_agent;
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, relay_state)
+VALUES (1, 1, clock_timestamp(), :energy + 0.1, 'closed');
+RESET SESSION AUTHORIZATION;
+SELECT relay_state, relay_state_at > :'confirmed_at' AS learnt_from_the_reading
+  FROM prepay.meter WHERE site_id = 1 AND meter_id = 1;
+SELECT read_at > :'confirmed_at' AS read_after_the_trip, relay_state, quarantine_reason, quarantine_detail
+  FROM prepay.reading WHERE site_id = 1 AND meter_id = 1 AND read_at > :'confirmed_at'::timestamptz - interval '1 minute'
+ ORDER BY read_at;
+
 -- the new functions pin their search_path
 SELECT p.oid::regprocedure AS function, p.prosecdef AS security_definer, p.proconfig
   FROM pg_proc p
