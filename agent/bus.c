@@ -34,6 +34,7 @@
 
 #include "bus.h"
 #include "alloc.h"
+#include "event_drop.h"
 #include "log.h"
 
 #define BLOCK_MAX 125 /* registers per FC03 request */
@@ -106,9 +107,7 @@ int bus_setup(struct event_base *base, bus_event_fn fn, void *arg)
 void bus_teardown(void)
 {
 	inbox_cb(-1, 0, NULL);
-	if (inbox_ev)
-		event_free(inbox_ev);
-	inbox_ev = NULL;
+	event_drop(&inbox_ev);
 }
 
 static struct bus_event *new_event(struct bus *b, enum bus_event_kind kind)

@@ -35,6 +35,9 @@
 #define CACHE_FORMAT      "prepay-agent catalog cache 1"
 #define CACHE_MAX_COLUMNS 64
 
+/* COPY text escaping: special[i] is written as a backslash and escape[i] */
+static const char special[] = "\\\t\n\r", escape[] = "\\tnr";
+
 /* write_field: one value in COPY text escaping (NULL is \N) */
 static void write_field(FILE *f, const char *v)
 {
@@ -42,23 +45,15 @@ static void write_field(FILE *f, const char *v)
 		fputs("\\N", f);
 		return;
 	}
-	for (; *v; v++)
-		switch (*v) {
-		case '\\':
-			fputs("\\\\", f);
-			break;
-		case '\t':
-			fputs("\\t", f);
-			break;
-		case '\n':
-			fputs("\\n", f);
-			break;
-		case '\r':
-			fputs("\\r", f);
-			break;
-		default:
+	for (; *v; v++) {
+		const char *s = strchr(special, *v);
+
+		if (s) {
+			fputc('\\', f);
+			fputc(escape[s - special], f);
+		} else
 			fputc(*v, f);
-		}
+	}
 }
 
 /* write_cache: the whole cache to f */
@@ -114,6 +109,7 @@ int catalog_cache_save(const char *dir, const char *agent_id, const PGresult *re
 static int unescape(char *s)
 {
 	char *out = s;
+	const char *e;
 
 	if (strcmp(s, "\\N") == 0)
 		return 1;
@@ -123,7 +119,8 @@ static int unescape(char *s)
 			continue;
 		}
 		s++;
-		*out++ = *s == 't' ? '\t' : *s == 'n' ? '\n' : *s == 'r' ? '\r' : *s;
+		e = strchr(escape, *s);
+		*out++ = e ? special[e - escape] : *s;
 	}
 	*out = '\0';
 	return 0;

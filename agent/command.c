@@ -39,6 +39,7 @@
 #include "command.h"
 #include "alloc.h"
 #include "db.h"
+#include "event_drop.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -267,9 +268,7 @@ void command_teardown(void)
 {
 	struct inflight *f, *next;
 
-	if (cm.timer)
-		event_free(cm.timer);
-	cm.timer = NULL;
+	event_drop(&cm.timer);
 	for (f = cm.inflight; f; f = next) {
 		next = f->next;
 		free(f);

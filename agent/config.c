@@ -56,6 +56,18 @@ static const struct config_key *find_key(const char *name)
 	return NULL;
 }
 
+/* flag_key: the key a flag sets (--agent-id sets agent_id) */
+static const struct config_key *flag_key(const char *flag)
+{
+	char name[64];
+
+	snprintf(name, sizeof(name), "%s", flag);
+	for (char *p = name; *p; p++)
+		if (*p == '-')
+			*p = '_';
+	return find_key(name);
+}
+
 /* set_key: copy value into the field; -1 if it does not fit */
 static int set_key(struct config *cfg, const struct config_key *k, const char *value)
 {
@@ -140,14 +152,15 @@ static void usage(const char *prog)
 /* config_load: see config.h */
 int config_load(struct config *cfg, int argc, char **argv)
 {
+	/* 'K': a flag of a key, found by its name (see flag_key) */
 	static const struct option opts[] = {
 		{ "config", required_argument, NULL, 'c' },
-		{ "conninfo", required_argument, NULL, 'C' },
-		{ "agent-id", required_argument, NULL, 'a' },
-		{ "spool-dir", required_argument, NULL, 's' },
-		{ "metrics", required_argument, NULL, 'm' },
-		{ "log-level", required_argument, NULL, 'l' },
-		{ "notifications", required_argument, NULL, 'n' },
+		{ "conninfo", required_argument, NULL, 'K' },
+		{ "agent-id", required_argument, NULL, 'K' },
+		{ "spool-dir", required_argument, NULL, 'K' },
+		{ "metrics", required_argument, NULL, 'K' },
+		{ "log-level", required_argument, NULL, 'K' },
+		{ "notifications", required_argument, NULL, 'K' },
 		{ "check-config", no_argument, NULL, 'k' },
 		{ "once", no_argument, NULL, 'o' },
 		{ "help", no_argument, NULL, 'h' },
@@ -156,34 +169,19 @@ int config_load(struct config *cfg, int argc, char **argv)
 	};
 	const char *flag_value[NKEYS] = { 0 };
 	const char *file = NULL;
-	int c, rc = 0;
+	int c, longindex, rc = 0;
 
 	memset(cfg, 0, sizeof(*cfg));
 	for (size_t i = 0; i < NKEYS; i++)
 		set_key(cfg, &keys[i], keys[i].def);
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "", opts, &longindex)) != -1) {
 		switch (c) {
 		case 'c':
 			file = optarg;
 			break;
-		case 'C':
-			flag_value[1] = optarg;
-			break;
-		case 'a':
-			flag_value[0] = optarg;
-			break;
-		case 's':
-			flag_value[5] = optarg;
-			break;
-		case 'n':
-			flag_value[4] = optarg;
-			break;
-		case 'm':
-			flag_value[3] = optarg;
-			break;
-		case 'l':
-			flag_value[2] = optarg;
+		case 'K':
+			flag_value[flag_key(opts[longindex].name) - keys] = optarg;
 			break;
 		case 'k':
 			cfg->check_only = 1;

@@ -25,6 +25,7 @@
 
 #include "db.h"
 #include "alloc.h"
+#include "event_drop.h"
 #include "log.h"
 
 enum db_state { DB_DOWN, DB_CONNECTING, DB_READY };
@@ -68,11 +69,8 @@ static void free_query(struct query *q)
 
 static void clear_sock_events(void)
 {
-	if (db.sock_ev)
-		event_free(db.sock_ev);
-	if (db.write_ev)
-		event_free(db.write_ev);
-	db.sock_ev = db.write_ev = NULL;
+	event_drop(&db.sock_ev);
+	event_drop(&db.write_ev);
 }
 
 /* fail_queries: the connection is gone; every waiting query gets NULL */
@@ -338,9 +336,7 @@ int db_pending(void)
 void db_teardown(void)
 {
 	clear_sock_events();
-	if (db.retry_ev)
-		event_free(db.retry_ev);
-	db.retry_ev = NULL;
+	event_drop(&db.retry_ev);
 	if (db.conn)
 		PQfinish(db.conn);
 	db.conn = NULL;

@@ -22,6 +22,7 @@
 #include "alloc.h"
 #include "db.h"
 #include "delivery.h"
+#include "event_drop.h"
 #include "log.h"
 #include "metrics.h"
 #include "spool.h"
@@ -209,11 +210,8 @@ void delivery_teardown(void)
 {
 	dv.inflight = 0;
 	spool_memory();
-	if (dv.kick_ev)
-		event_free(dv.kick_ev);
-	if (dv.retry_ev)
-		event_free(dv.retry_ev);
-	dv.kick_ev = dv.retry_ev = NULL;
+	event_drop(&dv.kick_ev);
+	event_drop(&dv.retry_ev);
 	free(dv.q);
 	free(dv.batch);
 	memset(&dv, 0, sizeof(dv));

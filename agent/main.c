@@ -32,6 +32,7 @@
 #include "config.h"
 #include "db.h"
 #include "delivery.h"
+#include "event_drop.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify.h"
@@ -374,10 +375,8 @@ static void teardown(void)
 	db_teardown();
 	metrics_teardown();
 	spool_close();
-	if (ag.flush_timer)
-		event_free(ag.flush_timer);
-	if (ag.once_timer)
-		event_free(ag.once_timer);
+	event_drop(&ag.flush_timer);
+	event_drop(&ag.once_timer);
 	event_free(ag.sig_term);
 	event_free(ag.sig_int);
 	event_free(ag.sig_hup);

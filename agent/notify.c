@@ -37,6 +37,7 @@
 
 #include "alloc.h"
 #include "db.h"
+#include "event_drop.h"
 #include "log.h"
 #include "notify.h"
 #include "notify_curl.h"
@@ -582,9 +583,6 @@ void notify_teardown(void)
 	ncurl_teardown();
 	while (nt.jobs)
 		free_job(nt.jobs);
-	if (nt.timer)
-		event_free(nt.timer);
-	if (nt.flush_timer)
-		event_free(nt.flush_timer);
-	nt.timer = nt.flush_timer = NULL;
+	event_drop(&nt.timer);
+	event_drop(&nt.flush_timer);
 }

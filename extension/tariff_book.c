@@ -73,6 +73,8 @@ struct TariffBook
 	int			ntariffs;
 };
 
+static void book_query(SPIPlanPtr *plan, const char *sql, Datum sites, const char *what);
+static Datum book_column(uint64 row, int col);
 static void book_load_versions(TariffBook *book, Datum sites);
 static void book_load_sites(TariffBook *book, Datum sites);
 static void book_load_holidays(TariffBook *book, Datum sites);
@@ -103,6 +105,34 @@ tariff_book_grow(void *old, size_t size)
 }
 
 /*
+ * book_query
+ *		Run one of the book's queries, whose one parameter is the array of
+ *		the batch's sites; its rows are left in SPI_tuptable.
+ */
+static void
+book_query(SPIPlanPtr *plan, const char *sql, Datum sites, const char *what)
+{
+	Datum		args[1] = {sites};
+
+	spi_kept_plan(plan, sql, 1, (Oid[]) {INT4ARRAYOID});
+	if (SPI_execute_plan(*plan, args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "tariff book: %s query failed", what);
+}
+
+/*
+ * book_column
+ *		Column `col` of row `row` of the last query's rows (the columns
+ *		read this way are never NULL).
+ */
+static Datum
+book_column(uint64 row, int col)
+{
+	bool		isnull;
+
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+}
+
+/*
  * book_load_versions
  *		Compile every version of the sites' tariffs, sorted by (site,
  *		tariff, valid_from), and index them per tariff.  A version written
@@ -112,26 +142,21 @@ static void
 book_load_versions(TariffBook *book, Datum sites)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum		args[1] = {sites};
 
-	spi_kept_plan(&plan,
-			"SELECT site_id, tariff_id, valid_from,"
-			"       coalesce(definition, pg_catalog.jsonb_build_object('price', price))"
-			"  FROM prepay.tariff_version"
-			" WHERE site_id = ANY ($1)"
-			" ORDER BY site_id, tariff_id, valid_from", 1, (Oid[]) {INT4ARRAYOID});
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "tariff book: version query failed");
+	book_query(&plan,
+			   "SELECT site_id, tariff_id, valid_from,"
+			   "       coalesce(definition, pg_catalog.jsonb_build_object('price', price))"
+			   "  FROM prepay.tariff_version"
+			   " WHERE site_id = ANY ($1)"
+			   " ORDER BY site_id, tariff_id, valid_from",
+			   sites, "version");
 
 	book->versions = palloc(sizeof(TariffVersion) * (SPI_processed + 1));
 	book->tariffs = palloc(sizeof(BookTariff) * (SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int32		site_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
-		int64		tariff_id = DatumGetInt64(SPI_getbinval(tuple, desc, 2, &isnull));
+		int32		site_id = DatumGetInt32(book_column(i, 1));
+		int64		tariff_id = DatumGetInt64(book_column(i, 2));
 		BookTariff *t = book->ntariffs > 0 ? &book->tariffs[book->ntariffs - 1] : NULL;
 
 		if (t == NULL || t->site_id != site_id || t->tariff_id != tariff_id)
@@ -142,8 +167,8 @@ book_load_versions(TariffBook *book, Datum sites)
 			t->first = i;
 			t->count = 0;
 		}
-		tariff_compile(DatumGetJsonbP(SPI_getbinval(tuple, desc, 4, &isnull)), &book->versions[i]);
-		book->versions[i].valid_from = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 3, &isnull));
+		tariff_compile(DatumGetJsonbP(book_column(i, 4)), &book->versions[i]);
+		book->versions[i].valid_from = DatumGetTimestampTz(book_column(i, 3));
 		t->count++;
 	}
 }
@@ -152,22 +177,18 @@ static void
 book_load_sites(TariffBook *book, Datum sites)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum		args[1] = {sites};
 
-	spi_kept_plan(&plan,
-			"SELECT site_id, time_zone FROM prepay.site WHERE site_id = ANY ($1) ORDER BY site_id",
-				  1, (Oid[]) {INT4ARRAYOID});
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "tariff book: site query failed");
+	book_query(&plan,
+			   "SELECT site_id, time_zone FROM prepay.site WHERE site_id = ANY ($1) ORDER BY site_id",
+			   sites, "site");
 
 	book->sites = palloc0(sizeof(BookSite) * (SPI_processed + 1));
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		BookSite   *s = &book->sites[book->nsites++];
-		bool		isnull;
 		char	   *zone = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 
-		s->site_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+		s->site_id = DatumGetInt32(book_column(i, 1));
 		s->clock.zone = pg_tzset(zone);
 		if (s->clock.zone == NULL)
 			ereport(ERROR,
@@ -189,14 +210,11 @@ static void
 book_load_holidays(TariffBook *book, Datum sites)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum		args[1] = {sites};
 
-	spi_kept_plan(&plan,
-			"SELECT site_id, (day - date '2000-01-01')::int4, kind = 'holiday'"
-			"  FROM prepay.holiday WHERE site_id = ANY ($1) ORDER BY site_id, day",
-				  1, (Oid[]) {INT4ARRAYOID});
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "tariff book: holiday query failed");
+	book_query(&plan,
+			   "SELECT site_id, (day - date '2000-01-01')::int4, kind = 'holiday'"
+			   "  FROM prepay.holiday WHERE site_id = ANY ($1) ORDER BY site_id, day",
+			   sites, "holiday");
 
 	for (int s = 0; s < book->nsites; s++)
 	{
@@ -205,12 +223,9 @@ book_load_holidays(TariffBook *book, Datum sites)
 	}
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int32		site_id = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
-		int32		day = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
-		bool		holiday = DatumGetBool(SPI_getbinval(tuple, desc, 3, &isnull));
+		int32		site_id = DatumGetInt32(book_column(i, 1));
+		int32		day = DatumGetInt32(book_column(i, 2));
+		bool		holiday = DatumGetBool(book_column(i, 3));
 		TariffCalendar *cal = (TariffCalendar *) tariff_book_calendar(book, site_id);
 
 		if (cal == NULL)

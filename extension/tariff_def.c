@@ -37,7 +37,7 @@ PG_FUNCTION_INFO_V1(prepay_tariff_check);
 
 static JsonbContainer *container_of(JsonbValue *v, const char *key, bool want_object);
 static void check_keys(JsonbContainer *obj, const char *where, const char *const *allowed);
-static JsonbValue *member(JsonbContainer *obj, const char *key, JsonbValue *buf);
+static JsonbValue *member(JsonbContainer *obj, const char *key);
 static int64 fixed_value(JsonbValue *v, int scale, const char *what);
 static int	int_value(JsonbValue *v, int lo, int hi, const char *what);
 static char *string_value(JsonbValue *v, const char *what);
@@ -95,10 +95,11 @@ prepay_tariff_check(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* The value of `key` in an object (palloc'd), or NULL. */
 static JsonbValue *
-member(JsonbContainer *obj, const char *key, JsonbValue *buf)
+member(JsonbContainer *obj, const char *key)
 {
-	return getKeyJsonValueFromContainer(obj, key, strlen(key), buf);
+	return getKeyJsonValueFromContainer(obj, key, strlen(key), NULL);
 }
 
 /* The object or array inside a JSON value, or an error naming `key`. */
@@ -187,10 +188,8 @@ string_value(JsonbValue *v, const char *what)
 static void
 parse_periods(JsonbContainer *doc, TariffVersion *v, int64 *base, bool *has_base)
 {
-	JsonbValue	buf;
-	JsonbValue *price = member(doc, "price", &buf);
-	JsonbValue	pbuf;
-	JsonbValue *periods = member(doc, "periods", &pbuf);
+	JsonbValue *price = member(doc, "price");
+	JsonbValue *periods = member(doc, "periods");
 
 	if (price != NULL && periods != NULL)
 		def_error("give either \"price\" or \"periods\", not both");
@@ -273,8 +272,7 @@ period_index(const TariffVersion *v, const char *name, const char *where)
 static void
 parse_schedules(JsonbContainer *doc, TariffVersion *v)
 {
-	JsonbValue	buf;
-	JsonbValue *schedules = member(doc, "schedules", &buf);
+	JsonbValue *schedules = member(doc, "schedules");
 	JsonbContainer *list;
 
 	if (schedules == NULL)
@@ -301,12 +299,9 @@ parse_schedule(JsonbContainer *obj, int n, TariffVersion *v)
 {
 	TariffSchedule *s = &v->schedules[n];
 	char	   *where = psprintf("schedule %d", n + 1);
-	JsonbValue	buf;
-	JsonbValue *months = member(obj, "months", &buf);
-	JsonbValue	dbuf;
-	JsonbValue *days = member(obj, "days", &dbuf);
-	JsonbValue	sbuf;
-	JsonbValue *switches = member(obj, "switches", &sbuf);
+	JsonbValue *months = member(obj, "months");
+	JsonbValue *days = member(obj, "days");
+	JsonbValue *switches = member(obj, "switches");
 	JsonbContainer *list;
 
 	check_keys(obj, where, schedule_keys);
@@ -398,11 +393,9 @@ check_coverage(const TariffVersion *v)
 static void
 parse_tiers(JsonbContainer *doc, TariffVersion *v, const int64 *base, bool has_base)
 {
-	JsonbValue	buf;
-	JsonbValue *tiers = member(doc, "tiers", &buf);
+	JsonbValue *tiers = member(doc, "tiers");
 	JsonbContainer *obj;
 	JsonbContainer *blocks;
-	JsonbValue	vbuf;
 	JsonbValue *value;
 
 	if (tiers == NULL)
@@ -416,7 +409,7 @@ parse_tiers(JsonbContainer *doc, TariffVersion *v, const int64 *base, bool has_b
 	}
 	obj = container_of(tiers, "\"tiers\"", true);
 	check_keys(obj, "\"tiers\"", tier_keys);
-	value = member(obj, "cycle", &vbuf);
+	value = member(obj, "cycle");
 	if (value == NULL)
 		def_error("\"tiers\" needs a \"cycle\": \"monthly\" or \"yearly\"");
 	if (strcmp(string_value(value, "\"cycle\""), "monthly") == 0)
@@ -425,14 +418,14 @@ parse_tiers(JsonbContainer *doc, TariffVersion *v, const int64 *base, bool has_b
 		v->cycle = TARIFF_CYCLE_YEARLY;
 	else
 		def_error("\"cycle\" must be \"monthly\" or \"yearly\"");
-	value = member(obj, "start_day", &vbuf);
+	value = member(obj, "start_day");
 	v->cycle_start_day = value ? int_value(value, 1, 28, "\"start_day\"") : 1;
-	value = member(obj, "start_month", &vbuf);
+	value = member(obj, "start_month");
 	v->cycle_start_month = value ? int_value(value, 1, 12, "\"start_month\"") : 1;
 	if (value != NULL && v->cycle != TARIFF_CYCLE_YEARLY)
 		def_error("\"start_month\" applies to yearly cycles only");
 
-	value = member(obj, "blocks", &vbuf);
+	value = member(obj, "blocks");
 	if (value == NULL)
 		def_error("\"tiers\" needs \"blocks\"");
 	blocks = container_of(value, "\"blocks\"", false);
@@ -449,14 +442,10 @@ static void
 parse_block(JsonbContainer *b, int n, bool last, TariffVersion *v, const int64 *base, bool has_base)
 {
 	char	   *where = psprintf("tier %d", n + 1);
-	JsonbValue	buf;
-	JsonbValue *upto = member(b, "upto", &buf);
-	JsonbValue	pbuf;
-	JsonbValue *price = member(b, "price", &pbuf);
-	JsonbValue	sbuf;
-	JsonbValue *prices = member(b, "prices", &sbuf);
-	JsonbValue	abuf;
-	JsonbValue *add = member(b, "add", &abuf);
+	JsonbValue *upto = member(b, "upto");
+	JsonbValue *price = member(b, "price");
+	JsonbValue *prices = member(b, "prices");
+	JsonbValue *add = member(b, "add");
 
 	check_keys(b, where, block_keys);
 	if (last && upto != NULL)
@@ -496,8 +485,7 @@ parse_block(JsonbContainer *b, int n, bool last, TariffVersion *v, const int64 *
 			def_error("%s \"prices\" must price each of the %d periods once", where, v->nperiods);
 		for (int i = 0; i < v->nperiods; i++)
 		{
-			JsonbValue	vbuf;
-			JsonbValue *p = member(obj, v->period_name[i], &vbuf);
+			JsonbValue *p = member(obj, v->period_name[i]);
 
 			if (p == NULL)
 				def_error("%s \"prices\" has no price for period \"%s\"", where, v->period_name[i]);
@@ -511,10 +499,8 @@ parse_block(JsonbContainer *b, int n, bool last, TariffVersion *v, const int64 *
 static void
 parse_options(JsonbContainer *doc, TariffVersion *v)
 {
-	JsonbValue	buf;
-	JsonbValue *split = member(doc, "split", &buf);
-	JsonbValue	bbuf;
-	JsonbValue *basic = member(doc, "basic", &bbuf);
+	JsonbValue *split = member(doc, "split");
+	JsonbValue *basic = member(doc, "basic");
 
 	if (split != NULL)
 	{
@@ -536,12 +522,11 @@ parse_options(JsonbContainer *doc, TariffVersion *v)
 	if (basic != NULL)
 	{
 		JsonbContainer *obj = container_of(basic, "\"basic\"", true);
-		JsonbValue	vbuf;
 		JsonbValue *value;
 		char	   *by;
 
 		check_keys(obj, "\"basic\"", basic_keys);
-		value = member(obj, "by", &vbuf);
+		value = member(obj, "by");
 		by = value ? string_value(value, "\"basic\" \"by\"") : "";
 		if (strcmp(by, "capacity") == 0)
 			v->basic = TARIFF_BASIC_CAPACITY;
@@ -549,7 +534,7 @@ parse_options(JsonbContainer *doc, TariffVersion *v)
 			v->basic = TARIFF_BASIC_DEMAND;
 		else
 			def_error("\"basic\" needs \"by\": \"capacity\" (per kVA) or \"demand\" (per kW of maximum demand)");
-		value = member(obj, "price", &vbuf);
+		value = member(obj, "price");
 		if (value == NULL)
 			def_error("\"basic\" needs a \"price\" per month");
 		v->basic_price = fixed_value(value, PRICE_SCALE, "\"basic\" \"price\"");

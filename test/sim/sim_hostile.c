@@ -327,30 +327,32 @@ static bool send_wrong_unit(const struct hostile_reply *r, uint64_t *s)
  * send_exception: a defined exception through libmodbus, or (one in five)
  * an undefined code, which libmodbus cannot send.
  */
-static void send_exception(const struct hostile_reply *r, uint64_t *s)
+static bool send_exception(const struct hostile_reply *r, uint64_t *s)
 {
 	uint8_t pdu[2], frame[16];
 	int code;
 
 	if (below(s, 5) > 0) {
 		modbus_reply_exception(r->ctx, r->req, (unsigned int)(1 + below(s, 11)));
-		return;
+		return false;
 	}
 	code = below(s, 245);
 	pdu[0] = (uint8_t)(r->fc | 0x80);
 	pdu[1] = (uint8_t)(code == 0 ? 0 : code + 11);
 	put(r, frame, (size_t)wrap(r, r->unit, pdu, 2, frame), 0);
+	return false;
 }
 
 /*
  * send_partial: the first bytes of a reply, then nothing.
  */
-static void send_partial(const struct hostile_reply *r, uint64_t *s)
+static bool send_partial(const struct hostile_reply *r, uint64_t *s)
 {
 	uint8_t pdu[MODBUS_MAX_PDU_LENGTH + 8], frame[TCP_MAX_ADU + 8];
 	int n = wrap(r, r->unit, pdu, random_pdu(r, s, pdu), frame);
 
 	put(r, frame, (size_t)(1 + below(s, n - 1)), 0);
+	return false;
 }
 
 /*
@@ -358,7 +360,7 @@ static void send_partial(const struct hostile_reply *r, uint64_t *s)
  * one byte every TRICKLE_MS without end, or a flood of random bytes; until
  * the client closes, the simulator stops or the time limit passes.
  */
-static void send_endless(const struct hostile_reply *r, uint64_t *s)
+static bool send_endless(const struct hostile_reply *r, uint64_t *s)
 {
 	uint8_t pdu[2] = { 0x03, TRICKLE_COUNT }, buf[512];
 	int64_t until = mono_ms() + (r->tcp ? ENDLESS_TCP_MS : ENDLESS_RTU_MS);
@@ -372,7 +374,7 @@ static void send_endless(const struct hostile_reply *r, uint64_t *s)
 		else
 			n -= 2; /* no CRC yet */
 		if (!put(r, buf, (size_t)n, 0))
-			return;
+			return false;
 		while (!*r->stopping && mono_ms() < until && !peer_gone(r, TRICKLE_MS, 0)) {
 			random_bytes(s, buf, 1);
 			if (!put(r, buf, 1, 0))
@@ -390,13 +392,14 @@ static void send_endless(const struct hostile_reply *r, uint64_t *s)
 	}
 	if (!r->tcp)
 		modbus_flush(r->ctx);
+	return false;
 }
 
 /*
  * send_oversized: more registers than asked for (within the largest frame,
  * or beyond it).
  */
-static void send_oversized(const struct hostile_reply *r, uint64_t *s)
+static bool send_oversized(const struct hostile_reply *r, uint64_t *s)
 {
 	uint8_t pdu[MODBUS_MAX_PDU_LENGTH + 300], frame[TCP_MAX_ADU + 300];
 	int asked = r->fc == 0x03 ? 2 * r->qty : 0, count;
@@ -409,7 +412,14 @@ static void send_oversized(const struct hostile_reply *r, uint64_t *s)
 	pdu[1] = (uint8_t)count;
 	random_bytes(s, pdu + 2, count + (count == 255 ? 40 : 0));
 	put(r, frame, (size_t)wrap(r, r->unit, pdu, 2 + count + (count == 255 ? 40 : 0), frame), 0);
+	return false;
 }
+
+/* the frame of each kind but valid and none: true when it carries the right registers */
+static bool (*const senders[HOSTILE_KINDS])(const struct hostile_reply *r, uint64_t *s) = {
+	[HOSTILE_CORRUPT] = send_corrupt, [HOSTILE_WRONG_UNIT] = send_wrong_unit, [HOSTILE_EXCEPTION] = send_exception,
+	[HOSTILE_PARTIAL] = send_partial, [HOSTILE_ENDLESS] = send_endless,       [HOSTILE_OVERSIZED] = send_oversized,
+};
 
 /*
  * hostile_send: answer one request with a frame of this kind (not valid:
@@ -420,25 +430,5 @@ bool hostile_send(int kind, uint64_t frame_seed, const struct hostile_reply *r)
 {
 	uint64_t s = frame_seed;
 
-	switch (kind) {
-	case HOSTILE_CORRUPT:
-		return send_corrupt(r, &s);
-	case HOSTILE_WRONG_UNIT:
-		return send_wrong_unit(r, &s);
-	case HOSTILE_EXCEPTION:
-		send_exception(r, &s);
-		break;
-	case HOSTILE_PARTIAL:
-		send_partial(r, &s);
-		break;
-	case HOSTILE_ENDLESS:
-		send_endless(r, &s);
-		break;
-	case HOSTILE_OVERSIZED:
-		send_oversized(r, &s);
-		break;
-	default:
-		break;
-	}
-	return false;
+	return kind >= 0 && kind < HOSTILE_KINDS && senders[kind] && senders[kind](r, &s);
 }

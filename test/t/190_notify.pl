@@ -98,6 +98,14 @@ sub accepted_keys
 	return \%n;
 }
 sub q1 { my ($sql) = @_; return $node->safe_psql('postgres', $sql); }
+# run $sql; the notifications it writes are those above the id returned
+sub mark_and_run
+{
+	my ($sql) = @_;
+	my $mark = q1('SELECT max(notification_id) FROM prepay.notification');
+	q1($sql);
+	return $mark;
+}
 sub pending
 {
 	return q1(q{SELECT count(*) FROM prepay.notification_delivery WHERE delivered_at IS NULL AND dead_at IS NULL});
@@ -183,8 +191,7 @@ like($http->get("http://127.0.0.1:$metrics1/metrics")->{content},
 # (b) the receiver down for 30 s
 # ---------------------------------------------------------------------
 stop_receiver();
-my $mark = q1('SELECT max(notification_id) FROM prepay.notification');
-q1(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'B' || i) FROM generate_series(1, 5) i});
+my $mark = mark_and_run(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'B' || i) FROM generate_series(1, 5) i});
 sleep 30;
 ok(pending() > 0, '(b) nothing delivered while the receiver is down');
 like($http->get("http://127.0.0.1:$metrics1/metrics")->{content},
@@ -203,8 +210,7 @@ is(scalar(grep { $_->{dup} } @{ received() }), 0, '(b) none twice');
 stop_receiver();
 start_receiver('--delay', 3);
 my $before = () = grep { $_->{event} eq 'begin' } map { decode_json($_) } split /\n/, slurp_file($hook_log);
-$mark = q1('SELECT max(notification_id) FROM prepay.notification');
-q1(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'C1')});
+$mark = mark_and_run(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'C1')});
 ok(wait_for(sub { (() = slurp_file($hook_log) =~ /"event": "begin"/g) > $before }, 10), '(c) a delivery is in flight');
 $agents{d1}->signal('KILL');
 $agents{d1}->finish;
@@ -221,8 +227,7 @@ is($keys->{"prepay-1-$c_id-webhook"}, 1, '(c) accepted once (a second send was a
 # ---------------------------------------------------------------------
 stop_receiver();
 start_receiver('--status', 400);
-$mark = q1('SELECT max(notification_id) FROM prepay.notification');
-q1(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'D1')});
+$mark = mark_and_run(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'D1')});
 ok(wait_for(sub { q1("SELECT count(*) FROM prepay.notification_delivery_status WHERE notification_id > $mark AND state = 'dead'") eq '2' }, 10),
 	'(d) dead-lettered');
 is(q1("SELECT attempts || ' ' || last_status FROM prepay.notification_delivery WHERE notification_id > $mark AND channel = 'webhook'"),
@@ -240,8 +245,7 @@ unlink $hook_log;
 start_receiver();
 start_delivering_agent('d2', 'mailer-2', $metrics2);
 sleep 1;
-$mark = q1('SELECT max(notification_id) FROM prepay.notification');
-q1(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'E' || i) FROM generate_series(1, 40) i});
+$mark = mark_and_run(q{SELECT prepay.recharge(1, 2, 1, 'cash', 'E' || i) FROM generate_series(1, 40) i});
 ok(wait_for(sub { pending() eq '0' }, 30), '(e) 40 notifications delivered by two agents');
 my @e = grep { $_->{path} eq '/hook' } @{ received() };
 my %seen;
@@ -266,8 +270,7 @@ time.sleep(3600)
 }, $refuse_port ], '>', "$tmp/refuse.out", '2>', "$tmp/refuse.err");
 ok(wait_for(sub { -s "$tmp/refuse.out" }, 10), '(f) refusing SMTP server up');
 q1(qq{UPDATE prepay.notify_channel SET url = 'smtp://127.0.0.1:$refuse_port' WHERE channel = 'email'});
-$mark = q1('SELECT max(notification_id) FROM prepay.notification');
-q1(q{SELECT prepay.recharge(1, 1, 1, 'cash', 'F1')});
+$mark = mark_and_run(q{SELECT prepay.recharge(1, 1, 1, 'cash', 'F1')});
 ok(wait_for(sub { q1("SELECT count(*) > 0 AND bool_and(state = 'dead') FROM prepay.notification_delivery_status WHERE notification_id > $mark AND channel = 'email'") eq 't' }, 10),
 	'(f) the refused e-mails are dead-lettered');
 is(q1("SELECT string_agg(DISTINCT attempts || ' ' || last_status, ',') FROM prepay.notification_delivery WHERE notification_id > $mark AND channel = 'email'"),

@@ -232,6 +232,18 @@ test_tiers_and_cycle(void)
 	free(p.items);
 }
 
+/*
+ * rate_hour: 10 kWh from 01:00 to 02:00 local on 3 March 2026 (valley),
+ * with these registers, into p emptied first.
+ */
+static bool
+rate_hour(const TariffVersion *v, const int64_t *registers, TariffCycleState *cycle, TariffPieces *p)
+{
+	p->n = 0;
+	return tariff_rate(v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
+					   10000, registers, cycle, p);
+}
+
 /* Registers that add up are used as measured; others fall back to uniform. */
 static void
 test_registers(void)
@@ -246,35 +258,24 @@ test_registers(void)
 
 	tou(&v);
 	v.split = TARIFF_SPLIT_REGISTERS;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
-					  10000, good, &cycle, &p));
+	CHECK(rate_hour(&v, good, &cycle, &p));
 	CHECK(p.by_register && p.n == 3 && p.fallback == TARIFF_FALLBACK_NONE);
 	CHECK(total_exact(&p) == INT64_C(3000) * 1000000 + INT64_C(5000) * 700000 + INT64_C(2000) * 400000);
-	p.n = 0;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
-					  10000, bad, &cycle, &p));
+	CHECK(rate_hour(&v, bad, &cycle, &p));
 	CHECK(!p.by_register && p.n == 1 && p.items[0].period == 2);
 	CHECK(p.fallback == TARIFF_FALLBACK_SUM && tariff_fallback_text(p.fallback) != NULL);
 	/* no registers: uniform, and the fallback says so */
-	p.n = 0;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
-					  10000, NULL, &cycle, &p));
+	CHECK(rate_hour(&v, NULL, &cycle, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_MISSING);
 	/* a register that went back: uniform, even if the sum matches */
-	p.n = 0;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
-					  10000, back, &cycle, &p));
+	CHECK(rate_hour(&v, back, &cycle, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_NEGATIVE);
 	/* registers beyond 64 bits do not add up (no overflow) */
-	p.n = 0;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
-					  10000, huge, &cycle, &p));
+	CHECK(rate_hour(&v, huge, &cycle, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_SUM);
 	/* a tariff that splits uniformly has no fallback, registers or not */
 	v.split = TARIFF_SPLIT_UNIFORM;
-	p.n = 0;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
-					  10000, NULL, &cycle, &p));
+	CHECK(rate_hour(&v, NULL, &cycle, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_NONE && tariff_fallback_text(p.fallback) == NULL);
 	free(p.items);
 }
