@@ -667,12 +667,12 @@ COMMENT ON FUNCTION prepay._check_routines() IS
 'Internal: raise PY204, naming the function, if a function of schema prepay has no pinned search_path (pg_catalog, pg_temp) or declares a security mode the rule does not give it: SECURITY DEFINER for trigger functions (but reading_skip_duplicate, per row, and reading_intake_drain, which must insert with the writer''s own rights), the authorization helpers and the public functions that call prepay._authorize*; SECURITY INVOKER for the rest.  The install runs it after every file''s functions exist.';
 
 -- EXECUTE for the prepay roles only, never for PUBLIC, none on triggers
-DO $$
+CREATE FUNCTION prepay._grant_routines() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     f record;
     roles constant text := 'prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent';
 BEGIN
-    PERFORM prepay._check_routines();
     FOR f IN
         SELECT p.oid::regprocedure AS sig, p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype AS is_trigger
           FROM pg_catalog.pg_proc p
@@ -688,6 +688,40 @@ BEGIN
         EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO %s', f.sig, roles);
     END LOOP;
 END $$;
+COMMENT ON FUNCTION prepay._grant_routines() IS
+'Internal: the rights of every function of schema prepay: none for PUBLIC, EXECUTE for the prepay roles, none on a trigger function.  The install runs it after prepay._check_routines(), and so does every upgrade script, last, for the functions it created or replaced.';
+-- views read with the caller's rights (security_invoker), so the policies
+-- of their tables apply; materialized views are left to superusers
+CREATE FUNCTION prepay._grant_views() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+BEGIN
+    FOR v IN
+        SELECT c.oid::regclass AS rel, c.relname, c.relkind,
+               EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                        WHERE a.attrelid = c.oid AND a.attname = 'account_id' AND NOT a.attisdropped) AS has_account
+          FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind IN ('v', 'm')
+         ORDER BY c.relname
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC', v.rel);
+        CONTINUE WHEN v.relkind = 'm';     -- no row-level security on a materialized view
+        EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', v.rel);
+        IF v.relname = 'audit_trail' THEN
+            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO prepay_admin, prepay_reader', v.rel);
+        ELSE
+            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO prepay_admin, prepay_operator, prepay_reader', v.rel);
+            IF v.has_account THEN
+                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO prepay_tenant', v.rel);
+            END IF;
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._grant_views() IS
+'Internal: every view of schema prepay reads with its caller''s rights (security_invoker), so the policies of its tables apply, and is readable by the staff roles (audit_trail by administrators and readers only) and, when it has an account_id, by tenants; no view for PUBLIC.  The install runs it, and so does every upgrade script, last, for the views it created or replaced (CREATE OR REPLACE VIEW resets a view''s options).';
+SELECT prepay._check_routines();
+SELECT prepay._grant_routines();
 
 -- tables: row-level security by site (FORCE'd), tenant and agent policies,
 -- grants, audit triggers
@@ -927,33 +961,8 @@ CREATE POLICY agent_insert ON prepay.reading FOR INSERT TO prepay_agent
     WITH CHECK (site_id IN (SELECT a.site_id FROM prepay._my_agents() a));
 COMMENT ON POLICY agent_insert ON prepay.reading IS 'An agent writes readings of the sites it is an agent of (of any meter there, so that a reading of a meter just moved is kept and quarantined, never refused).';
 
--- views read with the caller's rights (security_invoker), so the policies
--- of their tables apply; materialized views are left to superusers
-DO $$
-DECLARE
-    v record;
-BEGIN
-    FOR v IN
-        SELECT c.oid::regclass AS rel, c.relname, c.relkind,
-               EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                        WHERE a.attrelid = c.oid AND a.attname = 'account_id' AND NOT a.attisdropped) AS has_account
-          FROM pg_catalog.pg_class c
-         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind IN ('v', 'm')
-         ORDER BY c.relname
-    LOOP
-        EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC', v.rel);
-        CONTINUE WHEN v.relkind = 'm';     -- no row-level security on a materialized view
-        EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', v.rel);
-        IF v.relname = 'audit_trail' THEN
-            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO prepay_admin, prepay_reader', v.rel);
-        ELSE
-            EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO prepay_admin, prepay_operator, prepay_reader', v.rel);
-            IF v.has_account THEN
-                EXECUTE pg_catalog.format('GRANT SELECT ON TABLE %s TO prepay_tenant', v.rel);
-            END IF;
-        END IF;
-    END LOOP;
-END $$;
+-- views read with the caller's rights (prepay._grant_views, defined above)
+SELECT prepay._grant_views();
 
 -- cashiers collect what issued bills still ask for
 GRANT SELECT ON prepay.bill_arrears TO prepay_cashier;

@@ -20,9 +20,10 @@
 #
 # which stand for those statements of the sources, in source order.  A
 # CREATE FUNCTION or VIEW is written CREATE OR REPLACE, since the object
-# may exist in the release being upgraded.  CREATE OR REPLACE VIEW resets
-# the view's options: a part follows the directive with its ALTER VIEW ...
-# SET (security_invoker = true), which the install sets in a loop.  A
+# may exist in the release being upgraded.  Most rights are given by the
+# install in loops, not statements to copy (prepay._grant_routines, and
+# _grant_views, which also sets a view's security_invoker, reset by CREATE
+# OR REPLACE VIEW): an upgrade's last part runs those loops again.  A
 # directive that matches nothing fails the build, naming it.  Statements
 # are split the way PostgreSQL's lexer sees them: quotes, dollar quotes and
 # comments hide their semicolons.

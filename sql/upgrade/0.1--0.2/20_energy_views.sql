@@ -9,25 +9,18 @@
 -- meter's or an account's columns does not join it (PostgreSQL removes the
 -- join), and a filter on grain leaves the other grain's rollup unread.
 --@ copy view prepay.energy_rollup
-ALTER VIEW prepay.energy_rollup SET (security_invoker = true);
 
 --@ copy view prepay.energy_meter_daily
-ALTER VIEW prepay.energy_meter_daily SET (security_invoker = true);
 
 --@ copy view prepay.energy_meter_monthly
-ALTER VIEW prepay.energy_meter_monthly SET (security_invoker = true);
 
 --@ copy view prepay.energy_meter_yearly
-ALTER VIEW prepay.energy_meter_yearly SET (security_invoker = true);
 
 --@ copy view prepay.energy_account_daily
-ALTER VIEW prepay.energy_account_daily SET (security_invoker = true);
 
 --@ copy view prepay.energy_account_monthly
-ALTER VIEW prepay.energy_account_monthly SET (security_invoker = true);
 
 --@ copy view prepay.energy_account_yearly
-ALTER VIEW prepay.energy_account_yearly SET (security_invoker = true);
 
 -- the base view's columns take the comments the report views' columns of
 -- the same name have (the dictionary in reports.sql gave both), its two
@@ -50,6 +43,4 @@ BEGIN
         EXECUTE pg_catalog.format('COMMENT ON COLUMN prepay.energy_rollup.%I IS %L', c.attname, c.comment);
     END LOOP;
 END $$;
-REVOKE ALL ON TABLE prepay.energy_rollup FROM PUBLIC;
-GRANT SELECT ON TABLE prepay.energy_rollup TO prepay_admin, prepay_operator, prepay_reader, prepay_tenant;
 

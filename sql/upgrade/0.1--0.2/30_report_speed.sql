@@ -13,9 +13,7 @@
 --@ copy function prepay._entry_parts
 --@ copy function prepay.energy_from_ledger
 --@ copy view prepay.room_status
-ALTER VIEW prepay.room_status SET (security_invoker = true);
 
 --@ copy function prepay.room_status_at
 --@ copy function prepay.balance_forecast_at
 --@ copy view prepay.bill_arrears
-ALTER VIEW prepay.bill_arrears SET (security_invoker = true);

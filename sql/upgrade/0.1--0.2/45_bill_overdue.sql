@@ -46,13 +46,9 @@ COMMENT ON INDEX prepay.notification_bill_overdue IS 'At most one overdue notice
 
 DROP FUNCTION prepay._notify_event(integer, bigint, text, numeric, jsonb);
 --@ copy function prepay._notify_event
-REVOKE ALL ON ROUTINE prepay._notify_event(integer, bigint, text, numeric, jsonb, bigint) FROM PUBLIC;
-GRANT EXECUTE ON ROUTINE prepay._notify_event(integer, bigint, text, numeric, jsonb, bigint) TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
 
 --@ copy function prepay._notify_bill
 --@ copy function prepay.send_overdue_notices
-REVOKE ALL ON ROUTINE prepay.send_overdue_notices(integer, date) FROM PUBLIC;
-GRANT EXECUTE ON ROUTINE prepay.send_overdue_notices(integer, date) TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
 
 --@ copy function prepay.run_periodic
 
@@ -62,9 +58,5 @@ GRANT EXECUTE ON ROUTINE prepay.send_overdue_notices(integer, date) TO prepay_ad
 DROP FUNCTION prepay.agent_claim_deliveries(text, integer);
 DROP FUNCTION prepay._delivery_request(integer, bigint, text);
 --@ copy function prepay._delivery_request
-REVOKE ALL ON ROUTINE prepay._delivery_request(integer, bigint, text) FROM PUBLIC;
-GRANT EXECUTE ON ROUTINE prepay._delivery_request(integer, bigint, text) TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
 
 --@ copy function prepay.agent_claim_deliveries
-REVOKE ALL ON ROUTINE prepay.agent_claim_deliveries(text, integer) FROM PUBLIC;
-GRANT EXECUTE ON ROUTINE prepay.agent_claim_deliveries(text, integer) TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
