@@ -14,6 +14,9 @@
 # the rates; the machine-readable lines are
 #   bench rating: rated_per_s=N copy_per_s=M ratio=R
 #   bench tariff: flat_per_s=N tou_tier_per_s=M ratio=R
+#   bench storage: readings=N bytes_per_reading=B ledger_bytes_per_entry=L
+# (the last: bytes on disk after VACUUM, every index included, of the
+# reading and ledger tables, per rated reading and per ledger entry).
 # Run with `make bench`; BENCH_METERS and BENCH_INTERVALS override the size.
 #
 # BENCH_SITES=S (default 1) spreads the meters over S sites and loads each
@@ -290,6 +293,30 @@ if [ "$bare" = 1 ]; then
 		-c "SELECT 'bare writes, storage parameters: ' || string_agg(c.relname || coalesce(' ' || c.reloptions::text, ''), ', ' ORDER BY c.relname)
 		      FROM pg_catalog.pg_class c WHERE c.oid IN ('bench.bare_meter'::regclass, 'bench.bare_account'::regclass)"
 fi
+# what a rated reading costs on disk, after VACUUM: heap, TOAST and every
+# index of the tables a rated reading writes a row to, over the rated
+# readings (the consumption entries); the baseline readings and the opening
+# recharges are counted in, about 1 % at 96 intervals
+storage_tables="'prepay.reading', 'prepay.ledger'"
+psql -d bench -c "VACUUM prepay.reading, prepay.ledger"
+psql -d bench -At <<SQL
+CREATE TEMP VIEW t AS
+    SELECT c.oid::regclass AS name, pg_catalog.pg_relation_size(c.oid) AS heap,
+           pg_catalog.pg_total_relation_size(c.oid) - pg_catalog.pg_relation_size(c.oid)
+           - pg_catalog.pg_indexes_size(c.oid) AS toast, pg_catalog.pg_indexes_size(c.oid) AS indexes
+      FROM pg_catalog.pg_class c WHERE c.oid::regclass::text IN ($storage_tables);
+CREATE TEMP TABLE n AS SELECT count(*) AS rated FROM prepay.ledger WHERE kind = 'consumption';
+SELECT 'storage, ' || t.name || ' per rated reading: heap ' || round(t.heap::numeric / n.rated, 1)
+       || ', toast ' || round(t.toast::numeric / n.rated, 1) || ', indexes ' || round(t.indexes::numeric / n.rated, 1)
+       || ' (' || (SELECT string_agg(i.indexrelid::regclass || ' ' || round(pg_catalog.pg_relation_size(i.indexrelid)::numeric / n.rated, 1), ', ' ORDER BY i.indexrelid::regclass::text)
+                     FROM pg_catalog.pg_index i WHERE i.indrelid = t.name) || ')'
+  FROM t, n ORDER BY t.name::text;
+SELECT 'bench storage: readings=' || n.rated
+       || ' bytes_per_reading=' || round(sum(t.heap + t.toast + t.indexes) / n.rated)
+       || ' ledger_bytes_per_entry=' || round((SELECT pg_catalog.pg_total_relation_size('prepay.ledger'))::numeric
+                                               / (SELECT count(*) FROM prepay.ledger))
+  FROM t, n GROUP BY n.rated;
+SQL
 awk -v rows="$rows" -v p="$plain_ns" -v r="$rated_ns" -v t="$tou_ns" -v m="$meters" -v k="$intervals" \
 	-v f="$fold_ns" -v d="$pending" -v sites="$sites" -v bare="$bare" -v l="$ledger_ns" -v u="$update_ns" \
 	-v intake="$intake" -v i="$intake_ns" -v n="$insert_ns" -v batch="$intake_batch" 'BEGIN {
