@@ -153,14 +153,14 @@ COMMENT ON FUNCTION prepay._rule_name(prepay.period_charge) IS 'Internal: the na
 CREATE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH entries AS (
-        SELECT l.* FROM prepay.bill_entry be
+        SELECT l.*, prepay._pricing_record(l) AS pricing FROM prepay.bill_entry be
           JOIN prepay.ledger l ON l.site_id = be.site_id AND l.entry_id = be.entry_id
          WHERE be.site_id = p_site_id AND be.bill_id = p_bill.bill_id
     ), energy AS (           -- by TOU period, tier and price, from the pricing records
         SELECT 'energy' AS kind,
                'energy' || coalesce(' ' || nullif(x.period, 'all'), '') || coalesce(' tier ' || nullif(x.tier, 1), '') AS description,
                sum(x.energy) AS quantity, x.unit_price, round(sum(x.amount), 2) AS amount
-          FROM entries e CROSS JOIN LATERAL prepay._pieces(e.pieces) AS x
+          FROM entries e CROSS JOIN LATERAL prepay._pieces(e.pricing) AS x
          WHERE e.kind = 'consumption'
          GROUP BY x.period, x.tier, x.unit_price
     ), rounding AS (         -- the ledger charged the cents carried between readings

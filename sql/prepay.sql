@@ -362,28 +362,33 @@ COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings th
 -- ---------------------------------------------------------------------
 
 CREATE TABLE prepay.ledger (
+    -- fixed-width columns first, widest first, then the variable ones:
+    -- no alignment padding inside a row (docs/ARCHITECTURE.md, "What a
+    -- rated reading costs on disk")
     site_id          integer NOT NULL,
+    kind             prepay.ledger_kind NOT NULL,
     entry_id         bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.ledger_entry_id_seq'),
     account_id       bigint NOT NULL,
-    kind             prepay.ledger_kind NOT NULL,
-    amount           numeric(14,2) NOT NULL,
-    balance_after    numeric(14,2) NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    created_by       text NOT NULL DEFAULT SESSION_USER,
-    channel          text,
-    external_ref     text,
-    reverses_entry   bigint,
-    reason           text,
     meter_id         bigint,
     read_from        timestamptz,
     read_to          timestamptz,
+    reverses_entry   bigint,
+    pricing_id       integer,
+    amount           numeric(14,2) NOT NULL,
+    balance_after    numeric(14,2) NOT NULL,
     energy           numeric(15,3),
     exact_charge     numeric(18,9),
+    created_by       text NOT NULL DEFAULT SESSION_USER,
+    channel          text,
+    external_ref     text,
+    reason           text,
     pieces           json,
     PRIMARY KEY (site_id, entry_id),
     CHECK (kind <> 'consumption' OR (meter_id IS NOT NULL AND read_from < read_to AND energy >= 0 AND exact_charge >= 0)),
     CHECK (kind NOT IN ('recharge', 'refund') OR (channel IS NOT NULL AND external_ref IS NOT NULL)),
-    CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL)
+    CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL),
+    CONSTRAINT ledger_pricing_check CHECK (pricing_id IS NULL OR (kind = 'consumption' AND pieces IS NULL))
 );
 CREATE INDEX ledger_account ON prepay.ledger (site_id, account_id, entry_id);
 CREATE UNIQUE INDEX ledger_payment_ref ON prepay.ledger (site_id, channel, external_ref) WHERE external_ref IS NOT NULL;
@@ -409,7 +414,62 @@ COMMENT ON COLUMN prepay.ledger.read_from IS 'For a consumption charge, the prev
 COMMENT ON COLUMN prepay.ledger.read_to IS 'For a consumption charge, the reading charged.';
 COMMENT ON COLUMN prepay.ledger.energy IS 'For a consumption charge, the energy charged (register difference times multiplier).';
 COMMENT ON COLUMN prepay.ledger.exact_charge IS 'For a consumption charge, the exact price of the energy before rounding to cents; for basic charges and adjustments, their exact amount.';
-COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount).  Read it with prepay.explain_charge.';
+COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge not described by pricing_id, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount); for a re-rating adjustment, the exact difference per charge.  Read a charge''s with prepay._pricing_record or prepay.explain_charge.';
+COMMENT ON COLUMN prepay.ledger.pricing_id IS 'For a consumption charge priced as one piece at tier 1, split uniformly, outside any billing cycle: its tariff, multiplier, version and period (prepay.charge_pricing), instead of the pricing record in pieces; the piece is the whole interval, energy and exact charge, at the unit price exact_charge / energy.';
+
+CREATE SEQUENCE prepay.charge_pricing_id_seq AS integer;
+COMMENT ON SEQUENCE prepay.charge_pricing_id_seq IS 'Source of charge pricing ids.';
+
+CREATE TABLE prepay.charge_pricing (
+    site_id       integer NOT NULL,
+    pricing_id    integer NOT NULL DEFAULT pg_catalog.nextval('prepay.charge_pricing_id_seq'),
+    tariff_id     bigint NOT NULL,
+    multiplier    integer NOT NULL,
+    version_from  timestamptz NOT NULL,
+    period        text NOT NULL,
+    PRIMARY KEY (site_id, pricing_id),
+    UNIQUE (site_id, tariff_id, multiplier, version_from, period)
+);
+COMMENT ON TABLE prepay.charge_pricing IS 'What the pricing records of the one-piece charges have in common, kept once: a consumption charge priced as one piece at tier 1 (a flat price, or a time-of-use period covering the whole interval, with no tiers) names its row by ledger.pricing_id instead of carrying its pricing record.  Rows are added by the rating trigger when first needed, never changed.';
+COMMENT ON COLUMN prepay.charge_pricing.site_id IS 'Site of the charges.';
+COMMENT ON COLUMN prepay.charge_pricing.pricing_id IS 'Id the ledger entries name.';
+COMMENT ON COLUMN prepay.charge_pricing.tariff_id IS 'Tariff the charges were priced with.';
+COMMENT ON COLUMN prepay.charge_pricing.multiplier IS 'Meter multiplier at rating time.';
+COMMENT ON COLUMN prepay.charge_pricing.version_from IS 'valid_from of the tariff version that priced them.';
+COMMENT ON COLUMN prepay.charge_pricing.period IS 'Period of that version the whole interval fell in.';
+
+CREATE FUNCTION prepay._charge_pricing_id(p_site_id integer, p_tariff_id bigint, p_multiplier integer,
+                                          p_version_from timestamptz, p_period text)
+RETURNS integer LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    WITH added AS (
+        INSERT INTO prepay.charge_pricing (site_id, tariff_id, multiplier, version_from, period)
+        VALUES (p_site_id, p_tariff_id, p_multiplier, p_version_from, p_period)
+        ON CONFLICT (site_id, tariff_id, multiplier, version_from, period) DO NOTHING
+        RETURNING pricing_id)
+    SELECT pricing_id FROM added
+    UNION ALL
+    SELECT c.pricing_id FROM prepay.charge_pricing c
+     WHERE c.site_id = p_site_id AND c.tariff_id = p_tariff_id AND c.multiplier = p_multiplier
+       AND c.version_from = p_version_from AND c.period = p_period
+$$;
+COMMENT ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) IS
+'Internal: the prepay.charge_pricing row of a one-piece charge, added if new.  The rating trigger calls it once per batch and distinct pricing.';
+
+CREATE FUNCTION prepay._pricing_record(p_entry prepay.ledger) RETURNS json
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_entry.pricing_id IS NULL THEN p_entry.pieces ELSE
+           (SELECT pg_catalog.json_build_object(
+                       'tariff_id', c.tariff_id, 'multiplier', c.multiplier, 'split', 'uniform',
+                       'pieces', pg_catalog.json_build_array(pg_catalog.json_build_object(
+                           'from', p_entry.read_from, 'to', p_entry.read_to, 'version', c.version_from,
+                           'period', c.period, 'tier', 1, 'energy', p_entry.energy,
+                           'price', round(p_entry.exact_charge / p_entry.energy, 6),
+                           'amount', p_entry.exact_charge)))
+              FROM prepay.charge_pricing c
+             WHERE c.site_id = p_entry.site_id AND c.pricing_id = p_entry.pricing_id) END
+$$;
+COMMENT ON FUNCTION prepay._pricing_record(prepay.ledger) IS
+'Internal: the pricing record of a ledger entry, in the format the rating trigger writes to ledger.pieces (multiplier, split, billing cycle, priced pieces): pieces itself, or for a one-piece charge (pricing_id) the record its charge_pricing row and its own interval, energy and exact charge describe.  NULL for entries without one.';
 
 -- ---------------------------------------------------------------------
 -- commands, alarms, notifications
@@ -1484,7 +1544,7 @@ BEGIN
                              'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
                              'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',
-                             'notification_id_seq', 'no_cut_window_id_seq'] LOOP
+                             'notification_id_seq', 'no_cut_window_id_seq', 'charge_pricing', 'charge_pricing_id_seq'] LOOP
         PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');
     END LOOP;
 END $$;

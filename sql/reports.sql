@@ -15,7 +15,7 @@
  *                 cost per meter, account, local day or month, time-of-use
  *                 period and tier) and consumption_posting_day (consumption
  *                 money posted per local day and database user).
- *     part        the share of one priced piece (ledger.pieces) that falls
+ *     part        the share of one priced piece (prepay._pricing_record) that falls
  *                 in one local day; a piece that crosses a local midnight
  *                 (flat tariffs are not cut at midnights) is split
  *                 uniformly, like the tariff engine splits an interval.
@@ -234,7 +234,7 @@ CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to d
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
                energy numeric, cost numeric, charged numeric, charges bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- x is prepay._entry_parts(l.amount, l.pieces, s.time_zone) written out:
+    -- x is prepay._entry_parts(l.amount, prepay._pricing_record(l), s.time_zone) written out:
     -- a call per entry would cost a search_path save and restore and no
     -- inlining (keep the two the same)
     SELECT l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier,
@@ -258,7 +258,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   FROM (SELECT p.*, d.first_day, d.last_day,
                                pg_catalog.generate_series(d.first_day::timestamp, d.last_day::timestamp,
                                                           interval '1 day')::date AS day
-                          FROM ROWS FROM (pg_catalog.json_to_recordset(l.pieces->'pieces')
+                          FROM ROWS FROM (pg_catalog.json_to_recordset(prepay._pricing_record(l)->'pieces')
                                           AS ("from" timestamptz, "to" timestamptz, period text, tier integer,
                                               energy numeric, price numeric, amount numeric)) WITH ORDINALITY
                                    AS p("from", "to", period, tier, energy, price, amount, n)

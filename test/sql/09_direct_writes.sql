@@ -108,9 +108,9 @@ SELECT meter_id, account_id, read_from, read_to, energy, exact_charge, amount, b
   FROM prepay.ledger WHERE kind = 'consumption' AND meter_id <= 4 ORDER BY entry_id;
 SELECT g.g AS group_no, count(*) AS entries,
        count(*) FILTER (WHERE (l.account_id - 2 * (g.g - 1), l.read_from, l.read_to, l.energy,
-                               l.exact_charge, l.amount, l.balance_after, l.pieces::text)
+                               l.exact_charge, l.amount, l.balance_after, prepay._pricing_record(l)::text)
                               IS DISTINCT FROM (r.account_id, r.read_from, r.read_to, r.energy,
-                                                r.exact_charge, r.amount, r.balance_after, r.pieces::text)) AS differ
+                                                r.exact_charge, r.amount, r.balance_after, prepay._pricing_record(r)::text)) AS differ
   FROM generate_series(2, 3) g(g)
   JOIN prepay.ledger l ON l.meter_id BETWEEN 4 * g.g - 3 AND 4 * g.g AND l.kind = 'consumption'
   LEFT JOIN prepay.ledger r ON r.kind = 'consumption' AND r.meter_id = l.meter_id - 4 * (g.g - 1)
