@@ -19,6 +19,9 @@
 # reading and ledger tables, per rated reading and per ledger entry).
 # Run with `make bench`; BENCH_METERS and BENCH_INTERVALS override the size.
 #
+# BENCH_TOU=0 loads the flat meters only (the time-of-use figures are then
+# meaningless): the storage line of a flat tariff alone.
+#
 # BENCH_SITES=S (default 1) spreads the meters over S sites and loads each
 # interval with S concurrent COPYs, one per site, on both sides: rating
 # batches of one site run one at a time (the site's rating lock), those of
@@ -60,8 +63,13 @@ intervals=${BENCH_INTERVALS:-10}
 sites=${BENCH_SITES:-1}
 intake=${BENCH_INTAKE:-0}
 intake_batch=${BENCH_INTAKE_BATCH:-$meters}
+tou=${BENCH_TOU:-1}
 blocks=2
 [ "$intake" = 1 ] && blocks=4
+if [ "$tou" = 0 ]; then
+	[ "$intake" = 1 ] && { echo "rating.sh: BENCH_TOU=0 does not go with BENCH_INTAKE=1" >&2; exit 2; }
+	blocks=1
+fi
 cd "$work"
 . test/lib/cluster.sh
 cluster_start "$work/cluster" "shared_buffers = 1GB" "max_wal_size = 8GB" \
@@ -140,6 +148,7 @@ fi
 # BENCH_INTAKE, intake-k.s.N.csv and insert-k.s.N.sql in statements of
 # BENCH_INTAKE_BATCH rows (N = 1, 2, ...) and the scripts that load them
 kinds="'', 'tou-'"
+[ "$tou" = 0 ] && kinds="''"
 [ "$intake" = 1 ] && kinds="'', 'tou-', 'intake-', 'insert-'"
 for k in $(seq 1 "$intervals"); do
 	for s in $(seq 1 "$sites"); do
@@ -240,7 +249,7 @@ for k in $(seq 1 "$intervals"); do
 	t1=$(now_ns)
 	copy_sites prepay.reading "$data/$k"
 	t2=$(now_ns)
-	copy_sites prepay.reading "$data/tou-$k"
+	[ "$tou" = 0 ] || copy_sites prepay.reading "$data/tou-$k"
 	t3=$(now_ns)
 	plain_ns=$((plain_ns + t1 - t0))
 	rated_ns=$((rated_ns + t2 - t1))
@@ -297,7 +306,7 @@ fi
 # index of the tables a rated reading writes a row to, over the rated
 # readings (the consumption entries); the baseline readings and the opening
 # recharges are counted in, about 1 % at 96 intervals
-storage_tables="'prepay.reading', 'prepay.ledger'"
+storage_tables="'prepay.reading', 'prepay.ledger', 'prepay.charge_pricing'"
 psql -d bench -c "VACUUM prepay.reading, prepay.ledger"
 psql -d bench -At <<SQL
 CREATE TEMP VIEW t AS
@@ -340,5 +349,5 @@ awk -v rows="$rows" -v p="$plain_ns" -v r="$rated_ns" -v t="$tou_ns" -v m="$mete
 	}
 	printf "bench rating+fold: flat and TOU readings with their fold, per s=%d\n", 2 * rows / ((r + t + f) / 1e9)
 	printf "bench rating: rated_per_s=%d copy_per_s=%d ratio=%.3f\n", rows / (r / 1e9), rows / (p / 1e9), p / r
-	printf "bench tariff: flat_per_s=%d tou_tier_per_s=%d ratio=%.3f\n", rows / (r / 1e9), rows / (t / 1e9), r / t
+	printf "bench tariff: flat_per_s=%d tou_tier_per_s=%d ratio=%.3f\n", rows / (r / 1e9), (t > 0 ? rows / (t / 1e9) : 0), (t > 0 ? r / t : 0)
 }'
