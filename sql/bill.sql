@@ -153,8 +153,11 @@ COMMENT ON FUNCTION prepay._rule_name(prepay.period_charge) IS 'Internal: the na
 CREATE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH entries AS (
-        SELECT l.*, prepay._pricing_record(l) AS pricing FROM prepay.bill_entry be
+        SELECT l.*, prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                           l.read_from, l.read_to, l.energy, l.exact_charge) AS pricing
+          FROM prepay.bill_entry be
           JOIN prepay.ledger l ON l.site_id = be.site_id AND l.entry_id = be.entry_id
+          LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
          WHERE be.site_id = p_site_id AND be.bill_id = p_bill.bill_id
     ), energy AS (           -- by TOU period, tier and price, from the pricing records
         SELECT 'energy' AS kind,

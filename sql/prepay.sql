@@ -417,12 +417,9 @@ COMMENT ON COLUMN prepay.ledger.exact_charge IS 'For a consumption charge, the e
 COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge not described by pricing_id, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount); for a re-rating adjustment, the exact difference per charge.  Read a charge''s with prepay._pricing_record or prepay.explain_charge.';
 COMMENT ON COLUMN prepay.ledger.pricing_id IS 'For a consumption charge priced as one piece at tier 1, split uniformly, outside any billing cycle: its tariff, multiplier, version and period (prepay.charge_pricing), instead of the pricing record in pieces; the piece is the whole interval, energy and exact charge, at the unit price exact_charge / energy.';
 
-CREATE SEQUENCE prepay.charge_pricing_id_seq AS integer;
-COMMENT ON SEQUENCE prepay.charge_pricing_id_seq IS 'Source of charge pricing ids.';
-
 CREATE TABLE prepay.charge_pricing (
     site_id       integer NOT NULL,
-    pricing_id    integer NOT NULL DEFAULT pg_catalog.nextval('prepay.charge_pricing_id_seq'),
+    pricing_id    integer NOT NULL,
     tariff_id     bigint NOT NULL,
     multiplier    integer NOT NULL,
     version_from  timestamptz NOT NULL,
@@ -430,46 +427,54 @@ CREATE TABLE prepay.charge_pricing (
     PRIMARY KEY (site_id, pricing_id),
     UNIQUE (site_id, tariff_id, multiplier, version_from, period)
 );
-COMMENT ON TABLE prepay.charge_pricing IS 'What the pricing records of the one-piece charges have in common, kept once: a consumption charge priced as one piece at tier 1 (a flat price, or a time-of-use period covering the whole interval, with no tiers) names its row by ledger.pricing_id instead of carrying its pricing record.  Rows are added by the rating trigger when first needed, never changed.';
+COMMENT ON TABLE prepay.charge_pricing IS 'What the pricing records of the one-piece charges have in common, kept once: a consumption charge priced as one piece at tier 1 (a flat price, or a time-of-use period covering the whole interval, with no tiers) names its row by ledger.pricing_id instead of carrying its pricing record.  Rows are added by the rating trigger when first needed (prepay._charge_pricing_id), never changed.';
 COMMENT ON COLUMN prepay.charge_pricing.site_id IS 'Site of the charges.';
-COMMENT ON COLUMN prepay.charge_pricing.pricing_id IS 'Id the ledger entries name.';
+COMMENT ON COLUMN prepay.charge_pricing.pricing_id IS 'Id the ledger entries name: 1, 2, ... per site, drawn under the site''s rating lock.';
 COMMENT ON COLUMN prepay.charge_pricing.tariff_id IS 'Tariff the charges were priced with.';
 COMMENT ON COLUMN prepay.charge_pricing.multiplier IS 'Meter multiplier at rating time.';
 COMMENT ON COLUMN prepay.charge_pricing.version_from IS 'valid_from of the tariff version that priced them.';
 COMMENT ON COLUMN prepay.charge_pricing.period IS 'Period of that version the whole interval fell in.';
 
+-- PL/pgSQL, statement by statement, each filtered on the site: Citus plans
+-- each as a single-shard statement (it does not plan a SQL-language
+-- function's statements with parameters over distributed tables)
 CREATE FUNCTION prepay._charge_pricing_id(p_site_id integer, p_tariff_id bigint, p_multiplier integer,
                                           p_version_from timestamptz, p_period text)
-RETURNS integer LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    WITH added AS (
-        INSERT INTO prepay.charge_pricing (site_id, tariff_id, multiplier, version_from, period)
-        VALUES (p_site_id, p_tariff_id, p_multiplier, p_version_from, p_period)
-        ON CONFLICT (site_id, tariff_id, multiplier, version_from, period) DO NOTHING
-        RETURNING pricing_id)
-    SELECT pricing_id FROM added
-    UNION ALL
-    SELECT c.pricing_id FROM prepay.charge_pricing c
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+BEGIN
+    SELECT c.pricing_id INTO id FROM prepay.charge_pricing c
      WHERE c.site_id = p_site_id AND c.tariff_id = p_tariff_id AND c.multiplier = p_multiplier
-       AND c.version_from = p_version_from AND c.period = p_period
-$$;
+       AND c.version_from = p_version_from AND c.period = p_period;
+    IF NOT FOUND THEN
+        -- the caller holds the site's rating lock: no one else adds a row of this site
+        SELECT coalesce(max(c.pricing_id), 0) + 1 INTO id FROM prepay.charge_pricing c WHERE c.site_id = p_site_id;
+        INSERT INTO prepay.charge_pricing (site_id, pricing_id, tariff_id, multiplier, version_from, period)
+        VALUES (p_site_id, id, p_tariff_id, p_multiplier, p_version_from, p_period);
+    END IF;
+    RETURN id;
+END $$;
 COMMENT ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) IS
-'Internal: the prepay.charge_pricing row of a one-piece charge, added if new.  The rating trigger calls it once per batch and distinct pricing.';
+'Internal: the prepay.charge_pricing row of a one-piece charge, added if new (the next id of the site).  The rating trigger calls it, under the site''s rating lock, once per batch and distinct pricing.';
 
-CREATE FUNCTION prepay._pricing_record(p_entry prepay.ledger) RETURNS json
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN p_entry.pricing_id IS NULL THEN p_entry.pieces ELSE
-           (SELECT pg_catalog.json_build_object(
-                       'tariff_id', c.tariff_id, 'multiplier', c.multiplier, 'split', 'uniform',
-                       'pieces', pg_catalog.json_build_array(pg_catalog.json_build_object(
-                           'from', p_entry.read_from, 'to', p_entry.read_to, 'version', c.version_from,
-                           'period', c.period, 'tier', 1, 'energy', p_entry.energy,
-                           'price', round(p_entry.exact_charge / p_entry.energy, 6),
-                           'amount', p_entry.exact_charge)))
-              FROM prepay.charge_pricing c
-             WHERE c.site_id = p_entry.site_id AND c.pricing_id = p_entry.pricing_id) END
+-- no table read: a caller joins charge_pricing on (site_id, pricing_id),
+-- which Citus runs on the site's shards
+CREATE FUNCTION prepay._pricing_record(p_pieces json, p_tariff_id bigint, p_multiplier integer,
+                                       p_version_from timestamptz, p_period text, p_read_from timestamptz,
+                                       p_read_to timestamptz, p_energy numeric, p_exact_charge numeric)
+RETURNS json LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_tariff_id IS NULL THEN p_pieces ELSE
+           pg_catalog.json_build_object(
+               'tariff_id', p_tariff_id, 'multiplier', p_multiplier, 'split', 'uniform',
+               'pieces', pg_catalog.json_build_array(pg_catalog.json_build_object(
+                   'from', p_read_from, 'to', p_read_to, 'version', p_version_from,
+                   'period', p_period, 'tier', 1, 'energy', p_energy,
+                   'price', round(p_exact_charge / p_energy, 6),
+                   'amount', p_exact_charge))) END
 $$;
-COMMENT ON FUNCTION prepay._pricing_record(prepay.ledger) IS
-'Internal: the pricing record of a ledger entry, in the format the rating trigger writes to ledger.pieces (multiplier, split, billing cycle, priced pieces): pieces itself, or for a one-piece charge (pricing_id) the record its charge_pricing row and its own interval, energy and exact charge describe.  NULL for entries without one.';
+COMMENT ON FUNCTION prepay._pricing_record(json, bigint, integer, timestamptz, text, timestamptz, timestamptz, numeric, numeric) IS
+'Internal: the pricing record of a ledger entry l, in the format the rating trigger writes to ledger.pieces (multiplier, split, billing cycle, priced pieces), from l.pieces, the columns of its charge_pricing row c (LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id) and l.read_from, l.read_to, l.energy, l.exact_charge: pieces itself, or for a one-piece charge the record c and its own interval, energy and exact charge describe.  NULL for entries without one.';
 
 -- ---------------------------------------------------------------------
 -- commands, alarms, notifications
@@ -1544,7 +1549,7 @@ BEGIN
                              'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
                              'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',
-                             'notification_id_seq', 'no_cut_window_id_seq', 'charge_pricing', 'charge_pricing_id_seq'] LOOP
+                             'notification_id_seq', 'no_cut_window_id_seq', 'charge_pricing'] LOOP
         PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');
     END LOOP;
 END $$;

@@ -295,6 +295,12 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._my_accounts() IS 'Internal: the accounts the caller sees as a tenant: those mapped to it (prepay.tenant_access) and the one its verified claims name (prepay._claimed_accounts()).';
 
+CREATE FUNCTION prepay._is_my_tenant_site(p_site_id integer) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay._my_accounts() t WHERE t.site_id = p_site_id)
+$$;
+COMMENT ON FUNCTION prepay._is_my_tenant_site(integer) IS 'Internal: whether the caller is a tenant of an account of this site (prepay._my_accounts()); the charge_pricing_tenant policy, row by row without a sub-SELECT (as Citus needs).';
+
 CREATE FUNCTION prepay._my_agents() RETURNS TABLE (site_id integer, agent_id text)
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -945,7 +951,7 @@ CREATE POLICY reading_tenant ON prepay.reading FOR SELECT TO prepay_tenant USING
 COMMENT ON POLICY reading_tenant ON prepay.reading IS 'Tenants see the readings of the meters of their accounts since the account was opened (not the previous occupant''s).';
 
 CREATE POLICY charge_pricing_tenant ON prepay.charge_pricing FOR SELECT TO prepay_tenant USING (
-    site_id IN (SELECT t.site_id FROM prepay._my_accounts() t));
+    prepay._is_my_tenant_site(site_id));
 COMMENT ON POLICY charge_pricing_tenant ON prepay.charge_pricing IS 'Tenants see the pricing of the one-piece charges of their sites, which explains their own charges (prepay.explain_charge).';
 
 CREATE POLICY bill_line_tenant ON prepay.bill_line FOR SELECT TO prepay_tenant USING (

@@ -102,14 +102,19 @@ RETURNS TABLE (entry_id bigint, meter_id bigint, read_from timestamptz, register
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
+    c prepay.charge_pricing;
     pricing json;
 BEGIN
     SELECT * INTO e FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.entry_id = p_entry_id;
-    pricing := prepay._pricing_record(e);
     IF NOT FOUND THEN
         PERFORM prepay._raise('PY006', 'unknown ledger entry',
             pg_catalog.format('Site %s has no ledger entry %s.', p_site_id, p_entry_id), NULL);
     END IF;
+    IF e.pricing_id IS NOT NULL THEN
+        SELECT * INTO c FROM prepay.charge_pricing cp WHERE cp.site_id = e.site_id AND cp.pricing_id = e.pricing_id;
+    END IF;
+    pricing := prepay._pricing_record(e.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                      e.read_from, e.read_to, e.energy, e.exact_charge);
     IF e.kind <> 'consumption' OR pricing IS NULL THEN
         PERFORM prepay._raise('PY016', 'not a consumption charge',
             pg_catalog.format('Ledger entry %s is a %s entry.', p_entry_id, e.kind),
@@ -226,7 +231,10 @@ BEGIN
                    (r.j->>'cycle_start')::timestamptz AS cycle_start,
                    coalesce(prepay._register_energy(r.j), '{NULL,NULL,NULL,NULL}') AS registers,
                    pg_catalog.row_number() OVER (ORDER BY l.entry_id) AS ord
-              FROM prepay.ledger l CROSS JOIN LATERAL (SELECT prepay._pricing_record(l) AS j) AS r
+              FROM prepay.ledger l
+              LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
+             CROSS JOIN LATERAL (SELECT prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                                               l.read_from, l.read_to, l.energy, l.exact_charge) AS j) AS r
              WHERE l.site_id = p_site_id AND l.account_id = acc AND l.kind = 'consumption'
                AND l.read_from >= p_from AND l.read_to <= p_to AND r.j IS NOT NULL),
         adjusted AS (

@@ -285,7 +285,9 @@ SELECT 'rollups equal the ledger: ' || (NOT EXISTS (
 SELECT 'ledger entries: ' || count(*) FILTER (WHERE kind = 'consumption') FROM prepay.ledger;
 SELECT 'tou x tier pieces: ' || count(*) || ' in ' || count(DISTINCT l.entry_id) || ' entries, '
        || count(*) FILTER (WHERE p.tier > 1) || ' above tier 1'
-  FROM prepay.ledger l, prepay._pieces(prepay._pricing_record(l)) p WHERE l.kind = 'consumption' AND l.meter_id > $meters;
+  FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id,
+       prepay._pieces(prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge)) p
+ WHERE l.kind = 'consumption' AND l.meter_id > $meters;
 SELECT 'quarantined readings: ' || count(*) FROM prepay.reading WHERE quarantine_reason IS NOT NULL;
 SELECT 'ledger check problems: ' || count(*) FROM prepay.check_ledger();
 SQL

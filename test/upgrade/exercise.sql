@@ -15,8 +15,9 @@ SELECT prepay.reverse(1, (SELECT max(entry_id) FROM prepay.ledger WHERE external
 SELECT prepay.fold_rollups();
 SELECT account_id, code, balance, alarm_level, prepay.balance(1, account_id) FROM prepay.account ORDER BY account_id;
 SELECT entry_id, account_id, kind, amount, balance_after, energy, exact_charge, channel, external_ref, reverses_entry,
-       read_from, read_to, prepay._pricing_record(l) AS pieces
-  FROM prepay.ledger l ORDER BY entry_id;
+       l.read_from, l.read_to,
+       prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge) AS pieces
+  FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id ORDER BY entry_id;
 SELECT e.entry_id, x.*
   FROM prepay.ledger e, LATERAL prepay.explain_charge(1, e.entry_id) x
  WHERE e.kind = 'consumption' ORDER BY e.entry_id, x.read_from, x.piece_from, x.tier;

@@ -6,12 +6,9 @@
 -- A fresh install orders the ledger's columns so that a row has no
 -- alignment padding; here pricing_id comes last (ALTER TABLE appends).
 
-CREATE SEQUENCE prepay.charge_pricing_id_seq AS integer;
-COMMENT ON SEQUENCE prepay.charge_pricing_id_seq IS 'Source of charge pricing ids.';
-
 CREATE TABLE prepay.charge_pricing (
     site_id       integer NOT NULL,
-    pricing_id    integer NOT NULL DEFAULT pg_catalog.nextval('prepay.charge_pricing_id_seq'),
+    pricing_id    integer NOT NULL,
     tariff_id     bigint NOT NULL,
     multiplier    integer NOT NULL,
     version_from  timestamptz NOT NULL,
@@ -19,17 +16,22 @@ CREATE TABLE prepay.charge_pricing (
     PRIMARY KEY (site_id, pricing_id),
     UNIQUE (site_id, tariff_id, multiplier, version_from, period)
 );
-COMMENT ON TABLE prepay.charge_pricing IS 'What the pricing records of the one-piece charges have in common, kept once: a consumption charge priced as one piece at tier 1 (a flat price, or a time-of-use period covering the whole interval, with no tiers) names its row by ledger.pricing_id instead of carrying its pricing record.  Rows are added by the rating trigger when first needed, never changed.';
+COMMENT ON TABLE prepay.charge_pricing IS 'What the pricing records of the one-piece charges have in common, kept once: a consumption charge priced as one piece at tier 1 (a flat price, or a time-of-use period covering the whole interval, with no tiers) names its row by ledger.pricing_id instead of carrying its pricing record.  Rows are added by the rating trigger when first needed (prepay._charge_pricing_id), never changed.';
 COMMENT ON COLUMN prepay.charge_pricing.site_id IS 'Site of the charges.';
-COMMENT ON COLUMN prepay.charge_pricing.pricing_id IS 'Id the ledger entries name.';
+COMMENT ON COLUMN prepay.charge_pricing.pricing_id IS 'Id the ledger entries name: 1, 2, ... per site, drawn under the site''s rating lock.';
 COMMENT ON COLUMN prepay.charge_pricing.tariff_id IS 'Tariff the charges were priced with.';
 COMMENT ON COLUMN prepay.charge_pricing.multiplier IS 'Meter multiplier at rating time.';
 COMMENT ON COLUMN prepay.charge_pricing.version_from IS 'valid_from of the tariff version that priced them.';
 COMMENT ON COLUMN prepay.charge_pricing.period IS 'Period of that version the whole interval fell in.';
 
+CREATE FUNCTION prepay._is_my_tenant_site(p_site_id integer) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay._my_accounts() t WHERE t.site_id = p_site_id)
+$$;
+COMMENT ON FUNCTION prepay._is_my_tenant_site(integer) IS 'Internal: whether the caller is a tenant of an account of this site (prepay._my_accounts()); the charge_pricing_tenant policy, row by row without a sub-SELECT (as Citus needs).';
+
 REVOKE ALL ON TABLE prepay.charge_pricing FROM PUBLIC;
 GRANT SELECT ON TABLE prepay.charge_pricing TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant;
-GRANT USAGE ON SEQUENCE prepay.charge_pricing_id_seq TO prepay_admin, prepay_operator;
 ALTER TABLE prepay.charge_pricing ENABLE ROW LEVEL SECURITY;
 ALTER TABLE prepay.charge_pricing FORCE ROW LEVEL SECURITY;
 CREATE POLICY site_staff ON prepay.charge_pricing TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader
@@ -37,11 +39,10 @@ CREATE POLICY site_staff ON prepay.charge_pricing TO prepay_admin, prepay_operat
     WITH CHECK (site_id = ANY ((SELECT prepay._my_sites())::integer[]));
 COMMENT ON POLICY site_staff ON prepay.charge_pricing IS 'Administrators, operators, cashiers and readers see and change only the rows of the sites they are mapped to (prepay.site_access); their grants decide which changes.';
 CREATE POLICY charge_pricing_tenant ON prepay.charge_pricing FOR SELECT TO prepay_tenant USING (
-    site_id IN (SELECT t.site_id FROM prepay._my_accounts() t));
+    prepay._is_my_tenant_site(site_id));
 COMMENT ON POLICY charge_pricing_tenant ON prepay.charge_pricing IS 'Tenants see the pricing of the one-piece charges of their sites, which explains their own charges (prepay.explain_charge).';
 
 SELECT pg_catalog.pg_extension_config_dump('prepay.charge_pricing', '');
-SELECT pg_catalog.pg_extension_config_dump('prepay.charge_pricing_id_seq', '');
 
 ALTER TABLE prepay.ledger ADD COLUMN pricing_id integer;
 ALTER TABLE prepay.ledger ADD CONSTRAINT ledger_pricing_check
@@ -49,44 +50,55 @@ ALTER TABLE prepay.ledger ADD CONSTRAINT ledger_pricing_check
 COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge not described by pricing_id, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount); for a re-rating adjustment, the exact difference per charge.  Read a charge''s with prepay._pricing_record or prepay.explain_charge.';
 COMMENT ON COLUMN prepay.ledger.pricing_id IS 'For a consumption charge priced as one piece at tier 1, split uniformly, outside any billing cycle: its tariff, multiplier, version and period (prepay.charge_pricing), instead of the pricing record in pieces; the piece is the whole interval, energy and exact charge, at the unit price exact_charge / energy.';
 
+-- PL/pgSQL, statement by statement, each filtered on the site: Citus plans
+-- each as a single-shard statement (it does not plan a SQL-language
+-- function's statements with parameters over distributed tables)
 CREATE FUNCTION prepay._charge_pricing_id(p_site_id integer, p_tariff_id bigint, p_multiplier integer,
                                           p_version_from timestamptz, p_period text)
-RETURNS integer LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
-    WITH added AS (
-        INSERT INTO prepay.charge_pricing (site_id, tariff_id, multiplier, version_from, period)
-        VALUES (p_site_id, p_tariff_id, p_multiplier, p_version_from, p_period)
-        ON CONFLICT (site_id, tariff_id, multiplier, version_from, period) DO NOTHING
-        RETURNING pricing_id)
-    SELECT pricing_id FROM added
-    UNION ALL
-    SELECT c.pricing_id FROM prepay.charge_pricing c
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+BEGIN
+    SELECT c.pricing_id INTO id FROM prepay.charge_pricing c
      WHERE c.site_id = p_site_id AND c.tariff_id = p_tariff_id AND c.multiplier = p_multiplier
-       AND c.version_from = p_version_from AND c.period = p_period
-$$;
+       AND c.version_from = p_version_from AND c.period = p_period;
+    IF NOT FOUND THEN
+        -- the caller holds the site's rating lock: no one else adds a row of this site
+        SELECT coalesce(max(c.pricing_id), 0) + 1 INTO id FROM prepay.charge_pricing c WHERE c.site_id = p_site_id;
+        INSERT INTO prepay.charge_pricing (site_id, pricing_id, tariff_id, multiplier, version_from, period)
+        VALUES (p_site_id, id, p_tariff_id, p_multiplier, p_version_from, p_period);
+    END IF;
+    RETURN id;
+END $$;
 COMMENT ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) IS
-'Internal: the prepay.charge_pricing row of a one-piece charge, added if new.  The rating trigger calls it once per batch and distinct pricing.';
+'Internal: the prepay.charge_pricing row of a one-piece charge, added if new (the next id of the site).  The rating trigger calls it, under the site''s rating lock, once per batch and distinct pricing.';
 
-CREATE FUNCTION prepay._pricing_record(p_entry prepay.ledger) RETURNS json
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN p_entry.pricing_id IS NULL THEN p_entry.pieces ELSE
-           (SELECT pg_catalog.json_build_object(
-                       'tariff_id', c.tariff_id, 'multiplier', c.multiplier, 'split', 'uniform',
-                       'pieces', pg_catalog.json_build_array(pg_catalog.json_build_object(
-                           'from', p_entry.read_from, 'to', p_entry.read_to, 'version', c.version_from,
-                           'period', c.period, 'tier', 1, 'energy', p_entry.energy,
-                           'price', round(p_entry.exact_charge / p_entry.energy, 6),
-                           'amount', p_entry.exact_charge)))
-              FROM prepay.charge_pricing c
-             WHERE c.site_id = p_entry.site_id AND c.pricing_id = p_entry.pricing_id) END
+-- no table read: a caller joins charge_pricing on (site_id, pricing_id),
+-- which Citus runs on the site's shards
+CREATE FUNCTION prepay._pricing_record(p_pieces json, p_tariff_id bigint, p_multiplier integer,
+                                       p_version_from timestamptz, p_period text, p_read_from timestamptz,
+                                       p_read_to timestamptz, p_energy numeric, p_exact_charge numeric)
+RETURNS json LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_tariff_id IS NULL THEN p_pieces ELSE
+           pg_catalog.json_build_object(
+               'tariff_id', p_tariff_id, 'multiplier', p_multiplier, 'split', 'uniform',
+               'pieces', pg_catalog.json_build_array(pg_catalog.json_build_object(
+                   'from', p_read_from, 'to', p_read_to, 'version', p_version_from,
+                   'period', p_period, 'tier', 1, 'energy', p_energy,
+                   'price', round(p_exact_charge / p_energy, 6),
+                   'amount', p_exact_charge))) END
 $$;
-COMMENT ON FUNCTION prepay._pricing_record(prepay.ledger) IS
-'Internal: the pricing record of a ledger entry, in the format the rating trigger writes to ledger.pieces (multiplier, split, billing cycle, priced pieces): pieces itself, or for a one-piece charge (pricing_id) the record its charge_pricing row and its own interval, energy and exact charge describe.  NULL for entries without one.';
+COMMENT ON FUNCTION prepay._pricing_record(json, bigint, integer, timestamptz, text, timestamptz, timestamptz, numeric, numeric) IS
+'Internal: the pricing record of a ledger entry l, in the format the rating trigger writes to ledger.pieces (multiplier, split, billing cycle, priced pieces), from l.pieces, the columns of its charge_pricing row c (LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id) and l.read_from, l.read_to, l.energy, l.exact_charge: pieces itself, or for a one-piece charge the record c and its own interval, energy and exact charge describe.  NULL for entries without one.';
 
 REVOKE ALL ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION prepay._pricing_record(prepay.ledger) FROM PUBLIC;
+REVOKE ALL ON FUNCTION prepay._pricing_record(json, bigint, integer, timestamptz, text, timestamptz, timestamptz, numeric, numeric) FROM PUBLIC;
+REVOKE ALL ON FUNCTION prepay._is_my_tenant_site(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text)
     TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
-GRANT EXECUTE ON FUNCTION prepay._pricing_record(prepay.ledger)
+GRANT EXECUTE ON FUNCTION prepay._pricing_record(json, bigint, integer, timestamptz, text, timestamptz, timestamptz, numeric, numeric)
+    TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
+GRANT EXECUTE ON FUNCTION prepay._is_my_tenant_site(integer)
     TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
 
 -- ---------------------------------------------------------------------
@@ -121,9 +133,10 @@ DECLARE
            AND l.pieces->>'tariff_id' IS NOT NULL AND l.pieces->>'multiplier' IS NOT NULL$q$;
 BEGIN
     EXECUTE pg_catalog.format(
-        'INSERT INTO prepay.charge_pricing (site_id, tariff_id, multiplier, version_from, period)
-         SELECT DISTINCT o.site_id, o.tariff_id, o.multiplier, o.version_from, o.period FROM (%s) AS o
-          ORDER BY 1, 2, 3, 4, 5', one_piece);
+        'INSERT INTO prepay.charge_pricing (site_id, pricing_id, tariff_id, multiplier, version_from, period)
+         SELECT d.site_id, pg_catalog.row_number() OVER (PARTITION BY d.site_id ORDER BY d.tariff_id, d.multiplier, d.version_from, d.period),
+                d.tariff_id, d.multiplier, d.version_from, d.period
+           FROM (SELECT DISTINCT o.site_id, o.tariff_id, o.multiplier, o.version_from, o.period FROM (%s) AS o) AS d', one_piece);
     ALTER TABLE prepay.ledger DISABLE TRIGGER ledger_append_only;
     EXECUTE pg_catalog.format(
         'UPDATE prepay.ledger l SET pricing_id = c.pricing_id, pieces = NULL
@@ -149,14 +162,19 @@ RETURNS TABLE (entry_id bigint, meter_id bigint, read_from timestamptz, register
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
+    c prepay.charge_pricing;
     pricing json;
 BEGIN
     SELECT * INTO e FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.entry_id = p_entry_id;
-    pricing := prepay._pricing_record(e);
     IF NOT FOUND THEN
         PERFORM prepay._raise('PY006', 'unknown ledger entry',
             pg_catalog.format('Site %s has no ledger entry %s.', p_site_id, p_entry_id), NULL);
     END IF;
+    IF e.pricing_id IS NOT NULL THEN
+        SELECT * INTO c FROM prepay.charge_pricing cp WHERE cp.site_id = e.site_id AND cp.pricing_id = e.pricing_id;
+    END IF;
+    pricing := prepay._pricing_record(e.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                      e.read_from, e.read_to, e.energy, e.exact_charge);
     IF e.kind <> 'consumption' OR pricing IS NULL THEN
         PERFORM prepay._raise('PY016', 'not a consumption charge',
             pg_catalog.format('Ledger entry %s is a %s entry.', p_entry_id, e.kind),
@@ -206,7 +224,10 @@ BEGIN
                    (r.j->>'cycle_start')::timestamptz AS cycle_start,
                    coalesce(prepay._register_energy(r.j), '{NULL,NULL,NULL,NULL}') AS registers,
                    pg_catalog.row_number() OVER (ORDER BY l.entry_id) AS ord
-              FROM prepay.ledger l CROSS JOIN LATERAL (SELECT prepay._pricing_record(l) AS j) AS r
+              FROM prepay.ledger l
+              LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
+             CROSS JOIN LATERAL (SELECT prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                                               l.read_from, l.read_to, l.energy, l.exact_charge) AS j) AS r
              WHERE l.site_id = p_site_id AND l.account_id = acc AND l.kind = 'consumption'
                AND l.read_from >= p_from AND l.read_to <= p_to AND r.j IS NOT NULL),
         adjusted AS (
@@ -258,13 +279,15 @@ CREATE OR REPLACE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from d
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
                energy numeric, cost numeric, charged numeric, charges bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- x is prepay._entry_parts(l.amount, prepay._pricing_record(l), s.time_zone) written out:
+    -- x is prepay._entry_parts(l.amount, prepay._pricing_record(l.pieces, c.tariff_id, ..., l.exact_charge),
+    -- s.time_zone) written out:
     -- a call per entry would cost a search_path save and restore and no
     -- inlining (keep the two the same)
     SELECT l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier,
            sum(x.energy), sum(x.cost), sum(x.charged), sum(x.charges)
       FROM prepay.site s
       JOIN prepay.ledger l ON l.site_id = s.site_id
+      LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
      CROSS JOIN LATERAL (
         SELECT q.day, q.period, q.tier,
                CASE WHEN q.first_day = q.last_day THEN q.energy ELSE q.part END AS energy,
@@ -282,7 +305,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   FROM (SELECT p.*, d.first_day, d.last_day,
                                pg_catalog.generate_series(d.first_day::timestamp, d.last_day::timestamp,
                                                           interval '1 day')::date AS day
-                          FROM ROWS FROM (pg_catalog.json_to_recordset(prepay._pricing_record(l)->'pieces')
+                          FROM ROWS FROM (pg_catalog.json_to_recordset(prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                                                                 l.read_from, l.read_to, l.energy, l.exact_charge)->'pieces')
                                           AS ("from" timestamptz, "to" timestamptz, period text, tier integer,
                                               energy numeric, price numeric, amount numeric)) WITH ORDINALITY
                                    AS p("from", "to", period, tier, energy, price, amount, n)
@@ -300,8 +324,11 @@ $$;
 CREATE OR REPLACE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH entries AS (
-        SELECT l.*, prepay._pricing_record(l) AS pricing FROM prepay.bill_entry be
+        SELECT l.*, prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                           l.read_from, l.read_to, l.energy, l.exact_charge) AS pricing
+          FROM prepay.bill_entry be
           JOIN prepay.ledger l ON l.site_id = be.site_id AND l.entry_id = be.entry_id
+          LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
          WHERE be.site_id = p_site_id AND be.bill_id = p_bill.bill_id
     ), energy AS (           -- by TOU period, tier and price, from the pricing records
         SELECT 'energy' AS kind,
