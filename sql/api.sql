@@ -155,7 +155,7 @@ BEGIN
                             AND (e.kind IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
                                  OR e.kind = 'reversal' AND EXISTS (
                                         SELECT 1 FROM prepay.ledger r
-                                         WHERE r.site_id = e.site_id AND r.entry_id = e.reverses_entry
+                                         WHERE r.site_id = e.site_id AND r.account_id = e.account_id AND r.entry_id = e.reverses_entry
                                            AND r.kind IN ('recharge', 'refund')))
                           ORDER BY e.entry_id DESC LIMIT p_limit) AS l
      ORDER BY l.site_id, l.account_id, l.entry_id DESC;

@@ -384,16 +384,19 @@ CREATE TABLE prepay.ledger (
     external_ref     text,
     reason           text,
     pieces           json,
-    PRIMARY KEY (site_id, entry_id),
+    -- one b-tree serves as the key and as the account's entries in order;
+    -- an entry found by its id alone goes through ledger_entry (BRIN)
+    -- (docs/ARCHITECTURE.md, "What a rated reading costs on disk")
+    PRIMARY KEY (site_id, account_id, entry_id),
     CHECK (kind <> 'consumption' OR (meter_id IS NOT NULL AND read_from < read_to AND energy >= 0 AND exact_charge >= 0)),
     CHECK (kind NOT IN ('recharge', 'refund') OR (channel IS NOT NULL AND external_ref IS NOT NULL)),
     CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL),
     CONSTRAINT ledger_pricing_check CHECK (pricing_id IS NULL OR (kind = 'consumption' AND pieces IS NULL))
 );
-CREATE INDEX ledger_account ON prepay.ledger (site_id, account_id, entry_id);
+CREATE INDEX ledger_entry ON prepay.ledger USING brin (site_id, entry_id) WITH (pages_per_range = 8, autosummarize = on);
 CREATE UNIQUE INDEX ledger_payment_ref ON prepay.ledger (site_id, channel, external_ref) WHERE external_ref IS NOT NULL;
 CREATE UNIQUE INDEX ledger_reversal ON prepay.ledger (site_id, reverses_entry) WHERE reverses_entry IS NOT NULL;
-COMMENT ON INDEX prepay.ledger_account IS 'An account''s entries in order: statements and trails.';
+COMMENT ON INDEX prepay.ledger_entry IS 'An entry by its id without its account (explain_charge, reverse, a bill''s entries): the ledger is append-only and its ids grow with the order rows are written, so each range of 8 pages holds a narrow range of ids, and a lookup reads one or two ranges.  The primary key (site_id, account_id, entry_id) is the account''s entries in order: statements and trails.';
 COMMENT ON INDEX prepay.ledger_payment_ref IS 'A payment reference is used once per channel: what makes recharge and refund idempotent.';
 COMMENT ON INDEX prepay.ledger_reversal IS 'An entry is reversed at most once.';
 COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.';

@@ -605,7 +605,7 @@ SELECT l.site_id, l.entry_id, l.created_at, (l.created_at AT TIME ZONE s.time_zo
   FROM prepay.ledger l
   JOIN prepay.site s ON s.site_id = l.site_id
   LEFT JOIN prepay.account a ON a.site_id = l.site_id AND a.account_id = l.account_id
-  LEFT JOIN prepay.ledger r ON r.site_id = l.site_id AND r.entry_id = l.reverses_entry
+  LEFT JOIN prepay.ledger r ON r.site_id = l.site_id AND r.account_id = l.account_id AND r.entry_id = l.reverses_entry
   LEFT JOIN prepay.ledger rv ON rv.site_id = l.site_id AND rv.reverses_entry = l.entry_id
  WHERE l.kind <> 'consumption';
 COMMENT ON VIEW prepay.order_overview IS 'Every money movement other than a consumption charge (recharges, refunds, reversals, closing refunds, fees, allowances, bills, adjustments, ...) with who posted it; consumption charges are summed by finance_daily and listed per account by prepay.account_trail.';

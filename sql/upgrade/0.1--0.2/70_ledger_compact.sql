@@ -1,4 +1,4 @@
--- sql/upgrade/0.1--0.2/70_ledger_compact.sql: a one-piece consumption charge names a shared pricing row (prepay.charge_pricing) instead of carrying its pricing record as JSON; the existing entries are converted.
+-- sql/upgrade/0.1--0.2/70_ledger_compact.sql: a one-piece consumption charge names a shared pricing row (prepay.charge_pricing) instead of carrying its pricing record as JSON, the existing entries converted; the ledger's key is its index by account, an entry by id alone found through a BRIN index.
 
 -- ---------------------------------------------------------------------
 -- the pricing of one-piece charges, kept once
@@ -130,3 +130,22 @@ END $$;
 
 --@ copy function prepay._audit_money
 
+-- ---------------------------------------------------------------------
+-- one b-tree on the ledger: the key is the account's entries in order
+-- (site_id, account_id, entry_id), an entry by its id alone is found
+-- through the BRIN index ledger_entry; where the account is known, the
+-- lookups name it
+-- ---------------------------------------------------------------------
+
+ALTER TABLE prepay.ledger DROP CONSTRAINT ledger_pkey;
+DROP INDEX prepay.ledger_account;
+ALTER TABLE prepay.ledger ADD PRIMARY KEY (site_id, account_id, entry_id);
+CREATE INDEX ledger_entry ON prepay.ledger USING brin (site_id, entry_id) WITH (pages_per_range = 8, autosummarize = on);
+COMMENT ON INDEX prepay.ledger_entry IS 'An entry by its id without its account (explain_charge, reverse, a bill''s entries): the ledger is append-only and its ids grow with the order rows are written, so each range of 8 pages holds a narrow range of ids, and a lookup reads one or two ranges.  The primary key (site_id, account_id, entry_id) is the account''s entries in order: statements and trails.';
+
+--@ copy function prepay.my_payments
+--@ copy function prepay._is_charge
+--@ copy function prepay.draft_bill
+--@ copy function prepay.allowance_left
+--@ copy view prepay.order_overview
+ALTER VIEW prepay.order_overview SET (security_invoker = true);
