@@ -447,15 +447,21 @@ RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id integer;
 BEGIN
-    SELECT c.pricing_id INTO id FROM prepay.charge_pricing c
-     WHERE c.site_id = p_site_id AND c.tariff_id = p_tariff_id AND c.multiplier = p_multiplier
-       AND c.version_from = p_version_from AND c.period = p_period;
-    IF NOT FOUND THEN
-        -- the caller holds the site's rating lock: no one else adds a row of this site
+    LOOP
+        SELECT c.pricing_id INTO id FROM prepay.charge_pricing c
+         WHERE c.site_id = p_site_id AND c.tariff_id = p_tariff_id AND c.multiplier = p_multiplier
+           AND c.version_from = p_version_from AND c.period = p_period;
+        EXIT WHEN FOUND;
+        -- the caller holds the site's rating lock: no one else adds a row of
+        -- this site now; a row added by a transaction that committed after
+        -- this one's snapshot (REPEATABLE READ) conflicts, and DO NOTHING
+        -- then fails with 40001, as the rating's other writes would
         SELECT coalesce(max(c.pricing_id), 0) + 1 INTO id FROM prepay.charge_pricing c WHERE c.site_id = p_site_id;
         INSERT INTO prepay.charge_pricing (site_id, pricing_id, tariff_id, multiplier, version_from, period)
-        VALUES (p_site_id, id, p_tariff_id, p_multiplier, p_version_from, p_period);
-    END IF;
+        VALUES (p_site_id, id, p_tariff_id, p_multiplier, p_version_from, p_period)
+        ON CONFLICT DO NOTHING;
+        EXIT WHEN FOUND;
+    END LOOP;
     RETURN id;
 END $$;
 COMMENT ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) IS
