@@ -401,7 +401,7 @@ COMMENT ON INDEX prepay.ledger_payment_ref IS 'A payment reference is used once 
 COMMENT ON INDEX prepay.ledger_reversal IS 'An entry is reversed at most once.';
 COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.';
 COMMENT ON COLUMN prepay.ledger.site_id IS 'Site of the account.';
-COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id; increasing with time.';
+COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (always drawn from ledger_entry_id_seq: no role inserts ledger rows itself, and the key (site_id, account_id, entry_id) does not check it); increasing with time.';
 COMMENT ON COLUMN prepay.ledger.account_id IS 'Account whose wallet moved.';
 COMMENT ON COLUMN prepay.ledger.kind IS 'consumption, recharge, refund, reversal or closing_refund.';
 COMMENT ON COLUMN prepay.ledger.amount IS 'Signed amount: positive credits the wallet, negative debits it.';

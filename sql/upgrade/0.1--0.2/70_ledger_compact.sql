@@ -142,6 +142,7 @@ DROP INDEX prepay.ledger_account;
 ALTER TABLE prepay.ledger ADD PRIMARY KEY (site_id, account_id, entry_id);
 CREATE INDEX ledger_entry ON prepay.ledger USING brin (site_id, entry_id) WITH (pages_per_range = 8, autosummarize = on);
 COMMENT ON INDEX prepay.ledger_entry IS 'An entry by its id without its account (explain_charge, reverse, a bill''s entries): the ledger is append-only and its ids grow with the order rows are written, so each range of 8 pages holds a narrow range of ids, and a lookup reads one or two ranges.  The primary key (site_id, account_id, entry_id) is the account''s entries in order: statements and trails.';
+COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (always drawn from ledger_entry_id_seq: no role inserts ledger rows itself, and the key (site_id, account_id, entry_id) does not check it); increasing with time.';
 
 --@ copy function prepay.my_payments
 --@ copy function prepay._is_charge
