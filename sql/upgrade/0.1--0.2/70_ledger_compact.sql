@@ -55,15 +55,7 @@ COMMENT ON COLUMN prepay.ledger.pricing_id IS 'For a consumption charge priced a
 -- which Citus runs on the site's shards
 --@ copy function prepay._pricing_record
 
-REVOKE ALL ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION prepay._pricing_record(json, bigint, integer, timestamptz, text, timestamptz, timestamptz, numeric, numeric) FROM PUBLIC;
-REVOKE ALL ON FUNCTION prepay._is_my_tenant_site(integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text)
-    TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
-GRANT EXECUTE ON FUNCTION prepay._pricing_record(json, bigint, integer, timestamptz, text, timestamptz, timestamptz, numeric, numeric)
-    TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
-GRANT EXECUTE ON FUNCTION prepay._is_my_tenant_site(integer)
-    TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
+-- their rights: 99_rights.sql
 
 -- ---------------------------------------------------------------------
 -- the existing one-piece charges name their pricing row
@@ -149,4 +141,3 @@ COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (alway
 --@ copy function prepay.draft_bill
 --@ copy function prepay.allowance_left
 --@ copy view prepay.order_overview
-ALTER VIEW prepay.order_overview SET (security_invoker = true);
