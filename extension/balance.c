@@ -44,6 +44,7 @@
 #include "site_key.h"
 
 #include "access/htup_details.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/int.h"
 #include "executor/spi.h"
@@ -468,6 +469,20 @@ site_thresholds(int32 site_id, int64 *low_balance, int64 *pretrip)
 }
 
 /*
+ * balance_ledger_has_pricing
+ *		Whether prepay.ledger has pricing_id (0.2): until ALTER EXTENSION
+ *		UPDATE has run, this library serves a 0.1 schema, whose charges
+ *		all carry their pricing record in pieces.
+ */
+bool
+balance_ledger_has_pricing(void)
+{
+	Oid			ledger = get_relname_relid("ledger", get_namespace_oid("prepay", false));
+
+	return OidIsValid(ledger) && get_attnum(ledger, "pricing_id") != InvalidAttrNumber;
+}
+
+/*
  * insert_ledger
  *		Insert one consumption entry per charge, in (account, time) order so
  *		that entry ids follow each account's balance_after chain.
@@ -476,10 +491,13 @@ static void
 insert_ledger(BalanceCharge *charges, int ncharges)
 {
 	static SPIPlanPtr plan = NULL;
-	Datum	   *cols[10];
-	Datum		args[10];
+	static SPIPlanPtr plan_01 = NULL;	/* a 0.1 ledger: no pricing_id */
+	Datum	   *cols[11];
+	Datum		args[11];
+	bool	   *no_pieces = palloc(sizeof(bool) * ncharges);
+	bool	   *no_pricing = palloc(sizeof(bool) * ncharges);
 
-	for (int c = 0; c < 10; c++)
+	for (int c = 0; c < 11; c++)
 		cols[c] = palloc(sizeof(Datum) * ncharges);
 	for (int i = 0; i < ncharges; i++)
 	{
@@ -495,9 +513,13 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 		cols[7][i] = fixed_to_numeric(c->energy, ENERGY_SCALE);
 		cols[8][i] = fixed_to_numeric(c->exact, EXACT_SCALE);
 		cols[9][i] = PointerGetDatum(c->pieces);
+		no_pieces[i] = c->pieces == NULL;
+		cols[10][i] = Int32GetDatum(c->pricing_id);
+		no_pricing[i] = c->pricing_id == 0;
 	}
 
-	spi_kept_plan(&plan,
+	if (!balance_ledger_has_pricing())
+		spi_kept_plan(&plan_01,
 			"INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,"
 			"                           meter_id, read_from, read_to, energy, exact_charge, pieces)"
 			"SELECT u.site_id, u.account_id, 'consumption', u.amount, u.balance_after,"
@@ -506,6 +528,17 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 			"       AS u(site_id, account_id, amount, balance_after, meter_id,"
 			"            read_from, read_to, energy, exact_charge, pieces)", 10,
 					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID});
+	else
+		spi_kept_plan(&plan,
+			"INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,"
+			"                           meter_id, read_from, read_to, energy, exact_charge, pieces, pricing_id)"
+			"SELECT u.site_id, u.account_id, 'consumption', u.amount, u.balance_after,"
+			"       u.meter_id, u.read_from, u.read_to, u.energy, u.exact_charge, u.pieces::pg_catalog.json,"
+			"       u.pricing_id"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
+			"       AS u(site_id, account_id, amount, balance_after, meter_id,"
+			"            read_from, read_to, energy, exact_charge, pieces, pricing_id)", 11,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, INT4ARRAYOID});
 	args[0] = spi_array(cols[0], NULL, ncharges, INT4OID);
 	args[1] = spi_array(cols[1], NULL, ncharges, INT8OID);
 	args[2] = spi_array(cols[2], NULL, ncharges, NUMERICOID);
@@ -515,22 +548,24 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 	args[6] = spi_array(cols[6], NULL, ncharges, TIMESTAMPTZOID);
 	args[7] = spi_array(cols[7], NULL, ncharges, NUMERICOID);
 	args[8] = spi_array(cols[8], NULL, ncharges, NUMERICOID);
-	args[9] = spi_array(cols[9], NULL, ncharges, TEXTOID);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)
+	args[9] = spi_array(cols[9], no_pieces, ncharges, TEXTOID);
+	args[10] = spi_array(cols[10], no_pricing, ncharges, INT4OID);
+	if (SPI_execute_plan(balance_ledger_has_pricing() ? plan : plan_01, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "balance: ledger insert failed");
 }
 
 /* The ledger columns a consumption entry sets, in this order. */
 static const char *const ledger_columns[] = {
 	"site_id", "account_id", "kind", "amount", "balance_after", "meter_id",
-	"read_from", "read_to", "energy", "exact_charge", "pieces"
+	"read_from", "read_to", "energy", "exact_charge", "pieces", "pricing_id"
 };
 #define NLEDGER_COLUMNS lengthof(ledger_columns)
 
 /*
  * insert_ledger_direct
  *		insert_ledger by direct bulk insertion; the other columns take their
- *		defaults (entry_id from its sequence, created_at, created_by).
+ *		defaults (entry_id from its sequence, created_at, created_by), and
+ *		so do pieces or pricing_id (NULL), whichever the charge has not.
  */
 static void
 insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
@@ -539,9 +574,10 @@ insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
 	Datum	   *values = palloc0(sizeof(Datum) * natts);
 	bool	   *isset = palloc0(sizeof(bool) * natts);
 	int			att[NLEDGER_COLUMNS];
+	int			ncolumns = NLEDGER_COLUMNS - (balance_ledger_has_pricing() ? 0 : 1);
 	Datum		consumption;
 
-	for (int k = 0; k < (int) NLEDGER_COLUMNS; k++)
+	for (int k = 0; k < ncolumns; k++)
 	{
 		att[k] = direct_attnum(table, ledger_columns[k]) - 1;
 		isset[att[k]] = true;
@@ -564,6 +600,12 @@ insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
 		values[att[8]] = direct_numeric(table, att[8] + 1, c->energy, ENERGY_SCALE);
 		values[att[9]] = direct_numeric(table, att[9] + 1, c->exact, EXACT_SCALE);
 		values[att[10]] = PointerGetDatum(c->pieces);	/* json is text */
+		isset[att[10]] = c->pieces != NULL;
+		if (ncolumns > 11)		/* pricing_id: a 0.2 ledger */
+		{
+			values[att[11]] = Int32GetDatum(c->pricing_id);
+			isset[att[11]] = c->pricing_id != 0;
+		}
 		MemoryContextSwitchTo(old);
 		direct_insert(table, values, isset);
 	}

@@ -26,7 +26,10 @@ typedef struct BalanceCharge
 	TimestampTz read_to;
 	int64		energy;			/* milli-units, after the multiplier */
 	int64		exact;			/* nano-currency */
-	text	   *pieces;			/* json: how it was priced (tariff_book.c) */
+	text	   *pieces;			/* json: how it was priced (tariff_book.c),
+								 * or NULL when pricing_id says it */
+	int32		pricing_id;		/* prepay.charge_pricing of a one-piece
+								 * charge, or 0 */
 	int64		amount;			/* cents, negative: a debit */
 	int64		balance_after;	/* cents, filled in by balance.c */
 	HeapTuple	account_row;	/* direct path: the account row the meter
@@ -45,5 +48,6 @@ typedef struct BalancePosting
 extern BalancePosting *balance_post_charges(BalanceCharge *charges, int ncharges,
 											 DirectTable *accounts);
 extern void balance_apply_levels(BalancePosting *posting);
+extern bool balance_ledger_has_pricing(void);
 
 #endif							/* PREPAY_BALANCE_H */

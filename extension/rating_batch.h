@@ -95,6 +95,20 @@ typedef struct BatchMeter
 	HeapTuple	account_row;	/* direct path: its account's row, or NULL */
 } BatchMeter;
 
+/*
+ * A prepay.charge_pricing row the batch named: the tariff, multiplier,
+ * version and period of its one-piece charges (reading.c).
+ */
+typedef struct BatchPricing
+{
+	int32		site_id;
+	int64		tariff_id;
+	int32		multiplier;
+	int64		version_from;
+	const char *period;			/* the tariff book's name of the period */
+	int32		pricing_id;
+} BatchPricing;
+
 /* One statement's rating. */
 typedef struct Batch
 {
@@ -106,6 +120,10 @@ typedef struct Batch
 	TariffBook *book;			/* the sites' tariffs and calendars */
 	TariffPieces pieces;		/* scratch for tariff_rate */
 	StringInfoData json;		/* scratch for tariff_pieces_json */
+	bool		compact;		/* the ledger has pricing_id (not 0.1) */
+	BatchPricing *pricings;		/* charge_pricing rows named so far */
+	int			npricings;
+	int			maxpricings;
 	BalanceCharge *charges;
 	int			ncharges;
 	Rollup	   *rollup;			/* the charges' energy by local day */

@@ -103,6 +103,10 @@ static void batch_load_tariffs(Batch *batch);
 static void batch_rate_meter(Batch *batch, BatchMeter *meter, BatchReading *readings, int n);
 static bool reading_validate(BatchMeter *meter, BatchReading *r, TimestampTz now);
 static bool batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption);
+static bool charge_is_one_piece(const TariffPieces *pieces, const TariffCycleState *before,
+								const TariffCycleState *after, const BalanceCharge *c);
+static int32 batch_pricing_id(Batch *batch, const BatchMeter *meter, const TariffVersion *version,
+							  int period);
 static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *meter,
 									const BatchReading *r, int64 *deltas);
 static char *register_fallback_detail(const TariffVersion *v, const BatchMeter *meter,
@@ -275,6 +279,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		batch_load_tariffs(&batch);
 		batch.charges = palloc(sizeof(BalanceCharge) * batch.nreadings);
 		initStringInfo(&batch.json);
+		batch.compact = balance_ledger_has_pricing();
 		batch.rollup = rollup_create();
 
 		for (int m = 0; m < batch.nmeters; m++)
@@ -595,15 +600,97 @@ batch_charge(Batch *batch, BatchMeter *meter, BatchReading *r, int64 consumption
 		r->fallback = register_fallback_detail(last, meter, r, &batch->pieces, consumption);
 		batch->nfallbacks++;
 	}
-	resetStringInfo(&batch->json);
-	tariff_pieces_json(&batch->json, meter->tariff_id, versions, &batch->pieces, meter->multiplier,
-					   &before, &meter->cycle, r->fallback);
-	c->pieces = cstring_to_text_with_len(batch->json.data, batch->json.len);
+	c->pieces = NULL;
+	c->pricing_id = 0;
+	if (batch->compact && charge_is_one_piece(&batch->pieces, &before, &meter->cycle, c))
+		c->pricing_id = batch_pricing_id(batch, meter, &versions[batch->pieces.items[0].version],
+										 batch->pieces.items[0].period);
+	else
+	{
+		resetStringInfo(&batch->json);
+		tariff_pieces_json(&batch->json, meter->tariff_id, versions, &batch->pieces, meter->multiplier,
+						   &before, &meter->cycle, r->fallback);
+		c->pieces = cstring_to_text_with_len(batch->json.data, batch->json.len);
+	}
 	c->amount = -rating_round_with_carry(exact, &meter->carry);
 	c->account_row = meter->account_row;
 	rollup_add_entry(batch->rollup, meter->site_id, meter->meter_id, meter->account_id, c->amount,
 					 &batch->pieces, versions, tariff_book_calendar(batch->book, meter->site_id));
 	return true;
+}
+
+/*
+ * charge_is_one_piece
+ *		Whether a charge's pricing record would say nothing but its tariff,
+ *		multiplier, version and period beside the entry's own columns: one
+ *		piece over the whole interval at tier 1, split uniformly, outside
+ *		any billing cycle, at a unit price that exact / energy gives back.
+ *		Such a charge names a prepay.charge_pricing row instead
+ *		(prepay._pricing_record rebuilds the record).
+ */
+static bool
+charge_is_one_piece(const TariffPieces *pieces, const TariffCycleState *before,
+					const TariffCycleState *after, const BalanceCharge *c)
+{
+	const TariffPiece *p = &pieces->items[0];
+	int64		exact;
+
+	return pieces->n == 1 && !pieces->by_register && pieces->fallback == TARIFF_FALLBACK_NONE &&
+		before->start == INT64_MIN && after->start == INT64_MIN && p->tier == 0 &&
+		p->from == c->read_from && p->to == c->read_to && p->energy == c->energy &&
+		c->energy > 0 && p->exact == c->exact &&
+		!pg_mul_s64_overflow(p->energy, p->price, &exact) && exact == c->exact;
+}
+
+/*
+ * batch_pricing_id
+ *		The prepay.charge_pricing row of a one-piece charge: from the rows
+ *		the batch named already, else from prepay._charge_pricing_id (which
+ *		adds it if new).
+ */
+static int32
+batch_pricing_id(Batch *batch, const BatchMeter *meter, const TariffVersion *version, int period)
+{
+	static SPIPlanPtr plan = NULL;
+	const char *name = version->period_name[period];
+	BatchPricing *bp;
+	Datum		args[5];
+	bool		isnull;
+
+	for (int i = batch->npricings - 1; i >= 0; i--)
+	{
+		bp = &batch->pricings[i];
+		if (bp->site_id == meter->site_id && bp->tariff_id == meter->tariff_id &&
+			bp->multiplier == meter->multiplier && bp->version_from == version->valid_from &&
+			strcmp(bp->period, name) == 0)
+			return bp->pricing_id;
+	}
+	spi_kept_plan(&plan, "SELECT prepay._charge_pricing_id($1, $2, $3, $4, $5)", 5,
+				  (Oid[]) {INT4OID, INT8OID, INT4OID, TIMESTAMPTZOID, TEXTOID});
+	args[0] = Int32GetDatum(meter->site_id);
+	args[1] = Int64GetDatum(meter->tariff_id);
+	args[2] = Int32GetDatum(meter->multiplier);
+	args[3] = TimestampTzGetDatum(version->valid_from);
+	args[4] = CStringGetTextDatum(name);
+	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "reading_rate_batch: charge pricing query failed");
+	if (batch->npricings == batch->maxpricings)
+	{
+		batch->maxpricings = Max(16, 2 * batch->maxpricings);
+		batch->pricings = batch->pricings == NULL
+			? palloc(sizeof(BatchPricing) * batch->maxpricings)
+			: repalloc(batch->pricings, sizeof(BatchPricing) * batch->maxpricings);
+	}
+	bp = &batch->pricings[batch->npricings++];
+	bp->site_id = meter->site_id;
+	bp->tariff_id = meter->tariff_id;
+	bp->multiplier = meter->multiplier;
+	bp->version_from = version->valid_from;
+	bp->period = name;
+	bp->pricing_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (isnull)
+		elog(ERROR, "reading_rate_batch: no charge pricing row");
+	return bp->pricing_id;
 }
 
 /*

@@ -126,7 +126,7 @@ BEGIN
     RETURN QUERY
     SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.created_at, l.amount, l.balance_after,
            l.meter_id, l.read_from, l.read_to, l.energy,
-           CASE WHEN l.kind = 'consumption' AND l.pieces IS NOT NULL THEN
+           CASE WHEN l.kind = 'consumption' AND (l.pieces IS NOT NULL OR l.pricing_id IS NOT NULL) THEN
                (SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x) - 'entry_id' - 'meter_id' - 'read_from' - 'read_to'
                                             ORDER BY x.piece_from, x.tier)
                   FROM prepay.explain_charge(l.site_id, l.entry_id) AS x) END
@@ -155,7 +155,7 @@ BEGIN
                             AND (e.kind IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
                                  OR e.kind = 'reversal' AND EXISTS (
                                         SELECT 1 FROM prepay.ledger r
-                                         WHERE r.site_id = e.site_id AND r.entry_id = e.reverses_entry
+                                         WHERE r.site_id = e.site_id AND r.account_id = e.account_id AND r.entry_id = e.reverses_entry
                                            AND r.kind IN ('recharge', 'refund')))
                           ORDER BY e.entry_id DESC LIMIT p_limit) AS l
      ORDER BY l.site_id, l.account_id, l.entry_id DESC;

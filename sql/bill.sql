@@ -132,7 +132,8 @@ CREATE FUNCTION prepay._is_charge(p_site_id integer, p_entry prepay.ledger)
 RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p_entry.kind NOT IN ('recharge', 'refund', 'closing_refund', 'bill_payment', 'bill_charge')
        AND (p_entry.kind <> 'reversal'
-            OR (SELECT r.kind FROM prepay.ledger r WHERE r.site_id = p_site_id AND r.entry_id = p_entry.reverses_entry)
+            OR (SELECT r.kind FROM prepay.ledger r WHERE r.site_id = p_site_id AND r.account_id = p_entry.account_id
+                                                  AND r.entry_id = p_entry.reverses_entry)
                NOT IN ('recharge', 'refund', 'bill_payment'))
 $$;
 COMMENT ON FUNCTION prepay._is_charge(integer, prepay.ledger) IS 'Internal: whether a ledger entry is something billed (a charge, a credit against charges or its reversal) rather than a payment.';
@@ -153,14 +154,17 @@ COMMENT ON FUNCTION prepay._rule_name(prepay.period_charge) IS 'Internal: the na
 CREATE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     WITH entries AS (
-        SELECT l.* FROM prepay.bill_entry be
-          JOIN prepay.ledger l ON l.site_id = be.site_id AND l.entry_id = be.entry_id
+        SELECT l.*, prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                           l.read_from, l.read_to, l.energy, l.exact_charge) AS pricing
+          FROM prepay.bill_entry be
+          JOIN prepay.ledger l ON l.site_id = be.site_id AND l.account_id = p_bill.account_id AND l.entry_id = be.entry_id
+          LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
          WHERE be.site_id = p_site_id AND be.bill_id = p_bill.bill_id
     ), energy AS (           -- by TOU period, tier and price, from the pricing records
         SELECT 'energy' AS kind,
                'energy' || coalesce(' ' || nullif(x.period, 'all'), '') || coalesce(' tier ' || nullif(x.tier, 1), '') AS description,
                sum(x.energy) AS quantity, x.unit_price, round(sum(x.amount), 2) AS amount
-          FROM entries e CROSS JOIN LATERAL prepay._pieces(e.pieces) AS x
+          FROM entries e CROSS JOIN LATERAL prepay._pieces(e.pricing) AS x
          WHERE e.kind = 'consumption'
          GROUP BY x.period, x.tier, x.unit_price
     ), rounding AS (         -- the ledger charged the cents carried between readings
@@ -236,7 +240,8 @@ BEGIN
     PERFORM prepay._bill_lines(p_site_id, b);
     UPDATE prepay.bill SET
         energy = coalesce((SELECT sum(l.energy) FROM prepay.bill_entry be
-                             JOIN prepay.ledger l ON l.site_id = be.site_id AND l.entry_id = be.entry_id
+                             JOIN prepay.ledger l ON l.site_id = be.site_id AND l.account_id = b.account_id
+                                                 AND l.entry_id = be.entry_id
                             WHERE be.site_id = p_site_id AND be.bill_id = b.bill_id AND l.kind = 'consumption'), 0),
         charges = coalesce((SELECT sum(amount) FROM prepay.bill_line WHERE site_id = p_site_id AND bill_id = b.bill_id), 0),
         amount_due = coalesce((SELECT sum(amount) FROM prepay.bill_line

@@ -209,7 +209,7 @@ RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                    'allowance_expiry')
                         OR (l.kind = 'reversal'
                             AND EXISTS (SELECT 1 FROM prepay.ledger r
-                                         WHERE r.site_id = l.site_id AND r.entry_id = l.reverses_entry
+                                         WHERE r.site_id = l.site_id AND r.account_id = l.account_id AND r.entry_id = l.reverses_entry
                                            AND r.kind = 'allowance')))), 0))
       FROM prepay.account a
      WHERE a.site_id = p_site_id AND a.account_id = p_account_id

@@ -362,38 +362,46 @@ COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings th
 -- ---------------------------------------------------------------------
 
 CREATE TABLE prepay.ledger (
+    -- fixed-width columns first, widest first, then the variable ones:
+    -- no alignment padding inside a row (docs/ARCHITECTURE.md, "What a
+    -- rated reading costs on disk")
     site_id          integer NOT NULL,
+    kind             prepay.ledger_kind NOT NULL,
     entry_id         bigint NOT NULL DEFAULT pg_catalog.nextval('prepay.ledger_entry_id_seq'),
     account_id       bigint NOT NULL,
-    kind             prepay.ledger_kind NOT NULL,
-    amount           numeric(14,2) NOT NULL,
-    balance_after    numeric(14,2) NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    created_by       text NOT NULL DEFAULT SESSION_USER,
-    channel          text,
-    external_ref     text,
-    reverses_entry   bigint,
-    reason           text,
     meter_id         bigint,
     read_from        timestamptz,
     read_to          timestamptz,
+    reverses_entry   bigint,
+    pricing_id       integer,
+    amount           numeric(14,2) NOT NULL,
+    balance_after    numeric(14,2) NOT NULL,
     energy           numeric(15,3),
     exact_charge     numeric(18,9),
+    created_by       text NOT NULL DEFAULT SESSION_USER,
+    channel          text,
+    external_ref     text,
+    reason           text,
     pieces           json,
-    PRIMARY KEY (site_id, entry_id),
+    -- one b-tree serves as the key and as the account's entries in order;
+    -- an entry found by its id alone goes through ledger_entry (BRIN)
+    -- (docs/ARCHITECTURE.md, "What a rated reading costs on disk")
+    PRIMARY KEY (site_id, account_id, entry_id),
     CHECK (kind <> 'consumption' OR (meter_id IS NOT NULL AND read_from < read_to AND energy >= 0 AND exact_charge >= 0)),
     CHECK (kind NOT IN ('recharge', 'refund') OR (channel IS NOT NULL AND external_ref IS NOT NULL)),
-    CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL)
+    CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL),
+    CONSTRAINT ledger_pricing_check CHECK (pricing_id IS NULL OR (kind = 'consumption' AND pieces IS NULL))
 );
-CREATE INDEX ledger_account ON prepay.ledger (site_id, account_id, entry_id);
+CREATE INDEX ledger_entry ON prepay.ledger USING brin (site_id, entry_id) WITH (pages_per_range = 8, autosummarize = on);
 CREATE UNIQUE INDEX ledger_payment_ref ON prepay.ledger (site_id, channel, external_ref) WHERE external_ref IS NOT NULL;
 CREATE UNIQUE INDEX ledger_reversal ON prepay.ledger (site_id, reverses_entry) WHERE reverses_entry IS NOT NULL;
-COMMENT ON INDEX prepay.ledger_account IS 'An account''s entries in order: statements and trails.';
+COMMENT ON INDEX prepay.ledger_entry IS 'An entry by its id without its account (explain_charge, reverse, a bill''s entries): the ledger is append-only and its ids grow with the order rows are written, so each range of 8 pages holds a narrow range of ids, and a lookup reads one or two ranges.  The primary key (site_id, account_id, entry_id) is the account''s entries in order: statements and trails.';
 COMMENT ON INDEX prepay.ledger_payment_ref IS 'A payment reference is used once per channel: what makes recharge and refund idempotent.';
 COMMENT ON INDEX prepay.ledger_reversal IS 'An entry is reversed at most once.';
 COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.';
 COMMENT ON COLUMN prepay.ledger.site_id IS 'Site of the account.';
-COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id; increasing with time.';
+COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (always drawn from ledger_entry_id_seq: no role inserts ledger rows itself, and the key (site_id, account_id, entry_id) does not check it); increasing with time.';
 COMMENT ON COLUMN prepay.ledger.account_id IS 'Account whose wallet moved.';
 COMMENT ON COLUMN prepay.ledger.kind IS 'consumption, recharge, refund, reversal or closing_refund.';
 COMMENT ON COLUMN prepay.ledger.amount IS 'Signed amount: positive credits the wallet, negative debits it.';
@@ -409,7 +417,73 @@ COMMENT ON COLUMN prepay.ledger.read_from IS 'For a consumption charge, the prev
 COMMENT ON COLUMN prepay.ledger.read_to IS 'For a consumption charge, the reading charged.';
 COMMENT ON COLUMN prepay.ledger.energy IS 'For a consumption charge, the energy charged (register difference times multiplier).';
 COMMENT ON COLUMN prepay.ledger.exact_charge IS 'For a consumption charge, the exact price of the energy before rounding to cents; for basic charges and adjustments, their exact amount.';
-COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount).  Read it with prepay.explain_charge.';
+COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge not described by pricing_id, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount); for a re-rating adjustment, the exact difference per charge.  Read a charge''s with prepay._pricing_record or prepay.explain_charge.';
+COMMENT ON COLUMN prepay.ledger.pricing_id IS 'For a consumption charge priced as one piece at tier 1, split uniformly, outside any billing cycle: its tariff, multiplier, version and period (prepay.charge_pricing), instead of the pricing record in pieces; the piece is the whole interval, energy and exact charge, at the unit price exact_charge / energy.';
+
+CREATE TABLE prepay.charge_pricing (
+    site_id       integer NOT NULL,
+    pricing_id    integer NOT NULL,
+    tariff_id     bigint NOT NULL,
+    multiplier    integer NOT NULL,
+    version_from  timestamptz NOT NULL,
+    period        text NOT NULL,
+    PRIMARY KEY (site_id, pricing_id),
+    UNIQUE (site_id, tariff_id, multiplier, version_from, period)
+);
+COMMENT ON TABLE prepay.charge_pricing IS 'What the pricing records of the one-piece charges have in common, kept once: a consumption charge priced as one piece at tier 1 (a flat price, or a time-of-use period covering the whole interval, with no tiers) names its row by ledger.pricing_id instead of carrying its pricing record.  Rows are added by the rating trigger when first needed (prepay._charge_pricing_id), never changed.';
+COMMENT ON COLUMN prepay.charge_pricing.site_id IS 'Site of the charges.';
+COMMENT ON COLUMN prepay.charge_pricing.pricing_id IS 'Id the ledger entries name: 1, 2, ... per site, drawn under the site''s rating lock.';
+COMMENT ON COLUMN prepay.charge_pricing.tariff_id IS 'Tariff the charges were priced with.';
+COMMENT ON COLUMN prepay.charge_pricing.multiplier IS 'Meter multiplier at rating time.';
+COMMENT ON COLUMN prepay.charge_pricing.version_from IS 'valid_from of the tariff version that priced them.';
+COMMENT ON COLUMN prepay.charge_pricing.period IS 'Period of that version the whole interval fell in.';
+
+-- PL/pgSQL, statement by statement, each filtered on the site: Citus plans
+-- each as a single-shard statement (it does not plan a SQL-language
+-- function's statements with parameters over distributed tables)
+CREATE FUNCTION prepay._charge_pricing_id(p_site_id integer, p_tariff_id bigint, p_multiplier integer,
+                                          p_version_from timestamptz, p_period text)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    id integer;
+BEGIN
+    LOOP
+        SELECT c.pricing_id INTO id FROM prepay.charge_pricing c
+         WHERE c.site_id = p_site_id AND c.tariff_id = p_tariff_id AND c.multiplier = p_multiplier
+           AND c.version_from = p_version_from AND c.period = p_period;
+        EXIT WHEN FOUND;
+        -- the caller holds the site's rating lock: no one else adds a row of
+        -- this site now; a row added by a transaction that committed after
+        -- this one's snapshot (REPEATABLE READ) conflicts, and DO NOTHING
+        -- then fails with 40001, as the rating's other writes would
+        SELECT coalesce(max(c.pricing_id), 0) + 1 INTO id FROM prepay.charge_pricing c WHERE c.site_id = p_site_id;
+        INSERT INTO prepay.charge_pricing (site_id, pricing_id, tariff_id, multiplier, version_from, period)
+        VALUES (p_site_id, id, p_tariff_id, p_multiplier, p_version_from, p_period)
+        ON CONFLICT DO NOTHING;
+        EXIT WHEN FOUND;
+    END LOOP;
+    RETURN id;
+END $$;
+COMMENT ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) IS
+'Internal: the prepay.charge_pricing row of a one-piece charge, added if new (the next id of the site).  The rating trigger calls it, under the site''s rating lock, once per batch and distinct pricing.';
+
+-- no table read: a caller joins charge_pricing on (site_id, pricing_id),
+-- which Citus runs on the site's shards
+CREATE FUNCTION prepay._pricing_record(p_pieces json, p_tariff_id bigint, p_multiplier integer,
+                                       p_version_from timestamptz, p_period text, p_read_from timestamptz,
+                                       p_read_to timestamptz, p_energy numeric, p_exact_charge numeric)
+RETURNS json LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_tariff_id IS NULL THEN p_pieces ELSE
+           pg_catalog.json_build_object(
+               'tariff_id', p_tariff_id, 'multiplier', p_multiplier, 'split', 'uniform',
+               'pieces', pg_catalog.json_build_array(pg_catalog.json_build_object(
+                   'from', p_read_from, 'to', p_read_to, 'version', p_version_from,
+                   'period', p_period, 'tier', 1, 'energy', p_energy,
+                   'price', round(p_exact_charge / p_energy, 6),
+                   'amount', p_exact_charge))) END
+$$;
+COMMENT ON FUNCTION prepay._pricing_record(json, bigint, integer, timestamptz, text, timestamptz, timestamptz, numeric, numeric) IS
+'Internal: the pricing record of a ledger entry l, in the format the rating trigger writes to ledger.pieces (multiplier, split, billing cycle, priced pieces), from l.pieces, the columns of its charge_pricing row c (LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id) and l.read_from, l.read_to, l.energy, l.exact_charge: pieces itself, or for a one-piece charge the record c and its own interval, energy and exact charge describe.  NULL for entries without one.';
 
 -- ---------------------------------------------------------------------
 -- commands, alarms, notifications
@@ -1484,7 +1558,7 @@ BEGIN
                              'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
                              'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',
-                             'notification_id_seq', 'no_cut_window_id_seq'] LOOP
+                             'notification_id_seq', 'no_cut_window_id_seq', 'charge_pricing'] LOOP
         PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');
     END LOOP;
 END $$;

@@ -15,7 +15,7 @@
  *                 cost per meter, account, local day or month, time-of-use
  *                 period and tier) and consumption_posting_day (consumption
  *                 money posted per local day and database user).
- *     part        the share of one priced piece (ledger.pieces) that falls
+ *     part        the share of one priced piece (prepay._pricing_record) that falls
  *                 in one local day; a piece that crosses a local midnight
  *                 (flat tariffs are not cut at midnights) is split
  *                 uniformly, like the tariff engine splits an interval.
@@ -234,13 +234,15 @@ CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to d
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
                energy numeric, cost numeric, charged numeric, charges bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    -- x is prepay._entry_parts(l.amount, l.pieces, s.time_zone) written out:
+    -- x is prepay._entry_parts(l.amount, prepay._pricing_record(l.pieces, c.tariff_id, ..., l.exact_charge),
+    -- s.time_zone) written out:
     -- a call per entry would cost a search_path save and restore and no
     -- inlining (keep the two the same)
     SELECT l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier,
            sum(x.energy), sum(x.cost), sum(x.charged), sum(x.charges)
       FROM prepay.site s
       JOIN prepay.ledger l ON l.site_id = s.site_id
+      LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
      CROSS JOIN LATERAL (
         SELECT q.day, q.period, q.tier,
                CASE WHEN q.first_day = q.last_day THEN q.energy ELSE q.part END AS energy,
@@ -258,7 +260,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   FROM (SELECT p.*, d.first_day, d.last_day,
                                pg_catalog.generate_series(d.first_day::timestamp, d.last_day::timestamp,
                                                           interval '1 day')::date AS day
-                          FROM ROWS FROM (pg_catalog.json_to_recordset(l.pieces->'pieces')
+                          FROM ROWS FROM (pg_catalog.json_to_recordset(prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                                                                 l.read_from, l.read_to, l.energy, l.exact_charge)->'pieces')
                                           AS ("from" timestamptz, "to" timestamptz, period text, tier integer,
                                               energy numeric, price numeric, amount numeric)) WITH ORDINALITY
                                    AS p("from", "to", period, tier, energy, price, amount, n)
@@ -602,7 +605,7 @@ SELECT l.site_id, l.entry_id, l.created_at, (l.created_at AT TIME ZONE s.time_zo
   FROM prepay.ledger l
   JOIN prepay.site s ON s.site_id = l.site_id
   LEFT JOIN prepay.account a ON a.site_id = l.site_id AND a.account_id = l.account_id
-  LEFT JOIN prepay.ledger r ON r.site_id = l.site_id AND r.entry_id = l.reverses_entry
+  LEFT JOIN prepay.ledger r ON r.site_id = l.site_id AND r.account_id = l.account_id AND r.entry_id = l.reverses_entry
   LEFT JOIN prepay.ledger rv ON rv.site_id = l.site_id AND rv.reverses_entry = l.entry_id
  WHERE l.kind <> 'consumption';
 COMMENT ON VIEW prepay.order_overview IS 'Every money movement other than a consumption charge (recharges, refunds, reversals, closing refunds, fees, allowances, bills, adjustments, ...) with who posted it; consumption charges are summed by finance_daily and listed per account by prepay.account_trail.';

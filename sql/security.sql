@@ -295,6 +295,12 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._my_accounts() IS 'Internal: the accounts the caller sees as a tenant: those mapped to it (prepay.tenant_access) and the one its verified claims name (prepay._claimed_accounts()).';
 
+CREATE FUNCTION prepay._is_my_tenant_site(p_site_id integer) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM prepay._my_accounts() t WHERE t.site_id = p_site_id)
+$$;
+COMMENT ON FUNCTION prepay._is_my_tenant_site(integer) IS 'Internal: whether the caller is a tenant of an account of this site (prepay._my_accounts()); the charge_pricing_tenant policy, row by row without a sub-SELECT (as Citus needs).';
+
 CREATE FUNCTION prepay._my_agents() RETURNS TABLE (site_id integer, agent_id text)
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -570,7 +576,7 @@ BEGIN
     VALUES (NEW.site_id, prepay._caller_name(), pg_catalog.current_setting('application_name'), NEW.kind::text,
             'ledger', pg_catalog.jsonb_build_object('site_id', NEW.site_id, 'entry_id', NEW.entry_id),
             pg_catalog.jsonb_build_object('account_id', NEW.account_id, 'balance', NEW.balance_after - NEW.amount),
-            (pg_catalog.to_jsonb(NEW) - 'pieces' - 'balance_after')
+            (pg_catalog.to_jsonb(NEW) - 'pieces' - 'pricing_id' - 'balance_after')
                 || pg_catalog.jsonb_build_object('balance', NEW.balance_after));
     RETURN NULL;
 END $$;
@@ -736,7 +742,7 @@ DECLARE
     -- notifications an outbox, the ledger is audited by audit_money; what
     -- the billing jobs and batch runners derive is read-only and kept with
     -- its inputs (period_charge.inputs, apportionment, batch_item results)
-    not_audited constant text[] := '{reading,reading_refused,ledger,alarm,notification,audit,period_charge,apportionment,bill_line,'
+    not_audited constant text[] := '{reading,reading_refused,ledger,charge_pricing,alarm,notification,audit,period_charge,apportionment,bill_line,'
                                    'bill_entry,bill_payment,batch_item,energy_day_folded,energy_month_folded,energy_pending,consumption_posting_day,'
                                    'cut_reminder,multiplier_change,notify_secret,notification_delivery}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
@@ -791,6 +797,9 @@ BEGIN
         ['reading_refused', 'prepay_reader', 'SELECT'],
         ['ledger', 'prepay_admin', 'SELECT'], ['ledger', 'prepay_operator', 'SELECT'],
         ['ledger', 'prepay_cashier', 'SELECT'], ['ledger', 'prepay_reader', 'SELECT'],
+        ['charge_pricing', 'prepay_admin', 'SELECT'], ['charge_pricing', 'prepay_operator', 'SELECT'],
+        ['charge_pricing', 'prepay_cashier', 'SELECT'], ['charge_pricing', 'prepay_reader', 'SELECT'],
+        ['charge_pricing', 'prepay_tenant', 'SELECT'],
         ['command', 'prepay_admin', 'SELECT'], ['command', 'prepay_operator', 'SELECT'],
         ['command', 'prepay_reader', 'SELECT'],
         ['alarm', 'prepay_admin', 'SELECT, UPDATE (cleared_at)'], ['alarm', 'prepay_operator', 'SELECT, UPDATE (cleared_at)'],
@@ -940,6 +949,10 @@ CREATE POLICY reading_tenant ON prepay.reading FOR SELECT TO prepay_tenant USING
               JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
              WHERE m.site_id = reading.site_id AND m.meter_id = reading.meter_id AND reading.read_at >= a.opened_at));
 COMMENT ON POLICY reading_tenant ON prepay.reading IS 'Tenants see the readings of the meters of their accounts since the account was opened (not the previous occupant''s).';
+
+CREATE POLICY charge_pricing_tenant ON prepay.charge_pricing FOR SELECT TO prepay_tenant USING (
+    prepay._is_my_tenant_site(site_id));
+COMMENT ON POLICY charge_pricing_tenant ON prepay.charge_pricing IS 'Tenants see the pricing of the one-piece charges of their sites, which explains their own charges (prepay.explain_charge).';
 
 CREATE POLICY bill_line_tenant ON prepay.bill_line FOR SELECT TO prepay_tenant USING (
     EXISTS (SELECT 1 FROM prepay.bill b WHERE b.site_id = bill_line.site_id AND b.bill_id = bill_line.bill_id));

@@ -102,13 +102,20 @@ RETURNS TABLE (entry_id bigint, meter_id bigint, read_from timestamptz, register
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e prepay.ledger;
+    c prepay.charge_pricing;
+    pricing json;
 BEGIN
     SELECT * INTO e FROM prepay.ledger l WHERE l.site_id = p_site_id AND l.entry_id = p_entry_id;
     IF NOT FOUND THEN
         PERFORM prepay._raise('PY006', 'unknown ledger entry',
             pg_catalog.format('Site %s has no ledger entry %s.', p_site_id, p_entry_id), NULL);
     END IF;
-    IF e.kind <> 'consumption' OR e.pieces IS NULL THEN
+    IF e.pricing_id IS NOT NULL THEN
+        SELECT * INTO c FROM prepay.charge_pricing cp WHERE cp.site_id = e.site_id AND cp.pricing_id = e.pricing_id;
+    END IF;
+    pricing := prepay._pricing_record(e.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                      e.read_from, e.read_to, e.energy, e.exact_charge);
+    IF e.kind <> 'consumption' OR pricing IS NULL THEN
         PERFORM prepay._raise('PY016', 'not a consumption charge',
             pg_catalog.format('Ledger entry %s is a %s entry.', p_entry_id, e.kind),
             'Only consumption charges are priced from readings.');
@@ -119,10 +126,10 @@ BEGIN
                           WHERE r.site_id = e.site_id AND r.meter_id = e.meter_id AND r.read_at = e.read_from),
            e.read_to, (SELECT r.energy FROM prepay.reading r
                         WHERE r.site_id = e.site_id AND r.meter_id = e.meter_id AND r.read_at = e.read_to),
-           (e.pieces->>'multiplier')::integer, e.energy,
+           (pricing->>'multiplier')::integer, e.energy,
            p.piece_from, p.piece_to, p.version_from, p.period, p.tier, p.energy, p.unit_price, p.amount,
            -e.amount
-      FROM prepay._pieces(e.pieces) AS p;
+      FROM prepay._pieces(pricing) AS p;
 END $$;
 COMMENT ON FUNCTION prepay.explain_charge(integer, bigint) IS
 'What is behind a consumption charge: the two readings (register values), the multiplier, the energy, and each priced piece (time span, tariff version, period, tier, energy, unit price, exact amount), with the whole cents charged.  PY006 unknown entry; PY016 not a consumption charge.';
@@ -219,14 +226,17 @@ BEGIN
         -- plus every re-rating adjustment of it (as _charged_exact)
         WITH e AS (
             SELECT l.entry_id, l.exact_charge, l.read_from, l.read_to, l.energy,
-                   (l.pieces->>'tariff_id')::bigint AS tariff_id,
-                   coalesce((l.pieces->>'cycle_used_before')::numeric, 0) AS cycle_used,
-                   (l.pieces->>'cycle_start')::timestamptz AS cycle_start,
-                   coalesce(prepay._register_energy(l.pieces), '{NULL,NULL,NULL,NULL}') AS registers,
+                   (r.j->>'tariff_id')::bigint AS tariff_id,
+                   coalesce((r.j->>'cycle_used_before')::numeric, 0) AS cycle_used,
+                   (r.j->>'cycle_start')::timestamptz AS cycle_start,
+                   coalesce(prepay._register_energy(r.j), '{NULL,NULL,NULL,NULL}') AS registers,
                    pg_catalog.row_number() OVER (ORDER BY l.entry_id) AS ord
               FROM prepay.ledger l
+              LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
+             CROSS JOIN LATERAL (SELECT prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
+                                                               l.read_from, l.read_to, l.energy, l.exact_charge) AS j) AS r
              WHERE l.site_id = p_site_id AND l.account_id = acc AND l.kind = 'consumption'
-               AND l.read_from >= p_from AND l.read_to <= p_to AND l.pieces IS NOT NULL),
+               AND l.read_from >= p_from AND l.read_to <= p_to AND r.j IS NOT NULL),
         adjusted AS (
             SELECT (x->>'entry_id')::bigint AS entry_id, sum((x->>'exact_delta')::numeric) AS delta
               FROM prepay.ledger a, pg_catalog.json_array_elements(a.pieces->'rerate') AS x

@@ -126,9 +126,9 @@ say "copying the ledger entries of the other meters, one INSERT per day"
 t0=$(now_ns)
 for d in $(seq 0 $((days - 1))); do
 	psql -d bench -c "INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at,
-	                                            meter_id, read_from, read_to, energy, exact_charge, pieces)
+	                                            meter_id, read_from, read_to, energy, exact_charge, pieces, pricing_id)
 	                  SELECT m.site_id, m.account_id, 'consumption', t.amount, t.balance_after, t.created_at,
-	                         m.meter_id, t.read_from, t.read_to, t.energy, t.exact_charge, t.pieces
+	                         m.meter_id, t.read_from, t.read_to, t.energy, t.exact_charge, t.pieces, t.pricing_id
 	                    FROM prepay.ledger t
 	                    JOIN prepay.meter m ON (m.meter_id - 1) % $templates = t.meter_id - 1 AND m.meter_id > $templates
 	                   WHERE t.site_id = 1 AND t.kind = 'consumption' AND t.meter_id <= $templates

@@ -83,8 +83,10 @@ VALUES (1, 3, '2026-10-01 02:00+00', 111, 12, 25, 33, 41);
 -- registers that do not add up to the total (0.5 vs 1): uniform, valley 1 x 0.3 = 0.30
 INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley)
 VALUES (1, 3, '2026-10-01 03:00+00', 112, 12, 25, 33, 41.5);
-SELECT l.amount, l.pieces->>'split' AS split, p.period, p.energy, p.amount AS exact
-  FROM prepay.ledger l, prepay._pieces(l.pieces) p WHERE l.meter_id = 3 ORDER BY l.entry_id, p.period;
+SELECT l.amount, j.j->>'split' AS split, p.period, p.energy, p.amount AS exact
+  FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
+ CROSS JOIN LATERAL (SELECT prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge) AS j) j, prepay._pieces(j.j) p
+ WHERE l.meter_id = 3 ORDER BY l.entry_id, p.period;
 
 -- ---------------------------------------------------------------------
 -- M2 on a flat 0.50: simulate another tariff, then re-rate after a

@@ -519,8 +519,10 @@ SELECT count(*) AS rows, count(*) FILTER (WHERE regress.h_outcome(h) = h.expecte
 -- the good readings were charged, each interval once: per meter, the
 -- consumption entries follow each other without overlap and add up to
 -- (last rated - first rated register) x multiplier
-SELECT l.meter_id, l.read_from, l.read_to, l.energy, l.amount, l.pieces::jsonb->>'split' AS split
-  FROM prepay.ledger l WHERE l.entry_id > :readings_mark ORDER BY l.meter_id, l.read_to;
+SELECT l.meter_id, l.read_from, l.read_to, l.energy, l.amount,
+       prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge)::jsonb->>'split' AS split
+  FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
+ WHERE l.entry_id > :readings_mark ORDER BY l.meter_id, l.read_to;
 SELECT m.meter_id, sum(l.energy) AS charged_energy,
        (m.last_energy - min(r.energy) FILTER (WHERE r.read_at = first.read_at)) * m.multiplier AS register_advance,
        count(*) FILTER (WHERE EXISTS (SELECT 1 FROM prepay.ledger o WHERE o.site_id = 1 AND o.meter_id = l.meter_id

@@ -58,8 +58,10 @@ SET SESSION AUTHORIZATION regress_td_agent;
 INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley) VALUES
     (1, 1, '2026-03-03 00:00+08', 13000, NULL, 8000, NULL, 5000);
 RESET SESSION AUTHORIZATION;
-SELECT l.amount, l.energy, l.pieces->>'split' AS split, l.pieces->>'split_fallback' AS split_fallback
-  FROM prepay.ledger l WHERE l.meter_id = 1 AND l.kind = 'consumption';
+SELECT l.amount, l.energy, j.j->>'split' AS split, j.j->>'split_fallback' AS split_fallback
+  FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
+ CROSS JOIN LATERAL (SELECT prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge) AS j) j
+ WHERE l.meter_id = 1 AND l.kind = 'consumption';
 SELECT period, tier, piece_energy, unit_price, amount, charged FROM prepay.explain_charge(1,
     (SELECT entry_id FROM prepay.ledger WHERE meter_id = 1 AND kind = 'consumption')) ORDER BY period;
 SELECT prepay.balance(1, 1);
@@ -87,8 +89,10 @@ INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, fla
 INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley) VALUES
     (1, 3, '2026-03-02 12:00+08', 10300, 150, 6200, 2040, 1910);
 RESET SESSION AUTHORIZATION;
-SELECT l.meter_id, l.read_to, l.amount, l.pieces->>'split' AS split, l.pieces->>'split_fallback' AS split_fallback
-  FROM prepay.ledger l WHERE l.meter_id IN (2, 3) AND l.kind = 'consumption' ORDER BY l.entry_id;
+SELECT l.meter_id, l.read_to, l.amount, j.j->>'split' AS split, j.j->>'split_fallback' AS split_fallback
+  FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id
+ CROSS JOIN LATERAL (SELECT prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge) AS j) j
+ WHERE l.meter_id IN (2, 3) AND l.kind = 'consumption' ORDER BY l.entry_id;
 -- one active alarm per meter, naming the first such reading and why
 SELECT meter_id, kind, detail FROM prepay.alarm WHERE kind = 'split_fallback' AND cleared_at IS NULL ORDER BY meter_id;
 SELECT meter_id, last_sharp, last_peak, last_flat, last_valley FROM prepay.meter WHERE meter_id <= 3 ORDER BY meter_id;

@@ -15,11 +15,12 @@ SELECT prepay.reverse(1, (SELECT max(entry_id) FROM prepay.ledger WHERE external
 SELECT prepay.fold_rollups();
 SELECT account_id, code, balance, alarm_level, prepay.balance(1, account_id) FROM prepay.account ORDER BY account_id;
 SELECT entry_id, account_id, kind, amount, balance_after, energy, exact_charge, channel, external_ref, reverses_entry,
-       read_from, read_to, pieces
-  FROM prepay.ledger ORDER BY entry_id;
+       l.read_from, l.read_to,
+       prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge) AS pieces
+  FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id ORDER BY entry_id;
 SELECT e.entry_id, x.*
   FROM prepay.ledger e, LATERAL prepay.explain_charge(1, e.entry_id) x
- WHERE e.kind = 'consumption' ORDER BY e.entry_id, x.read_from;
+ WHERE e.kind = 'consumption' ORDER BY e.entry_id, x.read_from, x.piece_from, x.tier;
 SELECT meter_id, read_at, energy, quarantine_reason FROM prepay.reading ORDER BY meter_id, read_at;
 SELECT meter_id, action, state, reason FROM prepay.command ORDER BY command_id;
 SELECT account_id, meter_id, kind, detail, cleared_at IS NULL AS active FROM prepay.alarm ORDER BY alarm_id;

@@ -8,10 +8,11 @@
 -- the room_status view holds the board's query, room_status_at and
 -- balance_forecast_at plan per call (PL/pgSQL, RETURN QUERY EXECUTE), and
 -- bill_arrears calls _local_day once per bill.  Their definitions are
--- those of reports.sql and bill.sql (sql/upgrade/expand.pl).
+-- those of reports.sql and bill.sql (sql/upgrade/expand.pl);
+-- energy_from_ledger's is written by 70_ledger_compact.sql, after the
+-- table it now reads (prepay.charge_pricing).
 
 --@ copy function prepay._entry_parts
---@ copy function prepay.energy_from_ledger
 --@ copy view prepay.room_status
 
 --@ copy function prepay.room_status_at
