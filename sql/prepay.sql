@@ -1529,6 +1529,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                (array_agg(l.balance_after ORDER BY l.entry_id DESC))[1] AS last_after
           FROM prepay.ledger l
          GROUP BY l.site_id, l.account_id
+    ),
+    -- the key is (site, account, entry): an entry id is unique in its site
+    -- by its sequence, and this says so
+    reused_ids AS (
+        SELECT l.site_id, l.entry_id, min(l.account_id) AS account_id
+          FROM prepay.ledger l
+         GROUP BY l.site_id, l.entry_id
+        HAVING count(*) > 1
     )
     SELECT coalesce(a.site_id, t.site_id), coalesce(a.account_id, t.account_id), a.balance,
            coalesce(t.total, 0), t.last_after,
@@ -1540,10 +1548,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
      WHERE a.account_id IS NULL
         OR a.balance <> coalesce(t.total, 0)
         OR a.balance IS DISTINCT FROM coalesce(t.last_after, 0)
-     ORDER BY 1, 2;
+    UNION ALL
+    SELECT r.site_id, r.account_id, NULL, NULL, NULL, 'entry id ' || r.entry_id || ' is used by more than one entry'
+      FROM reused_ids r
+     ORDER BY 1, 2, 6;
 $$;
 COMMENT ON FUNCTION prepay.check_ledger() IS
-'The auditor''s check: every account whose balance differs from what its ledger explains (the sum of its amounts, and the balance_after of its last entry), and any ledger entry whose account does not exist.  Empty when all is well.';
+'The auditor''s check: every account whose balance differs from what its ledger explains (the sum of its amounts, and the balance_after of its last entry), any ledger entry whose account does not exist, and any entry id used twice in a site (the ledger''s key is (site, account, entry); the id is unique by its sequence).  Empty when all is well.';
 
 -- ---------------------------------------------------------------------
 -- pg_dump: extension tables hold user data

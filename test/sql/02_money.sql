@@ -61,6 +61,14 @@ UPDATE prepay.account SET balance = balance + 0.01 WHERE account_id = 2;
 SELECT * FROM prepay.check_ledger();
 UPDATE prepay.account SET balance = balance - 0.01 WHERE account_id = 2;
 SELECT * FROM prepay.check_ledger();
+-- ... and an entry id used twice in a site (the key is site, account, entry)
+BEGIN;
+INSERT INTO prepay.ledger (site_id, entry_id, account_id, kind, amount, balance_after)
+SELECT l.site_id, l.entry_id, 2, 'adjustment', 0, a.balance
+  FROM prepay.ledger l JOIN prepay.account a ON a.site_id = l.site_id AND a.account_id = 2
+ WHERE l.site_id = 1 AND l.account_id = 1 ORDER BY l.entry_id LIMIT 1;
+SELECT site_id, account_id, balance, problem FROM prepay.check_ledger();
+ROLLBACK;
 
 -- alarm_level is the ladder
 SELECT b, prepay.alarm_level(b, 50, 10, 0) AS no_credit, prepay.alarm_level(b, 50, 10, 100) AS credit_100
