@@ -1,0 +1,13 @@
+-- sql/upgrade/0.1--0.2/50_dedup.sql: logic that was written twice is
+-- written once, in internal helpers the functions share (issue 21).  The
+-- definitions are those of the sources (sql/upgrade/expand.pl).
+
+-- credit_payment and refund_payment post through prepay._api_post
+--@ copy function prepay._api_post
+--@ copy function prepay.credit_payment
+--@ copy function prepay.refund_payment
+
+-- confirm_bill and issue_bill move a bill through prepay._bill_to_move
+--@ copy function prepay._bill_to_move
+--@ copy function prepay.confirm_bill
+--@ copy function prepay.issue_bill
