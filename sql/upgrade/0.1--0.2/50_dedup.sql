@@ -11,3 +11,14 @@
 --@ copy function prepay._bill_to_move
 --@ copy function prepay.confirm_bill
 --@ copy function prepay.issue_bill
+
+-- grant_allowances and charge_fees share their member loop, prepay._charge_members
+--@ copy function prepay._charge_members
+--@ copy function prepay.grant_allowances
+--@ copy function prepay.charge_fees
+
+-- run_batch, cancel_batch and reschedule_batch lock a batch with prepay._batch_for_update
+--@ copy function prepay._batch_for_update
+--@ copy function prepay.run_batch
+--@ copy function prepay.cancel_batch
+--@ copy function prepay.reschedule_batch
