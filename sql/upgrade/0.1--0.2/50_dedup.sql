@@ -22,3 +22,9 @@
 --@ copy function prepay.run_batch
 --@ copy function prepay.cancel_batch
 --@ copy function prepay.reschedule_batch
+
+-- agent_meter_lost and agent_gateway_lost refuse an unknown meter or
+-- gateway with prepay._agent_unknown
+--@ copy function prepay._agent_unknown
+--@ copy function prepay.agent_meter_lost
+--@ copy function prepay.agent_gateway_lost
