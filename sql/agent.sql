@@ -249,6 +249,17 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._raise_alarm_once(integer, text, bigint, text) IS 'Internal: raise an alarm of a kind for a meter (or for nothing) unless one is already active.';
 
+CREATE FUNCTION prepay._agent_unknown(p_site_id integer, p_what text, p_id bigint)
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM prepay._raise(CASE p_what WHEN 'meter' THEN 'PY101' ELSE 'PY102' END,
+        pg_catalog.format('unknown %s for the agent', p_what),
+        pg_catalog.format('Site %s has no %s %s.', p_site_id, p_what, p_id),
+        'Reload the agent''s catalog (NOTIFY prepay_config).');
+END $$;
+COMMENT ON FUNCTION prepay._agent_unknown(integer, text, bigint) IS
+'Internal: refuse a meter (PY101) or gateway (PY102) an agent reported on that its site does not have: the agent''s catalog is out of date.';
+
 CREATE FUNCTION prepay.agent_meter_lost(p_site_id integer, p_meter_id bigint, p_failures integer, p_error text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -257,9 +268,7 @@ BEGIN
     UPDATE prepay.meter SET lost_since = pg_catalog.now()
      WHERE site_id = p_site_id AND meter_id = p_meter_id AND lost_since IS NULL;
     IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM prepay.meter WHERE site_id = p_site_id AND meter_id = p_meter_id) THEN
-        PERFORM prepay._raise('PY101', 'unknown meter for the agent',
-            pg_catalog.format('Site %s has no meter %s.', p_site_id, p_meter_id),
-            'Reload the agent''s catalog (NOTIFY prepay_config).');
+        PERFORM prepay._agent_unknown(p_site_id, 'meter', p_meter_id);
     END IF;
     PERFORM prepay._raise_alarm_once(p_site_id, 'meter_lost', p_meter_id,
         pg_catalog.format('Meter %s did not answer %s times in a row: %s', p_meter_id, p_failures, p_error));
@@ -287,9 +296,7 @@ BEGIN
     UPDATE prepay.gateway SET lost_since = pg_catalog.now()
      WHERE site_id = p_site_id AND gateway_id = p_gateway_id AND lost_since IS NULL;
     IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM prepay.gateway WHERE site_id = p_site_id AND gateway_id = p_gateway_id) THEN
-        PERFORM prepay._raise('PY102', 'unknown gateway for the agent',
-            pg_catalog.format('Site %s has no gateway %s.', p_site_id, p_gateway_id),
-            'Reload the agent''s catalog (NOTIFY prepay_config).');
+        PERFORM prepay._agent_unknown(p_site_id, 'gateway', p_gateway_id);
     END IF;
     INSERT INTO prepay.alarm (site_id, kind, detail)
     SELECT p_site_id, 'gateway_lost', pg_catalog.format('Gateway %s: %s', p_gateway_id, p_error)

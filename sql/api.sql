@@ -224,28 +224,44 @@ $$;
 COMMENT ON FUNCTION prepay._api_payment(integer, bigint, boolean) IS
 'Internal: the answer of prepay.credit_payment and prepay.refund_payment: the ledger entry, the account''s balance now, the currency and whether the call was a replay of an id already posted.';
 
+CREATE FUNCTION prepay._api_post(p_site_id integer, p_account_id bigint, p_kind prepay.ledger_kind,
+                                p_amount numeric, p_provider text, p_reference text, p_reason text)
+RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, amount numeric, balance numeric,
+               currency text, posted_at timestamptz, replayed boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    refund constant boolean := p_kind = 'refund';
+    existing bigint;
+    entry bigint;
+BEGIN
+    PERFORM prepay._check_amount(p_amount, CASE WHEN refund THEN 'refund' ELSE 'payment' END);
+    PERFORM prepay._check_text(p_provider, 'provider');
+    PERFORM prepay._check_text(p_reference, CASE WHEN refund THEN 'provider refund id' ELSE 'provider transaction id' END);
+    -- under the account lock a second delivery of the same callback waits
+    -- for the first and then finds its entry
+    PERFORM prepay._lock_account(p_site_id, p_account_id);
+    existing := prepay._payment_replay(p_site_id, p_account_id, p_kind, CASE WHEN refund THEN -p_amount ELSE p_amount END,
+                                       p_provider, p_reference);
+    IF existing IS NULL AND refund THEN
+        entry := prepay.refund(p_site_id, p_account_id, p_amount, p_provider, p_reference, p_reason);
+    ELSIF existing IS NULL THEN
+        entry := prepay.recharge(p_site_id, p_account_id, p_amount, p_provider, p_reference);
+    END IF;
+    -- a statement of its own, so that its snapshot sees the new entry
+    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id, coalesce(existing, entry), existing IS NOT NULL);
+END $$;
+COMMENT ON FUNCTION prepay._api_post(integer, bigint, prepay.ledger_kind, numeric, text, text, text) IS
+'Internal: the posting of prepay.credit_payment (kind recharge) and prepay.refund_payment (kind refund), the caller authorized: check the input, lock the account, find the entry a previous delivery of the same provider reference posted or post it (prepay.recharge, prepay.refund), and answer with prepay._api_payment.';
+
 CREATE FUNCTION prepay.credit_payment(p_site_id integer, p_account_id bigint, p_amount numeric,
                                       p_provider text, p_transaction_id text)
 RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, amount numeric, balance numeric,
                currency text, posted_at timestamptz, replayed boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    existing bigint;
-    entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
-    PERFORM prepay._check_amount(p_amount, 'payment');
-    PERFORM prepay._check_text(p_provider, 'provider');
-    PERFORM prepay._check_text(p_transaction_id, 'provider transaction id');
-    -- under the account lock a second delivery of the same callback waits
-    -- for the first and then finds its entry
-    PERFORM prepay._lock_account(p_site_id, p_account_id);
-    existing := prepay._payment_replay(p_site_id, p_account_id, 'recharge', p_amount, p_provider, p_transaction_id);
-    IF existing IS NULL THEN
-        entry := prepay.recharge(p_site_id, p_account_id, p_amount, p_provider, p_transaction_id);
-    END IF;
-    -- a statement of its own, so that its snapshot sees the new entry
-    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id, coalesce(existing, entry), existing IS NOT NULL);
+    RETURN QUERY SELECT * FROM prepay._api_post(p_site_id, p_account_id, 'recharge', p_amount, p_provider,
+                                                p_transaction_id, NULL);
 END $$;
 COMMENT ON FUNCTION prepay.credit_payment(integer, bigint, numeric, text, text) IS
 'Payment service API: credit a provider''s payment to an account (prepay.recharge with the provider as channel and its transaction id as reference) and return the entry and the new balance in one row.  Idempotent: the same (provider, transaction id) credits once; a repeated or concurrent delivery returns the same entry with replayed = true; the same id for a different payment is refused (PY004).  Needs the money capability at the site (a cashier role): 42501.  PY001, PY002, 22023 as recharge.';
@@ -255,21 +271,10 @@ CREATE FUNCTION prepay.refund_payment(p_site_id integer, p_account_id bigint, p_
 RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, amount numeric, balance numeric,
                currency text, posted_at timestamptz, replayed boolean)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    existing bigint;
-    entry bigint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
-    PERFORM prepay._check_amount(p_amount, 'refund');
-    PERFORM prepay._check_text(p_provider, 'provider');
-    PERFORM prepay._check_text(p_refund_id, 'provider refund id');
-    PERFORM prepay._lock_account(p_site_id, p_account_id);
-    existing := prepay._payment_replay(p_site_id, p_account_id, 'refund', -p_amount, p_provider, p_refund_id);
-    IF existing IS NULL THEN
-        entry := prepay.refund(p_site_id, p_account_id, p_amount, p_provider, p_refund_id, p_reason);
-    END IF;
-    -- a statement of its own, so that its snapshot sees the new entry
-    RETURN QUERY SELECT * FROM prepay._api_payment(p_site_id, coalesce(existing, entry), existing IS NOT NULL);
+    RETURN QUERY SELECT * FROM prepay._api_post(p_site_id, p_account_id, 'refund', p_amount, p_provider,
+                                                p_refund_id, p_reason);
 END $$;
 COMMENT ON FUNCTION prepay.refund_payment(integer, bigint, numeric, text, text, text) IS
 'Payment service API: record a provider''s refund (money paid back out of the wallet: prepay.refund with the provider as channel and the provider''s refund id as reference) and return the entry and the new balance.  Idempotent per (provider, refund id) like credit_payment (replayed = true on a repeat); PY005 if it exceeds the balance less the unspent allowance, PY004 for an id used for a different payment; 42501 without the money capability at the site.';

@@ -844,6 +844,20 @@ END $$;
 COMMENT ON FUNCTION prepay.run_due_batches(bigint) IS
 'The runner: run every batch whose run_at has come (oldest first), each item once, in the calling transaction; pg_cron (or anyone) calls it every minute: SELECT * FROM prepay.run_due_batches().  It claims one batch at a time and concurrent runners skip each other''s batches (FOR UPDATE SKIP LOCKED), so running it twice or from two sessions runs each item exactly once.  p_max_items bounds the items of one call (the rest stay pending: state running).  Returns one row per batch it ran: items run now, and the batch''s counts.  Call it at the start of a transaction.';
 
+CREATE FUNCTION prepay._batch_for_update(p_site_id integer, p_batch_id bigint)
+RETURNS prepay.batch LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b prepay.batch;
+BEGIN
+    SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM prepay._raise('PY301', 'unknown batch',
+            pg_catalog.format('Site %s has no batch %s.', p_site_id, p_batch_id), 'prepay.batch_summary lists the batches.');
+    END IF;
+    RETURN b;
+END $$;
+COMMENT ON FUNCTION prepay._batch_for_update(integer, bigint) IS 'Internal: lock a batch (waiting for a runner holding it), PY301 if unknown.';
+
 CREATE FUNCTION prepay.run_batch(p_site_id integer, p_batch_id bigint)
 RETURNS TABLE (site_id integer, batch_id bigint, client_ref text, action prepay.batch_action,
                state prepay.batch_state, items_run bigint, pending bigint, done bigint, failed bigint,
@@ -858,11 +872,7 @@ BEGIN
                                                      WHERE b.site_id = p_site_id AND b.batch_id = p_batch_id) = 'recharge'
                                               THEN 'money' ELSE 'manage' END);
     -- waits for a runner holding the batch, then sees what it did
-    SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM prepay._raise('PY301', 'unknown batch',
-            pg_catalog.format('Site %s has no batch %s.', p_site_id, p_batch_id), 'prepay.batch_summary lists the batches.');
-    END IF;
+    b := prepay._batch_for_update(p_site_id, p_batch_id);
     IF b.state IN ('scheduled', 'running') THEN
         IF b.run_at > pg_catalog.now() THEN
             PERFORM prepay._raise('PY303', 'batch is scheduled for later',
@@ -888,11 +898,7 @@ DECLARE
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
     PERFORM prepay._check_text(p_reason, 'reason');
-    SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM prepay._raise('PY301', 'unknown batch',
-            pg_catalog.format('Site %s has no batch %s.', p_site_id, p_batch_id), 'prepay.batch_summary lists the batches.');
-    END IF;
+    b := prepay._batch_for_update(p_site_id, p_batch_id);
     IF b.state IN ('done', 'cancelled') THEN
         PERFORM prepay._raise('PY303', pg_catalog.format('batch is already %s', b.state),
             pg_catalog.format('Batch %s finished at %s.', p_batch_id, b.finished_at),
@@ -921,11 +927,7 @@ BEGIN
             pg_catalog.format('The time given was %s.', coalesce(p_run_at::text, 'NULL')),
             'Pass now() to run the batch at the next run; cancel a batch that should never run.');
     END IF;
-    SELECT * INTO b FROM prepay.batch x WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id FOR UPDATE;
-    IF NOT FOUND THEN
-        PERFORM prepay._raise('PY301', 'unknown batch',
-            pg_catalog.format('Site %s has no batch %s.', p_site_id, p_batch_id), 'prepay.batch_summary lists the batches.');
-    END IF;
+    b := prepay._batch_for_update(p_site_id, p_batch_id);
     IF b.state <> 'scheduled' THEN
         PERFORM prepay._raise('PY303', pg_catalog.format('batch is already %s', b.state),
             pg_catalog.format('Batch %s started at %s.', p_batch_id, coalesce(b.started_at, b.finished_at)),

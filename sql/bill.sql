@@ -287,22 +287,33 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._bill_for_update(integer, bigint) IS 'Internal: lock a bill, PY021 if unknown.';
 
+CREATE FUNCTION prepay._bill_to_move(p_site_id integer, p_bill_id bigint, p_from text, p_to text[],
+                                    p_message text, p_hint text)
+RETURNS prepay.bill LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b prepay.bill := prepay._bill_for_update(p_site_id, p_bill_id);
+BEGIN
+    IF b.state <> p_from AND NOT b.state = ANY (p_to) THEN
+        PERFORM prepay._raise('PY022', p_message, pg_catalog.format('Bill %s is %s.', p_bill_id,
+                                                                    CASE b.state WHEN 'draft' THEN 'a draft' ELSE b.state END),
+                              p_hint);
+    END IF;
+    RETURN b;
+END $$;
+COMMENT ON FUNCTION prepay._bill_to_move(integer, bigint, text, text[], text, text) IS
+'Internal: lock a bill that is to move from state p_from (PY021 if unknown) and return it; a bill already in one of the states p_to is returned as it is (moving twice is harmless), a bill in any other state is refused with PY022 and the message and hint given.';
+
 CREATE FUNCTION prepay.confirm_bill(p_site_id integer, p_bill_id bigint)
 RETURNS prepay.bill LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b prepay.bill;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
-    b := prepay._bill_for_update(p_site_id, p_bill_id);
-    IF b.state = 'confirmed' THEN
-        RETURN b;
+    b := prepay._bill_to_move(p_site_id, p_bill_id, 'draft', '{confirmed}', 'only a draft bill can be confirmed', NULL);
+    IF b.state = 'draft' THEN
+        UPDATE prepay.bill SET state = 'confirmed', confirmed_at = pg_catalog.now(), confirmed_by = SESSION_USER
+         WHERE site_id = p_site_id AND bill_id = p_bill_id RETURNING * INTO b;
     END IF;
-    IF b.state <> 'draft' THEN
-        PERFORM prepay._raise('PY022', 'only a draft bill can be confirmed',
-            pg_catalog.format('Bill %s is %s.', p_bill_id, b.state), NULL);
-    END IF;
-    UPDATE prepay.bill SET state = 'confirmed', confirmed_at = pg_catalog.now(), confirmed_by = SESSION_USER
-     WHERE site_id = p_site_id AND bill_id = p_bill_id RETURNING * INTO b;
     RETURN b;
 END $$;
 COMMENT ON FUNCTION prepay.confirm_bill(integer, bigint) IS 'Staff confirm a drafted bill (recording who and when); it is never redrafted after.  Confirming twice is harmless; PY022 for an issued bill.';
@@ -313,20 +324,16 @@ DECLARE
     b prepay.bill;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
-    b := prepay._bill_for_update(p_site_id, p_bill_id);
-    IF b.state IN ('issued', 'paid') THEN
-        RETURN b;
+    b := prepay._bill_to_move(p_site_id, p_bill_id, 'confirmed', '{issued,paid}',
+                              'a bill must be confirmed before it is issued', 'Call prepay.confirm_bill first.');
+    IF b.state = 'confirmed' THEN
+        UPDATE prepay.bill
+           SET state = CASE WHEN amount_due <= 0 THEN 'paid' ELSE 'issued' END,
+               issued_at = pg_catalog.now(), issued_by = SESSION_USER,
+               due_on = prepay._local_day(p_site_id, pg_catalog.now())
+                        + (SELECT s.payment_terms_days FROM prepay.site s WHERE s.site_id = p_site_id)
+         WHERE site_id = p_site_id AND bill_id = p_bill_id RETURNING * INTO b;
     END IF;
-    IF b.state <> 'confirmed' THEN
-        PERFORM prepay._raise('PY022', 'a bill must be confirmed before it is issued',
-            pg_catalog.format('Bill %s is a draft.', p_bill_id), 'Call prepay.confirm_bill first.');
-    END IF;
-    UPDATE prepay.bill
-       SET state = CASE WHEN amount_due <= 0 THEN 'paid' ELSE 'issued' END,
-           issued_at = pg_catalog.now(), issued_by = SESSION_USER,
-           due_on = prepay._local_day(p_site_id, pg_catalog.now())
-                    + (SELECT s.payment_terms_days FROM prepay.site s WHERE s.site_id = p_site_id)
-     WHERE site_id = p_site_id AND bill_id = p_bill_id RETURNING * INTO b;
     RETURN b;
 END $$;
 COMMENT ON FUNCTION prepay.issue_bill(integer, bigint) IS 'Issue a confirmed bill: it becomes payable, due after the site''s payment terms; a bill with nothing due is paid at once.  Issuing twice is harmless; PY022 for a draft.';

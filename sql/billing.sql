@@ -250,10 +250,7 @@ CREATE FUNCTION prepay.grant_allowances(p_site_id integer, p_day date)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r prepay.allowance_rule;
-    a prepay.account;
     p record;
-    days integer;
-    amount numeric;
     n integer := 0;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
@@ -261,18 +258,7 @@ BEGIN
               WHERE site_id = p_site_id AND active_from <= p_day AND (active_to IS NULL OR p_day <= active_to)
               ORDER BY rule_id LOOP
         p := prepay._period(r.period, p_day);
-        FOR a IN SELECT * FROM prepay._members(p_site_id, r.group_id) m
-                  WHERE m.closed_at IS NULL AND prepay._local_day(p_site_id, m.opened_at) <= p_day LOOP
-            days := prepay._days_open(p_site_id, a, p.period_start, p.period_end);
-            amount := prepay._pro_rata(r.amount, days, p.period_end - p.period_start);
-            IF prepay._charge(p_site_id, 'allowance', r.rule_id, a.account_id, p.period_start, p.period_end,
-                              amount, 'deduct',
-                              pg_catalog.jsonb_build_object('amount', r.amount, 'days', days,
-                                                            'days_in_period', p.period_end - p.period_start),
-                              pg_catalog.format('%s %s..%s', r.name, p.period_start, p.period_end - 1)) THEN
-                n := n + 1;
-            END IF;
-        END LOOP;
+        n := n + prepay._charge_members(p_site_id, p_day, p.period_start, p.period_end, r, NULL);
     END LOOP;
     RETURN n;
 END $$;
@@ -412,13 +398,46 @@ END $$;
 COMMENT ON FUNCTION prepay._fee_amount(integer, prepay.charge_item, prepay.account, date, date, date) IS
 'Internal: a fee for the days from the later of the period start and the move-in day up to p_until (exclusive), pro-rated and rounded down to the cent, with its inputs.';
 
+CREATE FUNCTION prepay._charge_members(p_site_id integer, p_day date, p_period_start date, p_period_end date,
+                                       p_rule prepay.allowance_rule, p_item prepay.charge_item)
+RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fee constant boolean := p_item.item_id IS NOT NULL;
+    days_in_period constant integer := p_period_end - p_period_start;
+    a prepay.account;
+    days integer;
+    amount numeric;
+    inputs jsonb;
+    n integer := 0;
+BEGIN
+    FOR a IN SELECT * FROM prepay._members(p_site_id, CASE WHEN fee THEN p_item.group_id ELSE p_rule.group_id END) m
+              WHERE m.closed_at IS NULL AND prepay._local_day(p_site_id, m.opened_at) <= p_day LOOP
+        IF fee THEN
+            SELECT -x.amount, x.inputs INTO amount, inputs
+              FROM prepay._fee_amount(p_site_id, p_item, a, p_period_start, p_period_end, p_period_end) x;
+        ELSE
+            days := prepay._days_open(p_site_id, a, p_period_start, p_period_end);
+            amount := prepay._pro_rata(p_rule.amount, days, days_in_period);
+            inputs := pg_catalog.jsonb_build_object('amount', p_rule.amount, 'days', days, 'days_in_period', days_in_period);
+        END IF;
+        IF prepay._charge(p_site_id, CASE WHEN fee THEN 'fee' ELSE 'allowance' END,
+                          CASE WHEN fee THEN p_item.item_id ELSE p_rule.rule_id END, a.account_id,
+                          p_period_start, p_period_end, amount, CASE WHEN fee THEN p_item.settle ELSE 'deduct' END,
+                          inputs, pg_catalog.format('%s %s..%s', CASE WHEN fee THEN p_item.name ELSE p_rule.name END,
+                                                      p_period_start, p_period_end - 1)) THEN
+            n := n + 1;
+        END IF;
+    END LOOP;
+    RETURN n;
+END $$;
+COMMENT ON FUNCTION prepay._charge_members(integer, date, date, date, prepay.allowance_rule, prepay.charge_item) IS
+'Internal: the member loop of prepay.grant_allowances and prepay.charge_fees: every open member account (moved in by p_day) of the rule''s or item''s group gets, once per period (prepay._charge), the allowance of p_rule (pro-rated by the days it is open in the period) or the fee of p_item (prepay._fee_amount; the other one is NULL).  Returns how many were charged.';
+
 CREATE FUNCTION prepay.charge_fees(p_site_id integer, p_day date)
 RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     it prepay.charge_item;
-    a prepay.account;
     p record;
-    f record;
     n integer := 0;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'manage');
@@ -427,15 +446,7 @@ BEGIN
                ORDER BY item_id LOOP
         p := prepay._fee_period(it, p_day);
         CONTINUE WHEN p_day < p.period_start + (CASE WHEN it.recurrence = 'once' THEN 0 ELSE it.charge_day - 1 END);
-        FOR a IN SELECT * FROM prepay._members(p_site_id, it.group_id) m
-                  WHERE m.closed_at IS NULL AND prepay._local_day(p_site_id, m.opened_at) <= p_day LOOP
-            f := prepay._fee_amount(p_site_id, it, a, p.period_start, p.period_end, p.period_end);
-            IF prepay._charge(p_site_id, 'fee', it.item_id, a.account_id, p.period_start, p.period_end,
-                              -f.amount, it.settle, f.inputs,
-                              pg_catalog.format('%s %s..%s', it.name, p.period_start, p.period_end - 1)) THEN
-                n := n + 1;
-            END IF;
-        END LOOP;
+        n := n + prepay._charge_members(p_site_id, p_day, p.period_start, p.period_end, NULL, it);
     END LOOP;
     RETURN n;
 END $$;
