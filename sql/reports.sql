@@ -1107,7 +1107,8 @@ COMMENT ON VIEW prepay.suspicious_consumption IS 'Suspicious consumption now, ev
 
 -- One meaning per column name, with per-view exceptions; installing fails
 -- if a view column is left without a comment.
-DO $$
+CREATE FUNCTION prepay._comment_report_columns() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     c record;
 BEGIN
@@ -1224,7 +1225,10 @@ BEGIN
         END IF;
         EXECUTE pg_catalog.format('COMMENT ON COLUMN prepay.%I.%I IS %L', c.relname, c.attname, c.comment);
     END LOOP;
-END $$;
+END $f$;
+COMMENT ON FUNCTION prepay._comment_report_columns() IS
+'Internal: comment every view column of schema prepay that has none from one dictionary (one meaning per column name, with per-view exceptions), and raise if a column is left without one.  The install runs it, and an upgrade that creates views runs it again.';
+SELECT prepay._comment_report_columns();
 
 -- ---------------------------------------------------------------------
 -- pg_dump: the rollups and logs are data (a restore in replica mode does

@@ -13,6 +13,9 @@
 #                                    REVOKE of the functions of that name
 #   --@ copy view prepay.name        the view's CREATE, ALTER, COMMENT (of the
 #                                    view and of its columns), GRANT, REVOKE
+#   --@ copy table prepay.name       a new table's CREATE TABLE, its indexes
+#                                    and its COMMENTs (of the table and of
+#                                    its columns)
 #   --@ copy trigger name ON prepay.table
 #                                    the trigger's COMMENT (a part re-creates
 #                                    a trigger itself: the install may also
@@ -93,8 +96,10 @@ sub keys_of
 	  if $s =~ /^(?:GRANT|REVOKE)\b[^;]*?\bON\s+(?:FUNCTION|ROUTINE)\s+($name)\s*\(/;
 	return ("view $1")
 	  if $s =~ /^(?:CREATE(?:\s+OR\s+REPLACE)?|ALTER|COMMENT\s+ON)\s+VIEW\s+($name)\b/;
-	return ("view $1") if $s =~ /^COMMENT\s+ON\s+COLUMN\s+($name)\.[a-z_0-9]+\s/;
-	return ("view $1") if $s =~ /^(?:GRANT|REVOKE)\b[^;]*?\bON\s+(?:TABLE\s+)?($name)\s/;
+	return ("view $1", "table $1") if $s =~ /^COMMENT\s+ON\s+COLUMN\s+($name)\.[a-z_0-9]+\s/;
+	return ("view $1", "table $1") if $s =~ /^(?:GRANT|REVOKE)\b[^;]*?\bON\s+(?:TABLE\s+)?($name)\s/;
+	return ("table $1") if $s =~ /^(?:CREATE\s+TABLE|COMMENT\s+ON\s+TABLE)\s+($name)\b/;
+	return ("table $1") if $s =~ /^CREATE\s+(?:UNIQUE\s+)?INDEX\s+[a-z_0-9]+\s+ON\s+($name)\b/;
 	return ("trigger $1 ON $2") if $s =~ /^COMMENT\s+ON\s+TRIGGER\s+([a-z_0-9]+)\s+ON\s+($name)\b/;
 	return ();
 }
@@ -121,7 +126,7 @@ foreach my $part (@parts)
 	open my $fh, '<', $part or die "$part: $!\n";
 	while (my $line = <$fh>)
 	{
-		unless ($line =~ /^--\@\s+copy\s+(function|view|trigger)\s+(.+?)\s*$/)
+		unless ($line =~ /^--\@\s+copy\s+(function|view|table|trigger)\s+(.+?)\s*$/)
 		{
 			die "$part:$.: not a directive: $line" if $line =~ /^--\@/;
 			print $line;

@@ -22,25 +22,7 @@
 
 --@ copy view prepay.energy_account_yearly
 
--- the base view's columns take the comments the report views' columns of
--- the same name have (the dictionary in reports.sql gave both), its two
--- own columns theirs; the report views keep their column comments
-COMMENT ON COLUMN prepay.energy_rollup.grain IS 'day: a row of energy_day; month: a row of energy_month.';
-COMMENT ON COLUMN prepay.energy_rollup.starts IS 'The local day (grain day), or the first day of the local month (grain month).';
-DO $$
-DECLARE
-    c record;
-BEGIN
-    FOR c IN
-        SELECT DISTINCT ON (a.attname) a.attname, pg_catalog.col_description(a.attrelid, a.attnum) AS comment
-          FROM pg_catalog.pg_attribute a
-         WHERE a.attrelid IN ('prepay.energy_meter_daily'::pg_catalog.regclass, 'prepay.energy_account_daily'::pg_catalog.regclass)
-           AND a.attnum > 0
-           AND a.attname IN (SELECT b.attname FROM pg_catalog.pg_attribute b
-                              WHERE b.attrelid = 'prepay.energy_rollup'::pg_catalog.regclass AND b.attnum > 0)
-         ORDER BY a.attname, a.attrelid
-    LOOP
-        EXECUTE pg_catalog.format('COMMENT ON COLUMN prepay.energy_rollup.%I IS %L', c.attname, c.comment);
-    END LOOP;
-END $$;
-
+-- the new base view's columns get their comments from the dictionary of
+-- reports.sql
+--@ copy function prepay._comment_report_columns
+SELECT prepay._comment_report_columns();

@@ -6,23 +6,7 @@
 -- A fresh install orders the ledger's columns so that a row has no
 -- alignment padding; here pricing_id comes last (ALTER TABLE appends).
 
-CREATE TABLE prepay.charge_pricing (
-    site_id       integer NOT NULL,
-    pricing_id    integer NOT NULL,
-    tariff_id     bigint NOT NULL,
-    multiplier    integer NOT NULL,
-    version_from  timestamptz NOT NULL,
-    period        text NOT NULL,
-    PRIMARY KEY (site_id, pricing_id),
-    UNIQUE (site_id, tariff_id, multiplier, version_from, period)
-);
-COMMENT ON TABLE prepay.charge_pricing IS 'What the pricing records of the one-piece charges have in common, kept once: a consumption charge priced as one piece at tier 1 (a flat price, or a time-of-use period covering the whole interval, with no tiers) names its row by ledger.pricing_id instead of carrying its pricing record.  Rows are added by the rating trigger when first needed (prepay._charge_pricing_id), never changed.';
-COMMENT ON COLUMN prepay.charge_pricing.site_id IS 'Site of the charges.';
-COMMENT ON COLUMN prepay.charge_pricing.pricing_id IS 'Id the ledger entries name: 1, 2, ... per site, drawn under the site''s rating lock.';
-COMMENT ON COLUMN prepay.charge_pricing.tariff_id IS 'Tariff the charges were priced with.';
-COMMENT ON COLUMN prepay.charge_pricing.multiplier IS 'Meter multiplier at rating time.';
-COMMENT ON COLUMN prepay.charge_pricing.version_from IS 'valid_from of the tariff version that priced them.';
-COMMENT ON COLUMN prepay.charge_pricing.period IS 'Period of that version the whole interval fell in.';
+--@ copy table prepay.charge_pricing
 
 --@ copy function prepay._is_my_tenant_site
 
