@@ -50,6 +50,57 @@ DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPTS)
 # them out, since an installed database upgrades with the upgrade scripts.
 RELEASES = $(sort $(foreach d,$(UPGRADE_DIRS),$(firstword $(subst --, ,$(notdir $(d))))))
 RELEASE_SCRIPTS = $(patsubst %,sql/releases/$(EXTENSION)--%.sql,$(RELEASES))
+
+# The agent and the simulator are ordinary programs; the *-asan builds
+# (AddressSanitizer and UBSan) are the ones the end-to-end tests run, and
+# agent/prepay-agent-small-spool is the ASan agent with a small spool bound.
+AGENT = agent/prepay-agent
+SIM = test/sim/prepay-sim
+AGENT_SOURCES = $(wildcard agent/*.c)
+SIM_SOURCES = $(wildcard test/sim/*.c)
+PROGRAMS = $(if $(AGENT_SOURCES),$(AGENT) $(AGENT)-asan $(AGENT)-small-spool) $(if $(SIM_SOURCES),$(SIM) $(SIM)-asan)
+PROGRAM_CFLAGS = -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+	$(shell pkg-config --cflags libmodbus libevent libcurl openssl 2>/dev/null) -I$(shell $(PG_CONFIG) --includedir 2>/dev/null)
+PROGRAM_LIBS = $(shell pkg-config --libs libmodbus libevent_pthreads libevent libcurl openssl 2>/dev/null) -lpq -lpthread
+ASAN_FLAGS = -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+EXTRA_CLEAN = $(DATA_built) sql/releases $(PROGRAMS) results output_iso regression.diffs regression.out
+
+TESTS = $(wildcard test/sql/*.sql)
+REGRESS = $(sort $(patsubst test/sql/%.sql,%,$(TESTS)))
+REGRESS_OPTS = --inputdir=test --load-extension=$(EXTENSION) --dbname=prepay_regress
+ISOLATION = $(sort $(patsubst test/specs/%.spec,%,$(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --load-extension=$(EXTENSION)
+
+PG_CPPFLAGS = -Iextension
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+.DEFAULT_GOAL := all
+
+# On a machine without the PostgreSQL server headers the PGXS makefile does
+# not exist yet; `make test` installs it first and then re-enters make.
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+else
+all:
+	@echo "PostgreSQL server headers not found: run 'make test' (installs them) or test/install-deps.sh" >&2
+	@exit 1
+endif
+
+# PGXS tracks no header dependencies unless PostgreSQL was configured with
+# --enable-depend: rebuild every module when a header changes.
+$(OBJS): $(wildcard extension/*.h)
+
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_SOURCES)
+	cat $^ >$@
+
+.SECONDEXPANSION:
+$(UPGRADE_SCRIPTS): sql/$(EXTENSION)--%.sql: $$(sort $$(wildcard sql/upgrade/%/*.sql))
+	cat $^ >$@
+
 release_commit = $(word 2,$(shell grep '^$(1) ' sql/releases.txt))
 
 sql/releases/$(EXTENSION)--%.sql: sql/releases.txt
