@@ -174,12 +174,19 @@ BEGIN
     -- functions that read the site's own rows (or the caller's mappings) from
     -- inside a statement Citus runs on a shard: Citus refuses such nested
     -- statements unless told they are safe, which they are (the rows of one
-    -- site, or the small mapping tables)
+    -- site, whose shards are on the same worker, or the small mapping
+    -- tables).  The second line: the helpers that reports, bills and the
+    -- periodic run call per row of a site's table (a site's local day, an
+    -- account's days open, a charge's service time, ...)
     FOR f IN
         SELECT pr.oid::regprocedure AS sig FROM pg_catalog.pg_proc pr
          WHERE pr.pronamespace = 'prepay'::pg_catalog.regnamespace
            AND pr.proname IN ('_rate', '_rate_many', '_my_sites', '_my_accounts', '_my_agents', '_reading_sites',
-                              '_my_roles', '_mapping_role', '_authenticated_claims', '_claimed_accounts')
+                              '_my_roles', '_mapping_role', '_authenticated_claims', '_claimed_accounts',
+                              '_local_day', '_local_start', '_days_open', '_is_charge', '_service_at', '_rule_name',
+                              'allowance_left', 'meter_register_at', 'account_consumption', 'max_demand',
+                              '_charged_exact', '_basic_accrued', '_notify_language', '_notify_values',
+                              '_command_moot', '_command_impossible', 'explain_charge')
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET citus.allow_nested_distributed_execution = on', f.sig);
     END LOOP;
