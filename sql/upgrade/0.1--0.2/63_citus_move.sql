@@ -1,0 +1,293 @@
+-- sql/upgrade/0.1--0.2/63_citus_move.sql: adding a worker and moving a site on Citus (test/t/222_citus_identity_move.pl): ids in blocks of 2^48, prepay.move_site() (the target draws from a block above every id drawn so far, so a site's ids keep increasing), prepay.distribute() again after citus_add_node (the schema changes on the new workers with DDL propagation off there, every worker on a fresh id block, the reference tables copied).
+
+-- ids in blocks of 2^48: a node draws each bigint id from a block of its
+-- own (at first its group id's, prepay._prepare_distribution); a block
+-- above every id drawn so far is what keeps a site's ids increasing when
+-- its shards move to another node (prepay.move_site)
+CREATE FUNCTION prepay._max_id_block() RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(max(s.last_value >> 48), 0) FROM pg_catalog.pg_sequences s
+     WHERE s.schemaname = 'prepay' AND s.data_type = 'bigint'::pg_catalog.regtype
+$$;
+COMMENT ON FUNCTION prepay._max_id_block() IS 'Internal: the highest id block (id >> 48) any prepay bigint sequence of this node has drawn from.';
+
+CREATE FUNCTION prepay._id_block_at_least(p_block bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN
+        SELECT pg_catalog.format('%I.%I', q.schemaname, q.sequencename) AS seq, q.last_value
+          FROM pg_catalog.pg_sequences q
+         WHERE q.schemaname = 'prepay' AND q.data_type = 'bigint'::pg_catalog.regtype
+    LOOP
+        IF coalesce(s.last_value, 0) < (p_block << 48) THEN
+            PERFORM pg_catalog.setval(s.seq::pg_catalog.regclass, p_block << 48);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._id_block_at_least(bigint) IS 'Internal: move every prepay bigint sequence of this node below id block p_block (ids p_block x 2^48 upwards) up to the start of that block.';
+
+CREATE FUNCTION prepay._cluster_id_block() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b bigint;
+BEGIN
+    EXECUTE 'SELECT pg_catalog.max(result::bigint) FROM pg_catalog.run_command_on_workers(''SELECT prepay._max_id_block()'') WHERE success'
+       INTO b;
+    RETURN greatest(coalesce(b, 0), prepay._max_id_block());
+END $$;
+COMMENT ON FUNCTION prepay._cluster_id_block() IS 'Internal: on the Citus coordinator, the highest id block any node has drawn from.';
+
+CREATE FUNCTION prepay.move_site(p_site_id integer, p_node_name text, p_node_port integer)
+RETURNS TABLE (site_id integer, from_node text, to_node text, id_block bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shard bigint;
+    src record;
+    target integer;
+    block bigint;
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        PERFORM prepay._raise('42501', 'permission denied: prepay.move_site needs a superuser',
+            pg_catalog.format('Role %s is not a superuser.', current_user),
+            'Connect to the Citus coordinator as a superuser and call it again.');
+    END IF;
+    IF NOT prepay._distributed() THEN
+        PERFORM prepay._raise('55000', 'prepay is not distributed',
+            'prepay.move_site moves a site''s shards between Citus workers; this database runs prepay on one node.',
+            'Distribute first (prepay.distribute(), docs/SCALE-OUT.md).');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM prepay.site s WHERE s.site_id = p_site_id) THEN
+        PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id), NULL);
+    END IF;
+    EXECUTE 'SELECT groupid FROM pg_catalog.pg_dist_node WHERE nodename = $1 AND nodeport = $2 AND isactive AND noderole = ''primary'''
+       INTO target USING p_node_name, p_node_port;
+    IF target IS NULL THEN
+        PERFORM prepay._raise('22023', 'unknown worker',
+            pg_catalog.format('No active primary node %s:%s in pg_dist_node.', p_node_name, p_node_port),
+            'Add it first (citus_add_node), then call prepay.distribute() again.');
+    END IF;
+    EXECUTE 'SELECT pg_catalog.get_shard_id_for_distribution_column(''prepay.site'', $1)' INTO shard USING p_site_id;
+    EXECUTE 'SELECT nodename, nodeport FROM pg_catalog.pg_dist_shard_placement WHERE shardid = $1' INTO src USING shard;
+    site_id := p_site_id;
+    from_node := src.nodename || ':' || src.nodeport;
+    to_node := p_node_name || ':' || p_node_port;
+    IF src.nodename = p_node_name AND src.nodeport = p_node_port THEN
+        id_block := NULL;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- first the target onto a block above every id drawn anywhere: the
+    -- source keeps drawing below it until the move completes, the target
+    -- draws above it from then on
+    block := prepay._cluster_id_block() + 1;
+    EXECUTE pg_catalog.format('SELECT pg_catalog.bool_and(success) FROM pg_catalog.run_command_on_workers(%L)',
+        pg_catalog.format('SELECT prepay._id_block_at_least(%s) WHERE prepay._citus_group() = %s', block, target));
+    -- then the site's shard group (every table of the site), writes to it
+    -- blocked while it is copied
+    EXECUTE 'SELECT pg_catalog.citus_move_shard_placement($1, $2, $3, $4, $5, shard_transfer_mode => ''block_writes'')'
+      USING shard, src.nodename, src.nodeport, p_node_name, p_node_port;
+    id_block := block;
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION prepay.move_site(integer, text, integer) IS
+'On a Citus coordinator: move a site''s shard group (every table of the site, and the sites sharing its shards) to another worker, keeping the site''s ids increasing in the order its rows are written: the target first draws from an id block above every id drawn so far.  Writes to the shard group wait while it is copied.  Returns the site, the nodes and the target''s new id block.  42501 for a non-superuser, 55000 when not distributed, PY007 unknown site, 22023 unknown worker.  docs/SCALE-OUT.md.';
+
+
+CREATE OR REPLACE FUNCTION prepay._prepare_distribution() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+    s record;
+    f record;
+    fk name;
+    group_id bigint := 0;
+BEGIN
+    -- on a worker added after prepay.distribute(), the tables are Citus's
+    -- already and Citus refuses DDL on them there unless told it is local
+    IF prepay._citus_group() <> 0 THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    END IF;
+
+    -- policies without sub-SELECTs
+    FOR p IN
+        SELECT c.oid::regclass AS rel, pol.polname, pol.polcmd, pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) AS qual
+          FROM pg_catalog.pg_policy pol JOIN pg_catalog.pg_class c ON c.oid = pol.polrelid
+         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace
+           AND pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) ~ 'SELECT'
+    LOOP
+        IF p.polname = 'site_staff' THEN
+            EXECUTE pg_catalog.format('ALTER POLICY site_staff ON %s USING (site_id = ANY (prepay._my_sites())) '
+                                      'WITH CHECK (site_id = ANY (prepay._my_sites()))', p.rel);
+        ELSIF p.polname = 'account_tenant' THEN
+            EXECUTE pg_catalog.format('ALTER POLICY account_tenant ON %s USING (prepay._is_my_account(site_id, account_id))', p.rel);
+        ELSIF p.polname = 'reading_tenant' THEN
+            ALTER POLICY reading_tenant ON prepay.reading USING (prepay._tenant_sees_reading(site_id, meter_id, read_at));
+        ELSIF p.polname = 'bill_line_tenant' THEN
+            ALTER POLICY bill_line_tenant ON prepay.bill_line USING (prepay._tenant_sees_bill(site_id, bill_id));
+        ELSIF p.polname = 'agent_gateway' THEN
+            ALTER POLICY agent_gateway ON prepay.gateway USING (prepay._is_my_agent(site_id, agent_id));
+        ELSIF p.polname = 'agent_meter' THEN
+            ALTER POLICY agent_meter ON prepay.meter USING (prepay._agent_sees_gateway(site_id, gateway_id));
+        ELSIF p.polname = 'agent_site' THEN
+            EXECUTE pg_catalog.format('ALTER POLICY agent_site ON %s USING (site_id = ANY (prepay._my_agent_sites()))', p.rel);
+        END IF;
+    END LOOP;
+    FOR p IN
+        SELECT c.oid::regclass AS rel, pol.polname
+          FROM pg_catalog.pg_policy pol JOIN pg_catalog.pg_class c ON c.oid = pol.polrelid
+         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND pol.polname = 'agent_insert'
+           AND pg_catalog.pg_get_expr(pol.polwithcheck, pol.polrelid) ~ 'SELECT'
+    LOOP
+        ALTER POLICY agent_insert ON prepay.reading WITH CHECK (site_id = ANY (prepay._my_agent_sites()));
+    END LOOP;
+
+    -- the mapping tables become reference tables (a copy on every node, read
+    -- where a policy asks who the caller is): no foreign keys to the sites'
+    -- and accounts' shards
+    FOR p IN
+        SELECT con.conrelid::regclass AS rel, con.conname AS polname, NULL::"char" AS polcmd, NULL::text AS qual
+          FROM pg_catalog.pg_constraint con
+         WHERE con.contype = 'f' AND con.conrelid = ANY (prepay._mapping_tables())
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', p.rel, p.polname);
+    END LOOP;
+    -- ... and no audit trigger: it would fire on each node's copy (docs/SCALE-OUT.md)
+    FOR p IN
+        SELECT tg.tgrelid::regclass AS rel, tg.tgname AS polname, NULL::"char" AS polcmd, NULL::text AS qual
+          FROM pg_catalog.pg_trigger tg
+         WHERE tg.tgname = 'audit' AND tg.tgrelid = ANY (prepay._mapping_tables())
+    LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', p.polname, p.rel);
+    END LOOP;
+
+    -- site names: unique per coordinator no more (site_id is the identity)
+    ALTER TABLE prepay.site DROP CONSTRAINT IF EXISTS site_name_key;
+
+    -- profile_register: no ON UPDATE CASCADE
+    SELECT con.conname INTO fk FROM pg_catalog.pg_constraint con
+     WHERE con.conrelid = 'prepay.profile_register'::pg_catalog.regclass AND con.contype = 'f' AND con.confupdtype = 'c';
+    IF fk IS NOT NULL THEN
+        EXECUTE pg_catalog.format('ALTER TABLE prepay.profile_register DROP CONSTRAINT %I', fk);
+        ALTER TABLE prepay.profile_register ADD FOREIGN KEY (site_id, profile)
+            REFERENCES prepay.device_profile ON DELETE CASCADE;
+    END IF;
+
+    -- functions that read the site's own rows (or the caller's mappings) from
+    -- inside a statement Citus runs on a shard: Citus refuses such nested
+    -- statements unless told they are safe, which they are (the rows of one
+    -- site, whose shards are on the same worker, or the small mapping
+    -- tables).  The second line: the helpers that reports, bills and the
+    -- periodic run call per row of a site's table (a site's local day, an
+    -- account's days open, a charge's service time, ...)
+    FOR f IN
+        SELECT pr.oid::regprocedure AS sig FROM pg_catalog.pg_proc pr
+         WHERE pr.pronamespace = 'prepay'::pg_catalog.regnamespace
+           AND pr.proname IN ('_rate', '_rate_many', '_my_sites', '_my_accounts', '_my_agents', '_reading_sites',
+                              '_my_roles', '_mapping_role', '_authenticated_claims', '_claimed_accounts',
+                              '_local_day', '_local_start', '_days_open', '_is_charge', '_service_at', '_rule_name',
+                              'allowance_left', 'meter_register_at', 'account_consumption', 'max_demand',
+                              '_charged_exact', '_basic_accrued', '_notify_language', '_notify_values',
+                              '_command_moot', '_command_impossible', 'explain_charge')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET citus.allow_nested_distributed_execution = on', f.sig);
+    END LOOP;
+
+    -- each node's own id range
+    group_id := prepay._citus_group();
+    FOR s IN
+        SELECT c.oid::regclass AS seq, sq.seqtypid = 'pg_catalog.int4'::pg_catalog.regtype AS small
+          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_sequence sq ON sq.seqrelid = c.oid
+         WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind = 'S'
+    LOOP
+        CONTINUE WHEN s.small OR group_id = 0;   -- site ids are drawn on the coordinator only
+        IF pg_catalog.nextval(s.seq) < (group_id << 48) THEN
+            PERFORM pg_catalog.setval(s.seq, group_id << 48);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._prepare_distribution() IS
+'Internal: the schema changes Citus needs, on this node (prepay.distribute() runs it on every node): policies without sub-SELECTs, site.name no longer unique, profile_register''s key without ON UPDATE CASCADE, the node''s own id range of every bigint sequence.  Idempotent.';
+
+CREATE OR REPLACE FUNCTION prepay.distribute() RETURNS TABLE (table_name regclass, distribution text)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
+    block bigint;
+    failed text;
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        PERFORM prepay._raise('42501', 'permission denied: prepay.distribute needs a superuser',
+            pg_catalog.format('Role %s is not a superuser.', current_user),
+            'Connect to the Citus coordinator as a superuser and call it again.');
+    END IF;
+    IF NOT prepay._citus_installed() THEN
+        PERFORM prepay._raise('55000', pg_catalog.format('Citus is not installed in database %s', pg_catalog.current_database()),
+            'prepay.distribute() distributes prepay''s tables by site over a Citus cluster; this server runs prepay on one node, which needs nothing more.',
+            'Install Citus from its packages on every node, set shared_preload_libraries = ''citus'', restart, CREATE EXTENSION citus; before CREATE EXTENSION prepay; add the workers (citus_add_node) and call it again on the coordinator (docs/SCALE-OUT.md).');
+    END IF;
+    IF NOT prepay._distributed() THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+        PERFORM prepay._prepare_distribution();
+        EXECUTE 'SELECT pg_catalog.bool_and(success) FROM pg_catalog.run_command_on_workers(''SELECT prepay._prepare_distribution()'')';
+        EXECUTE 'SELECT pg_catalog.create_distributed_table(''prepay.site'', ''site_id'')';
+        FOR t IN SELECT pg_catalog.unnest(prepay._mapping_tables()) AS rel LOOP
+            EXECUTE pg_catalog.format('SELECT pg_catalog.create_reference_table(%L)', t.rel);
+        END LOOP;
+        FOR t IN
+            SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
+             WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind = 'r' AND c.relname <> 'site'
+               AND NOT c.oid = ANY (prepay._mapping_tables())
+             ORDER BY c.oid
+        LOOP
+            EXECUTE pg_catalog.format('SELECT pg_catalog.create_distributed_table(%L, ''site_id'', colocate_with => ''prepay.site'')', t.rel);
+        END LOOP;
+        CREATE TRIGGER redraw_entry_id BEFORE INSERT ON prepay.ledger
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('entry_id', 'prepay.ledger_entry_id_seq');
+        CREATE TRIGGER redraw_alarm_id BEFORE INSERT ON prepay.alarm
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('alarm_id', 'prepay.alarm_id_seq');
+        CREATE TRIGGER redraw_command_id BEFORE INSERT ON prepay.command
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('command_id', 'prepay.command_id_seq');
+        CREATE TRIGGER redraw_notification_id BEFORE INSERT ON prepay.notification
+            FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('notification_id', 'prepay.notification_id_seq');
+    ELSE
+        -- again, after adding workers: the schema changes on the new ones
+        -- (idempotent on the others), then every worker on an id block of its
+        -- own above every id drawn so far (a new worker's own range may be one
+        -- that prepay.move_site gave another)
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+        EXECUTE 'SELECT pg_catalog.string_agg(nodename || '':'' || nodeport || '': '' || result, ''; '') FILTER (WHERE NOT success)
+                   FROM pg_catalog.run_command_on_workers(''SELECT prepay._prepare_distribution()'')' INTO failed;
+        IF failed IS NULL THEN
+            block := prepay._cluster_id_block();
+            EXECUTE pg_catalog.format('SELECT pg_catalog.string_agg(nodename || '':'' || nodeport || '': '' || result, ''; '') FILTER (WHERE NOT success)
+                                         FROM pg_catalog.run_command_on_workers(%L)',
+                pg_catalog.format('SELECT prepay._id_block_at_least(%s + prepay._citus_group())', block)) INTO failed;
+        END IF;
+        IF failed IS NOT NULL THEN
+            PERFORM prepay._raise('55000', 'a worker could not be prepared for prepay', failed,
+                'Check that prepay is installed on every worker (the same version), then call prepay.distribute() again.');
+        END IF;
+        -- the mapping tables on every worker (a move needs them on its target)
+        EXECUTE 'SELECT pg_catalog.replicate_reference_tables(shard_transfer_mode => ''block_writes'')';
+    END IF;
+    RETURN QUERY EXECUTE
+        'SELECT p.logicalrelid::pg_catalog.regclass,
+                CASE WHEN p.partmethod = ''n'' THEN ''reference''
+                     ELSE pg_catalog.format(''by %s, colocation %s'', pg_catalog.column_to_column_name(p.logicalrelid, p.partkey), p.colocationid) END
+           FROM pg_catalog.pg_dist_partition p JOIN pg_catalog.pg_class c ON c.oid = p.logicalrelid
+          WHERE c.relnamespace = ''prepay''::pg_catalog.regnamespace ORDER BY 1::pg_catalog.text';
+END $$;
+COMMENT ON FUNCTION prepay.distribute() IS
+'On a Citus coordinator, after CREATE EXTENSION prepay: distribute every table of schema prepay by site_id in one colocation group with prepay.site (the schema changes Citus needs are made on every node first, see sql/distribute.sql), and list the distributed tables.  Run again (after citus_add_node), it makes the schema changes on new workers, moves every worker''s ids to a block of its own above every id drawn so far, and lists the tables.  55000 without Citus, 42501 for a non-superuser.  docs/SCALE-OUT.md.';
+
+-- rights as security.sql gives every function: none for PUBLIC, EXECUTE for the prepay roles
+REVOKE ALL ON FUNCTION prepay._max_id_block() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION prepay._max_id_block() TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
+REVOKE ALL ON FUNCTION prepay._id_block_at_least(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION prepay._id_block_at_least(bigint) TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
+REVOKE ALL ON FUNCTION prepay._cluster_id_block() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION prepay._cluster_id_block() TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
+REVOKE ALL ON FUNCTION prepay.move_site(integer, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION prepay.move_site(integer, text, integer) TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent;
