@@ -87,7 +87,7 @@ $sql->(qq{
 sub request
 {
 	my ($login, $role, $claims, $query) = @_;
-	my $set = defined $claims ? "SELECT set_config('request.jwt.claims', '$claims', true) IS NULL \\gset\n" : '';
+	my $set = defined $claims ? "SELECT set_config('request.jwt.claims', '$claims', true) IS NULL AS claims_set \\gset\n" : '';
 	my ($ret, $out, $err) = $coord->psql('postgres', "BEGIN;\nSET LOCAL ROLE $role;\n$set$query;\nCOMMIT;",
 		extra_params => [ '-U', $login, '-v', 'VERBOSITY=verbose' ]);
 	return ($out, $err);
