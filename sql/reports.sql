@@ -905,7 +905,8 @@ COMMENT ON FUNCTION prepay.balance_forecast_at(integer, timestamptz, interval) I
 'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).  A meter''s rate needs a minute of consumption since the account opened; an account without a usable rate (or with money for more than 100 years) gets status no forecast and NULL run_out_at and cut_at, never an error, so one degenerate account cannot break the forecast of the others.';
 
 CREATE VIEW prepay.balance_forecast AS
-SELECT f.* FROM prepay.site s CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
+SELECT f.* FROM (SELECT s.site_id FROM prepay.site s OFFSET 0) s   -- the sites first: on Citus the function then runs on the coordinator
+ CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
 COMMENT ON VIEW prepay.balance_forecast IS 'Balance forecast of every open account now: expected run-out time from recent consumption and the active tariff, and the predicted cut.';
 
 CREATE FUNCTION prepay.cut_forecast(p_site_id integer, p_horizon interval DEFAULT '24 hours',
@@ -925,7 +926,8 @@ COMMENT ON FUNCTION prepay.cut_forecast(integer, interval, timestamptz) IS
 'Who will be cut within p_horizon (default the next 24 hours) and why: accounts whose predicted cut (after no-cut windows) or queued trip falls in the horizon, plus keep-power accounts that reach arrears in it (will_be_cut false).';
 
 CREATE VIEW prepay.cuts_next_24h AS
-SELECT c.* FROM prepay.site s CROSS JOIN LATERAL prepay.cut_forecast(s.site_id) AS c;
+SELECT c.* FROM (SELECT s.site_id FROM prepay.site s OFFSET 0) s   -- the sites first: on Citus the function then runs on the coordinator
+ CROSS JOIN LATERAL prepay.cut_forecast(s.site_id) AS c;
 COMMENT ON VIEW prepay.cuts_next_24h IS 'Who will be cut in the next 24 hours and why, every site.';
 
 CREATE SEQUENCE prepay.cut_reminder_id_seq;
@@ -1142,7 +1144,8 @@ COMMENT ON FUNCTION prepay.suspicious_consumption_at(integer, timestamptz, integ
 'Suspicious consumption of a site as seen at p_at: zero_use (an open account whose meter reports but charged nothing in the last p_days whole days), sudden_drop (its last p_days average below p_drop x the average of the 4 x p_days before, from at least 1 unit a day), reverse_energy (readings quarantined as counter_backwards in the last 5 x p_days days), multiplier_changed (in the last 5 x p_days days) and loss_jump (prepay.loss_jumps).  recent and usual are per-day energies (readings, new multiplier, loss % for the other kinds; see docs/REPORTS.md).';
 
 CREATE VIEW prepay.suspicious_consumption AS
-SELECT x.* FROM prepay.site s CROSS JOIN LATERAL prepay.suspicious_consumption_at(s.site_id, pg_catalog.now()) AS x;
+SELECT x.* FROM (SELECT s.site_id FROM prepay.site s OFFSET 0) s   -- the sites first: on Citus the function then runs on the coordinator
+ CROSS JOIN LATERAL prepay.suspicious_consumption_at(s.site_id, pg_catalog.now()) AS x;
 COMMENT ON VIEW prepay.suspicious_consumption IS 'Suspicious consumption now, every site: zero use while occupied, sudden drops, reverse energy, multiplier changes, line-loss jumps.';
 
 -- ---------------------------------------------------------------------

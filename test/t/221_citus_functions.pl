@@ -197,6 +197,8 @@ step(q{SELECT kind, account_code, meter_code, recent, usual, detail
          FROM prepay.suspicious_consumption_at(1, '2026-10-21 00:05+08', p_days => 2) ORDER BY kind, meter_id},
 	'suspicious_consumption_at');
 step(q{SELECT * FROM prepay.loss_jumps(1, 1.5)}, 'loss_jumps');
+step(q{SELECT (SELECT count(*) FROM prepay.balance_forecast), (SELECT count(*) FROM prepay.cuts_next_24h),
+	          (SELECT count(*) FROM prepay.suspicious_consumption)}, 'the views over every site: balance_forecast, cuts_next_24h, suspicious_consumption');
 step(q{SELECT kind, meter_id, account_id, detail FROM prepay.active_alarms ORDER BY site_id, kind, meter_id, account_id}, 'active_alarms');
 step(q{SELECT prepay.allowance_left(1, 1), prepay.meter_register_at(1, 3, '2026-10-20 00:00+08')}, 'allowance_left and meter_register_at');
 step(qq{SELECT prepay.send_cut_reminders(NULL, '2026-10-02 04:50+08');
