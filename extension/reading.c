@@ -796,9 +796,10 @@ batch_save_quarantine(Batch *batch)
 	spi_kept_plan(&plan,
 			"WITH q AS ("
 			"  UPDATE prepay.reading r"
-			"     SET quarantine_reason = u.reason::prepay.quarantine_reason,"
+			"     SET quarantine_reason = u.reason,"
 			"         quarantine_detail = u.detail"
-			"    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+			"    FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+			"                    pg_catalog.unnest($4::prepay.quarantine_reason[]), pg_catalog.unnest($5))"
 			"         AS u(site_id, meter_id, read_at, reason, detail)"
 			"   WHERE r.site_id = u.site_id AND r.meter_id = u.meter_id AND r.read_at = u.read_at"
 			"     AND r.site_id = ANY ($1)"

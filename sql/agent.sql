@@ -405,7 +405,9 @@ COMMENT ON FUNCTION prepay.agent_command_done(integer, bigint, prepay.relay_stat
 'The agent carried out a command and read the relay state back: the command is done and meter.relay_state is set.  PY105 if the state read back is not what the command asked for; PY103, PY104.';
 
 CREATE FUNCTION prepay._command_moot(c prepay.command)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT CASE
         WHEN n.command_id IS NOT NULL THEN pg_catalog.format('superseded by command %s', n.command_id)
         WHEN m.meter_id IS NULL OR NOT m.active THEN 'meter removed'
@@ -423,23 +425,26 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       LEFT JOIN LATERAL (SELECT q.command_id FROM prepay.command q
                           WHERE q.site_id = c.site_id AND q.meter_id = c.meter_id AND q.command_id > c.command_id
                             AND q.state IN ('queued', 'sent', 'done')
-                          ORDER BY q.command_id DESC LIMIT 1) n ON true;
-$$;
+                          ORDER BY q.command_id DESC LIMIT 1) n ON true);
+END $$;
 COMMENT ON FUNCTION prepay._command_moot(prepay.command) IS
 'Internal: why the account''s or the operator''s state no longer calls for a command (NULL while it still does): a newer command of the meter (queued, sent or done) supersedes it; the meter was removed; a trip of a protected meter or account; an arrears trip of an account closed, detached from the meter, postpaid or out of arrears.  A close is called for until superseded.';
 
 CREATE FUNCTION prepay._command_impossible(c prepay.command)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT pg_catalog.format('impossible: device profile %s has no remote relay', d.profile)
       FROM prepay.meter m
       JOIN prepay.device_profile d ON d.site_id = m.site_id AND d.profile = m.device_profile
-     WHERE m.site_id = c.site_id AND m.meter_id = c.meter_id AND d.relay_write_address IS NULL;
-$$;
+     WHERE m.site_id = c.site_id AND m.meter_id = c.meter_id AND d.relay_write_address IS NULL);
+END $$;
 COMMENT ON FUNCTION prepay._command_impossible(prepay.command) IS
 'Internal: why a command can never be carried out (NULL when it can): the meter''s device profile has no remote relay.  Retrying would not help; the operator changes the profile or the installation.';
 
 CREATE FUNCTION prepay._command_alarm(c prepay.command, p_error text)
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
     VALUES (c.site_id, 'command_failing', c.meter_id,
             pg_catalog.format('Command %s: %s of meter %s (account %s, reason %s) not done after %s attempt(s); last error: %s',
@@ -447,7 +452,7 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                               c.attempts, p_error))
     ON CONFLICT (site_id, kind, (coalesce(account_id, 0)), (coalesce(meter_id, 0))) WHERE cleared_at IS NULL
     DO UPDATE SET detail = EXCLUDED.detail;
-$$;
+END $$;
 COMMENT ON FUNCTION prepay._command_alarm(prepay.command, text) IS
 'Internal: raise the meter''s command_failing alarm for a command (detail "Command <id>: <action> of meter <id> (account, reason) not done after <n> attempt(s); last error: ..."), or bring the detail of the active one up to date: one alarm per meter, raised once.';
 

@@ -121,21 +121,27 @@ RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, c
                balance_after numeric, meter_id bigint, read_from timestamptz, read_to timestamptz, energy numeric,
                explanation jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
 BEGIN
     PERFORM prepay._api_limit(p_limit);
-    RETURN QUERY
-    SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.created_at, l.amount, l.balance_after,
-           l.meter_id, l.read_from, l.read_to, l.energy,
-           CASE WHEN l.kind = 'consumption' AND (l.pieces IS NOT NULL OR l.pricing_id IS NOT NULL) THEN
-               (SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x) - 'entry_id' - 'meter_id' - 'read_from' - 'read_to'
-                                            ORDER BY x.piece_from, x.tier)
-                  FROM prepay.explain_charge(l.site_id, l.entry_id) AS x) END
-      FROM prepay._authorize_tenant(p_account_id) t
-     CROSS JOIN LATERAL (SELECT e.* FROM prepay.ledger e
-                          WHERE e.site_id = t.site_id AND e.account_id = t.account_id
-                            AND e.kind NOT IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
-                          ORDER BY e.entry_id DESC LIMIT p_limit) AS l
-     ORDER BY l.site_id, l.account_id, l.entry_id DESC;
+    -- account by account, each statement filtered by the account's site: on
+    -- Citus one task on the site's shard (a LIMIT per account cannot be
+    -- pushed down otherwise)
+    FOR t IN SELECT x.site_id, x.account_id FROM prepay._authorize_tenant(p_account_id) x ORDER BY 1, 2 LOOP
+        RETURN QUERY
+        SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.created_at, l.amount, l.balance_after,
+               l.meter_id, l.read_from, l.read_to, l.energy,
+               CASE WHEN l.kind = 'consumption' AND (l.pieces IS NOT NULL OR l.pricing_id IS NOT NULL) THEN
+                   (SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x) - 'entry_id' - 'meter_id' - 'read_from' - 'read_to'
+                                                ORDER BY x.piece_from, x.tier)
+                      FROM prepay.explain_charge(l.site_id, l.entry_id) AS x) END
+          FROM (SELECT e.* FROM prepay.ledger e
+                 WHERE e.site_id = t.site_id AND e.account_id = t.account_id
+                   AND e.kind NOT IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
+                 ORDER BY e.entry_id DESC LIMIT p_limit) AS l
+         ORDER BY l.entry_id DESC;
+    END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.my_charges(bigint, integer) IS
 'Tenant API: the p_limit (1 .. 1000, default 20) most recent charges and corrections of each of the caller''s accounts (everything but payments, refunds and bill payments), newest first; a consumption charge carries its explanation (prepay.explain_charge: the two register values, the multiplier and each priced piece with its period, tier, energy, unit price and exact amount) as a jsonb array.  42501 as prepay.my_balance; 22023 for a bad limit.';
@@ -144,21 +150,28 @@ CREATE FUNCTION prepay.my_payments(p_account_id bigint DEFAULT NULL, p_limit int
 RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, created_at timestamptz, amount numeric,
                balance_after numeric, channel text, reference text, reverses_entry bigint)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
 BEGIN
     PERFORM prepay._api_limit(p_limit);
-    RETURN QUERY
-    SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.created_at, l.amount, l.balance_after,
-           l.channel, l.external_ref, l.reverses_entry
-      FROM prepay._authorize_tenant(p_account_id) t
-     CROSS JOIN LATERAL (SELECT e.* FROM prepay.ledger e
-                          WHERE e.site_id = t.site_id AND e.account_id = t.account_id
-                            AND (e.kind IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
-                                 OR e.kind = 'reversal' AND EXISTS (
-                                        SELECT 1 FROM prepay.ledger r
-                                         WHERE r.site_id = e.site_id AND r.account_id = e.account_id AND r.entry_id = e.reverses_entry
-                                           AND r.kind IN ('recharge', 'refund')))
-                          ORDER BY e.entry_id DESC LIMIT p_limit) AS l
-     ORDER BY l.site_id, l.account_id, l.entry_id DESC;
+    -- account by account, each statement filtered by the account's site: on
+    -- Citus one task on the site's shard (a LIMIT per account cannot be
+    -- pushed down otherwise)
+    FOR t IN SELECT x.site_id, x.account_id FROM prepay._authorize_tenant(p_account_id) x ORDER BY 1, 2 LOOP
+        RETURN QUERY
+        SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.created_at, l.amount, l.balance_after,
+               l.channel, l.external_ref, l.reverses_entry
+          FROM (SELECT e.* FROM prepay.ledger e
+                 WHERE e.site_id = t.site_id AND e.account_id = t.account_id
+                   AND (e.kind IN ('recharge', 'refund', 'closing_refund', 'bill_payment')
+                        OR e.kind = 'reversal' AND EXISTS (
+                               SELECT 1 FROM prepay.ledger r
+                                WHERE r.site_id = e.site_id AND r.site_id = t.site_id AND r.account_id = e.account_id
+                                   AND r.entry_id = e.reverses_entry
+                                  AND r.kind IN ('recharge', 'refund')))
+                 ORDER BY e.entry_id DESC LIMIT p_limit) AS l
+         ORDER BY l.entry_id DESC;
+    END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.my_payments(bigint, integer) IS
 'Tenant API: the p_limit (1 .. 1000, default 20) most recent payments of each of the caller''s accounts, newest first: recharges, refunds, their reversals, the closing refund and bill payments, with the channel and its reference (the receipt or the provider''s transaction id).  42501 as prepay.my_balance; 22023 for a bad limit.';
@@ -168,18 +181,24 @@ RETURNS TABLE (site_id integer, account_id bigint, bill_id bigint, period_start 
                energy numeric, charges numeric, amount_due numeric, paid numeric, outstanding numeric, due_on date,
                issued_at timestamptz, lines jsonb)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t record;
 BEGIN
     PERFORM prepay._api_limit(p_limit);
-    RETURN QUERY
-    SELECT b.site_id, b.account_id, b.bill_id, b.period_start, b.period_end, b.state, b.energy, b.charges,
-           b.amount_due, b.paid, b.amount_due - b.paid, b.due_on, b.issued_at,
-           (SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(bl) - 'site_id' - 'bill_id' ORDER BY bl.line_no)
-              FROM prepay.bill_line bl WHERE bl.site_id = b.site_id AND bl.bill_id = b.bill_id)
-      FROM prepay._authorize_tenant(p_account_id) t
-     CROSS JOIN LATERAL (SELECT x.* FROM prepay.bill x
-                          WHERE x.site_id = t.site_id AND x.account_id = t.account_id AND x.state IN ('issued', 'paid')
-                          ORDER BY x.period_start DESC LIMIT p_limit) AS b
-     ORDER BY b.site_id, b.account_id, b.period_start DESC;
+    -- account by account, each statement filtered by the account's site: on
+    -- Citus one task on the site's shard (a LIMIT per account cannot be
+    -- pushed down otherwise)
+    FOR t IN SELECT a.site_id, a.account_id FROM prepay._authorize_tenant(p_account_id) a ORDER BY 1, 2 LOOP
+        RETURN QUERY
+        SELECT b.site_id, b.account_id, b.bill_id, b.period_start, b.period_end, b.state, b.energy, b.charges,
+               b.amount_due, b.paid, b.amount_due - b.paid, b.due_on, b.issued_at,
+               (SELECT pg_catalog.jsonb_agg(pg_catalog.to_jsonb(bl) - 'site_id' - 'bill_id' ORDER BY bl.line_no)
+                  FROM prepay.bill_line bl WHERE bl.site_id = b.site_id AND bl.site_id = t.site_id AND bl.bill_id = b.bill_id)
+          FROM (SELECT x.* FROM prepay.bill x
+                 WHERE x.site_id = t.site_id AND x.account_id = t.account_id AND x.state IN ('issued', 'paid')
+                 ORDER BY x.period_start DESC LIMIT p_limit) AS b
+         ORDER BY b.period_start DESC;
+    END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.my_bills(bigint, integer) IS
 'Tenant API: the p_limit (1 .. 1000, default 12) latest issued or paid bills of each of the caller''s accounts (drafts stay with the back office), newest period first, with what is outstanding and the bill lines as a jsonb array.  42501 as prepay.my_balance; 22023 for a bad limit.';
@@ -213,14 +232,17 @@ COMMENT ON FUNCTION prepay.my_forecast(bigint) IS
 CREATE FUNCTION prepay._api_payment(p_site_id integer, p_entry_id bigint, p_replayed boolean)
 RETURNS TABLE (site_id integer, account_id bigint, entry_id bigint, kind text, amount numeric, balance numeric,
                currency text, posted_at timestamptz, replayed boolean)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT l.site_id, l.account_id, l.entry_id, l.kind::text, l.amount, a.balance, s.currency::text, l.created_at,
            p_replayed
       FROM prepay.ledger l
       JOIN prepay.account a ON a.site_id = l.site_id AND a.account_id = l.account_id
       JOIN prepay.site s ON s.site_id = l.site_id
-     WHERE l.site_id = p_site_id AND l.entry_id = p_entry_id
-$$;
+     WHERE l.site_id = p_site_id AND l.entry_id = p_entry_id;
+END $$;
 COMMENT ON FUNCTION prepay._api_payment(integer, bigint, boolean) IS
 'Internal: the answer of prepay.credit_payment and prepay.refund_payment: the ledger entry, the account''s balance now, the currency and whether the call was a replay of an id already posted.';
 

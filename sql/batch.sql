@@ -525,6 +525,8 @@ RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, p
 DECLARE
     b prepay.batch;
     id bigint;
+    elements jsonb[];
+    target_ids bigint[] := '{}';
 BEGIN
     -- what the batch will do decides who may create it: the runner (often
     -- pg_cron as a superuser) carries it out later on the creator's word
@@ -579,19 +581,28 @@ BEGIN
         RETURN b.batch_id;
     END IF;
 
+    -- the items are resolved first, then inserted in one statement (on Citus
+    -- an INSERT into a site's shard cannot read the site's tables row by row)
     IF jsonb_typeof(p_targets) = 'array' THEN
+        SELECT pg_catalog.array_agg(e.element ORDER BY e.ord) INTO elements
+          FROM jsonb_array_elements(p_targets) WITH ORDINALITY AS e(element, ord);
+        FOR i IN 1 .. coalesce(cardinality(elements), 0) LOOP
+            target_ids := target_ids || prepay._batch_resolve(p_site_id, p_target, elements[i]);
+        END LOOP;
         INSERT INTO prepay.batch_item (site_id, batch_id, item_no, account_id, meter_id, input)
         SELECT p_site_id, id, e.ord,
-               CASE WHEN p_target = 'account' THEN prepay._batch_resolve(p_site_id, p_target, e.element) END,
-               CASE WHEN p_target = 'meter' THEN prepay._batch_resolve(p_site_id, p_target, e.element) END,
+               CASE WHEN p_target = 'account' THEN e.target_id END,
+               CASE WHEN p_target = 'meter' THEN e.target_id END,
                e.element
-          FROM jsonb_array_elements(p_targets) WITH ORDINALITY AS e(element, ord);
+          FROM ROWS FROM (pg_catalog.unnest(elements), pg_catalog.unnest(target_ids)) WITH ORDINALITY AS e(element, target_id, ord);
     ELSE
+        SELECT pg_catalog.array_agg(t.target_id ORDER BY t.target_id) INTO target_ids
+          FROM prepay._batch_select(p_site_id, p_target, p_targets) AS t(target_id);
         INSERT INTO prepay.batch_item (site_id, batch_id, item_no, account_id, meter_id)
-        SELECT p_site_id, id, row_number() OVER (ORDER BY t.target_id),
+        SELECT p_site_id, id, t.ord,
                CASE WHEN p_target = 'account' THEN t.target_id END,
                CASE WHEN p_target = 'meter' THEN t.target_id END
-          FROM prepay._batch_select(p_site_id, p_target, p_targets) AS t(target_id);
+          FROM pg_catalog.unnest(target_ids) WITH ORDINALITY AS t(target_id, ord);
     END IF;
     RETURN id;
 END $$;
@@ -736,8 +747,10 @@ DECLARE
     e_message text;
     e_detail text;
     e_hint text;
+    t timestamptz;   -- the time, read before an UPDATE (Citus refuses volatile calls in one)
 BEGIN
-    UPDATE prepay.batch x SET state = 'running', started_at = pg_catalog.clock_timestamp(), run_by = SESSION_USER
+    t := pg_catalog.clock_timestamp();
+    UPDATE prepay.batch x SET state = 'running', started_at = t, run_by = SESSION_USER
      WHERE x.site_id = b.site_id AND x.batch_id = b.batch_id AND x.state = 'scheduled';
     FOR it IN SELECT * FROM prepay.batch_item x
                WHERE x.site_id = b.site_id AND x.batch_id = b.batch_id AND x.state = 'pending'
@@ -745,9 +758,10 @@ BEGIN
                LIMIT p_max_items LOOP
         BEGIN
             r := prepay._batch_run_item(b, it);
+            t := pg_catalog.clock_timestamp();
             UPDATE prepay.batch_item x
                SET state = r.state, result = r.result, message = r.message,
-                   finished_at = pg_catalog.clock_timestamp()
+                   finished_at = t
              WHERE x.site_id = it.site_id AND x.batch_id = it.batch_id AND x.item_no = it.item_no;
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_message = MESSAGE_TEXT,
@@ -757,15 +771,17 @@ BEGIN
             IF pg_catalog.left(e_state, 2) IN ('40', '53', '54', '55', '57', '58', 'XX') THEN
                 RAISE;
             END IF;
+            t := pg_catalog.clock_timestamp();
             UPDATE prepay.batch_item x
                SET state = 'failed', sqlstate = e_state, message = e_message,
                    detail = nullif(e_detail, ''), hint = nullif(e_hint, ''),
-                   finished_at = pg_catalog.clock_timestamp()
+                   finished_at = t
              WHERE x.site_id = it.site_id AND x.batch_id = it.batch_id AND x.item_no = it.item_no;
         END;
         n := n + 1;
     END LOOP;
-    UPDATE prepay.batch x SET state = 'done', finished_at = pg_catalog.clock_timestamp(), last_error = NULL
+    t := pg_catalog.clock_timestamp();
+    UPDATE prepay.batch x SET state = 'done', finished_at = t, last_error = NULL
      WHERE x.site_id = b.site_id AND x.batch_id = b.batch_id
        AND NOT EXISTS (SELECT 1 FROM prepay.batch_item i
                         WHERE i.site_id = x.site_id AND i.batch_id = x.batch_id AND i.state = 'pending');
@@ -779,11 +795,13 @@ RETURNS bigint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e_state text;
     e_message text;
+    t timestamptz;
 BEGIN
     RETURN prepay._batch_run(b, p_max_items);
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_message = MESSAGE_TEXT;
-    UPDATE prepay.batch x SET last_error = pg_catalog.format('%s: %s (run at %s)', e_state, e_message, pg_catalog.clock_timestamp())
+    t := pg_catalog.clock_timestamp();
+    UPDATE prepay.batch x SET last_error = pg_catalog.format('%s: %s (run at %s)', e_state, e_message, t)
      WHERE x.site_id = b.site_id AND x.batch_id = b.batch_id;
     RETURN 0;
 END $$;
@@ -816,6 +834,8 @@ DECLARE
     seen bigint[] := '{}';
     budget bigint := p_max_items;
     ran bigint;
+    due_sites integer[];
+    due_batches bigint[];
 BEGIN
     IF p_max_items IS NOT NULL AND p_max_items < 1 THEN
         PERFORM prepay._raise('22023', 'p_max_items must be positive',
@@ -823,14 +843,24 @@ BEGIN
     END IF;
     LOOP
         EXIT WHEN budget = 0;
-        -- claim the oldest due batch; one another runner holds is skipped (it runs there, once)
-        SELECT * INTO b FROM prepay.batch d
+        -- claim the oldest due batch; one another runner holds is skipped (it
+        -- runs there, once).  The due batches are listed first and claimed one
+        -- by one, each by its site: on Citus a FOR UPDATE must name one shard
+        SELECT pg_catalog.array_agg(d.site_id ORDER BY d.run_at, d.site_id, d.batch_id),
+               pg_catalog.array_agg(d.batch_id ORDER BY d.run_at, d.site_id, d.batch_id)
+          INTO due_sites, due_batches
+          FROM prepay.batch d
          WHERE d.state IN ('scheduled', 'running') AND d.run_at <= pg_catalog.now()
-           AND NOT (d.batch_id = ANY (seen))
-         ORDER BY d.run_at, d.site_id, d.batch_id
-         LIMIT 1
-           FOR UPDATE SKIP LOCKED;
-        EXIT WHEN NOT FOUND;
+           AND NOT (d.batch_id = ANY (seen));
+        b := NULL;
+        FOR i IN 1 .. coalesce(cardinality(due_batches), 0) LOOP
+            SELECT * INTO b FROM prepay.batch d
+             WHERE d.site_id = due_sites[i] AND d.batch_id = due_batches[i]
+               AND d.state IN ('scheduled', 'running') AND d.run_at <= pg_catalog.now()
+               FOR UPDATE SKIP LOCKED;
+            EXIT WHEN FOUND;
+        END LOOP;
+        EXIT WHEN b.batch_id IS NULL;
         seen := seen || b.batch_id;
         CONTINUE WHEN NOT prepay._batch_lock_site(b, cardinality(seen) = 1);
         ran := prepay._batch_run_safely(b, budget);
@@ -893,6 +923,7 @@ COMMENT ON FUNCTION prepay.run_batch(integer, bigint) IS
 CREATE FUNCTION prepay.cancel_batch(p_site_id integer, p_batch_id bigint, p_reason text)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    t timestamptz;
     b prepay.batch;
     n bigint;
 BEGIN
@@ -904,11 +935,12 @@ BEGIN
             pg_catalog.format('Batch %s finished at %s.', p_batch_id, b.finished_at),
             'Undo what it did with a new batch (or prepay.reverse for payments).');
     END IF;
+    t := pg_catalog.clock_timestamp();
     UPDATE prepay.batch_item x SET state = 'skipped', message = 'batch cancelled: ' || p_reason,
-           finished_at = pg_catalog.clock_timestamp()
+           finished_at = t
      WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id AND x.state = 'pending';
     GET DIAGNOSTICS n = ROW_COUNT;
-    UPDATE prepay.batch x SET state = 'cancelled', finished_at = pg_catalog.clock_timestamp(),
+    UPDATE prepay.batch x SET state = 'cancelled', finished_at = t,
            cancelled_by = SESSION_USER, cancel_reason = p_reason
      WHERE x.site_id = p_site_id AND x.batch_id = p_batch_id;
     RETURN n;

@@ -116,30 +116,36 @@ COMMENT ON COLUMN prepay.bill_payment.bill_id IS 'Bill settled.';
 COMMENT ON COLUMN prepay.bill_payment.amount IS 'Part of the payment that went to this bill.';
 
 CREATE FUNCTION prepay._service_at(p_site_id integer, p_entry prepay.ledger)
-RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT CASE
         WHEN p_entry.kind = 'consumption' THEN p_entry.read_to
         WHEN p_entry.channel = 'basic_charge' THEN
             prepay._local_start(p_site_id, pg_catalog.split_part(p_entry.external_ref, '/', 2)::date)
         ELSE coalesce((SELECT prepay._local_start(p_site_id, c.period_start) FROM prepay.period_charge c
                         WHERE c.site_id = p_site_id AND c.entry_id = p_entry.entry_id), p_entry.created_at)
-    END
-$$;
+    END);
+END $$;
 COMMENT ON FUNCTION prepay._service_at(integer, prepay.ledger) IS
 'Internal: the instant a charge is for, which decides its bill: a consumption''s reading time, a basic charge''s day, a periodic charge''s period start, else when it was posted.';
 
 CREATE FUNCTION prepay._is_charge(p_site_id integer, p_entry prepay.ledger)
-RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT p_entry.kind NOT IN ('recharge', 'refund', 'closing_refund', 'bill_payment', 'bill_charge')
        AND (p_entry.kind <> 'reversal'
             OR (SELECT r.kind FROM prepay.ledger r WHERE r.site_id = p_site_id AND r.account_id = p_entry.account_id
                                                   AND r.entry_id = p_entry.reverses_entry)
-               NOT IN ('recharge', 'refund', 'bill_payment'))
-$$;
+               NOT IN ('recharge', 'refund', 'bill_payment')));
+END $$;
 COMMENT ON FUNCTION prepay._is_charge(integer, prepay.ledger) IS 'Internal: whether a ledger entry is something billed (a charge, a credit against charges or its reversal) rather than a payment.';
 
 CREATE FUNCTION prepay._rule_name(p_charge prepay.period_charge)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT CASE
         WHEN p_charge.source IN ('fee', 'fee_credit') THEN
             (SELECT it.name FROM prepay.charge_item it WHERE it.site_id = p_charge.site_id AND it.item_id = p_charge.rule_id)
@@ -147,12 +153,13 @@ RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             (SELECT r.name FROM prepay.apportion_rule r WHERE r.site_id = p_charge.site_id AND r.rule_id = p_charge.rule_id)
         WHEN p_charge.source IN ('allowance', 'allowance_expiry') THEN
             (SELECT r.name FROM prepay.allowance_rule r WHERE r.site_id = p_charge.site_id AND r.rule_id = p_charge.rule_id)
-    END
-$$;
+    END);
+END $$;
 COMMENT ON FUNCTION prepay._rule_name(prepay.period_charge) IS 'Internal: the name of the fee or rule a periodic charge comes from (NULL for basic settlements and move-out expiry).';
 
 CREATE FUNCTION prepay._bill_lines(p_site_id integer, p_bill prepay.bill)
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     WITH entries AS (
         SELECT l.*, prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period,
                                            l.read_from, l.read_to, l.energy, l.exact_charge) AS pricing
@@ -173,15 +180,15 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                (SELECT -sum(e.amount) FROM entries e WHERE e.kind = 'consumption')
                - (SELECT coalesce(sum(amount), 0) FROM energy) AS amount
     ), other AS (            -- every other charge, by kind and rule
-        SELECT e.kind::text AS kind, coalesce(prepay._rule_name(c), e.kind::text) AS description,
+        SELECT e.kind::text AS kind, coalesce(prepay._rule_name(ROW(c.*)::prepay.period_charge), e.kind::text) AS description,
                NULL::numeric AS quantity, NULL::numeric AS unit_price, -sum(e.amount) AS amount
           FROM entries e
           LEFT JOIN prepay.period_charge c ON c.site_id = e.site_id AND c.entry_id = e.entry_id
          WHERE e.kind <> 'consumption'
-         GROUP BY e.kind, coalesce(prepay._rule_name(c), e.kind::text)
+         GROUP BY e.kind, coalesce(prepay._rule_name(ROW(c.*)::prepay.period_charge), e.kind::text)
     ), billed AS (           -- fees and shares settled by bill
         SELECT c.source AS kind,
-               coalesce(prepay._rule_name(c), c.source) || pg_catalog.format(' %s..%s', c.period_start, c.period_end - 1) AS description,
+               coalesce(prepay._rule_name(ROW(c.*)::prepay.period_charge), c.source) || pg_catalog.format(' %s..%s', c.period_start, c.period_end - 1) AS description,
                NULL::numeric AS quantity, NULL::numeric AS unit_price, -c.amount AS amount
           FROM prepay.period_charge c
          WHERE c.site_id = p_site_id AND c.bill_id = p_bill.bill_id
@@ -197,8 +204,8 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                'fee_credit', 'common_area', 'loss', 'adjustment', 'reversal', 'allowance', 'allowance_expiry'], kind),
                description),
            kind, description, quantity, unit_price, amount, payable
-      FROM lines
-$$;
+      FROM lines;
+END $$;
 COMMENT ON FUNCTION prepay._bill_lines(integer, prepay.bill) IS 'Internal: write the lines of a bill from its ledger entries and its periodic charges settled by bill.';
 
 CREATE FUNCTION prepay.draft_bill(p_site_id integer, p_account_id bigint, p_period_start date, p_period_end date)
@@ -231,9 +238,9 @@ BEGIN
     SELECT p_site_id, l.entry_id, b.bill_id FROM prepay.ledger l
      WHERE l.site_id = p_site_id AND l.account_id = p_account_id
        AND NOT EXISTS (SELECT 1 FROM prepay.bill_entry x WHERE x.site_id = p_site_id AND x.entry_id = l.entry_id)
-       AND prepay._is_charge(p_site_id, l)
+       AND prepay._is_charge(p_site_id, ROW(l.*)::prepay.ledger)   -- a row value, not the shard's row type, on Citus
        AND CASE WHEN l.kind = 'consumption' THEN l.read_to <= t_to   -- consumption is over (read_from, read_to]
-                ELSE prepay._service_at(p_site_id, l) < t_to END;
+                ELSE prepay._service_at(p_site_id, ROW(l.*)::prepay.ledger) < t_to END;
     UPDATE prepay.period_charge SET bill_id = b.bill_id
      WHERE site_id = p_site_id AND account_id = p_account_id AND settle = 'bill' AND bill_id IS NULL
        AND period_start < p_period_end;
@@ -266,7 +273,7 @@ BEGIN
     END IF;
     FOR a IN SELECT * FROM prepay.account ac
               WHERE ac.site_id = p_site_id
-                AND prepay._days_open(p_site_id, ac, p_period_start, period_end) > 0
+                AND prepay._days_open(p_site_id, ROW(ac.*)::prepay.account, p_period_start, period_end) > 0
               ORDER BY ac.account_id LOOP
         RETURN NEXT prepay.draft_bill(p_site_id, a.account_id, p_period_start, period_end);
     END LOOP;
@@ -406,10 +413,10 @@ SELECT b.site_id, b.account_id, a.code AS account_code, a.name AS account_name, 
             ELSE 'over 90' END AS ageing
   FROM prepay.bill b
   JOIN prepay.account a ON a.site_id = b.site_id AND a.account_id = b.account_id
-  -- one call per bill, not five (OFFSET 0 keeps the planner from copying
-  -- the call into each use); the function, not a join, reads prepay.site,
-  -- which a tenant may not read
-  CROSS JOIN LATERAL (SELECT prepay._local_day(b.site_id, pg_catalog.now()) AS today OFFSET 0) AS s
+  -- one call per bill, not five (a function in FROM is called once per
+  -- row; Citus refuses a sub-SELECT without FROM here); the function, not
+  -- a join, reads prepay.site, which a tenant may not read
+  CROSS JOIN LATERAL prepay._local_day(b.site_id, pg_catalog.now()) AS s(today)
  WHERE b.state = 'issued';
 COMMENT ON VIEW prepay.bill_arrears IS 'Issued bills not fully paid, with their age: the arrears list (postpaid accounts, and fees billed to prepaid ones).';
 COMMENT ON COLUMN prepay.bill_arrears.site_id IS 'Site.';

@@ -35,15 +35,19 @@ END $$;
 COMMENT ON FUNCTION prepay._period(text, date) IS 'Internal: the calendar month, quarter or year containing a day, as [period_start, period_end).';
 
 CREATE FUNCTION prepay._local_day(p_site_id integer, p_at timestamptz)
-RETURNS date LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (p_at AT TIME ZONE s.time_zone)::date FROM prepay.site s WHERE s.site_id = p_site_id
-$$;
+RETURNS date LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+    SELECT (p_at AT TIME ZONE s.time_zone)::date FROM prepay.site s WHERE s.site_id = p_site_id);
+END $$;
 COMMENT ON FUNCTION prepay._local_day(integer, timestamptz) IS 'Internal: the site''s local date of an instant.';
 
 CREATE FUNCTION prepay._local_start(p_site_id integer, p_day date)
-RETURNS timestamptz LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT p_day::timestamp AT TIME ZONE s.time_zone FROM prepay.site s WHERE s.site_id = p_site_id
-$$;
+RETURNS timestamptz LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+    SELECT p_day::timestamp AT TIME ZONE s.time_zone FROM prepay.site s WHERE s.site_id = p_site_id);
+END $$;
 COMMENT ON FUNCTION prepay._local_start(integer, date) IS 'Internal: the instant a local date of the site begins (local midnight).';
 
 CREATE FUNCTION prepay._days_open(p_site_id integer, p_account prepay.account, p_from date, p_to date)
@@ -89,14 +93,17 @@ COMMENT ON COLUMN prepay.account_group_member.account_id IS 'Member account.';
 COMMENT ON COLUMN prepay.account_group_member.ratio IS 'The member''s share weight for apportionment by custom ratios (ignored by the other methods).';
 
 CREATE FUNCTION prepay._members(p_site_id integer, p_group_id bigint)
-RETURNS SETOF prepay.account LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS SETOF prepay.account LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT a.* FROM prepay.account a
      WHERE a.site_id = p_site_id
        AND (p_group_id IS NULL
             OR EXISTS (SELECT 1 FROM prepay.account_group_member g
                         WHERE g.site_id = p_site_id AND g.group_id = p_group_id AND g.account_id = a.account_id))
-     ORDER BY a.account_id
-$$;
+     ORDER BY a.account_id;
+END $$;
 COMMENT ON FUNCTION prepay._members(integer, bigint) IS 'Internal: the accounts of a group, or every account of the site when the group is NULL, in account_id order (the lock order).';
 
 -- ---------------------------------------------------------------------
@@ -200,7 +207,9 @@ COMMENT ON FUNCTION prepay._charge(integer, text, bigint, bigint, date, date, nu
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.allowance_left(p_site_id integer, p_account_id bigint)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT greatest(0.00, a.allowance_left + coalesce(
                (SELECT sum(l.amount) FROM prepay.ledger l
                  WHERE l.site_id = a.site_id AND l.account_id = a.account_id
@@ -212,8 +221,8 @@ RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                          WHERE r.site_id = l.site_id AND r.account_id = l.account_id AND r.entry_id = l.reverses_entry
                                            AND r.kind = 'allowance')))), 0))
       FROM prepay.account a
-     WHERE a.site_id = p_site_id AND a.account_id = p_account_id
-$$;
+     WHERE a.site_id = p_site_id AND a.account_id = p_account_id);
+END $$;
 COMMENT ON FUNCTION prepay.allowance_left(integer, bigint) IS
 'Unspent allowance in an account''s wallet: the allowance counted at allowance_as_of, less every charge posted since (charges spend allowance before paid money).  Refunds, payments and bill settlements do not spend it.  Entries of an account get their ids under the account lock, so "posted since" is exact.';
 
@@ -494,14 +503,16 @@ COMMENT ON FUNCTION prepay._settle_at_close(integer, bigint, date) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.meter_register_at(p_site_id integer, p_meter_id bigint, p_at timestamptz)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT r.energy * m.multiplier
       FROM prepay.reading r
       JOIN prepay.meter m ON m.site_id = r.site_id AND m.meter_id = r.meter_id
      WHERE r.site_id = p_site_id AND r.meter_id = p_meter_id AND r.read_at <= p_at
        AND r.quarantine_reason IS NULL AND r.energy IS NOT NULL
-     ORDER BY r.read_at DESC LIMIT 1
-$$;
+     ORDER BY r.read_at DESC LIMIT 1);
+END $$;
 COMMENT ON FUNCTION prepay.meter_register_at(integer, bigint, timestamptz) IS
 'A meter''s register at an instant, times its multiplier: that of its last accepted reading at or before the instant; NULL when it has none.';
 
@@ -523,11 +534,13 @@ COMMENT ON FUNCTION prepay.meter_consumption(integer, bigint, timestamptz, times
 'A meter''s consumption over [from, to]: its register at to less its register at from (prepay.meter_register_at), after the multiplier.  PY024 when a boundary has no reading.';
 
 CREATE FUNCTION prepay.account_consumption(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT coalesce(sum(l.energy), 0) FROM prepay.ledger l
      WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'consumption'
-       AND l.read_to > p_from AND l.read_to <= p_to
-$$;
+       AND l.read_to > p_from AND l.read_to <= p_to);
+END $$;
 COMMENT ON FUNCTION prepay.account_consumption(integer, bigint, timestamptz, timestamptz) IS
 'Energy charged to an account for readings taken in (from, to], after multipliers: the same measure as prepay.meter_consumption, over every meter the account had.';
 
@@ -667,11 +680,12 @@ COMMENT ON FUNCTION prepay._allocate(numeric, numeric[], bigint[]) IS
 'Internal: split an amount in cents by weights, largest remainder first: each key gets its share rounded down to the cent, and the cents left over go one each to the largest remainders (ties to the smaller key), so the shares add up to the amount exactly.';
 
 CREATE FUNCTION prepay._alarm(p_site_id integer, p_kind text, p_meter_id bigint, p_detail text)
-RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+RETURNS void LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)
     VALUES (p_site_id, p_kind, p_meter_id, p_detail)
-    ON CONFLICT DO NOTHING
-$$;
+    ON CONFLICT DO NOTHING;
+END $$;
 COMMENT ON FUNCTION prepay._alarm(integer, text, bigint, text) IS 'Internal: raise an alarm on a meter unless the same kind is already active there.';
 
 CREATE FUNCTION prepay.apportion(p_site_id integer, p_rule_id bigint, p_period_start date)
@@ -684,6 +698,7 @@ DECLARE
     t_from timestamptz;
     t_to timestamptz;
     members prepay.account[];
+    ratio numeric;
     keys bigint[];
     weights numeric[];
     energies numeric[];
@@ -733,13 +748,18 @@ BEGIN
         keys := keys || a.account_id;
         energies := energies || prepay.account_consumption(p_site_id, a.account_id, t_from, t_to);
         member_energy := member_energy + energies[pg_catalog.cardinality(energies)];
+        -- the member's ratio read on its own (on Citus a statement reading a
+        -- table is sent to the site's shard, where a row value cannot go)
+        ratio := NULL;
+        IF r.method NOT IN ('consumption', 'area', 'equal') THEN
+            SELECT g.ratio INTO ratio FROM prepay.account_group_member g
+             WHERE g.site_id = p_site_id AND g.group_id = r.group_id AND g.account_id = a.account_id;
+        END IF;
         weights := weights || CASE r.method
             WHEN 'consumption' THEN energies[pg_catalog.cardinality(energies)]
             WHEN 'area' THEN coalesce(a.floor_area, 0) * prepay._days_open(p_site_id, a, p.period_start, p.period_end)
             WHEN 'equal' THEN prepay._days_open(p_site_id, a, p.period_start, p.period_end)::numeric
-            ELSE coalesce((SELECT g.ratio FROM prepay.account_group_member g
-                            WHERE g.site_id = p_site_id AND g.group_id = r.group_id AND g.account_id = a.account_id), 0)
-                 * prepay._days_open(p_site_id, a, p.period_start, p.period_end) END;
+            ELSE coalesce(ratio, 0) * prepay._days_open(p_site_id, a, p.period_start, p.period_end) END;
     END LOOP;
 
     IF r.kind = 'common_area' THEN

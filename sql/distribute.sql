@@ -107,6 +107,12 @@ DECLARE
     fk name;
     group_id bigint := 0;
 BEGIN
+    -- on a worker added after prepay.distribute(), the tables are Citus's
+    -- already and Citus refuses DDL on them there unless told it is local
+    IF prepay._citus_group() <> 0 THEN
+        PERFORM pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true);
+    END IF;
+
     -- policies without sub-SELECTs
     FOR p IN
         SELECT c.oid::regclass AS rel, pol.polname, pol.polcmd, pg_catalog.pg_get_expr(pol.polqual, pol.polrelid) AS qual
@@ -174,12 +180,19 @@ BEGIN
     -- functions that read the site's own rows (or the caller's mappings) from
     -- inside a statement Citus runs on a shard: Citus refuses such nested
     -- statements unless told they are safe, which they are (the rows of one
-    -- site, or the small mapping tables)
+    -- site, whose shards are on the same worker, or the small mapping
+    -- tables).  The second line: the helpers that reports, bills and the
+    -- periodic run call per row of a site's table (a site's local day, an
+    -- account's days open, a charge's service time, ...)
     FOR f IN
         SELECT pr.oid::regprocedure AS sig FROM pg_catalog.pg_proc pr
          WHERE pr.pronamespace = 'prepay'::pg_catalog.regnamespace
            AND pr.proname IN ('_rate', '_rate_many', '_my_sites', '_my_accounts', '_my_agents', '_reading_sites',
-                              '_my_roles', '_mapping_role', '_authenticated_claims', '_claimed_accounts')
+                              '_my_roles', '_mapping_role', '_authenticated_claims', '_claimed_accounts',
+                              '_local_day', '_local_start', '_days_open', '_is_charge', '_service_at', '_rule_name',
+                              'allowance_left', 'meter_register_at', 'account_consumption', 'max_demand',
+                              '_charged_exact', '_basic_accrued', '_notify_language', '_notify_values',
+                              '_command_moot', '_command_impossible', 'explain_charge')
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET citus.allow_nested_distributed_execution = on', f.sig);
     END LOOP;
@@ -200,10 +213,106 @@ END $$;
 COMMENT ON FUNCTION prepay._prepare_distribution() IS
 'Internal: the schema changes Citus needs, on this node (prepay.distribute() runs it on every node): policies without sub-SELECTs, site.name no longer unique, profile_register''s key without ON UPDATE CASCADE, the node''s own id range of every bigint sequence.  Idempotent.';
 
+-- ids in blocks of 2^48: a node draws each bigint id from a block of its
+-- own (at first its group id's, prepay._prepare_distribution); a block
+-- above every id drawn so far is what keeps a site's ids increasing when
+-- its shards move to another node (prepay.move_site)
+CREATE FUNCTION prepay._max_id_block() RETURNS bigint
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(max(s.last_value >> 48), 0) FROM pg_catalog.pg_sequences s
+     WHERE s.schemaname = 'prepay' AND s.data_type = 'bigint'::pg_catalog.regtype
+$$;
+COMMENT ON FUNCTION prepay._max_id_block() IS 'Internal: the highest id block (id >> 48) any prepay bigint sequence of this node has drawn from.';
+
+CREATE FUNCTION prepay._id_block_at_least(p_block bigint) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN
+        SELECT pg_catalog.format('%I.%I', q.schemaname, q.sequencename) AS seq, q.last_value
+          FROM pg_catalog.pg_sequences q
+         WHERE q.schemaname = 'prepay' AND q.data_type = 'bigint'::pg_catalog.regtype
+    LOOP
+        IF coalesce(s.last_value, 0) < (p_block << 48) THEN
+            PERFORM pg_catalog.setval(s.seq::pg_catalog.regclass, p_block << 48);
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._id_block_at_least(bigint) IS 'Internal: move every prepay bigint sequence of this node below id block p_block (ids p_block x 2^48 upwards) up to the start of that block.';
+
+CREATE FUNCTION prepay._cluster_id_block() RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b bigint;
+BEGIN
+    EXECUTE 'SELECT pg_catalog.max(result::bigint) FROM pg_catalog.run_command_on_workers(''SELECT prepay._max_id_block()'') WHERE success'
+       INTO b;
+    RETURN greatest(coalesce(b, 0), prepay._max_id_block());
+END $$;
+COMMENT ON FUNCTION prepay._cluster_id_block() IS 'Internal: on the Citus coordinator, the highest id block any node has drawn from.';
+
+CREATE FUNCTION prepay.move_site(p_site_id integer, p_node_name text, p_node_port integer)
+RETURNS TABLE (site_id integer, from_node text, to_node text, id_block bigint)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shard bigint;
+    src record;
+    target integer;
+    block bigint;
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        PERFORM prepay._raise('42501', 'permission denied: prepay.move_site needs a superuser',
+            pg_catalog.format('Role %s is not a superuser.', current_user),
+            'Connect to the Citus coordinator as a superuser and call it again.');
+    END IF;
+    IF NOT prepay._distributed() THEN
+        PERFORM prepay._raise('55000', 'prepay is not distributed',
+            'prepay.move_site moves a site''s shards between Citus workers; this database runs prepay on one node.',
+            'Distribute first (prepay.distribute(), docs/SCALE-OUT.md).');
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM prepay.site s WHERE s.site_id = p_site_id) THEN
+        PERFORM prepay._raise('PY007', 'unknown site', pg_catalog.format('There is no site %s.', p_site_id), NULL);
+    END IF;
+    EXECUTE 'SELECT groupid FROM pg_catalog.pg_dist_node WHERE nodename = $1 AND nodeport = $2 AND isactive AND noderole = ''primary'''
+       INTO target USING p_node_name, p_node_port;
+    IF target IS NULL THEN
+        PERFORM prepay._raise('22023', 'unknown worker',
+            pg_catalog.format('No active primary node %s:%s in pg_dist_node.', p_node_name, p_node_port),
+            'Add it first (citus_add_node), then call prepay.distribute() again.');
+    END IF;
+    EXECUTE 'SELECT pg_catalog.get_shard_id_for_distribution_column(''prepay.site'', $1)' INTO shard USING p_site_id;
+    EXECUTE 'SELECT nodename, nodeport FROM pg_catalog.pg_dist_shard_placement WHERE shardid = $1' INTO src USING shard;
+    site_id := p_site_id;
+    from_node := src.nodename || ':' || src.nodeport;
+    to_node := p_node_name || ':' || p_node_port;
+    IF src.nodename = p_node_name AND src.nodeport = p_node_port THEN
+        id_block := NULL;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- first the target onto a block above every id drawn anywhere: the
+    -- source keeps drawing below it until the move completes, the target
+    -- draws above it from then on
+    block := prepay._cluster_id_block() + 1;
+    EXECUTE pg_catalog.format('SELECT pg_catalog.bool_and(success) FROM pg_catalog.run_command_on_workers(%L)',
+        pg_catalog.format('SELECT prepay._id_block_at_least(%s) WHERE prepay._citus_group() = %s', block, target));
+    -- then the site's shard group (every table of the site), writes to it
+    -- blocked while it is copied
+    EXECUTE 'SELECT pg_catalog.citus_move_shard_placement($1, $2, $3, $4, $5, shard_transfer_mode => ''block_writes'')'
+      USING shard, src.nodename, src.nodeport, p_node_name, p_node_port;
+    id_block := block;
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION prepay.move_site(integer, text, integer) IS
+'On a Citus coordinator: move a site''s shard group (every table of the site, and the sites sharing its shards) to another worker, keeping the site''s ids increasing in the order its rows are written: the target first draws from an id block above every id drawn so far.  Writes to the shard group wait while it is copied.  Returns the site, the nodes and the target''s new id block.  42501 for a non-superuser, 55000 when not distributed, PY007 unknown site, 22023 unknown worker.  docs/SCALE-OUT.md.';
+
 CREATE FUNCTION prepay.distribute() RETURNS TABLE (table_name regclass, distribution text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t record;
+    block bigint;
+    failed text;
 BEGIN
     IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
         PERFORM prepay._raise('42501', 'permission denied: prepay.distribute needs a superuser',
@@ -239,6 +348,26 @@ BEGIN
             FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('command_id', 'prepay.command_id_seq');
         CREATE TRIGGER redraw_notification_id BEFORE INSERT ON prepay.notification
             FOR EACH ROW EXECUTE FUNCTION prepay._redraw_id('notification_id', 'prepay.notification_id_seq');
+    ELSE
+        -- again, after adding workers: the schema changes on the new ones
+        -- (idempotent on the others), then every worker on an id block of its
+        -- own above every id drawn so far (a new worker's own range may be one
+        -- that prepay.move_site gave another)
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+        EXECUTE 'SELECT pg_catalog.string_agg(nodename || '':'' || nodeport || '': '' || result, ''; '') FILTER (WHERE NOT success)
+                   FROM pg_catalog.run_command_on_workers(''SELECT prepay._prepare_distribution()'')' INTO failed;
+        IF failed IS NULL THEN
+            block := prepay._cluster_id_block();
+            EXECUTE pg_catalog.format('SELECT pg_catalog.string_agg(nodename || '':'' || nodeport || '': '' || result, ''; '') FILTER (WHERE NOT success)
+                                         FROM pg_catalog.run_command_on_workers(%L)',
+                pg_catalog.format('SELECT prepay._id_block_at_least(%s + prepay._citus_group())', block)) INTO failed;
+        END IF;
+        IF failed IS NOT NULL THEN
+            PERFORM prepay._raise('55000', 'a worker could not be prepared for prepay', failed,
+                'Check that prepay is installed on every worker (the same version), then call prepay.distribute() again.');
+        END IF;
+        -- the mapping tables on every worker (a move needs them on its target)
+        EXECUTE 'SELECT pg_catalog.replicate_reference_tables(shard_transfer_mode => ''block_writes'')';
     END IF;
     RETURN QUERY EXECUTE
         'SELECT p.logicalrelid::pg_catalog.regclass,
@@ -248,4 +377,4 @@ BEGIN
           WHERE c.relnamespace = ''prepay''::pg_catalog.regnamespace ORDER BY 1::pg_catalog.text';
 END $$;
 COMMENT ON FUNCTION prepay.distribute() IS
-'On a Citus coordinator, after CREATE EXTENSION prepay: distribute every table of schema prepay by site_id in one colocation group with prepay.site (the schema changes Citus needs are made on every node first, see sql/distribute.sql), and list the distributed tables.  Run again, it changes nothing and lists them.  55000 without Citus, 42501 for a non-superuser.  docs/SCALE-OUT.md.';
+'On a Citus coordinator, after CREATE EXTENSION prepay: distribute every table of schema prepay by site_id in one colocation group with prepay.site (the schema changes Citus needs are made on every node first, see sql/distribute.sql), and list the distributed tables.  Run again (after citus_add_node), it makes the schema changes on new workers, moves every worker''s ids to a block of its own above every id drawn so far, and lists the tables.  55000 without Citus, 42501 for a non-superuser.  docs/SCALE-OUT.md.';

@@ -258,11 +258,13 @@ COMMENT ON FUNCTION prepay._notify_money(numeric, text, text) IS
 'An amount as a message shows it: two decimals and the currency (12.50 CNY; in Chinese 12.50元 for CNY).  Exact: no floating point.';
 
 CREATE FUNCTION prepay._notify_language(p_site_id integer, p_account_id bigint)
-RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS text LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT coalesce((SELECT l.language FROM prepay.account_language l
                       WHERE l.site_id = p_site_id AND l.account_id = p_account_id),
-                    (SELECT s.language FROM prepay.notify_site s WHERE s.site_id = p_site_id), 'en')
-$$;
+                    (SELECT s.language FROM prepay.notify_site s WHERE s.site_id = p_site_id), 'en'));
+END $$;
 COMMENT ON FUNCTION prepay._notify_language(integer, bigint) IS 'The language an account is written to in: prepay.account_language, else the site''s, else en.';
 
 CREATE FUNCTION prepay._notify_text(p_site_id integer, p_template text, p_language text, p_values jsonb,
@@ -287,14 +289,16 @@ COMMENT ON FUNCTION prepay._notify_text(integer, text, text, jsonb) IS
 
 CREATE FUNCTION prepay._notify_values(p_site_id integer, p_account_id bigint, p_language text, p_balance numeric,
                                       p_amount numeric DEFAULT NULL, p_extra jsonb DEFAULT '{}')
-RETURNS jsonb LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT pg_catalog.jsonb_build_object(
                'site', s.name, 'account', a.code, 'name', a.name,
                'balance', prepay._notify_money(p_balance, s.currency, p_language),
                'amount', prepay._notify_money(p_amount, s.currency, p_language)) || p_extra
       FROM prepay.site s JOIN prepay.account a ON a.site_id = s.site_id
-     WHERE s.site_id = p_site_id AND a.account_id = p_account_id
-$$;
+     WHERE s.site_id = p_site_id AND a.account_id = p_account_id);
+END $$;
 COMMENT ON FUNCTION prepay._notify_values(integer, bigint, text, numeric, numeric, jsonb) IS
 'Internal: the placeholder values of a message to an account (site, account, name, balance, amount in the site''s currency) plus p_extra.';
 
@@ -507,7 +511,10 @@ CREATE FUNCTION prepay._delivery_request(p_site_id integer, p_notification_id bi
 RETURNS TABLE (idempotency_key text, created_epoch numeric, url text, method text, headers text,
                body text, secret text, username text, mail_from text, mail_to text, timeout_s integer,
                ca_certificate text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT k.key, pg_catalog.date_part('epoch', n.created_at)::numeric,
            CASE c.channel WHEN 'sms' THEN prepay._sms_fill(c.url, n.phone, n.message, k.key, x.secret) ELSE c.url END,
            CASE c.channel WHEN 'email' THEN c.smtp_tls WHEN 'webhook' THEN 'POST' ELSE c.method END,
@@ -537,8 +544,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       JOIN prepay.notify_channel c ON c.site_id = n.site_id AND c.channel = p_channel
       LEFT JOIN prepay.notify_secret x ON x.site_id = c.site_id AND x.channel = c.channel
      CROSS JOIN LATERAL (SELECT pg_catalog.format('prepay-%s-%s-%s', n.site_id, n.notification_id, p_channel) AS key) k
-     WHERE n.site_id = p_site_id AND n.notification_id = p_notification_id
-$$;
+     WHERE n.site_id = p_site_id AND n.notification_id = p_notification_id;
+END $$;
 COMMENT ON FUNCTION prepay._delivery_request(integer, bigint, text) IS
 'Internal: what the agent sends for a delivery: the idempotency key (prepay-<site>-<notification>-<channel>), the creation time, and per channel the URL, method (for email the TLS mode), headers, body (webhook: the JSON document; sms: the filled template; email: the message), the secret (webhook HMAC key, SMTP password), SMTP login and addresses, the request timeout, and the certificate authorities the server must chain to (NULL: the system''s).  Reads the secrets: callable with effect only by their readers.';
 

@@ -233,7 +233,10 @@ COMMENT ON FUNCTION prepay._entry_parts(numeric, json, text) IS
 CREATE FUNCTION prepay.energy_from_ledger(p_site_id integer, p_from date, p_to date)
 RETURNS TABLE (site_id integer, meter_id bigint, day date, account_id bigint, period text, tier integer,
                energy numeric, cost numeric, charged numeric, charges bigint)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     -- x is prepay._entry_parts(l.amount, prepay._pricing_record(l.pieces, c.tariff_id, ..., l.exact_charge),
     -- s.time_zone) written out:
     -- a call per entry would cost a search_path save and restore and no
@@ -273,8 +276,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
        AND l.read_to > p_from::timestamp AT TIME ZONE s.time_zone
        AND l.read_from < p_to::timestamp AT TIME ZONE s.time_zone
        AND x.day >= p_from AND x.day < p_to
-     GROUP BY l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier
-$$;
+     GROUP BY l.site_id, l.meter_id, x.day, l.account_id, x.period, x.tier;
+END $$;
 COMMENT ON FUNCTION prepay.energy_from_ledger(integer, date, date) IS
 'The rows of prepay.energy_day for local days [from, to), computed from the ledger''s consumption entries and their pricing records instead of the rollup: the reference the rollups are tested against, and the "raw" side of the reports benchmark.';
 
@@ -884,7 +887,8 @@ COMMENT ON FUNCTION prepay.balance_forecast_at(integer, timestamptz, interval) I
 'Balance forecast of every open account of a site as seen at p_at: the recent consumption rate of each active meter (energy_day over the site''s forecast_window, from the first day with consumption in it, up to its last reading), the next 48 hours at that rate priced with the meter''s tariff as it stands (time of use, tiers, scheduled price changes), and the instant the available money (balance + credit limit) runs out (beyond 48 hours extrapolated), then the predicted cut: after any no-cut window, never for keep-power, the queued trip''s time for an account already in arrears.  With p_within only accounts whose rough runway is within 4 x p_within are priced (the others get the recent-average estimate).  A meter''s rate needs a minute of consumption since the account opened; an account without a usable rate (or with money for more than 100 years) gets status no forecast and NULL run_out_at and cut_at, never an error, so one degenerate account cannot break the forecast of the others.';
 
 CREATE VIEW prepay.balance_forecast AS
-SELECT f.* FROM prepay.site s CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
+SELECT f.* FROM (SELECT s.site_id FROM prepay.site s OFFSET 0) s   -- the sites first: on Citus the function then runs on the coordinator
+ CROSS JOIN LATERAL prepay.balance_forecast_at(s.site_id, pg_catalog.now()) AS f;
 COMMENT ON VIEW prepay.balance_forecast IS 'Balance forecast of every open account now: expected run-out time from recent consumption and the active tariff, and the predicted cut.';
 
 CREATE FUNCTION prepay.cut_forecast(p_site_id integer, p_horizon interval DEFAULT '24 hours',
@@ -904,7 +908,8 @@ COMMENT ON FUNCTION prepay.cut_forecast(integer, interval, timestamptz) IS
 'Who will be cut within p_horizon (default the next 24 hours) and why: accounts whose predicted cut (after no-cut windows) or queued trip falls in the horizon, plus keep-power accounts that reach arrears in it (will_be_cut false).';
 
 CREATE VIEW prepay.cuts_next_24h AS
-SELECT c.* FROM prepay.site s CROSS JOIN LATERAL prepay.cut_forecast(s.site_id) AS c;
+SELECT c.* FROM (SELECT s.site_id FROM prepay.site s OFFSET 0) s   -- the sites first: on Citus the function then runs on the coordinator
+ CROSS JOIN LATERAL prepay.cut_forecast(s.site_id) AS c;
 COMMENT ON VIEW prepay.cuts_next_24h IS 'Who will be cut in the next 24 hours and why, every site.';
 
 CREATE SEQUENCE prepay.cut_reminder_id_seq;
@@ -933,38 +938,50 @@ COMMENT ON COLUMN prepay.cut_reminder.sent_at IS 'When the reminder was written.
 CREATE FUNCTION prepay.send_cut_reminders(p_site_id integer DEFAULT NULL, p_at timestamptz DEFAULT pg_catalog.now())
 RETURNS integer LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    r record;
+    sites integer[];
+    leads interval[];
+    accounts bigint[];
+    cuts timestamptz[];
+    funded bigint;
+    reminder bigint;
+    note bigint;
     n integer := 0;
 BEGIN
-    FOR r IN
-        WITH due AS (
-            SELECT s.site_id, s.currency, s.time_zone, c.account_id, c.cut_at, c.balance
-              FROM prepay.site s
-             CROSS JOIN LATERAL prepay.cut_forecast(s.site_id, s.cut_reminder_lead, p_at) AS c
-             WHERE (p_site_id IS NULL OR s.site_id = p_site_id) AND c.will_be_cut
-        ), keyed AS (
-            SELECT d.*, coalesce((SELECT l.entry_id FROM prepay.ledger l
-                                   WHERE l.site_id = d.site_id AND l.account_id = d.account_id AND l.amount > 0
-                                   ORDER BY l.entry_id DESC LIMIT 1), 0) AS funded_by
-              FROM due d
-        )
-        INSERT INTO prepay.cut_reminder (site_id, account_id, funded_by_entry, predicted_cut, notification_id, sent_at)
-        SELECT k.site_id, k.account_id, k.funded_by, k.cut_at, pg_catalog.nextval('prepay.notification_id_seq'), p_at
-          FROM keyed k
-        ON CONFLICT (site_id, account_id, funded_by_entry) DO NOTHING
-        RETURNING cut_reminder.site_id, cut_reminder.account_id, cut_reminder.predicted_cut, cut_reminder.notification_id
-    LOOP
-        INSERT INTO prepay.notification (site_id, notification_id, account_id, kind, alarm_level, balance, phone, email,
-                                         message, created_at)
-        SELECT a.site_id, r.notification_id, a.account_id, 'cut_reminder', a.alarm_level, a.balance, a.phone, a.email,
-               pg_catalog.format('Account %s: supply will be cut at about %s (balance %s %s). Please recharge now.',
-                                 a.code, pg_catalog.to_char(r.predicted_cut AT TIME ZONE s.time_zone, 'YYYY-MM-DD HH24:MI'),
-                                 a.balance, s.currency),
-               p_at
-          FROM prepay.account a JOIN prepay.site s ON s.site_id = a.site_id
-         WHERE a.site_id = r.site_id AND a.account_id = r.account_id;
-        PERFORM pg_catalog.pg_notify('prepay_notification', r.site_id || '/' || r.notification_id);
-        n := n + 1;
+    -- site by site and account by account, each statement about one site:
+    -- on Citus each goes to the site's shard
+    SELECT pg_catalog.array_agg(s.site_id ORDER BY s.site_id), pg_catalog.array_agg(s.cut_reminder_lead ORDER BY s.site_id)
+      INTO sites, leads
+      FROM prepay.site s WHERE p_site_id IS NULL OR s.site_id = p_site_id;
+    FOR i IN 1 .. coalesce(cardinality(sites), 0) LOOP
+        SELECT pg_catalog.array_agg(c.account_id ORDER BY c.account_id), pg_catalog.array_agg(c.cut_at ORDER BY c.account_id)
+          INTO accounts, cuts
+          FROM prepay.cut_forecast(sites[i], leads[i], p_at) AS c
+         WHERE c.will_be_cut;
+        FOR j IN 1 .. coalesce(cardinality(accounts), 0) LOOP
+            -- once per account and the payment that funds it
+            funded := coalesce((SELECT l.entry_id FROM prepay.ledger l
+                                 WHERE l.site_id = sites[i] AND l.account_id = accounts[j] AND l.amount > 0
+                                 ORDER BY l.entry_id DESC LIMIT 1), 0);
+            reminder := NULL;
+            INSERT INTO prepay.cut_reminder (site_id, account_id, funded_by_entry, predicted_cut, notification_id, sent_at)
+            VALUES (sites[i], accounts[j], funded, cuts[j], 0, p_at)
+            ON CONFLICT (site_id, account_id, funded_by_entry) DO NOTHING
+            RETURNING reminder_id INTO reminder;
+            CONTINUE WHEN reminder IS NULL;
+            INSERT INTO prepay.notification (site_id, account_id, kind, alarm_level, balance, phone, email,
+                                             message, created_at)
+            SELECT a.site_id, a.account_id, 'cut_reminder', a.alarm_level, a.balance, a.phone, a.email,
+                   pg_catalog.format('Account %s: supply will be cut at about %s (balance %s %s). Please recharge now.',
+                                     a.code, pg_catalog.to_char(cuts[j] AT TIME ZONE s.time_zone, 'YYYY-MM-DD HH24:MI'),
+                                     a.balance, s.currency),
+                   p_at
+              FROM prepay.account a JOIN prepay.site s ON s.site_id = a.site_id
+             WHERE a.site_id = sites[i] AND s.site_id = sites[i] AND a.account_id = accounts[j]
+            RETURNING notification_id INTO note;
+            UPDATE prepay.cut_reminder SET notification_id = note WHERE site_id = sites[i] AND reminder_id = reminder;
+            PERFORM prepay._announce('prepay_notification', sites[i] || '/' || note);
+            n := n + 1;
+        END LOOP;
     END LOOP;
     RETURN n;
 END $$;
@@ -1014,14 +1031,17 @@ COMMENT ON TRIGGER meter_multiplier_change ON prepay.meter IS 'Logs multiplier c
 
 CREATE FUNCTION prepay.loss_jumps(p_site_id integer, p_min_points numeric DEFAULT 5)
 RETURNS TABLE (site_id integer, rule_id bigint, period_start date, loss_pct numeric, previous_pct numeric)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     SELECT x.site_id, x.rule_id, x.period_start, x.loss_pct, x.previous_pct
       FROM (SELECT l.site_id, l.rule_id, l.period_start, l.loss_pct,
                    pg_catalog.lag(l.loss_pct) OVER (PARTITION BY l.rule_id ORDER BY l.period_start) AS previous_pct
               FROM prepay.loss_period l WHERE l.site_id = p_site_id) AS x
      WHERE x.loss_pct - x.previous_pct >= p_min_points
-     ORDER BY x.period_start, x.rule_id
-$$;
+     ORDER BY x.period_start, x.rule_id;
+END $$;
 COMMENT ON FUNCTION prepay.loss_jumps(integer, numeric) IS
 'Loss periods of a site whose line-loss percentage rose by at least p_min_points percentage points (default 5) over the previous period of the same loss rule (prepay.loss_period, kept by periodic billing); empty when loss accounting is not installed.';
 
@@ -1029,76 +1049,85 @@ CREATE FUNCTION prepay.suspicious_consumption_at(p_site_id integer, p_at timesta
                                                  p_drop numeric DEFAULT 0.3)
 RETURNS TABLE (site_id integer, kind text, account_id bigint, account_code text, meter_id bigint, meter_code text,
                building text, floor text, room text, since timestamptz, recent numeric, usual numeric, detail text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH s AS (
-        SELECT st.site_id, st.time_zone, (p_at AT TIME ZONE st.time_zone)::date AS today
-          FROM prepay.site st WHERE st.site_id = p_site_id
-    ), w AS (
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    tz text;
+    today date;
+BEGIN
+    -- the site's time zone and day read first, and every table filtered by
+    -- p_site_id itself: on Citus each statement is one task on the site's shard
+    SELECT st.time_zone, (p_at AT TIME ZONE st.time_zone)::date INTO tz, today
+      FROM prepay.site st WHERE st.site_id = p_site_id;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH w AS (
         -- per attached meter: energy in the last p_days whole local days, and in the 4 x p_days before
         SELECT m.meter_id, m.code, m.building, m.floor, m.room, m.last_read_at, a.account_id, a.code AS account_code,
                a.opened_at,
-               coalesce(sum(e.energy) FILTER (WHERE e.day >= s.today - p_days), 0) AS recent,
-               coalesce(sum(e.energy) FILTER (WHERE e.day < s.today - p_days), 0) AS before,
+               coalesce(sum(e.energy) FILTER (WHERE e.day >= today - p_days), 0) AS recent,
+               coalesce(sum(e.energy) FILTER (WHERE e.day < today - p_days), 0) AS before,
                max(e.day) AS last_day
-          FROM s
-          JOIN prepay.account a ON a.site_id = s.site_id AND a.closed_at IS NULL
+          FROM prepay.account a
           JOIN prepay.meter m ON m.site_id = a.site_id AND m.account_id = a.account_id AND m.active
           LEFT JOIN prepay.energy_day e ON e.site_id = m.site_id AND e.meter_id = m.meter_id
-                                       AND e.account_id = a.account_id
-                                       AND e.day >= s.today - 5 * p_days AND e.day < s.today
+                                       AND e.account_id = a.account_id AND e.site_id = p_site_id
+                                       AND e.day >= today - 5 * p_days AND e.day < today
+         WHERE a.site_id = p_site_id AND m.site_id = p_site_id AND a.closed_at IS NULL
          GROUP BY m.site_id, m.meter_id, a.site_id, a.account_id
     )
     SELECT p_site_id, 'zero_use', w.account_id, w.account_code, w.meter_id, w.code, w.building, w.floor, w.room,
-           coalesce((w.last_day + 1)::timestamp, (s.today - p_days)::timestamp) AT TIME ZONE s.time_zone,
+           coalesce((w.last_day + 1)::timestamp, (today - p_days)::timestamp) AT TIME ZONE tz,
            0::numeric, round(w.before / (4 * p_days), 3),
            pg_catalog.format('no consumption charged in the last %s days although the account is open and the meter reports', p_days)
-      FROM w CROSS JOIN s
+      FROM w
      WHERE w.recent = 0 AND w.last_read_at >= p_at - interval '1 day'
-       AND w.opened_at <= (s.today - p_days)::timestamp AT TIME ZONE s.time_zone
+       AND w.opened_at <= (today - p_days)::timestamp AT TIME ZONE tz
     UNION ALL
     SELECT p_site_id, 'sudden_drop', w.account_id, w.account_code, w.meter_id, w.code, w.building, w.floor, w.room,
-           (s.today - p_days)::timestamp AT TIME ZONE s.time_zone,
+           (today - p_days)::timestamp AT TIME ZONE tz,
            round(w.recent / p_days, 3), round(w.before / (4 * p_days), 3),
            pg_catalog.format('%s per day in the last %s days against %s per day in the %s days before (below %s%%)',
                              round(w.recent / p_days, 3), p_days, round(w.before / (4 * p_days), 3), 4 * p_days,
                              round(p_drop * 100))
-      FROM w CROSS JOIN s
+      FROM w
      WHERE w.recent > 0 AND w.before / (4 * p_days) >= 1 AND w.recent / p_days < p_drop * w.before / (4 * p_days)
     UNION ALL
     SELECT p_site_id, 'reverse_energy', m.account_id, a.code, m.meter_id, m.code, m.building, m.floor, m.room,
            q.first_at, q.readings, NULL::numeric,
            pg_catalog.format('%s readings with the register going backwards since %s; last: %s',
-                             q.readings, pg_catalog.to_char(q.first_at AT TIME ZONE s.time_zone, 'YYYY-MM-DD HH24:MI'), q.last_detail)
-      FROM s
-      JOIN LATERAL (SELECT r.meter_id, count(*)::numeric AS readings, min(r.read_at) AS first_at,
-                           (array_agg(r.quarantine_detail ORDER BY r.read_at DESC))[1] AS last_detail
-                      FROM prepay.reading r
-                     WHERE r.site_id = s.site_id AND r.quarantine_reason = 'counter_backwards'
-                       AND r.read_at > p_at - 5 * p_days * interval '1 day' AND r.read_at <= p_at
-                     GROUP BY r.meter_id) AS q ON true
-      JOIN prepay.meter m ON m.site_id = s.site_id AND m.meter_id = q.meter_id
-      LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
+                             q.readings, pg_catalog.to_char(q.first_at AT TIME ZONE tz, 'YYYY-MM-DD HH24:MI'), q.last_detail)
+      FROM (SELECT r.meter_id, count(*)::numeric AS readings, min(r.read_at) AS first_at,
+                   (array_agg(r.quarantine_detail ORDER BY r.read_at DESC))[1] AS last_detail
+              FROM prepay.reading r
+             WHERE r.site_id = p_site_id AND r.quarantine_reason = 'counter_backwards'
+               AND r.read_at > p_at - 5 * p_days * interval '1 day' AND r.read_at <= p_at
+             GROUP BY r.meter_id) AS q
+      JOIN prepay.meter m ON m.site_id = p_site_id AND m.meter_id = q.meter_id
+      LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id AND a.site_id = p_site_id
     UNION ALL
     SELECT p_site_id, 'multiplier_changed', m.account_id, a.code, m.meter_id, m.code, m.building, m.floor, m.room,
            c.changed_at, c.new_multiplier, c.old_multiplier,
            pg_catalog.format('multiplier changed from %s to %s by %s', c.old_multiplier, c.new_multiplier, c.changed_by)
-      FROM s
-      JOIN prepay.multiplier_change c ON c.site_id = s.site_id
-                                     AND c.changed_at > p_at - 5 * p_days * interval '1 day' AND c.changed_at <= p_at
-      JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id
-      LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
-    UNION ALL
-    SELECT p_site_id, 'loss_jump', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           j.period_start::timestamp AT TIME ZONE s.time_zone, j.loss_pct, j.previous_pct,
+      FROM prepay.multiplier_change c
+      JOIN prepay.meter m ON m.site_id = c.site_id AND m.meter_id = c.meter_id AND m.site_id = p_site_id
+      LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id AND a.site_id = p_site_id
+     WHERE c.site_id = p_site_id AND c.changed_at > p_at - 5 * p_days * interval '1 day' AND c.changed_at <= p_at;
+    RETURN QUERY
+    SELECT p_site_id, 'loss_jump', NULL::bigint, NULL::text, NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::text,
+           j.period_start::timestamp AT TIME ZONE tz, j.loss_pct, j.previous_pct,
            pg_catalog.format('line loss of rule %s rose from %s%% to %s%%', j.rule_id, j.previous_pct, j.loss_pct)
-      FROM s CROSS JOIN LATERAL prepay.loss_jumps(s.site_id) AS j
-     WHERE j.period_start <= s.today
-$$;
+      FROM prepay.loss_jumps(p_site_id) AS j
+     WHERE j.period_start <= today;
+END $$;
 COMMENT ON FUNCTION prepay.suspicious_consumption_at(integer, timestamptz, integer, numeric) IS
 'Suspicious consumption of a site as seen at p_at: zero_use (an open account whose meter reports but charged nothing in the last p_days whole days), sudden_drop (its last p_days average below p_drop x the average of the 4 x p_days before, from at least 1 unit a day), reverse_energy (readings quarantined as counter_backwards in the last 5 x p_days days), multiplier_changed (in the last 5 x p_days days) and loss_jump (prepay.loss_jumps).  recent and usual are per-day energies (readings, new multiplier, loss % for the other kinds; see docs/REPORTS.md).';
 
 CREATE VIEW prepay.suspicious_consumption AS
-SELECT x.* FROM prepay.site s CROSS JOIN LATERAL prepay.suspicious_consumption_at(s.site_id, pg_catalog.now()) AS x;
+SELECT x.* FROM (SELECT s.site_id FROM prepay.site s OFFSET 0) s   -- the sites first: on Citus the function then runs on the coordinator
+ CROSS JOIN LATERAL prepay.suspicious_consumption_at(s.site_id, pg_catalog.now()) AS x;
 COMMENT ON VIEW prepay.suspicious_consumption IS 'Suspicious consumption now, every site: zero use while occupied, sudden drops, reverse energy, multiplier changes, line-loss jumps.';
 
 -- ---------------------------------------------------------------------

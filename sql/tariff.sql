@@ -190,12 +190,14 @@ COMMENT ON FUNCTION prepay.simulate_bill(integer, bigint, bigint, timestamptz, t
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._charged_exact(p_site_id integer, p_account_id bigint, p_entry prepay.ledger)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT p_entry.exact_charge + coalesce(sum((x->>'exact_delta')::numeric), 0)
       FROM prepay.ledger a, pg_catalog.json_array_elements(a.pieces->'rerate') AS x
      WHERE a.site_id = p_site_id AND a.account_id = p_account_id AND a.kind = 'adjustment'
-       AND (x->>'entry_id')::bigint = p_entry.entry_id
-$$;
+       AND (x->>'entry_id')::bigint = p_entry.entry_id);
+END $$;
 COMMENT ON FUNCTION prepay._charged_exact(integer, bigint, prepay.ledger) IS
 'Internal: the exact amount a consumption charge stands at now: its own exact charge plus every re-rating adjustment of it.';
 
@@ -289,7 +291,9 @@ COMMENT ON FUNCTION prepay.rerate(integer, bigint, timestamptz, timestamptz) IS
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay.max_demand(p_site_id integer, p_account_id bigint, p_from timestamptz, p_to timestamptz)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT coalesce(round(max(w.kw), 3), 0)
       FROM (SELECT sum(l.energy * extract(epoch FROM least(l.read_to, g + interval '15 minutes') - greatest(l.read_from, g))
                                 / extract(epoch FROM l.read_to - l.read_from)) * 4 AS kw
@@ -299,8 +303,8 @@ RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                        least(l.read_to, p_to) - interval '1 microsecond', interval '15 minutes') AS g
              WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'consumption'
                AND l.read_to > p_from AND l.read_from < p_to
-             GROUP BY g) AS w
-$$;
+             GROUP BY g) AS w);
+END $$;
 COMMENT ON FUNCTION prepay.max_demand(integer, bigint, timestamptz, timestamptz) IS
 'An account''s maximum demand in kW over [from, to): the largest consumption in any 15-minute window (aligned on from), times 4, with each charge''s energy spread uniformly over its interval.';
 
@@ -329,11 +333,13 @@ COMMENT ON FUNCTION prepay._basic_terms(prepay.account, timestamptz, timestamptz
 'Internal: the two-part basic charge of an account''s tariff version in force at p_version_at (NULL when it has none), its basis (contracted kVA, or the maximum 15-minute demand over [p_month_start, p_until)) and the monthly amount.  The daily accrual and the month''s settlement both use it.';
 
 CREATE FUNCTION prepay._basic_accrued(p_site_id integer, p_account_id bigint, p_month date)
-RETURNS numeric LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+RETURNS numeric LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
     SELECT coalesce(-sum(l.amount), 0) FROM prepay.ledger l
      WHERE l.site_id = p_site_id AND l.account_id = p_account_id AND l.kind = 'basic_charge'
-       AND l.channel = 'basic_charge' AND l.external_ref LIKE p_account_id || '/' || to_char(p_month, 'YYYY-MM') || '-%'
-$$;
+       AND l.channel = 'basic_charge' AND l.external_ref LIKE p_account_id || '/' || to_char(p_month, 'YYYY-MM') || '-%');
+END $$;
 COMMENT ON FUNCTION prepay._basic_accrued(integer, bigint, date) IS 'Internal: what the daily accruals of the month containing p_month have posted for an account.';
 
 CREATE FUNCTION prepay.accrue_basic_charges(p_site_id integer, p_day date)

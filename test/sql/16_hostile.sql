@@ -210,6 +210,8 @@ INSERT INTO regress.h_valid (fn, arg, expr) VALUES
     (NULL, 'p_run_at', $$'2027-02-01 00:00+00'$$),
     (NULL, 'p_definition', $$'{"price": 1}'$$),
     (NULL, 'p_schedules', $$'{}'$$),
+    (NULL, 'p_node_name', $$'worker.example'$$),
+    (NULL, 'p_node_port', '5432'),
     (NULL, 'p_notification_id', '(SELECT min(notification_id) FROM prepay.notification_delivery)'),
     (NULL, 'p_attempt', '1'),
     (NULL, 'p_status', '503'),

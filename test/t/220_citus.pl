@@ -33,22 +33,6 @@ plan skip_all => "Citus is not installed ($libdir/citus.so is missing): the dist
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;
 
-sub citus_node
-{
-	my ($name) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'citus'
-listen_addresses = '127.0.0.1'
-max_prepared_transactions = 20
-citus.log_remote_commands = off
-});
-	$node->start;
-	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
-	return $node;
-}
-
 my $coord = citus_node('coordinator');
 my @workers = (citus_node('worker1'), citus_node('worker2'));
 my $coord_port = $coord->port;

@@ -60,7 +60,7 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 
 our @EXPORT = qw(start_prepay_node wait_for metric served_history start_simulator start_agent stop_agent stored_readings
-  create_polled_site);
+  create_polled_site citus_node start_citus_cluster shard_port);
 
 my $top = $ENV{TESTDIR};
 
@@ -80,6 +80,46 @@ sub start_prepay_node
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION prepay');
 	return $node;
+}
+
+# a PostgreSQL node with Citus loaded and created in database postgres
+# (test/t/22x_citus*.pl), listening on loopback for the other nodes
+sub citus_node
+{
+	my ($name) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'citus'
+listen_addresses = '127.0.0.1'
+max_prepared_transactions = 20
+timezone = 'UTC'
+citus.log_remote_commands = off
+});
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
+	return $node;
+}
+
+# a coordinator and N workers, prepay created and distributed on the
+# coordinator: returns ($coordinator, @workers)
+sub start_citus_cluster
+{
+	my ($nworkers) = @_;
+	my $coord = citus_node('coordinator');
+	my @workers = map { citus_node("worker$_") } 1 .. $nworkers;
+	$coord->safe_psql('postgres', "SELECT citus_set_coordinator_host('127.0.0.1', " . $coord->port . ")");
+	$coord->safe_psql('postgres', "SELECT citus_add_node('127.0.0.1', " . $_->port . ")") for @workers;
+	$coord->safe_psql('postgres', 'CREATE EXTENSION prepay; SELECT count(*) FROM prepay.distribute()');
+	return ($coord, @workers);
+}
+
+# the port of the worker holding a site's shards
+sub shard_port
+{
+	my ($coord, $site) = @_;
+	return $coord->safe_psql('postgres',
+		"SELECT nodeport FROM pg_dist_shard_placement WHERE shardid = get_shard_id_for_distribution_column('prepay.site', $site)");
 }
 
 sub wait_for
