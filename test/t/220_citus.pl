@@ -25,10 +25,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use PrepayTest;
 
-my $libdir = `pg_config --pkglibdir`;
-chomp $libdir;
-plan skip_all => "Citus is not installed ($libdir/citus.so is missing): the distributed test is skipped"
-  unless -f "$libdir/citus.so";
+skip_unless_citus();
 
 my $top = $ENV{TESTDIR};
 my $tmp = PostgreSQL::Test::Utils::tempdir;

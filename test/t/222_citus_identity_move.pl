@@ -27,10 +27,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use PrepayTest;
 
-my $libdir = `pg_config --pkglibdir`;
-chomp $libdir;
-plan skip_all => "Citus is not installed ($libdir/citus.so is missing): the distributed test is skipped"
-  unless -f "$libdir/citus.so";
+skip_unless_citus();
 
 my ($coord, @workers) = start_citus_cluster(2);
 my $sql = sub { $coord->safe_psql('postgres', $_[0]) };

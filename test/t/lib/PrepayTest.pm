@@ -43,6 +43,12 @@
 #                            ddsy1352 meters G<g>U<u> (unit u of simulator
 #                            gateway g), each on its own account recharged
 #                            with 1000 (no trip)
+#   skip_unless_citus()      skip the whole test (plan skip_all) when Citus
+#                            is not installed in the server's lib dir
+#   start_citus_cluster(N)   a coordinator and N workers with Citus, prepay
+#                            created and distributed; returns ($coord, @workers)
+#   citus_node(NAME)         one node of it, Citus preloaded and created
+#   shard_port(COORD, SITE)  the port of the worker holding a site's shards
 #
 # Loading it also makes a test that dies or bails out leave nothing behind:
 # at exit, the test's own child processes (simulator, agent, socat, shell
@@ -60,7 +66,7 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 
 our @EXPORT = qw(start_prepay_node wait_for metric served_history start_simulator start_agent stop_agent stored_readings
-  create_polled_site citus_node start_citus_cluster shard_port);
+  create_polled_site skip_unless_citus citus_node start_citus_cluster shard_port);
 
 my $top = $ENV{TESTDIR};
 
@@ -99,6 +105,14 @@ citus.log_remote_commands = off
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
 	return $node;
+}
+
+sub skip_unless_citus
+{
+	my $libdir = `pg_config --pkglibdir`;
+	chomp $libdir;
+	plan skip_all => "Citus is not installed ($libdir/citus.so is missing): the distributed test is skipped"
+	  unless -f "$libdir/citus.so";
 }
 
 # a coordinator and N workers, prepay created and distributed on the
