@@ -132,6 +132,7 @@ RETURNS SETOF prepay.reading_partitions
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 DECLARE
     pm name := prepay._partman_schema();
+    months timestamptz[];
     m timestamptz;
     first_month timestamptz;
     t text;
@@ -156,7 +157,10 @@ BEGIN
         -- no reading comes in meanwhile: the months are cut out of the
         -- default partition and the table handed to pg_partman at once
         LOCK TABLE prepay.reading IN ACCESS EXCLUSIVE MODE;
-        FOR m IN SELECT DISTINCT pg_catalog.date_trunc('month', d.read_at) FROM prepay.reading_default d ORDER BY 1 LOOP
+        -- the months first: no query on the table stays open while it changes
+        SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_trunc('month', d.read_at)) INTO months
+          FROM prepay.reading_default d;
+        FOREACH m IN ARRAY coalesce(months, '{}') LOOP
             t := prepay._partition_name(m);
             EXECUTE pg_catalog.format('CREATE TABLE prepay.%I (LIKE prepay.reading INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
                                       'INCLUDING INDEXES INCLUDING STORAGE)', t);

@@ -233,12 +233,25 @@ foreach my $m ('02', '03', '04')
 is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), $all + 1, 'every archived reading is back');
 is($node->safe_psql('postgres', $outcome), $flat, 'and the installation says what it said before the archive');
 
+my $layout = q{SELECT string_agg(tableoid::regclass || ' ' || meter_id || ' ' || read_at || ' ' || coalesce(quarantine_reason::text, '-'), ', '
+                                 ORDER BY read_at, meter_id) FROM prepay.reading};
+
+# an installation that ran months in its default partition (as one
+# upgraded from 0.1) is partitioned later: its readings of four months move
+# to their partitions, where the other installation has them
+$node->safe_psql('flat', q{
+	CREATE SCHEMA partman;
+	CREATE EXTENSION pg_partman SCHEMA partman;
+	SELECT count(*) FROM prepay.partition_by_month();
+});
+is($node->safe_psql('flat', 'SELECT count(*) FROM prepay.reading_default'), '0', 'partitioned later: the default partition is emptied');
+is($node->safe_psql('flat', $layout), $node->safe_psql('postgres', $layout), 'and every reading is in its month, as on the other');
+is($node->safe_psql('flat', $outcome), $flat, 'nothing else changed');
+
 # ---------------------------------------------------------------------
 # pg_dump / pg_restore of the partitioned installation
 # ---------------------------------------------------------------------
 $node->safe_psql('postgres', 'SELECT prepay.maintain_partitions()');
-my $layout = q{SELECT string_agg(tableoid::regclass || ' ' || meter_id || ' ' || read_at || ' ' || coalesce(quarantine_reason::text, '-'), ', '
-                                 ORDER BY read_at, meter_id) FROM prepay.reading};
 my $dumped = $node->safe_psql('postgres', $layout);
 my $dump = $node->basedir . '/monthly.dump';
 $node->command_ok([ 'pg_dump', '-Fc', '-d', $node->connstr('postgres'), '-N', 'cron', '-f', $dump ], 'pg_dump of the partitioned installation');
