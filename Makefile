@@ -35,7 +35,7 @@ OBJS = \
 # order, one file per change, whose `--@ copy` lines stand for definitions
 # taken from the sources (docs/ARCHITECTURE.md, "Releases and upgrades").
 SQL_SOURCES = $(wildcard sql/prepay.sql sql/tariff.sql sql/agent.sql sql/billing.sql sql/bill.sql sql/batch.sql \
-	sql/reports.sql sql/integrity.sql sql/notify.sql sql/schedule.sql sql/api.sql sql/distribute.sql sql/security.sql)
+	sql/reports.sql sql/integrity.sql sql/notify.sql sql/partition.sql sql/schedule.sql sql/api.sql sql/distribute.sql sql/security.sql)
 UPGRADE_DIRS = $(wildcard sql/upgrade/*--*)
 UPGRADE_SCRIPTS = $(patsubst sql/upgrade/%,sql/$(EXTENSION)--%.sql,$(UPGRADE_DIRS))
 DATA_built = sql/$(EXTENSION)--$(EXTVERSION).sql $(UPGRADE_SCRIPTS)

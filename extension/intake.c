@@ -46,6 +46,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -139,8 +140,16 @@ intake_site_allowed(Relation rel, int32 site_id)
 static void
 load_writer_sites(Relation rel)
 {
+	Oid			relid = RelationGetRelid(rel);
+
+	/*
+	 * The trigger fires on the partition a row goes to; the policies are
+	 * those of the partitioned table, prepay.reading (a partition has none)
+	 */
+	if (rel->rd_rel->relispartition)
+		relid = llast_oid(get_partition_ancestors(relid));
 	writer_sites.valid = false;
-	writer_sites.filtered = check_enable_rls(RelationGetRelid(rel), InvalidOid, true) == RLS_ENABLED;
+	writer_sites.filtered = check_enable_rls(relid, InvalidOid, true) == RLS_ENABLED;
 	writer_sites.nsites = 0;
 	if (writer_sites.filtered)
 	{

@@ -334,7 +334,8 @@ BEGIN
         END LOOP;
         FOR t IN
             SELECT c.oid::regclass AS rel FROM pg_catalog.pg_class c
-             WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind = 'r' AND c.relname <> 'site'
+             WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p') AND c.relname <> 'site'
+               AND NOT c.relispartition    -- Citus distributes a partitioned table with its partitions
                AND NOT c.oid = ANY (prepay._mapping_tables())
              ORDER BY c.oid
         LOOP

@@ -21,7 +21,7 @@ BEGIN
         SELECT cl.oid::regclass AS rel, cl.relname, a.attname
           FROM pg_catalog.pg_attribute a
           JOIN pg_catalog.pg_class cl ON cl.oid = a.attrelid
-         WHERE cl.relnamespace = 'prepay'::pg_catalog.regnamespace AND cl.relkind IN ('r', 'p')
+         WHERE cl.relnamespace = 'prepay'::pg_catalog.regnamespace AND cl.relkind IN ('r', 'p') AND NOT cl.relispartition
            AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'pg_catalog.numeric'::pg_catalog.regtype
            AND cl.relname NOT IN ('reading', 'reading_intake', 'reading_refused')
          ORDER BY cl.relname, a.attnum

@@ -338,8 +338,8 @@ CREATE TABLE prepay.reading (
     quarantine_detail text,
     received_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (site_id, meter_id, read_at)
-);
-COMMENT ON TABLE prepay.reading IS 'Every reading received, exactly once per (meter, read_at): insert or COPY here and the rating trigger charges the consumption in the same transaction.  A duplicate is silently skipped.  A reading that cannot be rated is kept with a quarantine_reason and an alarm.  No foreign key: a reading of an unknown meter is kept, not refused.';
+) PARTITION BY RANGE (read_at);
+COMMENT ON TABLE prepay.reading IS 'Every reading received, exactly once per (meter, read_at): insert or COPY here and the rating trigger charges the consumption in the same transaction.  A duplicate is silently skipped.  A reading that cannot be rated is kept with a quarantine_reason and an alarm.  No foreign key: a reading of an unknown meter is kept, not refused.  Partitioned by range of read_at: one partition per UTC month once prepay.partition_by_month() ran (pg_partman creates them ahead), and the default partition prepay.reading_default for every reading no month partition takes; write to this table, never to a partition (a partition has no rating trigger: docs/OPERATIONS.md).';
 COMMENT ON COLUMN prepay.reading.site_id IS 'Site of the meter.';
 COMMENT ON COLUMN prepay.reading.meter_id IS 'Meter read.';
 COMMENT ON COLUMN prepay.reading.read_at IS 'When the meter was read.';
@@ -356,6 +356,12 @@ COMMENT ON COLUMN prepay.reading.received_at IS 'When the database received the 
 
 CREATE INDEX reading_quarantined ON prepay.reading (site_id, meter_id, read_at) WHERE quarantine_reason IS NOT NULL;
 COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings that were stored but not rated.';
+
+-- the default partition: every reading until prepay.partition_by_month()
+-- gives the months their own partitions (and then those of no month
+-- partition: far in the past or the future, or a month archived)
+CREATE TABLE prepay.reading_default PARTITION OF prepay.reading DEFAULT;
+COMMENT ON TABLE prepay.reading_default IS 'Default partition of prepay.reading: every reading of an installation not partitioned by month; once prepay.partition_by_month() ran, only readings no month partition takes (a time far off, or a month archived).  Read and write prepay.reading, not this table.';
 
 -- ---------------------------------------------------------------------
 -- the ledger
@@ -1565,7 +1571,7 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['site', 'no_cut_window', 'gateway', 'tariff', 'tariff_version', 'account',
-                             'meter', 'reading', 'reading_refused', 'reading_intake', 'ledger', 'command', 'alarm',
+                             'meter', 'reading', 'reading_default', 'reading_refused', 'reading_intake', 'ledger', 'command', 'alarm',
                              'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
                              'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',

@@ -41,7 +41,13 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
         ('prepay-fold', '* * * * *', 'SELECT prepay.fold_rollups()',
          'fold the energy rollups'' deltas, so that the report views stay fast (docs/REPORTS.md)'),
         ('prepay-cut-reminders', '*/5 * * * *', 'SELECT prepay.send_cut_reminders()',
-         'the reminder before a predicted cut, cut_reminder_lead ahead (docs/REPORTS.md)')
+         'the reminder before a predicted cut, cut_reminder_lead ahead (docs/REPORTS.md)'),
+        ('prepay-partitions', '17 * * * *', 'SELECT prepay.maintain_partitions()',
+         'pg_partman creates the monthly partitions of prepay.reading ahead of time, once prepay.partition_by_month() ran '
+         '(docs/OPERATIONS.md)'),
+        ('prepay-retention', '47 3 * * *', 'SELECT count(*) FROM prepay.archive_due_partitions()',
+         'archive to files, then drop, the month partitions of readings older than the sites'' reading_keep_months '
+         '(docs/OPERATIONS.md)')
 $$;
 COMMENT ON FUNCTION prepay.periodic_jobs() IS
 'The periodic jobs prepay needs: pg_cron job name, default schedule (cron format, the server''s time zone), the command, and what it is for.  prepay.schedule_jobs() registers exactly these.';
@@ -63,7 +69,7 @@ BEGIN
     END IF;
     IF NOT prepay._cron_installed() THEN
         PERFORM prepay._raise('55000', pg_catalog.format('pg_cron is not installed in database %s', pg_catalog.current_database()),
-            'prepay''s periodic jobs (the billing run, the batch runner, the rollup fold, the cut reminders) are '
+            'prepay''s periodic jobs (the billing run, the batch runner, the rollup fold, the cut reminders, partitions and retention) are '
             'scheduled with pg_cron; without them no fees are charged, no scheduled batch runs, no reminder is sent.',
             pg_catalog.format('Install postgresql-15-cron; in postgresql.conf set shared_preload_libraries = ''pg_cron'', '
                               'cron.database_name = %L and, on a server without TCP (listen_addresses = ''''), '

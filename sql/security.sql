@@ -878,6 +878,7 @@ BEGIN
                         WHERE a.attrelid = c.oid AND a.attname = 'account_id' AND NOT a.attisdropped) AS has_account
           FROM pg_catalog.pg_class c
          WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p')
+           AND NOT c.relispartition    -- a partition is reached through its table (its rights and policies)
          ORDER BY c.relname
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON TABLE %s FROM PUBLIC', t.rel);

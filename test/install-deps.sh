@@ -17,6 +17,7 @@ packages=(
 	curl                     # the demo and the agent benchmark talk to HTTP endpoints
 	perl libipc-run-perl     # prove and PostgreSQL::Test::Cluster (TAP tests)
 	postgresql-15-cron       # pg_cron: schedules the daily billing run and the batch runner
+	postgresql-15-partman    # pg_partman: creates the monthly partitions of prepay.reading ahead of time
 	openssl                  # test TLS certificates: the SCRAM/TLS role test, notification delivery over TLS (test/t/140, 191)
 	libcurl4-openssl-dev     # the agent's notification delivery: HTTP(S) and SMTP (agent/notify*.c)
 	libssl-dev               # the agent's webhook signatures (HMAC-SHA256)

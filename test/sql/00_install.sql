@@ -2,16 +2,17 @@
 -- is commented and every table is keyed by site_id first.
 SELECT extname, extversion FROM pg_extension WHERE extname = 'prepay';
 
--- every table, column, function, type, trigger, sequence and index has a COMMENT
+-- every table, column, function, type, trigger, sequence and index has a
+-- COMMENT (a partition's columns, indexes and row triggers are its table's)
 SELECT c.relname AS uncommented_relation
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'prepay' AND c.relkind IN ('r', 'S', 'v', 'i')
+ WHERE n.nspname = 'prepay' AND c.relkind IN ('r', 'S', 'v', 'i') AND NOT (c.relkind = 'i' AND c.relispartition)
    AND c.relname NOT LIKE '%_pkey' AND c.relname NOT LIKE '%_key'
    AND obj_description(c.oid, 'pg_class') IS NULL;
 SELECT c.relname, a.attname AS uncommented_column
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'prepay' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE n.nspname = 'prepay' AND c.relkind = 'r' AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
    AND col_description(c.oid, a.attnum) IS NULL;
 SELECT p.proname AS uncommented_function
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -22,7 +23,7 @@ SELECT t.typname AS uncommented_type
 SELECT c.relname, t.tgname AS uncommented_trigger
   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'prepay' AND NOT t.tgisinternal AND obj_description(t.oid, 'pg_trigger') IS NULL;
+ WHERE n.nspname = 'prepay' AND NOT t.tgisinternal AND t.tgparentid = 0 AND obj_description(t.oid, 'pg_trigger') IS NULL;
 
 -- every table carries site_id as the first column of its primary key; the
 -- two tables without a key (the rollup deltas, append-only with no index by
@@ -38,7 +39,7 @@ SELECT c.relname AS table_without_site_key
 -- refuses NaN (sql/integrity.sql)
 SELECT c.relname, a.attname AS numeric_column_taking_nan
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
- WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind = 'r'
+ WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind = 'r' AND NOT c.relispartition
    AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused')
    AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'numeric'::regtype
    AND NOT EXISTS (SELECT 1 FROM pg_constraint k

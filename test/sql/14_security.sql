@@ -372,7 +372,7 @@ SELECT kind, count(*) FROM prepay.ledger WHERE entry_id > :entry_mark GROUP BY k
 -- ---------------------------------------------------------------------
 SELECT c.relname AS table_without_forced_rls
   FROM pg_class c
- WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p')
+ WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
    AND NOT (c.relrowsecurity AND c.relforcerowsecurity
             AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'site_staff'))
    AND c.relname <> 'reading_intake';
@@ -419,9 +419,17 @@ SELECT c.relname AS truncatable_by_a_role, r
                                 'prepay_tenant', 'prepay_agent']) AS r
  WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p')
    AND has_table_privilege(r, c.oid, 'TRUNCATE');
+-- a partition (of prepay.reading) is reached only through its table, whose
+-- rights and policies apply: no role has any right on the partition itself
+SELECT c.relname AS partition_granted, r
+  FROM pg_class c, unnest(ARRAY['prepay_admin', 'prepay_operator', 'prepay_cashier', 'prepay_reader',
+                                'prepay_tenant', 'prepay_agent', 'public']) AS r
+ WHERE c.relnamespace = 'prepay'::regnamespace AND c.relispartition AND c.relkind IN ('r', 'p')
+   AND (has_table_privilege(r, c.oid, 'SELECT') OR has_table_privilege(r, c.oid, 'INSERT')
+        OR has_table_privilege(r, c.oid, 'UPDATE') OR has_table_privilege(r, c.oid, 'DELETE'));
 SELECT c.relname AS configuration_table_not_audited
   FROM pg_class c
- WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p')
+ WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
    AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused', 'ledger', 'charge_pricing', 'alarm', 'notification', 'audit',
                          -- derived by jobs, read-only for every role, kept with their inputs
                          'period_charge', 'apportionment', 'bill_line', 'bill_entry', 'bill_payment', 'batch_item',

@@ -147,6 +147,9 @@ UPDATE regress.h_value SET expr = format('(%s)::jsonb', expr) WHERE label = 'dee
 CREATE TABLE regress.h_valid (fn text, arg text, expr text);
 INSERT INTO regress.h_valid (fn, arg, expr) VALUES
     (NULL, 'p_site_id', '1'),
+    (NULL, 'p_directory', $$'/tmp'$$),
+    (NULL, 'p_premake', '4'),
+    (NULL, 'p_manifest', $$'/tmp/prepay.reading.2026-01.manifest.json'$$),
     (NULL, 'p_account_id', '1'),
     (NULL, 'p_meter_id', '1'),
     (NULL, 'p_old_meter_id', '1'),

@@ -69,14 +69,16 @@ like($err, qr/42501: permission denied: prepay.schedule_jobs needs a superuser/,
 is($node->safe_psql('postgres', q{SELECT count(*) FROM cron.job}), '0', 'and nothing was scheduled');
 
 # every minute, so that the test sees each job run
-my $every_minute = q{'{"prepay-daily": "* * * * *", "prepay-cut-reminders": "* * * * *"}'};
+my $every_minute = q{'{"prepay-daily": "* * * * *", "prepay-cut-reminders": "* * * * *", "prepay-partitions": "* * * * *", "prepay-retention": "* * * * *"}'};
 is($node->safe_psql('postgres', qq{SELECT string_agg(jobname || ' ' || schedule || ' ' || run_as || ' ' || state, ', ' ORDER BY jobname)
                                      FROM prepay.schedule_jobs($every_minute)}),
 	'prepay-batches * * * * * ' . $node->safe_psql('postgres', 'SELECT current_user') . ' scheduled, '
 	. 'prepay-cut-reminders * * * * * ' . $node->safe_psql('postgres', 'SELECT current_user') . ' scheduled, '
 	. 'prepay-daily * * * * * ' . $node->safe_psql('postgres', 'SELECT current_user') . ' scheduled, '
-	. 'prepay-fold * * * * * ' . $node->safe_psql('postgres', 'SELECT current_user') . ' scheduled',
-	'schedule_jobs registered the billing run, the batch runner, the fold and the reminders, to run as the caller');
+	. 'prepay-fold * * * * * ' . $node->safe_psql('postgres', 'SELECT current_user') . ' scheduled, '
+	. 'prepay-partitions * * * * * ' . $node->safe_psql('postgres', 'SELECT current_user') . ' scheduled, '
+	. 'prepay-retention * * * * * ' . $node->safe_psql('postgres', 'SELECT current_user') . ' scheduled',
+	'schedule_jobs registered the billing run, the batch runner, the fold, the reminders, partitions and retention, to run as the caller');
 my $ids = $node->safe_psql('postgres', q{SELECT string_agg(jobid::text, ',' ORDER BY jobid) FROM cron.job});
 $node->safe_psql('postgres', qq{SELECT count(*) FROM prepay.schedule_jobs($every_minute)});
 is($node->safe_psql('postgres', q{SELECT string_agg(jobid::text, ',' ORDER BY jobid) FROM cron.job}), $ids,
@@ -85,7 +87,7 @@ is($node->safe_psql('postgres', q{SELECT string_agg(jobid::text, ',' ORDER BY jo
 ok($node->poll_query_until('postgres', q{
 		SELECT count(DISTINCT j.jobname) FROM cron.job_run_details d JOIN cron.job j USING (jobid)
 		 WHERE d.status = 'succeeded'
-	}, '4'), 'pg_cron ran the four jobs')
+	}, '6'), 'pg_cron ran the six jobs')
   or diag($node->safe_psql('postgres', 'SELECT jobid, status, return_message FROM cron.job_run_details'));
 
 is($node->safe_psql('postgres', q{
@@ -106,7 +108,7 @@ is($node->safe_psql('postgres', q{
 # let at least one more scheduled run of each job happen: nothing more is charged
 my $runs = $node->safe_psql('postgres', q{SELECT count(*) FROM cron.job_run_details WHERE status = 'succeeded'});
 ok($node->poll_query_until('postgres',
-	qq{SELECT count(*) >= $runs + 4 FROM cron.job_run_details WHERE status = 'succeeded'}), 'pg_cron ran the jobs again');
+	qq{SELECT count(*) >= $runs + 6 FROM cron.job_run_details WHERE status = 'succeeded'}), 'pg_cron ran the jobs again');
 is($node->safe_psql('postgres', q{
 	SELECT count(*) || ' entries, balance ' || (SELECT balance FROM prepay.account WHERE account_id = 1)
 	  FROM prepay.ledger WHERE account_id = 1}),
@@ -116,18 +118,20 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM prepay.cut_reminder}), '1
 # the shown state: each job's last run succeeded
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(jobname || ' ' || last_status, ', ' ORDER BY jobname) FROM prepay.scheduled_jobs()}),
-	'prepay-batches succeeded, prepay-cut-reminders succeeded, prepay-daily succeeded, prepay-fold succeeded',
+	'prepay-batches succeeded, prepay-cut-reminders succeeded, prepay-daily succeeded, prepay-fold succeeded, '
+	. 'prepay-partitions succeeded, prepay-retention succeeded',
 	'scheduled_jobs shows every job\'s last run');
 
 # back to the default schedules: updated in place
 is($node->safe_psql('postgres', q{
 	SELECT string_agg(jobname || ' ' || schedule, ', ' ORDER BY jobname) FROM prepay.schedule_jobs()}),
-	'prepay-batches * * * * *, prepay-cut-reminders */5 * * * *, prepay-daily 5 * * * *, prepay-fold * * * * *',
+	'prepay-batches * * * * *, prepay-cut-reminders */5 * * * *, prepay-daily 5 * * * *, prepay-fold * * * * *, '
+	. 'prepay-partitions 17 * * * *, prepay-retention 47 3 * * *',
 	'a changed schedule is updated');
 is($node->safe_psql('postgres', q{SELECT string_agg(jobid::text, ',' ORDER BY jobid) FROM cron.job}), $ids,
 	'in place: still one job of each, the same ones');
 
-is($node->safe_psql('postgres', q{SELECT prepay.unschedule_jobs()}), '4', 'unschedule_jobs removed the four jobs');
+is($node->safe_psql('postgres', q{SELECT prepay.unschedule_jobs()}), '6', 'unschedule_jobs removed the six jobs');
 is($node->safe_psql('postgres', q{
 	SELECT (SELECT count(*) FROM cron.job) || ' jobs, ' || string_agg(DISTINCT state, ', ') FROM prepay.scheduled_jobs()}),
 	'0 jobs, not scheduled', 'none is left');

@@ -1,0 +1,168 @@
+-- sql/upgrade/0.1--0.2/80_reading_partitions.sql: prepay.reading partitioned by range of read_at (sql/prepay.sql), its rows kept in the default partition; per-site retention, archives, pg_partman months and the growth view (sql/partition.sql); the two jobs (sql/schedule.sql).
+
+-- ---------------------------------------------------------------------
+-- prepay.reading becomes a partitioned table: the 0.1 table's rows go to
+-- its default partition, unchanged and not rated again (a partition has
+-- no rating trigger, and the triggers are made after the copy)
+-- ---------------------------------------------------------------------
+ALTER TABLE prepay.reading RENAME TO reading_0_1;
+ALTER INDEX prepay.reading_pkey RENAME TO reading_0_1_pkey;
+ALTER INDEX prepay.reading_quarantined RENAME TO reading_0_1_quarantined;
+
+CREATE TABLE prepay.reading (
+    site_id           integer NOT NULL,
+    meter_id          bigint NOT NULL,
+    read_at           timestamptz NOT NULL,
+    energy            numeric(15,3),
+    sharp             numeric(15,3),
+    peak              numeric(15,3),
+    flat              numeric(15,3),
+    valley            numeric(15,3),
+    power             numeric(12,3),
+    relay_state       prepay.relay_state,
+    quarantine_reason prepay.quarantine_reason,
+    quarantine_detail text,
+    received_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (site_id, meter_id, read_at)
+) PARTITION BY RANGE (read_at);
+COMMENT ON TABLE prepay.reading IS 'Every reading received, exactly once per (meter, read_at): insert or COPY here and the rating trigger charges the consumption in the same transaction.  A duplicate is silently skipped.  A reading that cannot be rated is kept with a quarantine_reason and an alarm.  No foreign key: a reading of an unknown meter is kept, not refused.  Partitioned by range of read_at: one partition per UTC month once prepay.partition_by_month() ran (pg_partman creates them ahead), and the default partition prepay.reading_default for every reading no month partition takes; write to this table, never to a partition (a partition has no rating trigger: docs/OPERATIONS.md).';
+COMMENT ON COLUMN prepay.reading.site_id IS 'Site of the meter.';
+COMMENT ON COLUMN prepay.reading.meter_id IS 'Meter read.';
+COMMENT ON COLUMN prepay.reading.read_at IS 'When the meter was read.';
+COMMENT ON COLUMN prepay.reading.energy IS 'Cumulative total register (kWh or m3, before the multiplier).';
+COMMENT ON COLUMN prepay.reading.sharp IS 'Cumulative sharp (tip) TOU register, if the meter has one.';
+COMMENT ON COLUMN prepay.reading.peak IS 'Cumulative peak TOU register.';
+COMMENT ON COLUMN prepay.reading.flat IS 'Cumulative flat TOU register.';
+COMMENT ON COLUMN prepay.reading.valley IS 'Cumulative valley TOU register.';
+COMMENT ON COLUMN prepay.reading.power IS 'Active power at read_at, kW (informational).';
+COMMENT ON COLUMN prepay.reading.relay_state IS 'Relay state the meter reported, if read.';
+COMMENT ON COLUMN prepay.reading.quarantine_reason IS 'NULL when rated; otherwise why the reading was not charged.';
+COMMENT ON COLUMN prepay.reading.quarantine_detail IS 'Human explanation of the quarantine, with the values involved.';
+COMMENT ON COLUMN prepay.reading.received_at IS 'When the database received the reading.';
+
+CREATE INDEX reading_quarantined ON prepay.reading (site_id, meter_id, read_at) WHERE quarantine_reason IS NOT NULL;
+COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings that were stored but not rated.';
+
+CREATE TABLE prepay.reading_default PARTITION OF prepay.reading DEFAULT;
+COMMENT ON TABLE prepay.reading_default IS 'Default partition of prepay.reading: every reading of an installation not partitioned by month; once prepay.partition_by_month() ran, only readings no month partition takes (a time far off, or a month archived).  Read and write prepay.reading, not this table.';
+
+INSERT INTO prepay.reading_default (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state,
+                                    quarantine_reason, quarantine_detail, received_at)
+SELECT site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state,
+       quarantine_reason, quarantine_detail, received_at
+  FROM prepay.reading_0_1;
+
+-- every row is there, or the upgrade stops
+DO $$
+BEGIN
+    IF (SELECT pg_catalog.count(*) FROM prepay.reading_0_1) <> (SELECT pg_catalog.count(*) FROM prepay.reading) THEN
+        RAISE EXCEPTION 'prepay upgrade: the readings copied into the partitioned table do not match the 0.1 table';
+    END IF;
+END $$;
+-- pg_dump forgets the 0.1 table (a dropped table stays in the extension's
+-- list of tables to dump otherwise)
+UPDATE pg_catalog.pg_extension e
+   SET extconfig = k.config, extcondition = k.condition
+  FROM (SELECT pg_catalog.array_agg(u.config ORDER BY u.i) AS config, pg_catalog.array_agg(u.condition ORDER BY u.i) AS condition
+          FROM pg_catalog.pg_extension x,
+               ROWS FROM (pg_catalog.unnest(x.extconfig), pg_catalog.unnest(x.extcondition)) WITH ORDINALITY AS u (config, condition, i)
+         WHERE x.extname = 'prepay' AND u.config <> 'prepay.reading_0_1'::pg_catalog.regclass) AS k
+ WHERE e.extname = 'prepay';
+DROP TABLE prepay.reading_0_1;
+
+CREATE TRIGGER reading_skip_duplicate BEFORE INSERT ON prepay.reading
+    FOR EACH ROW EXECUTE FUNCTION prepay.reading_skip_duplicate();
+CREATE TRIGGER reading_rate_batch AFTER INSERT ON prepay.reading
+    REFERENCING NEW TABLE AS new_readings
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_rate_batch();
+--@ copy trigger reading_skip_duplicate ON prepay.reading
+--@ copy trigger reading_rate_batch ON prepay.reading
+
+-- rights and row security as sql/security.sql gives them (a partition has
+-- none of its own: it is reached through its table)
+REVOKE ALL ON TABLE prepay.reading FROM PUBLIC;
+GRANT SELECT, INSERT (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state) ON TABLE prepay.reading TO prepay_admin;
+GRANT SELECT, INSERT (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state) ON TABLE prepay.reading TO prepay_operator;
+GRANT SELECT ON TABLE prepay.reading TO prepay_reader;
+GRANT SELECT ON TABLE prepay.reading TO prepay_tenant;
+GRANT INSERT (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state) ON TABLE prepay.reading TO prepay_agent;
+ALTER TABLE prepay.reading ENABLE ROW LEVEL SECURITY;
+ALTER TABLE prepay.reading FORCE ROW LEVEL SECURITY;
+CREATE POLICY site_staff ON prepay.reading TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader
+    USING (site_id = ANY ((SELECT prepay._my_sites())::integer[])) WITH CHECK (site_id = ANY ((SELECT prepay._my_sites())::integer[]));
+COMMENT ON POLICY site_staff ON prepay.reading IS 'Administrators, operators, cashiers and readers see and change only the rows of the sites they are mapped to (prepay.site_access); their grants decide which changes.';
+CREATE POLICY reading_tenant ON prepay.reading FOR SELECT TO prepay_tenant USING (
+    EXISTS (SELECT 1 FROM prepay.meter m
+              JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
+             WHERE m.site_id = reading.site_id AND m.meter_id = reading.meter_id AND reading.read_at >= a.opened_at));
+COMMENT ON POLICY reading_tenant ON prepay.reading IS 'Tenants see the readings of the meters of their accounts since the account was opened (not the previous occupant''s).';
+CREATE POLICY agent_insert ON prepay.reading FOR INSERT TO prepay_agent
+    WITH CHECK (site_id IN (SELECT a.site_id FROM prepay._my_agents() a));
+COMMENT ON POLICY agent_insert ON prepay.reading IS 'An agent writes readings of the sites it is an agent of (of any meter there, so that a reading of a meter just moved is kept and quarantined, never refused).';
+
+SELECT pg_catalog.pg_extension_config_dump('prepay.reading', '');
+SELECT pg_catalog.pg_extension_config_dump('prepay.reading_default', '');
+
+-- ---------------------------------------------------------------------
+-- sql/partition.sql: retention per site, months, archives, growth
+-- ---------------------------------------------------------------------
+ALTER TABLE prepay.site ADD COLUMN reading_keep_months integer CHECK (reading_keep_months >= 1);
+COMMENT ON COLUMN prepay.site.reading_keep_months IS 'How many whole months of readings the database keeps after the month ends; older month partitions are archived to files and dropped by the retention job (docs/OPERATIONS.md), once every site with readings in them allows it.  NULL (the default): keep forever.  The ledger and everything else are never dropped by retention.';
+
+-- the audit trigger names every column of site (sql/security.sql)
+DO $$
+DECLARE
+    cols text;
+BEGIN
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols
+      FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid = 'prepay.site'::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped;
+    DROP TRIGGER audit ON prepay.site;
+    EXECUTE pg_catalog.format('CREATE TRIGGER audit AFTER INSERT OR DELETE OR UPDATE OF %s ON prepay.site '
+                              'FOR EACH ROW EXECUTE FUNCTION prepay._audit_row(''site_id'')', cols);
+    COMMENT ON TRIGGER audit ON prepay.site IS 'Every change of this table is written to the audit trail (prepay.audit), with the values before and after.';
+END $$;
+
+--@ copy function prepay._require_superuser
+--@ copy function prepay._partman_schema
+--@ copy function prepay._by_month
+--@ copy view prepay.reading_partitions
+ALTER VIEW prepay.reading_partitions SET (security_invoker = true);
+--@ copy function prepay._month_partition
+--@ copy function prepay._partition_name
+--@ copy function prepay._attach_month
+--@ copy function prepay.partition_by_month
+--@ copy function prepay.maintain_partitions
+--@ copy function prepay._archive_directory
+--@ copy function prepay._file_sha256
+--@ copy function prepay._rows_digest
+--@ copy function prepay.archive_reading_month
+--@ copy function prepay.restore_reading_archive
+--@ copy function prepay.archive_due_partitions
+--@ copy view prepay.table_growth
+ALTER VIEW prepay.table_growth SET (security_invoker = true);
+
+-- sql/schedule.sql: the jobs prepay-partitions and prepay-retention
+--@ copy function prepay.periodic_jobs
+--@ copy function prepay._cron_prerequisites
+
+-- rights as sql/security.sql gives every function and view
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'prepay'::pg_catalog.regnamespace
+           AND p.proname IN ('_require_superuser', '_partman_schema', '_by_month', '_month_partition', '_partition_name',
+                             '_attach_month', 'partition_by_month', 'maintain_partitions', '_archive_directory', '_file_sha256',
+                             '_rows_digest', 'archive_reading_month', 'restore_reading_archive', 'archive_due_partitions')
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON ROUTINE %s FROM PUBLIC', f);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON ROUTINE %s TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader, prepay_tenant, prepay_agent', f);
+    END LOOP;
+END $$;
+REVOKE ALL ON TABLE prepay.reading_partitions FROM PUBLIC;
+GRANT SELECT ON TABLE prepay.reading_partitions TO prepay_admin, prepay_operator, prepay_reader;
+REVOKE ALL ON TABLE prepay.table_growth FROM PUBLIC;
+GRANT SELECT ON TABLE prepay.table_growth TO prepay_admin, prepay_operator, prepay_reader;
