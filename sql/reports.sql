@@ -366,6 +366,66 @@ COMMENT ON FUNCTION prepay.fold_rollups(integer) IS
 -- the room status board
 -- ---------------------------------------------------------------------
 
+-- The board is written twice, keep the two the same: in the view (a view
+-- is parsed once, needs no search_path and is planned inside the caller's
+-- query, so a filter on site_id reaches the meter scan) and as the text
+-- room_status_at plans for each call with its actual site and instant (a
+-- SQL function with a pinned search_path is neither inlined nor planned
+-- for its arguments: it got a generic plan scanning energy_pending once per
+-- meter).
+CREATE VIEW prepay.room_status AS
+SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code AS meter_code, a.account_id, a.code AS account_code,
+       a.name AS account_name, a.balance::numeric AS balance, a.alarm_level,
+       CASE a.alarm_level WHEN 0 THEN 'green' WHEN 1 THEN 'yellow' WHEN 2 THEN 'orange' WHEN 3 THEN 'red' END AS alarm_colour,
+       m.relay_state, m.relay_state_at, m.protect OR coalesce(a.protect, false) AS protected,
+       m.lost_since IS NULL AND g.lost_since IS NULL AS online, least(m.lost_since, g.lost_since) AS lost_since,
+       (pg_catalog.now() AT TIME ZONE s.time_zone)::date AS today,
+       CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.energy, 0) END AS today_energy,
+       CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.cost, 0) END AS today_cost,
+       CASE WHEN a.account_id IS NOT NULL THEN coalesce(t.charged, 0) END AS today_charged,
+       m.last_read_at
+  FROM prepay.site s
+  JOIN prepay.meter m ON m.site_id = s.site_id AND m.active
+  LEFT JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
+  LEFT JOIN prepay.gateway g ON g.site_id = m.site_id AND g.gateway_id = m.gateway_id
+  -- today's rollup rows of the site (energy_day's two parts, read directly
+  -- so that the site and its local day reach the index) summed per meter
+  -- and account in one pass, not an aggregate per meter (energy_pending
+  -- has no index)
+  LEFT JOIN (SELECT e.site_id, e.meter_id, e.account_id,
+                    sum(e.energy) AS energy, sum(e.cost) AS cost, sum(e.charged) AS charged
+               FROM (SELECT f.site_id, f.meter_id, f.day, f.account_id, f.energy, f.cost, f.charged
+                       FROM prepay.energy_day_folded f
+                     UNION ALL
+                     SELECT p.site_id, p.meter_id, p.day, p.account_id, p.energy, p.cost, p.charged
+                       FROM prepay.energy_pending p) AS e
+               JOIN prepay.site x ON x.site_id = e.site_id AND e.day = (pg_catalog.now() AT TIME ZONE x.time_zone)::date
+              GROUP BY e.site_id, e.meter_id, e.account_id) AS t
+         ON t.site_id = m.site_id AND t.meter_id = m.meter_id AND t.account_id = m.account_id;
+COMMENT ON VIEW prepay.room_status IS 'Room status board: one row per active meter (room) with its account, balance, alarm colour, relay, online state and today''s usage.  Filter by site_id.';
+COMMENT ON COLUMN prepay.room_status.site_id IS 'Site.';
+COMMENT ON COLUMN prepay.room_status.building IS 'Building of the room.';
+COMMENT ON COLUMN prepay.room_status.floor IS 'Floor of the room.';
+COMMENT ON COLUMN prepay.room_status.room IS 'Room or shop number.';
+COMMENT ON COLUMN prepay.room_status.meter_id IS 'Meter of the room.';
+COMMENT ON COLUMN prepay.room_status.meter_code IS 'Meter number.';
+COMMENT ON COLUMN prepay.room_status.account_id IS 'Account the meter is attached to; NULL for a vacant room.';
+COMMENT ON COLUMN prepay.room_status.account_code IS 'Account number.';
+COMMENT ON COLUMN prepay.room_status.account_name IS 'Tenant name.';
+COMMENT ON COLUMN prepay.room_status.balance IS 'Wallet balance of the account.';
+COMMENT ON COLUMN prepay.room_status.alarm_level IS 'Alarm level: 0 none, 1 low balance, 2 pre-trip, 3 arrears.';
+COMMENT ON COLUMN prepay.room_status.alarm_colour IS 'The alarm level as a colour: green, yellow, orange, red.';
+COMMENT ON COLUMN prepay.room_status.relay_state IS 'Last known relay state (closed or tripped); NULL if never known.';
+COMMENT ON COLUMN prepay.room_status.relay_state_at IS 'When the relay state was learnt.';
+COMMENT ON COLUMN prepay.room_status.protected IS 'Keep-power on the meter or the account: never tripped.';
+COMMENT ON COLUMN prepay.room_status.online IS 'true unless the meter or its gateway is marked lost.';
+COMMENT ON COLUMN prepay.room_status.lost_since IS 'Since when the meter (or its gateway, whichever is earlier) has not answered; NULL when online.';
+COMMENT ON COLUMN prepay.room_status.today IS 'The site''s local date the today_* columns count.';
+COMMENT ON COLUMN prepay.room_status.today_energy IS 'Energy charged to the account on this meter today (local day), kWh or m3.';
+COMMENT ON COLUMN prepay.room_status.today_cost IS 'Exact cost of today''s energy.';
+COMMENT ON COLUMN prepay.room_status.today_charged IS 'Whole cents posted for this meter by charges whose interval starts today.';
+COMMENT ON COLUMN prepay.room_status.last_read_at IS 'Time of the meter''s last rated reading.';
+
 CREATE FUNCTION prepay.room_status_at(p_site_id integer, p_at timestamptz)
 RETURNS TABLE (site_id integer, building text, floor text, room text, meter_id bigint, meter_code text,
                account_id bigint, account_code text, account_name text, balance numeric, alarm_level smallint,
@@ -374,10 +434,7 @@ RETURNS TABLE (site_id integer, building text, floor text, room text, meter_id b
                today_charged numeric, last_read_at timestamptz)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    -- the board of site $1 at $2; today's rollup rows of the site
-    -- (energy_day's two parts, read directly so that the site and its local
-    -- day reach the index) summed per meter and account in one pass, not an
-    -- aggregate per meter (energy_pending has no index)
+    -- the view prepay.room_status at $2 instead of now(), for site $1
     RETURN QUERY EXECUTE $q$
     SELECT s.site_id, m.building, m.floor, m.room, m.meter_id, m.code, a.account_id, a.code, a.name, a.balance,
            a.alarm_level,
@@ -407,42 +464,6 @@ BEGIN
 END $f$;
 COMMENT ON FUNCTION prepay.room_status_at(integer, timestamptz) IS
 'The room status board of a site as seen at p_at (its local day is "today"): one row per active meter; prepay.room_status is the same at now() for every site.  Planned for each call with its arguments.';
-
--- The view reads the board of each site from room_status_at, which plans
--- the board's query for each call with its actual site and instant (a SQL
--- function with a pinned search_path is neither inlined nor planned for
--- its arguments: it got a generic plan scanning energy_pending once per
--- meter).  The view's site_id is the site table's, so that a filter on
--- site_id reaches the site scan and only that site's board is built.
-CREATE VIEW prepay.room_status AS
-SELECT s.site_id, r.building, r.floor, r.room, r.meter_id, r.meter_code, r.account_id, r.account_code,
-       r.account_name, r.balance, r.alarm_level, r.alarm_colour, r.relay_state, r.relay_state_at, r.protected,
-       r.online, r.lost_since, r.today, r.today_energy, r.today_cost, r.today_charged, r.last_read_at
-  FROM prepay.site s
- CROSS JOIN LATERAL prepay.room_status_at(s.site_id, pg_catalog.now()) AS r;
-COMMENT ON VIEW prepay.room_status IS 'Room status board: one row per active meter (room) with its account, balance, alarm colour, relay, online state and today''s usage.  Filter by site_id.';
-COMMENT ON COLUMN prepay.room_status.site_id IS 'Site.';
-COMMENT ON COLUMN prepay.room_status.building IS 'Building of the room.';
-COMMENT ON COLUMN prepay.room_status.floor IS 'Floor of the room.';
-COMMENT ON COLUMN prepay.room_status.room IS 'Room or shop number.';
-COMMENT ON COLUMN prepay.room_status.meter_id IS 'Meter of the room.';
-COMMENT ON COLUMN prepay.room_status.meter_code IS 'Meter number.';
-COMMENT ON COLUMN prepay.room_status.account_id IS 'Account the meter is attached to; NULL for a vacant room.';
-COMMENT ON COLUMN prepay.room_status.account_code IS 'Account number.';
-COMMENT ON COLUMN prepay.room_status.account_name IS 'Tenant name.';
-COMMENT ON COLUMN prepay.room_status.balance IS 'Wallet balance of the account.';
-COMMENT ON COLUMN prepay.room_status.alarm_level IS 'Alarm level: 0 none, 1 low balance, 2 pre-trip, 3 arrears.';
-COMMENT ON COLUMN prepay.room_status.alarm_colour IS 'The alarm level as a colour: green, yellow, orange, red.';
-COMMENT ON COLUMN prepay.room_status.relay_state IS 'Last known relay state (closed or tripped); NULL if never known.';
-COMMENT ON COLUMN prepay.room_status.relay_state_at IS 'When the relay state was learnt.';
-COMMENT ON COLUMN prepay.room_status.protected IS 'Keep-power on the meter or the account: never tripped.';
-COMMENT ON COLUMN prepay.room_status.online IS 'true unless the meter or its gateway is marked lost.';
-COMMENT ON COLUMN prepay.room_status.lost_since IS 'Since when the meter (or its gateway, whichever is earlier) has not answered; NULL when online.';
-COMMENT ON COLUMN prepay.room_status.today IS 'The site''s local date the today_* columns count.';
-COMMENT ON COLUMN prepay.room_status.today_energy IS 'Energy charged to the account on this meter today (local day), kWh or m3.';
-COMMENT ON COLUMN prepay.room_status.today_cost IS 'Exact cost of today''s energy.';
-COMMENT ON COLUMN prepay.room_status.today_charged IS 'Whole cents posted for this meter by charges whose interval starts today.';
-COMMENT ON COLUMN prepay.room_status.last_read_at IS 'Time of the meter''s last rated reading.';
 
 -- ---------------------------------------------------------------------
 -- energy reports

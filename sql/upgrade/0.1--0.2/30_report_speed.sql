@@ -5,9 +5,8 @@
 -- ---------------------------------------------------------------------
 -- A function with a SET clause is neither inlined nor planned for its
 -- arguments: energy_from_ledger writes _entry_parts (and _local_day) out,
--- room_status_at and balance_forecast_at plan per call (PL/pgSQL, RETURN
--- QUERY EXECUTE), the room_status view takes site_id from the site table
--- so that a filter on it reaches the site scan, and
+-- the room_status view holds the board's query, room_status_at and
+-- balance_forecast_at plan per call (PL/pgSQL, RETURN QUERY EXECUTE), and
 -- bill_arrears calls _local_day once per bill.  Their definitions are
 -- those of reports.sql and bill.sql (sql/upgrade/expand.pl);
 -- energy_from_ledger's is written by 70_ledger_compact.sql, after the
