@@ -117,7 +117,7 @@ like($err, qr/42501/, '... and cannot credit an account of the other site (42501
 # ---------------------------------------------------------------------
 my $w3 = citus_node('worker3');
 $sql->("SELECT citus_add_node('127.0.0.1', " . $w3->port . ")");
-is($sql->('SELECT count(*) FROM prepay.distribute()'), $sql->(q{SELECT count(*) FROM pg_class WHERE relnamespace = 'prepay'::regnamespace AND relkind = 'r'}),
+is($sql->('SELECT count(*) FROM prepay.distribute()'), $sql->(q{SELECT count(*) FROM pg_class WHERE relnamespace = 'prepay'::regnamespace AND relkind IN ('r', 'p')}),
 	'prepay.distribute() again after adding a worker');
 is($w3->safe_psql('postgres', q{SELECT count(*) FROM pg_constraint WHERE conname = 'site_name_key'}), 0,
 	'... the new worker has the distributed schema');
