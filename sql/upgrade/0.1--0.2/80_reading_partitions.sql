@@ -9,42 +9,9 @@ ALTER TABLE prepay.reading RENAME TO reading_0_1;
 ALTER INDEX prepay.reading_pkey RENAME TO reading_0_1_pkey;
 ALTER INDEX prepay.reading_quarantined RENAME TO reading_0_1_quarantined;
 
-CREATE TABLE prepay.reading (
-    site_id           integer NOT NULL,
-    meter_id          bigint NOT NULL,
-    read_at           timestamptz NOT NULL,
-    energy            numeric(15,3),
-    sharp             numeric(15,3),
-    peak              numeric(15,3),
-    flat              numeric(15,3),
-    valley            numeric(15,3),
-    power             numeric(12,3),
-    relay_state       prepay.relay_state,
-    quarantine_reason prepay.quarantine_reason,
-    quarantine_detail text,
-    received_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    PRIMARY KEY (site_id, meter_id, read_at)
-) PARTITION BY RANGE (read_at);
-COMMENT ON TABLE prepay.reading IS 'Every reading received, exactly once per (meter, read_at): insert or COPY here and the rating trigger charges the consumption in the same transaction.  A duplicate is silently skipped.  A reading that cannot be rated is kept with a quarantine_reason and an alarm.  No foreign key: a reading of an unknown meter is kept, not refused.  Partitioned by range of read_at: one partition per UTC month once prepay.partition_by_month() ran (pg_partman creates them ahead), and the default partition prepay.reading_default for every reading no month partition takes; write to this table, never to a partition (a partition has no rating trigger: docs/OPERATIONS.md).';
-COMMENT ON COLUMN prepay.reading.site_id IS 'Site of the meter.';
-COMMENT ON COLUMN prepay.reading.meter_id IS 'Meter read.';
-COMMENT ON COLUMN prepay.reading.read_at IS 'When the meter was read.';
-COMMENT ON COLUMN prepay.reading.energy IS 'Cumulative total register (kWh or m3, before the multiplier).';
-COMMENT ON COLUMN prepay.reading.sharp IS 'Cumulative sharp (tip) TOU register, if the meter has one.';
-COMMENT ON COLUMN prepay.reading.peak IS 'Cumulative peak TOU register.';
-COMMENT ON COLUMN prepay.reading.flat IS 'Cumulative flat TOU register.';
-COMMENT ON COLUMN prepay.reading.valley IS 'Cumulative valley TOU register.';
-COMMENT ON COLUMN prepay.reading.power IS 'Active power at read_at, kW (informational).';
-COMMENT ON COLUMN prepay.reading.relay_state IS 'Relay state the meter reported, if read.';
-COMMENT ON COLUMN prepay.reading.quarantine_reason IS 'NULL when rated; otherwise why the reading was not charged.';
-COMMENT ON COLUMN prepay.reading.quarantine_detail IS 'Human explanation of the quarantine, with the values involved.';
-COMMENT ON COLUMN prepay.reading.received_at IS 'When the database received the reading.';
-
-CREATE INDEX reading_quarantined ON prepay.reading (site_id, meter_id, read_at) WHERE quarantine_reason IS NOT NULL;
+--@ copy table prepay.reading
 COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings that were stored but not rated.';
-
-CREATE TABLE prepay.reading_default PARTITION OF prepay.reading DEFAULT;
-COMMENT ON TABLE prepay.reading_default IS 'Default partition of prepay.reading: every reading of an installation not partitioned by month; once prepay.partition_by_month() ran, only readings no month partition takes (a time far off, or a month archived).  Read and write prepay.reading, not this table.';
+--@ copy table prepay.reading_default
 
 INSERT INTO prepay.reading_default (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state,
                                     quarantine_reason, quarantine_detail, received_at)
