@@ -43,6 +43,11 @@
 #                            ddsy1352 meters G<g>U<u> (unit u of simulator
 #                            gateway g), each on its own account recharged
 #                            with 1000 (no trip)
+#   start_cron_node(NAME[, CONF])
+#                            a new node NAME with pg_cron preloaded for its
+#                            database postgres (background workers), plus
+#                            the postgresql.conf lines CONF; started, with
+#                            nothing created in it; returns the node
 #   skip_unless_citus()      skip the whole test (plan skip_all) when Citus
 #                            is not installed in the server's lib dir
 #   start_citus_cluster(N)   a coordinator and N workers with Citus, prepay
@@ -66,7 +71,7 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 
 our @EXPORT = qw(start_prepay_node wait_for metric served_history start_simulator start_agent stop_agent stored_readings
-  create_polled_site skip_unless_citus citus_node start_citus_cluster shard_port);
+  create_polled_site start_cron_node skip_unless_citus citus_node start_citus_cluster shard_port);
 
 my $top = $ENV{TESTDIR};
 
@@ -104,6 +109,21 @@ citus.log_remote_commands = off
 });
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
+	return $node;
+}
+
+sub start_cron_node
+{
+	my ($name, $conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'pg_cron'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 16
+} . ($conf // ''));
+	$node->start;
 	return $node;
 }
 
