@@ -200,16 +200,8 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	      metrics.commands_failing);
 	counter(b, "prepay_agent_catalog_loads_total", "Catalog loads.", metrics.catalog_loads);
 	spool_metrics(b);
-	evbuffer_add_printf(b,
-	                    "# HELP prepay_agent_queue_readings Readings waiting in memory.\n# TYPE "
-	                    "prepay_agent_queue_readings gauge\n"
-	                    "prepay_agent_queue_readings %d\n",
-	                    delivery_queued());
-	evbuffer_add_printf(b,
-	                    "# HELP prepay_agent_db_connected 1 when connected to the database.\n# TYPE "
-	                    "prepay_agent_db_connected gauge\n"
-	                    "prepay_agent_db_connected %d\n",
-	                    db_connected());
+	gauge(b, "prepay_agent_queue_readings", "Readings waiting in memory.", delivery_queued());
+	gauge(b, "prepay_agent_db_connected", "1 when connected to the database.", db_connected());
 	gateway_metrics(b);
 	latency_metrics(b);
 	notify_metrics(b);
