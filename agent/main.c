@@ -261,6 +261,13 @@ static void mark(const char *sql, const struct bus_event *ev, int64_t id, int wi
  * bus events
  * --------------------------------------------------------------------- */
 
+/* answers_again: a meter or gateway (what, id) lost before answers again */
+static void answers_again(const struct bus_event *ev, const char *what, int64_t id, const char *sql)
+{
+	log_info("site=%d %s=%lld answers again", ev->site_id, what, (long long)id);
+	mark(sql, ev, id, 0);
+}
+
 static void on_sweep_done(const struct bus_event *ev)
 {
 	metrics_sweep(ev->site_id, ev->gateway_id, ev->duration_us);
@@ -287,17 +294,15 @@ static void on_bus_event(struct bus_event *ev, void *arg)
 		            ev->failures);
 		mark("SELECT prepay.agent_meter_lost($1, $2, $3, $4)", ev, ev->meter_id, 1);
 		break;
-	case BE_METER_FOUND:
-		log_info("site=%d meter=%lld answers again", ev->site_id, (long long)ev->meter_id);
-		mark("SELECT prepay.agent_meter_found($1, $2)", ev, ev->meter_id, 0);
-		break;
 	case BE_GATEWAY_LOST:
 		log_warning("site=%d gateway=%lld lost: %s", ev->site_id, (long long)ev->gateway_id, ev->error);
 		mark("SELECT prepay.agent_gateway_lost($1, $2, $3)", ev, ev->gateway_id, 2);
 		break;
+	case BE_METER_FOUND:
+		answers_again(ev, "meter", ev->meter_id, "SELECT prepay.agent_meter_found($1, $2)");
+		break;
 	case BE_GATEWAY_FOUND:
-		log_info("site=%d gateway=%lld answers again", ev->site_id, (long long)ev->gateway_id);
-		mark("SELECT prepay.agent_gateway_found($1, $2)", ev, ev->gateway_id, 0);
+		answers_again(ev, "gateway", ev->gateway_id, "SELECT prepay.agent_gateway_found($1, $2)");
 		break;
 	case BE_SWEEP_DONE:
 		on_sweep_done(ev);

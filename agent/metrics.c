@@ -173,10 +173,9 @@ static void spool_metrics(struct evbuffer *b)
 	counter(b, "prepay_agent_spool_thinnings_total", "Thinning passes over a full spool.", st.thinnings);
 }
 
-static void metrics_cb(struct evhttp_request *req, void *arg)
+/* the readings' way from the meters to the database */
+static void reading_metrics(struct evbuffer *b)
 {
-	struct evbuffer *b = evbuffer_new();
-
 	counter(b, "prepay_agent_readings_polled_total", "Readings taken from meters.", metrics.readings_polled);
 	counter(b, "prepay_agent_readings_delivered_total", "Readings committed to the database.",
 	        metrics.readings_delivered);
@@ -187,6 +186,11 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	        metrics.readings_dropped);
 	counter(b, "prepay_agent_delivery_errors_total", "Reading batches the database refused.",
 	        metrics.delivery_errors);
+}
+
+/* the relay commands' outcomes (their latency is latency_metrics') */
+static void command_metrics(struct evbuffer *b)
+{
 	counter(b, "prepay_agent_commands_done_total", "Relay commands done.", metrics.commands_done);
 	counter(b, "prepay_agent_commands_failed_total", "Relay command attempts failed.", metrics.commands_failed);
 	counter(b, "prepay_agent_command_retries_total",
@@ -198,18 +202,18 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
 	gauge(b, "prepay_agent_commands_failing",
 	      "Commands of this agent's meters whose last attempt failed and that are still to be done (every 5 s).",
 	      metrics.commands_failing);
+}
+
+static void metrics_cb(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	reading_metrics(b);
+	command_metrics(b);
 	counter(b, "prepay_agent_catalog_loads_total", "Catalog loads.", metrics.catalog_loads);
 	spool_metrics(b);
-	evbuffer_add_printf(b,
-	                    "# HELP prepay_agent_queue_readings Readings waiting in memory.\n# TYPE "
-	                    "prepay_agent_queue_readings gauge\n"
-	                    "prepay_agent_queue_readings %d\n",
-	                    delivery_queued());
-	evbuffer_add_printf(b,
-	                    "# HELP prepay_agent_db_connected 1 when connected to the database.\n# TYPE "
-	                    "prepay_agent_db_connected gauge\n"
-	                    "prepay_agent_db_connected %d\n",
-	                    db_connected());
+	gauge(b, "prepay_agent_queue_readings", "Readings waiting in memory.", delivery_queued());
+	gauge(b, "prepay_agent_db_connected", "1 when connected to the database.", db_connected());
 	gateway_metrics(b);
 	latency_metrics(b);
 	notify_metrics(b);

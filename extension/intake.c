@@ -328,6 +328,22 @@ record_refusal(Relation rel, HeapTuple tuple, const char *reason, const char *de
 }
 
 /*
+ * warn_refused
+ *		One WARNING for the n rows of a statement refused for one reason:
+ *		"n reading(s) <what>", with the reason's SQLSTATE, detail and hint.
+ */
+static void
+warn_refused(int64 n, int sqlstate, const char *what, const char *detail, const char *hint)
+{
+	if (n > 0)
+		ereport(WARNING,
+				(errcode(sqlstate),
+				 errmsg("%lld reading%s %s", (long long) n, n == 1 ? "" : "s", what),
+				 errdetail("%s", detail),
+				 errhint("%s", hint)));
+}
+
+/*
  * intake_report
  *		Warn the writer of the rows its statement had refused (called by
  *		the statement's rating trigger), and forget them.  Counts left by
@@ -339,24 +355,18 @@ intake_report(void)
 {
 	if (refused.lxid != MyProc->lxid || refused.subxid != GetCurrentSubTransactionId())
 		refused.not_mapped = refused.conflicts = 0;
-	if (refused.not_mapped > 0)
-		ereport(WARNING,
-				(errcode(ERRCODE_PREPAY_SITE_NOT_MAPPED),
-				 errmsg("%lld reading%s refused: not of a site this role may write readings of",
-						(long long) refused.not_mapped, refused.not_mapped == 1 ? "" : "s"),
-				 errdetail("They were not stored or rated; the other rows of the statement were.  "
-						   "Each is recorded in prepay.reading_refused for the staff of the site it names."),
-				 errhint("Check the site_id the writer sends.  An administrator maps logins to sites in "
-						 "prepay.site_access or prepay.agent_access.")));
-	if (refused.conflicts > 0)
-		ereport(WARNING,
-				(errcode(ERRCODE_PREPAY_CONFLICTING_READING),
-				 errmsg("%lld reading%s not stored: a reading of the same meter and time is stored with other register values",
-						(long long) refused.conflicts, refused.conflicts == 1 ? "" : "s"),
-				 errdetail("The stored reading keeps its charge.  Both values are recorded in "
-						   "prepay.reading_refused, and the meter has a conflicting_reading alarm."),
-				 errhint("Check the meter's configuration and the feed: a misconfigured meter or a tampered "
-						 "feed sends two values for one instant.  An identical resend is skipped silently.")));
+	warn_refused(refused.not_mapped, ERRCODE_PREPAY_SITE_NOT_MAPPED,
+				 "refused: not of a site this role may write readings of",
+				 "They were not stored or rated; the other rows of the statement were.  "
+				 "Each is recorded in prepay.reading_refused for the staff of the site it names.",
+				 "Check the site_id the writer sends.  An administrator maps logins to sites in "
+				 "prepay.site_access or prepay.agent_access.");
+	warn_refused(refused.conflicts, ERRCODE_PREPAY_CONFLICTING_READING,
+				 "not stored: a reading of the same meter and time is stored with other register values",
+				 "The stored reading keeps its charge.  Both values are recorded in "
+				 "prepay.reading_refused, and the meter has a conflicting_reading alarm.",
+				 "Check the meter's configuration and the feed: a misconfigured meter or a tampered "
+				 "feed sends two values for one instant.  An identical resend is skipped silently.");
 	refused.not_mapped = refused.conflicts = 0;
 }
 

@@ -112,8 +112,7 @@ static const int64 *register_deltas(const TariffVersion *v, const BatchMeter *me
 static char *register_fallback_detail(const TariffVersion *v, const BatchMeter *meter,
 									  const BatchReading *r, const TariffPieces *pieces,
 									  int64 consumption);
-static void batch_save_quarantine(Batch *batch);
-static void batch_save_fallbacks(Batch *batch);
+static void batch_save_notes(Batch *batch);
 static void quarantine(BatchReading *r, Quarantine reason, char *detail);
 
 /*
@@ -297,8 +296,7 @@ prepay_reading_rate_batch(PG_FUNCTION_ARGS)
 		posting = balance_post_charges(batch.charges, batch.ncharges, batch.account_table);
 		meter_state_save(&batch);
 		rollup_flush(batch.rollup);
-		batch_save_quarantine(&batch);
-		batch_save_fallbacks(&batch);
+		batch_save_notes(&batch);
 		balance_apply_levels(posting);
 		SPI_finish();
 	}
@@ -380,11 +378,7 @@ compare_readings(const void *a, const void *b)
 	const BatchReading *y = b;
 	int			c = site_key_compare(x->site_id, x->meter_id, y->site_id, y->meter_id);
 
-	if (c != 0)
-		return c;
-	if (x->read_at != y->read_at)
-		return x->read_at < y->read_at ? -1 : 1;
-	return 0;
+	return c != 0 ? c : int64_compare(x->read_at, y->read_at);
 }
 
 /*
@@ -763,37 +757,88 @@ register_fallback_detail(const TariffVersion *v, const BatchMeter *meter, const 
 }
 
 /*
- * batch_save_quarantine
- *		Store the reason on every quarantined reading and raise one active
- *		bad_reading alarm per meter.
+ * A note the batch saves on some of its readings: column c of reading r's
+ * note, or NULL for a reading without one (whatever c).
+ */
+typedef const char *(*ReadingNote) (const BatchReading *r, int c);
+
+/*
+ * save_reading_notes
+ *		Save a note on each of the nnoted readings of the batch that have
+ *		one, with the kept plan sql: its arguments are $1 site_id, $2
+ *		meter_id and $3 read_at of those readings, then a text array per
+ *		column of the note (ntext of them, at most two).  what names the
+ *		step in the error of a failed plan.
  */
 static void
-batch_save_quarantine(Batch *batch)
+save_reading_notes(Batch *batch, int nnoted, ReadingNote note, int ntext,
+				   SPIPlanPtr *plan, const char *sql, const char *what)
 {
-	static SPIPlanPtr plan = NULL;
-	Datum	   *cols[5];
-	Datum		args[5];
+	Datum	   *cols[3 + 2];
+	Datum		args[3 + 2];
 	int			n = 0;
 
-	if (batch->nquarantined == 0)
+	Assert(ntext <= 2);
+	if (nnoted == 0)
 		return;
-	for (int c = 0; c < 5; c++)
-		cols[c] = palloc(sizeof(Datum) * batch->nquarantined);
+	for (int c = 0; c < 3 + ntext; c++)
+		cols[c] = palloc(sizeof(Datum) * nnoted);
 	for (int i = 0; i < batch->nreadings; i++)
 	{
 		BatchReading *r = &batch->readings[i];
 
-		if (r->reason == Q_NONE)
+		if (note(r, 0) == NULL)
 			continue;
 		cols[0][n] = Int32GetDatum(r->site_id);
 		cols[1][n] = Int64GetDatum(r->meter_id);
 		cols[2][n] = TimestampTzGetDatum(r->read_at);
-		cols[3][n] = CStringGetTextDatum(quarantine_label[r->reason]);
-		cols[4][n] = CStringGetTextDatum(r->detail);
+		for (int c = 0; c < ntext; c++)
+			cols[3 + c][n] = CStringGetTextDatum(note(r, c));
 		n++;
 	}
+	spi_kept_plan(plan, sql, 3 + ntext,
+				  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID});
+	args[0] = spi_array(cols[0], NULL, n, INT4OID);
+	args[1] = spi_array(cols[1], NULL, n, INT8OID);
+	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
+	for (int c = 0; c < ntext; c++)
+		args[3 + c] = spi_array(cols[3 + c], NULL, n, TEXTOID);
+	if (SPI_execute_plan(*plan, args, NULL, false, 0) < 0)
+		elog(ERROR, "reading_rate_batch: %s failed", what);
+}
 
-	spi_kept_plan(&plan,
+/* A quarantined reading's note: its reason's label, and the detail. */
+static const char *
+quarantine_note(const BatchReading *r, int c)
+{
+	if (r->reason == Q_NONE)
+		return NULL;
+	return c == 0 ? quarantine_label[r->reason] : r->detail;
+}
+
+/* A reading's split fallback note: why its charge was split uniformly. */
+static const char *
+fallback_note(const BatchReading *r, int c)
+{
+	return r->fallback;
+}
+
+/*
+ * batch_save_notes
+ *		Save the notes of the batch's readings: the reason on every
+ *		quarantined reading, with one active bad_reading alarm per meter;
+ *		and one active split_fallback alarm per meter whose charge was split
+ *		uniformly although its tariff splits by registers, naming the first
+ *		such reading of the batch and why (the pricing record of every such
+ *		charge says so too, "split_fallback").
+ */
+static void
+batch_save_notes(Batch *batch)
+{
+	static SPIPlanPtr quarantine_plan = NULL;
+	static SPIPlanPtr fallback_plan = NULL;
+
+	save_reading_notes(batch, batch->nquarantined, quarantine_note, 2, &quarantine_plan,
 			"WITH q AS ("
 			"  UPDATE prepay.reading r"
 			"     SET quarantine_reason = u.reason,"
@@ -808,49 +853,8 @@ batch_save_quarantine(Batch *batch)
 			"SELECT DISTINCT ON (site_id, meter_id) site_id, 'bad_reading', meter_id,"
 			"       pg_catalog.format('reading at %s quarantined (%s): %s', read_at, reason, detail)"
 			"  FROM q ORDER BY site_id, meter_id, read_at"
-			"    ON CONFLICT DO NOTHING", 5,
-					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID});
-	args[0] = spi_array(cols[0], NULL, n, INT4OID);
-	args[1] = spi_array(cols[1], NULL, n, INT8OID);
-	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
-	args[3] = spi_array(cols[3], NULL, n, TEXTOID);
-	args[4] = spi_array(cols[4], NULL, n, TEXTOID);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) < 0)
-		elog(ERROR, "reading_rate_batch: quarantine failed");
-}
-
-/*
- * batch_save_fallbacks
- *		Raise one active split_fallback alarm per meter whose charge was
- *		split uniformly although its tariff splits by registers, naming the
- *		first such reading of the batch and why.  The pricing record of
- *		every such charge says so too ("split_fallback").
- */
-static void
-batch_save_fallbacks(Batch *batch)
-{
-	static SPIPlanPtr plan = NULL;
-	Datum	   *cols[4];
-	Datum		args[4];
-	int			n = 0;
-
-	if (batch->nfallbacks == 0)
-		return;
-	for (int c = 0; c < 4; c++)
-		cols[c] = palloc(sizeof(Datum) * batch->nfallbacks);
-	for (int i = 0; i < batch->nreadings; i++)
-	{
-		BatchReading *r = &batch->readings[i];
-
-		if (r->fallback == NULL)
-			continue;
-		cols[0][n] = Int32GetDatum(r->site_id);
-		cols[1][n] = Int64GetDatum(r->meter_id);
-		cols[2][n] = TimestampTzGetDatum(r->read_at);
-		cols[3][n] = CStringGetTextDatum(r->fallback);
-		n++;
-	}
-	spi_kept_plan(&plan,
+			"    ON CONFLICT DO NOTHING", "quarantine");
+	save_reading_notes(batch, batch->nfallbacks, fallback_note, 1, &fallback_plan,
 			"INSERT INTO prepay.alarm (site_id, kind, meter_id, detail)"
 			"SELECT DISTINCT ON (u.site_id, u.meter_id) u.site_id, 'split_fallback', u.meter_id,"
 			"       pg_catalog.format('charge up to the reading at %s split uniformly, not by the meter''s registers: %s',"
@@ -858,12 +862,5 @@ batch_save_fallbacks(Batch *batch)
 			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4))"
 			"       AS u(site_id, meter_id, read_at, detail)"
 			" ORDER BY u.site_id, u.meter_id, u.read_at"
-			"    ON CONFLICT DO NOTHING", 4,
-					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID});
-	args[0] = spi_array(cols[0], NULL, n, INT4OID);
-	args[1] = spi_array(cols[1], NULL, n, INT8OID);
-	args[2] = spi_array(cols[2], NULL, n, TIMESTAMPTZOID);
-	args[3] = spi_array(cols[3], NULL, n, TEXTOID);
-	if (SPI_execute_plan(plan, args, NULL, false, 0) < 0)
-		elog(ERROR, "reading_rate_batch: split fallback alarm failed");
+			"    ON CONFLICT DO NOTHING", "split fallback alarm");
 }

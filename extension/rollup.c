@@ -444,13 +444,13 @@ compare_energy_keys(const void *a, const void *b)
 	const EnergyKey *y = &((const EnergySums *) b)->key;
 	int			c = site_key_compare(x->site_id, x->meter_id, y->site_id, y->meter_id);
 
-	if (c != 0)
-		return c;
-	if (x->day != y->day)
-		return x->day < y->day ? -1 : 1;
-	if (x->account_id != y->account_id)
-		return x->account_id < y->account_id ? -1 : 1;
-	if ((c = strcmp(x->period, y->period)) != 0)
-		return c;
-	return (x->tier > y->tier) - (x->tier < y->tier);
+	if (c == 0)
+		c = int64_compare(x->day, y->day);
+	if (c == 0)
+		c = int64_compare(x->account_id, y->account_id);
+	if (c == 0)
+		c = strcmp(x->period, y->period);
+	if (c == 0)
+		c = int64_compare(x->tier, y->tier);
+	return c;
 }

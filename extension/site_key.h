@@ -21,6 +21,17 @@
 #include "prepay.h"
 
 /*
+ * The order of two integers a and b (an id, a time, a day): negative, zero
+ * or positive, as qsort comparators return.  Inline, as
+ * site_key_compare: the comparators break ties on a key with it.
+ */
+static inline int
+int64_compare(int64 a, int64 b)
+{
+	return (a > b) - (a < b);
+}
+
+/*
  * The order of two keys (site_a, id_a) and (site_b, id_b): negative, zero
  * or positive, as qsort comparators return.  Inline: the comparators of
  * the batch's sorts call it for every comparison.
@@ -30,9 +41,7 @@ site_key_compare(int32 site_a, int64 id_a, int32 site_b, int64 id_b)
 {
 	if (site_a != site_b)
 		return site_a < site_b ? -1 : 1;
-	if (id_a != id_b)
-		return id_a < id_b ? -1 : 1;
-	return 0;
+	return int64_compare(id_a, id_b);
 }
 
 /* Sort the n keys (sites[i], ids[i]) and drop repeats; returns how many are left. */

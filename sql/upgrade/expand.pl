@@ -20,6 +20,10 @@
 #                                    the trigger's COMMENT (a part re-creates
 #                                    a trigger itself: the install may also
 #                                    have set it ENABLE ALWAYS)
+#   --@ copy policy name ON prepay.table
+#                                    the policy's CREATE and COMMENT (of a
+#                                    policy the sources write out, not one
+#                                    their loops create)
 #
 # which stand for those statements of the sources, in source order.  A
 # CREATE FUNCTION or VIEW is written CREATE OR REPLACE, since the object
@@ -101,6 +105,7 @@ sub keys_of
 	return ("table $1") if $s =~ /^(?:CREATE\s+TABLE|COMMENT\s+ON\s+TABLE)\s+($name)\b/;
 	return ("table $1") if $s =~ /^CREATE\s+(?:UNIQUE\s+)?INDEX\s+[a-z_0-9]+\s+ON\s+($name)\b/;
 	return ("trigger $1 ON $2") if $s =~ /^COMMENT\s+ON\s+TRIGGER\s+([a-z_0-9]+)\s+ON\s+($name)\b/;
+	return ("policy $1 ON $2") if $s =~ /^(?:CREATE|COMMENT\s+ON)\s+POLICY\s+([a-z_0-9]+)\s+ON\s+($name)\b/;
 	return ();
 }
 
@@ -126,7 +131,7 @@ foreach my $part (@parts)
 	open my $fh, '<', $part or die "$part: $!\n";
 	while (my $line = <$fh>)
 	{
-		unless ($line =~ /^--\@\s+copy\s+(function|view|table|trigger)\s+(.+?)\s*$/)
+		unless ($line =~ /^--\@\s+copy\s+(function|view|table|trigger|policy)\s+(.+?)\s*$/)
 		{
 			die "$part:$.: not a directive: $line" if $line =~ /^--\@/;
 			print $line;

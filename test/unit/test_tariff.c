@@ -107,6 +107,20 @@ total_exact(const TariffPieces *p)
 	return sum;
 }
 
+/*
+ * rate_one: energy from "from" to "to" under the one version v, with these
+ * registers (or NULL), from a fresh billing cycle, into p emptied first.
+ */
+static bool
+rate_one(const TariffVersion *v, int64_t from, int64_t to, int64_t energy, const int64_t *registers,
+		 TariffPieces *p)
+{
+	TariffCycleState cycle = {INT64_MIN, 0};
+
+	p->n = 0;
+	return tariff_rate(v, 1, &calendar, from, to, energy, registers, &cycle, p);
+}
+
 static void
 test_civil_dates(void)
 {
@@ -184,11 +198,9 @@ test_time_of_use(void)
 {
 	TariffVersion v;
 	TariffPieces p = pieces_new();
-	TariffCycleState cycle = {INT64_MIN, 0};
 
 	tou(&v);
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 2, 21, 0), local(2026, 3, 3, 9, 0),
-					  12000, NULL, &cycle, &p));
+	CHECK(rate_one(&v, local(2026, 3, 2, 21, 0), local(2026, 3, 3, 9, 0), 12000, NULL, &p));
 	CHECK(p.n == 4);
 	CHECK(p.items[0].period == 1 && p.items[0].energy == 1000);
 	CHECK(p.items[1].period == 2 && p.items[1].energy == 2000);
@@ -237,11 +249,9 @@ test_tiers_and_cycle(void)
  * with these registers, into p emptied first.
  */
 static bool
-rate_hour(const TariffVersion *v, const int64_t *registers, TariffCycleState *cycle, TariffPieces *p)
+rate_hour(const TariffVersion *v, const int64_t *registers, TariffPieces *p)
 {
-	p->n = 0;
-	return tariff_rate(v, 1, &calendar, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0),
-					   10000, registers, cycle, p);
+	return rate_one(v, local(2026, 3, 3, 1, 0), local(2026, 3, 3, 2, 0), 10000, registers, p);
 }
 
 /* Registers that add up are used as measured; others fall back to uniform. */
@@ -250,7 +260,6 @@ test_registers(void)
 {
 	TariffVersion v;
 	TariffPieces p = pieces_new();
-	TariffCycleState cycle = {INT64_MIN, 0};
 	int64_t		good[3] = {3000, 5000, 2000};
 	int64_t		bad[3] = {3000, 5000, 1000};
 	int64_t		back[3] = {3000, 8000, -1000};
@@ -258,24 +267,24 @@ test_registers(void)
 
 	tou(&v);
 	v.split = TARIFF_SPLIT_REGISTERS;
-	CHECK(rate_hour(&v, good, &cycle, &p));
+	CHECK(rate_hour(&v, good, &p));
 	CHECK(p.by_register && p.n == 3 && p.fallback == TARIFF_FALLBACK_NONE);
 	CHECK(total_exact(&p) == INT64_C(3000) * 1000000 + INT64_C(5000) * 700000 + INT64_C(2000) * 400000);
-	CHECK(rate_hour(&v, bad, &cycle, &p));
+	CHECK(rate_hour(&v, bad, &p));
 	CHECK(!p.by_register && p.n == 1 && p.items[0].period == 2);
 	CHECK(p.fallback == TARIFF_FALLBACK_SUM && tariff_fallback_text(p.fallback) != NULL);
 	/* no registers: uniform, and the fallback says so */
-	CHECK(rate_hour(&v, NULL, &cycle, &p));
+	CHECK(rate_hour(&v, NULL, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_MISSING);
 	/* a register that went back: uniform, even if the sum matches */
-	CHECK(rate_hour(&v, back, &cycle, &p));
+	CHECK(rate_hour(&v, back, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_NEGATIVE);
 	/* registers beyond 64 bits do not add up (no overflow) */
-	CHECK(rate_hour(&v, huge, &cycle, &p));
+	CHECK(rate_hour(&v, huge, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_SUM);
 	/* a tariff that splits uniformly has no fallback, registers or not */
 	v.split = TARIFF_SPLIT_UNIFORM;
-	CHECK(rate_hour(&v, NULL, &cycle, &p));
+	CHECK(rate_hour(&v, NULL, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_NONE && tariff_fallback_text(p.fallback) == NULL);
 	free(p.items);
 }
@@ -290,7 +299,6 @@ test_registers_two_periods(void)
 {
 	TariffVersion v;
 	TariffPieces p = pieces_new();
-	TariffCycleState cycle = {INT64_MIN, 0};
 	int64_t		measured[2] = {INT64_C(2000000), INT64_C(1000000)};
 
 	memset(&v, 0, sizeof(v));
@@ -311,13 +319,10 @@ test_registers_two_periods(void)
 	v.schedules[0].minute[2] = 20 * 60;
 	v.schedules[0].period[2] = 1;
 	v.split = TARIFF_SPLIT_REGISTERS;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 0, 0), local(2026, 3, 4, 0, 0),
-					  INT64_C(3000000), measured, &cycle, &p));
+	CHECK(rate_one(&v, local(2026, 3, 3, 0, 0), local(2026, 3, 4, 0, 0), INT64_C(3000000), measured, &p));
 	CHECK(p.by_register && p.fallback == TARIFF_FALLBACK_NONE);
 	CHECK(total_exact(&p) == INT64_C(1541000000000));
-	p.n = 0;
-	CHECK(tariff_rate(&v, 1, &calendar, local(2026, 3, 3, 0, 0), local(2026, 3, 4, 0, 0),
-					  INT64_C(3000000), NULL, &cycle, &p));
+	CHECK(rate_one(&v, local(2026, 3, 3, 0, 0), local(2026, 3, 4, 0, 0), INT64_C(3000000), NULL, &p));
 	CHECK(!p.by_register && p.fallback == TARIFF_FALLBACK_MISSING);
 	CHECK(total_exact(&p) == INT64_C(1386000000000));
 	free(p.items);
@@ -329,10 +334,9 @@ test_overflow(void)
 {
 	TariffVersion v;
 	TariffPieces p = pieces_new();
-	TariffCycleState cycle = {INT64_MIN, 0};
 
 	flat(&v, 0, INT64_C(9000000000000));
-	CHECK(!tariff_rate(&v, 1, &calendar, 0, HOUR, INT64_C(9000000000), NULL, &cycle, &p));
+	CHECK(!rate_one(&v, 0, HOUR, INT64_C(9000000000), NULL, &p));
 	free(p.items);
 }
 

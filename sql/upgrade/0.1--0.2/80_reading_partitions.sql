@@ -58,14 +58,8 @@ ALTER TABLE prepay.reading FORCE ROW LEVEL SECURITY;
 CREATE POLICY site_staff ON prepay.reading TO prepay_admin, prepay_operator, prepay_cashier, prepay_reader
     USING (site_id = ANY ((SELECT prepay._my_sites())::integer[])) WITH CHECK (site_id = ANY ((SELECT prepay._my_sites())::integer[]));
 COMMENT ON POLICY site_staff ON prepay.reading IS 'Administrators, operators, cashiers and readers see and change only the rows of the sites they are mapped to (prepay.site_access); their grants decide which changes.';
-CREATE POLICY reading_tenant ON prepay.reading FOR SELECT TO prepay_tenant USING (
-    EXISTS (SELECT 1 FROM prepay.meter m
-              JOIN prepay.account a ON a.site_id = m.site_id AND a.account_id = m.account_id
-             WHERE m.site_id = reading.site_id AND m.meter_id = reading.meter_id AND reading.read_at >= a.opened_at));
-COMMENT ON POLICY reading_tenant ON prepay.reading IS 'Tenants see the readings of the meters of their accounts since the account was opened (not the previous occupant''s).';
-CREATE POLICY agent_insert ON prepay.reading FOR INSERT TO prepay_agent
-    WITH CHECK (site_id IN (SELECT a.site_id FROM prepay._my_agents() a));
-COMMENT ON POLICY agent_insert ON prepay.reading IS 'An agent writes readings of the sites it is an agent of (of any meter there, so that a reading of a meter just moved is kept and quarantined, never refused).';
+--@ copy policy reading_tenant ON prepay.reading
+--@ copy policy agent_insert ON prepay.reading
 
 SELECT pg_catalog.pg_extension_config_dump('prepay.reading', '');
 SELECT pg_catalog.pg_extension_config_dump('prepay.reading_default', '');
