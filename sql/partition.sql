@@ -189,7 +189,7 @@ BEGIN
     RETURN QUERY SELECT * FROM prepay.reading_partitions p ORDER BY p.from_time NULLS LAST;
 END $$;
 COMMENT ON FUNCTION prepay.partition_by_month(integer) IS
-'Partition prepay.reading by UTC month with pg_partman: every month with readings in the default partition gets its own partition (prepay.reading_pYYYY_MM, rows moved under an exclusive lock), the table is registered with pg_partman, and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  Called again, it only changes premake and runs the maintenance.  Returns prepay.reading_partitions.  Needs a superuser (42501) and pg_partman in this database (55000); refused once distributed on Citus (0A000).  docs/OPERATIONS.md.';
+'Partition prepay.reading by UTC month with pg_partman: every month with readings in the default partition gets its own partition (prepay.reading_pYYYY_MM, rows moved under an exclusive lock), the table is registered with pg_partman, and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  Called again, it only changes premake and runs the maintenance.  Returns prepay.reading_partitions.  Needs a superuser (42501) and pg_partman in this database (55000).  Once distributed on Citus, on the coordinator: Citus''s create_time_partitions() instead of pg_partman, p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month, docs/SCALE-OUT.md).  docs/OPERATIONS.md.';
 
 CREATE FUNCTION prepay.maintain_partitions() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
@@ -212,7 +212,7 @@ BEGIN
     RETURN after - before;
 END $$;
 COMMENT ON FUNCTION prepay.maintain_partitions() IS
-'The job prepay-partitions: ask pg_partman to create the months of prepay.reading ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while prepay.reading is not partitioned by month.  Needs a superuser (42501).';
+'The job prepay-partitions: ask pg_partman to create the months of prepay.reading ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while prepay.reading is not partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes them, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
 
 -- ---------------------------------------------------------------------
 -- archives: a month of readings as files on the server

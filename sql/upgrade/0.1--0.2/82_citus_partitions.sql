@@ -13,3 +13,4 @@
 --@ copy function prepay.archive_reading_month
 --@ copy function prepay.restore_reading_archive
 --@ copy function prepay.archive_due_partitions
+--@ copy function prepay.periodic_jobs
