@@ -429,6 +429,30 @@ END $$;
 COMMENT ON FUNCTION prepay._citus_premake() IS
 'Internal: on Citus, how many months ahead of now the job prepay-partitions keeps partitions: the setting prepay.partition_premake, which prepay.partition_by_month(p_premake) stores for the database (ALTER DATABASE ... SET); 4 when unset or not a number from 1 to 36.';
 
+CREATE FUNCTION prepay._require_citus_table(p_table regclass, p_what text) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    PERFORM prepay._require_superuser(p_what);
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1 AND partmethod = ''h'')'
+           INTO distributed USING p_table;
+    END IF;
+    IF NOT distributed OR prepay._citus_group() <> 0 THEN
+        PERFORM prepay._raise('55000', pg_catalog.format('%s is not a distributed table of this Citus coordinator', p_table),
+            pg_catalog.format('prepay.%s makes Citus time partitions of a table distributed by prepay.distribute(), on the coordinator.', p_what),
+            'On one node, or before prepay.distribute(), call prepay.partition_by_month() (pg_partman); on Citus, call it on the coordinator.');
+    END IF;
+    IF prepay._partition_column(p_table) IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partitioned_table p WHERE p.partrelid = p_table AND p.partstrat = 'r') THEN
+        PERFORM prepay._raise('22023', pg_catalog.format('%s is not partitioned by range of one column', p_table),
+            'Only a table partitioned by range of a time column is partitioned by month.', NULL);
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._require_citus_table(regclass, text) IS
+'Internal: refuse unless the caller is a superuser (42501), this is the Citus coordinator and p_table is distributed by hash there (55000), and p_table is partitioned by range of one column (22023); p_what names the calling function in the messages.';
+
 CREATE FUNCTION prepay._citus_month_table(p_table regclass, p_month timestamptz) RETURNS regclass
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 DECLARE
@@ -493,6 +517,7 @@ DECLARE
     m timestamptz;
     done boolean;
 BEGIN
+    PERFORM prepay._require_citus_table(p_table, '_citus_maintain_partitions');
     IF before = 0 THEN
         RETURN 0;       -- not partitioned by month (prepay.partition_by_month() did not run)
     END IF;
@@ -516,7 +541,7 @@ BEGIN
     RETURN prepay._month_partitions(p_table) - before;
 END $$;
 COMMENT ON FUNCTION prepay._citus_maintain_partitions(regclass, integer, timestamptz) IS
-'Internal, on a Citus coordinator: give the distributed table p_table, partitioned by month, a partition for every UTC month from p_from (default: this month) until p_premake months past this one, with Citus''s create_time_partitions(); a month whose rows wait in the default partition gets its partition by prepay._citus_attach_month first.  Does nothing (0) while p_table has no month partition.  Returns how many partitions it made.';
+'Internal, on a Citus coordinator: give the distributed table p_table, partitioned by month, a partition for every UTC month from p_from (default: this month) until p_premake months past this one, with Citus''s create_time_partitions(); a month whose rows wait in the default partition gets its partition by prepay._citus_attach_month first.  Does nothing (0) while p_table has no month partition.  Returns how many partitions it made.  Refuses as prepay._require_citus_table says.';
 
 CREATE FUNCTION prepay._citus_partition_by_month(p_table regclass, p_premake integer) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
@@ -528,9 +553,10 @@ DECLARE
     first_month timestamptz;
     made integer := 0;
 BEGIN
-    IF col IS NULL OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partitioned_table p WHERE p.partrelid = p_table AND p.partstrat = 'r') THEN
-        PERFORM prepay._raise('22023', pg_catalog.format('%s is not partitioned by range of one column', p_table),
-            'Only a table partitioned by range of a time column is partitioned by month.', NULL);
+    PERFORM prepay._require_citus_table(p_table, '_citus_partition_by_month');
+    IF p_premake IS NULL OR p_premake < 1 OR p_premake > 36 THEN
+        PERFORM prepay._raise('22023', 'premake must be between 1 and 36 months',
+            pg_catalog.format('Given: %s.', p_premake), 'Partitions are kept that many months ahead of now (4 by default).');
     END IF;
     -- the premake, for the job prepay-partitions (a new session: the database's setting)
     EXECUTE pg_catalog.format('ALTER DATABASE %I SET prepay.partition_premake = %s', pg_catalog.current_database(), p_premake);
@@ -561,4 +587,4 @@ BEGIN
     RETURN made + prepay._citus_maintain_partitions(p_table, p_premake, first_month);
 END $$;
 COMMENT ON FUNCTION prepay._citus_partition_by_month(regclass, integer) IS
-'Internal, on a Citus coordinator (prepay.partition_by_month() once distributed): partition the distributed table p_table (partitioned by range of a time column) by UTC month.  The first time, every month with rows in the default partition gets its own partition <table>_pYYYY_MM, its rows moved shard by shard (prepay._citus_attach_month), under an exclusive lock; then Citus''s create_time_partitions() makes every month from the first until p_premake months past this one.  Stores p_premake for the database (prepay.partition_premake) for the job prepay-partitions.  Returns how many partitions it made.';
+'Internal, on a Citus coordinator (prepay.partition_by_month() once distributed): partition the distributed table p_table (partitioned by range of a time column) by UTC month.  The first time, every month with rows in the default partition gets its own partition <table>_pYYYY_MM, its rows moved shard by shard (prepay._citus_attach_month), under an exclusive lock; then Citus''s create_time_partitions() makes every month from the first until p_premake months past this one.  Stores p_premake (1 to 36, else 22023) for the database (prepay.partition_premake) for the job prepay-partitions.  Returns how many partitions it made.  Refuses as prepay._require_citus_table says.';

@@ -3,6 +3,7 @@
 --@ copy function prepay._partition_column
 --@ copy function prepay._month_partitions
 --@ copy function prepay._citus_premake
+--@ copy function prepay._require_citus_table
 --@ copy function prepay._citus_month_table
 --@ copy function prepay._citus_attach_month
 --@ copy function prepay._citus_maintain_partitions
