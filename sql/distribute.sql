@@ -379,3 +379,212 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay.distribute() IS
 'On a Citus coordinator, after CREATE EXTENSION prepay: distribute every table of schema prepay by site_id in one colocation group with prepay.site (the schema changes Citus needs are made on every node first, see sql/distribute.sql), and list the distributed tables.  Run again (after citus_add_node), it makes the schema changes on new workers, moves every worker''s ids to a block of its own above every id drawn so far, and lists the tables.  55000 without Citus, 42501 for a non-superuser.  docs/SCALE-OUT.md.';
+
+-- ---------------------------------------------------------------------
+-- time partitions on Citus: a partitioned table of prepay (prepay.reading)
+-- by UTC month with Citus's create_time_partitions() instead of pg_partman
+-- (prepay.partition_by_month and prepay.maintain_partitions call these
+-- once distributed).  Citus creates a month partition of a distributed
+-- table as CREATE TABLE ... PARTITION OF, on the coordinator and on every
+-- shard; PostgreSQL refuses that while the default partition holds rows of
+-- the month ("updated partition constraint for default partition would be
+-- violated").  Such a month is made by hand instead, the way Citus attaches
+-- a table: a table like the parent, distributed colocated with it, the
+-- month's rows moved into it shard by shard, then ATTACH PARTITION.
+-- Names are Citus's and pg_partman's: <table>_pYYYY_MM.
+-- ---------------------------------------------------------------------
+
+CREATE FUNCTION prepay._default_partition(p_table regclass) RETURNS regclass
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::pg_catalog.regclass FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = p_table AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'
+$$;
+COMMENT ON FUNCTION prepay._default_partition(regclass) IS 'Internal: the default partition of the partitioned table p_table; NULL when it has none.';
+
+CREATE FUNCTION prepay._partition_column(p_table regclass) RETURNS name
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.attname FROM pg_catalog.pg_partitioned_table p
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
+     WHERE p.partrelid = p_table AND p.partnatts = 1
+$$;
+COMMENT ON FUNCTION prepay._partition_column(regclass) IS 'Internal: the column the partitioned table p_table is partitioned by (one column); NULL when it is not partitioned so.';
+
+CREATE FUNCTION prepay._month_partitions(p_table regclass) RETURNS integer
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pg_catalog.count(*)::integer FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = p_table AND pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+$$;
+COMMENT ON FUNCTION prepay._month_partitions(regclass) IS 'Internal: how many partitions of p_table take a range (every partition but the default one).';
+
+CREATE FUNCTION prepay._citus_premake() RETURNS integer
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v text := pg_catalog.current_setting('prepay.partition_premake', true);
+BEGIN
+    IF v ~ '^[0-9]{1,2}$' AND v::integer BETWEEN 1 AND 36 THEN
+        RETURN v::integer;
+    END IF;
+    RETURN 4;
+END $$;
+COMMENT ON FUNCTION prepay._citus_premake() IS
+'Internal: on Citus, how many months ahead of now the job prepay-partitions keeps partitions: the setting prepay.partition_premake, which prepay.partition_by_month(p_premake) stores for the database (ALTER DATABASE ... SET); 4 when unset or not a number from 1 to 36.';
+
+CREATE FUNCTION prepay._require_citus_table(p_table regclass, p_what text) RETURNS void
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    distributed boolean := false;
+BEGIN
+    PERFORM prepay._require_superuser(p_what);
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE 'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1 AND partmethod = ''h'')'
+           INTO distributed USING p_table;
+    END IF;
+    IF NOT distributed OR prepay._citus_group() <> 0 THEN
+        PERFORM prepay._raise('55000', pg_catalog.format('%s is not a distributed table of this Citus coordinator', p_table),
+            pg_catalog.format('prepay.%s makes Citus time partitions of a table distributed by prepay.distribute(), on the coordinator.', p_what),
+            'On one node, or before prepay.distribute(), call prepay.partition_by_month() (pg_partman); on Citus, call it on the coordinator.');
+    END IF;
+    IF prepay._partition_column(p_table) IS NULL
+       OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partitioned_table p WHERE p.partrelid = p_table AND p.partstrat = 'r') THEN
+        PERFORM prepay._raise('22023', pg_catalog.format('%s is not partitioned by range of one column', p_table),
+            'Only a table partitioned by range of a time column is partitioned by month.', NULL);
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._require_citus_table(regclass, text) IS
+'Internal: refuse unless the caller is a superuser (42501), this is the Citus coordinator and p_table is distributed by hash there (55000), and p_table is partitioned by range of one column (22023); p_what names the calling function in the messages.';
+
+CREATE FUNCTION prepay._citus_month_table(p_table regclass, p_month timestamptz) RETURNS regclass
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
+DECLARE
+    nsp name;
+    rel name;
+    t text;
+    made regclass;
+BEGIN
+    SELECT n.nspname, c.relname INTO nsp, rel
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = p_table;
+    t := rel || '_p' || pg_catalog.to_char(pg_catalog.date_trunc('month', p_month), 'YYYY_MM');
+    EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES INCLUDING STORAGE)',
+                              nsp, t, p_table);
+    made := pg_catalog.format('%I.%I', nsp, t)::pg_catalog.regclass;
+    -- by the parent's distribution column, in its colocation group: ATTACH
+    -- PARTITION wants a partition colocated with its table
+    EXECUTE 'SELECT pg_catalog.create_distributed_table($1, pg_catalog.column_to_column_name(p.logicalrelid, p.partkey), '
+            'colocate_with => $2) FROM pg_catalog.pg_dist_partition p WHERE p.logicalrelid = $3'
+      USING made, p_table::text, p_table;
+    RETURN made;
+END $$;
+COMMENT ON FUNCTION prepay._citus_month_table(regclass, timestamptz) IS
+'Internal, on a Citus coordinator: a new empty table <table>_pYYYY_MM for the UTC month of p_month, like the distributed partitioned table p_table (columns, defaults, checks, indexes) and distributed like it, colocated with it; not yet a partition (prepay._citus_attach_month attaches it).';
+
+CREATE FUNCTION prepay._citus_attach_month(p_table regclass, p_part regclass, p_month timestamptz) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
+DECLARE
+    m_from timestamptz := pg_catalog.date_trunc('month', p_month);
+    m_to timestamptz := pg_catalog.date_trunc('month', p_month) + interval '1 month';
+    dflt regclass := prepay._default_partition(p_table);
+    col name := prepay._partition_column(p_table);
+    moved bigint := 0;
+BEGIN
+    IF dflt IS NOT NULL THEN
+        -- no write to the table between the copy and the delete: writes
+        -- through the coordinator lock the table there (reads go on)
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN EXCLUSIVE MODE', p_table);
+        -- the month's rows of the default partition, shard by shard (the
+        -- two tables are colocated: each worker copies its own), then gone
+        -- from it: the default partition may not keep rows of an attached range
+        EXECUTE pg_catalog.format('INSERT INTO %s SELECT * FROM %s WHERE %I >= %L AND %I < %L',
+                                  p_part, dflt, col, m_from, col, m_to);
+        GET DIAGNOSTICS moved = ROW_COUNT;
+        EXECUTE pg_catalog.format('DELETE FROM %s WHERE %I >= %L AND %I < %L', dflt, col, m_from, col, m_to);
+    END IF;
+    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)', p_table, p_part, m_from, m_to);
+    RETURN moved;
+END $$;
+COMMENT ON FUNCTION prepay._citus_attach_month(regclass, regclass, timestamptz) IS
+'Internal, on a Citus coordinator: move the rows of p_month''s UTC month from the default partition of p_table into p_part (made by prepay._citus_month_table, colocated: each worker moves its own shards'' rows), then attach p_part as that month''s partition (Citus attaches every shard).  Writes to p_table wait meanwhile (EXCLUSIVE lock).  Returns how many rows moved.';
+
+CREATE FUNCTION prepay._citus_maintain_partitions(p_table regclass, p_premake integer,
+                                                  p_from timestamptz DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
+DECLARE
+    before integer := prepay._month_partitions(p_table);
+    m_from timestamptz := pg_catalog.date_trunc('month', coalesce(p_from, pg_catalog.now()));
+    m_end timestamptz := pg_catalog.date_trunc('month', pg_catalog.now()) + pg_catalog.make_interval(months => p_premake + 1);
+    dflt regclass := prepay._default_partition(p_table);
+    col name := prepay._partition_column(p_table);
+    months timestamptz[];
+    m timestamptz;
+    done boolean;
+BEGIN
+    PERFORM prepay._require_citus_table(p_table, '_citus_maintain_partitions');
+    IF before = 0 THEN
+        RETURN 0;       -- not partitioned by month (prepay.partition_by_month() did not run)
+    END IF;
+    -- (months are cut in UTC explicitly: the workers evaluate the query,
+    -- each in its own session's time zone)
+    -- a month of the window that has rows in the default partition (a
+    -- reading from a clock far ahead, before its month was made) is moved
+    -- into a partition of its own first: Citus's CREATE TABLE ... PARTITION
+    -- OF would be refused for it
+    IF dflt IS NOT NULL THEN
+        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_trunc(''month'', d.%I, ''UTC'')) FROM %s d '
+                                  'WHERE d.%I >= %L AND d.%I < %L', col, dflt, col, m_from, col, m_end)
+           INTO months;
+        FOREACH m IN ARRAY coalesce(months, '{}') LOOP
+            PERFORM prepay._citus_attach_month(p_table, prepay._citus_month_table(p_table, m), m);
+        END LOOP;
+    END IF;
+    -- the other months of the window: Citus makes them (and their shards)
+    EXECUTE 'SELECT pg_catalog.create_time_partitions($1, interval ''1 month'', $2, $3)'
+       INTO done USING p_table, m_end, m_from;
+    RETURN prepay._month_partitions(p_table) - before;
+END $$;
+COMMENT ON FUNCTION prepay._citus_maintain_partitions(regclass, integer, timestamptz) IS
+'Internal, on a Citus coordinator: give the distributed table p_table, partitioned by month, a partition for every UTC month from p_from (default: this month) until p_premake months past this one, with Citus''s create_time_partitions(); a month whose rows wait in the default partition gets its partition by prepay._citus_attach_month first.  Does nothing (0) while p_table has no month partition.  Returns how many partitions it made.  Refuses as prepay._require_citus_table says.';
+
+CREATE FUNCTION prepay._citus_partition_by_month(p_table regclass, p_premake integer) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
+DECLARE
+    dflt regclass := prepay._default_partition(p_table);
+    col name := prepay._partition_column(p_table);
+    months timestamptz[];
+    m timestamptz;
+    first_month timestamptz;
+    made integer := 0;
+BEGIN
+    PERFORM prepay._require_citus_table(p_table, '_citus_partition_by_month');
+    IF p_premake IS NULL OR p_premake < 1 OR p_premake > 36 THEN
+        PERFORM prepay._raise('22023', 'premake must be between 1 and 36 months',
+            pg_catalog.format('Given: %s.', p_premake), 'Partitions are kept that many months ahead of now (4 by default).');
+    END IF;
+    -- the premake, for the job prepay-partitions (a new session: the database's setting)
+    EXECUTE pg_catalog.format('ALTER DATABASE %I SET prepay.partition_premake = %s', pg_catalog.current_database(), p_premake);
+    PERFORM pg_catalog.set_config('prepay.partition_premake', p_premake::text, false);
+    IF prepay._month_partitions(p_table) = 0 THEN
+        -- the first time: every month of the default partition gets its
+        -- partition, rows moved, no write meanwhile
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', p_table);
+        IF dflt IS NOT NULL THEN
+            EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_trunc(''month'', d.%I, ''UTC'') ORDER BY pg_catalog.date_trunc(''month'', d.%I, ''UTC'')) FROM %s d',
+                                      col, col, dflt)
+               INTO months;
+        END IF;
+        FOREACH m IN ARRAY coalesce(months, '{}') LOOP
+            PERFORM prepay._citus_attach_month(p_table, prepay._citus_month_table(p_table, m), m);
+            made := made + 1;
+        END LOOP;
+        -- the months between the first and now too, as pg_partman does on one node
+        first_month := LEAST(months[1], pg_catalog.date_trunc('month', pg_catalog.now()));
+    END IF;
+    IF made = 0 AND prepay._month_partitions(p_table) = 0 THEN
+        -- an empty table: this month on (prepay._citus_maintain_partitions
+        -- keeps away from a table without month partitions)
+        EXECUTE 'SELECT pg_catalog.create_time_partitions($1, interval ''1 month'', $2, $3)'
+          USING p_table, pg_catalog.date_trunc('month', pg_catalog.now()) + interval '1 month', pg_catalog.date_trunc('month', pg_catalog.now());
+        made := 1;
+    END IF;
+    RETURN made + prepay._citus_maintain_partitions(p_table, p_premake, first_month);
+END $$;
+COMMENT ON FUNCTION prepay._citus_partition_by_month(regclass, integer) IS
+'Internal, on a Citus coordinator (prepay.partition_by_month() once distributed): partition the distributed table p_table (partitioned by range of a time column) by UTC month.  The first time, every month with rows in the default partition gets its own partition <table>_pYYYY_MM, its rows moved shard by shard (prepay._citus_attach_month), under an exclusive lock; then Citus''s create_time_partitions() makes every month from the first until p_premake months past this one.  Stores p_premake (1 to 36, else 22023) for the database (prepay.partition_premake) for the job prepay-partitions.  Returns how many partitions it made.  Refuses as prepay._require_citus_table says.';

@@ -142,15 +142,16 @@ BEGIN
         PERFORM prepay._raise('22023', 'premake must be between 1 and 36 months',
             pg_catalog.format('Given: %s.', p_premake), 'pg_partman keeps that many months'' partitions ready ahead of now (4 by default).');
     END IF;
+    IF prepay._distributed() THEN
+        -- on Citus: Citus's create_time_partitions, per table (docs/SCALE-OUT.md)
+        PERFORM prepay._citus_partition_by_month('prepay.reading', p_premake);
+        RETURN QUERY SELECT * FROM prepay.reading_partitions p ORDER BY p.from_time NULLS LAST;
+        RETURN;
+    END IF;
     IF pm IS NULL THEN
         PERFORM prepay._raise('55000', pg_catalog.format('pg_partman is not installed in database %s', pg_catalog.current_database()),
             'prepay.reading is partitioned by month with pg_partman, which creates the months ahead of time; without it every reading stays in the default partition, which works but cannot be archived month by month.',
             'Install postgresql-15-partman; CREATE SCHEMA partman; CREATE EXTENSION pg_partman SCHEMA partman; then call it again (docs/OPERATIONS.md).');
-    END IF;
-    IF prepay._distributed() THEN
-        PERFORM prepay._raise('0A000', 'prepay.partition_by_month is not available once prepay is distributed on Citus',
-            'pg_partman creates partitions on one node; Citus distributes a partitioned prepay.reading with its partitions, but its new partitions come from Citus''s own create_time_partitions().',
-            'Partition before prepay.distribute(), or create months with SELECT create_time_partitions(''prepay.reading'', ''1 month'', now() + interval ''4 months''); on the coordinator (docs/SCALE-OUT.md).');
     END IF;
 
     IF NOT prepay._by_month() THEN
@@ -188,7 +189,7 @@ BEGIN
     RETURN QUERY SELECT * FROM prepay.reading_partitions p ORDER BY p.from_time NULLS LAST;
 END $$;
 COMMENT ON FUNCTION prepay.partition_by_month(integer) IS
-'Partition prepay.reading by UTC month with pg_partman: every month with readings in the default partition gets its own partition (prepay.reading_pYYYY_MM, rows moved under an exclusive lock), the table is registered with pg_partman, and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  Called again, it only changes premake and runs the maintenance.  Returns prepay.reading_partitions.  Needs a superuser (42501) and pg_partman in this database (55000); refused once distributed on Citus (0A000).  docs/OPERATIONS.md.';
+'Partition prepay.reading by UTC month with pg_partman: every month with readings in the default partition gets its own partition (prepay.reading_pYYYY_MM, rows moved under an exclusive lock), the table is registered with pg_partman, and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  Called again, it only changes premake and runs the maintenance.  Returns prepay.reading_partitions.  Needs a superuser (42501) and pg_partman in this database (55000).  Once distributed on Citus, on the coordinator: Citus''s create_time_partitions() instead of pg_partman, p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month, docs/SCALE-OUT.md).  docs/OPERATIONS.md.';
 
 CREATE FUNCTION prepay.maintain_partitions() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
@@ -197,6 +198,10 @@ DECLARE
     after integer;
 BEGIN
     PERFORM prepay._require_superuser('maintain_partitions');
+    IF prepay._distributed() THEN
+        -- on Citus: Citus's create_time_partitions, per table (docs/SCALE-OUT.md)
+        RETURN prepay._citus_maintain_partitions('prepay.reading', prepay._citus_premake());
+    END IF;
     IF NOT prepay._by_month() THEN
         RETURN 0;       -- not partitioned by month: nothing to keep ahead
     END IF;
@@ -207,7 +212,7 @@ BEGIN
     RETURN after - before;
 END $$;
 COMMENT ON FUNCTION prepay.maintain_partitions() IS
-'The job prepay-partitions: ask pg_partman to create the months of prepay.reading ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while prepay.reading is not partitioned by month.  Needs a superuser (42501).';
+'The job prepay-partitions: ask pg_partman to create the months of prepay.reading ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while prepay.reading is not partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes them, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
 
 -- ---------------------------------------------------------------------
 -- archives: a month of readings as files on the server
@@ -254,13 +259,22 @@ COMMENT ON FUNCTION prepay._file_sha256(text) IS 'Internal: the SHA-256 of a ser
 CREATE FUNCTION prepay._rows_digest(p_table regclass, p_from timestamptz, p_to timestamptz, OUT n bigint, OUT digest numeric)
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF prepay._distributed() THEN
+        -- on Citus the rows' text is made here, on the coordinator, with this
+        -- session's settings: a worker would write its times in its own time zone
+        EXECUTE pg_catalog.format('WITH r AS MATERIALIZED (SELECT * FROM %s WHERE read_at >= %L AND read_at < %L) '
+                                  'SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(pg_catalog.hashtextextended(r::text, 0)::numeric), 0) FROM r',
+                                  p_table, p_from, p_to)
+           INTO n, digest;
+        RETURN;
+    END IF;
     -- order-free: the sum of a 64-bit hash of every row's text
     EXECUTE pg_catalog.format('SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(pg_catalog.hashtextextended(r::text, 0)::numeric), 0) '
                               'FROM %s r WHERE read_at >= %L AND read_at < %L', p_table, p_from, p_to)
        INTO n, digest;
 END $$;
 COMMENT ON FUNCTION prepay._rows_digest(regclass, timestamptz, timestamptz) IS
-'Internal: how many rows of p_table (prepay.reading''s columns) lie in [p_from, p_to), and an order-free digest of their values: what an archive''s file must give back.';
+'Internal: how many rows of p_table (prepay.reading''s columns) lie in [p_from, p_to), and an order-free digest of their values: what an archive''s file must give back.  Once distributed on Citus, the rows are read through the coordinator, so that their text (times in the caller''s time zone, UTC in the archive functions) is the same whichever worker holds them.';
 
 CREATE FUNCTION prepay.archive_reading_month(p_month date, p_directory text DEFAULT NULL)
 RETURNS jsonb
@@ -339,7 +353,7 @@ BEGIN
 
     EXECUTE pg_catalog.format('ALTER TABLE prepay.reading DETACH PARTITION %s', part);
     EXECUTE pg_catalog.format('DROP TABLE %s', part);
-    RAISE NOTICE 'archived % rows of % to % and dropped %', src.n, pg_catalog.to_char(m_from, 'YYYY-MM'), csv, part;
+    RAISE NOTICE 'archived % rows of % to % and dropped %', src.n, pg_catalog.to_char(m_from, 'YYYY-MM'), csv, manifest ->> 'partition';
     RETURN manifest;
 END $$;
 COMMENT ON FUNCTION prepay.archive_reading_month(date, text) IS
@@ -393,8 +407,14 @@ BEGIN
     -- a new table like the others, filled without the rating trigger (these
     -- readings were rated when they came), then attached as the month
     t := prepay._partition_name(m_from);
-    EXECUTE pg_catalog.format('CREATE TABLE prepay.%I (LIKE prepay.reading INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
-                              'INCLUDING INDEXES INCLUDING STORAGE)', t);
+    IF prepay._distributed() THEN
+        -- on Citus: distributed like prepay.reading before the COPY, which
+        -- sends each row to its site's shard
+        PERFORM prepay._citus_month_table('prepay.reading', m_from);
+    ELSE
+        EXECUTE pg_catalog.format('CREATE TABLE prepay.%I (LIKE prepay.reading INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
+                                  'INCLUDING INDEXES INCLUDING STORAGE)', t);
+    END IF;
     EXECUTE pg_catalog.format('COPY prepay.%I FROM %L WITH (FORMAT csv, HEADER true, ENCODING ''UTF8'')', t, csv);
     back := prepay._rows_digest(pg_catalog.format('prepay.%I', t)::regclass, m_from, m_to);
     IF back.n <> (manifest ->> 'rows')::bigint OR back.digest <> (manifest ->> 'rows_digest')::numeric THEN
@@ -404,7 +424,11 @@ BEGIN
     END IF;
     -- readings of the month written after it was archived are in the default
     -- partition (quarantined: out of order); they join the restored month
-    late := prepay._attach_month(m_from, pg_catalog.format('prepay.%I', t)::regclass);
+    IF prepay._distributed() THEN
+        late := prepay._citus_attach_month('prepay.reading', pg_catalog.format('prepay.%I', t)::regclass, m_from);
+    ELSE
+        late := prepay._attach_month(m_from, pg_catalog.format('prepay.%I', t)::regclass);
+    END IF;
     RAISE NOTICE 'restored % rows of % from %; % later readings of the month moved from the default partition',
         back.n, manifest ->> 'month', csv, late;
     RETURN QUERY SELECT * FROM prepay.reading_partitions p WHERE p.from_time = m_from;
@@ -416,8 +440,10 @@ CREATE FUNCTION prepay.archive_due_partitions(p_directory text DEFAULT NULL)
 RETURNS TABLE (month text, rows bigint, file text, sha256 text)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 DECLARE
-    months timestamptz[];
+    months timestamptz[] := '{}';
     m timestamptz;
+    r record;
+    shortest integer;
     manifest jsonb;
     this_month timestamptz := pg_catalog.date_trunc('month', pg_catalog.now());
 BEGIN
@@ -427,20 +453,26 @@ BEGIN
     END IF;
     PERFORM prepay._archive_directory(p_directory);
     -- the months are chosen first: no query on prepay.reading may be open
-    -- while a partition is detached
-    SELECT pg_catalog.array_agg(r.from_time ORDER BY r.from_time) INTO months
-          FROM prepay.reading_partitions r
-         WHERE NOT r.is_default AND r.to_time <= this_month
-           -- every site with readings in the month lets it go; a site that
-           -- keeps them forever, or longer, keeps the month
-           AND NOT EXISTS (SELECT 1 FROM prepay.site s
-                            WHERE (s.reading_keep_months IS NULL
-                                   OR r.to_time > this_month - pg_catalog.make_interval(months => s.reading_keep_months))
-                              AND EXISTS (SELECT 1 FROM prepay.reading x
-                                           WHERE x.site_id = s.site_id AND x.read_at >= r.from_time AND x.read_at < r.to_time))
-           -- an empty month goes once every site's retention has passed it
-           AND r.to_time <= this_month - pg_catalog.make_interval(months =>
-                   (SELECT pg_catalog.min(s.reading_keep_months) FROM prepay.site s));
+    -- while a partition is detached.  A month partition every site's
+    -- retention has passed (an empty month goes then) ...
+    shortest := (SELECT pg_catalog.min(s.reading_keep_months) FROM prepay.site s);
+    FOR r IN
+        SELECT p.from_time, p.to_time FROM prepay.reading_partitions p
+         WHERE NOT p.is_default AND p.to_time <= this_month - pg_catalog.make_interval(months => shortest)
+         ORDER BY p.from_time
+    LOOP
+        -- ... goes when every site with readings in it lets it go; a site
+        -- that keeps them forever, or longer, keeps the month (one query a
+        -- month, its bounds as values: on Citus it runs on the sites'
+        -- shards, which a query correlated with the catalog cannot)
+        IF NOT EXISTS (SELECT 1 FROM prepay.site s
+                        WHERE (s.reading_keep_months IS NULL
+                               OR r.to_time > this_month - pg_catalog.make_interval(months => s.reading_keep_months))
+                          AND EXISTS (SELECT 1 FROM prepay.reading x
+                                       WHERE x.site_id = s.site_id AND x.read_at >= r.from_time AND x.read_at < r.to_time)) THEN
+            months := months || r.from_time;
+        END IF;
+    END LOOP;
     FOREACH m IN ARRAY coalesce(months, '{}') LOOP
         manifest := prepay.archive_reading_month((m AT TIME ZONE 'UTC')::date, p_directory);
         month := manifest ->> 'month';

@@ -43,8 +43,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
         ('prepay-cut-reminders', '*/5 * * * *', 'SELECT prepay.send_cut_reminders()',
          'the reminder before a predicted cut, cut_reminder_lead ahead (docs/REPORTS.md)'),
         ('prepay-partitions', '17 * * * *', 'SELECT prepay.maintain_partitions()',
-         'pg_partman creates the monthly partitions of prepay.reading ahead of time, once prepay.partition_by_month() ran '
-         '(docs/OPERATIONS.md)'),
+         'pg_partman (on Citus: Citus''s create_time_partitions) creates the monthly partitions of prepay.reading ahead of time, '
+         'once prepay.partition_by_month() ran (docs/OPERATIONS.md, docs/SCALE-OUT.md)'),
         ('prepay-retention', '47 3 * * *', 'SELECT count(*) FROM prepay.archive_due_partitions()',
          'archive to files, then drop, the month partitions of readings older than the sites'' reading_keep_months '
          '(docs/OPERATIONS.md)')

@@ -52,7 +52,9 @@
 #                            is not installed in the server's lib dir
 #   start_citus_cluster(N)   a coordinator and N workers with Citus, prepay
 #                            created and distributed; returns ($coord, @workers)
-#   citus_node(NAME)         one node of it, Citus preloaded and created
+#   citus_node(NAME[, CONF]) one node of it, Citus preloaded and created; CONF:
+#                            more postgresql.conf lines (a later
+#                            shared_preload_libraries line replaces 'citus')
 #   shard_port(COORD, SITE)  the port of the worker holding a site's shards
 #
 # Loading it also makes a test that dies or bails out leave nothing behind:
@@ -97,7 +99,7 @@ sub start_prepay_node
 # (test/t/22x_citus*.pl), listening on loopback for the other nodes
 sub citus_node
 {
-	my ($name) = @_;
+	my ($name, $conf) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init;
 	$node->append_conf('postgresql.conf', qq{
@@ -106,7 +108,7 @@ listen_addresses = '127.0.0.1'
 max_prepared_transactions = 20
 timezone = 'UTC'
 citus.log_remote_commands = off
-});
+} . ($conf // ''));
 	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
 	return $node;

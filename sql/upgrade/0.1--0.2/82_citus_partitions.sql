@@ -1,0 +1,17 @@
+-- sql/upgrade/0.1--0.2/82_citus_partitions.sql: readings by month on Citus (sql/distribute.sql, time partitions on Citus): prepay.partition_by_month and prepay.maintain_partitions use Citus's create_time_partitions once distributed; the archive functions work through the coordinator (sql/partition.sql).
+--@ copy function prepay._default_partition
+--@ copy function prepay._partition_column
+--@ copy function prepay._month_partitions
+--@ copy function prepay._citus_premake
+--@ copy function prepay._require_citus_table
+--@ copy function prepay._citus_month_table
+--@ copy function prepay._citus_attach_month
+--@ copy function prepay._citus_maintain_partitions
+--@ copy function prepay._citus_partition_by_month
+--@ copy function prepay.partition_by_month
+--@ copy function prepay.maintain_partitions
+--@ copy function prepay._rows_digest
+--@ copy function prepay.archive_reading_month
+--@ copy function prepay.restore_reading_archive
+--@ copy function prepay.archive_due_partitions
+--@ copy function prepay.periodic_jobs

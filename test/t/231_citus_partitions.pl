@@ -1,0 +1,317 @@
+# test/t/231_citus_partitions.pl
+#
+# Readings by month on Citus (docs/SCALE-OUT.md, "Readings by month"): a
+# coordinator (with pg_cron) and two workers, prepay distributed, two sites
+# whose shards are on different workers.  prepay.partition_by_month() moves
+# the handover readings of January from the default partition into a
+# partition of their own and has Citus's create_time_partitions() make the
+# other months; then the scenario of test/t/230_partitions.pl for both
+# sites (both month boundaries, a statement spanning two months, its
+# replay, a conflicting duplicate at a boundary, a late reading of a closed
+# month) is rated as on a single node whose readings all
+# sit in the default partition: the same ledger, readings, refusals,
+# alarms.  pg_cron's run of the job prepay-partitions on the coordinator
+# makes months ahead (prepay.partition_premake).  The retention job
+# archives the months (CSV, SHA-256, manifest) through the coordinator and
+# drops them on the workers too; restoring the archives brings the same
+# rows back, each on its site's shard, and check_ledger() is empty.
+# Skipped when Citus is not installed (citus.so in the server's lib dir).
+
+use strict;
+use warnings;
+use IPC::Run ();
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use PrepayTest;
+
+skip_unless_citus();
+
+# the coordinator runs pg_cron, the workers only Citus
+my $coord = citus_node('coordinator', q{
+shared_preload_libraries = 'citus, pg_cron'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 16
+});
+my @workers = (citus_node('worker1'), citus_node('worker2'));
+$coord->safe_psql('postgres', "SELECT citus_set_coordinator_host('127.0.0.1', " . $coord->port . ")");
+$coord->safe_psql('postgres', "SELECT citus_add_node('127.0.0.1', " . $_->port . ")") for @workers;
+$coord->safe_psql('postgres', 'CREATE EXTENSION prepay; SELECT count(*) FROM prepay.distribute()');
+# pg_cron on the coordinator only: not propagated to the workers, which do
+# not load it (docs/SCALE-OUT.md)
+$coord->safe_psql('postgres', q{
+	SET citus.enable_ddl_propagation = off;
+	CREATE EXTENSION pg_cron;
+});
+my %worker_of = map { $_->port => $_ } @workers;
+
+my $single = PostgreSQL::Test::Cluster->new('single');
+$single->init;
+$single->append_conf('postgresql.conf', "timezone = 'UTC'");
+$single->start;
+$single->safe_psql('postgres', 'CREATE EXTENSION prepay');
+
+my $archive = $coord->basedir . '/archive';
+mkdir $archive or die "mkdir $archive: $!";
+
+# site 1, and the first site after it whose shards are on the other worker
+$_->safe_psql('postgres', q{INSERT INTO prepay.site (name) VALUES ('Plaza')}) for $single, $coord;
+my $other;
+for my $try (2 .. 20)
+{
+	$_->safe_psql('postgres', "INSERT INTO prepay.site (name) VALUES ('Site $try')") for $single, $coord;
+	if (shard_port($coord, $try) ne shard_port($coord, 1)) { $other = $try; last; }
+}
+ok(defined $other, "site 1 and site $other are on different workers");
+
+# accounts 1 and 2 and meters 1 and 2 of site 1, account 3 and meter 3 of
+# the other site (drawn on the coordinator, as on one node)
+my $setup = qq{
+	INSERT INTO prepay.tariff (site_id, name) VALUES (1, 'flat'), ($other, 'flat');
+	INSERT INTO prepay.tariff_version VALUES (1, 1, '2025-01-01', 0.75), ($other, 2, '2025-01-01', 0.5);
+	INSERT INTO prepay.meter (site_id, code) VALUES (1, 'M1'), (1, 'M2'), ($other, 'N1');
+	SELECT prepay.open_account(1, 'A1', 'Shop', 1);
+	SELECT prepay.open_account(1, 'A2', 'Kiosk', 1);
+	SELECT prepay.open_account($other, 'B1', 'Noodles', 2);
+	UPDATE prepay.account SET opened_at = '2025-12-01 00:00+00';
+	SELECT prepay.recharge(1, 1, 500, 'cash', 'R1') IS NOT NULL;
+	SELECT prepay.recharge(1, 2, 30, 'cash', 'R2') IS NOT NULL;
+	SELECT prepay.recharge($other, 3, 40, 'cash', 'R3') IS NOT NULL;
+	SELECT prepay.attach_meter(1, 1, 1, 100, '2026-01-01 00:00+00');
+	SELECT prepay.attach_meter(1, 2, 2, 50, '2026-01-01 00:00+00');
+	SELECT prepay.attach_meter($other, 3, 3, 10, '2026-01-01 00:00+00');
+};
+$_->safe_psql('postgres', $setup) for $single, $coord;
+
+# ---------------------------------------------------------------------
+# partition_by_month on the coordinator: Citus's time partitions
+# ---------------------------------------------------------------------
+my $made = $coord->safe_psql('postgres', q{
+	SELECT string_agg(partition_name::text, ' ' ORDER BY from_time NULLS LAST) FROM prepay.partition_by_month(2)});
+like($made, qr/^prepay\.reading_p2026_01 prepay\.reading_p2026_02 .* prepay\.reading_default$/,
+	'partition_by_month on Citus: January on, then the default partition');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text ~ '^prepay\.reading_p[0-9]{4}_[0-9]{2}$'
+	   AND colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'prepay.site'::regclass)}),
+	$coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading_partitions WHERE NOT is_default'),
+	'every month partition is distributed, colocated with the sites');
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(partition::text, ' ' ORDER BY from_value::timestamptz) FROM time_partitions
+	 WHERE parent_table = 'prepay.reading'::regclass AND from_value <> ''}),
+	$coord->safe_psql('postgres', q{SELECT string_agg(partition_name::text, ' ' ORDER BY from_time) FROM prepay.reading_partitions WHERE NOT is_default}),
+	"Citus's time_partitions lists the months prepay.reading_partitions lists");
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0', 'the default partition was emptied');
+is($coord->safe_psql('postgres', q{SELECT count(*) || ' ' || count(DISTINCT site_id) FROM prepay.reading_p2026_01}), '3 2',
+	'the handover readings of both sites are in January');
+is($coord->safe_psql('postgres', q{
+	SELECT (max(to_time) > date_trunc('month', now()) + interval '2 months')::text FROM prepay.reading_partitions}),
+	'true', 'two months are ready ahead of now');
+is($coord->safe_psql('postgres', 'SHOW prepay.partition_premake'), '2', 'the premake is kept for the database');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.partition_by_month(2) WHERE NOT is_default}),
+	$coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_partitions WHERE NOT is_default}),
+	'partition_by_month again changes nothing');
+
+my @statements = (
+	# January, the last instant of January, and February's first
+	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
+		(1, 1, '2026-01-15 12:00+00', 110), (1, 2, '2026-01-15 12:00+00', 55), ($other, 3, '2026-01-15 12:00+00', 14),
+		(1, 1, '2026-01-31 23:59:59.999999+00', 120), (1, 2, '2026-02-01 00:00+00', 60),
+		($other, 3, '2026-01-31 23:59:59.999999+00', 18), ($other, 3, '2026-02-01 00:00+00', 19)},
+	# one statement over two boundaries and two sites, with a reading of an unknown meter
+	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
+		(1, 1, '2026-02-01 00:00+00', 125), (1, 1, '2026-02-28 23:45+00', 140),
+		(1, 1, '2026-03-01 00:00+00', 141), (1, 2, '2026-03-01 00:00+00', 70),
+		(1, 2, '2026-03-15 00:00+00', 110), (1, 9, '2026-02-10 00:00+00', 1),
+		($other, 3, '2026-02-28 23:59:59+00', 30), ($other, 3, '2026-03-01 00:00+00', 31)},
+	# the same statement again (the agent's replay): nothing charged twice
+	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
+		(1, 1, '2026-02-01 00:00+00', 125), (1, 1, '2026-02-28 23:45+00', 140),
+		(1, 1, '2026-03-01 00:00+00', 141), (1, 2, '2026-03-01 00:00+00', 70),
+		(1, 2, '2026-03-15 00:00+00', 110), (1, 9, '2026-02-10 00:00+00', 1),
+		($other, 3, '2026-02-28 23:59:59+00', 30), ($other, 3, '2026-03-01 00:00+00', 31)},
+	# a conflicting duplicate exactly at the March boundary: refused
+	q{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-01 00:00+00', 999)},
+	# late readings of January, long closed, and March ones after them
+	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
+		(1, 2, '2026-01-20 00:00+00', 57), (1, 1, '2026-03-31 23:59:59+00', 150),
+		($other, 3, '2026-01-20 00:00+00', 15), ($other, 3, '2026-03-31 23:59:59+00', 40)},
+	# across the April boundary (not through prepay.reading_intake: its drain
+	# reads a transition table, which a statement on a worker's shard cannot)
+	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
+		(1, 1, '2026-04-01 00:00+00', 151), (1, 2, '2026-04-01 00:00+00', 111), ($other, 3, '2026-04-01 00:00+00', 41)},
+);
+foreach my $s (@statements)
+{
+	$_->safe_psql('postgres', $s) for $single, $coord;
+}
+
+# ids of ledger entries and alarms are drawn per node on Citus: left out
+my $outcome = q{
+	SELECT 'ledger ' || site_id || ' ' || kind || ' ' || account_id || ' ' || amount || ' ' || balance_after || ' '
+	       || coalesce(read_from::text, '-') || ' ' || coalesce(read_to::text, '-')
+	  FROM prepay.ledger
+	UNION ALL
+	SELECT 'reading ' || site_id || ' ' || meter_id || ' ' || read_at || ' ' || energy || ' ' || coalesce(quarantine_reason::text, 'rated')
+	  FROM prepay.reading
+	UNION ALL
+	SELECT 'refused ' || site_id || ' ' || meter_id || ' ' || read_at || ' ' || reason FROM prepay.reading_refused
+	UNION ALL
+	SELECT 'alarm ' || site_id || ' ' || kind || ' ' || coalesce(meter_id::text, '-') FROM prepay.alarm
+	UNION ALL
+	SELECT 'account ' || site_id || ' ' || account_id || ' ' || balance || ' ' || alarm_level FROM prepay.account
+	UNION ALL
+	SELECT 'meter ' || site_id || ' ' || meter_id || ' ' || coalesce(last_read_at::text, '-') || ' ' || coalesce(last_energy::text, '-')
+	  FROM prepay.meter
+	ORDER BY 1
+};
+my $flat = $single->safe_psql('postgres', $outcome);
+is($coord->safe_psql('postgres', $outcome), $flat, 'partitioned by month on Citus: the same charges, readings, refusals, alarms as on one node');
+like($flat, qr/ledger 1 consumption 1 -0\.75 .* 2026-02-28 23:45:00\+00 2026-03-01 00:00:00\+00/,
+	'the reading at the March boundary charged from the one before it');
+like($flat, qr/ledger $other consumption 3 -6\.00 30\.00 2026-01-31 23:59:59\.999999\+00 2026-02-28 23:59:59\+00/,
+	'the other site: one charge across the February boundary, from the last instant of January');
+like($flat, qr/reading $other 3 2026-01-20 00:00:00\+00 15\.000 out_of_order/, 'the late January readings are quarantined');
+like($flat, qr/refused 1 1 2026-03-01 00:00:00\+00 conflicting_duplicate/, 'the conflict at the boundary is refused');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM (SELECT site_id, account_id, read_to FROM prepay.ledger WHERE kind = 'consumption'
+	                       GROUP BY 1, 2, 3 HAVING count(*) > 1) d}), '0', 'the replay charged nothing twice');
+
+# each boundary reading is in the month it opens, read from the partitions
+my $layout = q{
+	SELECT string_agg(m || ' ' || site_id || ' ' || meter_id || ' ' || read_at, ', ' ORDER BY m, site_id, meter_id, read_at) FROM (
+	  SELECT '01' AS m, * FROM prepay.reading_p2026_01 UNION ALL SELECT '02', * FROM prepay.reading_p2026_02
+	  UNION ALL SELECT '03', * FROM prepay.reading_p2026_03 UNION ALL SELECT '04', * FROM prepay.reading_p2026_04
+	  UNION ALL SELECT 'default', * FROM prepay.reading_default) r
+	 WHERE read_at IN ('2026-01-31 23:59:59.999999+00', '2026-02-01 00:00+00', '2026-03-01 00:00+00', '2026-04-01 00:00+00')};
+is($coord->safe_psql('postgres', $layout),
+	"01 1 1 2026-01-31 23:59:59.999999+00, 01 $other 3 2026-01-31 23:59:59.999999+00, "
+	. "02 1 1 2026-02-01 00:00:00+00, 02 1 2 2026-02-01 00:00:00+00, 02 $other 3 2026-02-01 00:00:00+00, "
+	. "03 1 1 2026-03-01 00:00:00+00, 03 1 2 2026-03-01 00:00:00+00, 03 $other 3 2026-03-01 00:00:00+00, "
+	. "04 1 1 2026-04-01 00:00:00+00, 04 1 2 2026-04-01 00:00:00+00, 04 $other 3 2026-04-01 00:00:00+00",
+	'each boundary reading is in the month partition it opens, none in the default one');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'check_ledger() is empty');
+
+# ---------------------------------------------------------------------
+# the maintenance job, run by pg_cron on the coordinator, makes months ahead
+# ---------------------------------------------------------------------
+my $ahead = q{SELECT count(*) FROM prepay.reading_partitions WHERE from_time > date_trunc('month', now())};
+my $before = $coord->safe_psql('postgres', $ahead);
+is($coord->safe_psql('postgres', 'SELECT prepay.maintain_partitions()'), '0', 'maintain_partitions: nothing to make yet');
+# a reading from a clock far ahead waits in the default partition; the
+# job moves it into its month when it makes that month
+my $far = q{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+	VALUES (1, 9, date_trunc('month', now()) + interval '5 months 3 days', 1)};
+$_->safe_psql('postgres', $far) for $single, $coord;
+my $far_month = $coord->safe_psql('postgres', q{SELECT prepay._partition_name(date_trunc('month', now()) + interval '5 months')});
+$coord->safe_psql('postgres', 'ALTER DATABASE postgres SET prepay.partition_premake = 6');
+$coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.schedule_jobs('{"prepay-partitions": "* * * * *"}')});
+my $ready = 0;
+foreach my $i (1 .. 150)
+{
+	if ($coord->safe_psql('postgres', $ahead) >= 6) { $ready = 1; last; }
+	sleep 1;
+}
+ok($ready, "pg_cron's run of prepay-partitions on the coordinator made six months ahead (there were $before)");
+is($coord->safe_psql('postgres', q{
+	SELECT d.status FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+	 WHERE j.jobname = 'prepay-partitions' ORDER BY d.runid DESC LIMIT 1}), 'succeeded', 'the job run succeeded');
+$coord->safe_psql('postgres', 'SELECT prepay.unschedule_jobs()');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0',
+	'the reading from far ahead moved from the default partition into its month');
+is($coord->safe_psql('postgres', "SELECT count(*) FROM prepay.$far_month WHERE meter_id = 9"), '1', "... $far_month");
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM time_partitions WHERE parent_table = 'prepay.reading'::regclass}),
+	$coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_partitions}), 'Citus sees every partition');
+
+# ---------------------------------------------------------------------
+# retention on the coordinator: archive, check, drop everywhere; restore
+# ---------------------------------------------------------------------
+my $rows = q{SELECT count(*) || ' ' || md5(string_agg(r::text, '|' ORDER BY site_id, meter_id, read_at))
+               FROM prepay.reading r WHERE read_at >= '2026-01-01' AND read_at < '2026-02-01'};
+my $january = $coord->safe_psql('postgres', $rows);
+my $ledger = q{SELECT count(*) || ' ' || md5(string_agg(concat_ws(' ', site_id, account_id, kind, amount, balance_after, read_to), '|'
+                                                   ORDER BY site_id, entry_id)) FROM prepay.ledger};
+my $ledger_before = $coord->safe_psql('postgres', $ledger);
+my $all = $coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading');
+my $on_workers = sub {
+	my ($like) = @_;
+	join ' ', map { $_->safe_psql('postgres', "SELECT count(*) FROM pg_class WHERE relname LIKE '$like'") } @workers;
+};
+like($on_workers->('reading\_p2026\_01\_%'), qr/^[1-9][0-9]* [1-9][0-9]*$/, "January's shards are on both workers");
+
+$coord->safe_psql('postgres', 'UPDATE prepay.site SET reading_keep_months = 3');
+my $archived = $coord->safe_psql('postgres', qq{
+	SELECT string_agg(month || ' ' || rows, ', ' ORDER BY month) FROM prepay.archive_due_partitions('$archive')
+	 WHERE month <= '2026-04'});
+is($archived, '2026-01 10, 2026-02 6, 2026-03 6, 2026-04 3', 'the retention job archived the months with readings, through the coordinator');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_partitions
+                                   WHERE NOT is_default AND to_time <= date_trunc('month', now()) - interval '3 months'}),
+	'0', 'and dropped every month the sites let go');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text = 'prepay.reading_p2026_01'}), '0',
+	'January is no longer a distributed table');
+is($on_workers->('reading\_p2026\_01%'), '0 0', 'and its shards are gone from both workers');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading WHERE read_at < date_trunc('month', now())}), '0',
+	'no reading of those months is left');
+is($coord->safe_psql('postgres', $ledger), $ledger_before, 'the ledger is untouched');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'and still explains every balance');
+
+ok(-f "$archive/prepay.reading.2026-01.csv", 'the archive file is there');
+my $manifest = slurp_file("$archive/prepay.reading.2026-01.manifest.json");
+like($manifest, qr/"rows": 10/, 'the manifest counts the rows');
+like($manifest, qr/"sites": \[1, $other\]/, 'and names both sites');
+{
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run([ 'sha256sum', '-c', 'prepay.reading.2026-01.csv.sha256' ], '>', \$out, '2>', \$err,
+		init => sub { chdir $archive });
+	ok($ok && $out =~ /prepay\.reading\.2026-01\.csv: OK/, 'sha256sum -c checks the file') or diag("$out $err");
+}
+unlike(slurp_file("$archive/prepay.reading.2026-01.csv"), qr/\+0[1-9]|\+1[0-9]/, 'times in the file are in UTC');
+
+# a late reading of January after the archive: default partition, quarantined
+$_->safe_psql('postgres', q{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-01-20 00:00+00', 115)})
+	for $single, $coord;
+$flat = $single->safe_psql('postgres', $outcome);
+is($coord->safe_psql('postgres', q{SELECT site_id || ' ' || quarantine_reason FROM prepay.reading_default}),
+	'1 out_of_order', 'a late reading of an archived month is kept in the default partition');
+
+$coord->safe_psql('postgres', qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-01.manifest.json')});
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0', 'the late reading moved into the restored month');
+is($coord->safe_psql('postgres', $rows . q{ AND NOT (meter_id = 1 AND read_at = '2026-01-20 00:00+00')}), $january,
+	'restoring the archive brings the same rows back');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading_p2026_01'), '11', 'in the month partition');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'prepay.reading_p2026_01'::regclass
+	   AND colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'prepay.site'::regclass)}), '1',
+	'the restored month is distributed, colocated with the sites');
+# each site's rows of the month on the worker holding the site, in its shard
+foreach my $site (1, $other)
+{
+	my ($shard_name, $port) = split /\|/, $coord->safe_psql('postgres', qq{
+		SELECT shard_name('prepay.reading_p2026_01', s.shardid), p.nodeport
+		  FROM (SELECT get_shard_id_for_distribution_column('prepay.reading_p2026_01', $site) AS shardid) s
+		  JOIN pg_dist_shard_placement p USING (shardid)});
+	is($port, shard_port($coord, $site), "site $site: January's shard is on the site's worker");
+	is($worker_of{$port}->safe_psql('postgres', "SELECT count(*) FROM $shard_name WHERE site_id = $site"),
+		$coord->safe_psql('postgres', "SELECT count(*) FROM prepay.reading WHERE site_id = $site AND read_at < '2026-02-01'"),
+		"site $site: its January rows are in that shard on that worker");
+}
+my ($rc, $out, $err) = $coord->psql('postgres',
+	qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-01.manifest.json')},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/55000: 2026-01 has a partition already/, 'a month is restored once');
+foreach my $m ('02', '03', '04')
+{
+	$coord->safe_psql('postgres', qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-$m.manifest.json')});
+}
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), $all + 1, 'every archived reading is back');
+is($coord->safe_psql('postgres', $outcome), $flat, 'and the cluster says what the single node says');
+
+# the restored months rate on
+$_->safe_psql('postgres', qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
+	(1, 1, '2026-04-02 00:00+00', 152), ($other, 3, '2026-04-02 00:00+00', 42)}) for $single, $coord;
+is($coord->safe_psql('postgres', $outcome), $single->safe_psql('postgres', $outcome), 'readings of a restored month are rated as on one node');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'check_ledger() is empty at the end');
+
+done_testing();
