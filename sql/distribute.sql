@@ -104,6 +104,7 @@ DECLARE
     p record;
     s record;
     f record;
+    ddl text;
     fk name;
     group_id bigint := 0;
 BEGIN
@@ -148,21 +149,18 @@ BEGIN
 
     -- the mapping tables become reference tables (a copy on every node, read
     -- where a policy asks who the caller is): no foreign keys to the sites'
-    -- and accounts' shards
-    FOR p IN
-        SELECT con.conrelid::regclass AS rel, con.conname AS polname, NULL::"char" AS polcmd, NULL::text AS qual
+    -- and accounts' shards, and no audit trigger, which would fire on each
+    -- node's copy (docs/SCALE-OUT.md)
+    FOR ddl IN
+        SELECT pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', con.conrelid::regclass, con.conname)
           FROM pg_catalog.pg_constraint con
          WHERE con.contype = 'f' AND con.conrelid = ANY (prepay._mapping_tables())
-    LOOP
-        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', p.rel, p.polname);
-    END LOOP;
-    -- ... and no audit trigger: it would fire on each node's copy (docs/SCALE-OUT.md)
-    FOR p IN
-        SELECT tg.tgrelid::regclass AS rel, tg.tgname AS polname, NULL::"char" AS polcmd, NULL::text AS qual
+        UNION ALL
+        SELECT pg_catalog.format('DROP TRIGGER %I ON %s', tg.tgname, tg.tgrelid::regclass)
           FROM pg_catalog.pg_trigger tg
          WHERE tg.tgname = 'audit' AND tg.tgrelid = ANY (prepay._mapping_tables())
     LOOP
-        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', p.polname, p.rel);
+        EXECUTE ddl;
     END LOOP;
 
     -- site names: unique per coordinator no more (site_id is the identity)
