@@ -138,18 +138,9 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '
 my $ahead = q{SELECT count(*) FROM prepay.reading_partitions WHERE from_time > date_trunc('month', now())};
 my $before = $node->safe_psql('postgres', $ahead);
 $node->safe_psql('postgres', q{UPDATE partman.part_config SET premake = 6 WHERE parent_table = 'prepay.reading'});
-$node->safe_psql('postgres', q{SELECT count(*) FROM prepay.schedule_jobs('{"prepay-partitions": "* * * * *"}')});
-my $ready = 0;
-foreach my $i (1 .. 150)
-{
-	if ($node->safe_psql('postgres', $ahead) >= 6) { $ready = 1; last; }
-	sleep 1;
-}
+my ($ready, $status) = run_job_until($node, 'prepay-partitions', "SELECT ($ahead) >= 6");
 ok($ready, "pg_cron's run of prepay-partitions made six months ahead (there were $before)");
-is($node->safe_psql('postgres', q{
-	SELECT d.status FROM cron.job_run_details d JOIN cron.job j USING (jobid)
-	 WHERE j.jobname = 'prepay-partitions' ORDER BY d.runid DESC LIMIT 1}), 'succeeded', 'the job run succeeded');
-$node->safe_psql('postgres', 'SELECT prepay.unschedule_jobs()');
+is($status, 'succeeded', 'the job run succeeded');
 $node->safe_psql('postgres', 'DROP EXTENSION pg_cron');    # it lives in postgres only: not in the dump below
 
 # ---------------------------------------------------------------------
@@ -164,14 +155,9 @@ is($node->safe_psql('postgres', qq{SELECT count(*) FROM prepay.archive_due_parti
 	'no site has a retention: nothing archived');
 
 # keep 3 whole months past: every month that ended before that goes
-$node->safe_psql('postgres', 'UPDATE prepay.site SET reading_keep_months = 3');
-my $archived = $node->safe_psql('postgres', qq{
-	SELECT string_agg(month || ' ' || rows, ', ' ORDER BY month) FROM prepay.archive_due_partitions('$archive')
-	 WHERE month <= '2026-04'});
+my ($archived, $left) = keep_three_months($node, $archive);
 is($archived, '2026-01 6, 2026-02 4, 2026-03 4, 2026-04 2', 'the retention job archived the months with readings');
-is($node->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_partitions
-                                   WHERE NOT is_default AND to_time <= date_trunc('month', now()) - interval '3 months'}),
-	'0', 'and dropped every month the site lets go');
+is($left, '0', 'and dropped every month the site lets go');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), '0', 'no reading of those months is left');
 is($node->safe_psql('postgres', q{SELECT count(*) || ' ' || md5(string_agg(l::text, '|' ORDER BY entry_id)) FROM prepay.ledger l}),
 	$ledger, 'the ledger is untouched');
@@ -181,12 +167,8 @@ ok(-f "$archive/prepay.reading.2026-01.csv", 'the archive file is there');
 my ($manifest) = slurp_file("$archive/prepay.reading.2026-01.manifest.json");
 like($manifest, qr/"rows": 6/, 'the manifest counts the rows');
 like($manifest, qr/"sha256": "[0-9a-f]{64}"/, 'and carries the checksum');
-{
-	my ($out, $err) = ('', '');
-	my $ok = IPC::Run::run([ 'sha256sum', '-c', 'prepay.reading.2026-01.csv.sha256' ], '>', \$out, '2>', \$err,
-		init => sub { chdir $archive });
-	ok($ok && $out =~ /prepay\.reading\.2026-01\.csv: OK/, 'sha256sum -c checks the file') or diag("$out $err");
-}
+my ($checked, $said) = sha256_checks($archive, 'prepay.reading.2026-01.csv');
+ok($checked, 'sha256sum -c checks the file') or diag($said);
 
 # a reading of January after the archive: default partition, quarantined
 # (the flat installation gets it too, to compare them after the restore)
@@ -209,23 +191,14 @@ is($node->safe_psql('postgres', q{SELECT tableoid::regclass || ' ' || quarantine
 	like($err, qr/XX001: the checksum of .* does not match its manifest/, 'a changed archive is refused');
 }
 
-$node->safe_psql('postgres', qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-01.manifest.json')});
+is((restore_archive($node, $archive, '2026-01'))[0], 0, 'January restored');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0',
 	'the late reading moved into the restored month');
 is($node->safe_psql('postgres', $rows . q{ AND NOT (meter_id = 1 AND read_at = '2026-01-20 00:00+00')}), $january,
 	'restoring the archive brings the same rows back');
 is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT tableoid::regclass::text, ' ') FROM prepay.reading}), 'prepay.reading_p2026_01',
 	'in the month partition');
-my ($rc, $out, $err) = $node->psql('postgres',
-	qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-01.manifest.json')},
-	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
-like($err, qr/55000: 2026-01 has a partition already/, 'a month is restored once');
-foreach my $m ('02', '03', '04')
-{
-	$node->safe_psql('postgres', qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-$m.manifest.json')});
-}
-is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), $all + 1, 'every archived reading is back');
-is($node->safe_psql('postgres', $outcome), $flat, 'and the installation says what it said before the archive');
+restore_other_months($node, $archive, $all + 1, $outcome, $flat, 'and the installation says what it said before the archive');
 
 my $layout = q{SELECT string_agg(tableoid::regclass || ' ' || meter_id || ' ' || read_at || ' ' || coalesce(quarantine_reason::text, '-'), ', '
                                  ORDER BY read_at, meter_id) FROM prepay.reading};

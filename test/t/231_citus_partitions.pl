@@ -207,18 +207,9 @@ my $far = q{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
 $_->safe_psql('postgres', $far) for $single, $coord;
 my $far_month = $coord->safe_psql('postgres', q{SELECT prepay._partition_name(date_trunc('month', now()) + interval '5 months')});
 $coord->safe_psql('postgres', 'ALTER DATABASE postgres SET prepay.partition_premake = 6');
-$coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.schedule_jobs('{"prepay-partitions": "* * * * *"}')});
-my $ready = 0;
-foreach my $i (1 .. 150)
-{
-	if ($coord->safe_psql('postgres', $ahead) >= 6) { $ready = 1; last; }
-	sleep 1;
-}
+my ($ready, $status) = run_job_until($coord, 'prepay-partitions', "SELECT ($ahead) >= 6");
 ok($ready, "pg_cron's run of prepay-partitions on the coordinator made six months ahead (there were $before)");
-is($coord->safe_psql('postgres', q{
-	SELECT d.status FROM cron.job_run_details d JOIN cron.job j USING (jobid)
-	 WHERE j.jobname = 'prepay-partitions' ORDER BY d.runid DESC LIMIT 1}), 'succeeded', 'the job run succeeded');
-$coord->safe_psql('postgres', 'SELECT prepay.unschedule_jobs()');
+is($status, 'succeeded', 'the job run succeeded');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0',
 	'the reading from far ahead moved from the default partition into its month');
 is($coord->safe_psql('postgres', "SELECT count(*) FROM prepay.$far_month WHERE meter_id = 9"), '1', "... $far_month");
@@ -241,14 +232,9 @@ my $on_workers = sub {
 };
 like($on_workers->('reading\_p2026\_01\_%'), qr/^[1-9][0-9]* [1-9][0-9]*$/, "January's shards are on both workers");
 
-$coord->safe_psql('postgres', 'UPDATE prepay.site SET reading_keep_months = 3');
-my $archived = $coord->safe_psql('postgres', qq{
-	SELECT string_agg(month || ' ' || rows, ', ' ORDER BY month) FROM prepay.archive_due_partitions('$archive')
-	 WHERE month <= '2026-04'});
+my ($archived, $left) = keep_three_months($coord, $archive);
 is($archived, '2026-01 10, 2026-02 6, 2026-03 6, 2026-04 3', 'the retention job archived the months with readings, through the coordinator');
-is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_partitions
-                                   WHERE NOT is_default AND to_time <= date_trunc('month', now()) - interval '3 months'}),
-	'0', 'and dropped every month the sites let go');
+is($left, '0', 'and dropped every month the sites let go');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text = 'prepay.reading_p2026_01'}), '0',
 	'January is no longer a distributed table');
 is($on_workers->('reading\_p2026\_01%'), '0 0', 'and its shards are gone from both workers');
@@ -261,12 +247,8 @@ ok(-f "$archive/prepay.reading.2026-01.csv", 'the archive file is there');
 my $manifest = slurp_file("$archive/prepay.reading.2026-01.manifest.json");
 like($manifest, qr/"rows": 10/, 'the manifest counts the rows');
 like($manifest, qr/"sites": \[1, $other\]/, 'and names both sites');
-{
-	my ($out, $err) = ('', '');
-	my $ok = IPC::Run::run([ 'sha256sum', '-c', 'prepay.reading.2026-01.csv.sha256' ], '>', \$out, '2>', \$err,
-		init => sub { chdir $archive });
-	ok($ok && $out =~ /prepay\.reading\.2026-01\.csv: OK/, 'sha256sum -c checks the file') or diag("$out $err");
-}
+my ($checked, $said) = sha256_checks($archive, 'prepay.reading.2026-01.csv');
+ok($checked, 'sha256sum -c checks the file') or diag($said);
 unlike(slurp_file("$archive/prepay.reading.2026-01.csv"), qr/\+0[1-9]|\+1[0-9]/, 'times in the file are in UTC');
 
 # a late reading of January after the archive: default partition, quarantined
@@ -276,7 +258,7 @@ $flat = $single->safe_psql('postgres', $outcome);
 is($coord->safe_psql('postgres', q{SELECT site_id || ' ' || quarantine_reason FROM prepay.reading_default}),
 	'1 out_of_order', 'a late reading of an archived month is kept in the default partition');
 
-$coord->safe_psql('postgres', qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-01.manifest.json')});
+is((restore_archive($coord, $archive, '2026-01'))[0], 0, 'January restored');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0', 'the late reading moved into the restored month');
 is($coord->safe_psql('postgres', $rows . q{ AND NOT (meter_id = 1 AND read_at = '2026-01-20 00:00+00')}), $january,
 	'restoring the archive brings the same rows back');
@@ -297,16 +279,7 @@ foreach my $site (1, $other)
 		$coord->safe_psql('postgres', "SELECT count(*) FROM prepay.reading WHERE site_id = $site AND read_at < '2026-02-01'"),
 		"site $site: its January rows are in that shard on that worker");
 }
-my ($rc, $out, $err) = $coord->psql('postgres',
-	qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-01.manifest.json')},
-	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
-like($err, qr/55000: 2026-01 has a partition already/, 'a month is restored once');
-foreach my $m ('02', '03', '04')
-{
-	$coord->safe_psql('postgres', qq{SELECT * FROM prepay.restore_reading_archive('$archive/prepay.reading.2026-$m.manifest.json')});
-}
-is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), $all + 1, 'every archived reading is back');
-is($coord->safe_psql('postgres', $outcome), $flat, 'and the cluster says what the single node says');
+restore_other_months($coord, $archive, $all + 1, $outcome, $flat, 'and the cluster says what the single node says');
 
 # the restored months rate on
 $_->safe_psql('postgres', qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES

@@ -73,7 +73,9 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 
 our @EXPORT = qw(start_prepay_node wait_for metric served_history start_simulator start_agent stop_agent stored_readings
-  create_polled_site start_cron_node skip_unless_citus citus_node start_citus_cluster shard_port);
+  create_polled_site start_cron_node skip_unless_citus citus_node start_citus_cluster shard_port run_job_until
+  restore_archive keep_three_months sha256_checks
+  restore_other_months);
 
 my $top = $ENV{TESTDIR};
 
@@ -100,31 +102,36 @@ sub start_prepay_node
 sub citus_node
 {
 	my ($name, $conf) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', qq{
+	my $node = configured_node($name, q{
 shared_preload_libraries = 'citus'
 listen_addresses = '127.0.0.1'
 max_prepared_transactions = 20
 timezone = 'UTC'
 citus.log_remote_commands = off
 } . ($conf // ''));
-	$node->start;
 	$node->safe_psql('postgres', 'CREATE EXTENSION citus');
 	return $node;
 }
 
+# a PostgreSQL node with pg_cron loaded for database postgres, started
 sub start_cron_node
 {
 	my ($name, $conf) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf('postgresql.conf', qq{
+	return configured_node($name, q{
 shared_preload_libraries = 'pg_cron'
 cron.database_name = 'postgres'
 cron.use_background_workers = on
 max_worker_processes = 16
 } . ($conf // ''));
+}
+
+# a new node with these postgresql.conf lines, started
+sub configured_node
+{
+	my ($name, $conf) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', $conf);
 	$node->start;
 	return $node;
 }
@@ -165,6 +172,76 @@ sub wait_for
 	my $v;
 	while (!($v = $check->()) && time < $deadline) { sleep 0.05; }
 	return $v;
+}
+
+# schedule one of prepay's jobs every minute and wait, up to 150 s, until
+# the query $done returns true; unschedules the jobs again and returns
+# whether it did and the status of the job's last run
+sub run_job_until
+{
+	my ($node, $job, $done) = @_;
+	$node->safe_psql('postgres', qq{SELECT count(*) FROM prepay.schedule_jobs('{"$job": "* * * * *"}')});
+	my $deadline = time + 150;
+	my $ok = 0;
+	until (($ok = $node->safe_psql('postgres', $done) eq 't') || time > $deadline) { sleep 1; }
+	my $status = $node->safe_psql('postgres', qq{
+		SELECT d.status FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+		 WHERE j.jobname = '$job' ORDER BY d.runid DESC LIMIT 1});
+	$node->safe_psql('postgres', 'SELECT prepay.unschedule_jobs()');
+	return ($ok, $status);
+}
+
+# the end of the retention scenario of test/t/230_partitions.pl and
+# 231_citus_partitions.pl, January restored already: restoring it again is
+# refused, February to April come back, every reading is back ($readings
+# in all) and the query $outcome says $expected again
+sub restore_other_months
+{
+	my ($node, $dir, $readings, $outcome, $expected, $same) = @_;
+	my ($rc, $out, $err) = restore_archive($node, $dir, '2026-01');
+	like($err, qr/55000: 2026-01 has a partition already/, 'a month is restored once');
+	is(join(' ', map { (restore_archive($node, $dir, "2026-$_"))[0] } '02', '03', '04'), '0 0 0',
+		'February to April restored');
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.reading'), $readings, 'every archived reading is back');
+	is($node->safe_psql('postgres', $outcome), $expected, $same);
+}
+
+# retention of 3 whole months for every site, then the retention job's run
+# into the server directory $dir: returns what it archived up to April 2026
+# ("month rows, ...") and how many month partitions older than 3 months
+# are left
+sub keep_three_months
+{
+	my ($node, $dir) = @_;
+	$node->safe_psql('postgres', 'UPDATE prepay.site SET reading_keep_months = 3');
+	my $archived = $node->safe_psql('postgres', qq{
+		SELECT string_agg(month || ' ' || rows, ', ' ORDER BY month) FROM prepay.archive_due_partitions('$dir')
+		 WHERE month <= '2026-04'});
+	my $left = $node->safe_psql('postgres', q{
+		SELECT count(*) FROM prepay.reading_partitions
+		 WHERE NOT is_default AND to_time <= date_trunc('month', now()) - interval '3 months'});
+	return ($archived, $left);
+}
+
+# whether sha256sum -c accepts an archive file's checksum file (both in
+# $dir), and what it said
+sub sha256_checks
+{
+	my ($dir, $file) = @_;
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run([ 'sha256sum', '-c', "$file.sha256" ], '>', \$out, '2>', \$err, init => sub { chdir $dir });
+	return ($ok && $out =~ /\Q$file\E: OK/, "$out $err");
+}
+
+# prepay.restore_reading_archive() of a month (YYYY-MM) archived into the
+# server directory $dir: returns psql's ($rc, $stdout, $stderr), the
+# error with its SQLSTATE
+sub restore_archive
+{
+	my ($node, $dir, $month) = @_;
+	return $node->psql('postgres',
+		qq{SELECT * FROM prepay.restore_reading_archive('$dir/prepay.reading.$month.manifest.json')},
+		extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 }
 
 my $http = HTTP::Tiny->new(timeout => 5);
