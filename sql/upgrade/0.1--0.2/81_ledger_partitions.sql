@@ -17,6 +17,14 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER INDEX prepay.%I RENAME TO %I', i.relname,
                                   pg_catalog.regexp_replace(i.relname, '^ledger', 'ledger_0_1'));
     END LOOP;
+    -- and its checks: the new table's take their names (unique in the schema)
+    FOR i IN
+        SELECT con.conname AS relname FROM pg_catalog.pg_constraint con
+         WHERE con.conrelid = 'prepay.ledger_0_1'::pg_catalog.regclass AND con.contype = 'c'
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE prepay.ledger_0_1 RENAME CONSTRAINT %I TO %I', i.relname,
+                                  pg_catalog.regexp_replace(i.relname, '^ledger', 'ledger_0_1'));
+    END LOOP;
 END $$;
 
 --@ copy table prepay.ledger
@@ -25,6 +33,23 @@ COMMENT ON INDEX prepay.ledger_payment_ref IS 'The entries of a payment referenc
 COMMENT ON INDEX prepay.ledger_reversal IS 'The reversal of an entry.  Not unique: prepay.reversed_entry keeps an entry reversed at most once.';
 COMMENT ON INDEX prepay.ledger_money IS 'Every money movement that is not a consumption charge (payments, refunds, reversals, fees, ...), by time: the finance reports and the order overview.  Consumption entries are not in it and cost it nothing.';
 --@ copy table prepay.ledger_default
+-- NaN refused in its numeric columns, as sql/integrity.sql gives every table
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN
+        SELECT a.attname FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = 'prepay.ledger'::pg_catalog.regclass AND a.attnum > 0 AND NOT a.attisdropped
+           AND a.atttypid = 'pg_catalog.numeric'::pg_catalog.regtype
+         ORDER BY a.attnum
+    LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE prepay.ledger ADD CONSTRAINT %I CHECK (%I OPERATOR(pg_catalog.<>) ''NaN''::pg_catalog.numeric)',
+                                  'ledger_' || c.attname || '_not_nan', c.attname);
+        EXECUTE pg_catalog.format('COMMENT ON CONSTRAINT %I ON prepay.ledger IS %L', 'ledger_' || c.attname || '_not_nan',
+                                  pg_catalog.format('%s is a number: NaN is refused (sql/integrity.sql).', c.attname));
+    END LOOP;
+END $$;
 --@ copy table prepay.payment_reference
 --@ copy table prepay.reversed_entry
 
