@@ -50,6 +50,11 @@
 # BENCH_MONTHS=1 partitions prepay.reading by month (pg_partman) before
 # loading; by default every reading goes to its default partition.
 #
+# BENCH_REINDEX=1 rebuilds the indexes of the readings and the ledger
+# (REINDEX TABLE, every partition) before the storage line: what a closed
+# month, whose rows no longer change, costs once its keys are rebuilt
+# (docs/OPERATIONS.md); the storage line is then not the live table's.
+#
 # BENCH_BARE_WRITES=1 also times, interval by interval, the bare writes the data
 # model asks of a flat rated reading, done by SQL with no rating logic:
 # after each rated COPY, the ledger rows it wrote are copied out and loaded
@@ -320,6 +325,10 @@ fi
 # payment references) are counted in, about 1 % at 96 intervals
 storage_tables="'prepay.reading', 'prepay.ledger', 'prepay.charge_pricing', 'prepay.payment_reference', 'prepay.reversed_entry'"
 psql -d bench -c "VACUUM prepay.reading, prepay.ledger"
+if [ "${BENCH_REINDEX:-0}" = 1 ]; then
+	echo "indexes rebuilt (a closed month's figure, not the live table's)"
+	psql -d bench -c "REINDEX TABLE prepay.reading" -c "REINDEX TABLE prepay.ledger"
+fi
 psql -d bench -At <<SQL
 CREATE TEMP VIEW t AS
     SELECT c.oid::regclass AS name, sum(pg_catalog.pg_relation_size(p.relid)) AS heap,
