@@ -13,7 +13,11 @@
  * the columns set as the UPDATE's target list, so column-limited triggers
  * decide as for the statement) between the UPDATE's statement triggers;
  * an insert is COPY's: column defaults, constraints, table_multi_insert,
- * index entries, AFTER ROW and statement triggers and transition tables.
+ * index entries, AFTER ROW and statement triggers and transition tables;
+ * into a partitioned table, each row goes to the partition COPY's tuple
+ * routing finds for it (ExecFindPartition: the partition whose bound takes
+ * the row, or an error), with that partition's constraints, indexes and
+ * AFTER ROW triggers, and the partitioned table's statement triggers.
  *
  * A table is opened for direct access only when that does all the SQL
  * statement would, and direct_open returns NULL (the caller runs the
@@ -24,14 +28,20 @@
  *	    Citus instead.  (One rule for the whole database: cheaper to check
  *	    than every table's distribution, and never wrong.);
  *	  - the table is not a plain heap table that is not a partition (a
- *	    partitioned table routes rows, a partition checks its bound), or it
+ *	    partition checks its bound), or, for inserts, a partitioned table
+ *	    whose rows' partition key is not a plain column with a
+ *	    non-volatile default (the rows then go to the partition of that
+ *	    default: the one partition the open checks) and whose partition for
+ *	    that default is not a plain heap table with its parent's columns
+ *	    and no row trigger of its own that the rules below refuse; or it
  *	    has rules, or stored generated columns;
  *	  - the current user lacks the table privileges (SELECT and UPDATE, or
  *	    INSERT) or USAGE on the schema, or row-level security applies;
  *	  - updates: a BEFORE or INSTEAD OF row trigger on UPDATE (the caller
  *	    reads the new row it built, not what a trigger made of it), or an
  *	    UPDATE transition table;
- *	  - inserts: a BEFORE or INSTEAD OF row trigger on INSERT.
+ *	  - inserts: a BEFORE or INSTEAD OF row trigger on INSERT; into a
+ *	    partitioned table, also an INSERT transition table.
  *
  * Locking protocol: tables are opened with RowExclusiveLock, like the
  * statements.  An update first locks the row version found with the
@@ -69,6 +79,7 @@
 #include "catalog/namespace.h"
 #include "commands/extension.h"
 #include "commands/trigger.h"
+#include "executor/execPartition.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -80,6 +91,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/rls.h"
 
@@ -119,6 +131,10 @@ struct DirectTable
 	bool		updated;		/* the statement's BEFORE triggers fired */
 
 	/* inserts */
+	ModifyTableState *mtstate;	/* into a partitioned table: routing, as COPY */
+	PartitionTupleRouting *proute;
+	ResultRelInfo *leaf;		/* the partition of the last row */
+	ResultRelInfo **buffer_leaf;	/* each buffered row's partition */
 	ExprState **default_expr;	/* volatile defaults, evaluated per row */
 	Datum	   *default_value;	/* the others, evaluated once */
 	bool	   *default_null;
@@ -133,7 +149,9 @@ static bool direct_allowed(Relation rel, CmdType operation);
 static bool triggers_allow(Relation rel, CmdType operation);
 static void open_executor(DirectTable *t, Bitmapset *set_columns);
 static void open_lookup(DirectTable *t);
-static void open_insert(DirectTable *t);
+static bool open_insert(DirectTable *t);
+static ResultRelInfo *route(DirectTable *t, TupleTableSlot *slot);
+static bool leaf_allowed(DirectTable *t, ResultRelInfo *leaf);
 static void flush_inserts(DirectTable *t);
 static DirectUpdate lock_row(DirectTable *t, ItemPointer tid);
 static void serialization_failure(const char *what);
@@ -176,16 +194,32 @@ direct_open(const char *relname, CmdType operation, const char *const *set_colum
 	t->snapshot = snapshot;
 	t->cid = GetCurrentCommandId(true);
 	open_executor(t, columns);
-	/* an insert-only table without a key (the rollup deltas) has no lookups */
-	if (operation != CMD_INSERT || OidIsValid(RelationGetPrimaryKeyIndex(rel)))
+	/*
+	 * an insert-only table without a key (the rollup deltas) has no lookups,
+	 * nor has a partitioned table (its key is its partitions' indexes)
+	 */
+	if (operation != CMD_INSERT ||
+		(OidIsValid(RelationGetPrimaryKeyIndex(rel)) &&
+		 rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE))
 		open_lookup(t);
 	if (operation == CMD_UPDATE)
 	{
 		t->lock_slot = table_slot_create(rel, &t->estate->es_tupleTable);
 		t->update_slot = ExecInitExtraTupleSlot(t->estate, RelationGetDescr(rel), &TTSOpsVirtual);
 	}
-	else
-		open_insert(t);
+	else if (!open_insert(t))
+	{
+		/* no statement trigger fired, no row written: the statement instead */
+		AfterTriggerEndQuery(t->estate);
+		if (t->proute != NULL)
+			ExecCleanupTupleRouting(t->mtstate, t->proute);
+		ExecResetTupleTable(t->estate->es_tupleTable, false);
+		ExecCloseResultRelations(t->estate);
+		FreeExecutorState(t->estate);
+		table_close(rel, NoLock);
+		pfree(t);
+		return NULL;
+	}
 	return t;
 }
 
@@ -199,8 +233,12 @@ direct_allowed(Relation rel, CmdType operation)
 	Oid			relid = RelationGetRelid(rel);
 	AclMode		needed = operation == CMD_UPDATE ? ACL_SELECT | ACL_UPDATE : ACL_INSERT;
 
-	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition ||
-		rel->rd_rules != NULL)
+	if (!(rel->rd_rel->relkind == RELKIND_RELATION ||
+		  (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE && operation == CMD_INSERT)) ||
+		rel->rd_rel->relispartition || rel->rd_rules != NULL)
+		return false;
+	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE && rel->trigdesc != NULL &&
+		rel->trigdesc->trig_insert_new_table)
 		return false;
 	if (rel->rd_att->constr != NULL && rel->rd_att->constr->has_generated_stored)
 		return false;
@@ -255,7 +293,9 @@ open_executor(DirectTable *t, Bitmapset *set_columns)
 	t->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(t->rri, t->rel, 1, NULL, 0);
 	t->estate->es_opened_result_relations = list_make1(t->rri);
-	ExecOpenIndices(t->rri, false);
+	/* a partitioned table's rows go to its partitions' indexes */
+	if (t->rel->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		ExecOpenIndices(t->rri, false);
 	AfterTriggerBeginQuery();
 }
 
@@ -287,18 +327,18 @@ open_lookup(DirectTable *t)
 
 /*
  * open_insert
- *		Start an INSERT as COPY does: the statement's BEFORE triggers and
- *		transition tables, every column default (volatile ones are
- *		evaluated per row, like nextval; the others once), the buffer.
+ *		Start an INSERT as COPY does: every column default (volatile ones
+ *		are evaluated per row, like nextval; the others once), for a
+ *		partitioned table its tuple routing and the partition the defaults
+ *		go to, the statement's BEFORE triggers and transition tables, the
+ *		buffer.  false, and no trigger fired, when a partitioned table's
+ *		rows cannot be written directly (file header).
  */
-static void
+static bool
 open_insert(DirectTable *t)
 {
 	TupleDesc	desc = RelationGetDescr(t->rel);
-
-	t->transition = MakeTransitionCaptureState(t->rel->trigdesc, RelationGetRelid(t->rel),
-											   CMD_INSERT);
-	ExecBSInsertTriggers(t->estate, t->rri);
+	Relation	buffer_rel = t->rel;
 
 	t->default_expr = palloc0(sizeof(ExprState *) * desc->natts);
 	t->default_value = palloc0(sizeof(Datum) * desc->natts);
@@ -320,11 +360,82 @@ open_insert(DirectTable *t)
 															GetPerTupleExprContext(t->estate),
 															&t->default_null[i]);
 	}
+
+	if (t->rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+	{
+		PartitionKey key = RelationGetPartitionKey(t->rel);
+		TupleTableSlot *probe;
+
+		/* the partition key: plain columns with a default evaluated once */
+		for (int k = 0; k < key->partnatts; k++)
+		{
+			AttrNumber	a = key->partattrs[k];
+
+			if (a <= 0 || t->default_expr[a - 1] != NULL || t->default_null[a - 1])
+				return false;
+		}
+		t->mtstate = makeNode(ModifyTableState);
+		t->mtstate->ps.plan = NULL;
+		t->mtstate->ps.state = t->estate;
+		t->mtstate->operation = CMD_INSERT;
+		t->mtstate->mt_nrels = 1;
+		t->mtstate->resultRelInfo = t->rri;
+		t->mtstate->rootResultRelInfo = t->rri;
+		t->proute = ExecSetupPartitionTupleRouting(t->estate, t->rel);
+		/* route a row of the defaults (volatile ones left NULL: no nextval) */
+		probe = ExecInitExtraTupleSlot(t->estate, desc, &TTSOpsVirtual);
+		for (int i = 0; i < desc->natts; i++)
+		{
+			probe->tts_values[i] = t->default_expr[i] != NULL ? (Datum) 0 : t->default_value[i];
+			probe->tts_isnull[i] = t->default_expr[i] != NULL ? true : t->default_null[i];
+		}
+		ExecStoreVirtualTuple(probe);
+		t->leaf = route(t, probe);
+		if (!leaf_allowed(t, t->leaf))
+			return false;
+		buffer_rel = t->leaf->ri_RelationDesc;
+	}
+
+	t->transition = MakeTransitionCaptureState(t->rel->trigdesc, RelationGetRelid(t->rel),
+											   CMD_INSERT);
+	ExecBSInsertTriggers(t->estate, t->rri);
+
 	t->row_context = AllocSetContextCreate(CurrentMemoryContext, "prepay direct insert rows",
 										   ALLOCSET_DEFAULT_SIZES);
 	t->buffer = palloc(sizeof(TupleTableSlot *) * INSERT_BUFFER_ROWS);
+	t->buffer_leaf = palloc(sizeof(ResultRelInfo *) * INSERT_BUFFER_ROWS);
 	for (int i = 0; i < INSERT_BUFFER_ROWS; i++)
-		t->buffer[i] = table_slot_create(t->rel, NULL);
+		t->buffer[i] = table_slot_create(buffer_rel, NULL);
+	return true;
+}
+
+/*
+ * route
+ *		The partition of a partitioned table that takes the row in slot,
+ *		found by COPY's tuple routing (ExecFindPartition: the partition
+ *		bounds, the default partition, or an error when none takes it).
+ */
+static ResultRelInfo *
+route(DirectTable *t, TupleTableSlot *slot)
+{
+	return ExecFindPartition(t->mtstate, t->rri, t->proute, slot, t->estate);
+}
+
+/*
+ * leaf_allowed
+ *		Whether rows routed to this partition can be written directly: a
+ *		plain heap table with its parent's columns (no tuple conversion),
+ *		no rules, and no row trigger of its own the file header refuses.
+ */
+static bool
+leaf_allowed(DirectTable *t, ResultRelInfo *leaf)
+{
+	Relation	rel = leaf->ri_RelationDesc;
+
+	return rel->rd_rel->relkind == RELKIND_RELATION && rel->rd_rules == NULL &&
+		leaf->ri_RootToPartitionMap == NULL &&
+		!(rel->rd_att->constr != NULL && rel->rd_att->constr->has_generated_stored) &&
+		triggers_allow(rel, CMD_INSERT);
 }
 
 /*
@@ -347,6 +458,8 @@ direct_close(DirectTable *t)
 	else if (t->updated)
 		ExecASUpdateTriggers(t->estate, t->rri, NULL);
 	AfterTriggerEndQuery(t->estate);
+	if (t->proute != NULL)
+		ExecCleanupTupleRouting(t->mtstate, t->proute);	/* the partitions */
 	if (t->scan != NULL)
 	{
 		index_endscan(t->scan);
@@ -626,7 +739,23 @@ direct_insert(DirectTable *t, const Datum *values, const bool *isset)
 		}
 	}
 	ExecStoreVirtualTuple(slot);
-	if (desc->constr != NULL)
+	if (t->proute != NULL)
+	{
+		/* the row's partition, its constraints */
+		ResultRelInfo *leaf = route(t, slot);
+
+		if (leaf != t->leaf && !leaf_allowed(t, leaf))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("prepay: partition %s of %s cannot be written directly",
+							RelationGetRelationName(leaf->ri_RelationDesc),
+							RelationGetRelationName(t->rel))));
+		t->leaf = leaf;
+		t->buffer_leaf[t->nbuffered] = leaf;
+		if (desc->constr != NULL)
+			ExecConstraints(leaf, slot, t->estate);
+	}
+	else if (desc->constr != NULL)
 		ExecConstraints(t->rri, slot, t->estate);
 	MemoryContextSwitchTo(old);
 	if (++t->nbuffered == INSERT_BUFFER_ROWS)
@@ -646,17 +775,26 @@ flush_inserts(DirectTable *t)
 	if (t->nbuffered == 0)
 		return;
 	old = MemoryContextSwitchTo(t->row_context);
-	table_multi_insert(t->rel, t->buffer, t->nbuffered, t->cid, 0, NULL);
-	for (int i = 0; i < t->nbuffered; i++)
+	/* each run of rows bound for one table (a partition, when routed) */
+	for (int first = 0, end; first < t->nbuffered; first = end)
 	{
-		List	   *recheck = NIL;
+		ResultRelInfo *rri = t->proute != NULL ? t->buffer_leaf[first] : t->rri;
 
-		if (t->rri->ri_NumIndices > 0)
-			recheck = ExecInsertIndexTuples(t->rri, t->buffer[i], t->estate, false, false,
-											NULL, NIL);
-		ExecARInsertTriggers(t->estate, t->rri, t->buffer[i], recheck, t->transition);
-		list_free(recheck);
-		ExecClearTuple(t->buffer[i]);
+		for (end = first + 1; end < t->nbuffered; end++)
+			if (t->proute != NULL && t->buffer_leaf[end] != rri)
+				break;
+		table_multi_insert(rri->ri_RelationDesc, t->buffer + first, end - first, t->cid, 0, NULL);
+		for (int i = first; i < end; i++)
+		{
+			List	   *recheck = NIL;
+
+			if (rri->ri_NumIndices > 0)
+				recheck = ExecInsertIndexTuples(rri, t->buffer[i], t->estate, false, false,
+												NULL, NIL);
+			ExecARInsertTriggers(t->estate, rri, t->buffer[i], recheck, t->transition);
+			list_free(recheck);
+			ExecClearTuple(t->buffer[i]);
+		}
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(t->row_context);

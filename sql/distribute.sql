@@ -399,14 +399,6 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION prepay._default_partition(regclass) IS 'Internal: the default partition of the partitioned table p_table; NULL when it has none.';
 
-CREATE FUNCTION prepay._partition_column(p_table regclass) RETURNS name
-LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT a.attname FROM pg_catalog.pg_partitioned_table p
-      JOIN pg_catalog.pg_attribute a ON a.attrelid = p.partrelid AND a.attnum = p.partattrs[0]
-     WHERE p.partrelid = p_table AND p.partnatts = 1
-$$;
-COMMENT ON FUNCTION prepay._partition_column(regclass) IS 'Internal: the column the partitioned table p_table is partitioned by (one column); NULL when it is not partitioned so.';
-
 CREATE FUNCTION prepay._month_partitions(p_table regclass) RETURNS integer
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.count(*)::integer FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid

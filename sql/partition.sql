@@ -1,18 +1,21 @@
 
 /*-------------------------------------------------------------------------
  * sql/partition.sql
- *     Years of readings: prepay.reading by UTC month, retention with
- *     archives, and the sizes an operator watches (docs/OPERATIONS.md).
+ *     Years of readings: prepay.reading and prepay.ledger by UTC month,
+ *     retention of readings with archives, and the sizes an operator
+ *     watches (docs/OPERATIONS.md).
  *
- *     prepay.reading is partitioned by range of read_at.  A fresh install
- *     has only the default partition prepay.reading_default, so that prepay
- *     works without pg_partman.  prepay.partition_by_month() gives every
- *     UTC month its own partition (prepay.reading_pYYYY_MM, pg_partman's
- *     names), moving the rows the default partition holds, and registers
- *     the table with pg_partman, which the job prepay-partitions
- *     (prepay.maintain_partitions(), scheduled by prepay.schedule_jobs())
- *     asks to create the months ahead of time.  The default partition stays
- *     the extension's own table (pg_dump keeps it with the extension).
+ *     prepay.reading is partitioned by range of read_at, prepay.ledger by
+ *     range of created_at.  A fresh install has only their default
+ *     partitions prepay.reading_default and prepay.ledger_default, so that
+ *     prepay works without pg_partman.  prepay.partition_by_month() gives
+ *     every UTC month its own partition (prepay.reading_pYYYY_MM,
+ *     prepay.ledger_pYYYY_MM, pg_partman's names), moving the rows the
+ *     default partitions hold, and registers both tables with pg_partman,
+ *     which the job prepay-partitions (prepay.maintain_partitions(),
+ *     scheduled by prepay.schedule_jobs()) asks to create the months ahead
+ *     of time.  The default partitions stay the extension's own tables
+ *     (pg_dump keeps them with the extension).
  *
  *     Retention: site.reading_keep_months (NULL: forever).  The job
  *     prepay-retention (prepay.archive_due_partitions()) archives each
@@ -21,8 +24,10 @@
  *     server, a SHA-256 checksum file and a JSON manifest, reads the file
  *     back to check it holds the same rows, and only then detaches and
  *     drops the partition.  prepay.restore_reading_archive() attaches an
- *     archive again.  Only readings are ever dropped: the ledger, charges
- *     and rollups stay (a charge's reading times are in the ledger).
+ *     archive again.  Only readings are ever dropped: the ledger's month
+ *     partitions, charges and rollups stay (a charge's reading times are in
+ *     the ledger; money records are kept as long as the law asks, and
+ *     prepay never drops a ledger partition).
  *
  * Who: all of it needs a superuser (server files, pg_partman, DDL); the
  * functions are SECURITY INVOKER and check it themselves.  Month
@@ -58,7 +63,7 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION prepay._partman_schema() IS 'Internal: the schema pg_partman is installed in; NULL when it is not installed in this database.';
 
-CREATE FUNCTION prepay._by_month() RETURNS boolean
+CREATE FUNCTION prepay._by_month(p_table regclass) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s name := prepay._partman_schema();
@@ -67,26 +72,41 @@ BEGIN
     IF s IS NULL THEN
         RETURN false;
     END IF;
-    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %I.part_config WHERE parent_table = ''prepay.reading'')', s)
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT 1 FROM %I.part_config WHERE parent_table = %L)', s, p_table::text)
        INTO found;
     RETURN found;
 END $$;
-COMMENT ON FUNCTION prepay._by_month() IS 'Internal: whether prepay.reading is registered with pg_partman (prepay.partition_by_month() ran).';
+COMMENT ON FUNCTION prepay._by_month(regclass) IS 'Internal: whether p_table (prepay.reading or prepay.ledger) is registered with pg_partman (prepay.partition_by_month() ran).';
+
+CREATE FUNCTION prepay._month_tables() RETURNS regclass[]
+LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '{prepay.reading,prepay.ledger}'::pg_catalog.regclass[]
+$$;
+COMMENT ON FUNCTION prepay._month_tables() IS 'Internal: the tables partitioned by UTC month (prepay.partition_by_month()): the readings by read_at and the ledger by created_at.  Only the readings are ever archived and dropped.';
+
+CREATE FUNCTION prepay._partitions(p_table regclass)
+RETURNS TABLE (partition_name regclass, is_default boolean, from_time timestamptz, to_time timestamptz,
+               total_bytes bigint, rows_estimated bigint)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.oid::regclass,
+           pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT',
+           CASE WHEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+                THEN (pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz
+           END,
+           CASE WHEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+                THEN (pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz
+           END,
+           pg_catalog.pg_total_relation_size(c.oid),
+           c.reltuples::bigint
+      FROM pg_catalog.pg_inherits i
+      JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = p_table
+$$;
+COMMENT ON FUNCTION prepay._partitions(regclass) IS 'Internal: the partitions of a table partitioned by range of a time (prepay.reading_partitions, prepay.ledger_partitions).';
 
 CREATE VIEW prepay.reading_partitions AS
-SELECT c.oid::regclass AS partition_name,
-       pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT' AS is_default,
-       CASE WHEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
-            THEN (pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz
-       END AS from_time,
-       CASE WHEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
-            THEN (pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz
-       END AS to_time,
-       pg_catalog.pg_total_relation_size(c.oid) AS total_bytes,
-       c.reltuples::bigint AS rows_estimated
-  FROM pg_catalog.pg_inherits i
-  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
- WHERE i.inhparent = 'prepay.reading'::pg_catalog.regclass;
+SELECT p.partition_name, p.is_default, p.from_time, p.to_time, p.total_bytes, p.rows_estimated
+  FROM prepay._partitions('prepay.reading') p;
 COMMENT ON VIEW prepay.reading_partitions IS 'The partitions of prepay.reading: name, whether it is the default partition, the range of read_at it takes (from inclusive, to exclusive), size with indexes and estimated rows.';
 COMMENT ON COLUMN prepay.reading_partitions.partition_name IS 'The partition.';
 COMMENT ON COLUMN prepay.reading_partitions.is_default IS 'true for the default partition (readings no month partition takes).';
@@ -95,47 +115,70 @@ COMMENT ON COLUMN prepay.reading_partitions.to_time IS 'First read_at it no long
 COMMENT ON COLUMN prepay.reading_partitions.total_bytes IS 'Size on disk with its indexes and TOAST.';
 COMMENT ON COLUMN prepay.reading_partitions.rows_estimated IS 'Rows as the planner''s statistics estimate them (-1: never vacuumed or analyzed).';
 
-CREATE FUNCTION prepay._month_partition(p_month timestamptz) RETURNS regclass
+CREATE VIEW prepay.ledger_partitions AS
+SELECT p.partition_name, p.is_default, p.from_time, p.to_time, p.total_bytes, p.rows_estimated
+  FROM prepay._partitions('prepay.ledger') p;
+COMMENT ON VIEW prepay.ledger_partitions IS 'The partitions of prepay.ledger: name, whether it is the default partition, the range of created_at it takes (from inclusive, to exclusive), size with indexes and estimated rows.  Retention never drops one (docs/OPERATIONS.md).';
+COMMENT ON COLUMN prepay.ledger_partitions.partition_name IS 'The partition.';
+COMMENT ON COLUMN prepay.ledger_partitions.is_default IS 'true for the default partition (entries no month partition takes).';
+COMMENT ON COLUMN prepay.ledger_partitions.from_time IS 'First created_at it takes (a UTC month''s start); NULL for the default partition.';
+COMMENT ON COLUMN prepay.ledger_partitions.to_time IS 'First created_at it no longer takes; NULL for the default partition.';
+COMMENT ON COLUMN prepay.ledger_partitions.total_bytes IS 'Size on disk with its indexes and TOAST.';
+COMMENT ON COLUMN prepay.ledger_partitions.rows_estimated IS 'Rows as the planner''s statistics estimate them (-1: never vacuumed or analyzed).';
+
+CREATE FUNCTION prepay._month_partition(p_table regclass, p_month timestamptz) RETURNS regclass
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
-    SELECT p.partition_name FROM prepay.reading_partitions p WHERE p.from_time = pg_catalog.date_trunc('month', p_month)
+    SELECT p.partition_name FROM prepay._partitions(p_table) p WHERE p.from_time = pg_catalog.date_trunc('month', p_month)
 $$;
-COMMENT ON FUNCTION prepay._month_partition(timestamptz) IS 'Internal: the partition of prepay.reading that takes the UTC month of p_month; NULL when none does (its readings are in the default partition).';
+COMMENT ON FUNCTION prepay._month_partition(regclass, timestamptz) IS 'Internal: the partition of p_table (prepay.reading or prepay.ledger) that takes the UTC month of p_month; NULL when none does (its rows are in the default partition).';
 
-CREATE FUNCTION prepay._partition_name(p_month timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'reading_p' || pg_catalog.to_char(p_month AT TIME ZONE 'UTC', 'YYYY_MM')
+CREATE FUNCTION prepay._partition_name(p_table regclass, p_month timestamptz) RETURNS text
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT c.relname || '_p' || pg_catalog.to_char(p_month AT TIME ZONE 'UTC', 'YYYY_MM')
+      FROM pg_catalog.pg_class c WHERE c.oid = p_table
 $$;
-COMMENT ON FUNCTION prepay._partition_name(timestamptz) IS 'Internal: the name of the month partition of p_month''s UTC month, as pg_partman names it (reading_pYYYY_MM).';
+COMMENT ON FUNCTION prepay._partition_name(regclass, timestamptz) IS 'Internal: the name of p_table''s month partition of p_month''s UTC month, as pg_partman names it (reading_pYYYY_MM, ledger_pYYYY_MM).';
 
-CREATE FUNCTION prepay._attach_month(p_month timestamptz, p_table regclass) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
+CREATE FUNCTION prepay._partition_column(p_table regclass) RETURNS name
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a.attname FROM pg_catalog.pg_partitioned_table pt
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = pt.partrelid AND a.attnum = pt.partattrs[0]
+     WHERE pt.partrelid = p_table
+$$;
+COMMENT ON FUNCTION prepay._partition_column(regclass) IS 'Internal: the column p_table is partitioned by (read_at for the readings, created_at for the ledger).';
+
+CREATE FUNCTION prepay._attach_month(p_table regclass, p_month timestamptz, p_partition regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC'
+-- the rows move as they are: no trigger fires (the ledger's partitions
+-- refuse DELETE, its AFTER INSERT triggers have recorded these entries
+-- already, and the new table has none until attached)
+SET session_replication_role = replica AS $$
 DECLARE
     m_from timestamptz := pg_catalog.date_trunc('month', p_month);
     m_to timestamptz := pg_catalog.date_trunc('month', p_month) + interval '1 month';
+    col name := prepay._partition_column(p_table);
     moved bigint;
 BEGIN
-    -- the month's readings the default partition holds move into the new
-    -- one (the default partition may not keep rows of an attached range)
+    -- the month's rows the default partition holds move into the new one
+    -- (the default partition may not keep rows of an attached range)
     EXECUTE pg_catalog.format(
-        'WITH m AS (DELETE FROM prepay.reading_default WHERE read_at >= %L AND read_at < %L RETURNING *) '
-        'INSERT INTO %s SELECT * FROM m', m_from, m_to, p_table);
+        'WITH m AS (DELETE FROM prepay.%I WHERE %I >= %L AND %I < %L RETURNING *) '
+        'INSERT INTO %s SELECT * FROM m', (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = p_table) || '_default',
+        col, m_from, col, m_to, p_partition);
     GET DIAGNOSTICS moved = ROW_COUNT;
-    EXECUTE pg_catalog.format('ALTER TABLE prepay.reading ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
-                              p_table, m_from, m_to);
+    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)',
+                              p_table, p_partition, m_from, m_to);
     RETURN moved;
 END $$;
-COMMENT ON FUNCTION prepay._attach_month(timestamptz, regclass) IS
-'Internal: move the readings of p_month''s UTC month from the default partition into p_table (a table like prepay.reading) and attach it as that month''s partition; returns how many rows moved.';
+COMMENT ON FUNCTION prepay._attach_month(regclass, timestamptz, regclass) IS
+'Internal: move the rows of p_month''s UTC month from the default partition of p_table (prepay.reading or prepay.ledger) into p_partition (a table like p_table), no trigger firing, and attach it as that month''s partition; returns how many rows moved.';
 
 CREATE FUNCTION prepay.partition_by_month(p_premake integer DEFAULT 4)
-RETURNS SETOF prepay.reading_partitions
+RETURNS TABLE (table_name regclass, partition_name regclass, is_default boolean, from_time timestamptz,
+               to_time timestamptz, total_bytes bigint, rows_estimated bigint)
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 DECLARE
-    pm name := prepay._partman_schema();
-    months timestamptz[];
-    m timestamptz;
-    first_month timestamptz;
-    t text;
+    tab regclass;
 BEGIN
     PERFORM prepay._require_superuser('partition_by_month');
     IF p_premake IS NULL OR p_premake < 1 OR p_premake > 36 THEN
@@ -143,76 +186,106 @@ BEGIN
             pg_catalog.format('Given: %s.', p_premake), 'pg_partman keeps that many months'' partitions ready ahead of now (4 by default).');
     END IF;
     IF prepay._distributed() THEN
-        -- on Citus: Citus's create_time_partitions, per table (docs/SCALE-OUT.md)
+        -- on Citus: Citus's create_time_partitions, for the readings only
+        -- (the ledger keeps its default partition there: docs/SCALE-OUT.md)
         PERFORM prepay._citus_partition_by_month('prepay.reading', p_premake);
-        RETURN QUERY SELECT * FROM prepay.reading_partitions p ORDER BY p.from_time NULLS LAST;
-        RETURN;
+    ELSE
+        PERFORM prepay._partman_partition_by_month(p_premake);
     END IF;
+    FOREACH tab IN ARRAY prepay._month_tables() LOOP
+        RETURN QUERY SELECT tab, p.partition_name, p.is_default, p.from_time, p.to_time, p.total_bytes, p.rows_estimated
+                       FROM prepay._partitions(tab) p ORDER BY p.from_time NULLS LAST;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay.partition_by_month(integer) IS
+'Partition prepay.reading (by read_at) and prepay.ledger (by created_at) by UTC month: every month with rows in a default partition gets its own partition (prepay.reading_pYYYY_MM, prepay.ledger_pYYYY_MM, rows moved under an exclusive lock), and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  On one node with pg_partman (prepay._partman_partition_by_month; 55000 without it).  Once distributed on Citus, on the coordinator, the readings only, with Citus''s create_time_partitions(), p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month); the ledger stays in its default partition there (docs/SCALE-OUT.md).  Called again, it only changes premake and runs the maintenance.  Returns the partitions of both tables.  Needs a superuser (42501).  docs/OPERATIONS.md.';
+
+CREATE FUNCTION prepay._partman_partition_by_month(p_premake integer) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
+DECLARE
+    pm name := prepay._partman_schema();
+    tab regclass;
+    months timestamptz[];
+    m timestamptz;
+    first_month timestamptz;
+    t text;
+    parent text;
+    col name;
+BEGIN
+    PERFORM prepay._require_superuser('partition_by_month');
     IF pm IS NULL THEN
         PERFORM prepay._raise('55000', pg_catalog.format('pg_partman is not installed in database %s', pg_catalog.current_database()),
-            'prepay.reading is partitioned by month with pg_partman, which creates the months ahead of time; without it every reading stays in the default partition, which works but cannot be archived month by month.',
+            'prepay.reading and prepay.ledger are partitioned by month with pg_partman, which creates the months ahead of time; without it every row stays in the default partitions, which works but cannot be archived month by month.',
             'Install postgresql-15-partman; CREATE SCHEMA partman; CREATE EXTENSION pg_partman SCHEMA partman; then call it again (docs/OPERATIONS.md).');
     END IF;
 
-    IF NOT prepay._by_month() THEN
-        -- no reading comes in meanwhile: the months are cut out of the
-        -- default partition and the table handed to pg_partman at once
-        LOCK TABLE prepay.reading IN ACCESS EXCLUSIVE MODE;
+    -- no row comes in meanwhile: the months are cut out of the default
+    -- partitions and the tables handed to pg_partman at once (readings
+    -- first, then the ledger: the rating's order)
+    FOREACH tab IN ARRAY prepay._month_tables() LOOP
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', tab);
+    END LOOP;
+    FOREACH tab IN ARRAY prepay._month_tables() LOOP
+        IF prepay._by_month(tab) THEN
+            EXECUTE pg_catalog.format('UPDATE %I.part_config SET premake = %s WHERE parent_table = %L', pm, p_premake, tab::text);
+            CONTINUE;
+        END IF;
+        parent := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = tab);
+        col := prepay._partition_column(tab);
         -- the months first: no query on the table stays open while it changes
-        SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_trunc('month', d.read_at)) INTO months
-          FROM prepay.reading_default d;
+        EXECUTE pg_catalog.format('SELECT pg_catalog.array_agg(DISTINCT pg_catalog.date_trunc(''month'', d.%I)) FROM prepay.%I d',
+                                  col, parent || '_default')
+           INTO months;
         FOREACH m IN ARRAY coalesce(months, '{}') LOOP
-            t := prepay._partition_name(m);
-            EXECUTE pg_catalog.format('CREATE TABLE prepay.%I (LIKE prepay.reading INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
-                                      'INCLUDING INDEXES INCLUDING STORAGE)', t);
-            PERFORM prepay._attach_month(m, pg_catalog.format('prepay.%I', t)::regclass);
+            t := prepay._partition_name(tab, m);
+            EXECUTE pg_catalog.format('CREATE TABLE prepay.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS '
+                                      'INCLUDING INDEXES INCLUDING STORAGE)', t, tab);
+            PERFORM prepay._attach_month(tab, m, pg_catalog.format('prepay.%I', t)::regclass);
         END LOOP;
         SELECT LEAST(pg_catalog.min(p.from_time), pg_catalog.date_trunc('month', pg_catalog.now()))
-          INTO first_month FROM prepay.reading_partitions p WHERE NOT p.is_default;
+          INTO first_month FROM prepay._partitions(tab) p WHERE NOT p.is_default;
         -- pg_partman makes a default partition of its own, by the name of
         -- ours: ours is set aside meanwhile, then takes its place again
-        ALTER TABLE prepay.reading DETACH PARTITION prepay.reading_default;
-        ALTER TABLE prepay.reading_default RENAME TO reading_default_kept;
-        EXECUTE pg_catalog.format('SELECT %I.create_parent(p_parent_table := ''prepay.reading'', p_control := ''read_at'', '
+        EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION prepay.%I', tab, parent || '_default');
+        EXECUTE pg_catalog.format('ALTER TABLE prepay.%I RENAME TO %I', parent || '_default', parent || '_default_kept');
+        EXECUTE pg_catalog.format('SELECT %I.create_parent(p_parent_table := %L, p_control := %L, '
                                   'p_type := ''native'', p_interval := ''monthly'', p_premake := %s, '
                                   'p_start_partition := %L, p_jobmon := false)',
-                                  pm, p_premake, pg_catalog.to_char(first_month, 'YYYY-MM-DD HH24:MI:SS'));
-        DROP TABLE prepay.reading_default;
-        ALTER TABLE prepay.reading_default_kept RENAME TO reading_default;
-        ALTER TABLE prepay.reading ATTACH PARTITION prepay.reading_default DEFAULT;
-        -- months ahead even while no reading arrives
-        EXECUTE pg_catalog.format('UPDATE %I.part_config SET infinite_time_partitions = true WHERE parent_table = ''prepay.reading''', pm);
-    ELSE
-        EXECUTE pg_catalog.format('UPDATE %I.part_config SET premake = %s WHERE parent_table = ''prepay.reading''', pm, p_premake);
-    END IF;
+                                  pm, tab::text, col, p_premake, pg_catalog.to_char(first_month, 'YYYY-MM-DD HH24:MI:SS'));
+        EXECUTE pg_catalog.format('DROP TABLE prepay.%I', parent || '_default');
+        EXECUTE pg_catalog.format('ALTER TABLE prepay.%I RENAME TO %I', parent || '_default_kept', parent || '_default');
+        EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION prepay.%I DEFAULT', tab, parent || '_default');
+        -- months ahead even while no row arrives
+        EXECUTE pg_catalog.format('UPDATE %I.part_config SET infinite_time_partitions = true WHERE parent_table = %L', pm, tab::text);
+    END LOOP;
     PERFORM prepay.maintain_partitions();
-    RETURN QUERY SELECT * FROM prepay.reading_partitions p ORDER BY p.from_time NULLS LAST;
 END $$;
-COMMENT ON FUNCTION prepay.partition_by_month(integer) IS
-'Partition prepay.reading by UTC month with pg_partman: every month with readings in the default partition gets its own partition (prepay.reading_pYYYY_MM, rows moved under an exclusive lock), the table is registered with pg_partman, and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  Called again, it only changes premake and runs the maintenance.  Returns prepay.reading_partitions.  Needs a superuser (42501) and pg_partman in this database (55000).  Once distributed on Citus, on the coordinator: Citus''s create_time_partitions() instead of pg_partman, p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month, docs/SCALE-OUT.md).  docs/OPERATIONS.md.';
+COMMENT ON FUNCTION prepay._partman_partition_by_month(integer) IS
+'Internal: prepay.partition_by_month() on one node: every month with rows in the default partition of prepay.reading or prepay.ledger gets its own partition (reading_pYYYY_MM, ledger_pYYYY_MM, rows moved under an exclusive lock), the tables are registered with pg_partman, and partitions are made p_premake months ahead.  Called again, it only changes premake (and partitions a table not partitioned yet, such as the ledger of an installation partitioned before it was) and runs the maintenance.  55000 without pg_partman.';
 
 CREATE FUNCTION prepay.maintain_partitions() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
 DECLARE
+    tab regclass;
     before integer;
-    after integer;
+    made integer := 0;
 BEGIN
     PERFORM prepay._require_superuser('maintain_partitions');
     IF prepay._distributed() THEN
-        -- on Citus: Citus's create_time_partitions, per table (docs/SCALE-OUT.md)
+        -- on Citus: Citus's create_time_partitions, for the readings
         RETURN prepay._citus_maintain_partitions('prepay.reading', prepay._citus_premake());
     END IF;
-    IF NOT prepay._by_month() THEN
-        RETURN 0;       -- not partitioned by month: nothing to keep ahead
-    END IF;
-    SELECT pg_catalog.count(*) INTO before FROM prepay.reading_partitions;
-    EXECUTE pg_catalog.format('SELECT %I.run_maintenance(p_parent_table := ''prepay.reading'', p_jobmon := false)',
-                              prepay._partman_schema());
-    SELECT pg_catalog.count(*) INTO after FROM prepay.reading_partitions;
-    RETURN after - before;
+    FOREACH tab IN ARRAY prepay._month_tables() LOOP
+        CONTINUE WHEN NOT prepay._by_month(tab);    -- not partitioned by month: nothing to keep ahead
+        SELECT pg_catalog.count(*) INTO before FROM prepay._partitions(tab);
+        EXECUTE pg_catalog.format('SELECT %I.run_maintenance(p_parent_table := %L, p_jobmon := false)',
+                                  prepay._partman_schema(), tab::text);
+        made := made + (SELECT pg_catalog.count(*) FROM prepay._partitions(tab)) - before;
+    END LOOP;
+    RETURN made;
 END $$;
 COMMENT ON FUNCTION prepay.maintain_partitions() IS
-'The job prepay-partitions: ask pg_partman to create the months of prepay.reading ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while prepay.reading is not partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes them, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
+'The job prepay-partitions: ask pg_partman to create the months of prepay.reading and prepay.ledger ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while neither is partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes the readings'' months, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
 
 -- ---------------------------------------------------------------------
 -- archives: a month of readings as files on the server
@@ -293,7 +366,7 @@ DECLARE
     manifest jsonb;
 BEGIN
     PERFORM prepay._require_superuser('archive_reading_month');
-    part := prepay._month_partition(m_from);
+    part := prepay._month_partition('prepay.reading', m_from);
     IF part IS NULL THEN
         PERFORM prepay._raise('55000', pg_catalog.format('no partition of prepay.reading holds %s', pg_catalog.to_char(m_from, 'YYYY-MM')),
             'Only a month partition can be archived (prepay.reading_partitions lists them); readings in the default partition are not archived.',
@@ -393,9 +466,9 @@ BEGIN
     csv := dir || '/' || (manifest ->> 'file');
     m_from := (manifest ->> 'from')::timestamptz;
     m_to := (manifest ->> 'to')::timestamptz;
-    IF prepay._month_partition(m_from) IS NOT NULL THEN
+    IF prepay._month_partition('prepay.reading', m_from) IS NOT NULL THEN
         PERFORM prepay._raise('55000', pg_catalog.format('%s has a partition already', manifest ->> 'month'),
-            pg_catalog.format('%s holds that month; an archive is restored into a month that has none.', prepay._month_partition(m_from)),
+            pg_catalog.format('%s holds that month; an archive is restored into a month that has none.', prepay._month_partition('prepay.reading', m_from)),
             'Nothing to do if it was restored before; otherwise archive or drop that partition first.');
     END IF;
     sha := prepay._file_sha256(csv);
@@ -406,7 +479,7 @@ BEGIN
     END IF;
     -- a new table like the others, filled without the rating trigger (these
     -- readings were rated when they came), then attached as the month
-    t := prepay._partition_name(m_from);
+    t := prepay._partition_name('prepay.reading', m_from);
     IF prepay._distributed() THEN
         -- on Citus: distributed like prepay.reading before the COPY, which
         -- sends each row to its site's shard
@@ -427,7 +500,7 @@ BEGIN
     IF prepay._distributed() THEN
         late := prepay._citus_attach_month('prepay.reading', pg_catalog.format('prepay.%I', t)::regclass, m_from);
     ELSE
-        late := prepay._attach_month(m_from, pg_catalog.format('prepay.%I', t)::regclass);
+        late := prepay._attach_month('prepay.reading', m_from, pg_catalog.format('prepay.%I', t)::regclass);
     END IF;
     RAISE NOTICE 'restored % rows of % from %; % later readings of the month moved from the default partition',
         back.n, manifest ->> 'month', csv, late;

@@ -392,22 +392,23 @@ CREATE TABLE prepay.ledger (
     pieces           json,
     -- one b-tree serves as the key and as the account's entries in order;
     -- an entry found by its id alone goes through ledger_entry (BRIN)
-    -- (docs/ARCHITECTURE.md, "What a rated reading costs on disk")
-    PRIMARY KEY (site_id, account_id, entry_id),
+    -- (docs/ARCHITECTURE.md, "What a rated reading costs on disk"); the
+    -- key of a partitioned table includes its partition key created_at
+    PRIMARY KEY (site_id, account_id, entry_id, created_at),
     CHECK (kind <> 'consumption' OR (meter_id IS NOT NULL AND read_from < read_to AND energy >= 0 AND exact_charge >= 0)),
     CHECK (kind NOT IN ('recharge', 'refund') OR (channel IS NOT NULL AND external_ref IS NOT NULL)),
     CHECK (kind <> 'reversal' OR reverses_entry IS NOT NULL),
     CONSTRAINT ledger_pricing_check CHECK (pricing_id IS NULL OR (kind = 'consumption' AND pieces IS NULL))
-);
+) PARTITION BY RANGE (created_at);
 CREATE INDEX ledger_entry ON prepay.ledger USING brin (site_id, entry_id) WITH (pages_per_range = 8, autosummarize = on);
-CREATE UNIQUE INDEX ledger_payment_ref ON prepay.ledger (site_id, channel, external_ref) WHERE external_ref IS NOT NULL;
-CREATE UNIQUE INDEX ledger_reversal ON prepay.ledger (site_id, reverses_entry) WHERE reverses_entry IS NOT NULL;
-COMMENT ON INDEX prepay.ledger_entry IS 'An entry by its id without its account (explain_charge, reverse, a bill''s entries): the ledger is append-only and its ids grow with the order rows are written, so each range of 8 pages holds a narrow range of ids, and a lookup reads one or two ranges.  The primary key (site_id, account_id, entry_id) is the account''s entries in order: statements and trails.';
-COMMENT ON INDEX prepay.ledger_payment_ref IS 'A payment reference is used once per channel: what makes recharge and refund idempotent.';
-COMMENT ON INDEX prepay.ledger_reversal IS 'An entry is reversed at most once.';
-COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.';
+CREATE INDEX ledger_payment_ref ON prepay.ledger (site_id, channel, external_ref) WHERE external_ref IS NOT NULL;
+CREATE INDEX ledger_reversal ON prepay.ledger (site_id, reverses_entry) WHERE reverses_entry IS NOT NULL;
+COMMENT ON INDEX prepay.ledger_entry IS 'An entry by its id without its account (explain_charge, reverse, a bill''s entries): the ledger is append-only and its ids grow with the order rows are written, so each range of 8 pages holds a narrow range of ids, and a lookup reads one or two ranges.  The primary key (site_id, account_id, entry_id, created_at) is the account''s entries in order: statements and trails.';
+COMMENT ON INDEX prepay.ledger_payment_ref IS 'The entries of a payment reference (reports, order lookups).  Not unique: a partitioned table cannot enforce a key without created_at; prepay.payment_reference keeps a reference used once per channel.';
+COMMENT ON INDEX prepay.ledger_reversal IS 'The reversal of an entry.  Not unique: prepay.reversed_entry keeps an entry reversed at most once.';
+COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused, on the table and on each of its partitions.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.  Partitioned by range of created_at: one partition per UTC month once prepay.partition_by_month() ran (pg_partman creates them ahead), and the default partition prepay.ledger_default for every entry no month partition takes.  Retention never drops a ledger partition (docs/OPERATIONS.md).  A payment reference''s and a reversal''s uniqueness, which a key of this table cannot hold across months, are kept by prepay.payment_reference and prepay.reversed_entry.';
 COMMENT ON COLUMN prepay.ledger.site_id IS 'Site of the account.';
-COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (always drawn from ledger_entry_id_seq: no role inserts ledger rows itself, and the key (site_id, account_id, entry_id) does not check it); increasing with time.';
+COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (always drawn from ledger_entry_id_seq: no role inserts ledger rows itself, and the key (site_id, account_id, entry_id, created_at) does not check it); increasing with time.';
 COMMENT ON COLUMN prepay.ledger.account_id IS 'Account whose wallet moved.';
 COMMENT ON COLUMN prepay.ledger.kind IS 'consumption, recharge, refund, reversal or closing_refund.';
 COMMENT ON COLUMN prepay.ledger.amount IS 'Signed amount: positive credits the wallet, negative debits it.';
@@ -425,6 +426,48 @@ COMMENT ON COLUMN prepay.ledger.energy IS 'For a consumption charge, the energy 
 COMMENT ON COLUMN prepay.ledger.exact_charge IS 'For a consumption charge, the exact price of the energy before rounding to cents; for basic charges and adjustments, their exact amount.';
 COMMENT ON COLUMN prepay.ledger.pieces IS 'For a consumption charge not described by pricing_id, how it was priced: multiplier, split, billing cycle and the priced pieces (period, tier, energy, price, exact amount); for a re-rating adjustment, the exact difference per charge.  Read a charge''s with prepay._pricing_record or prepay.explain_charge.';
 COMMENT ON COLUMN prepay.ledger.pricing_id IS 'For a consumption charge priced as one piece at tier 1, split uniformly, outside any billing cycle: its tariff, multiplier, version and period (prepay.charge_pricing), instead of the pricing record in pieces; the piece is the whole interval, energy and exact charge, at the unit price exact_charge / energy.';
+
+-- the default partition: every entry until prepay.partition_by_month()
+-- gives the months their own partitions (and then those no month
+-- partition takes)
+CREATE TABLE prepay.ledger_default PARTITION OF prepay.ledger DEFAULT;
+COMMENT ON TABLE prepay.ledger_default IS 'Default partition of prepay.ledger: every entry of an installation not partitioned by month; once prepay.partition_by_month() ran, only entries no month partition takes (a month pg_partman had not made yet).  Read prepay.ledger, not this table.';
+
+-- what a key of the partitioned ledger cannot hold across its months: a
+-- payment reference used once per channel, an entry reversed at most once;
+-- written by the ledger's trigger ledger_unique_keys in the transaction
+-- that posts the entry, whatever inserted it
+CREATE TABLE prepay.payment_reference (
+    site_id       integer NOT NULL,
+    account_id    bigint NOT NULL,
+    entry_id      bigint NOT NULL,
+    created_at    timestamptz NOT NULL,
+    channel       text NOT NULL,
+    external_ref  text NOT NULL,
+    PRIMARY KEY (site_id, channel, external_ref)
+);
+COMMENT ON TABLE prepay.payment_reference IS 'Every payment reference of the ledger, once per site and channel: what makes recharge and refund idempotent across the ledger''s month partitions (a key of the partitioned ledger would have to include created_at).  One row per ledger entry with an external_ref, written by the trigger ledger_unique_keys in the same transaction; a second entry with the same reference fails (23505) as the unique index of an unpartitioned ledger did.  Append-only.';
+COMMENT ON COLUMN prepay.payment_reference.site_id IS 'Site of the entry.';
+COMMENT ON COLUMN prepay.payment_reference.account_id IS 'Account of the entry.';
+COMMENT ON COLUMN prepay.payment_reference.entry_id IS 'The ledger entry that used the reference.';
+COMMENT ON COLUMN prepay.payment_reference.created_at IS 'The entry''s created_at: with site, account and entry id, the ledger''s key (one partition).';
+COMMENT ON COLUMN prepay.payment_reference.channel IS 'Payment channel (ledger.channel).';
+COMMENT ON COLUMN prepay.payment_reference.external_ref IS 'The channel''s reference (ledger.external_ref).';
+
+CREATE TABLE prepay.reversed_entry (
+    site_id          integer NOT NULL,
+    reverses_entry   bigint NOT NULL,
+    account_id       bigint NOT NULL,
+    entry_id         bigint NOT NULL,
+    created_at       timestamptz NOT NULL,
+    PRIMARY KEY (site_id, reverses_entry)
+);
+COMMENT ON TABLE prepay.reversed_entry IS 'Every ledger entry that was reversed, once: an entry is reversed at most once, across the ledger''s month partitions.  One row per ledger entry with reverses_entry, written by the trigger ledger_unique_keys in the same transaction; a second reversal of the same entry fails (23505) as the unique index of an unpartitioned ledger did.  Append-only.';
+COMMENT ON COLUMN prepay.reversed_entry.site_id IS 'Site of the entries.';
+COMMENT ON COLUMN prepay.reversed_entry.reverses_entry IS 'The entry reversed (ledger.reverses_entry).';
+COMMENT ON COLUMN prepay.reversed_entry.account_id IS 'Account of the reversal.';
+COMMENT ON COLUMN prepay.reversed_entry.entry_id IS 'The reversal''s own entry id.';
+COMMENT ON COLUMN prepay.reversed_entry.created_at IS 'The reversal''s created_at: with site, account and entry id, the ledger''s key (one partition).';
 
 CREATE TABLE prepay.charge_pricing (
     site_id       integer NOT NULL,
@@ -708,14 +751,50 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RAISE EXCEPTION 'the prepay ledger is append-only'
         USING ERRCODE = 'PY013',
-              DETAIL = pg_catalog.format('%s on prepay.ledger was refused.', TG_OP),
+              DETAIL = pg_catalog.format('%s on prepay.%s was refused.', TG_OP, TG_TABLE_NAME),
               HINT = 'Correct an entry with prepay.reverse(site_id, entry_id, reason).';
 END $$;
-COMMENT ON FUNCTION prepay.ledger_refuse_change() IS 'Refuses UPDATE, DELETE and TRUNCATE on the ledger.';
+COMMENT ON FUNCTION prepay.ledger_refuse_change() IS 'Refuses UPDATE, DELETE and TRUNCATE on the ledger (its partitions and the tables of its unique keys included).';
 CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.ledger
     FOR EACH STATEMENT EXECUTE FUNCTION prepay.ledger_refuse_change();
 COMMENT ON TRIGGER ledger_append_only ON prepay.ledger IS
 'The ledger is append-only: UPDATE, DELETE and TRUNCATE are refused (prepay.ledger_refuse_change).';
+-- a statement trigger fires for the table a statement names, a row trigger
+-- is cloned onto every partition: UPDATE and DELETE are refused on each
+-- month partition too
+CREATE TRIGGER ledger_append_only_rows BEFORE UPDATE OR DELETE ON prepay.ledger
+    FOR EACH ROW EXECUTE FUNCTION prepay.ledger_refuse_change();
+COMMENT ON TRIGGER ledger_append_only_rows ON prepay.ledger IS
+'UPDATE and DELETE are refused on every partition of the ledger too (a row trigger is cloned onto each; prepay.ledger_refuse_change).';
+CREATE TRIGGER payment_reference_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.payment_reference
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay.ledger_refuse_change();
+COMMENT ON TRIGGER payment_reference_append_only ON prepay.payment_reference IS
+'Part of the append-only ledger: UPDATE, DELETE and TRUNCATE are refused (prepay.ledger_refuse_change).';
+CREATE TRIGGER reversed_entry_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON prepay.reversed_entry
+    FOR EACH STATEMENT EXECUTE FUNCTION prepay.ledger_refuse_change();
+COMMENT ON TRIGGER reversed_entry_append_only ON prepay.reversed_entry IS
+'Part of the append-only ledger: UPDATE, DELETE and TRUNCATE are refused (prepay.ledger_refuse_change).';
+
+CREATE FUNCTION prepay._ledger_unique_keys() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NEW.external_ref IS NOT NULL THEN
+        INSERT INTO prepay.payment_reference (site_id, account_id, entry_id, created_at, channel, external_ref)
+        VALUES (NEW.site_id, NEW.account_id, NEW.entry_id, NEW.created_at, NEW.channel, NEW.external_ref);
+    END IF;
+    IF NEW.reverses_entry IS NOT NULL THEN
+        INSERT INTO prepay.reversed_entry (site_id, reverses_entry, account_id, entry_id, created_at)
+        VALUES (NEW.site_id, NEW.reverses_entry, NEW.account_id, NEW.entry_id, NEW.created_at);
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION prepay._ledger_unique_keys() IS
+'Internal: AFTER INSERT row trigger on prepay.ledger for the entries with a payment reference or a reversed entry: records them in prepay.payment_reference and prepay.reversed_entry, whose keys refuse (23505) a reference used twice on a channel and an entry reversed twice, in whichever month partitions the entries are.';
+CREATE TRIGGER ledger_unique_keys AFTER INSERT ON prepay.ledger
+    FOR EACH ROW WHEN (NEW.external_ref IS NOT NULL OR NEW.reverses_entry IS NOT NULL)
+    EXECUTE FUNCTION prepay._ledger_unique_keys();
+COMMENT ON TRIGGER ledger_unique_keys ON prepay.ledger IS
+'A payment reference used once per channel and an entry reversed at most once, across the month partitions (prepay._ledger_unique_keys).  Never fires for consumption entries.';
 
 -- ---------------------------------------------------------------------
 -- internal helpers (not part of the public API)
@@ -1124,8 +1203,11 @@ RETURNS bigint LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS 
 DECLARE
     e prepay.ledger;
 BEGIN
-    SELECT * INTO e FROM prepay.ledger
-     WHERE site_id = p_site_id AND channel = p_channel AND external_ref = p_external_ref;
+    -- the reference's entry, in the one partition of its created_at
+    SELECT l.* INTO e FROM prepay.payment_reference p
+      JOIN prepay.ledger l ON l.site_id = p.site_id AND l.account_id = p.account_id AND l.entry_id = p.entry_id
+                          AND l.created_at = p.created_at
+     WHERE p.site_id = p_site_id AND l.site_id = p_site_id AND p.channel = p_channel AND p.external_ref = p_external_ref;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -1417,7 +1499,7 @@ BEGIN
             'Post a new recharge or refund instead.');
     END IF;
     PERFORM prepay._lock_account(p_site_id, e.account_id);
-    SELECT entry_id INTO existing FROM prepay.ledger WHERE site_id = p_site_id AND reverses_entry = p_entry_id;
+    SELECT r.entry_id INTO existing FROM prepay.reversed_entry r WHERE r.site_id = p_site_id AND r.reverses_entry = p_entry_id;
     IF FOUND THEN
         RETURN existing;
     END IF;
@@ -1571,7 +1653,8 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['site', 'no_cut_window', 'gateway', 'tariff', 'tariff_version', 'account',
-                             'meter', 'reading', 'reading_default', 'reading_refused', 'reading_intake', 'ledger', 'command', 'alarm',
+                             'meter', 'reading', 'reading_default', 'reading_refused', 'reading_intake', 'ledger', 'ledger_default',
+                             'payment_reference', 'reversed_entry', 'command', 'alarm',
                              'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
                              'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',

@@ -742,7 +742,7 @@ DECLARE
     -- notifications an outbox, the ledger is audited by audit_money; what
     -- the billing jobs and batch runners derive is read-only and kept with
     -- its inputs (period_charge.inputs, apportionment, batch_item results)
-    not_audited constant text[] := '{reading,reading_refused,ledger,charge_pricing,alarm,notification,audit,period_charge,apportionment,bill_line,'
+    not_audited constant text[] := '{reading,reading_refused,ledger,payment_reference,reversed_entry,charge_pricing,alarm,notification,audit,period_charge,apportionment,bill_line,'
                                    'bill_entry,bill_payment,batch_item,energy_day_folded,energy_month_folded,energy_pending,consumption_posting_day,'
                                    'cut_reminder,multiplier_change,notify_secret,notification_delivery}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
@@ -797,6 +797,10 @@ BEGIN
         ['reading_refused', 'prepay_reader', 'SELECT'],
         ['ledger', 'prepay_admin', 'SELECT'], ['ledger', 'prepay_operator', 'SELECT'],
         ['ledger', 'prepay_cashier', 'SELECT'], ['ledger', 'prepay_reader', 'SELECT'],
+        ['payment_reference', 'prepay_admin', 'SELECT'], ['payment_reference', 'prepay_operator', 'SELECT'],
+        ['payment_reference', 'prepay_cashier', 'SELECT'], ['payment_reference', 'prepay_reader', 'SELECT'],
+        ['reversed_entry', 'prepay_admin', 'SELECT'], ['reversed_entry', 'prepay_operator', 'SELECT'],
+        ['reversed_entry', 'prepay_cashier', 'SELECT'], ['reversed_entry', 'prepay_reader', 'SELECT'],
         ['charge_pricing', 'prepay_admin', 'SELECT'], ['charge_pricing', 'prepay_operator', 'SELECT'],
         ['charge_pricing', 'prepay_cashier', 'SELECT'], ['charge_pricing', 'prepay_reader', 'SELECT'],
         ['charge_pricing', 'prepay_tenant', 'SELECT'],

@@ -50,6 +50,11 @@
 # BENCH_MONTHS=1 partitions prepay.reading by month (pg_partman) before
 # loading; by default every reading goes to its default partition.
 #
+# BENCH_REINDEX=1 rebuilds the indexes of the readings and the ledger
+# (REINDEX TABLE, every partition) before the storage line: what a closed
+# month, whose rows no longer change, costs once its keys are rebuilt
+# (docs/OPERATIONS.md); the storage line is then not the live table's.
+#
 # BENCH_BARE_WRITES=1 also times, interval by interval, the bare writes the data
 # model asks of a flat rated reading, done by SQL with no rating logic:
 # after each rated COPY, the ledger rows it wrote are copied out and loaded
@@ -314,26 +319,39 @@ if [ "$bare" = 1 ]; then
 		      FROM pg_catalog.pg_class c WHERE c.oid IN ('bench.bare_meter'::regclass, 'bench.bare_account'::regclass)"
 fi
 # what a rated reading costs on disk, after VACUUM: heap, TOAST and every
-# index of the tables a rated reading writes a row to, over the rated
-# readings (the consumption entries); the baseline readings and the opening
-# recharges are counted in, about 1 % at 96 intervals
-storage_tables="'prepay.reading', 'prepay.ledger', 'prepay.charge_pricing'"
+# index of the tables a rated reading writes a row to (a partitioned table
+# with all its partitions), over the rated readings (the consumption
+# entries); the baseline readings and the opening recharges (with their
+# payment references) are counted in, about 1 % at 96 intervals
+storage_tables="'prepay.reading', 'prepay.ledger', 'prepay.charge_pricing', 'prepay.payment_reference', 'prepay.reversed_entry'"
 psql -d bench -c "VACUUM prepay.reading, prepay.ledger"
+if [ "${BENCH_REINDEX:-0}" = 1 ]; then
+	echo "indexes rebuilt (a closed month's figure, not the live table's)"
+	psql -d bench -c "REINDEX TABLE prepay.reading" -c "REINDEX TABLE prepay.ledger"
+fi
 psql -d bench -At <<SQL
 CREATE TEMP VIEW t AS
-    SELECT c.oid::regclass AS name, pg_catalog.pg_relation_size(c.oid) AS heap,
-           pg_catalog.pg_total_relation_size(c.oid) - pg_catalog.pg_relation_size(c.oid)
-           - pg_catalog.pg_indexes_size(c.oid) AS toast, pg_catalog.pg_indexes_size(c.oid) AS indexes
-      FROM pg_catalog.pg_class c WHERE c.oid::regclass::text IN ($storage_tables);
+    SELECT c.oid::regclass AS name, sum(pg_catalog.pg_relation_size(p.relid)) AS heap,
+           sum(pg_catalog.pg_total_relation_size(p.relid) - pg_catalog.pg_relation_size(p.relid)
+               - pg_catalog.pg_indexes_size(p.relid)) AS toast, sum(pg_catalog.pg_indexes_size(p.relid)) AS indexes
+      FROM pg_catalog.pg_class c
+     CROSS JOIN LATERAL (SELECT x.relid FROM pg_catalog.pg_partition_tree(c.oid) x UNION SELECT c.oid) p
+     WHERE c.oid::regclass::text IN ($storage_tables)
+     GROUP BY c.oid;
 CREATE TEMP TABLE n AS SELECT count(*) AS rated FROM prepay.ledger WHERE kind = 'consumption';
 SELECT 'storage, ' || t.name || ' per rated reading: heap ' || round(t.heap::numeric / n.rated, 1)
        || ', toast ' || round(t.toast::numeric / n.rated, 1) || ', indexes ' || round(t.indexes::numeric / n.rated, 1)
-       || ' (' || (SELECT string_agg(i.indexrelid::regclass || ' ' || round(pg_catalog.pg_relation_size(i.indexrelid)::numeric / n.rated, 1), ', ' ORDER BY i.indexrelid::regclass::text)
+       || ' (' || (SELECT string_agg(i.indexrelid::regclass || ' '
+                                     || round((SELECT sum(pg_catalog.pg_relation_size(x.relid))
+                                                 FROM (SELECT y.relid FROM pg_catalog.pg_partition_tree(i.indexrelid) y UNION SELECT i.indexrelid) x)
+                                              / n.rated, 1), ', ' ORDER BY i.indexrelid::regclass::text)
                      FROM pg_catalog.pg_index i WHERE i.indrelid = t.name) || ')'
   FROM t, n ORDER BY t.name::text;
 SELECT 'bench storage: readings=' || n.rated
        || ' bytes_per_reading=' || round(sum(t.heap + t.toast + t.indexes) / n.rated)
-       || ' ledger_bytes_per_entry=' || round((SELECT pg_catalog.pg_total_relation_size('prepay.ledger'))::numeric
+       || ' ledger_bytes_per_entry=' || round((SELECT sum(pg_catalog.pg_total_relation_size(p.relid))
+                                                 FROM (SELECT x.relid FROM pg_catalog.pg_partition_tree('prepay.ledger') x
+                                                       UNION SELECT 'prepay.ledger'::regclass) p)
                                                / (SELECT count(*) FROM prepay.ledger))
   FROM t, n GROUP BY n.rated;
 SQL

@@ -430,7 +430,7 @@ SELECT c.relname AS partition_granted, r
 SELECT c.relname AS configuration_table_not_audited
   FROM pg_class c
  WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-   AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused', 'ledger', 'charge_pricing', 'alarm', 'notification', 'audit',
+   AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused', 'ledger', 'payment_reference', 'reversed_entry', 'charge_pricing', 'alarm', 'notification', 'audit',
                          -- derived by jobs, read-only for every role, kept with their inputs
                          'period_charge', 'apportionment', 'bill_line', 'bill_entry', 'bill_payment', 'batch_item',
                          'energy_day_folded', 'energy_month_folded', 'energy_pending', 'consumption_posting_day', 'cut_reminder',

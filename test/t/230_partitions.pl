@@ -52,13 +52,43 @@ my $setup = q{
 $node->safe_psql('flat', $setup);
 $node->safe_psql('postgres', $setup);
 
+# money movements posted in three months, at both boundaries (a ledger
+# entry's month is its created_at, the posting time: these are written as
+# recharge() would have written them then)
+my $backdated = q{
+	CREATE TEMP TABLE p (account_id bigint, amount numeric, at timestamptz, ref text);
+	INSERT INTO p VALUES (1, 10, '2026-01-31 23:59:59.999999+00', 'B-JAN'), (2, 20, '2026-02-01 00:00+00', 'B-FEB'),
+	                     (1, 30, '2026-02-28 23:59:59+00', 'B-FEB2'), (2, 40, '2026-03-01 00:00+00', 'B-MAR');
+	DO $$
+	DECLARE
+	    r record;
+	BEGIN
+	    FOR r IN SELECT * FROM p ORDER BY at LOOP
+	        WITH a AS (UPDATE prepay.account SET balance = balance + r.amount WHERE site_id = 1 AND account_id = r.account_id
+	                   RETURNING balance)
+	        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, channel, external_ref)
+	        SELECT 1, r.account_id, 'recharge', r.amount, a.balance, r.at, 'bank', r.ref FROM a;
+	    END LOOP;
+	END $$;
+};
+$node->safe_psql('flat', $backdated);
+$node->safe_psql('postgres', $backdated);
+
 # the monthly installation: the handover readings of January move from the
 # default partition into January's own; pg_partman makes the rest
 my $made = $node->safe_psql('postgres', q{
-	SELECT string_agg(partition_name::text, ' ' ORDER BY from_time NULLS LAST) FROM prepay.partition_by_month(2)});
-like($made, qr/^prepay\.reading_p2026_01 prepay\.reading_p2026_02 .* prepay\.reading_default$/,
-	'partition_by_month: January on, then the default partition');
+	SELECT string_agg(partition_name::text, ' ' ORDER BY table_name::text DESC, from_time NULLS LAST) FROM prepay.partition_by_month(2)});
+like($made, qr/^prepay\.reading_p2026_01 prepay\.reading_p2026_02 .* prepay\.reading_default prepay\.ledger_p2026_01 prepay\.ledger_p2026_02 .* prepay\.ledger_default$/,
+	'partition_by_month: readings and ledger, January on, then the default partitions');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0', 'the default partition was emptied');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM prepay.ledger_default}), '0', 'the ledger\'s default partition was emptied');
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(tableoid::regclass || ' ' || external_ref, ', ' ORDER BY entry_id) FROM prepay.ledger WHERE channel = 'bank'}),
+	'prepay.ledger_p2026_01 B-JAN, prepay.ledger_p2026_02 B-FEB, prepay.ledger_p2026_02 B-FEB2, prepay.ledger_p2026_03 B-MAR',
+	'ledger entries at both boundaries are in the month of their created_at');
+is($node->safe_psql('postgres', q{
+	SELECT (max(to_time) > date_trunc('month', now()) + interval '2 months')::text FROM prepay.ledger_partitions}),
+	'true', 'the ledger\'s months are ready ahead of now too');
 is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT tableoid::regclass::text, ' ') FROM prepay.reading}),
 	'prepay.reading_p2026_01', 'the handover readings are in January');
 is($node->safe_psql('postgres', q{
@@ -131,6 +161,61 @@ is($node->safe_psql('postgres', q{
 	. 'prepay.reading_p2026_03 2026-03-01 00:00:00+00, prepay.reading_p2026_04 2026-04-01 00:00:00+00',
 	'each boundary reading is in the month it opens');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'ledger check');
+is($node->safe_psql('flat', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'ledger check, unpartitioned');
+my $ledger_rows = q{SELECT string_agg(concat_ws(' ', entry_id, kind, account_id, amount, balance_after,
+                                               CASE WHEN channel = 'bank' THEN created_at::text END,
+                                               channel, external_ref, reverses_entry, meter_id, read_from, read_to, energy, exact_charge),
+                                     E'\n' ORDER BY entry_id) FROM prepay.ledger};
+is($node->safe_psql('postgres', $ledger_rows), $node->safe_psql('flat', $ledger_rows), 'the same ledger, entry by entry');
+
+# ---------------------------------------------------------------------
+# the ledger's unique keys across months: a payment reference, a reversal
+# ---------------------------------------------------------------------
+foreach my $db ('flat', 'postgres')
+{
+	my $jan = $node->safe_psql($db, q{SELECT entry_id FROM prepay.ledger WHERE external_ref = 'B-JAN'});
+	is($node->safe_psql($db, q{SELECT prepay.recharge(1, 1, 10, 'bank', 'B-JAN')}), $jan,
+		"$db: a recharge replayed months later returns January's entry");
+	is($node->safe_psql($db, q{SELECT count(*) || ' ' || sum(amount) FROM prepay.ledger WHERE external_ref = 'B-JAN'}), '1 10.00',
+		"$db: and credits nothing");
+	my ($rc, $out, $err) = $node->psql($db, q{SELECT prepay.recharge(1, 2, 10, 'bank', 'B-JAN')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/PY004/, "$db: the reference on another account is refused");
+	($rc, $out, $err) = $node->psql($db, q{
+		INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, channel, external_ref)
+		VALUES (1, 1, 'recharge', 10, 0, '2026-03-15 00:00+00', 'bank', 'B-JAN')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/23505: duplicate key value violates unique constraint "payment_reference_pkey"/,
+		"$db: even written directly in another month, a reference is used once");
+	my $rev = $node->safe_psql($db, qq{SELECT prepay.reverse(1, $jan, 'wrong account')});
+	is($node->safe_psql($db, qq{SELECT prepay.reverse(1, $jan, 'again')}), $rev, "$db: a second reversal returns the first");
+	($rc, $out, $err) = $node->psql($db, qq{
+		INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, reason, reverses_entry)
+		VALUES (1, 1, 'reversal', -10, 0, '2026-02-15 00:00+00', 'twice', $jan)}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/23505: duplicate key value violates unique constraint "reversed_entry_pkey"/,
+		"$db: an entry is reversed at most once, whatever the month");
+	is($node->safe_psql($db, 'SELECT count(*) FROM prepay.check_ledger()'), '0', "$db: ledger check");
+}
+is($node->safe_psql('postgres', q{SELECT tableoid::regclass FROM prepay.ledger WHERE kind = 'reversal'}),
+	'prepay.ledger_p' . $node->safe_psql('postgres', q{SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY_MM')}),
+	'the reversal is in the month it was posted');
+
+# UPDATE and DELETE refused on the ledger and each partition: a staff login
+# has no right on either, a superuser meets the append-only triggers
+$node->safe_psql('postgres', q{
+	CREATE ROLE ledger_staff LOGIN IN ROLE prepay_admin;
+	INSERT INTO prepay.site_access (site_id, grantee) VALUES (1, 'ledger_staff');
+});
+foreach my $sql (q{UPDATE prepay.ledger SET amount = 0}, q{DELETE FROM prepay.ledger},
+	q{UPDATE prepay.ledger_p2026_01 SET amount = 0}, q{DELETE FROM prepay.ledger_p2026_02}, q{DELETE FROM prepay.ledger_default},
+	q{DELETE FROM prepay.payment_reference}, q{DELETE FROM prepay.reversed_entry})
+{
+	my ($rc, $out, $err) = $node->psql('postgres', $sql, extra_params => [ '-U', 'ledger_staff', '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/42501: permission denied/, "staff: $sql refused");
+	next if $sql =~ /ledger_default/;    # empty: no row for the row trigger to refuse
+	($rc, $out, $err) = $node->psql('postgres', $sql, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/PY013: the prepay ledger is append-only/, "superuser: $sql refused");
+}
+is($node->safe_psql('postgres', q{SELECT count(*) FROM prepay.ledger_p2026_01}), '1', 'January\'s entry is still there');
+$node->safe_psql('postgres', q{DELETE FROM prepay.site_access WHERE grantee = 'ledger_staff'; DROP ROLE ledger_staff});
 
 # ---------------------------------------------------------------------
 # the maintenance job, run by pg_cron, makes months ahead
@@ -228,7 +313,7 @@ $node->safe_psql('postgres', 'CREATE DATABASE restored');
 # the dump's own copies of them
 my ($toc, $err2) = ('', '');
 IPC::Run::run([ 'pg_restore', '-l', $dump ], '>', \$toc, '2>', \$err2) or die "pg_restore -l: $err2";
-my @kept = grep { !/ (CONSTRAINT|INDEX) prepay reading_p[0-9]{4}_[0-9]{2}[ _]/ } split /\n/, $toc;
+my @kept = grep { !/ (CONSTRAINT|INDEX) prepay (reading|ledger)_p[0-9]{4}_[0-9]{2}[ _]/ } split /\n/, $toc;
 ok(@kept < scalar(split /\n/, $toc), 'the list leaves the month partitions\' keys and indexes out');
 my $list = $node->basedir . '/monthly.list';
 append_to_file($list, join("\n", @kept) . "\n");
@@ -243,6 +328,15 @@ is($node->safe_psql('restored', q{
 	    OR NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = p.partition_name AND i.indpred IS NOT NULL)}),
 	'0', 'every partition has its key and the quarantine index');
 is($node->safe_psql('restored', $layout), $dumped, 'every reading is restored, in its partition');
+my $ledger_layout = q{SELECT count(*) || ' ' || md5(string_agg(tableoid::regclass || ' ' || l::text, '|' ORDER BY entry_id)) FROM prepay.ledger l};
+is($node->safe_psql('restored', $ledger_layout), $node->safe_psql('postgres', $ledger_layout),
+	'every ledger entry is restored, in its partition');
+is($node->safe_psql('restored', q{SELECT count(*) FROM prepay.ledger_partitions p
+	 WHERE NOT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = p.partition_name AND i.indisprimary)}),
+	'0', 'every ledger partition has its key');
+is($node->safe_psql('restored', q{SELECT count(*) FROM prepay.payment_reference}),
+	$node->safe_psql('postgres', q{SELECT count(*) FROM prepay.payment_reference}), 'and the payment references');
+is($node->safe_psql('restored', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'the restored ledger explains every balance');
 is($node->safe_psql('restored', $outcome), $node->safe_psql('postgres', $outcome), 'the same ledger, readings and balances');
 is($node->safe_psql('restored', q{SELECT count(*) FROM partman.part_config WHERE parent_table = 'prepay.reading'}), '1',
 	'pg_partman still keeps the months');

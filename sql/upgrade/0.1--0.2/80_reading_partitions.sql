@@ -87,11 +87,15 @@ END $$;
 --@ copy function prepay._require_superuser
 --@ copy function prepay._partman_schema
 --@ copy function prepay._by_month
+--@ copy function prepay._month_tables
+--@ copy function prepay._partitions
 --@ copy view prepay.reading_partitions
 ALTER VIEW prepay.reading_partitions SET (security_invoker = true);
 --@ copy function prepay._month_partition
 --@ copy function prepay._partition_name
+--@ copy function prepay._partition_column
 --@ copy function prepay._attach_month
+--@ copy function prepay._partman_partition_by_month
 --@ copy function prepay.partition_by_month
 --@ copy function prepay.maintain_partitions
 --@ copy function prepay._archive_directory
@@ -115,7 +119,8 @@ BEGIN
     FOR f IN
         SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'prepay'::pg_catalog.regnamespace
-           AND p.proname IN ('_require_superuser', '_partman_schema', '_by_month', '_month_partition', '_partition_name',
+           AND p.proname IN ('_require_superuser', '_partman_schema', '_by_month', '_month_tables', '_partitions',
+                             '_month_partition', '_partition_name', '_partition_column',
                              '_attach_month', 'partition_by_month', 'maintain_partitions', '_archive_directory', '_file_sha256',
                              '_rows_digest', 'archive_reading_month', 'restore_reading_archive', 'archive_due_partitions')
     LOOP
