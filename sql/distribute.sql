@@ -259,11 +259,7 @@ DECLARE
     target integer;
     block bigint;
 BEGIN
-    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
-        PERFORM prepay._raise('42501', 'permission denied: prepay.move_site needs a superuser',
-            pg_catalog.format('Role %s is not a superuser.', current_user),
-            'Connect to the Citus coordinator as a superuser and call it again.');
-    END IF;
+    PERFORM prepay._require_superuser('move_site', NULL, 'Connect to the Citus coordinator as a superuser');
     IF NOT prepay._distributed() THEN
         PERFORM prepay._raise('55000', 'prepay is not distributed',
             'prepay.move_site moves a site''s shards between Citus workers; this database runs prepay on one node.',
@@ -312,11 +308,7 @@ DECLARE
     block bigint;
     failed text;
 BEGIN
-    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
-        PERFORM prepay._raise('42501', 'permission denied: prepay.distribute needs a superuser',
-            pg_catalog.format('Role %s is not a superuser.', current_user),
-            'Connect to the Citus coordinator as a superuser and call it again.');
-    END IF;
+    PERFORM prepay._require_superuser('distribute', NULL, 'Connect to the Citus coordinator as a superuser');
     IF NOT prepay._citus_installed() THEN
         PERFORM prepay._raise('55000', pg_catalog.format('Citus is not installed in database %s', pg_catalog.current_database()),
             'prepay.distribute() distributes prepay''s tables by site over a Citus cluster; this server runs prepay on one node, which needs nothing more.',

@@ -43,19 +43,6 @@
 ALTER TABLE prepay.site ADD COLUMN reading_keep_months integer CHECK (reading_keep_months >= 1);
 COMMENT ON COLUMN prepay.site.reading_keep_months IS 'How many whole months of readings the database keeps after the month ends; older month partitions are archived to files and dropped by the retention job (docs/OPERATIONS.md), once every site with readings in them allows it.  NULL (the default): keep forever.  The ledger and everything else are never dropped by retention.';
 
-CREATE FUNCTION prepay._require_superuser(p_what text) RETURNS void
-LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
-        PERFORM prepay._raise('42501', pg_catalog.format('permission denied: prepay.%s needs a superuser', p_what),
-            pg_catalog.format('Role %s is not a superuser.  Partitions, archives on the server''s disk and pg_partman '
-                              'are a superuser''s business.', current_user),
-            'Connect as a superuser (for example postgres) and call it again.');
-    END IF;
-END $$;
-COMMENT ON FUNCTION prepay._require_superuser(text) IS
-'Internal: refuse (42501) unless the caller is a superuser; p_what names the function in the message.';
-
 CREATE FUNCTION prepay._partman_schema() RETURNS name
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
@@ -104,27 +91,38 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 COMMENT ON FUNCTION prepay._partitions(regclass) IS 'Internal: the partitions of a table partitioned by range of a time (prepay.reading_partitions, prepay.ledger_partitions).';
 
+-- the two views of partitions have the same columns
+CREATE FUNCTION prepay._comment_partitions_view(p_view regclass, p_column text, p_rows text) RETURNS void
+LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN
+        SELECT * FROM (VALUES
+            ('partition_name', 'The partition.'),
+            ('is_default', pg_catalog.format('true for the default partition (%s no month partition takes).', p_rows)),
+            ('from_time', pg_catalog.format('First %s it takes (a UTC month''s start); NULL for the default partition.', p_column)),
+            ('to_time', pg_catalog.format('First %s it no longer takes; NULL for the default partition.', p_column)),
+            ('total_bytes', 'Size on disk with its indexes and TOAST.'),
+            ('rows_estimated', 'Rows as the planner''s statistics estimate them (-1: never vacuumed or analyzed).')) AS v (col, description)
+    LOOP
+        EXECUTE pg_catalog.format('COMMENT ON COLUMN %s.%I IS %L', p_view, c.col, c.description);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION prepay._comment_partitions_view(regclass, text, text) IS
+'Internal: the column comments of a view of partitions (prepay.reading_partitions, prepay.ledger_partitions): p_column is the time the table is partitioned by, p_rows what its rows are.';
+
 CREATE VIEW prepay.reading_partitions AS
 SELECT p.partition_name, p.is_default, p.from_time, p.to_time, p.total_bytes, p.rows_estimated
   FROM prepay._partitions('prepay.reading') p;
 COMMENT ON VIEW prepay.reading_partitions IS 'The partitions of prepay.reading: name, whether it is the default partition, the range of read_at it takes (from inclusive, to exclusive), size with indexes and estimated rows.';
-COMMENT ON COLUMN prepay.reading_partitions.partition_name IS 'The partition.';
-COMMENT ON COLUMN prepay.reading_partitions.is_default IS 'true for the default partition (readings no month partition takes).';
-COMMENT ON COLUMN prepay.reading_partitions.from_time IS 'First read_at it takes (a UTC month''s start); NULL for the default partition.';
-COMMENT ON COLUMN prepay.reading_partitions.to_time IS 'First read_at it no longer takes; NULL for the default partition.';
-COMMENT ON COLUMN prepay.reading_partitions.total_bytes IS 'Size on disk with its indexes and TOAST.';
-COMMENT ON COLUMN prepay.reading_partitions.rows_estimated IS 'Rows as the planner''s statistics estimate them (-1: never vacuumed or analyzed).';
+SELECT prepay._comment_partitions_view('prepay.reading_partitions', 'read_at', 'readings');
 
 CREATE VIEW prepay.ledger_partitions AS
 SELECT p.partition_name, p.is_default, p.from_time, p.to_time, p.total_bytes, p.rows_estimated
   FROM prepay._partitions('prepay.ledger') p;
 COMMENT ON VIEW prepay.ledger_partitions IS 'The partitions of prepay.ledger: name, whether it is the default partition, the range of created_at it takes (from inclusive, to exclusive), size with indexes and estimated rows.  Retention never drops one (docs/OPERATIONS.md).';
-COMMENT ON COLUMN prepay.ledger_partitions.partition_name IS 'The partition.';
-COMMENT ON COLUMN prepay.ledger_partitions.is_default IS 'true for the default partition (entries no month partition takes).';
-COMMENT ON COLUMN prepay.ledger_partitions.from_time IS 'First created_at it takes (a UTC month''s start); NULL for the default partition.';
-COMMENT ON COLUMN prepay.ledger_partitions.to_time IS 'First created_at it no longer takes; NULL for the default partition.';
-COMMENT ON COLUMN prepay.ledger_partitions.total_bytes IS 'Size on disk with its indexes and TOAST.';
-COMMENT ON COLUMN prepay.ledger_partitions.rows_estimated IS 'Rows as the planner''s statistics estimate them (-1: never vacuumed or analyzed).';
+SELECT prepay._comment_partitions_view('prepay.ledger_partitions', 'created_at', 'entries');
 
 CREATE FUNCTION prepay._month_partition(p_table regclass, p_month timestamptz) RETURNS regclass
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$

@@ -815,6 +815,21 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._raise(text, text, text, text) IS 'Internal: raise an error with a SQLSTATE, message, detail and hint.';
 
+-- the functions that change the server (partitions, files, pg_cron jobs,
+-- Citus's catalog) are a superuser's alone
+CREATE FUNCTION prepay._require_superuser(p_what text, p_why text DEFAULT NULL,
+                                          p_how text DEFAULT 'Connect as a superuser (for example postgres)')
+RETURNS void LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
+        PERFORM prepay._raise('42501', pg_catalog.format('permission denied: prepay.%s needs a superuser', p_what),
+            pg_catalog.concat_ws('  ', pg_catalog.format('Role %s is not a superuser.', current_user), p_why),
+            p_how || ' and call it again.');
+    END IF;
+END $$;
+COMMENT ON FUNCTION prepay._require_superuser(text, text, text) IS
+'Internal: refuse (42501) unless the caller is a superuser: p_what names the function in the message, p_why (optional) says in the detail why it needs one, p_how says in the hint where to connect.';
+
 CREATE FUNCTION prepay._check_cents(p_amount numeric, p_what text)
 RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

@@ -61,12 +61,8 @@ COMMENT ON FUNCTION prepay._cron_installed() IS 'Internal: whether pg_cron is in
 CREATE FUNCTION prepay._cron_prerequisites(p_what text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user), false) THEN
-        PERFORM prepay._raise('42501', pg_catalog.format('permission denied: prepay.%s needs a superuser', p_what),
-            pg_catalog.format('Role %s is not a superuser.  pg_cron runs a job as the role that scheduled it, and '
-                              'prepay''s jobs do the bookkeeping of every site.', current_user),
-            'Connect as a superuser (for example postgres) and call it again.');
-    END IF;
+    PERFORM prepay._require_superuser(p_what, 'pg_cron runs a job as the role that scheduled it, and '
+                                              'prepay''s jobs do the bookkeeping of every site.');
     IF NOT prepay._cron_installed() THEN
         PERFORM prepay._raise('55000', pg_catalog.format('pg_cron is not installed in database %s', pg_catalog.current_database()),
             'prepay''s periodic jobs (the billing run, the batch runner, the rollup fold, the cut reminders, partitions and retention) are '

@@ -26,16 +26,7 @@ BEGIN
         RAISE EXCEPTION 'prepay upgrade: the readings copied into the partitioned table do not match the 0.1 table';
     END IF;
 END $$;
--- pg_dump forgets the 0.1 table (a dropped table stays in the extension's
--- list of tables to dump otherwise)
-UPDATE pg_catalog.pg_extension e
-   SET extconfig = k.config, extcondition = k.condition
-  FROM (SELECT pg_catalog.array_agg(u.config ORDER BY u.i) AS config, pg_catalog.array_agg(u.condition ORDER BY u.i) AS condition
-          FROM pg_catalog.pg_extension x,
-               ROWS FROM (pg_catalog.unnest(x.extconfig), pg_catalog.unnest(x.extcondition)) WITH ORDINALITY AS u (config, condition, i)
-         WHERE x.extname = 'prepay' AND u.config <> 'prepay.reading_0_1'::pg_catalog.regclass) AS k
- WHERE e.extname = 'prepay';
-DROP TABLE prepay.reading_0_1;
+-- (the 0.1 table is dropped by part 98)
 
 CREATE TRIGGER reading_skip_duplicate BEFORE INSERT ON prepay.reading
     FOR EACH ROW EXECUTE FUNCTION prepay.reading_skip_duplicate();
@@ -89,7 +80,9 @@ END $$;
 --@ copy function prepay._by_month
 --@ copy function prepay._month_tables
 --@ copy function prepay._partitions
+--@ copy function prepay._comment_partitions_view
 --@ copy view prepay.reading_partitions
+SELECT prepay._comment_partitions_view('prepay.reading_partitions', 'read_at', 'readings');
 ALTER VIEW prepay.reading_partitions SET (security_invoker = true);
 --@ copy function prepay._month_partition
 --@ copy function prepay._partition_name

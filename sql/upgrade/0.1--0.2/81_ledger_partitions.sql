@@ -97,16 +97,7 @@ DROP FUNCTION prepay._charged_exact(integer, bigint, prepay.ledger_0_1);
 --@ copy view prepay.order_overview
 --@ copy view prepay.arrears
 
--- pg_dump forgets the 0.1 table (a dropped table stays in the extension's
--- list of tables to dump otherwise)
-UPDATE pg_catalog.pg_extension e
-   SET extconfig = k.config, extcondition = k.condition
-  FROM (SELECT pg_catalog.array_agg(u.config ORDER BY u.i) AS config, pg_catalog.array_agg(u.condition ORDER BY u.i) AS condition
-          FROM pg_catalog.pg_extension x,
-               ROWS FROM (pg_catalog.unnest(x.extconfig), pg_catalog.unnest(x.extcondition)) WITH ORDINALITY AS u (config, condition, i)
-         WHERE x.extname = 'prepay' AND u.config <> 'prepay.ledger_0_1'::pg_catalog.regclass) AS k
- WHERE e.extname = 'prepay';
-DROP TABLE prepay.ledger_0_1;
+-- (the 0.1 table is dropped by part 98)
 
 -- ---------------------------------------------------------------------
 -- triggers: append-only (the table, each partition, the key tables), the
@@ -173,3 +164,4 @@ SELECT pg_catalog.pg_extension_config_dump('prepay.ledger_default', '');
 -- that partition both tables)
 -- ---------------------------------------------------------------------
 --@ copy view prepay.ledger_partitions
+SELECT prepay._comment_partitions_view('prepay.ledger_partitions', 'created_at', 'entries');
