@@ -90,7 +90,7 @@ $_->safe_psql('postgres', $setup) for $single, $coord;
 # partition_by_month on the coordinator: Citus's time partitions
 # ---------------------------------------------------------------------
 my $made = $coord->safe_psql('postgres', q{
-	SELECT string_agg(partition_name::text, ' ' ORDER BY from_time NULLS LAST) FROM prepay.partition_by_month(2)});
+	SELECT string_agg(partition_name::text, ' ' ORDER BY from_time NULLS LAST) FROM prepay.partition_by_month(2) WHERE table_name = 'prepay.reading'::regclass});
 like($made, qr/^prepay\.reading_p2026_01 prepay\.reading_p2026_02 .* prepay\.reading_default$/,
 	'partition_by_month on Citus: January on, then the default partition');
 is($coord->safe_psql('postgres', q{
@@ -110,7 +110,7 @@ is($coord->safe_psql('postgres', q{
 	SELECT (max(to_time) > date_trunc('month', now()) + interval '2 months')::text FROM prepay.reading_partitions}),
 	'true', 'two months are ready ahead of now');
 is($coord->safe_psql('postgres', 'SHOW prepay.partition_premake'), '2', 'the premake is kept for the database');
-is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.partition_by_month(2) WHERE NOT is_default}),
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.partition_by_month(2) WHERE table_name = 'prepay.reading'::regclass AND NOT is_default}),
 	$coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_partitions WHERE NOT is_default}),
 	'partition_by_month again changes nothing');
 
@@ -205,7 +205,7 @@ is($coord->safe_psql('postgres', 'SELECT prepay.maintain_partitions()'), '0', 'm
 my $far = q{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
 	VALUES (1, 9, date_trunc('month', now()) + interval '5 months 3 days', 1)};
 $_->safe_psql('postgres', $far) for $single, $coord;
-my $far_month = $coord->safe_psql('postgres', q{SELECT prepay._partition_name(date_trunc('month', now()) + interval '5 months')});
+my $far_month = $coord->safe_psql('postgres', q{SELECT prepay._partition_name('prepay.reading', date_trunc('month', now()) + interval '5 months')});
 $coord->safe_psql('postgres', 'ALTER DATABASE postgres SET prepay.partition_premake = 6');
 my ($ready, $status) = run_job_until($coord, 'prepay-partitions', "SELECT ($ahead) >= 6");
 ok($ready, "pg_cron's run of prepay-partitions on the coordinator made six months ahead (there were $before)");
