@@ -44,8 +44,10 @@
 #include "prepay.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "common/int.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -61,6 +63,7 @@
 #include "utils/numeric.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
 #include "balance.h"
@@ -91,8 +94,21 @@ static const char *const quarantine_label[] = {
 PG_FUNCTION_INFO_V1(prepay_reading_skip_duplicate);
 PG_FUNCTION_INFO_V1(prepay_reading_rate_batch);
 
+/* Where a reading's key and receipt delay are in a row of prepay.reading or of a partition. */
+typedef struct ReadingColumns
+{
+	Oid			relid;			/* the relation these are of */
+	AttrNumber	site_id;
+	AttrNumber	meter_id;
+	AttrNumber	read_at;
+	AttrNumber	received_after;	/* InvalidAttrNumber on a 0.1 table */
+} ReadingColumns;
+
 static void check_trigger_protocol(FunctionCallInfo fcinfo, const char *name,
 								   bool before, bool for_row);
+static const ReadingColumns *reading_columns(Relation rel);
+static HeapTuple stamp_receipt(Relation rel, HeapTuple tuple, const ReadingColumns *cols,
+							   TimestampTz read_at);
 static bool reading_exists(Relation rel, HeapTuple tuple, Datum site_id, Datum meter_id,
 						   Datum read_at, char **conflict);
 static Relation open_primary_key(Relation rel);
@@ -141,6 +157,57 @@ check_trigger_protocol(FunctionCallInfo fcinfo, const char *name, bool before, b
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("%s: must be fired by INSERT", name)));
+}
+
+/*
+ * reading_columns
+ *		The attribute numbers of rel's key columns and receipt delay, looked
+ *		up by name (a partition's column order is its own) and kept for the
+ *		last relation asked about: a statement's rows mostly go to one
+ *		partition.
+ */
+static const ReadingColumns *
+reading_columns(Relation rel)
+{
+	static ReadingColumns cols = {InvalidOid};
+
+	if (cols.relid != RelationGetRelid(rel))
+	{
+		cols.site_id = attnameAttNum(rel, "site_id", false);
+		cols.meter_id = attnameAttNum(rel, "meter_id", false);
+		cols.read_at = attnameAttNum(rel, "read_at", false);
+		cols.received_after = attnameAttNum(rel, "received_after_seconds", false);
+		cols.relid = RelationGetRelid(rel);
+	}
+	return &cols;
+}
+
+/*
+ * stamp_receipt
+ *		The row with received_after_seconds set, unless its writer set it
+ *		(or the table is still 0.1's, before ALTER EXTENSION UPDATE):
+ *		whole seconds from read_at to the transaction's start (now(), as a
+ *		column default would have it), held to the integer range.
+ */
+static HeapTuple
+stamp_receipt(Relation rel, HeapTuple tuple, const ReadingColumns *cols, TimestampTz read_at)
+{
+	bool		isnull;
+	int64		seconds;
+	Datum		value;
+	bool		value_isnull = false;
+	int			column = cols->received_after;
+
+	if (cols->received_after == InvalidAttrNumber)
+		return tuple;			/* a 0.1 table: its received_at has a default */
+	(void) heap_getattr(tuple, cols->received_after, RelationGetDescr(rel), &isnull);
+	if (!isnull)
+		return tuple;
+	if (pg_sub_s64_overflow(GetCurrentTransactionStartTimestamp(), read_at, &seconds))
+		seconds = read_at < 0 ? PG_INT64_MAX : PG_INT64_MIN;	/* +-infinity */
+	seconds /= USECS_PER_SEC;
+	value = Int32GetDatum((int32) Max(Min(seconds, PG_INT32_MAX), PG_INT32_MIN));
+	return heap_modify_tuple_by_cols(tuple, RelationGetDescr(rel), 1, &column, &value, &value_isnull);
 }
 
 /*
@@ -213,6 +280,7 @@ prepay_reading_skip_duplicate(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	HeapTuple	tuple;
 	TupleDesc	desc;
+	const ReadingColumns *cols;
 	bool		null1,
 				null2,
 				null3;
@@ -224,9 +292,10 @@ prepay_reading_skip_duplicate(PG_FUNCTION_ARGS)
 	check_trigger_protocol(fcinfo, "reading_skip_duplicate", true, true);
 	tuple = trigdata->tg_trigtuple;
 	desc = RelationGetDescr(trigdata->tg_relation);
-	site_id = heap_getattr(tuple, 1, desc, &null1);
-	meter_id = heap_getattr(tuple, 2, desc, &null2);
-	read_at = heap_getattr(tuple, 3, desc, &null3);
+	cols = reading_columns(trigdata->tg_relation);
+	site_id = heap_getattr(tuple, cols->site_id, desc, &null1);
+	meter_id = heap_getattr(tuple, cols->meter_id, desc, &null2);
+	read_at = heap_getattr(tuple, cols->read_at, desc, &null3);
 	if (!null1 && !intake_site_allowed(trigdata->tg_relation, DatumGetInt32(site_id)))
 	{
 		intake_refuse_foreign(trigdata->tg_relation, tuple);
@@ -239,7 +308,10 @@ prepay_reading_skip_duplicate(PG_FUNCTION_ARGS)
 			intake_refuse_conflict(trigdata->tg_relation, tuple, conflict);
 		return PointerGetDatum(NULL);
 	}
-	return PointerGetDatum(tuple);
+	if (null3)
+		return PointerGetDatum(tuple);	/* refused by NOT NULL next */
+	return PointerGetDatum(stamp_receipt(trigdata->tg_relation, tuple, cols,
+										 DatumGetTimestampTz(read_at)));
 }
 
 /*
@@ -318,6 +390,7 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
 	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
 	int64		capacity = Max(tuplestore_tuple_count(store), 1);
+	const ReadingColumns *cols = reading_columns(trigdata->tg_relation);
 	int			energy_att = attnameAttNum(trigdata->tg_relation, "energy", false);
 	int			relay_att = attnameAttNum(trigdata->tg_relation, "relay_state", false);
 	int			register_att[NREGISTERS];
@@ -339,9 +412,9 @@ batch_collect(Batch *batch, TriggerData *trigdata)
 		}
 		r = &batch->readings[batch->nreadings++];
 		memset(r, 0, sizeof(*r));
-		r->site_id = DatumGetInt32(slot_getattr(slot, 1, &isnull));
-		r->meter_id = DatumGetInt64(slot_getattr(slot, 2, &isnull));
-		r->read_at = DatumGetTimestampTz(slot_getattr(slot, 3, &isnull));
+		r->site_id = DatumGetInt32(slot_getattr(slot, cols->site_id, &isnull));
+		r->meter_id = DatumGetInt64(slot_getattr(slot, cols->meter_id, &isnull));
+		r->read_at = DatumGetTimestampTz(slot_getattr(slot, cols->read_at, &isnull));
 		value = slot_getattr(slot, energy_att, &isnull);
 		r->has_energy = !isnull;
 		if (!isnull && numeric_is_nan(DatumGetNumeric(value)))

@@ -324,7 +324,10 @@ COMMENT ON COLUMN prepay.meter.charge_carry IS 'Sub-cent part of the exact consu
 -- ---------------------------------------------------------------------
 
 CREATE TABLE prepay.reading (
+    -- the receipt delay, 4 bytes, fills the alignment gap after site_id
+    -- (docs/ARCHITECTURE.md, "What a rated reading costs on disk")
     site_id           integer NOT NULL,
+    received_after_seconds integer,
     meter_id          bigint NOT NULL,
     read_at           timestamptz NOT NULL,
     energy            numeric(15,3),
@@ -336,7 +339,6 @@ CREATE TABLE prepay.reading (
     relay_state       prepay.relay_state,
     quarantine_reason prepay.quarantine_reason,
     quarantine_detail text,
-    received_at       timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (site_id, meter_id, read_at)
 ) PARTITION BY RANGE (read_at);
 COMMENT ON TABLE prepay.reading IS 'Every reading received, exactly once per (meter, read_at): insert or COPY here and the rating trigger charges the consumption in the same transaction.  A duplicate is silently skipped.  A reading that cannot be rated is kept with a quarantine_reason and an alarm.  No foreign key: a reading of an unknown meter is kept, not refused.  Partitioned by range of read_at: one partition per UTC month once prepay.partition_by_month() ran (pg_partman creates them ahead), and the default partition prepay.reading_default for every reading no month partition takes; write to this table, never to a partition (a partition has no rating trigger: docs/OPERATIONS.md).';
@@ -352,7 +354,7 @@ COMMENT ON COLUMN prepay.reading.power IS 'Active power at read_at, kW (informat
 COMMENT ON COLUMN prepay.reading.relay_state IS 'Relay state the meter reported, if read.';
 COMMENT ON COLUMN prepay.reading.quarantine_reason IS 'NULL when rated; otherwise why the reading was not charged.';
 COMMENT ON COLUMN prepay.reading.quarantine_detail IS 'Human explanation of the quarantine, with the values involved.';
-COMMENT ON COLUMN prepay.reading.received_at IS 'When the database received the reading.';
+COMMENT ON COLUMN prepay.reading.received_after_seconds IS 'When the database received the reading, as whole seconds after read_at (received at read_at + received_after_seconds seconds, to the second; negative for a reading stamped later than its arrival), set by the reading_skip_duplicate trigger from the transaction''s start (now()) unless the writer gave it; held to the integer range (about 68 years either way).';
 
 CREATE INDEX reading_quarantined ON prepay.reading (site_id, meter_id, read_at) WHERE quarantine_reason IS NOT NULL;
 COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings that were stored but not rated.';

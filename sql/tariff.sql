@@ -440,9 +440,9 @@ BEGIN
         RETURNING r.*)
     SELECT pg_catalog.array_agg(g ORDER BY g.read_at) INTO released FROM gone g;
     INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power,
-                                relay_state, received_at)
+                                relay_state, received_after_seconds)
     SELECT u.site_id, u.meter_id, u.read_at, u.energy, u.sharp, u.peak, u.flat, u.valley, u.power,
-           u.relay_state, u.received_at
+           u.relay_state, u.received_after_seconds
       FROM pg_catalog.unnest(coalesce(released, '{}')) AS u ORDER BY u.read_at;
 
     -- what became of each, and the earlier impossible jumps left as they are

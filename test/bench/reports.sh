@@ -110,12 +110,12 @@ say "copying the readings of the other meters (triggers off)"
 t0=$(now_ns)
 psql -d bench <<SQL
 SET session_replication_role = replica;
-INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, received_at)
-SELECT m.site_id, m.meter_id, t.read_at, t.energy, t.read_at
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, received_after_seconds)
+SELECT m.site_id, m.meter_id, t.read_at, t.energy, 0
   FROM prepay.meter m JOIN bench.template_reading t ON t.class = (m.meter_id - 1) % $templates
  WHERE m.meter_id > $templates;
-INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, received_at)
-SELECT m.site_id, m.meter_id, '2026-10-01 00:00+08', 1000, '2026-10-01 00:00+08'
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, received_after_seconds)
+SELECT m.site_id, m.meter_id, '2026-10-01 00:00+08', 1000, 0
   FROM prepay.meter m WHERE m.meter_id > $templates;
 SQL
 t1=$(now_ns)

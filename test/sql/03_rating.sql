@@ -90,4 +90,18 @@ SELECT 1, m, '2026-03-02 00:00+00'::timestamptz, e
 SELECT meter_id, read_from, read_to, energy, exact_charge, amount FROM prepay.ledger
  WHERE read_to = '2026-03-02 00:00+00' ORDER BY meter_id;
 SELECT account_id, balance FROM prepay.account ORDER BY 1;
+
+-- the receipt is stamped in seconds after read_at, from the transaction's
+-- start (now()); a value the writer gave is kept; a time beyond the integer
+-- range is held at its bound
+BEGIN;
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
+VALUES (1, 3, now() - interval '2 hours 30.9 seconds', 7), (1, 3, '-infinity', 7);
+INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, received_after_seconds)
+VALUES (1, 3, now() - interval '1 hour', 7, 42);
+SELECT read_at = '-infinity' AS far_past, received_after_seconds,
+       read_at + received_after_seconds * interval '1 second' <= now() AS received_by_now
+  FROM prepay.reading WHERE meter_id = 3 AND (read_at > '2026-04-01' OR read_at = '-infinity')
+ ORDER BY read_at;
+ROLLBACK;
 SELECT * FROM prepay.check_ledger();

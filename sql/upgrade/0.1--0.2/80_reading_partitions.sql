@@ -13,10 +13,12 @@ ALTER INDEX prepay.reading_quarantined RENAME TO reading_0_1_quarantined;
 COMMENT ON INDEX prepay.reading_quarantined IS 'The quarantine list: readings that were stored but not rated.';
 --@ copy table prepay.reading_default
 
+-- received_at becomes received_after_seconds (sql/prepay.sql)
 INSERT INTO prepay.reading_default (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state,
-                                    quarantine_reason, quarantine_detail, received_at)
+                                    quarantine_reason, quarantine_detail, received_after_seconds)
 SELECT site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state,
-       quarantine_reason, quarantine_detail, received_at
+       quarantine_reason, quarantine_detail,
+       greatest(least(floor(extract(epoch FROM received_at - read_at)), 2147483647), -2147483648)::integer
   FROM prepay.reading_0_1;
 
 -- every row is there, or the upgrade stops
@@ -27,6 +29,9 @@ BEGIN
     END IF;
 END $$;
 -- (the 0.1 table is dropped by part 98)
+
+-- the release of impossible jumps stores them again with their receipt
+--@ copy function prepay.release_quarantined
 
 CREATE TRIGGER reading_skip_duplicate BEFORE INSERT ON prepay.reading
     FOR EACH ROW EXECUTE FUNCTION prepay.reading_skip_duplicate();
