@@ -184,9 +184,11 @@ BEGIN
             pg_catalog.format('Given: %s.', p_premake), 'pg_partman keeps that many months'' partitions ready ahead of now (4 by default).');
     END IF;
     IF prepay._distributed() THEN
-        -- on Citus: Citus's create_time_partitions, for the readings only
-        -- (the ledger keeps its default partition there: docs/SCALE-OUT.md)
-        PERFORM prepay._citus_partition_by_month('prepay.reading', p_premake);
+        -- on Citus: Citus's create_time_partitions, readings first, then
+        -- the ledger (the rating's order)
+        FOREACH tab IN ARRAY prepay._month_tables() LOOP
+            PERFORM prepay._citus_partition_by_month(tab, p_premake);
+        END LOOP;
     ELSE
         PERFORM prepay._partman_partition_by_month(p_premake);
     END IF;
@@ -196,7 +198,7 @@ BEGIN
     END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.partition_by_month(integer) IS
-'Partition prepay.reading (by read_at) and prepay.ledger (by created_at) by UTC month: every month with rows in a default partition gets its own partition (prepay.reading_pYYYY_MM, prepay.ledger_pYYYY_MM, rows moved under an exclusive lock), and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  On one node with pg_partman (prepay._partman_partition_by_month; 55000 without it).  Once distributed on Citus, on the coordinator, the readings only, with Citus''s create_time_partitions(), p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month); the ledger stays in its default partition there (docs/SCALE-OUT.md).  Called again, it only changes premake and runs the maintenance.  Returns the partitions of both tables.  Needs a superuser (42501).  docs/OPERATIONS.md.';
+'Partition prepay.reading (by read_at) and prepay.ledger (by created_at) by UTC month: every month with rows in a default partition gets its own partition (prepay.reading_pYYYY_MM, prepay.ledger_pYYYY_MM, rows moved under an exclusive lock), and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  On one node with pg_partman (prepay._partman_partition_by_month; 55000 without it).  Once distributed on Citus, on the coordinator, with Citus''s create_time_partitions(), p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month; docs/SCALE-OUT.md).  Called again, it only changes premake and runs the maintenance.  Returns the partitions of both tables.  Needs a superuser (42501).  docs/OPERATIONS.md.';
 
 CREATE FUNCTION prepay._partman_partition_by_month(p_premake integer) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
@@ -269,11 +271,12 @@ DECLARE
     made integer := 0;
 BEGIN
     PERFORM prepay._require_superuser('maintain_partitions');
-    IF prepay._distributed() THEN
-        -- on Citus: Citus's create_time_partitions, for the readings
-        RETURN prepay._citus_maintain_partitions('prepay.reading', prepay._citus_premake());
-    END IF;
     FOREACH tab IN ARRAY prepay._month_tables() LOOP
+        IF prepay._distributed() THEN
+            -- on Citus: Citus's create_time_partitions
+            made := made + prepay._citus_maintain_partitions(tab, prepay._citus_premake());
+            CONTINUE;
+        END IF;
         CONTINUE WHEN NOT prepay._by_month(tab);    -- not partitioned by month: nothing to keep ahead
         SELECT pg_catalog.count(*) INTO before FROM prepay._partitions(tab);
         EXECUTE pg_catalog.format('SELECT %I.run_maintenance(p_parent_table := %L, p_jobmon := false)',
@@ -283,7 +286,7 @@ BEGIN
     RETURN made;
 END $$;
 COMMENT ON FUNCTION prepay.maintain_partitions() IS
-'The job prepay-partitions: ask pg_partman to create the months of prepay.reading and prepay.ledger ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while neither is partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes the readings'' months, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
+'The job prepay-partitions: ask pg_partman to create the months of prepay.reading and prepay.ledger ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while neither is partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes the months of both, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
 
 -- ---------------------------------------------------------------------
 -- archives: a month of readings as files on the server

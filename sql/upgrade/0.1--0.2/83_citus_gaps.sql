@@ -1,0 +1,2 @@
+-- sql/upgrade/0.1--0.2/83_citus_gaps.sql: on Citus, the ledger by month too, its rows moved with no trigger firing on the workers either (sql/distribute.sql).
+--@ copy function prepay._citus_replication_role
