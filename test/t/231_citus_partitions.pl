@@ -13,7 +13,8 @@
 # replay, a conflicting duplicate at a boundary, a late reading of a closed
 # month) is rated as on a single node whose rows all sit in the default
 # partitions: the same ledger, readings, refusals, alarms; the charges go
-# to the ledger's month partition on the site's worker.  pg_cron's
+# to the ledger's month partition on the site's worker.  The sizes the
+# coordinator reports are those of the shards on every node.  pg_cron's
 # run of the job prepay-partitions on the coordinator makes months ahead
 # (prepay.partition_premake).  The retention job archives the months of
 # readings (CSV, SHA-256, manifest) through the coordinator and drops them
@@ -293,6 +294,60 @@ foreach my $site (1, $other)
 		$coord->safe_psql('postgres', "SELECT count(*) FROM prepay.ledger WHERE site_id = $site AND kind = 'consumption'"),
 		"site $site: its charges are in that month's shard on its worker");
 }
+
+# ---------------------------------------------------------------------
+# sizes on the coordinator: the shards', on every node
+# ---------------------------------------------------------------------
+$coord->safe_psql('postgres', 'ANALYZE');
+my @nodes = ($coord, @workers);
+# the bytes of the shards whose names match $re, on every node
+my $on_shards = sub {
+	my ($re) = @_;
+	my $sum = 0;
+	$sum += $_->safe_psql('postgres', qq{
+		SET citus.override_table_visibility = off;
+		SELECT coalesce(sum(pg_total_relation_size(oid)), 0) FROM pg_class
+		 WHERE relnamespace = 'prepay'::regnamespace AND relkind = 'r' AND relname ~ '$re'}) for @nodes;
+	return $sum;
+};
+my %sizes = (
+	'prepay.reading_p2026_01' => [ q{SELECT total_bytes FROM prepay.reading_partitions WHERE partition_name = 'prepay.reading_p2026_01'::regclass},
+		'^reading_p2026_01_[0-9]+$' ],
+	'prepay.ledger_p2026_02' => [ q{SELECT total_bytes FROM prepay.ledger_partitions WHERE partition_name = 'prepay.ledger_p2026_02'::regclass},
+		'^ledger_p2026_02_[0-9]+$' ],
+	'prepay.reading' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.reading'::regclass},
+		'^reading_(p[0-9]{4}_[0-9]{2}|default)_[0-9]+$' ],
+	'prepay.ledger' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.ledger'::regclass},
+		'^ledger_(p[0-9]{4}_[0-9]{2}|default)_[0-9]+$' ],
+	'prepay.meter' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.meter'::regclass},
+		'^meter_[0-9]+$' ],
+	'prepay.agent_access, a reference table' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.agent_access'::regclass},
+		'^agent_access_[0-9]+$' ],
+);
+foreach my $what (sort keys %sizes)
+{
+	my ($query, $re) = @{ $sizes{$what} };
+	my $reported = $coord->safe_psql('postgres', $query);
+	cmp_ok($reported, '>', 0, "$what: a size on the coordinator");
+	is($reported, $on_shards->($re), "$what: the sum over its shards on every node");
+}
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(table_name || ' ' || rows_estimated, ', ' ORDER BY table_name::text) FROM prepay.table_growth
+	 WHERE table_name IN ('prepay.reading'::regclass, 'prepay.ledger'::regclass)}),
+	$coord->safe_psql('postgres', q{
+	SELECT 'prepay.ledger ' || (SELECT count(*) FROM prepay.ledger) || ', prepay.reading ' || (SELECT count(*) FROM prepay.reading)}),
+	'table_growth counts the rows of the shards');
+is($coord->safe_psql('postgres', q{SELECT rows_estimated FROM prepay.ledger_partitions WHERE partition_name = 'prepay.ledger_p2026_02'::regclass}),
+	'2', 'ledger_partitions counts them per month');
+# (the intake, empty after every statement, may have no page left)
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || count(*) FILTER (WHERE total_bytes > 0 OR table_name = 'prepay.reading_intake'::regclass)
+	  FROM prepay.table_growth}),
+	join(' ', ($coord->safe_psql('postgres', q{SELECT count(*) FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+	                                           WHERE NOT c.relispartition AND c.relnamespace = 'prepay'::regnamespace})) x 2),
+	'table_growth: every table, each with its size');
+is($coord->safe_psql('postgres', q{SELECT sum(total_bytes) FROM prepay.table_growth}, extra_params => [ '-U', 'regress_citus_staff' ]),
+	$coord->safe_psql('postgres', q{SELECT sum(total_bytes) FROM prepay.table_growth}), 'a staff login reads the same sizes');
 
 # ---------------------------------------------------------------------
 # the maintenance job, run by pg_cron on the coordinator, makes months ahead
