@@ -11,7 +11,8 @@
 # other months; then the scenario of test/t/230_partitions.pl for both
 # sites (both month boundaries, a statement spanning two months, its
 # replay, a conflicting duplicate at a boundary, a late reading of a closed
-# month) is rated as on a single node whose rows all sit in the default
+# month, readings COPYed by an agent login through prepay.reading_intake)
+# is rated as on a single node whose rows all sit in the default
 # partitions: the same ledger, readings, refusals, alarms; the charges go
 # to the ledger's month partition on the site's worker.  The sizes the
 # coordinator reports are those of the shards on every node.  pg_cron's
@@ -221,15 +222,32 @@ my @statements = (
 	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
 		(1, 2, '2026-01-20 00:00+00', 57), (1, 1, '2026-03-31 23:59:59+00', 150),
 		($other, 3, '2026-01-20 00:00+00', 15), ($other, 3, '2026-03-31 23:59:59+00', 40)},
-	# across the April boundary (not through prepay.reading_intake: its drain
-	# reads a transition table, which a statement on a worker's shard cannot)
-	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
-		(1, 1, '2026-04-01 00:00+00', 151), (1, 2, '2026-04-01 00:00+00', 111), ($other, 3, '2026-04-01 00:00+00', 41)},
 );
 foreach my $s (@statements)
 {
 	$_->safe_psql('postgres', $s) for $single, $coord;
 }
+# across the April boundary, COPYed by an agent login of both sites through
+# prepay.reading_intake, then again (the agent's replay)
+my $agent = qq{
+	CREATE ROLE regress_citus_agent LOGIN IN ROLE prepay_agent;
+	INSERT INTO prepay.agent_access (site_id, agent_id, grantee) VALUES (1, 'plaza-1', 'regress_citus_agent'),
+	                                                                    ($other, 'other-1', 'regress_citus_agent');
+};
+my $copy = qq{COPY prepay.reading_intake (site_id, meter_id, read_at, energy, relay_state) FROM STDIN (FORMAT csv);
+1,1,2026-04-01 00:00+00,151,closed
+1,2,2026-04-01 00:00+00,111,
+$other,3,2026-04-01 00:00+00,41,closed
+\\.
+};
+foreach my $node ($single, $coord)
+{
+	$node->safe_psql('postgres', $agent);
+	$node->safe_psql('postgres', $copy . $copy, extra_params => [ '-U', 'regress_citus_agent' ]);
+}
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading WHERE read_at = '2026-04-01 00:00+00'}), '3',
+	'the readings an agent COPYed through the intake are stored on Citus');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_intake}), '0', 'and the intake is empty');
 
 # ids of ledger entries and alarms are drawn per node on Citus: left out
 my $outcome = q{
