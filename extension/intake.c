@@ -27,10 +27,15 @@
  * (agents, administrators, operators) COPY into prepay.reading_intake, a
  * table without row security that they may only INSERT into.  Its AFTER
  * STATEMENT trigger (prepay_reading_intake_drain) inserts the statement's
- * rows, from its transition table, into prepay.reading with the writer's
- * own rights (the trigger is SECURITY INVOKER: grants, row security and
- * the rules above apply as to a direct INSERT), then deletes them from
- * the intake: it is empty after every statement.
+ * rows, read from its transition table into one array per column, into
+ * prepay.reading in one INSERT with the writer's own rights (the trigger
+ * is SECURITY INVOKER: grants, row security and the rules above apply as
+ * to a direct INSERT), then deletes them from the intake: it is empty
+ * after every statement.  The rows are passed as parameters, not as the
+ * transition table by name: on Citus the trigger fires on a shard of the
+ * intake on a worker, where Citus plans the INSERT into the distributed
+ * prepay.reading and runs it on the colocated shard, which cannot see a
+ * named tuplestore of the trigger.
  *
  * Copyright (c) 2026, the prepay authors
  *
@@ -49,6 +54,7 @@
 #include "catalog/partition.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
@@ -63,9 +69,18 @@
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/snapmgr.h"
+#include "utils/tuplestore.h"
 
 /* the register columns a conflict compares, in prepay.reading */
 static const char *const register_columns[] = {"energy", "sharp", "peak", "flat", "valley", NULL};
+
+/* the columns of prepay.reading_intake the drain moves on, in this order */
+static const char *const intake_columns[] = {
+	"site_id", "meter_id", "read_at", "energy", "sharp", "peak", "flat", "valley", "power",
+	"relay_state", NULL
+};
+
+#define INTAKE_NCOLUMNS 10
 
 /* the columns of prepay.reading a refused row keeps, in this order */
 static const char *const refused_columns[] = {
@@ -101,6 +116,7 @@ static void load_writer_sites(Relation rel);
 static void record_refusal(Relation rel, HeapTuple tuple, const char *reason, const char *detail);
 static char *register_text(Datum value, bool isnull);
 static void delete_own_rows(Relation rel);
+static void read_columns(Relation rel, Tuplestorestate *rows, Datum *arrays, Oid *types);
 
 /*
  * intake_site_allowed
@@ -375,13 +391,16 @@ PG_FUNCTION_INFO_V1(prepay_reading_intake_drain);
 /*
  * prepay_reading_intake_drain
  *		AFTER INSERT statement trigger on prepay.reading_intake: insert the
- *		statement's rows into prepay.reading with the writer's rights, then
- *		delete them from the intake.
+ *		statement's rows into prepay.reading with the writer's rights, in
+ *		the order they came, in one statement, then delete them from the
+ *		intake.
  */
 Datum
 prepay_reading_intake_drain(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Datum		arrays[INTAKE_NCOLUMNS];
+	Oid			types[INTAKE_NCOLUMNS];
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
 		TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
@@ -392,18 +411,70 @@ prepay_reading_intake_drain(PG_FUNCTION_ARGS)
 	if (tuplestore_tuple_count(trigdata->tg_newtable) == 0)
 		return PointerGetDatum(NULL);
 
+	read_columns(trigdata->tg_relation, trigdata->tg_newtable, arrays, types);
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "reading_intake_drain: SPI_connect failed");
-	if (SPI_register_trigger_data(trigdata) != SPI_OK_TD_REGISTER)
-		elog(ERROR, "reading_intake_drain: cannot register the transition table");
-	if (SPI_execute("INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat,"
-					"                            valley, power, relay_state)"
-					"SELECT site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power, relay_state"
-					"  FROM intake_rows", false, 0) != SPI_OK_INSERT)
+	/* ROWS FROM of several unnests: row i holds element i of each array */
+	if (SPI_execute_with_args("INSERT INTO prepay.reading (site_id, meter_id, read_at, energy, sharp, peak, flat,"
+							  "                            valley, power, relay_state)"
+							  "SELECT u.site_id, u.meter_id, u.read_at, u.energy, u.sharp, u.peak, u.flat, u.valley,"
+							  "       u.power, u.relay_state"
+							  "  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+							  "                  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+							  "                  pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
+							  "                  pg_catalog.unnest($10))"
+							  "       AS u (site_id, meter_id, read_at, energy, sharp, peak, flat, valley, power,"
+							  "             relay_state)",
+							  INTAKE_NCOLUMNS, types, arrays, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "reading_intake_drain: insert into prepay.reading failed");
 	SPI_finish();
 	delete_own_rows(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * read_columns
+ *		The rows of the transition table, in their order, as one array per
+ *		column of intake_columns (arrays), and the arrays' types (types).
+ *		A read pointer of its own, as a scan of the table by name would.
+ */
+static void
+read_columns(Relation rel, Tuplestorestate *rows, Datum *arrays, Oid *types)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	ArrayBuildState *build[INTAKE_NCOLUMNS];
+	AttrNumber	attnums[INTAKE_NCOLUMNS];
+	Oid			elemtypes[INTAKE_NCOLUMNS];
+	int			reader;
+
+	for (int k = 0; k < INTAKE_NCOLUMNS; k++)
+	{
+		attnums[k] = attnameAttNum(rel, intake_columns[k], false);
+		if (attnums[k] <= 0)
+			elog(ERROR, "reading_intake_drain: prepay.reading_intake has no column %s", intake_columns[k]);
+		elemtypes[k] = TupleDescAttr(desc, attnums[k] - 1)->atttypid;
+		types[k] = get_array_type(elemtypes[k]);
+		if (!OidIsValid(types[k]))
+			elog(ERROR, "reading_intake_drain: no array type for column %s", intake_columns[k]);
+		build[k] = initArrayResult(elemtypes[k], CurrentMemoryContext, false);
+	}
+	reader = tuplestore_alloc_read_pointer(rows, EXEC_FLAG_REWIND);
+	tuplestore_select_read_pointer(rows, reader);
+	tuplestore_rescan(rows);
+	while (tuplestore_gettupleslot(rows, true, false, slot))
+	{
+		for (int k = 0; k < INTAKE_NCOLUMNS; k++)
+		{
+			bool		isnull;
+			Datum		value = slot_getattr(slot, attnums[k], &isnull);
+
+			accumArrayResult(build[k], value, isnull, elemtypes[k], CurrentMemoryContext);
+		}
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	for (int k = 0; k < INTAKE_NCOLUMNS; k++)
+		arrays[k] = makeArrayResult(build[k], CurrentMemoryContext);
 }
 
 /*

@@ -371,8 +371,8 @@ COMMENT ON FUNCTION prepay.distribute() IS
 'On a Citus coordinator, after CREATE EXTENSION prepay: distribute every table of schema prepay by site_id in one colocation group with prepay.site (the schema changes Citus needs are made on every node first, see sql/distribute.sql), and list the distributed tables.  Run again (after citus_add_node), it makes the schema changes on new workers, moves every worker''s ids to a block of its own above every id drawn so far, and lists the tables.  55000 without Citus, 42501 for a non-superuser.  docs/SCALE-OUT.md.';
 
 -- ---------------------------------------------------------------------
--- time partitions on Citus: a partitioned table of prepay (prepay.reading)
--- by UTC month with Citus's create_time_partitions() instead of pg_partman
+-- time partitions on Citus: the partitioned tables of prepay
+-- (prepay.reading, prepay.ledger) by UTC month with Citus's create_time_partitions() instead of pg_partman
 -- (prepay.partition_by_month and prepay.maintain_partitions call these
 -- once distributed).  Citus creates a month partition of a distributed
 -- table as CREATE TABLE ... PARTITION OF, on the coordinator and on every
@@ -380,8 +380,9 @@ COMMENT ON FUNCTION prepay.distribute() IS
 -- the month ("updated partition constraint for default partition would be
 -- violated").  Such a month is made by hand instead, the way Citus attaches
 -- a table: a table like the parent, distributed colocated with it, the
--- month's rows moved into it shard by shard, then ATTACH PARTITION.
--- Names are Citus's and pg_partman's: <table>_pYYYY_MM.
+-- month's rows moved into it shard by shard (no trigger firing, as on one
+-- node), then ATTACH PARTITION.  Retention drops months of the readings
+-- only (sql/partition.sql).  Names are Citus's and pg_partman's: <table>_pYYYY_MM.
 -- ---------------------------------------------------------------------
 
 CREATE FUNCTION prepay._default_partition(p_table regclass) RETURNS regclass
@@ -459,13 +460,43 @@ END $$;
 COMMENT ON FUNCTION prepay._citus_month_table(regclass, timestamptz) IS
 'Internal, on a Citus coordinator: a new empty table <table>_pYYYY_MM for the UTC month of p_month, like the distributed partitioned table p_table (columns, defaults, checks, indexes) and distributed like it, colocated with it; not yet a partition (prepay._citus_attach_month attaches it).';
 
+-- the rows of a month move as they are, no trigger firing, on the workers
+-- as on one node (prepay._attach_month runs with session_replication_role
+-- = replica): the ledger's partitions refuse DELETE (PY013), and the AFTER
+-- INSERT triggers recorded these rows when they came.  Citus sends a SET
+-- LOCAL to the workers of the transaction (citus.propagate_set_commands =
+-- local) when it sees it run inside a statement of a function; only a
+-- superuser may set session_replication_role, here and on the workers
+CREATE FUNCTION prepay._citus_replication_role(p_role text, p_nested boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_role IS NULL OR p_role NOT IN ('origin', 'replica', 'local') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = pg_catalog.format('not a replication role: %s', p_role);
+    END IF;
+    IF NOT p_nested THEN
+        -- through a statement: Citus propagates a SET LOCAL only from a
+        -- nested executor (a plpgsql call of an expression has none)
+        EXECUTE 'SELECT prepay._citus_replication_role($1, true)' USING p_role;
+        RETURN;
+    END IF;
+    IF pg_catalog.current_setting('citus.propagate_set_commands', true) IS DISTINCT FROM 'local' THEN
+        RAISE EXCEPTION USING ERRCODE = '55000', MESSAGE = 'citus.propagate_set_commands must be local here',
+            DETAIL = 'session_replication_role would change on this node only.';
+    END IF;
+    EXECUTE pg_catalog.format('SET LOCAL session_replication_role = %L', p_role);
+END $$;
+COMMENT ON FUNCTION prepay._citus_replication_role(text, boolean) IS
+'Internal, on a Citus coordinator, from a function with SET citus.propagate_set_commands = local (prepay._citus_attach_month): SET LOCAL session_replication_role = p_role (origin, replica or local) here and, through Citus, on every worker of this transaction, until set again.  Needs a superuser (PostgreSQL refuses the setting to anyone else).  p_nested: internal (the call Citus sees run inside a statement).';
+
 CREATE FUNCTION prepay._citus_attach_month(p_table regclass, p_part regclass, p_month timestamptz) RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC'
+SET citus.propagate_set_commands = 'local' AS $$
 DECLARE
     m_from timestamptz := pg_catalog.date_trunc('month', p_month);
     m_to timestamptz := pg_catalog.date_trunc('month', p_month) + interval '1 month';
     dflt regclass := prepay._default_partition(p_table);
     col name := prepay._partition_column(p_table);
+    role_before text := pg_catalog.current_setting('session_replication_role');
     moved bigint := 0;
 BEGIN
     IF dflt IS NOT NULL THEN
@@ -474,17 +505,20 @@ BEGIN
         EXECUTE pg_catalog.format('LOCK TABLE %s IN EXCLUSIVE MODE', p_table);
         -- the month's rows of the default partition, shard by shard (the
         -- two tables are colocated: each worker copies its own), then gone
-        -- from it: the default partition may not keep rows of an attached range
+        -- from it: the default partition may not keep rows of an attached
+        -- range.  No trigger fires meanwhile, on any node (above)
+        PERFORM prepay._citus_replication_role('replica');
         EXECUTE pg_catalog.format('INSERT INTO %s SELECT * FROM %s WHERE %I >= %L AND %I < %L',
                                   p_part, dflt, col, m_from, col, m_to);
         GET DIAGNOSTICS moved = ROW_COUNT;
         EXECUTE pg_catalog.format('DELETE FROM %s WHERE %I >= %L AND %I < %L', dflt, col, m_from, col, m_to);
+        PERFORM prepay._citus_replication_role(role_before);
     END IF;
     EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %s FOR VALUES FROM (%L) TO (%L)', p_table, p_part, m_from, m_to);
     RETURN moved;
 END $$;
 COMMENT ON FUNCTION prepay._citus_attach_month(regclass, regclass, timestamptz) IS
-'Internal, on a Citus coordinator: move the rows of p_month''s UTC month from the default partition of p_table into p_part (made by prepay._citus_month_table, colocated: each worker moves its own shards'' rows), then attach p_part as that month''s partition (Citus attaches every shard).  Writes to p_table wait meanwhile (EXCLUSIVE lock).  Returns how many rows moved.';
+'Internal, on a Citus coordinator: move the rows of p_month''s UTC month from the default partition of p_table (prepay.reading or prepay.ledger) into p_part (made by prepay._citus_month_table, colocated: each worker moves its own shards'' rows), no trigger firing on any node (prepay._citus_replication_role), then attach p_part as that month''s partition (Citus attaches every shard).  Writes to p_table wait meanwhile (EXCLUSIVE lock).  Returns how many rows moved.';
 
 CREATE FUNCTION prepay._citus_maintain_partitions(p_table regclass, p_premake integer,
                                                   p_from timestamptz DEFAULT NULL) RETURNS integer

@@ -71,9 +71,89 @@ LANGUAGE sql IMMUTABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS
 $$;
 COMMENT ON FUNCTION prepay._month_tables() IS 'Internal: the tables partitioned by UTC month (prepay.partition_by_month()): the readings by read_at and the ledger by created_at.  Only the readings are ever archived and dropped.';
 
-CREATE FUNCTION prepay._partitions(p_table regclass)
-RETURNS TABLE (partition_name regclass, is_default boolean, from_time timestamptz, to_time timestamptz,
-               total_bytes bigint, rows_estimated bigint)
+-- sizes: once distributed on Citus, a table of the coordinator is an empty
+-- shell and its rows are in shards on the workers (a reference table has a
+-- copy on every node); its size is what its shards hold, found without
+-- Citus installed on one node (the queries naming Citus's functions are
+-- built at run time, as sql/distribute.sql does)
+CREATE FUNCTION prepay._relation_sizes(p_relids regclass[])
+RETURNS TABLE (relid regclass, total_bytes bigint, reltuples real, rows_inserted bigint)
+LANGUAGE plpgsql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- every shard of a prepay table a node holds: id, estimated rows, rows
+    -- inserted (catalog and statistics only: no lock on the shards, so
+    -- that a transaction holding locks on them, which this query from
+    -- other sessions would wait for, can ask)
+    on_node constant text := $q$
+        SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(s.shardid, c.reltuples,
+                                                                        pg_catalog.pg_stat_get_tuples_inserted(c.oid))), '[]')
+          FROM pg_catalog.pg_dist_shard s
+          JOIN pg_catalog.pg_class l ON l.oid = s.logicalrelid
+          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(pg_catalog.shard_name(s.logicalrelid, s.shardid))
+         WHERE l.relnamespace = 'prepay'::pg_catalog.regnamespace$q$;
+    counts jsonb := '[]';
+    node record;
+BEGIN
+    IF NOT prepay._distributed() THEN
+        RETURN QUERY
+            SELECT r.r, pg_catalog.pg_total_relation_size(r.r), c.reltuples, st.n_tup_ins
+              FROM pg_catalog.unnest(p_relids) r (r)
+              JOIN pg_catalog.pg_class c ON c.oid = r.r
+              LEFT JOIN pg_catalog.pg_stat_all_tables st ON st.relid = r.r;
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_locks k
+                WHERE k.pid = pg_catalog.pg_backend_pid() AND k.locktype = 'relation' AND k.mode = 'AccessExclusiveLock') THEN
+        -- this transaction changed (or locked) tables, on this node and on
+        -- the workers' shards: the sessions that would measure the shards
+        -- would wait for it, and it for them.  Not known until it ends
+        RETURN QUERY SELECT r.r, NULL::bigint, NULL::real, NULL::bigint FROM pg_catalog.unnest(p_relids) r (r);
+        RETURN;
+    END IF;
+    FOR node IN EXECUTE 'SELECT nodeid, success, result FROM pg_catalog.run_command_on_all_nodes($1)' USING on_node LOOP
+        IF node.success THEN
+            counts := counts || node.result::jsonb;
+        ELSE
+            RAISE WARNING 'the row counts of Citus node % are left out', node.nodeid USING DETAIL = node.result;
+        END IF;
+    END LOOP;
+    -- bytes: every placement (Citus's citus_shard_sizes(), which sees this
+    -- transaction's shards); rows: each shard once; a table Citus does not
+    -- know: this node's
+    RETURN QUERY EXECUTE $q$
+        WITH placed AS (
+            SELECT z.shard_id::bigint AS shardid, pg_catalog.sum(z.size)::bigint AS bytes
+              FROM pg_catalog.citus_shard_sizes() z GROUP BY 1
+        ), counted AS (
+            SELECT (e ->> 0)::bigint AS shardid, pg_catalog.max((e ->> 1)::real) AS reltuples,
+                   pg_catalog.max((e ->> 2)::bigint) AS inserted
+              FROM pg_catalog.jsonb_array_elements($2) e GROUP BY 1
+        ), shards AS (
+            SELECT s.logicalrelid, pg_catalog.count(*) AS n,
+                   coalesce(pg_catalog.sum(p.bytes), 0)::bigint AS bytes,
+                   CASE WHEN pg_catalog.bool_and(coalesce(k.reltuples, -1) < 0) THEN -1
+                        ELSE pg_catalog.sum(GREATEST(k.reltuples, 0)) END::real AS reltuples,
+                   coalesce(pg_catalog.sum(k.inserted), 0)::bigint AS inserted
+              FROM pg_catalog.pg_dist_shard s
+              LEFT JOIN placed p USING (shardid)
+              LEFT JOIN counted k USING (shardid)
+             WHERE s.logicalrelid = ANY ($1)
+             GROUP BY s.logicalrelid
+        )
+        SELECT r.r,
+               CASE WHEN d.n IS NULL THEN pg_catalog.pg_total_relation_size(r.r) ELSE d.bytes END,
+               CASE WHEN d.n IS NULL THEN c.reltuples ELSE d.reltuples END,
+               CASE WHEN d.n IS NULL THEN pg_catalog.pg_stat_get_tuples_inserted(r.r) ELSE d.inserted END
+          FROM pg_catalog.unnest($1) r (r)
+          JOIN pg_catalog.pg_class c ON c.oid = r.r
+          LEFT JOIN shards d ON d.logicalrelid = r.r$q$
+      USING p_relids, counts;
+END $$;
+COMMENT ON FUNCTION prepay._relation_sizes(regclass[]) IS
+'Internal: for each of the tables p_relids, bytes on disk with indexes and TOAST, the planner''s estimated rows (reltuples: -1 never analyzed) and rows inserted since the statistics were reset.  Once distributed on Citus, of its shards: bytes over every placement (a reference table''s copy on each node, Citus''s citus_shard_sizes()), rows and inserts of each shard once, from every node (a node that does not answer is left out, with a warning); a table that is not Citus''s: this node''s; all NULL in a transaction holding an ACCESS EXCLUSIVE lock on a table (DDL, LOCK TABLE: the shards are measured by other sessions, which would wait for it).  On one node, this node''s.';
+
+CREATE FUNCTION prepay._partition_ranges(p_table regclass)
+RETURNS TABLE (partition_name regclass, is_default boolean, from_time timestamptz, to_time timestamptz)
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
     SELECT c.oid::regclass,
            pg_catalog.pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT',
@@ -82,14 +162,23 @@ LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
            END,
            CASE WHEN pg_catalog.pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
                 THEN (pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz
-           END,
-           pg_catalog.pg_total_relation_size(c.oid),
-           c.reltuples::bigint
+           END
       FROM pg_catalog.pg_inherits i
       JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
      WHERE i.inhparent = p_table
 $$;
-COMMENT ON FUNCTION prepay._partitions(regclass) IS 'Internal: the partitions of a table partitioned by range of a time (prepay.reading_partitions, prepay.ledger_partitions).';
+COMMENT ON FUNCTION prepay._partition_ranges(regclass) IS 'Internal: the partitions of a table partitioned by range of a time, with the range each takes (NULL for the default partition); no sizes (prepay._partitions).';
+
+CREATE FUNCTION prepay._partitions(p_table regclass)
+RETURNS TABLE (partition_name regclass, is_default boolean, from_time timestamptz, to_time timestamptz,
+               total_bytes bigint, rows_estimated bigint)
+LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.partition_name, p.is_default, p.from_time, p.to_time, z.total_bytes, z.reltuples::bigint
+      FROM prepay._partition_ranges(p_table) p
+      LEFT JOIN prepay._relation_sizes(ARRAY(SELECT q.partition_name FROM prepay._partition_ranges(p_table) q)) z
+        ON z.relid = p.partition_name
+$$;
+COMMENT ON FUNCTION prepay._partitions(regclass) IS 'Internal: the partitions of a table partitioned by range of a time, with their sizes (prepay._relation_sizes: on Citus, their shards''): prepay.reading_partitions, prepay.ledger_partitions.';
 
 -- the two views of partitions have the same columns
 CREATE FUNCTION prepay._comment_partitions_view(p_view regclass, p_column text, p_rows text) RETURNS void
@@ -126,7 +215,7 @@ SELECT prepay._comment_partitions_view('prepay.ledger_partitions', 'created_at',
 
 CREATE FUNCTION prepay._month_partition(p_table regclass, p_month timestamptz) RETURNS regclass
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
-    SELECT p.partition_name FROM prepay._partitions(p_table) p WHERE p.from_time = pg_catalog.date_trunc('month', p_month)
+    SELECT p.partition_name FROM prepay._partition_ranges(p_table) p WHERE p.from_time = pg_catalog.date_trunc('month', p_month)
 $$;
 COMMENT ON FUNCTION prepay._month_partition(regclass, timestamptz) IS 'Internal: the partition of p_table (prepay.reading or prepay.ledger) that takes the UTC month of p_month; NULL when none does (its rows are in the default partition).';
 
@@ -184,9 +273,11 @@ BEGIN
             pg_catalog.format('Given: %s.', p_premake), 'pg_partman keeps that many months'' partitions ready ahead of now (4 by default).');
     END IF;
     IF prepay._distributed() THEN
-        -- on Citus: Citus's create_time_partitions, for the readings only
-        -- (the ledger keeps its default partition there: docs/SCALE-OUT.md)
-        PERFORM prepay._citus_partition_by_month('prepay.reading', p_premake);
+        -- on Citus: Citus's create_time_partitions, readings first, then
+        -- the ledger (the rating's order)
+        FOREACH tab IN ARRAY prepay._month_tables() LOOP
+            PERFORM prepay._citus_partition_by_month(tab, p_premake);
+        END LOOP;
     ELSE
         PERFORM prepay._partman_partition_by_month(p_premake);
     END IF;
@@ -196,7 +287,7 @@ BEGIN
     END LOOP;
 END $$;
 COMMENT ON FUNCTION prepay.partition_by_month(integer) IS
-'Partition prepay.reading (by read_at) and prepay.ledger (by created_at) by UTC month: every month with rows in a default partition gets its own partition (prepay.reading_pYYYY_MM, prepay.ledger_pYYYY_MM, rows moved under an exclusive lock), and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  On one node with pg_partman (prepay._partman_partition_by_month; 55000 without it).  Once distributed on Citus, on the coordinator, the readings only, with Citus''s create_time_partitions(), p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month); the ledger stays in its default partition there (docs/SCALE-OUT.md).  Called again, it only changes premake and runs the maintenance.  Returns the partitions of both tables.  Needs a superuser (42501).  docs/OPERATIONS.md.';
+'Partition prepay.reading (by read_at) and prepay.ledger (by created_at) by UTC month: every month with rows in a default partition gets its own partition (prepay.reading_pYYYY_MM, prepay.ledger_pYYYY_MM, rows moved under an exclusive lock), and partitions are made p_premake months ahead (1 to 36, default 4); the job prepay-partitions keeps them ahead.  On one node with pg_partman (prepay._partman_partition_by_month; 55000 without it).  Once distributed on Citus, on the coordinator, with Citus''s create_time_partitions(), p_premake kept as the database setting prepay.partition_premake (prepay._citus_partition_by_month; docs/SCALE-OUT.md).  Called again, it only changes premake and runs the maintenance.  Returns the partitions of both tables (on Citus, their sizes NULL when it changed them: prepay._relation_sizes).  Needs a superuser (42501).  docs/OPERATIONS.md.';
 
 CREATE FUNCTION prepay._partman_partition_by_month(p_premake integer) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, pg_temp SET timezone = 'UTC' AS $$
@@ -241,7 +332,7 @@ BEGIN
             PERFORM prepay._attach_month(tab, m, pg_catalog.format('prepay.%I', t)::regclass);
         END LOOP;
         SELECT LEAST(pg_catalog.min(p.from_time), pg_catalog.date_trunc('month', pg_catalog.now()))
-          INTO first_month FROM prepay._partitions(tab) p WHERE NOT p.is_default;
+          INTO first_month FROM prepay._partition_ranges(tab) p WHERE NOT p.is_default;
         -- pg_partman makes a default partition of its own, by the name of
         -- ours: ours is set aside meanwhile, then takes its place again
         EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION prepay.%I', tab, parent || '_default');
@@ -269,21 +360,22 @@ DECLARE
     made integer := 0;
 BEGIN
     PERFORM prepay._require_superuser('maintain_partitions');
-    IF prepay._distributed() THEN
-        -- on Citus: Citus's create_time_partitions, for the readings
-        RETURN prepay._citus_maintain_partitions('prepay.reading', prepay._citus_premake());
-    END IF;
     FOREACH tab IN ARRAY prepay._month_tables() LOOP
+        IF prepay._distributed() THEN
+            -- on Citus: Citus's create_time_partitions
+            made := made + prepay._citus_maintain_partitions(tab, prepay._citus_premake());
+            CONTINUE;
+        END IF;
         CONTINUE WHEN NOT prepay._by_month(tab);    -- not partitioned by month: nothing to keep ahead
-        SELECT pg_catalog.count(*) INTO before FROM prepay._partitions(tab);
+        SELECT pg_catalog.count(*) INTO before FROM prepay._partition_ranges(tab);
         EXECUTE pg_catalog.format('SELECT %I.run_maintenance(p_parent_table := %L, p_jobmon := false)',
                                   prepay._partman_schema(), tab::text);
-        made := made + (SELECT pg_catalog.count(*) FROM prepay._partitions(tab)) - before;
+        made := made + (SELECT pg_catalog.count(*) FROM prepay._partition_ranges(tab)) - before;
     END LOOP;
     RETURN made;
 END $$;
 COMMENT ON FUNCTION prepay.maintain_partitions() IS
-'The job prepay-partitions: ask pg_partman to create the months of prepay.reading and prepay.ledger ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while neither is partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes the readings'' months, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
+'The job prepay-partitions: ask pg_partman to create the months of prepay.reading and prepay.ledger ahead of time (premake months past now); returns how many partitions it created.  0 and nothing done while neither is partitioned by month.  Once distributed on Citus, Citus''s create_time_partitions() makes the months of both, prepay.partition_premake months ahead (prepay._citus_maintain_partitions).  Needs a superuser (42501).';
 
 -- ---------------------------------------------------------------------
 -- archives: a month of readings as files on the server
@@ -505,7 +597,7 @@ BEGIN
     RETURN QUERY SELECT * FROM prepay.reading_partitions p WHERE p.from_time = m_from;
 END $$;
 COMMENT ON FUNCTION prepay.restore_reading_archive(text) IS
-'Restore a month archived by prepay.archive_reading_month(): p_manifest is the path of its .manifest.json on the database server (the CSV beside it).  Checks the file''s SHA-256 against the manifest, loads it into a new partition prepay.reading_pYYYY_MM without re-rating anything, checks the rows against the manifest''s count and digest, moves in the month''s readings that arrived later (kept in the default partition), and attaches it.  Needs a superuser (42501); 55000 when the month has a partition; 22023 for a file that is not a manifest; XX001 for a checksum or row mismatch (nothing restored).  docs/OPERATIONS.md.';
+'Restore a month archived by prepay.archive_reading_month(): p_manifest is the path of its .manifest.json on the database server (the CSV beside it).  Checks the file''s SHA-256 against the manifest, loads it into a new partition prepay.reading_pYYYY_MM without re-rating anything, checks the rows against the manifest''s count and digest, moves in the month''s readings that arrived later (kept in the default partition), and attaches it; returns its row of prepay.reading_partitions (on Citus, sizes NULL: prepay._relation_sizes).  Needs a superuser (42501); 55000 when the month has a partition; 22023 for a file that is not a manifest; XX001 for a checksum or row mismatch (nothing restored).  docs/OPERATIONS.md.';
 
 CREATE FUNCTION prepay.archive_due_partitions(p_directory text DEFAULT NULL)
 RETURNS TABLE (month text, rows bigint, file text, sha256 text)
@@ -528,7 +620,7 @@ BEGIN
     -- retention has passed (an empty month goes then) ...
     shortest := (SELECT pg_catalog.min(s.reading_keep_months) FROM prepay.site s);
     FOR r IN
-        SELECT p.from_time, p.to_time FROM prepay.reading_partitions p
+        SELECT p.from_time, p.to_time FROM prepay._partition_ranges('prepay.reading') p
          WHERE NOT p.is_default AND p.to_time <= this_month - pg_catalog.make_interval(months => shortest)
          ORDER BY p.from_time
     LOOP
@@ -565,17 +657,22 @@ WITH since AS (
     SELECT coalesce((SELECT d.stats_reset FROM pg_catalog.pg_stat_database d WHERE d.datname = pg_catalog.current_database()),
                     (SELECT pg_catalog.min(s.created_at) FROM prepay.site s)) AS at
 ), tables AS (
+    -- a table's rows are in its leaves: a partitioned table's partitions
+    -- (its own statistics after ANALYZE count theirs again), or the table
     SELECT c.oid AS relid,
-           pg_catalog.array_agg(t.relid) AS members
+           CASE WHEN c.relkind = 'p'
+                THEN ARRAY(SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t WHERE t.isleaf)
+                ELSE ARRAY[c.oid::pg_catalog.regclass] END AS members
       FROM pg_catalog.pg_class c
-     CROSS JOIN LATERAL pg_catalog.pg_partition_tree(c.oid) t
      WHERE c.relnamespace = 'prepay'::pg_catalog.regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-     GROUP BY c.oid
+), sizes AS (
+    -- on Citus, of the shards (prepay._relation_sizes)
+    SELECT z.* FROM prepay._relation_sizes(ARRAY(SELECT pg_catalog.unnest(t.members) FROM tables t)) z
 ), sized AS (
     SELECT t.relid,
-           (SELECT pg_catalog.sum(pg_catalog.pg_total_relation_size(m))::bigint FROM pg_catalog.unnest(t.members) m) AS total_bytes,
-           (SELECT pg_catalog.sum(GREATEST(k.reltuples, 0))::bigint FROM pg_catalog.pg_class k WHERE k.oid = ANY (t.members)) AS rows_estimated,
-           (SELECT pg_catalog.sum(st.n_tup_ins)::bigint FROM pg_catalog.pg_stat_all_tables st WHERE st.relid = ANY (t.members)) AS inserted
+           (SELECT pg_catalog.sum(z.total_bytes)::bigint FROM sizes z WHERE z.relid = ANY (t.members)) AS total_bytes,
+           (SELECT pg_catalog.sum(GREATEST(z.reltuples, 0))::bigint FROM sizes z WHERE z.relid = ANY (t.members)) AS rows_estimated,
+           (SELECT pg_catalog.sum(z.rows_inserted)::bigint FROM sizes z WHERE z.relid = ANY (t.members)) AS inserted
       FROM tables t
 )
 SELECT z.relid::regclass AS table_name,
@@ -591,7 +688,7 @@ SELECT z.relid::regclass AS table_name,
             THEN pg_catalog.round(z.inserted / (EXTRACT(epoch FROM pg_catalog.now() - since.at) / 86400)
                                   * z.total_bytes / z.rows_estimated)::bigint END AS bytes_per_day
   FROM sized z, since;
-COMMENT ON VIEW prepay.table_growth IS 'Size and growth of every prepay table (a partitioned table with all its partitions): bytes on disk with indexes and TOAST, estimated rows, bytes per row, rows inserted since the statistics were last reset (or since the first site, when never reset), and from those rows and bytes per day.  Estimates from the server''s statistics: run ANALYZE for fresh row counts (docs/OPERATIONS.md).';
+COMMENT ON VIEW prepay.table_growth IS 'Size and growth of every prepay table (a partitioned table with all its partitions): bytes on disk with indexes and TOAST, estimated rows, bytes per row, rows inserted since the statistics were last reset (or since the first site, when never reset), and from those rows and bytes per day.  Estimates from the server''s statistics: run ANALYZE for fresh row counts (docs/OPERATIONS.md).  Once distributed on Citus, read on the coordinator, of the tables'' shards on every node (a reference table''s bytes count its copy on each node; prepay._relation_sizes).';
 COMMENT ON COLUMN prepay.table_growth.table_name IS 'The table (a partitioned one counts its partitions).';
 COMMENT ON COLUMN prepay.table_growth.total_bytes IS 'Bytes on disk: table, indexes, TOAST, every partition.';
 COMMENT ON COLUMN prepay.table_growth.total_size IS 'total_bytes, readable.';

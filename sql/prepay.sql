@@ -738,7 +738,7 @@ CREATE FUNCTION prepay.reading_intake_drain() RETURNS trigger
 AS 'MODULE_PATHNAME', 'prepay_reading_intake_drain'
 LANGUAGE C SECURITY INVOKER SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION prepay.reading_intake_drain() IS
-'AFTER INSERT statement trigger on prepay.reading_intake: inserts the statement''s rows (transition table intake_rows) into prepay.reading as the writer (its grants and row security; rows of sites it may not write are refused one by one), then deletes them from the intake.  SECURITY INVOKER on purpose: the writer''s rights are what decide.';
+'AFTER INSERT statement trigger on prepay.reading_intake: inserts the statement''s rows (transition table intake_rows, read into one array per column and passed to one INSERT as parameters, which works on Citus too, where the trigger fires on a shard) into prepay.reading as the writer (its grants and row security; rows of sites it may not write are refused one by one), then deletes them from the intake.  SECURITY INVOKER on purpose: the writer''s rights are what decide.';
 CREATE TRIGGER reading_intake_drain AFTER INSERT ON prepay.reading_intake
     REFERENCING NEW TABLE AS intake_rows
     FOR EACH STATEMENT EXECUTE FUNCTION prepay.reading_intake_drain();

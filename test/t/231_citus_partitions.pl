@@ -1,20 +1,27 @@
 # test/t/231_citus_partitions.pl
 #
-# Readings by month on Citus (docs/SCALE-OUT.md, "Readings by month"): a
-# coordinator (with pg_cron) and two workers, prepay distributed, two sites
-# whose shards are on different workers.  prepay.partition_by_month() moves
-# the handover readings of January from the default partition into a
-# partition of their own and has Citus's create_time_partitions() make the
+# Readings and the ledger by month on Citus (docs/SCALE-OUT.md, "Readings
+# and the ledger by month"): a coordinator (with pg_cron) and two workers,
+# prepay distributed, two sites whose shards are on different workers.
+# prepay.partition_by_month() moves the handover readings of January and
+# ledger entries posted in January to March from the default partitions
+# into partitions of their own (the ledger's rows unchanged, its
+# append-only triggers refusing UPDATE and DELETE again at once, in the
+# same transaction) and has Citus's create_time_partitions() make the
 # other months; then the scenario of test/t/230_partitions.pl for both
 # sites (both month boundaries, a statement spanning two months, its
 # replay, a conflicting duplicate at a boundary, a late reading of a closed
-# month) is rated as on a single node whose readings all
-# sit in the default partition: the same ledger, readings, refusals,
-# alarms.  pg_cron's run of the job prepay-partitions on the coordinator
-# makes months ahead (prepay.partition_premake).  The retention job
-# archives the months (CSV, SHA-256, manifest) through the coordinator and
-# drops them on the workers too; restoring the archives brings the same
-# rows back, each on its site's shard, and check_ledger() is empty.
+# month, readings COPYed by an agent login through prepay.reading_intake)
+# is rated as on a single node whose rows all sit in the default
+# partitions: the same ledger, readings, refusals, alarms; the charges go
+# to the ledger's month partition on the site's worker.  The sizes the
+# coordinator reports are those of the shards on every node.  pg_cron's
+# run of the job prepay-partitions on the coordinator makes months ahead
+# (prepay.partition_premake).  The retention job archives the months of
+# readings (CSV, SHA-256, manifest) through the coordinator and drops them
+# on the workers too, and no month of the ledger; restoring the archives
+# brings the same rows back, each on its site's shard, and check_ledger()
+# is empty.
 # Skipped when Citus is not installed (citus.so in the server's lib dir).
 
 use strict;
@@ -86,9 +93,49 @@ my $setup = qq{
 };
 $_->safe_psql('postgres', $setup) for $single, $coord;
 
+# money posted in January to March, at the boundaries, as recharge() and
+# refund() would have written it then (a ledger entry's month is its
+# created_at): site 1's account 1, and the other site's account 3, whose
+# balance ends where it was
+my $backdated = qq{
+	DO \$\$
+	DECLARE
+	    r record;
+	    b numeric;
+	BEGIN
+	    FOR r IN SELECT * FROM (VALUES
+	            (1, 1, 'recharge', 10, '2026-01-31 23:59:59.999999+00'::timestamptz, 'B-JAN'),
+	            ($other, 3, 'recharge', 20, '2026-02-01 00:00+00', 'B-FEB'),
+	            (1, 1, 'recharge', 30, '2026-02-28 23:59:59+00', 'B-FEB2'),
+	            ($other, 3, 'refund', -20, '2026-03-01 00:00+00', 'B-MAR')) v (site, acct, kind, amount, at, ref)
+	         ORDER BY at
+	    LOOP
+	        UPDATE prepay.account SET balance = balance + r.amount WHERE site_id = r.site AND account_id = r.acct
+	        RETURNING balance INTO b;
+	        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, channel, external_ref)
+	        VALUES (r.site, r.acct, r.kind::prepay.ledger_kind, r.amount, b, r.at, 'bank', r.ref);
+	    END LOOP;
+	END \$\$;
+};
+$_->safe_psql('postgres', $backdated) for $single, $coord;
+my $ledger_rows = q{SELECT count(*) || ' ' || md5(string_agg(l::text, '|' ORDER BY site_id, entry_id)) FROM prepay.ledger l};
+my $ledger_unpartitioned = $coord->safe_psql('postgres', $ledger_rows);
+
 # ---------------------------------------------------------------------
 # partition_by_month on the coordinator: Citus's time partitions
 # ---------------------------------------------------------------------
+# the ledger's rows move with no trigger firing, on the workers too; in
+# the same transaction, right after, the triggers refuse again
+my ($rc, $out, $err) = $coord->psql('postgres', q{
+	BEGIN;
+	SELECT count(*) FROM prepay.partition_by_month(2);
+	DELETE FROM prepay.ledger_p2026_01;
+	COMMIT;}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/PY013: the prepay ledger is append-only.*DELETE on prepay\.ledger_p2026_01_[0-9]+ was refused/s,
+	'after the move, in its transaction, the month partitions refuse DELETE on the workers');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.ledger_partitions}), '1', 'and all of it rolled back');
+is($coord->safe_psql('postgres', $ledger_rows), $ledger_unpartitioned, 'the ledger untouched');
+
 my $made = $coord->safe_psql('postgres', q{
 	SELECT string_agg(partition_name::text, ' ' ORDER BY from_time NULLS LAST) FROM prepay.partition_by_month(2) WHERE table_name = 'prepay.reading'::regclass});
 like($made, qr/^prepay\.reading_p2026_01 prepay\.reading_p2026_02 .* prepay\.reading_default$/,
@@ -114,6 +161,43 @@ is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.partition_by_mont
 	$coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_partitions WHERE NOT is_default}),
 	'partition_by_month again changes nothing');
 
+# the ledger by month too
+like($coord->safe_psql('postgres', q{
+	SELECT string_agg(partition_name::text, ' ' ORDER BY from_time NULLS LAST) FROM prepay.ledger_partitions}),
+	qr/^prepay\.ledger_p2026_01 prepay\.ledger_p2026_02 prepay\.ledger_p2026_03 .* prepay\.ledger_default$/,
+	'the ledger: January on, then the default partition');
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) FROM pg_dist_partition WHERE logicalrelid::text ~ '^prepay\.ledger_p[0-9]{4}_[0-9]{2}$'
+	   AND colocationid = (SELECT colocationid FROM pg_dist_partition WHERE logicalrelid = 'prepay.site'::regclass)}),
+	$coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.ledger_partitions WHERE NOT is_default'),
+	'every month of the ledger is distributed, colocated with the sites');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.ledger_default}), '0', "the ledger's default partition was emptied");
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(m || ' ' || site_id || ' ' || external_ref, ', ' ORDER BY m, external_ref) FROM (
+	  SELECT '01' AS m, * FROM prepay.ledger_p2026_01 UNION ALL SELECT '02', * FROM prepay.ledger_p2026_02
+	  UNION ALL SELECT '03', * FROM prepay.ledger_p2026_03) l WHERE channel = 'bank'}),
+	"01 1 B-JAN, 02 $other B-FEB, 02 1 B-FEB2, 03 $other B-MAR", 'entries at both boundaries are in the month of their created_at');
+is($coord->safe_psql('postgres', $ledger_rows), $ledger_unpartitioned, 'the ledger has the same rows, unchanged');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'check_ledger() is empty after the move');
+is($coord->safe_psql('postgres', q{
+	SELECT (max(to_time) > date_trunc('month', now()) + interval '2 months')::text FROM prepay.ledger_partitions}),
+	'true', "the ledger's months are ready ahead of now too");
+# append-only on every month partition, and no way around it for a login
+$coord->safe_psql('postgres', qq{
+	CREATE ROLE regress_citus_staff LOGIN IN ROLE prepay_admin;
+	INSERT INTO prepay.site_access (site_id, grantee) VALUES (1, 'regress_citus_staff'), ($other, 'regress_citus_staff');
+});
+foreach my $sql (q{UPDATE prepay.ledger_p2026_02 SET amount = 0}, q{DELETE FROM prepay.ledger_p2026_01},
+	q{SET citus.propagate_set_commands = local; SELECT prepay._citus_replication_role('replica'); DELETE FROM prepay.ledger_p2026_01})
+{
+	($rc, $out, $err) = $coord->psql('postgres', $sql, extra_params => [ '-U', 'regress_citus_staff', '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/(PY013: the prepay ledger is append-only|42501: permission denied)/, "a staff login: $sql refused");
+	next if $sql =~ /replication_role/;
+	($rc, $out, $err) = $coord->psql('postgres', $sql, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+	like($err, qr/PY013: the prepay ledger is append-only/, "a superuser: $sql refused");
+}
+is($coord->safe_psql('postgres', $ledger_rows), $ledger_unpartitioned, 'the ledger still has the same rows');
+
 my @statements = (
 	# January, the last instant of January, and February's first
 	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
@@ -138,15 +222,32 @@ my @statements = (
 	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
 		(1, 2, '2026-01-20 00:00+00', 57), (1, 1, '2026-03-31 23:59:59+00', 150),
 		($other, 3, '2026-01-20 00:00+00', 15), ($other, 3, '2026-03-31 23:59:59+00', 40)},
-	# across the April boundary (not through prepay.reading_intake: its drain
-	# reads a transition table, which a statement on a worker's shard cannot)
-	qq{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
-		(1, 1, '2026-04-01 00:00+00', 151), (1, 2, '2026-04-01 00:00+00', 111), ($other, 3, '2026-04-01 00:00+00', 41)},
 );
 foreach my $s (@statements)
 {
 	$_->safe_psql('postgres', $s) for $single, $coord;
 }
+# across the April boundary, COPYed by an agent login of both sites through
+# prepay.reading_intake, then again (the agent's replay)
+my $agent = qq{
+	CREATE ROLE regress_citus_agent LOGIN IN ROLE prepay_agent;
+	INSERT INTO prepay.agent_access (site_id, agent_id, grantee) VALUES (1, 'plaza-1', 'regress_citus_agent'),
+	                                                                    ($other, 'other-1', 'regress_citus_agent');
+};
+my $copy = qq{COPY prepay.reading_intake (site_id, meter_id, read_at, energy, relay_state) FROM STDIN (FORMAT csv);
+1,1,2026-04-01 00:00+00,151,closed
+1,2,2026-04-01 00:00+00,111,
+$other,3,2026-04-01 00:00+00,41,closed
+\\.
+};
+foreach my $node ($single, $coord)
+{
+	$node->safe_psql('postgres', $agent);
+	$node->safe_psql('postgres', $copy . $copy, extra_params => [ '-U', 'regress_citus_agent' ]);
+}
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading WHERE read_at = '2026-04-01 00:00+00'}), '3',
+	'the readings an agent COPYed through the intake are stored on Citus');
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_intake}), '0', 'and the intake is empty');
 
 # ids of ledger entries and alarms are drawn per node on Citus: left out
 my $outcome = q{
@@ -194,6 +295,78 @@ is($coord->safe_psql('postgres', $layout),
 	'each boundary reading is in the month partition it opens, none in the default one');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'check_ledger() is empty');
 
+# the rating wrote its charges into the ledger's month partition, on the
+# worker holding the site
+my $this_month = $coord->safe_psql('postgres', q{SELECT prepay._partition_name('prepay.ledger', now())});
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.ledger_default}), '0', 'no charge in the ledger\'s default partition');
+is($coord->safe_psql('postgres', "SELECT count(*) FROM prepay.$this_month WHERE kind = 'consumption'"),
+	$coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.ledger WHERE kind = 'consumption'}),
+	"every charge is in $this_month, the month it was written in");
+foreach my $site (1, $other)
+{
+	my ($shard_name, $port) = split /\|/, $coord->safe_psql('postgres', qq{
+		SELECT shard_name('prepay.$this_month', s.shardid), p.nodeport
+		  FROM (SELECT get_shard_id_for_distribution_column('prepay.$this_month', $site) AS shardid) s
+		  JOIN pg_dist_shard_placement p USING (shardid)});
+	is($worker_of{$port}->safe_psql('postgres', "SELECT count(*) FROM $shard_name WHERE site_id = $site AND kind = 'consumption'"),
+		$coord->safe_psql('postgres', "SELECT count(*) FROM prepay.ledger WHERE site_id = $site AND kind = 'consumption'"),
+		"site $site: its charges are in that month's shard on its worker");
+}
+
+# ---------------------------------------------------------------------
+# sizes on the coordinator: the shards', on every node
+# ---------------------------------------------------------------------
+$coord->safe_psql('postgres', 'ANALYZE');
+my @nodes = ($coord, @workers);
+# the bytes of the shards whose names match $re, on every node
+my $on_shards = sub {
+	my ($re) = @_;
+	my $sum = 0;
+	$sum += $_->safe_psql('postgres', qq{
+		SET citus.override_table_visibility = off;
+		SELECT coalesce(sum(pg_total_relation_size(oid)), 0) FROM pg_class
+		 WHERE relnamespace = 'prepay'::regnamespace AND relkind = 'r' AND relname ~ '$re'}) for @nodes;
+	return $sum;
+};
+my %sizes = (
+	'prepay.reading_p2026_01' => [ q{SELECT total_bytes FROM prepay.reading_partitions WHERE partition_name = 'prepay.reading_p2026_01'::regclass},
+		'^reading_p2026_01_[0-9]+$' ],
+	'prepay.ledger_p2026_02' => [ q{SELECT total_bytes FROM prepay.ledger_partitions WHERE partition_name = 'prepay.ledger_p2026_02'::regclass},
+		'^ledger_p2026_02_[0-9]+$' ],
+	'prepay.reading' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.reading'::regclass},
+		'^reading_(p[0-9]{4}_[0-9]{2}|default)_[0-9]+$' ],
+	'prepay.ledger' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.ledger'::regclass},
+		'^ledger_(p[0-9]{4}_[0-9]{2}|default)_[0-9]+$' ],
+	'prepay.meter' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.meter'::regclass},
+		'^meter_[0-9]+$' ],
+	'prepay.agent_access, a reference table' => [ q{SELECT total_bytes FROM prepay.table_growth WHERE table_name = 'prepay.agent_access'::regclass},
+		'^agent_access_[0-9]+$' ],
+);
+foreach my $what (sort keys %sizes)
+{
+	my ($query, $re) = @{ $sizes{$what} };
+	my $reported = $coord->safe_psql('postgres', $query);
+	cmp_ok($reported, '>', 0, "$what: a size on the coordinator");
+	is($reported, $on_shards->($re), "$what: the sum over its shards on every node");
+}
+is($coord->safe_psql('postgres', q{
+	SELECT string_agg(table_name || ' ' || rows_estimated, ', ' ORDER BY table_name::text) FROM prepay.table_growth
+	 WHERE table_name IN ('prepay.reading'::regclass, 'prepay.ledger'::regclass)}),
+	$coord->safe_psql('postgres', q{
+	SELECT 'prepay.ledger ' || (SELECT count(*) FROM prepay.ledger) || ', prepay.reading ' || (SELECT count(*) FROM prepay.reading)}),
+	'table_growth counts the rows of the shards');
+is($coord->safe_psql('postgres', q{SELECT rows_estimated FROM prepay.ledger_partitions WHERE partition_name = 'prepay.ledger_p2026_02'::regclass}),
+	'2', 'ledger_partitions counts them per month');
+# (the intake, empty after every statement, may have no page left)
+is($coord->safe_psql('postgres', q{
+	SELECT count(*) || ' ' || count(*) FILTER (WHERE total_bytes > 0 OR table_name = 'prepay.reading_intake'::regclass)
+	  FROM prepay.table_growth}),
+	join(' ', ($coord->safe_psql('postgres', q{SELECT count(*) FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid
+	                                           WHERE NOT c.relispartition AND c.relnamespace = 'prepay'::regnamespace})) x 2),
+	'table_growth: every table, each with its size');
+is($coord->safe_psql('postgres', q{SELECT sum(total_bytes) FROM prepay.table_growth}, extra_params => [ '-U', 'regress_citus_staff' ]),
+	$coord->safe_psql('postgres', q{SELECT sum(total_bytes) FROM prepay.table_growth}), 'a staff login reads the same sizes');
+
 # ---------------------------------------------------------------------
 # the maintenance job, run by pg_cron on the coordinator, makes months ahead
 # ---------------------------------------------------------------------
@@ -207,8 +380,9 @@ my $far = q{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy)
 $_->safe_psql('postgres', $far) for $single, $coord;
 my $far_month = $coord->safe_psql('postgres', q{SELECT prepay._partition_name('prepay.reading', date_trunc('month', now()) + interval '5 months')});
 $coord->safe_psql('postgres', 'ALTER DATABASE postgres SET prepay.partition_premake = 6');
-my ($ready, $status) = run_job_until($coord, 'prepay-partitions', "SELECT ($ahead) >= 6");
-ok($ready, "pg_cron's run of prepay-partitions on the coordinator made six months ahead (there were $before)");
+my $ledger_ahead = q{SELECT count(*) FROM prepay.ledger_partitions WHERE from_time > date_trunc('month', now())};
+my ($ready, $status) = run_job_until($coord, 'prepay-partitions', "SELECT ($ahead) >= 6 AND ($ledger_ahead) >= 6");
+ok($ready, "pg_cron's run of prepay-partitions on the coordinator made six months ahead, readings and ledger (there were $before)");
 is($status, 'succeeded', 'the job run succeeded');
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading_default}), '0',
 	'the reading from far ahead moved from the default partition into its month');
@@ -232,6 +406,8 @@ my $on_workers = sub {
 };
 like($on_workers->('reading\_p2026\_01\_%'), qr/^[1-9][0-9]* [1-9][0-9]*$/, "January's shards are on both workers");
 
+my $ledger_months = q{SELECT string_agg(partition_name::text, ' ' ORDER BY from_time NULLS LAST) FROM prepay.ledger_partitions};
+my $ledger_months_before = $coord->safe_psql('postgres', $ledger_months);
 my ($archived, $left) = keep_three_months($coord, $archive);
 is($archived, '2026-01 10, 2026-02 6, 2026-03 6, 2026-04 3', 'the retention job archived the months with readings, through the coordinator');
 is($left, '0', 'and dropped every month the sites let go');
@@ -241,6 +417,8 @@ is($on_workers->('reading\_p2026\_01%'), '0 0', 'and its shards are gone from bo
 is($coord->safe_psql('postgres', q{SELECT count(*) FROM prepay.reading WHERE read_at < date_trunc('month', now())}), '0',
 	'no reading of those months is left');
 is($coord->safe_psql('postgres', $ledger), $ledger_before, 'the ledger is untouched');
+is($coord->safe_psql('postgres', $ledger_months), $ledger_months_before, 'no month of the ledger was dropped');
+like($ledger_months_before, qr/ledger_p2026_01/, '(January of the ledger among them)');
 is($coord->safe_psql('postgres', 'SELECT count(*) FROM prepay.check_ledger()'), '0', 'and still explains every balance');
 
 ok(-f "$archive/prepay.reading.2026-01.csv", 'the archive file is there');

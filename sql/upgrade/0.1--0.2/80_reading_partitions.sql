@@ -84,6 +84,8 @@ END $$;
 --@ copy function prepay._partman_schema
 --@ copy function prepay._by_month
 --@ copy function prepay._month_tables
+--@ copy function prepay._relation_sizes
+--@ copy function prepay._partition_ranges
 --@ copy function prepay._partitions
 --@ copy function prepay._comment_partitions_view
 --@ copy view prepay.reading_partitions

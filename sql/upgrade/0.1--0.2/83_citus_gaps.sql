@@ -1,0 +1,3 @@
+-- sql/upgrade/0.1--0.2/83_citus_gaps.sql: on Citus, the ledger by month too, its rows moved with no trigger firing on the workers either (sql/distribute.sql); the bulk intake's drain passes its rows as arrays, which works on Citus too (extension/intake.c).
+--@ copy function prepay._citus_replication_role
+--@ copy function prepay.reading_intake_drain
