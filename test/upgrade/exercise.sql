@@ -18,6 +18,8 @@ SELECT entry_id, account_id, kind, amount, balance_after, energy, exact_charge, 
        l.read_from, l.read_to,
        prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge) AS pieces
   FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id ORDER BY entry_id;
+SELECT l.entry_id, a.actor_id, a.login
+  FROM prepay.ledger l LEFT JOIN prepay.actor a ON a.site_id = l.site_id AND a.actor_id = l.actor_id ORDER BY l.entry_id;
 SELECT e.entry_id, x.*
   FROM prepay.ledger e, LATERAL prepay.explain_charge(1, e.entry_id) x
  WHERE e.kind = 'consumption' ORDER BY e.entry_id, x.read_from, x.piece_from, x.tier;

@@ -22,4 +22,6 @@ SELECT pg_catalog.pg_extension_config_dump('prepay.actor', '');
 -- the readers (the views over the ledger: part 81)
 --@ copy function prepay.rebuild_rollups
 --@ copy function prepay.account_trail
+-- the operator columns' comments (the dictionary of part 20's function)
+SELECT prepay._comment_report_columns();
 --@ copy function prepay.check_ledger
