@@ -540,10 +540,14 @@ COMMENT ON COLUMN prepay.actor.first_posted_at IS 'When the login first posted a
 CREATE FUNCTION prepay._actor_id(p_site_id integer)
 RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    -- taken here, on the node the call runs on, and passed as a value: a
+    -- statement's own SESSION_USER could be evaluated on a Citus worker,
+    -- under the user of the coordinator's connection
+    me constant text := SESSION_USER;
     id integer;
 BEGIN
     LOOP
-        SELECT a.actor_id INTO id FROM prepay.actor a WHERE a.site_id = p_site_id AND a.login = SESSION_USER;
+        SELECT a.actor_id INTO id FROM prepay.actor a WHERE a.site_id = p_site_id AND a.login = me;
         EXIT WHEN FOUND;
         -- a login added meanwhile by a transaction in flight (the same one,
         -- or another with the same id) makes DO NOTHING wait for it, then
@@ -553,10 +557,10 @@ BEGIN
         IF id > 32767 THEN
             PERFORM prepay._raise('PY026', 'too many logins have posted at this site',
                 pg_catalog.format('Site %s has 32767 logins in prepay.actor; login %s would be the 32768th to post to its ledger.',
-                                  p_site_id, SESSION_USER),
+                                  p_site_id, me),
                 'Post with a login that posted at the site before (prepay.actor lists them): one login per person or application, not one per transaction or request.');
         END IF;
-        INSERT INTO prepay.actor (site_id, actor_id, login) VALUES (p_site_id, id, SESSION_USER)
+        INSERT INTO prepay.actor (site_id, actor_id, login) VALUES (p_site_id, id, me)
         ON CONFLICT DO NOTHING;
         EXIT WHEN FOUND;
     END LOOP;
