@@ -30,7 +30,7 @@ SELECT account_id, alarm_level, message FROM prepay.notification ORDER BY notifi
 SELECT * FROM prepay.energy_meter_daily ORDER BY day, meter_id, period, tier;
 SELECT * FROM prepay.energy_account_monthly ORDER BY month, account_id, period, tier;
 SELECT * FROM prepay.energy_account_yearly ORDER BY year, account_id, period, tier;
-SELECT site_id, kind, channel, entries, money_in, money_out, net FROM prepay.finance_monthly ORDER BY 1, 2, 3;
+SELECT site_id, kind, channel, operator, entries, money_in, money_out, net FROM prepay.finance_monthly ORDER BY 1, 2, 3, 4;
 SELECT line, kind, entry_id, amount, balance, energy, meter_id, channel, external_ref, reason
   FROM prepay.account_trail(1, 1, '2026-03-01 00:00+08', '2026-03-03 00:00+08') ORDER BY line;
 SELECT * FROM prepay.rate(1, 2, '2026-03-02 20:00+08', '2026-03-03 08:00+08', 12);

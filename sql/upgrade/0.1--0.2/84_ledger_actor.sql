@@ -22,6 +22,11 @@ SELECT pg_catalog.pg_extension_config_dump('prepay.actor', '');
 -- the readers (the views over the ledger: part 81)
 --@ copy function prepay.rebuild_rollups
 --@ copy function prepay.account_trail
--- the operator columns' comments (the dictionary of part 20's function)
+-- the operator columns' comments, from the dictionary of part 20's function
+-- (which comments only the columns that have none)
+COMMENT ON COLUMN prepay.finance_daily.operator IS NULL;
+COMMENT ON COLUMN prepay.finance_monthly.operator IS NULL;
+COMMENT ON COLUMN prepay.finance_yearly.operator IS NULL;
+COMMENT ON COLUMN prepay.order_overview.operator IS NULL;
 SELECT prepay._comment_report_columns();
 --@ copy function prepay.check_ledger
