@@ -611,7 +611,8 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 /* The ledger columns a consumption entry sets, in this order. */
 static const char *const ledger_columns[] = {
 	"site_id", "account_id", "kind", "amount", "balance_after", "meter_id",
-	"read_from", "read_to", "energy", "exact_charge", "pieces", "pricing_id", "actor_id"
+	"read_from", "read_to", "energy", "exact_charge", "pieces", "pricing_id",
+	"actor_id"
 };
 #define NLEDGER_COLUMNS lengthof(ledger_columns)
 
