@@ -94,6 +94,8 @@ static bool add_to_balance(DirectTable *table, Datum *values, bool *nulls, void 
 static void read_account(const AccountColumns *cols, const Datum *values, const bool *nulls,
 						 BalanceAccount *acc);
 static void site_thresholds(int32 site_id, int64 *low_balance, int64 *pretrip);
+static bool ledger_has_actor(void);
+static void assign_actors(BalanceCharge *charges, int ncharges);
 static void insert_ledger(BalanceCharge *charges, int ncharges);
 static void insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table);
 
@@ -164,6 +166,8 @@ balance_post_charges(BalanceCharge *charges, int ncharges, DirectTable *account_
 		accounts[a].balance -= c->amount;
 	}
 	/* accounts[].balance is now the balance before the batch */
+	if (ledger_has_actor())
+		assign_actors(charges, ncharges);
 	ledger_table = direct_open("ledger", CMD_INSERT, NULL, GetActiveSnapshot());
 	if (ledger_table != NULL)
 	{
@@ -483,6 +487,51 @@ balance_ledger_has_pricing(void)
 }
 
 /*
+ * ledger_has_actor
+ *		Whether prepay.ledger names its poster by actor_id (0.2) rather than
+ *		by the text created_by its default fills in (0.1, until ALTER
+ *		EXTENSION UPDATE has run).  A 0.2 ledger has pricing_id too.
+ */
+static bool
+ledger_has_actor(void)
+{
+	Oid			ledger = get_relname_relid("ledger", get_namespace_oid("prepay", false));
+
+	return OidIsValid(ledger) && get_attnum(ledger, "actor_id") != InvalidAttrNumber;
+}
+
+/*
+ * assign_actors
+ *		Set every charge's actor_id: the poster's (session_user's)
+ *		prepay.actor id at the charge's site, from prepay._actor_id (which
+ *		adds the row if new), once per site of the batch.  The charges are
+ *		sorted by site.
+ */
+static void
+assign_actors(BalanceCharge *charges, int ncharges)
+{
+	static SPIPlanPtr plan = NULL;
+	int16		actor_id = 0;
+
+	spi_kept_plan(&plan, "SELECT prepay._actor_id($1)", 1, (Oid[]) {INT4OID});
+	for (int i = 0; i < ncharges; i++)
+	{
+		if (i == 0 || charges[i].site_id != charges[i - 1].site_id)
+		{
+			Datum		arg = Int32GetDatum(charges[i].site_id);
+			bool		isnull;
+
+			if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT || SPI_processed != 1)
+				elog(ERROR, "balance: actor query failed");
+			actor_id = DatumGetInt16(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			if (isnull)
+				elog(ERROR, "balance: no actor row");
+		}
+		charges[i].actor_id = actor_id;
+	}
+}
+
+/*
  * insert_ledger
  *		Insert one consumption entry per charge, in (account, time) order so
  *		that entry ids follow each account's balance_after chain.
@@ -491,13 +540,15 @@ static void
 insert_ledger(BalanceCharge *charges, int ncharges)
 {
 	static SPIPlanPtr plan = NULL;
-	static SPIPlanPtr plan_01 = NULL;	/* a 0.1 ledger: no pricing_id */
-	Datum	   *cols[11];
-	Datum		args[11];
+	static SPIPlanPtr plan_01 = NULL;	/* a 0.1 ledger: no pricing_id, no
+										 * actor_id (created_by's default) */
+	bool		v02 = ledger_has_actor();
+	Datum	   *cols[12];
+	Datum		args[12];
 	bool	   *no_pieces = palloc(sizeof(bool) * ncharges);
 	bool	   *no_pricing = palloc(sizeof(bool) * ncharges);
 
-	for (int c = 0; c < 11; c++)
+	for (int c = 0; c < 12; c++)
 		cols[c] = palloc(sizeof(Datum) * ncharges);
 	for (int i = 0; i < ncharges; i++)
 	{
@@ -516,9 +567,10 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 		no_pieces[i] = c->pieces == NULL;
 		cols[10][i] = Int32GetDatum(c->pricing_id);
 		no_pricing[i] = c->pricing_id == 0;
+		cols[11][i] = Int16GetDatum(c->actor_id);
 	}
 
-	if (!balance_ledger_has_pricing())
+	if (!v02)
 		spi_kept_plan(&plan_01,
 			"INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,"
 			"                           meter_id, read_from, read_to, energy, exact_charge, pieces)"
@@ -531,14 +583,15 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 	else
 		spi_kept_plan(&plan,
 			"INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,"
-			"                           meter_id, read_from, read_to, energy, exact_charge, pieces, pricing_id)"
+			"                           meter_id, read_from, read_to, energy, exact_charge, pieces, pricing_id,"
+			"                           actor_id)"
 			"SELECT u.site_id, u.account_id, 'consumption', u.amount, u.balance_after,"
 			"       u.meter_id, u.read_from, u.read_to, u.energy, u.exact_charge, u.pieces::pg_catalog.json,"
-			"       u.pricing_id"
-			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))"
+			"       u.pricing_id, u.actor_id"
+			"  FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12))"
 			"       AS u(site_id, account_id, amount, balance_after, meter_id,"
-			"            read_from, read_to, energy, exact_charge, pieces, pricing_id)", 11,
-					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, INT4ARRAYOID});
+			"            read_from, read_to, energy, exact_charge, pieces, pricing_id, actor_id)", 12,
+					  (Oid[]) {INT4ARRAYOID, INT8ARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID, NUMERICARRAYOID, NUMERICARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT2ARRAYOID});
 	args[0] = spi_array(cols[0], NULL, ncharges, INT4OID);
 	args[1] = spi_array(cols[1], NULL, ncharges, INT8OID);
 	args[2] = spi_array(cols[2], NULL, ncharges, NUMERICOID);
@@ -550,22 +603,25 @@ insert_ledger(BalanceCharge *charges, int ncharges)
 	args[8] = spi_array(cols[8], NULL, ncharges, NUMERICOID);
 	args[9] = spi_array(cols[9], no_pieces, ncharges, TEXTOID);
 	args[10] = spi_array(cols[10], no_pricing, ncharges, INT4OID);
-	if (SPI_execute_plan(balance_ledger_has_pricing() ? plan : plan_01, args, NULL, false, 0) != SPI_OK_INSERT)
+	args[11] = spi_array(cols[11], NULL, ncharges, INT2OID);
+	if (SPI_execute_plan(v02 ? plan : plan_01, args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "balance: ledger insert failed");
 }
 
 /* The ledger columns a consumption entry sets, in this order. */
 static const char *const ledger_columns[] = {
 	"site_id", "account_id", "kind", "amount", "balance_after", "meter_id",
-	"read_from", "read_to", "energy", "exact_charge", "pieces", "pricing_id"
+	"read_from", "read_to", "energy", "exact_charge", "pieces", "pricing_id",
+	"actor_id"
 };
 #define NLEDGER_COLUMNS lengthof(ledger_columns)
 
 /*
  * insert_ledger_direct
  *		insert_ledger by direct bulk insertion; the other columns take their
- *		defaults (entry_id from its sequence, created_at, created_by), and
- *		so do pieces or pricing_id (NULL), whichever the charge has not.
+ *		defaults (entry_id from its sequence, created_at; a 0.1 ledger's
+ *		created_by), and so do pieces or pricing_id (NULL), whichever the
+ *		charge has not.
  */
 static void
 insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
@@ -574,7 +630,8 @@ insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
 	Datum	   *values = palloc0(sizeof(Datum) * natts);
 	bool	   *isset = palloc0(sizeof(bool) * natts);
 	int			att[NLEDGER_COLUMNS];
-	int			ncolumns = NLEDGER_COLUMNS - (balance_ledger_has_pricing() ? 0 : 1);
+	int			ncolumns = ledger_has_actor() ? NLEDGER_COLUMNS
+		: NLEDGER_COLUMNS - (balance_ledger_has_pricing() ? 1 : 2);
 	Datum		consumption;
 
 	for (int k = 0; k < ncolumns; k++)
@@ -606,6 +663,8 @@ insert_ledger_direct(BalanceCharge *charges, int ncharges, DirectTable *table)
 			values[att[11]] = Int32GetDatum(c->pricing_id);
 			isset[att[11]] = c->pricing_id != 0;
 		}
+		if (ncolumns > 12)		/* actor_id: a 0.2 ledger */
+			values[att[12]] = Int16GetDatum(c->actor_id);
 		MemoryContextSwitchTo(old);
 		direct_insert(table, values, isset);
 	}

@@ -32,6 +32,8 @@ typedef struct BalanceCharge
 								 * charge, or 0 */
 	int64		amount;			/* cents, negative: a debit */
 	int64		balance_after;	/* cents, filled in by balance.c */
+	int16		actor_id;		/* prepay.actor of the poster at the site,
+								 * filled in by balance.c (0.2 ledger) */
 	HeapTuple	account_row;	/* direct path: the account row the meter
 								 * lookup read (direct_fetch), else NULL */
 } BalanceCharge;

@@ -42,7 +42,8 @@ spi_kept_plan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *types)
 /*
  * spi_array
  *		A one-dimensional array datum of n values of a built-in type
- *		(int4, date, int8, timestamptz, numeric or text); nulls may be NULL.
+ *		(int2, int4, date, int8, timestamptz, numeric or text); nulls may be
+ *		NULL.
  */
 Datum
 spi_array(Datum *values, bool *nulls, int n, Oid element_type)
@@ -54,6 +55,11 @@ spi_array(Datum *values, bool *nulls, int n, Oid element_type)
 
 	switch (element_type)
 	{
+		case INT2OID:
+			typlen = 2;
+			typbyval = true;
+			typalign = TYPALIGN_SHORT;
+			break;
 		case INT4OID:
 		case DATEOID:
 			typlen = 4;

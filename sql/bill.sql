@@ -355,6 +355,7 @@ DECLARE
     b prepay.bill;
     left_to_allocate numeric := p_amount;
     part numeric;
+    actor smallint;
 BEGIN
     PERFORM prepay._authorize(p_site_id, 'money');
     PERFORM prepay._check_amount(p_amount, 'bill payment');
@@ -377,12 +378,13 @@ BEGIN
         entry := prepay._post_entry(p_site_id, p_account_id, 'bill_payment', p_amount, p_channel, p_external_ref);
     ELSE
         -- fees billed to a prepaid account: the money comes in and settles them, the wallet does not move
-        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, channel, external_ref, reason)
-        VALUES (p_site_id, p_account_id, 'bill_payment', p_amount, a.balance + p_amount, p_channel, p_external_ref,
+        actor := prepay._actor_id(p_site_id);
+        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, channel, external_ref, reason)
+        VALUES (p_site_id, p_account_id, 'bill_payment', p_amount, a.balance + p_amount, actor, p_channel, p_external_ref,
                 'bill payment')
         RETURNING entry_id INTO entry;
-        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, reason, reverses_entry)
-        VALUES (p_site_id, p_account_id, 'bill_charge', -p_amount, a.balance,
+        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, reason, reverses_entry)
+        VALUES (p_site_id, p_account_id, 'bill_charge', -p_amount, a.balance, actor,
                 pg_catalog.format('billed charges settled by entry %s', entry), NULL);
     END IF;
     FOR b IN SELECT * FROM prepay.bill

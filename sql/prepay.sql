@@ -383,11 +383,11 @@ CREATE TABLE prepay.ledger (
     read_to          timestamptz,
     reverses_entry   bigint,
     pricing_id       integer,
+    actor_id         smallint NOT NULL,
     amount           numeric(14,2) NOT NULL,
     balance_after    numeric(14,2) NOT NULL,
     energy           numeric(15,3),
     exact_charge     numeric(18,9),
-    created_by       text NOT NULL DEFAULT SESSION_USER,
     channel          text,
     external_ref     text,
     reason           text,
@@ -408,7 +408,7 @@ CREATE INDEX ledger_reversal ON prepay.ledger (site_id, reverses_entry) WHERE re
 COMMENT ON INDEX prepay.ledger_entry IS 'An entry by its id without its account (explain_charge, reverse, a bill''s entries): the ledger is append-only and its ids grow with the order rows are written, so each range of 8 pages holds a narrow range of ids, and a lookup reads one or two ranges.  The primary key (site_id, account_id, entry_id, created_at) is the account''s entries in order: statements and trails.';
 COMMENT ON INDEX prepay.ledger_payment_ref IS 'The entries of a payment reference (reports, order lookups).  Not unique: a partitioned table cannot enforce a key without created_at; prepay.payment_reference keeps a reference used once per channel.';
 COMMENT ON INDEX prepay.ledger_reversal IS 'The reversal of an entry.  Not unique: prepay.reversed_entry keeps an entry reversed at most once.';
-COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused, on the table and on each of its partitions.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.  Partitioned by range of created_at: one partition per UTC month once prepay.partition_by_month() ran (pg_partman creates them ahead), and the default partition prepay.ledger_default for every entry no month partition takes.  Retention never drops a ledger partition (docs/OPERATIONS.md).  A payment reference''s and a reversal''s uniqueness, which a key of this table cannot hold across months, are kept by prepay.payment_reference and prepay.reversed_entry.';
+COMMENT ON TABLE prepay.ledger IS 'Append-only record of every money movement.  Positive amounts credit the wallet, negative ones debit it.  Corrections are new reversal entries; UPDATE and DELETE are refused, on the table and on each of its partitions.  account_id has no foreign key: rows are written only by prepay''s own functions right after they locked or moved the account, and a per-row key check would double the cost of rating; prepay.check_ledger() reports any entry without its account.  Nor has actor_id (who posted it: prepay.actor), for the same reason; check_ledger() reports an entry without its actor row too.  Partitioned by range of created_at: one partition per UTC month once prepay.partition_by_month() ran (pg_partman creates them ahead), and the default partition prepay.ledger_default for every entry no month partition takes.  Retention never drops a ledger partition (docs/OPERATIONS.md).  A payment reference''s and a reversal''s uniqueness, which a key of this table cannot hold across months, are kept by prepay.payment_reference and prepay.reversed_entry.';
 COMMENT ON COLUMN prepay.ledger.site_id IS 'Site of the account.';
 COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (always drawn from ledger_entry_id_seq: no role inserts ledger rows itself, and the key (site_id, account_id, entry_id, created_at) does not check it); increasing with time.';
 COMMENT ON COLUMN prepay.ledger.account_id IS 'Account whose wallet moved.';
@@ -416,7 +416,7 @@ COMMENT ON COLUMN prepay.ledger.kind IS 'consumption, recharge, refund, reversal
 COMMENT ON COLUMN prepay.ledger.amount IS 'Signed amount: positive credits the wallet, negative debits it.';
 COMMENT ON COLUMN prepay.ledger.balance_after IS 'Wallet balance right after this entry.';
 COMMENT ON COLUMN prepay.ledger.created_at IS 'When the entry was posted (transaction time).';
-COMMENT ON COLUMN prepay.ledger.created_by IS 'Database user who posted it (session_user).';
+COMMENT ON COLUMN prepay.ledger.actor_id IS 'Database user who posted it (session_user), as its prepay.actor row of the site: (site_id, actor_id) names the login (prepay._actor_id gives the id).  No default: every writer passes prepay._actor_id(site_id).';
 COMMENT ON COLUMN prepay.ledger.channel IS 'Payment channel of a recharge or refund (cash, card, wechat, ...).';
 COMMENT ON COLUMN prepay.ledger.external_ref IS 'The channel''s reference (receipt or transaction number); unique per channel.';
 COMMENT ON COLUMN prepay.ledger.reverses_entry IS 'For a reversal, the entry it cancels.';
@@ -517,6 +517,59 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION prepay._charge_pricing_id(integer, bigint, integer, timestamptz, text) IS
 'Internal: the prepay.charge_pricing row of a one-piece charge, added if new (the next id of the site).  The rating trigger calls it, under the site''s rating lock, once per batch and distinct pricing.';
+
+-- who posted a ledger entry: the login (session_user) kept once per site,
+-- the entries naming it by a 2-byte id (docs/ARCHITECTURE.md, "What a
+-- rated reading costs on disk")
+CREATE TABLE prepay.actor (
+    site_id          integer NOT NULL,
+    actor_id         smallint NOT NULL,
+    login            text NOT NULL,
+    first_posted_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (site_id, actor_id),
+    UNIQUE (site_id, login)
+);
+COMMENT ON TABLE prepay.actor IS 'The database users who posted ledger entries at a site, once each: a ledger entry names its poster by (site_id, actor_id) instead of carrying the login on every row.  Rows are added by prepay._actor_id when a login first posts at the site (the rating trigger, every posting function), never changed.  prepay.check_ledger() reports an entry whose actor row is missing.';
+COMMENT ON COLUMN prepay.actor.site_id IS 'Site of the entries.';
+COMMENT ON COLUMN prepay.actor.actor_id IS 'Id the ledger entries name (ledger.actor_id): 1, 2, ... per site in the order the logins first posted, at most 32767 (PY026 refuses the next).';
+COMMENT ON COLUMN prepay.actor.login IS 'The login (session_user) that posted them.';
+COMMENT ON COLUMN prepay.actor.first_posted_at IS 'When the login first posted at the site (the transaction that added the row).';
+
+-- PL/pgSQL, statement by statement, each filtered on the site, as
+-- _charge_pricing_id; called from the rating trigger and the posting
+-- functions, which run with the owner's rights (SECURITY DEFINER): the
+-- roles themselves may only read prepay.actor
+CREATE FUNCTION prepay._actor_id(p_site_id integer)
+RETURNS smallint LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- taken here, on the node the call runs on, and passed as a value: a
+    -- statement's own SESSION_USER could be evaluated on a Citus worker,
+    -- under the user of the coordinator's connection
+    me constant text := SESSION_USER;
+    id integer;
+BEGIN
+    LOOP
+        SELECT a.actor_id INTO id FROM prepay.actor a WHERE a.site_id = p_site_id AND a.login = me;
+        EXIT WHEN FOUND;
+        -- a login added meanwhile by a transaction in flight (the same one,
+        -- or another with the same id) makes DO NOTHING wait for it, then
+        -- skip: the loop reads again; under REPEATABLE READ a row committed
+        -- after this snapshot fails with 40001, as charge_pricing's does
+        SELECT coalesce(max(a.actor_id), 0) + 1 INTO id FROM prepay.actor a WHERE a.site_id = p_site_id;
+        IF id > 32767 THEN
+            PERFORM prepay._raise('PY026', 'too many logins have posted at this site',
+                pg_catalog.format('Site %s has 32767 logins in prepay.actor; login %s would be the 32768th to post to its ledger.',
+                                  p_site_id, me),
+                'Post with a login that posted at the site before (prepay.actor lists them): one login per person or application, not one per transaction or request.');
+        END IF;
+        INSERT INTO prepay.actor (site_id, actor_id, login) VALUES (p_site_id, id, me)
+        ON CONFLICT DO NOTHING;
+        EXIT WHEN FOUND;
+    END LOOP;
+    RETURN id;
+END $$;
+COMMENT ON FUNCTION prepay._actor_id(integer) IS
+'Internal: the prepay.actor id of the calling login (session_user) at a site, added if new (the next id of the site); PY026 for the 32768th login of a site.  Every writer of prepay.ledger passes it as actor_id: the rating trigger once per batch and site, the posting functions once per entry.';
 
 -- no table read: a caller joins charge_pricing on (site_id, pricing_id),
 -- which Citus runs on the site's shards
@@ -1193,9 +1246,9 @@ BEGIN
     UPDATE prepay.account SET balance = balance + p_amount
      WHERE site_id = p_site_id AND account_id = p_account_id
     RETURNING * INTO a;
-    INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after,
+    INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id,
                                channel, external_ref, reason, reverses_entry, exact_charge, pieces)
-    VALUES (p_site_id, p_account_id, p_kind, p_amount, a.balance,
+    VALUES (p_site_id, p_account_id, p_kind, p_amount, a.balance, prepay._actor_id(p_site_id),
             p_channel, p_external_ref, p_reason, p_reverses, p_exact, p_pieces)
     RETURNING entry_id INTO entry;
 
@@ -1642,6 +1695,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM prepay.ledger l
          GROUP BY l.site_id, l.entry_id
         HAVING count(*) > 1
+    ),
+    -- who posted an entry is its actor row (site, actor_id)
+    no_actor AS (
+        SELECT l.site_id, l.account_id, l.actor_id, count(*) AS entries
+          FROM prepay.ledger l
+          LEFT JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id
+         WHERE ac.actor_id IS NULL
+         GROUP BY l.site_id, l.account_id, l.actor_id
     )
     SELECT coalesce(a.site_id, t.site_id), coalesce(a.account_id, t.account_id), a.balance,
            coalesce(t.total, 0), t.last_after,
@@ -1656,10 +1717,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     UNION ALL
     SELECT r.site_id, r.account_id, NULL, NULL, NULL, 'entry id ' || r.entry_id || ' is used by more than one entry'
       FROM reused_ids r
+    UNION ALL
+    SELECT n.site_id, n.account_id, NULL, NULL, NULL,
+           n.entries || ' ledger entries of an actor that does not exist (actor_id ' || n.actor_id || ')'
+      FROM no_actor n
      ORDER BY 1, 2, 6;
 $$;
 COMMENT ON FUNCTION prepay.check_ledger() IS
-'The auditor''s check: every account whose balance differs from what its ledger explains (the sum of its amounts, and the balance_after of its last entry), any ledger entry whose account does not exist, and any entry id used twice in a site (the ledger''s key is (site, account, entry); the id is unique by its sequence).  Empty when all is well.';
+'The auditor''s check: every account whose balance differs from what its ledger explains (the sum of its amounts, and the balance_after of its last entry), any ledger entry whose account does not exist, any entry whose actor (site_id, actor_id) has no prepay.actor row, and any entry id used twice in a site (the ledger''s key is (site, account, entry); the id is unique by its sequence).  Empty when all is well.';
 
 -- ---------------------------------------------------------------------
 -- pg_dump: extension tables hold user data
@@ -1675,7 +1740,7 @@ BEGIN
                              'notification', 'reading_refused_id_seq', 'site_id_seq', 'gateway_id_seq',
                              'tariff_id_seq', 'account_id_seq',
                              'meter_id_seq', 'ledger_entry_id_seq', 'command_id_seq', 'alarm_id_seq',
-                             'notification_id_seq', 'no_cut_window_id_seq', 'charge_pricing'] LOOP
+                             'notification_id_seq', 'no_cut_window_id_seq', 'charge_pricing', 'actor'] LOOP
         PERFORM pg_catalog.pg_extension_config_dump(('prepay.' || t)::regclass, '');
     END LOOP;
 END $$;

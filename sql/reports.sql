@@ -304,8 +304,12 @@ BEGIN
      GROUP BY 1, 2, 3, 4, 5, 6;
     GET DIAGNOSTICS months = ROW_COUNT;
     INSERT INTO prepay.consumption_posting_day
-    SELECT l.site_id, (l.created_at AT TIME ZONE s.time_zone)::date, l.created_by, count(*), sum(l.amount)
+    -- an entry without its actor row (prepay.check_ledger reports it) is
+    -- counted under its id
+    SELECT l.site_id, (l.created_at AT TIME ZONE s.time_zone)::date, coalesce(ac.login, 'actor ' || l.actor_id),
+           count(*), sum(l.amount)
       FROM prepay.ledger l JOIN prepay.site s ON s.site_id = l.site_id
+      LEFT JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id
      WHERE l.site_id = p_site_id AND l.kind = 'consumption'
      GROUP BY 1, 2, 3;
     GET DIAGNOSTICS posting_days = ROW_COUNT;
@@ -571,15 +575,16 @@ COMMENT ON VIEW prepay.energy_yoy_site IS 'Year-over-year comparison per site an
 -- ---------------------------------------------------------------------
 
 CREATE VIEW prepay.finance_daily AS
-SELECT l.site_id, (l.created_at AT TIME ZONE s.time_zone)::date AS day, l.kind, l.channel, l.created_by AS operator,
+SELECT l.site_id, (l.created_at AT TIME ZONE s.time_zone)::date AS day, l.kind, l.channel, ac.login AS operator,
        count(*) AS entries,
        coalesce(sum(l.amount) FILTER (WHERE l.amount > 0), 0) AS money_in,
        coalesce(-sum(l.amount) FILTER (WHERE l.amount < 0), 0) AS money_out,
        sum(l.amount) AS net
   FROM prepay.ledger l
   JOIN prepay.site s ON s.site_id = l.site_id
+  LEFT JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id
  WHERE l.kind <> 'consumption'
- GROUP BY l.site_id, 2, l.kind, l.channel, l.created_by
+ GROUP BY l.site_id, 2, l.kind, l.channel, ac.login
 UNION ALL
 SELECT c.site_id, c.day, 'consumption'::prepay.ledger_kind, NULL, c.created_by, c.entries,
        0, -c.amount, c.amount
@@ -603,10 +608,11 @@ COMMENT ON VIEW prepay.finance_yearly IS 'Money movements per site, local calend
 CREATE VIEW prepay.order_overview AS
 SELECT l.site_id, l.entry_id, l.created_at, (l.created_at AT TIME ZONE s.time_zone)::date AS day, l.kind,
        l.account_id, a.code AS account_code, a.name AS account_name, l.amount, l.balance_after,
-       l.channel, l.external_ref, l.created_by AS operator, l.reason, l.reverses_entry,
+       l.channel, l.external_ref, ac.login AS operator, l.reason, l.reverses_entry,
        r.kind AS reversed_kind, rv.entry_id AS reversed_by
   FROM prepay.ledger l
   JOIN prepay.site s ON s.site_id = l.site_id
+  LEFT JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id
   LEFT JOIN prepay.account a ON a.site_id = l.site_id AND a.account_id = l.account_id
   LEFT JOIN prepay.ledger r ON r.site_id = l.site_id AND r.account_id = l.account_id AND r.entry_id = l.reverses_entry
   LEFT JOIN prepay.ledger rv ON rv.site_id = l.site_id AND rv.reverses_entry = l.entry_id
@@ -647,9 +653,10 @@ BEGIN
                sum(l.energy) AS energy,
                CASE WHEN count(DISTINCT l.meter_id) = 1 THEN min(l.meter_id) END AS meter_id,
                min(l.read_from) AS read_from, max(l.read_to) AS read_to, min(l.channel) AS channel,
-               min(l.external_ref) AS external_ref, min(l.created_by) AS operator,
+               min(l.external_ref) AS external_ref, min(ac.login) AS operator,
                CASE WHEN count(*) = 1 THEN min(l.reason) ELSE pg_catalog.format('%s charges', count(*)) END AS reason
           FROM prepay.ledger l
+          LEFT JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id
          WHERE l.site_id = p_site_id AND l.account_id = p_account_id
            AND l.created_at >= p_from AND l.created_at < p_to
          GROUP BY CASE WHEN p_consumption_by_day AND l.kind = 'consumption'
@@ -1191,7 +1198,7 @@ BEGIN
         ('*', 'accounts_year_before', 'Accounts charged in the same month a year before.'),
         ('*', 'kind', 'Ledger kind of the movement (consumption, recharge, refund, reversal, fee, ...).'),
         ('*', 'channel', 'Payment channel (cash, card, wechat, ...); NULL for movements without one.'),
-        ('*', 'operator', 'Database user who posted the movement (ledger.created_by).'),
+        ('*', 'operator', 'Database user who posted the movement (the login of its prepay.actor row, ledger.actor_id).'),
         ('*', 'entries', 'Number of ledger entries.'),
         ('*', 'money_in', 'Sum of the positive amounts (credits to wallets).'),
         ('*', 'money_out', 'Sum of the negative amounts, as a positive number (debits from wallets).'),

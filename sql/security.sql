@@ -299,7 +299,7 @@ CREATE FUNCTION prepay._is_my_tenant_site(p_site_id integer) RETURNS boolean
 LANGUAGE sql STABLE PARALLEL RESTRICTED SET search_path = pg_catalog, pg_temp AS $$
     SELECT EXISTS (SELECT 1 FROM prepay._my_accounts() t WHERE t.site_id = p_site_id)
 $$;
-COMMENT ON FUNCTION prepay._is_my_tenant_site(integer) IS 'Internal: whether the caller is a tenant of an account of this site (prepay._my_accounts()); the charge_pricing_tenant policy, row by row without a sub-SELECT (as Citus needs).';
+COMMENT ON FUNCTION prepay._is_my_tenant_site(integer) IS 'Internal: whether the caller is a tenant of an account of this site (prepay._my_accounts()); the charge_pricing_tenant and actor_tenant policies, row by row without a sub-SELECT (as Citus needs).';
 
 CREATE FUNCTION prepay._my_agents() RETURNS TABLE (site_id integer, agent_id text)
 LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -742,7 +742,7 @@ DECLARE
     -- notifications an outbox, the ledger is audited by audit_money; what
     -- the billing jobs and batch runners derive is read-only and kept with
     -- its inputs (period_charge.inputs, apportionment, batch_item results)
-    not_audited constant text[] := '{reading,reading_refused,ledger,payment_reference,reversed_entry,charge_pricing,alarm,notification,audit,period_charge,apportionment,bill_line,'
+    not_audited constant text[] := '{reading,reading_refused,ledger,payment_reference,reversed_entry,charge_pricing,actor,alarm,notification,audit,period_charge,apportionment,bill_line,'
                                    'bill_entry,bill_payment,batch_item,energy_day_folded,energy_month_folded,energy_pending,consumption_posting_day,'
                                    'cut_reminder,multiplier_change,notify_secret,notification_delivery}';
     account_config constant text := 'code, name, phone, email, floor_area, capacity_kva, mode, tariff_id, credit_limit, '
@@ -804,6 +804,9 @@ BEGIN
         ['charge_pricing', 'prepay_admin', 'SELECT'], ['charge_pricing', 'prepay_operator', 'SELECT'],
         ['charge_pricing', 'prepay_cashier', 'SELECT'], ['charge_pricing', 'prepay_reader', 'SELECT'],
         ['charge_pricing', 'prepay_tenant', 'SELECT'],
+        ['actor', 'prepay_admin', 'SELECT'], ['actor', 'prepay_operator', 'SELECT'],
+        ['actor', 'prepay_cashier', 'SELECT'], ['actor', 'prepay_reader', 'SELECT'],
+        ['actor', 'prepay_tenant', 'SELECT'],
         ['command', 'prepay_admin', 'SELECT'], ['command', 'prepay_operator', 'SELECT'],
         ['command', 'prepay_reader', 'SELECT'],
         ['alarm', 'prepay_admin', 'SELECT, UPDATE (cleared_at)'], ['alarm', 'prepay_operator', 'SELECT, UPDATE (cleared_at)'],
@@ -958,6 +961,10 @@ COMMENT ON POLICY reading_tenant ON prepay.reading IS 'Tenants see the readings 
 CREATE POLICY charge_pricing_tenant ON prepay.charge_pricing FOR SELECT TO prepay_tenant USING (
     prepay._is_my_tenant_site(site_id));
 COMMENT ON POLICY charge_pricing_tenant ON prepay.charge_pricing IS 'Tenants see the pricing of the one-piece charges of their sites, which explains their own charges (prepay.explain_charge).';
+
+CREATE POLICY actor_tenant ON prepay.actor FOR SELECT TO prepay_tenant USING (
+    prepay._is_my_tenant_site(site_id));
+COMMENT ON POLICY actor_tenant ON prepay.actor IS 'Tenants see the logins that posted at their sites, which name who posted their own entries (ledger.actor_id).';
 
 CREATE POLICY bill_line_tenant ON prepay.bill_line FOR SELECT TO prepay_tenant USING (
     EXISTS (SELECT 1 FROM prepay.bill b WHERE b.site_id = bill_line.site_id AND b.bill_id = bill_line.bill_id));

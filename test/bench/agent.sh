@@ -58,8 +58,8 @@ SELECT 1, g + 1, 'gw' || g, 'tcp', '127.0.0.1', $base + g, 'bench', interval '$p
   FROM generate_series(0, $gateways - 1) g;
 INSERT INTO prepay.account (site_id, account_id, code, name, tariff_id, balance)
 SELECT 1, i, 'A' || i, 'tenant ' || i, 1, 0 FROM generate_series(1, $meters) i;
-INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, channel, external_ref)
-SELECT 1, i, 'recharge', 1000000, 1000000, 'bench', 'open-' || i
+INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, channel, external_ref)
+SELECT 1, i, 'recharge', 1000000, 1000000, (SELECT prepay._actor_id(1)), 'bench', 'open-' || i
   FROM generate_series($samples + 1, $meters) i;
 UPDATE prepay.account SET balance = 1000000 WHERE account_id > $samples;
 INSERT INTO prepay.meter (site_id, meter_id, code, account_id, gateway_id, unit_id, device_profile, max_per_hour)

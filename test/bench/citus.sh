@@ -80,8 +80,9 @@ INSERT INTO prepay.tariff_version (site_id, tariff_id, valid_from, price) SELECT
 CREATE TEMP TABLE m AS SELECT i, 1 + (i - 1) / $per_site AS s FROM generate_series(1, $meters) i;
 INSERT INTO prepay.account (site_id, account_id, code, name, tariff_id, balance)
 SELECT s, i, 'A' || i, 'tenant ' || i, s, 100000 FROM m;
-INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, channel, external_ref)
-SELECT s, i, 'recharge', 100000, 100000, 'bench', 'open-' || i FROM m;
+INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, channel, external_ref)
+SELECT m.s, m.i, 'recharge', 100000, 100000, ac.actor_id, 'bench', 'open-' || m.i
+  FROM m JOIN (SELECT s, prepay._actor_id(s) AS actor_id FROM generate_series(1, $sites) s) ac ON ac.s = m.s;
 INSERT INTO prepay.meter (site_id, meter_id, code, account_id) SELECT s, i, 'M' || i, i FROM m;
 INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) SELECT s, i, '2026-03-01 00:00+08', 1000 FROM m;
 "

@@ -112,8 +112,9 @@ SELECT i, 1 + ((i - 1) % $meters) * $sites / $meters AS s, (i - 1) / $meters = 1
   FROM generate_series(1, $blocks * $meters) i;
 INSERT INTO prepay.account (site_id, account_id, code, name, tariff_id, balance)
 SELECT s, i, 'A' || i, 'tenant ' || i, CASE WHEN tou THEN 2 * s ELSE 2 * s - 1 END, 0 FROM m;
-INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, channel, external_ref)
-SELECT s, i, 'recharge', 100000, 100000, 'bench', 'open-' || i FROM m;
+INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, channel, external_ref)
+SELECT m.s, m.i, 'recharge', 100000, 100000, ac.actor_id, 'bench', 'open-' || m.i
+  FROM m JOIN (SELECT s, prepay._actor_id(s) AS actor_id FROM generate_series(1, $sites) s) ac ON ac.s = m.s;
 UPDATE prepay.account SET balance = 100000;
 INSERT INTO prepay.meter (site_id, meter_id, code, account_id) SELECT s, i, 'M' || i, i FROM m;
 -- baseline readings: the first reading of a meter is not charged
@@ -122,7 +123,7 @@ CREATE SCHEMA bench;
 CREATE TABLE bench.reading_plain (LIKE prepay.reading INCLUDING ALL);
 SQL
 bare=${BENCH_BARE_WRITES:-0}
-ledger_columns="site_id, account_id, kind, amount, balance_after, created_at, created_by, meter_id, read_from, read_to, energy, exact_charge, pieces"
+ledger_columns="site_id, account_id, kind, amount, balance_after, created_at, actor_id, meter_id, read_from, read_to, energy, exact_charge, pieces"
 if [ "$bare" = 1 ]; then
 	# the bare writes' tables: the same keys, checks, rows and storage
 	# parameters (fill factors); pieces as text, because the trigger writes
@@ -323,7 +324,7 @@ fi
 # with all its partitions), over the rated readings (the consumption
 # entries); the baseline readings and the opening recharges (with their
 # payment references) are counted in, about 1 % at 96 intervals
-storage_tables="'prepay.reading', 'prepay.ledger', 'prepay.charge_pricing', 'prepay.payment_reference', 'prepay.reversed_entry'"
+storage_tables="'prepay.reading', 'prepay.ledger', 'prepay.charge_pricing', 'prepay.actor', 'prepay.payment_reference', 'prepay.reversed_entry'"
 psql -d bench -c "VACUUM prepay.reading, prepay.ledger"
 if [ "${BENCH_REINDEX:-0}" = 1 ]; then
 	echo "indexes rebuilt (a closed month's figure, not the live table's)"

@@ -74,9 +74,10 @@ SELECT CASE WHEN i <= $half THEN 1 ELSE 2 END, i, 'M' || i, i, 'B' || (i % 10), 
   FROM generate_series(1, $meters) i;
 UPDATE prepay.meter SET lost_since = '2026-10-29 22:00+08' WHERE meter_id % 97 = 0;
 -- opening recharges (through the ledger trigger like any payment)
-INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, channel, external_ref, created_at)
-SELECT site_id, account_id, 'recharge', 5000, 5000, 'bank', 'open-' || account_id, '2026-09-30 12:00+08'
-  FROM prepay.account ORDER BY account_id;
+INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, channel, external_ref, created_at)
+SELECT a.site_id, a.account_id, 'recharge', 5000, 5000, ac.actor_id, 'bank', 'open-' || a.account_id, '2026-09-30 12:00+08'
+  FROM prepay.account a JOIN (SELECT s.site_id, prepay._actor_id(s.site_id) AS actor_id FROM prepay.site s) ac ON ac.site_id = a.site_id
+ ORDER BY a.account_id;
 UPDATE prepay.account SET balance = 5000;
 
 -- the template meters' consumption: one reading every 15 minutes, twice the load by day,
@@ -125,12 +126,13 @@ psql -d bench -At -c "SELECT 'readings: ' || count(*) || ' (' || pg_size_pretty(
 say "copying the ledger entries of the other meters, one INSERT per day"
 t0=$(now_ns)
 for d in $(seq 0 $((days - 1))); do
-	psql -d bench -c "INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at,
+	psql -d bench -c "INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, actor_id,
 	                                            meter_id, read_from, read_to, energy, exact_charge, pieces, pricing_id)
-	                  SELECT m.site_id, m.account_id, 'consumption', t.amount, t.balance_after, t.created_at,
+	                  SELECT m.site_id, m.account_id, 'consumption', t.amount, t.balance_after, t.created_at, ac.actor_id,
 	                         m.meter_id, t.read_from, t.read_to, t.energy, t.exact_charge, t.pieces, t.pricing_id
 	                    FROM prepay.ledger t
 	                    JOIN prepay.meter m ON (m.meter_id - 1) % $templates = t.meter_id - 1 AND m.meter_id > $templates
+	                    JOIN prepay.actor ac ON ac.site_id = m.site_id AND ac.login = SESSION_USER
 	                   WHERE t.site_id = 1 AND t.kind = 'consumption' AND t.meter_id <= $templates
 	                     AND t.read_to > timestamptz '2026-10-01 00:00+08' + interval '1 day' * $d
 	                     AND t.read_to <= timestamptz '2026-10-01 00:00+08' + interval '1 day' * ($d + 1)

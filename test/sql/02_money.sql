@@ -42,8 +42,9 @@ SELECT regress.try($$SELECT prepay.reverse(1, 4, 'a reversal of a reversal')$$);
 SELECT regress.try($$SELECT prepay.reverse(1, 999, 'unknown')$$);
 SELECT regress.try($$SELECT prepay.reverse(1, 2, '')$$);
 SELECT prepay.recharge(1, 2, 100.00, 'wechat', 'WX-0002');
-SELECT entry_id, account_id, kind, amount, balance_after, channel, external_ref, reverses_entry, reason, created_by
-  FROM prepay.ledger ORDER BY entry_id;
+SELECT entry_id, account_id, kind, amount, balance_after, channel, external_ref, reverses_entry, reason,
+       (SELECT ac.login FROM prepay.actor ac WHERE ac.site_id = l.site_id AND ac.actor_id = l.actor_id) AS created_by
+  FROM prepay.ledger l ORDER BY entry_id;
 SELECT account_id, balance, alarm_level FROM prepay.account ORDER BY 1;
 
 -- the ledger is append-only
@@ -63,8 +64,8 @@ UPDATE prepay.account SET balance = balance - 0.01 WHERE account_id = 2;
 SELECT * FROM prepay.check_ledger();
 -- ... and an entry id used twice in a site (the key is site, account, entry)
 BEGIN;
-INSERT INTO prepay.ledger (site_id, entry_id, account_id, kind, amount, balance_after)
-SELECT l.site_id, l.entry_id, 2, 'adjustment', 0, a.balance
+INSERT INTO prepay.ledger (site_id, entry_id, account_id, kind, amount, balance_after, actor_id)
+SELECT l.site_id, l.entry_id, 2, 'adjustment', 0, a.balance, l.actor_id
   FROM prepay.ledger l JOIN prepay.account a ON a.site_id = l.site_id AND a.account_id = 2
  WHERE l.site_id = 1 AND l.account_id = 1 ORDER BY l.entry_id LIMIT 1;
 SELECT site_id, account_id, balance, problem FROM prepay.check_ledger();
@@ -73,3 +74,38 @@ ROLLBACK;
 -- alarm_level is the ladder
 SELECT b, prepay.alarm_level(b, 50, 10, 0) AS no_credit, prepay.alarm_level(b, 50, 10, 100) AS credit_100
   FROM unnest(ARRAY[100, 50.01, 50, 10.01, 10, 0.01, 0, -99.99, -100, -200]::numeric[]) b;
+
+-- who posted an entry: the login's prepay.actor row at the entry's site,
+-- ids 1, 2, ... per site in the order the logins first posted
+INSERT INTO prepay.site (name) VALUES ('Annex');
+INSERT INTO prepay.tariff (site_id, name) VALUES (2, 'annex');
+INSERT INTO prepay.tariff_version (site_id, tariff_id, valid_from, price) VALUES (2, 2, '2026-01-01', 0.55);
+SELECT prepay.open_account(2, 'A1', 'Annex 1', 2);
+SELECT prepay.recharge(2, 3, 10.00, 'cash', 'AX-1');
+SELECT prepay._actor_id(1) AS postgres_at_1, prepay._actor_id(2) AS postgres_at_2;
+CREATE ROLE regress_money_clerk SUPERUSER;
+SET SESSION AUTHORIZATION regress_money_clerk;
+SELECT prepay.recharge(1, 2, 1.00, 'cash', 'CL-1');
+SELECT prepay.recharge(1, 2, 1.00, 'cash', 'CL-2');
+SELECT prepay._actor_id(1) AS clerk_at_1;
+RESET SESSION AUTHORIZATION;
+SELECT site_id, actor_id, login FROM prepay.actor ORDER BY 1, 2;
+SELECT l.site_id, l.external_ref, l.actor_id, a.login
+  FROM prepay.ledger l JOIN prepay.actor a ON a.site_id = l.site_id AND a.actor_id = l.actor_id
+ WHERE l.external_ref IN ('AX-1', 'CL-1', 'CL-2', 'WX-0002') ORDER BY l.entry_id;
+-- a site has room for 32767 logins: the next is refused, those it has go on
+BEGIN;
+INSERT INTO prepay.actor (site_id, actor_id, login) SELECT 2, i, 'regress_seed_' || i FROM generate_series(2, 32767) i;
+SET SESSION AUTHORIZATION regress_money_clerk;
+SELECT regress.try($$SELECT prepay.recharge(2, 3, 1.00, 'cash', 'AX-2')$$);
+RESET SESSION AUTHORIZATION;
+SELECT prepay.recharge(2, 3, 1.00, 'cash', 'AX-3') AS known_login_posts;
+ROLLBACK;
+-- an entry whose actor row is missing is the auditor's concern
+BEGIN;
+INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id)
+SELECT a.site_id, a.account_id, 'adjustment', 0, a.balance, 9 FROM prepay.account a WHERE a.site_id = 2;
+SELECT site_id, account_id, balance, problem FROM prepay.check_ledger();
+ROLLBACK;
+SELECT * FROM prepay.check_ledger();
+DROP ROLE regress_money_clerk;

@@ -92,10 +92,11 @@ INSERT INTO regress.operation (op, statement) VALUES
     ('copy a reading in bulk', $$INSERT INTO prepay.reading_intake (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-01 07:00+00', 111)$$),
     ('change a reading', 'UPDATE prepay.reading SET energy = 0 WHERE site_id = 1'),
     ('delete readings', 'DELETE FROM prepay.reading WHERE site_id = 1'),
-    ('insert a ledger entry', $$INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after) VALUES (1, 1, 'adjustment', 5, 5)$$),
+    ('insert a ledger entry', $$INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id) VALUES (1, 1, 'adjustment', 5, 5, 1)$$),
     ('change the ledger', 'UPDATE prepay.ledger SET amount = 0 WHERE site_id = 1'),
     ('delete the ledger', 'DELETE FROM prepay.ledger WHERE site_id = 1'),
     ('truncate the ledger', 'TRUNCATE prepay.ledger'),
+    ('add an actor', $$INSERT INTO prepay.actor (site_id, actor_id, login) VALUES (1, 99, 'someone')$$),
     ('change a command', $$UPDATE prepay.command SET state = 'done' WHERE site_id = 1$$),
     ('clear an alarm', 'UPDATE prepay.alarm SET cleared_at = now() WHERE site_id = 1'),
     ('map a login', $$INSERT INTO prepay.site_access (site_id, grantee) VALUES (1, 'regress_sec_tenant_a')$$),
@@ -216,7 +217,9 @@ SELECT regress.try($$SELECT prepay.agent_meter_lost(1, 3, 3, 'timeout')$$);
 SELECT regress.try($$SELECT prepay.agent_meter_lost(1, 999, 3, 'timeout')$$);
 SELECT prepay.agent_command_done(1, 1, 'tripped');
 RESET SESSION AUTHORIZATION;
-SELECT account_id, kind, amount, balance_after, energy, created_by FROM prepay.ledger WHERE created_by = 'regress_sec_agent';
+SELECT account_id, kind, amount, balance_after, energy, ac.login AS created_by
+  FROM prepay.ledger l JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id
+ WHERE ac.login = 'regress_sec_agent';
 SELECT meter_id, read_at, quarantine_reason FROM prepay.reading WHERE read_at = '2026-03-01 08:00+00' ORDER BY meter_id;
 
 -- ---------------------------------------------------------------------
@@ -264,6 +267,11 @@ SELECT row_number() OVER (ORDER BY audit_id) AS n, site_id, login, acting_role, 
        object_key, changed, before_values - 'updated_at' AS before_values,
        after_values - 'created_at' - 'updated_at' - 'not_before' AS after_values
   FROM prepay.audit_trail WHERE audit_id > :audit_mark ORDER BY audit_id;
+-- who posted: each login that posted at the site is an actor of it, the
+-- agent's readings and the cashier's payments under their own logins
+SELECT ac.actor_id, ac.login, l.kind, count(*) AS entries
+  FROM prepay.ledger l JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id
+ WHERE l.site_id = 1 GROUP BY 1, 2, 3 ORDER BY 1, 3;
 RESET SESSION AUTHORIZATION;
 -- append-only, also for a superuser
 SELECT regress.try('UPDATE prepay.audit SET action = $$x$$ RETURNING 1');
@@ -430,7 +438,7 @@ SELECT c.relname AS partition_granted, r
 SELECT c.relname AS configuration_table_not_audited
   FROM pg_class c
  WHERE c.relnamespace = 'prepay'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-   AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused', 'ledger', 'payment_reference', 'reversed_entry', 'charge_pricing', 'alarm', 'notification', 'audit',
+   AND c.relname NOT IN ('reading', 'reading_intake', 'reading_refused', 'ledger', 'payment_reference', 'reversed_entry', 'charge_pricing', 'actor', 'alarm', 'notification', 'audit',
                          -- derived by jobs, read-only for every role, kept with their inputs
                          'period_charge', 'apportionment', 'bill_line', 'bill_entry', 'bill_payment', 'batch_item',
                          'energy_day_folded', 'energy_month_folded', 'energy_pending', 'consumption_posting_day', 'cut_reminder',

@@ -83,7 +83,7 @@ COPY prepay.reading_intake (site_id, meter_id, read_at, energy) FROM STDIN (FORM
 SELECT regress.try('SELECT count(*) FROM prepay.reading_intake');
 SELECT regress.try('SELECT count(*) FROM prepay.reading_refused');
 RESET SESSION AUTHORIZATION;
-SELECT meter_id, read_from, read_to, energy, amount, created_by FROM prepay.ledger
+SELECT meter_id, read_from, read_to, energy, amount, (SELECT ac.login FROM prepay.actor ac WHERE ac.site_id = l.site_id AND ac.actor_id = l.actor_id) AS created_by FROM prepay.ledger l
  WHERE kind = 'consumption' AND read_to = '2026-03-01 12:00+00' ORDER BY entry_id;
 SELECT count(*) - :before_entries AS new_entries FROM prepay.ledger;
 SELECT meter_id, read_at, energy, relay_state, quarantine_reason FROM prepay.reading
@@ -165,7 +165,7 @@ SELECT regress.probe('regress_intake_cashier', $$INSERT INTO prepay.reading_inta
 -- row of site 9, which does not exist)
 SELECT site_id, meter_id, read_at, energy, quarantine_reason FROM prepay.reading
  WHERE read_at >= '2026-03-01 18:00+00' OR site_id <> 1 ORDER BY site_id, meter_id, read_at;
-SELECT meter_id, read_to, energy, amount, created_by FROM prepay.ledger
+SELECT meter_id, read_to, energy, amount, (SELECT ac.login FROM prepay.actor ac WHERE ac.site_id = l.site_id AND ac.actor_id = l.actor_id) AS created_by FROM prepay.ledger l
  WHERE kind = 'consumption' AND read_to >= '2026-03-01 18:00+00' ORDER BY entry_id;
 SELECT site_id, meter_id, read_at, energy, reason, detail, login, acting_role
   FROM prepay.reading_refused WHERE reason = 'site_not_mapped' ORDER BY refused_id;

@@ -184,7 +184,7 @@ SELECT regress.try($$SELECT * FROM prepay.refund_payment(1, 2, 1000, 'payco', 'R
 SELECT regress.try($$SELECT * FROM prepay.refund_payment(2, 3, 5, 'payco', 'RF-3')$$);
 COMMIT;
 RESET SESSION AUTHORIZATION;
-SELECT account_id, kind, amount, balance_after, channel, external_ref, created_by FROM prepay.ledger
+SELECT account_id, kind, amount, balance_after, channel, external_ref, (SELECT ac.login FROM prepay.actor ac WHERE ac.site_id = l.site_id AND ac.actor_id = l.actor_id) AS created_by FROM prepay.ledger l
  WHERE channel = 'payco' ORDER BY entry_id;
 
 -- the tenant sees the payment and the refund

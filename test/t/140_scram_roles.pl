@@ -117,7 +117,8 @@ is($node->safe_psql('postgres', q{SELECT count(DISTINCT meter_id) FROM prepay.ag
 $node->safe_psql('postgres',
 	q{INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES (1, 1, '2026-03-01 01:00+00', 110)},
 	connstr => $agent);
-is($node->safe_psql('postgres', q{SELECT kind || ' ' || amount || ' by ' || created_by FROM prepay.ledger}),
+is($node->safe_psql('postgres', q{SELECT l.kind || ' ' || l.amount || ' by ' || a.login FROM prepay.ledger l
+	JOIN prepay.actor a ON a.site_id = l.site_id AND a.actor_id = l.actor_id}),
 	'consumption -7.50 by regress_agent1', "the agent's reading is rated");
 my ($ret, $out, $err) = $node->psql('postgres', 'SELECT count(*) FROM prepay.ledger', connstr => $agent);
 like($err, qr/permission denied for table ledger/, 'the agent cannot read the ledger');
@@ -176,8 +177,8 @@ SKIP:
 			'>', "$dir/agent.out", '2>', "$dir/agent.err"),
 		'prepay-agent --once as regress_agent1 over TLS and SCRAM');
 	is($node->safe_psql('postgres',
-			q{SELECT count(*) FROM prepay.ledger WHERE kind = 'consumption' AND created_by = 'regress_agent1'
-			     AND read_to > '2026-03-02'}),
+			q{SELECT count(*) FROM prepay.ledger l JOIN prepay.actor a ON a.site_id = l.site_id AND a.actor_id = l.actor_id
+			   WHERE l.kind = 'consumption' AND a.login = 'regress_agent1' AND l.read_to > '2026-03-02'}),
 		'1', "the agent's polled reading is rated");
 	$sim->kill_kill;
 }

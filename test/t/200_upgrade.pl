@@ -12,7 +12,8 @@
 # trigger, view, function with its body and settings, policy, grant and
 # comment), the same output of test/upgrade/exercise.sql
 # (more readings and money after the upgrade, balances, the ledger,
-# explained charges, reports, commands, alarms) and an empty check_ledger().
+# explained charges, reports, commands, alarms) and an empty check_ledger();
+# and that every ledger entry keeps the login that posted it.
 
 use strict;
 use warnings;
@@ -62,9 +63,15 @@ foreach my $from (@releases)
 	$node->safe_psql('postgres', "CREATE DATABASE $db");
 	$node->safe_psql($db, "CREATE EXTENSION prepay VERSION '$from'");
 	$node->safe_psql($db, slurp_file("$top/test/upgrade/fill.sql"));
+	my $logins = q{SELECT pg_catalog.string_agg(l.entry_id || ' ' || %s, ', ' ORDER BY l.entry_id) FROM prepay.ledger l %s};
+	my $before = $node->safe_psql($db, sprintf($logins, 'l.created_by', ''));
 	$node->safe_psql($db, 'ALTER EXTENSION prepay UPDATE');
 	is($node->safe_psql($db, "SELECT extversion FROM pg_extension WHERE extname = 'prepay'"),
 		$current, "$from updates to $current");
+	is($node->safe_psql($db, sprintf($logins, 'a.login',
+				'JOIN prepay.actor a ON a.site_id = l.site_id AND a.actor_id = l.actor_id')),
+		$before, "$from updated: every entry keeps the login that posted it");
+	like($before, qr/ upgrade_clerk\b/, "$from: the scenario has entries of a second login");
 	my ($schema, $out) = describe($db);
 	is($schema, $fresh_schema, "$from updated: the schema equals a fresh $current");
 	is($out, $fresh_out, "$from updated: the scenario's results equal a fresh $current");

@@ -66,8 +66,8 @@ my $backdated = q{
 	    FOR r IN SELECT * FROM p ORDER BY at LOOP
 	        WITH a AS (UPDATE prepay.account SET balance = balance + r.amount WHERE site_id = 1 AND account_id = r.account_id
 	                   RETURNING balance)
-	        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, channel, external_ref)
-	        SELECT 1, r.account_id, 'recharge', r.amount, a.balance, r.at, 'bank', r.ref FROM a;
+	        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, created_at, channel, external_ref)
+	        SELECT 1, r.account_id, 'recharge', r.amount, a.balance, prepay._actor_id(1), r.at, 'bank', r.ref FROM a;
 	    END LOOP;
 	END $$;
 };
@@ -181,15 +181,15 @@ foreach my $db ('flat', 'postgres')
 	my ($rc, $out, $err) = $node->psql($db, q{SELECT prepay.recharge(1, 2, 10, 'bank', 'B-JAN')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 	like($err, qr/PY004/, "$db: the reference on another account is refused");
 	($rc, $out, $err) = $node->psql($db, q{
-		INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, channel, external_ref)
-		VALUES (1, 1, 'recharge', 10, 0, '2026-03-15 00:00+00', 'bank', 'B-JAN')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+		INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, created_at, channel, external_ref)
+		VALUES (1, 1, 'recharge', 10, 0, prepay._actor_id(1), '2026-03-15 00:00+00', 'bank', 'B-JAN')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 	like($err, qr/23505: duplicate key value violates unique constraint "payment_reference_pkey"/,
 		"$db: even written directly in another month, a reference is used once");
 	my $rev = $node->safe_psql($db, qq{SELECT prepay.reverse(1, $jan, 'wrong account')});
 	is($node->safe_psql($db, qq{SELECT prepay.reverse(1, $jan, 'again')}), $rev, "$db: a second reversal returns the first");
 	($rc, $out, $err) = $node->psql($db, qq{
-		INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, reason, reverses_entry)
-		VALUES (1, 1, 'reversal', -10, 0, '2026-02-15 00:00+00', 'twice', $jan)}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+		INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, created_at, reason, reverses_entry)
+		VALUES (1, 1, 'reversal', -10, 0, prepay._actor_id(1), '2026-02-15 00:00+00', 'twice', $jan)}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 	like($err, qr/23505: duplicate key value violates unique constraint "reversed_entry_pkey"/,
 		"$db: an entry is reversed at most once, whatever the month");
 	is($node->safe_psql($db, 'SELECT count(*) FROM prepay.check_ledger()'), '0', "$db: ledger check");

@@ -18,6 +18,8 @@ SELECT entry_id, account_id, kind, amount, balance_after, energy, exact_charge, 
        l.read_from, l.read_to,
        prepay._pricing_record(l.pieces, c.tariff_id, c.multiplier, c.version_from, c.period, l.read_from, l.read_to, l.energy, l.exact_charge) AS pieces
   FROM prepay.ledger l LEFT JOIN prepay.charge_pricing c ON c.site_id = l.site_id AND c.pricing_id = l.pricing_id ORDER BY entry_id;
+SELECT l.entry_id, a.actor_id, a.login
+  FROM prepay.ledger l LEFT JOIN prepay.actor a ON a.site_id = l.site_id AND a.actor_id = l.actor_id ORDER BY l.entry_id;
 SELECT e.entry_id, x.*
   FROM prepay.ledger e, LATERAL prepay.explain_charge(1, e.entry_id) x
  WHERE e.kind = 'consumption' ORDER BY e.entry_id, x.read_from, x.piece_from, x.tier;
@@ -28,7 +30,7 @@ SELECT account_id, alarm_level, message FROM prepay.notification ORDER BY notifi
 SELECT * FROM prepay.energy_meter_daily ORDER BY day, meter_id, period, tier;
 SELECT * FROM prepay.energy_account_monthly ORDER BY month, account_id, period, tier;
 SELECT * FROM prepay.energy_account_yearly ORDER BY year, account_id, period, tier;
-SELECT site_id, kind, channel, entries, money_in, money_out, net FROM prepay.finance_monthly ORDER BY 1, 2, 3;
+SELECT site_id, kind, channel, operator, entries, money_in, money_out, net FROM prepay.finance_monthly ORDER BY 1, 2, 3, 4;
 SELECT line, kind, entry_id, amount, balance, energy, meter_id, channel, external_ref, reason
   FROM prepay.account_trail(1, 1, '2026-03-01 00:00+08', '2026-03-03 00:00+08') ORDER BY line;
 SELECT * FROM prepay.rate(1, 2, '2026-03-02 20:00+08', '2026-03-03 08:00+08', 12);

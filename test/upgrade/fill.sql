@@ -24,6 +24,16 @@ SELECT prepay.attach_meter(1, 3, 3, p_initial_energy => 0, p_at => '2026-03-01 0
 SELECT prepay.recharge(1, 1, 30.00, 'wechat', 'WX-20260301-0001');
 SELECT prepay.recharge(1, 1, 30.00, 'wechat', 'WX-20260301-0001');
 SELECT prepay.recharge(1, 2, 500.00, 'cash', 'RCPT-1');
+-- a payment posted by a second login (the roles are the cluster's: made once)
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'upgrade_clerk') THEN
+        CREATE ROLE upgrade_clerk SUPERUSER;
+    END IF;
+END $$;
+SET SESSION AUTHORIZATION upgrade_clerk;
+SELECT prepay.recharge(1, 2, 20.00, 'cash', 'RCPT-2');
+RESET SESSION AUTHORIZATION;
 INSERT INTO prepay.reading (site_id, meter_id, read_at, energy) VALUES
     (1, 1, '2026-03-01 08:00+08', 1020.00), (1, 1, '2026-03-01 12:00+08', 1050.00),
     (1, 2, '2026-03-01 20:00+08', 20.10), (1, 2, '2026-03-02 08:00+08', 20.40),

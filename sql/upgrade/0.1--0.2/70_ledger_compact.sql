@@ -124,4 +124,5 @@ COMMENT ON COLUMN prepay.ledger.entry_id IS 'Entry id, unique in the site (alway
 --@ copy function prepay._is_charge
 --@ copy function prepay.draft_bill
 --@ copy function prepay.allowance_left
---@ copy view prepay.order_overview
+-- (and prepay.order_overview, which joins the reversed entry by its
+-- account: part 81, where the view is made again on the new ledger)

@@ -1,4 +1,4 @@
--- sql/upgrade/0.1--0.2/81_ledger_partitions.sql: prepay.ledger partitioned by range of created_at (sql/prepay.sql), its rows kept, in their order, in the default partition; the uniqueness of payment references and reversals kept by prepay.payment_reference and prepay.reversed_entry; UPDATE and DELETE refused on every partition; partition_by_month() and maintain_partitions() take the ledger too (sql/partition.sql, part 80).
+-- sql/upgrade/0.1--0.2/81_ledger_partitions.sql: prepay.ledger partitioned by range of created_at (sql/prepay.sql), its rows kept, in their order, in the default partition, each naming who posted it by a prepay.actor row instead of the text created_by; the uniqueness of payment references and reversals kept by prepay.payment_reference and prepay.reversed_entry; UPDATE and DELETE refused on every partition; partition_by_month() and maintain_partitions() take the ledger too (sql/partition.sql, part 80).
 
 -- ---------------------------------------------------------------------
 -- prepay.ledger becomes a partitioned table: the 0.1 table's rows go to
@@ -25,6 +25,27 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER TABLE prepay.ledger_0_1 RENAME CONSTRAINT %I TO %I', i.relname,
                                   pg_catalog.regexp_replace(i.relname, '^ledger', 'ledger_0_1'));
     END LOOP;
+END $$;
+
+-- who posted an entry: the 0.1 ledger's created_by texts become the rows
+-- of prepay.actor, numbered per site in the order the logins first posted
+-- (their rights and the function that adds rows: part 84)
+--@ copy table prepay.actor
+INSERT INTO prepay.actor (site_id, actor_id, login, first_posted_at)
+SELECT f.site_id, pg_catalog.row_number() OVER (PARTITION BY f.site_id ORDER BY f.first_entry), f.created_by, f.first_posted_at
+  FROM (SELECT l.site_id, l.created_by, pg_catalog.min(l.entry_id) AS first_entry, pg_catalog.min(l.created_at) AS first_posted_at
+          FROM prepay.ledger_0_1 l GROUP BY l.site_id, l.created_by) AS f;
+DO $$
+DECLARE
+    s record;
+BEGIN
+    SELECT a.site_id, pg_catalog.count(*) AS logins INTO s FROM prepay.actor a
+     GROUP BY a.site_id HAVING pg_catalog.count(*) > 32767 ORDER BY 2 DESC LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'prepay upgrade: site % has % logins in its ledger, more than the 32767 a ledger entry can name',
+            s.site_id, s.logins
+            USING ERRCODE = 'PY026', HINT = 'Upgrade is not possible for this ledger: report it to the prepay maintainers.';
+    END IF;
 END $$;
 
 --@ copy table prepay.ledger
@@ -54,13 +75,13 @@ END $$;
 --@ copy table prepay.reversed_entry
 
 INSERT INTO prepay.ledger_default (site_id, kind, entry_id, account_id, created_at, meter_id, read_from, read_to,
-                                   reverses_entry, pricing_id, amount, balance_after, energy, exact_charge,
-                                   created_by, channel, external_ref, reason, pieces)
-SELECT site_id, kind, entry_id, account_id, created_at, meter_id, read_from, read_to,
-       reverses_entry, pricing_id, amount, balance_after, energy, exact_charge,
-       created_by, channel, external_ref, reason, pieces
-  FROM prepay.ledger_0_1
- ORDER BY entry_id;
+                                   reverses_entry, pricing_id, actor_id, amount, balance_after, energy, exact_charge,
+                                   channel, external_ref, reason, pieces)
+SELECT l.site_id, l.kind, l.entry_id, l.account_id, l.created_at, l.meter_id, l.read_from, l.read_to,
+       l.reverses_entry, l.pricing_id, a.actor_id, l.amount, l.balance_after, l.energy, l.exact_charge,
+       l.channel, l.external_ref, l.reason, l.pieces
+  FROM prepay.ledger_0_1 l JOIN prepay.actor a ON a.site_id = l.site_id AND a.login = l.created_by
+ ORDER BY l.entry_id;
 -- what the 0.1 table's unique indexes held (they allowed no duplicate)
 INSERT INTO prepay.payment_reference (site_id, account_id, entry_id, created_at, channel, external_ref)
 SELECT site_id, account_id, entry_id, created_at, channel, external_ref
@@ -69,17 +90,19 @@ INSERT INTO prepay.reversed_entry (site_id, reverses_entry, account_id, entry_id
 SELECT site_id, reverses_entry, account_id, entry_id, created_at
   FROM prepay.ledger WHERE reverses_entry IS NOT NULL ORDER BY entry_id;
 
--- every row is there, with the same values, or the upgrade stops
+-- every row is there, with the same values (the login its actor row
+-- names), or the upgrade stops
 DO $$
 DECLARE
     digest constant text := 'SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(pg_catalog.hashtextextended(pg_catalog.concat_ws(''|'', '
         'site_id, kind, entry_id, account_id, created_at, meter_id, read_from, read_to, reverses_entry, pricing_id, amount, '
-        'balance_after, energy, exact_charge, created_by, channel, external_ref, reason, pieces), 0)::numeric), 0) FROM %s';
+        'balance_after, energy, exact_charge, created_by, channel, external_ref, reason, pieces), 0)::numeric), 0) FROM (%s) AS l';
     a record;
     b record;
 BEGIN
-    EXECUTE pg_catalog.format(digest, 'prepay.ledger_0_1') INTO a;
-    EXECUTE pg_catalog.format(digest, 'prepay.ledger') INTO b;
+    EXECUTE pg_catalog.format(digest, 'SELECT * FROM prepay.ledger_0_1') INTO a;
+    EXECUTE pg_catalog.format(digest, 'SELECT l.*, ac.login AS created_by FROM prepay.ledger l '
+                                      'LEFT JOIN prepay.actor ac ON ac.site_id = l.site_id AND ac.actor_id = l.actor_id') INTO b;
     IF a IS DISTINCT FROM b THEN
         RAISE EXCEPTION 'prepay upgrade: the ledger entries copied into the partitioned table do not match the 0.1 table';
     END IF;

@@ -1,2 +1,0 @@
--- sql/upgrade/0.1--0.2/71_ledger_entry_check.sql: check_ledger() also reports an entry id used twice in a site, since the ledger's key became (site, account, entry) in part 70.
---@ copy function prepay.check_ledger
