@@ -112,8 +112,8 @@ my $backdated = qq{
 	    LOOP
 	        UPDATE prepay.account SET balance = balance + r.amount WHERE site_id = r.site AND account_id = r.acct
 	        RETURNING balance INTO b;
-	        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, created_at, channel, external_ref)
-	        VALUES (r.site, r.acct, r.kind::prepay.ledger_kind, r.amount, b, r.at, 'bank', r.ref);
+	        INSERT INTO prepay.ledger (site_id, account_id, kind, amount, balance_after, actor_id, created_at, channel, external_ref)
+	        VALUES (r.site, r.acct, r.kind::prepay.ledger_kind, r.amount, b, prepay._actor_id(r.site), r.at, 'bank', r.ref);
 	    END LOOP;
 	END \$\$;
 };
